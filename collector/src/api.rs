@@ -1,0 +1,264 @@
+//! HTTP routes: `POST /v1/batches`, `GET /metrics`, `/healthz`, `/readyz`,
+//! `GET /v1/summary`. Handlers are thin: ingest and figures do the work.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use axum::body::{to_bytes, Body};
+use axum::extract::State as Extract;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use dcwatt_wire::{BatchAck, ErrorBody, BATCHES_PATH};
+use serde::Serialize;
+
+use crate::config::Site;
+use crate::figures::{self, Figures};
+use crate::ingest::{self, Rejection};
+use crate::state::State;
+
+/// What every handler shares.
+pub struct Shared {
+    /// The validated configuration.
+    pub site: Site,
+    /// The live state. Locked briefly: validation happens before locking.
+    pub state: Mutex<State>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave a half-applied batch we
+        // would rather lose than serve: apply() has no panicking paths.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// The router over shared state.
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route(BATCHES_PATH, post(post_batch))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(|| async { "ok\n" }))
+        .route("/v1/summary", get(summary))
+        .with_state(shared)
+}
+
+/// Current Unix time in ms.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn error(status: StatusCode, text: impl Into<String>) -> Response {
+    (status, Json(ErrorBody { error: text.into() })).into_response()
+}
+
+impl IntoResponse for Rejection {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            Rejection::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Rejection::Forbidden(_) => StatusCode::FORBIDDEN,
+            Rejection::Invalid(_) => StatusCode::BAD_REQUEST,
+            Rejection::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Rejection::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        };
+        error(status, self.to_string())
+    }
+}
+
+fn rejection_label(r: &Rejection) -> &'static str {
+    match r {
+        Rejection::Unauthorized(_) => "unauthorized",
+        Rejection::Forbidden(_) => "forbidden",
+        Rejection::Invalid(_) => "invalid",
+        Rejection::TooLarge(_) => "too_large",
+        Rejection::UnsupportedMediaType(_) => "unsupported_media_type",
+    }
+}
+
+async fn post_batch(Extract(shared): Extract<Arc<Shared>>, headers: HeaderMap, body: Body) -> Response {
+    match accept_batch(&shared, &headers, body).await {
+        Ok(ack) => Json(ack).into_response(),
+        Err(rejection) => {
+            shared.lock().count_batch(rejection_label(&rejection));
+            tracing::debug!(error = %rejection, "Batch rejected.");
+            rejection.into_response()
+        }
+    }
+}
+
+async fn accept_batch(shared: &Shared, headers: &HeaderMap, body: Body) -> Result<BatchAck, Rejection> {
+    let site = &shared.site;
+    let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let agent = ingest::authenticate_agent(site, auth)?;
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !content_type.trim_start().starts_with("application/json") {
+        return Err(Rejection::UnsupportedMediaType(format!(
+            "content-type must be application/json, not {content_type:?}"
+        )));
+    }
+    let bytes = to_bytes(body, site.max_body_bytes)
+        .await
+        .map_err(|_| Rejection::TooLarge(format!("body larger than {} bytes", site.max_body_bytes)))?;
+    let now = now_ms();
+    let batch = ingest::decode(&bytes, agent, site, now)?;
+    let mut state = shared.lock();
+    if state.agents.get(agent).is_some_and(|a| batch.seq <= a.last_seq) {
+        state.count_batch("duplicate");
+        return Ok(BatchAck {
+            accepted: 0,
+            duplicate: true,
+        });
+    }
+    let accepted = state.apply(&batch, site.max_gap_ms, now);
+    state.count_batch("ok");
+    Ok(BatchAck {
+        accepted,
+        duplicate: false,
+    })
+}
+
+async fn metrics(Extract(shared): Extract<Arc<Shared>>) -> Response {
+    let state = shared.lock();
+    let figures = figures::compute(&state, &shared.site, now_ms());
+    let text = crate::export::render(&state, &shared.site, &figures);
+    drop(state);
+    ([(header::CONTENT_TYPE, dcwatt_expo::CONTENT_TYPE)], text).into_response()
+}
+
+/// One meter in the summary.
+#[derive(Serialize)]
+struct MeterView<'a> {
+    id: &'a str,
+    role: &'static str,
+    zone: &'a str,
+    category: Option<u8>,
+    power_watts: Option<f64>,
+    energy_joules: f64,
+    energy_from_ms: Option<i64>,
+    energy_to_ms: Option<i64>,
+    last_ms: Option<i64>,
+    fresh: bool,
+    resets: u64,
+    last_reset: Option<ResetView>,
+    gaps: u64,
+}
+
+#[derive(Serialize)]
+struct ResetView {
+    before_ms: i64,
+    after_ms: i64,
+}
+
+#[derive(Serialize)]
+struct GpuView<'a> {
+    node: &'a str,
+    index: u32,
+    uuid: &'a str,
+    model: &'a str,
+    temperature_celsius: f64,
+    power_watts: Option<f64>,
+}
+
+#[derive(Serialize)]
+struct AgentView<'a> {
+    id: &'a str,
+    last_seq: u64,
+    last_seen_ms: i64,
+}
+
+#[derive(Serialize)]
+struct GpuTotals {
+    count: usize,
+    reporting: usize,
+    power_watts: f64,
+    energy_joules: f64,
+    counter_resets: u64,
+}
+
+#[derive(Serialize)]
+struct Summary<'a> {
+    #[serde(flatten)]
+    figures: &'a Figures,
+    meters: Vec<MeterView<'a>>,
+    gpus: GpuTotals,
+    hottest_gpus: Vec<GpuView<'a>>,
+    agents: Vec<AgentView<'a>>,
+}
+
+async fn summary(Extract(shared): Extract<Arc<Shared>>, headers: HeaderMap) -> Response {
+    let site = &shared.site;
+    if site.operator_token.is_some() {
+        let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        if !ingest::is_operator(site, auth) {
+            return error(StatusCode::UNAUTHORIZED, "the summary needs the operator token");
+        }
+    }
+    let now = now_ms();
+    let state = shared.lock();
+    let figures = figures::compute(&state, site, now);
+    let fresh = |t: i64| now - t <= site.stale_after_ms;
+    let meters = state
+        .meters
+        .iter()
+        .map(|(id, m)| MeterView {
+            id,
+            role: m.role.as_str(),
+            zone: &m.zone,
+            category: m.it_point.map(|p| p.category()),
+            power_watts: m.power.map(|(_, w)| w),
+            energy_joules: m.energy_joules,
+            energy_from_ms: m.energy_from_ms,
+            energy_to_ms: m.energy_to_ms,
+            last_ms: m.last_ms,
+            fresh: m.last_ms.is_some_and(fresh),
+            resets: m.resets,
+            last_reset: m.last_reset.map(|(before_ms, after_ms)| ResetView { before_ms, after_ms }),
+            gaps: m.gaps,
+        })
+        .collect();
+    let mut hottest: Vec<GpuView> = state
+        .gpus
+        .iter()
+        .filter_map(|(uuid, g)| {
+            let (t, temp) = g.temperature?;
+            fresh(t).then_some(GpuView {
+                node: &g.node,
+                index: g.index,
+                uuid,
+                model: &g.model,
+                temperature_celsius: temp,
+                power_watts: g.power.map(|(_, w)| w),
+            })
+        })
+        .collect();
+    hottest.sort_by(|a, b| b.temperature_celsius.total_cmp(&a.temperature_celsius));
+    hottest.truncate(5);
+    let gpus = GpuTotals {
+        count: state.gpus.len(),
+        reporting: state.gpus.values().filter(|g| fresh(g.last_ms)).count(),
+        power_watts: state.gpus.values().filter_map(|g| g.power).filter(|(t, _)| fresh(*t)).map(|(_, w)| w).sum(),
+        energy_joules: state.gpu_energy_joules,
+        counter_resets: state.gpu_resets,
+    };
+    let agents = state
+        .agents
+        .iter()
+        .map(|(id, a)| AgentView {
+            id,
+            last_seq: a.last_seq,
+            last_seen_ms: a.last_seen_ms,
+        })
+        .collect();
+    Json(Summary {
+        figures: &figures,
+        meters,
+        gpus,
+        hottest_gpus: hottest,
+        agents,
+    })
+    .into_response()
+}

@@ -1,0 +1,447 @@
+//! The collector's configuration file (TOML): listener, limits, the agents it
+//! accepts and the site model (meters with roles, zones and IT measurement points).
+//!
+//! [`Config`] is what the file says; [`Config::build`] validates it into a
+//! [`Site`], the runtime form, or names the offending key and why.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+/// A configuration error: the key (TOML path) and what is wrong with it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// TOML syntax or a type/unknown-key error (toml's text names the key and line).
+    #[error("{0}")]
+    Parse(String),
+    /// A value that parses but is not acceptable.
+    #[error("{key}: {reason}")]
+    Invalid {
+        /// The TOML path of the key, e.g. `meters[2].it_point`.
+        key: String,
+        /// Why it is not acceptable.
+        reason: String,
+    },
+}
+
+fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+/// The collector's configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address for the HTTP API and `/metrics`. Default `127.0.0.1:9400`.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// A meter with no reading for this long is stale: it drops out of the live
+    /// powers and instant PUE, and the PUE coverage falls. Default `30s`.
+    #[serde(default = "default_stale_after", with = "humantime_serde")]
+    pub stale_after: Duration,
+    /// Power-only meters are integrated (trapezoid) between two readings no
+    /// further apart than this; a longer gap is counted, not filled. Default `10s`.
+    #[serde(default = "default_max_gap", with = "humantime_serde")]
+    pub max_gap: Duration,
+    /// Readings older than this are rejected (an absurd timestamp). Default `7d`.
+    #[serde(default = "default_max_age", with = "humantime_serde")]
+    pub max_reading_age: Duration,
+    /// Readings further ahead of the collector's clock than this are rejected. Default `5m`.
+    #[serde(default = "default_max_future", with = "humantime_serde")]
+    pub max_clock_skew: Duration,
+    /// Largest accepted request body, bytes. Default 8 MiB.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+    /// Most readings in one batch. Default 100,000.
+    #[serde(default = "default_max_readings")]
+    pub max_readings_per_batch: usize,
+    /// PUE is published only above this IT power (W, averaged over the window):
+    /// a ratio over a near-zero denominator is noise. Default 1000 W.
+    #[serde(default = "default_it_floor")]
+    pub pue_it_floor_watts: f64,
+    /// The operator: reads `/v1/summary`. Without it, `/v1/summary` is open
+    /// (a lab setup; a warning is logged at start).
+    pub operator: Option<OperatorConfig>,
+    /// The agents allowed to post batches.
+    #[serde(default)]
+    pub agents: Vec<AgentConfig>,
+    /// The site's meters.
+    #[serde(default)]
+    pub meters: Vec<MeterConfig>,
+}
+
+/// The operator principal.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OperatorConfig {
+    /// SHA-256 of the operator's bearer token, 64 hex digits.
+    pub token_sha256: String,
+}
+
+/// One agent allowed to post batches.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// The agent's id (its node name).
+    pub id: String,
+    /// SHA-256 of its bearer token, 64 hex digits (`sha256sum` of the token file,
+    /// without a trailing newline in the file).
+    pub token_sha256: String,
+}
+
+/// One meter of the site model.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeterConfig {
+    /// The id the agent reports it under (`meter = "…"` in the agent's source).
+    pub id: String,
+    /// What the meter measures.
+    pub role: Role,
+    /// The zone (hall) it belongs to. Default `default`.
+    #[serde(default = "default_zone")]
+    pub zone: String,
+    /// Where IT energy is measured; required for role `it`, refused for others.
+    pub it_point: Option<ItPoint>,
+}
+
+/// What a meter measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// The facility's total input (utility feed): PUE's numerator.
+    Facility,
+    /// IT load: PUE's denominator.
+    It,
+    /// Cooling plant (CDUs, chillers, dry coolers, pumps).
+    Cooling,
+    /// Power infrastructure losses (UPS, transformers, distribution).
+    PowerInfra,
+    /// Anything else (lighting, offices).
+    Other,
+}
+
+impl Role {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Facility => "facility",
+            Role::It => "it",
+            Role::Cooling => "cooling",
+            Role::PowerInfra => "power_infra",
+            Role::Other => "other",
+        }
+    }
+}
+
+/// Where IT energy is measured (ISO/IEC 30134-2 PUE categories).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ItPoint {
+    /// UPS output: category 1.
+    UpsOutput,
+    /// PDU output: category 2.
+    PduOutput,
+    /// IT equipment input: category 3.
+    ItInput,
+}
+
+impl ItPoint {
+    /// The ISO/IEC 30134-2 category number.
+    pub fn category(self) -> u8 {
+        match self {
+            ItPoint::UpsOutput => 1,
+            ItPoint::PduOutput => 2,
+            ItPoint::ItInput => 3,
+        }
+    }
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:9400".into()
+}
+fn default_stale_after() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_gap() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_max_age() -> Duration {
+    Duration::from_secs(7 * 86_400)
+}
+fn default_max_future() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_max_body() -> usize {
+    8 << 20
+}
+fn default_max_readings() -> usize {
+    100_000
+}
+fn default_it_floor() -> f64 {
+    1000.0
+}
+fn default_zone() -> String {
+    "default".into()
+}
+
+/// A meter as the collector uses it.
+#[derive(Debug, Clone)]
+pub struct Meter {
+    /// Role.
+    pub role: Role,
+    /// Zone.
+    pub zone: String,
+    /// IT measurement point (role `it` only).
+    pub it_point: Option<ItPoint>,
+}
+
+/// The validated runtime configuration.
+#[derive(Debug, Clone)]
+pub struct Site {
+    /// Listen address as configured (`main` binds it).
+    pub listen: String,
+    /// See [`Config::stale_after`], in ms.
+    pub stale_after_ms: i64,
+    /// See [`Config::max_gap`], in ms.
+    pub max_gap_ms: i64,
+    /// See [`Config::max_reading_age`], in ms.
+    pub max_age_ms: i64,
+    /// See [`Config::max_clock_skew`], in ms.
+    pub max_future_ms: i64,
+    /// See [`Config::max_body_bytes`].
+    pub max_body_bytes: usize,
+    /// See [`Config::max_readings_per_batch`].
+    pub max_readings: usize,
+    /// See [`Config::pue_it_floor_watts`].
+    pub pue_it_floor_watts: f64,
+    /// SHA-256 of the operator token, if one is configured.
+    pub operator_token: Option<[u8; 32]>,
+    /// SHA-256 of each agent's token → agent id.
+    pub agent_tokens: HashMap<[u8; 32], String>,
+    /// Meters by id.
+    pub meters: HashMap<String, Meter>,
+}
+
+impl Config {
+    /// Reads and parses a file (no validation beyond types).
+    pub fn from_file(path: &std::path::Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::from_toml(&text)
+    }
+
+    /// Parses TOML text.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string().trim_end().to_owned()))
+    }
+
+    /// Validates into the runtime form, naming the first offending key.
+    pub fn build(self) -> Result<Site, ConfigError> {
+        if self.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(invalid("listen", format!("{:?} is not an ip:port address", self.listen)));
+        }
+        for (key, d) in [
+            ("stale_after", self.stale_after),
+            ("max_gap", self.max_gap),
+            ("max_reading_age", self.max_reading_age),
+            ("max_clock_skew", self.max_clock_skew),
+        ] {
+            if d.is_zero() {
+                return Err(invalid(key, "must be longer than zero"));
+            }
+        }
+        if self.max_body_bytes < 1024 {
+            return Err(invalid("max_body_bytes", "must be at least 1024"));
+        }
+        if self.max_readings_per_batch == 0 {
+            return Err(invalid("max_readings_per_batch", "must be at least 1"));
+        }
+        if !(self.pue_it_floor_watts.is_finite() && self.pue_it_floor_watts > 0.0) {
+            return Err(invalid("pue_it_floor_watts", "must be a positive number of watts"));
+        }
+        let operator_token = match &self.operator {
+            Some(op) => Some(parse_sha256("operator.token_sha256", &op.token_sha256)?),
+            None => None,
+        };
+        let mut agent_tokens = HashMap::new();
+        let mut agent_ids = HashSet::new();
+        for (i, a) in self.agents.iter().enumerate() {
+            check_id(&format!("agents[{i}].id"), &a.id)?;
+            if !agent_ids.insert(a.id.as_str()) {
+                return Err(invalid(format!("agents[{i}].id"), format!("duplicate agent id {:?}", a.id)));
+            }
+            let key = format!("agents[{i}].token_sha256");
+            let hash = parse_sha256(&key, &a.token_sha256)?;
+            if Some(hash) == operator_token || agent_tokens.insert(hash, a.id.clone()).is_some() {
+                return Err(invalid(key, "the same token is configured twice"));
+            }
+        }
+        let mut meters = HashMap::new();
+        for (i, m) in self.meters.iter().enumerate() {
+            check_id(&format!("meters[{i}].id"), &m.id)?;
+            check_id(&format!("meters[{i}].zone"), &m.zone)?;
+            match (m.role, m.it_point) {
+                (Role::It, None) => {
+                    return Err(invalid(
+                        format!("meters[{i}].it_point"),
+                        "required for role \"it\": where IT energy is measured (ups_output, pdu_output or it_input)",
+                    ))
+                }
+                (r, Some(_)) if r != Role::It => {
+                    return Err(invalid(
+                        format!("meters[{i}].it_point"),
+                        format!("only meters with role \"it\" have one, this one is {:?}", r.as_str()),
+                    ))
+                }
+                _ => {}
+            }
+            let meter = Meter {
+                role: m.role,
+                zone: m.zone.clone(),
+                it_point: m.it_point,
+            };
+            if meters.insert(m.id.clone(), meter).is_some() {
+                return Err(invalid(format!("meters[{i}].id"), format!("duplicate meter id {:?}", m.id)));
+            }
+        }
+        Ok(Site {
+            listen: self.listen,
+            stale_after_ms: millis(self.stale_after),
+            max_gap_ms: millis(self.max_gap),
+            max_age_ms: millis(self.max_reading_age),
+            max_future_ms: millis(self.max_clock_skew),
+            max_body_bytes: self.max_body_bytes,
+            max_readings: self.max_readings_per_batch,
+            pue_it_floor_watts: self.pue_it_floor_watts,
+            operator_token,
+            agent_tokens,
+            meters,
+        })
+    }
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Ids become label values and URL path segments: keep them plain.
+fn check_id(key: &str, id: &str) -> Result<(), ConfigError> {
+    if id.is_empty() || id.len() > 128 {
+        return Err(invalid(key, "must be 1 to 128 characters"));
+    }
+    if !id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b)) {
+        return Err(invalid(key, format!("{id:?} may only contain ASCII letters, digits, '-', '_', '.', ':'")));
+    }
+    Ok(())
+}
+
+fn parse_sha256(key: &str, text: &str) -> Result<[u8; 32], ConfigError> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(text.trim(), &mut out)
+        .map_err(|_| invalid(key, "must be 64 hex digits (the SHA-256 of the token)"))?;
+    Ok(out)
+}
+
+/// SHA-256 of a bearer token, as stored in the config.
+pub fn token_hash(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const H: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+
+    fn err(text: &str) -> String {
+        match Config::from_toml(text).and_then(Config::build) {
+            Ok(_) => panic!("accepted: {text}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn minimal_config_is_valid() {
+        let site = Config::from_toml("").unwrap().build().unwrap();
+        assert_eq!(site.listen, "127.0.0.1:9400");
+        assert_eq!(site.stale_after_ms, 30_000);
+    }
+
+    #[test]
+    fn full_config_builds() {
+        let site = Config::from_toml(&format!(
+            r#"
+            listen = "0.0.0.0:9400"
+            stale_after = "10s"
+            [operator]
+            token_sha256 = "{}"
+            [[agents]]
+            id = "r1-n1"
+            token_sha256 = "{H}"
+            [[meters]]
+            id = "utility-a"
+            role = "facility"
+            zone = "hall-1"
+            [[meters]]
+            id = "pdu-r1"
+            role = "it"
+            zone = "hall-1"
+            it_point = "pdu_output"
+            "#,
+            "ab".repeat(32)
+        ))
+        .unwrap()
+        .build()
+        .unwrap();
+        assert_eq!(site.agent_tokens.get(&token_hash("test")).map(String::as_str), Some("r1-n1"));
+        assert_eq!(site.meters["pdu-r1"].it_point.map(ItPoint::category), Some(2));
+        assert_eq!(site.stale_after_ms, 10_000);
+    }
+
+    #[test]
+    fn bad_configs_name_key_and_reason() {
+        let cases: &[(&str, &[&str])] = &[
+            ("listen = \"nowhere\"", &["listen", "ip:port"]),
+            ("stale_after = \"soon\"", &["stale_after"]),
+            ("stale_after = \"0s\"", &["stale_after", "longer than zero"]),
+            ("bogus = 1", &["bogus", "unknown field"]),
+            ("[[agents]]\nid = \"a\"\ntoken_sha256 = \"xyz\"", &["agents[0].token_sha256", "64 hex"]),
+            (
+                &format!("[[agents]]\nid = \"a\"\ntoken_sha256 = \"{H}\"\n[[agents]]\nid = \"a\"\ntoken_sha256 = \"{H}\""),
+                &["agents[1].id", "duplicate"],
+            ),
+            (
+                &format!("[[agents]]\nid = \"a\"\ntoken_sha256 = \"{H}\"\n[[agents]]\nid = \"b\"\ntoken_sha256 = \"{H}\""),
+                &["agents[1].token_sha256", "twice"],
+            ),
+            ("[[meters]]\nid = \"m\"\nrole = \"it\"", &["meters[0].it_point", "required"]),
+            ("[[meters]]\nid = \"m\"\nrole = \"facility\"\nit_point = \"pdu_output\"", &["meters[0].it_point", "only"]),
+            ("[[meters]]\nid = \"m\"\nrole = \"heating\"", &["heating", "role"]),
+            ("[[meters]]\nid = \"a/../b\"\nrole = \"other\"", &["meters[0].id", "may only contain"]),
+            ("[[meters]]\nid = \"m\"\nrole = \"other\"\n[[meters]]\nid = \"m\"\nrole = \"other\"", &["meters[1].id", "duplicate"]),
+            ("pue_it_floor_watts = -1.0", &["pue_it_floor_watts"]),
+            ("max_body_bytes = 10", &["max_body_bytes"]),
+        ];
+        for (text, needles) in cases {
+            let e = err(text);
+            for n in *needles {
+                assert!(e.contains(n), "error for {text:?} should mention {n:?}: {e}");
+            }
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! Ingest of `POST /v1/batches`: who is sending (bearer token → agent), is the
+//! batch acceptable (every field checked before anything changes), and has it
+//! been applied before (each `(agent, seq)` once).
+//!
+//! A rejected batch changes nothing: validation is a pure function of the batch,
+//! and the state is touched only after it passed.
+
+use dcwatt_wire::{Batch, Entity, Quantity, VERSION};
+
+use crate::config::{token_hash, Site};
+
+/// Why a request was refused; each maps to one HTTP status.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Rejection {
+    /// No or unknown bearer token (401).
+    #[error("{0}")]
+    Unauthorized(String),
+    /// A valid token used for something it may not do (403).
+    #[error("{0}")]
+    Forbidden(String),
+    /// The body is not an acceptable batch (400).
+    #[error("{0}")]
+    Invalid(String),
+    /// The body is larger than `max_body_bytes` (413).
+    #[error("{0}")]
+    TooLarge(String),
+    /// The body is not JSON (415).
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+}
+
+/// Extracts the token from an `Authorization` header value.
+pub fn bearer(header: Option<&str>) -> Result<&str, Rejection> {
+    let value = header.ok_or_else(|| Rejection::Unauthorized("missing Authorization header".into()))?;
+    let token = value
+        .strip_prefix("Bearer ")
+        .ok_or_else(|| Rejection::Unauthorized("Authorization must be \"Bearer <token>\"".into()))?
+        .trim();
+    if token.is_empty() {
+        return Err(Rejection::Unauthorized("empty bearer token".into()));
+    }
+    Ok(token)
+}
+
+/// The agent id a bearer token belongs to. Tokens are looked up by their SHA-256:
+/// the map is keyed by a hash, so lookup timing says nothing about the token.
+pub fn authenticate_agent<'a>(site: &'a Site, header: Option<&str>) -> Result<&'a str, Rejection> {
+    let token = bearer(header)?;
+    site.agent_tokens
+        .get(&token_hash(token))
+        .map(String::as_str)
+        .ok_or_else(|| Rejection::Unauthorized("unknown agent token".into()))
+}
+
+/// True when the header carries the operator's token.
+pub fn is_operator(site: &Site, header: Option<&str>) -> bool {
+    match (site.operator_token, bearer(header)) {
+        (Some(want), Ok(token)) => constant_time_eq(&want, &token_hash(token)),
+        _ => false,
+    }
+}
+
+fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Parses and validates a batch body for the authenticated `agent`.
+pub fn decode(body: &[u8], agent: &str, site: &Site, now_ms: i64) -> Result<Batch, Rejection> {
+    let batch: Batch =
+        serde_json::from_slice(body).map_err(|e| Rejection::Invalid(format!("malformed batch: {e}")))?;
+    validate(&batch, agent, site, now_ms)?;
+    Ok(batch)
+}
+
+/// Checks every field of a batch; the error names the first bad one.
+pub fn validate(batch: &Batch, agent: &str, site: &Site, now_ms: i64) -> Result<(), Rejection> {
+    let bad = |field: String, why: &str| Rejection::Invalid(format!("{field}: {why}"));
+    if batch.version != VERSION {
+        return Err(bad("version".into(), &format!("unsupported version {}, this collector reads {VERSION}", batch.version)));
+    }
+    if batch.agent != agent {
+        return Err(Rejection::Forbidden(format!(
+            "agent: the token belongs to agent {agent:?}, not {:?}",
+            batch.agent
+        )));
+    }
+    check_id(&batch.node).map_err(|why| bad("node".into(), why))?;
+    if batch.readings.len() > site.max_readings {
+        return Err(bad("readings".into(), &format!("{} readings, at most {} per batch", batch.readings.len(), site.max_readings)));
+    }
+    for (i, g) in batch.gpus.iter().enumerate() {
+        check_id(&g.uuid).map_err(|why| bad(format!("gpus[{i}].uuid"), why))?;
+        if g.model.len() > 256 || g.model.chars().any(char::is_control) {
+            return Err(bad(format!("gpus[{i}].model"), "must be at most 256 printable characters"));
+        }
+    }
+    let (oldest, newest) = (now_ms - site.max_age_ms, now_ms + site.max_future_ms);
+    for (i, r) in batch.readings.iter().enumerate() {
+        if r.ts_ms < oldest || r.ts_ms > newest {
+            return Err(bad(
+                format!("readings[{i}].ts_ms"),
+                &format!("{} is outside the accepted range [{oldest}, {newest}] (collector clock {now_ms})", r.ts_ms),
+            ));
+        }
+        let (Entity::Gpu(id) | Entity::Meter(id) | Entity::Node(id)) = &r.entity;
+        check_id(id).map_err(|why| bad(format!("readings[{i}].entity"), why))?;
+        check_value(r.quantity, r.value).map_err(|why| bad(format!("readings[{i}].value"), &why))?;
+    }
+    Ok(())
+}
+
+fn check_id(id: &str) -> Result<(), &'static str> {
+    if id.is_empty() || id.len() > 128 {
+        return Err("must be 1 to 128 characters");
+    }
+    if id.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err("must not contain whitespace or control characters");
+    }
+    Ok(())
+}
+
+/// Physically plausible ranges, in SI units.
+fn check_value(q: Quantity, v: f64) -> Result<(), String> {
+    if !v.is_finite() {
+        return Err(format!("{v} is not a finite number"));
+    }
+    let (lo, hi) = match q {
+        Quantity::PowerWatts | Quantity::PowerLimitWatts => (0.0, 1e9),
+        Quantity::EnergyJoules => (0.0, 1e18),
+        Quantity::TemperatureCelsius | Quantity::MemoryTemperatureCelsius => (-100.0, 250.0),
+        Quantity::UtilizationRatio | Quantity::MemoryUtilizationRatio => (0.0, 1.0),
+        Quantity::MemoryUsedBytes | Quantity::MemoryTotalBytes => (0.0, 1e15),
+        Quantity::Other => (f64::MIN, f64::MAX),
+    };
+    if v < lo || v > hi {
+        let name = serde_json::to_value(q).ok().and_then(|j| j.as_str().map(str::to_owned)).unwrap_or_default();
+        return Err(format!("{v} is out of range for {name} [{lo}, {hi}]"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use dcwatt_wire::Reading;
+
+    fn site() -> Site {
+        Config::from_toml(&format!(
+            "[[agents]]\nid = \"a1\"\ntoken_sha256 = \"{}\"",
+            hex::encode(token_hash("secret"))
+        ))
+        .unwrap()
+        .build()
+        .unwrap()
+    }
+
+    fn batch(value: f64, ts_ms: i64) -> Batch {
+        Batch {
+            version: VERSION,
+            agent: "a1".into(),
+            seq: 1,
+            node: "a1".into(),
+            created_ms: ts_ms,
+            gpus: vec![],
+            readings: vec![Reading {
+                ts_ms,
+                entity: Entity::Meter("m".into()),
+                quantity: Quantity::PowerWatts,
+                value,
+            }],
+        }
+    }
+
+    #[test]
+    fn tokens() {
+        let s = site();
+        assert_eq!(authenticate_agent(&s, Some("Bearer secret")), Ok("a1"));
+        assert!(matches!(authenticate_agent(&s, Some("Bearer nope")), Err(Rejection::Unauthorized(_))));
+        assert!(matches!(authenticate_agent(&s, Some("Basic secret")), Err(Rejection::Unauthorized(_))));
+        assert!(matches!(authenticate_agent(&s, None), Err(Rejection::Unauthorized(_))));
+        assert!(!is_operator(&s, Some("Bearer secret")));
+    }
+
+    #[test]
+    fn values_and_timestamps_are_checked() {
+        let s = site();
+        let now = 1_800_000_000_000;
+        assert!(validate(&batch(100.0, now), "a1", &s, now).is_ok());
+        for (b, needle) in [
+            (batch(-1.0, now), "readings[0].value"),
+            (batch(f64::NAN, now), "not a finite"),
+            (batch(f64::INFINITY, now), "not a finite"),
+            (batch(1.0, now - 400 * 86_400_000), "readings[0].ts_ms"),
+            (batch(1.0, now + 3_600_000), "readings[0].ts_ms"),
+        ] {
+            let e = validate(&b, "a1", &s, now).unwrap_err().to_string();
+            assert!(e.contains(needle), "{e}");
+        }
+        assert!(matches!(validate(&batch(1.0, now), "other", &s, now), Err(Rejection::Forbidden(_))));
+    }
+
+    #[test]
+    fn malformed_json_names_the_problem() {
+        let s = site();
+        let e = decode(br#"{"version":1,"agent":"a1"}"#, "a1", &s, 0).unwrap_err().to_string();
+        assert!(e.contains("missing field `seq`"), "{e}");
+        let e = decode(b"not json", "a1", &s, 0).unwrap_err().to_string();
+        assert!(e.contains("malformed batch"), "{e}");
+    }
+}

@@ -1,0 +1,52 @@
+//! Every metric name and label key the collector exports, in one place, so the
+//! dashboards and alert rules can be checked against them.
+
+/// Power by meter role and zone, W (fresh meters only).
+pub const POWER_WATTS: &str = "dcwatt_power_watts";
+/// Energy by meter role and zone since the collector started, J.
+pub const ENERGY_JOULES_TOTAL: &str = "dcwatt_energy_joules_total";
+/// Energy-based PUE over a trailing window.
+pub const PUE_RATIO: &str = "dcwatt_pue_ratio";
+/// Power-based (instantaneous) PUE.
+pub const PUE_INSTANT_RATIO: &str = "dcwatt_pue_instant_ratio";
+/// Share of the meters PUE needs that are reporting.
+pub const PUE_COVERAGE_RATIO: &str = "dcwatt_pue_coverage_ratio";
+/// Energy of each meter since the collector started, J.
+pub const METER_ENERGY_JOULES_TOTAL: &str = "dcwatt_meter_energy_joules_total";
+/// Counter resets seen per meter.
+pub const METER_COUNTER_RESETS_TOTAL: &str = "dcwatt_meter_counter_resets_total";
+/// Power-only meter gaps longer than `max_gap` (not integrated).
+pub const METER_GAPS_TOTAL: &str = "dcwatt_meter_gaps_total";
+/// 1 when the meter reported within `stale_after`.
+pub const METER_UP: &str = "dcwatt_meter_up";
+/// Sum of GPU power reported by agents, W.
+pub const GPU_POWER_WATTS_SUM: &str = "dcwatt_gpus_power_watts";
+/// GPU energy from NVML counters since the collector started, J.
+pub const GPU_ENERGY_JOULES_TOTAL: &str = "dcwatt_gpus_energy_joules_total";
+/// GPU energy counter resets seen.
+pub const GPU_COUNTER_RESETS_TOTAL: &str = "dcwatt_gpu_counter_resets_total";
+/// Last time an agent's batch was applied, Unix seconds.
+pub const AGENT_LAST_SEEN: &str = "dcwatt_agent_last_seen_timestamp_seconds";
+/// Batches received, by result.
+pub const INGEST_BATCHES_TOTAL: &str = "dcwatt_ingest_batches_total";
+/// Readings applied.
+pub const INGEST_READINGS_TOTAL: &str = "dcwatt_ingest_readings_total";
+/// Readings ignored, by reason (unknown meter, out of order, unknown quantity).
+pub const INGEST_IGNORED_READINGS_TOTAL: &str = "dcwatt_ingest_ignored_readings_total";
+
+/// Label: meter role.
+pub const ROLE: &str = "role";
+/// Label: zone (hall).
+pub const ZONE: &str = "zone";
+/// Label: window of an energy-based figure.
+pub const WINDOW: &str = "window";
+/// Label: ISO/IEC 30134-2 PUE category (1, 2 or 3).
+pub const CATEGORY: &str = "category";
+/// Label: meter id.
+pub const METER: &str = "meter";
+/// Label: agent id.
+pub const AGENT: &str = "agent";
+/// Label: result of an ingest.
+pub const RESULT: &str = "result";
+/// Label: why a reading was ignored.
+pub const REASON: &str = "reason";
