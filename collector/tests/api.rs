@@ -1,0 +1,278 @@
+//! The collector's HTTP API, in-process on 127.0.0.1:0, driven by real HTTP:
+//! energy arithmetic, resets, duplicates, and hostile batches that must change
+//! nothing.
+
+use dcwatt_collector::api::now_ms;
+use dcwatt_collector::config::{token_hash, Config};
+use dcwatt_wire::{Batch, Entity, Quantity, Reading, VERSION};
+use serde_json::Value;
+
+const TOKEN: &str = "agent-one-token";
+const OTHER_TOKEN: &str = "agent-two-token";
+
+struct Collector {
+    url: String,
+    http: reqwest::Client,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+async fn start() -> Collector {
+    let config = format!(
+        r#"
+        listen = "127.0.0.1:0"
+        [[agents]]
+        id = "n1"
+        token_sha256 = "{}"
+        [[agents]]
+        id = "n2"
+        token_sha256 = "{}"
+        [[meters]]
+        id = "utility"
+        role = "facility"
+        zone = "hall-1"
+        [[meters]]
+        id = "pdu-1"
+        role = "it"
+        zone = "hall-1"
+        it_point = "pdu_output"
+        [[meters]]
+        id = "pdu-2"
+        role = "it"
+        zone = "hall-1"
+        it_point = "it_input"
+        "#,
+        hex::encode(token_hash(TOKEN)),
+        hex::encode(token_hash(OTHER_TOKEN))
+    );
+    let site = Config::from_toml(&config).unwrap().build().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(dcwatt_collector::run(site, listener, async {
+        let _ = rx.await;
+    }));
+    Collector {
+        url,
+        http: reqwest::Client::new(),
+        stop: Some(tx),
+    }
+}
+
+fn reading(ts_ms: i64, meter: &str, quantity: Quantity, value: f64) -> Reading {
+    Reading {
+        ts_ms,
+        entity: Entity::Meter(meter.into()),
+        quantity,
+        value,
+    }
+}
+
+fn batch(seq: u64, readings: Vec<Reading>) -> Batch {
+    Batch {
+        version: VERSION,
+        agent: "n1".into(),
+        seq,
+        node: "n1".into(),
+        created_ms: now_ms(),
+        gpus: vec![],
+        readings,
+    }
+}
+
+/// Counter readings for the three meters at `ts` (facility, pdu-1, pdu-2), in J.
+fn counters(seq: u64, ts: i64, f: f64, p1: f64, p2: f64) -> Batch {
+    batch(
+        seq,
+        vec![
+            reading(ts, "utility", Quantity::PowerWatts, 13_000.0),
+            reading(ts, "utility", Quantity::EnergyJoules, f),
+            reading(ts, "pdu-1", Quantity::PowerWatts, 6_000.0),
+            reading(ts, "pdu-1", Quantity::EnergyJoules, p1),
+            reading(ts, "pdu-2", Quantity::PowerWatts, 4_000.0),
+            reading(ts, "pdu-2", Quantity::EnergyJoules, p2),
+        ],
+    )
+}
+
+impl Collector {
+    async fn post_raw(&self, token: Option<&str>, content_type: &str, body: Vec<u8>) -> (u16, Value) {
+        let mut req = self
+            .http
+            .post(format!("{}/v1/batches", self.url))
+            .header("content-type", content_type)
+            .body(body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn post(&self, b: &Batch) -> (u16, Value) {
+        self.post_raw(Some(TOKEN), "application/json", serde_json::to_vec(b).unwrap())
+            .await
+    }
+
+    async fn summary(&self) -> Value {
+        self.http
+            .get(format!("{}/v1/summary", self.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// The parts of the summary that a rejected batch must not change.
+    async fn state(&self) -> Value {
+        let s = self.summary().await;
+        serde_json::json!({"meters": s["meters"], "gpus": s["gpus"], "agents": s["agents"]})
+    }
+
+    async fn metrics(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+}
+
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test]
+async fn energy_pue_reset_and_duplicate() {
+    let c = start().await;
+    let t0 = now_ms() - 30_000;
+    assert_eq!(c.post(&counters(1, t0, 1.0e9, 5.0e8, 2.0e8)).await.0, 200);
+    // +13 MJ facility, +6 MJ and +4 MJ IT.
+    let (status, ack) = c.post(&counters(2, t0 + 10_000, 1.013e9, 5.06e8, 2.04e8)).await;
+    assert_eq!(
+        (status, ack["accepted"].as_u64(), ack["duplicate"].as_bool()),
+        (200, Some(6), Some(false))
+    );
+    // pdu-2 reset: its counter restarted and counted 1 MJ since. Facility +13 MJ, pdu-1 +6 MJ.
+    assert_eq!(c.post(&counters(3, t0 + 20_000, 1.026e9, 5.12e8, 1.0e6)).await.0, 200);
+    // The same batch again: a duplicate, nothing changes.
+    let before = c.state().await;
+    let (status, ack) = c.post(&counters(3, t0 + 20_000, 1.026e9, 5.12e8, 1.0e6)).await;
+    assert_eq!(
+        (status, ack["duplicate"].as_bool(), ack["accepted"].as_u64()),
+        (200, Some(true), Some(0))
+    );
+    assert_eq!(c.state().await, before);
+
+    let m = c.metrics().await;
+    let facility = sample(&m, r#"dcwatt_energy_joules_total{role="facility",zone="hall-1"}"#).unwrap();
+    let it = sample(&m, r#"dcwatt_energy_joules_total{role="it",zone="hall-1"}"#).unwrap();
+    assert_eq!(facility, 26.0e6);
+    assert_eq!(it, 6.0e6 + 4.0e6 + 6.0e6 + 1.0e6);
+    // Mixed IT points (PDU output and IT input): category 2, the lower one.
+    let pue = sample(&m, r#"dcwatt_pue_ratio{window="1h",category="2"}"#).unwrap();
+    assert!((pue - 26.0 / 17.0).abs() < 1e-12, "{pue}");
+    let instant = sample(&m, r#"dcwatt_pue_instant_ratio{category="2"}"#).unwrap();
+    assert!((instant - 1.3).abs() < 1e-12, "{instant}");
+    assert_eq!(
+        sample(&m, r#"dcwatt_meter_counter_resets_total{meter="pdu-2",role="it",zone="hall-1"}"#),
+        Some(1.0)
+    );
+    assert_eq!(sample(&m, r#"dcwatt_ingest_batches_total{result="duplicate"}"#), Some(1.0));
+
+    let s = c.summary().await;
+    let pdu2 = s["meters"].as_array().unwrap().iter().find(|m| m["id"] == "pdu-2").unwrap();
+    assert_eq!(pdu2["last_reset"]["before_ms"].as_i64(), Some(t0 + 10_000));
+    assert_eq!(pdu2["last_reset"]["after_ms"].as_i64(), Some(t0 + 20_000));
+    assert_eq!(pdu2["energy_from_ms"].as_i64(), Some(t0));
+    assert_eq!(s["power_watts"]["facility"].as_f64(), Some(13_000.0));
+}
+
+#[tokio::test]
+async fn power_only_meter_is_integrated_but_not_across_gaps() {
+    let c = start().await;
+    let t0 = now_ms() - 120_000;
+    let p = |seq, ts, w| batch(seq, vec![reading(ts, "utility", Quantity::PowerWatts, w)]);
+    c.post(&p(1, t0, 1000.0)).await;
+    c.post(&p(2, t0 + 4_000, 3000.0)).await; // 8 kJ
+    c.post(&p(3, t0 + 60_000, 3000.0)).await; // 56 s gap > 10 s: nothing
+    c.post(&p(4, t0 + 61_000, 1000.0)).await; // 2 kJ
+    let m = c.metrics().await;
+    assert_eq!(
+        sample(&m, r#"dcwatt_energy_joules_total{role="facility",zone="hall-1"}"#),
+        Some(10_000.0)
+    );
+    assert_eq!(
+        sample(&m, r#"dcwatt_meter_gaps_total{meter="utility",role="facility",zone="hall-1"}"#),
+        Some(1.0)
+    );
+}
+
+#[tokio::test]
+async fn hostile_batches_are_refused_and_change_nothing() {
+    let c = start().await;
+    let now = now_ms();
+    assert_eq!(c.post(&counters(10, now - 5_000, 1.0e9, 5.0e8, 2.0e8)).await.0, 200);
+    let before = c.state().await;
+    let ok = || counters(11, now, 1.1e9, 5.1e8, 2.1e8);
+    let good = serde_json::to_vec(&ok()).unwrap();
+    let mut other_agent = ok();
+    other_agent.agent = "n2".into();
+    let mut future = ok();
+    future.readings[2].ts_ms = now + 86_400_000;
+    let mut ancient = ok();
+    ancient.readings[1].ts_ms = now - 365 * 86_400_000;
+    let mut negative = ok();
+    negative.readings[4].value = -5.0;
+    let mut version = ok();
+    version.version = 99;
+    let mut spaced = ok();
+    spaced.readings[0].entity = Entity::Meter("a b".into());
+    let infinite = String::from_utf8(good.clone()).unwrap().replacen("13000.0", "1e999", 1);
+    let huge = vec![b' '; 9 << 20];
+    let json = "application/json";
+    let enc = |b: &Batch| serde_json::to_vec(b).unwrap();
+    let cases: Vec<(&str, Option<&str>, &str, Vec<u8>, u16, &str)> = vec![
+        ("no token", None, json, good.clone(), 401, "missing Authorization"),
+        ("wrong token", Some("guess"), json, good.clone(), 401, "unknown agent token"),
+        ("another agent's token", Some(OTHER_TOKEN), json, good.clone(), 403, "agent"),
+        ("body for another agent", Some(TOKEN), json, enc(&other_agent), 403, "agent"),
+        ("malformed JSON", Some(TOKEN), json, b"{\"version\":1,".to_vec(), 400, "malformed batch"),
+        ("missing field", Some(TOKEN), json, br#"{"version":1,"agent":"n1"}"#.to_vec(), 400, "seq"),
+        ("infinite value", Some(TOKEN), json, infinite.into_bytes(), 400, "malformed batch"),
+        ("negative power", Some(TOKEN), json, enc(&negative), 400, "readings[4].value"),
+        ("timestamp a day ahead", Some(TOKEN), json, enc(&future), 400, "readings[2].ts_ms"),
+        ("timestamp a year old", Some(TOKEN), json, enc(&ancient), 400, "readings[1].ts_ms"),
+        ("unknown version", Some(TOKEN), json, enc(&version), 400, "version"),
+        ("whitespace in an id", Some(TOKEN), json, enc(&spaced), 400, "readings[0].entity"),
+        ("wrong content type", Some(TOKEN), "text/plain", good.clone(), 415, "content-type"),
+        ("oversized body", Some(TOKEN), json, huge, 413, "larger than"),
+    ];
+    for (name, token, content_type, body, status, needle) in cases {
+        let (got, answer) = c.post_raw(token, content_type, body).await;
+        assert_eq!(got, status, "{name}: {answer}");
+        let text = answer["error"].as_str().unwrap_or_default();
+        assert!(text.contains(needle), "{name}: error {text:?} should mention {needle:?}");
+        assert_eq!(c.state().await, before, "{name} changed the state");
+    }
+    // And the good batch still applies afterwards.
+    assert_eq!(c.post_raw(Some(TOKEN), json, good).await.0, 200);
+    assert_ne!(c.state().await, before);
+}
