@@ -1,0 +1,93 @@
+//! The collector's `/metrics` text is an external format (dashboards and alert
+//! rules depend on it): pinned by a golden file rendered from a fixed state at a
+//! fixed instant. `UPDATE_GOLDEN=1 cargo test -p dcwatt-collector --test golden`
+//! rewrites it; review the diff. The end-to-end tests run promtool on it.
+
+use dcwatt_collector::config::{token_hash, Config};
+use dcwatt_collector::{export, figures, state::State};
+use dcwatt_wire::{Batch, Entity, GpuInfo, Quantity, Reading, VERSION};
+
+const T0: i64 = 1_795_000_000_000;
+
+fn batch(seq: u64, ts: i64, k: f64) -> Batch {
+    let meter = |id: &str, q, v| Reading {
+        ts_ms: ts,
+        entity: Entity::Meter(id.into()),
+        quantity: q,
+        value: v,
+    };
+    let gpu = |q, v| Reading {
+        ts_ms: ts,
+        entity: Entity::Gpu("GPU-1".into()),
+        quantity: q,
+        value: v,
+    };
+    Batch {
+        version: VERSION,
+        agent: "gw-1".into(),
+        seq,
+        node: "gw-1".into(),
+        created_ms: ts,
+        gpus: vec![GpuInfo {
+            uuid: "GPU-1".into(),
+            index: 0,
+            model: "NVIDIA GB300".into(),
+        }],
+        readings: vec![
+            meter("utility-a", Quantity::PowerWatts, 24_000.0),
+            meter("utility-a", Quantity::EnergyJoules, 1.0e9 + k * 24_000.0),
+            meter("pdu-r1", Quantity::PowerWatts, 20_000.0),
+            meter("pdu-r1", Quantity::EnergyJoules, 2.0e9 + k * 20_000.0),
+            meter("cooling-1", Quantity::PowerWatts, 2_500.0),
+            gpu(Quantity::PowerWatts, 1_000.0),
+            gpu(Quantity::TemperatureCelsius, 70.0),
+            gpu(Quantity::EnergyJoules, 5.0e6 + k * 1_000.0),
+        ],
+    }
+}
+
+#[test]
+fn metrics_match_golden() {
+    let site = Config::from_toml(&format!(
+        r#"
+        [[agents]]
+        id = "gw-1"
+        token_sha256 = "{}"
+        [[meters]]
+        id = "utility-a"
+        role = "facility"
+        zone = "hall-1"
+        [[meters]]
+        id = "pdu-r1"
+        role = "it"
+        zone = "hall-1"
+        it_point = "pdu_output"
+        [[meters]]
+        id = "cooling-1"
+        role = "cooling"
+        zone = "hall-1"
+        "#,
+        hex::encode(token_hash("t"))
+    ))
+    .unwrap()
+    .build()
+    .unwrap();
+    let mut state = State::new(&site);
+    for i in 0..=60u32 {
+        let secs = f64::from(i);
+        state.apply(&batch(u64::from(i) + 1, T0 + i64::from(i) * 1000, secs), site.max_gap_ms, T0);
+    }
+    let now = T0 + 61_000;
+    let text = export::render(&state, &site, &figures::compute(&state, &site, now));
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/metrics.txt");
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(path, &text).unwrap();
+    }
+    let golden = std::fs::read_to_string(path).unwrap();
+    assert_eq!(text, golden, "/metrics changed: rerun with UPDATE_GOLDEN=1 and review the diff");
+    // 60 s at 24 kW facility and 20 kW IT; cooling integrated from power (2.5 kW).
+    assert!(text.contains("dcwatt_energy_joules_total{role=\"facility\",zone=\"hall-1\"} 1440000\n"));
+    assert!(text.contains("dcwatt_energy_joules_total{role=\"it\",zone=\"hall-1\"} 1200000\n"));
+    assert!(text.contains("dcwatt_energy_joules_total{role=\"cooling\",zone=\"hall-1\"} 150000\n"));
+    assert!(text.contains("dcwatt_pue_ratio{window=\"1h\",category=\"2\"} 1.2\n"));
+}
