@@ -29,7 +29,9 @@ impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock cannot leave a half-applied batch we
         // would rather lose than serve: apply() has no panicking paths.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -79,7 +81,11 @@ fn rejection_label(r: &Rejection) -> &'static str {
     }
 }
 
-async fn post_batch(Extract(shared): Extract<Arc<Shared>>, headers: HeaderMap, body: Body) -> Response {
+async fn post_batch(
+    Extract(shared): Extract<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     match accept_batch(&shared, &headers, body).await {
         Ok(ack) => Json(ack).into_response(),
         Err(rejection) => {
@@ -90,23 +96,36 @@ async fn post_batch(Extract(shared): Extract<Arc<Shared>>, headers: HeaderMap, b
     }
 }
 
-async fn accept_batch(shared: &Shared, headers: &HeaderMap, body: Body) -> Result<BatchAck, Rejection> {
+async fn accept_batch(
+    shared: &Shared,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<BatchAck, Rejection> {
     let site = &shared.site;
-    let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let auth = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
     let agent = ingest::authenticate_agent(site, auth)?;
-    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     if !content_type.trim_start().starts_with("application/json") {
         return Err(Rejection::UnsupportedMediaType(format!(
             "content-type must be application/json, not {content_type:?}"
         )));
     }
-    let bytes = to_bytes(body, site.max_body_bytes)
-        .await
-        .map_err(|_| Rejection::TooLarge(format!("body larger than {} bytes", site.max_body_bytes)))?;
+    let bytes = to_bytes(body, site.max_body_bytes).await.map_err(|_| {
+        Rejection::TooLarge(format!("body larger than {} bytes", site.max_body_bytes))
+    })?;
     let now = now_ms();
     let batch = ingest::decode(&bytes, agent, site, now)?;
     let mut state = shared.lock();
-    if state.agents.get(agent).is_some_and(|a| batch.seq <= a.last_seq) {
+    if state
+        .agents
+        .get(agent)
+        .is_some_and(|a| batch.seq <= a.last_seq)
+    {
         state.count_batch("duplicate");
         return Ok(BatchAck {
             accepted: 0,
@@ -192,9 +211,14 @@ struct Summary<'a> {
 async fn summary(Extract(shared): Extract<Arc<Shared>>, headers: HeaderMap) -> Response {
     let site = &shared.site;
     if site.operator_token.is_some() {
-        let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        let auth = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
         if !ingest::is_operator(site, auth) {
-            return error(StatusCode::UNAUTHORIZED, "the summary needs the operator token");
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "the summary needs the operator token",
+            );
         }
     }
     let now = now_ms();
@@ -216,7 +240,10 @@ async fn summary(Extract(shared): Extract<Arc<Shared>>, headers: HeaderMap) -> R
             last_ms: m.last_ms,
             fresh: m.last_ms.is_some_and(fresh),
             resets: m.resets,
-            last_reset: m.last_reset.map(|(before_ms, after_ms)| ResetView { before_ms, after_ms }),
+            last_reset: m.last_reset.map(|(before_ms, after_ms)| ResetView {
+                before_ms,
+                after_ms,
+            }),
             gaps: m.gaps,
         })
         .collect();
@@ -240,7 +267,13 @@ async fn summary(Extract(shared): Extract<Arc<Shared>>, headers: HeaderMap) -> R
     let gpus = GpuTotals {
         count: state.gpus.len(),
         reporting: state.gpus.values().filter(|g| fresh(g.last_ms)).count(),
-        power_watts: state.gpus.values().filter_map(|g| g.power).filter(|(t, _)| fresh(*t)).map(|(_, w)| w).sum(),
+        power_watts: state
+            .gpus
+            .values()
+            .filter_map(|g| g.power)
+            .filter(|(t, _)| fresh(*t))
+            .map(|(_, w)| w)
+            .sum(),
         energy_joules: state.gpu_energy_joules,
         counter_resets: state.gpu_resets,
     };

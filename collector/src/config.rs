@@ -253,7 +253,10 @@ impl Config {
     /// Validates into the runtime form, naming the first offending key.
     pub fn build(self) -> Result<Site, ConfigError> {
         if self.listen.parse::<std::net::SocketAddr>().is_err() {
-            return Err(invalid("listen", format!("{:?} is not an ip:port address", self.listen)));
+            return Err(invalid(
+                "listen",
+                format!("{:?} is not an ip:port address", self.listen),
+            ));
         }
         for (key, d) in [
             ("stale_after", self.stale_after),
@@ -272,7 +275,10 @@ impl Config {
             return Err(invalid("max_readings_per_batch", "must be at least 1"));
         }
         if !(self.pue_it_floor_watts.is_finite() && self.pue_it_floor_watts > 0.0) {
-            return Err(invalid("pue_it_floor_watts", "must be a positive number of watts"));
+            return Err(invalid(
+                "pue_it_floor_watts",
+                "must be a positive number of watts",
+            ));
         }
         let operator_token = match &self.operator {
             Some(op) => Some(parse_sha256("operator.token_sha256", &op.token_sha256)?),
@@ -283,7 +289,10 @@ impl Config {
         for (i, a) in self.agents.iter().enumerate() {
             check_id(&format!("agents[{i}].id"), &a.id)?;
             if !agent_ids.insert(a.id.as_str()) {
-                return Err(invalid(format!("agents[{i}].id"), format!("duplicate agent id {:?}", a.id)));
+                return Err(invalid(
+                    format!("agents[{i}].id"),
+                    format!("duplicate agent id {:?}", a.id),
+                ));
             }
             let key = format!("agents[{i}].token_sha256");
             let hash = parse_sha256(&key, &a.token_sha256)?;
@@ -316,7 +325,10 @@ impl Config {
                 it_point: m.it_point,
             };
             if meters.insert(m.id.clone(), meter).is_some() {
-                return Err(invalid(format!("meters[{i}].id"), format!("duplicate meter id {:?}", m.id)));
+                return Err(invalid(
+                    format!("meters[{i}].id"),
+                    format!("duplicate meter id {:?}", m.id),
+                ));
             }
         }
         Ok(Site {
@@ -344,8 +356,14 @@ fn check_id(key: &str, id: &str) -> Result<(), ConfigError> {
     if id.is_empty() || id.len() > 128 {
         return Err(invalid(key, "must be 1 to 128 characters"));
     }
-    if !id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b)) {
-        return Err(invalid(key, format!("{id:?} may only contain ASCII letters, digits, '-', '_', '.', ':'")));
+    if !id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+    {
+        return Err(invalid(
+            key,
+            format!("{id:?} may only contain ASCII letters, digits, '-', '_', '.', ':'"),
+        ));
     }
     Ok(())
 }
@@ -408,8 +426,16 @@ mod tests {
         .unwrap()
         .build()
         .unwrap();
-        assert_eq!(site.agent_tokens.get(&token_hash("test")).map(String::as_str), Some("r1-n1"));
-        assert_eq!(site.meters["pdu-r1"].it_point.map(ItPoint::category), Some(2));
+        assert_eq!(
+            site.agent_tokens
+                .get(&token_hash("test"))
+                .map(String::as_str),
+            Some("r1-n1")
+        );
+        assert_eq!(
+            site.meters["pdu-r1"].it_point.map(ItPoint::category),
+            Some(2)
+        );
         assert_eq!(site.stale_after_ms, 10_000);
     }
 
@@ -440,7 +466,10 @@ mod tests {
         for (text, needles) in cases {
             let e = err(text);
             for n in *needles {
-                assert!(e.contains(n), "error for {text:?} should mention {n:?}: {e}");
+                assert!(
+                    e.contains(n),
+                    "error for {text:?} should mention {n:?}: {e}"
+                );
             }
         }
     }

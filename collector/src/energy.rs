@@ -177,18 +177,30 @@ mod tests {
         assert_eq!(c.observe(1000, 500.0), CounterStep::Baseline);
         assert_eq!(
             c.observe(2000, 800.0),
-            CounterStep::Delta(Span { from_ms: 1000, to_ms: 2000, joules: 300.0 })
+            CounterStep::Delta(Span {
+                from_ms: 1000,
+                to_ms: 2000,
+                joules: 300.0
+            })
         );
         // Reset: the counter restarted from zero and counted 40 J since.
         assert_eq!(
             c.observe(3000, 40.0),
-            CounterStep::Reset(Span { from_ms: 2000, to_ms: 3000, joules: 40.0 })
+            CounterStep::Reset(Span {
+                from_ms: 2000,
+                to_ms: 3000,
+                joules: 40.0
+            })
         );
         assert_eq!(c.observe(3000, 90.0), CounterStep::OutOfOrder);
         assert_eq!(c.observe(2500, 90.0), CounterStep::OutOfOrder);
         assert_eq!(
             c.observe(4000, 100.0),
-            CounterStep::Delta(Span { from_ms: 3000, to_ms: 4000, joules: 60.0 })
+            CounterStep::Delta(Span {
+                from_ms: 3000,
+                to_ms: 4000,
+                joules: 60.0
+            })
         );
     }
 
@@ -198,12 +210,20 @@ mod tests {
         assert_eq!(p.observe(0, 100.0, 10_000), PowerStep::Baseline);
         assert_eq!(
             p.observe(2000, 300.0, 10_000),
-            PowerStep::Energy(Span { from_ms: 0, to_ms: 2000, joules: 400.0 })
+            PowerStep::Energy(Span {
+                from_ms: 0,
+                to_ms: 2000,
+                joules: 400.0
+            })
         );
         assert_eq!(p.observe(20_000, 300.0, 10_000), PowerStep::Gap);
         assert_eq!(
             p.observe(21_000, 100.0, 10_000),
-            PowerStep::Energy(Span { from_ms: 20_000, to_ms: 21_000, joules: 200.0 })
+            PowerStep::Energy(Span {
+                from_ms: 20_000,
+                to_ms: 21_000,
+                joules: 200.0
+            })
         );
     }
 
@@ -211,14 +231,26 @@ mod tests {
     fn buckets_split_spans_across_minutes() {
         let mut b = Buckets::default();
         // 90 J over [30 s, 120 s): 30 s in minute 0, 60 s in minute 1.
-        b.add(Span { from_ms: 30_000, to_ms: 120_000, joules: 90.0 });
-        b.add(Span { from_ms: 120_000, to_ms: 121_000, joules: 5.0 });
+        b.add(Span {
+            from_ms: 30_000,
+            to_ms: 120_000,
+            joules: 90.0,
+        });
+        b.add(Span {
+            from_ms: 120_000,
+            to_ms: 121_000,
+            joules: 5.0,
+        });
         assert!((b.sum(0, 60_000) - 30.0).abs() < 1e-9);
         assert!((b.sum(60_000, 120_000) - 60.0).abs() < 1e-9);
         assert!((b.sum(120_000, 180_000) - 5.0).abs() < 1e-9);
         assert!((b.sum(0, 1_000_000) - 95.0).abs() < 1e-9);
         // Out-of-order minute goes in its place.
-        b.add(Span { from_ms: 0, to_ms: 1000, joules: 1.0 });
+        b.add(Span {
+            from_ms: 0,
+            to_ms: 1000,
+            joules: 1.0,
+        });
         assert!((b.sum(0, 60_000) - 31.0).abs() < 1e-9);
     }
 }

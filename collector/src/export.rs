@@ -12,42 +12,79 @@ use crate::state::State;
 
 /// Renders `/metrics`.
 pub fn render(state: &State, site: &Site, figures: &Figures) -> String {
-    let mut energy = Family::counter(n::ENERGY_JOULES_TOTAL, "Energy by meter role and zone since the collector started, joules.");
-    let mut power = Family::gauge(n::POWER_WATTS, "Power of the fresh meters by role and zone, watts.");
+    let mut energy = Family::counter(
+        n::ENERGY_JOULES_TOTAL,
+        "Energy by meter role and zone since the collector started, joules.",
+    );
+    let mut power = Family::gauge(
+        n::POWER_WATTS,
+        "Power of the fresh meters by role and zone, watts.",
+    );
     for ((role, zone), e) in &state.energy {
         let labels = [(n::ROLE, role.as_str()), (n::ZONE, zone.as_str())];
         energy.add(&labels, e.total_joules);
-        power.add(&labels, figures.zone_power_watts.get(&(*role, zone.clone())).copied().unwrap_or(0.0));
+        power.add(
+            &labels,
+            figures
+                .zone_power_watts
+                .get(&(*role, zone.clone()))
+                .copied()
+                .unwrap_or(0.0),
+        );
     }
 
     let category = figures.category.map(|c| c.to_string()).unwrap_or_default();
     let mut pue = Family::gauge(n::PUE_RATIO, "Energy-based PUE over a trailing window (facility energy / IT energy); absent when incomplete.");
-    let mut coverage = Family::gauge(n::PUE_COVERAGE_RATIO, "Share of the facility and IT meters that are reporting.");
+    let mut coverage = Family::gauge(
+        n::PUE_COVERAGE_RATIO,
+        "Share of the facility and IT meters that are reporting.",
+    );
     for w in &figures.pue_windows {
         if let Some(p) = w.pue {
             pue.add(&[(n::WINDOW, w.window), (n::CATEGORY, &category)], p);
         }
         coverage.add(&[(n::WINDOW, w.window)], figures.coverage_ratio);
     }
-    let mut instant = Family::gauge(n::PUE_INSTANT_RATIO, "Instantaneous PUE from the latest powers (facility / IT).");
+    let mut instant = Family::gauge(
+        n::PUE_INSTANT_RATIO,
+        "Instantaneous PUE from the latest powers (facility / IT).",
+    );
     if let Some(p) = figures.pue_instant {
         instant.add(&[(n::CATEGORY, &category)], p);
     }
 
-    let mut meter_energy = Family::counter(n::METER_ENERGY_JOULES_TOTAL, "Energy of each meter since the collector started, joules.");
-    let mut meter_resets = Family::counter(n::METER_COUNTER_RESETS_TOTAL, "Energy counter resets seen per meter.");
-    let mut meter_gaps = Family::counter(n::METER_GAPS_TOTAL, "Gaps longer than max_gap in a power-only meter, not integrated.");
+    let mut meter_energy = Family::counter(
+        n::METER_ENERGY_JOULES_TOTAL,
+        "Energy of each meter since the collector started, joules.",
+    );
+    let mut meter_resets = Family::counter(
+        n::METER_COUNTER_RESETS_TOTAL,
+        "Energy counter resets seen per meter.",
+    );
+    let mut meter_gaps = Family::counter(
+        n::METER_GAPS_TOTAL,
+        "Gaps longer than max_gap in a power-only meter, not integrated.",
+    );
     let mut meter_up = Family::gauge(n::METER_UP, "1 when the meter reported within stale_after.");
     for (id, m) in &state.meters {
-        let labels = [(n::METER, id.as_str()), (n::ROLE, m.role.as_str()), (n::ZONE, m.zone.as_str())];
+        let labels = [
+            (n::METER, id.as_str()),
+            (n::ROLE, m.role.as_str()),
+            (n::ZONE, m.zone.as_str()),
+        ];
         meter_energy.add(&labels, m.energy_joules);
         meter_resets.add(&labels, m.resets as f64);
         meter_gaps.add(&labels, m.gaps as f64);
-        let up = m.last_ms.is_some_and(|t| figures.now_ms - t <= site.stale_after_ms);
+        let up = m
+            .last_ms
+            .is_some_and(|t| figures.now_ms - t <= site.stale_after_ms);
         meter_up.add(&labels, f64::from(u8::from(up)));
     }
 
-    let mut gpu_power = Family::gauge(n::GPU_POWER_WATTS_SUM, "Sum of the fresh GPU power readings, watts (GPU-only: not a PUE denominator).");
+    let mut gpu_power = Family::gauge(
+        n::GPU_POWER_WATTS_SUM,
+        "Sum of the fresh GPU power readings, watts (GPU-only: not a PUE denominator).",
+    );
     let gpu_watts: f64 = state
         .gpus
         .values()
@@ -56,12 +93,21 @@ pub fn render(state: &State, site: &Site, figures: &Figures) -> String {
         .map(|(_, w)| w)
         .sum();
     gpu_power.add(&[], gpu_watts);
-    let mut gpu_energy = Family::counter(n::GPU_ENERGY_JOULES_TOTAL, "GPU energy from NVML counters since the collector started, joules.");
+    let mut gpu_energy = Family::counter(
+        n::GPU_ENERGY_JOULES_TOTAL,
+        "GPU energy from NVML counters since the collector started, joules.",
+    );
     gpu_energy.add(&[], state.gpu_energy_joules);
-    let mut gpu_resets = Family::counter(n::GPU_COUNTER_RESETS_TOTAL, "GPU energy counter resets seen.");
+    let mut gpu_resets = Family::counter(
+        n::GPU_COUNTER_RESETS_TOTAL,
+        "GPU energy counter resets seen.",
+    );
     gpu_resets.add(&[], state.gpu_resets as f64);
 
-    let mut last_seen = Family::gauge(n::AGENT_LAST_SEEN, "When the agent's last batch was applied, Unix seconds.");
+    let mut last_seen = Family::gauge(
+        n::AGENT_LAST_SEEN,
+        "When the agent's last batch was applied, Unix seconds.",
+    );
     for (id, a) in &state.agents {
         last_seen.add(&[(n::AGENT, id.as_str())], a.last_seen_ms as f64 / 1000.0);
     }
@@ -71,13 +117,30 @@ pub fn render(state: &State, site: &Site, figures: &Figures) -> String {
     }
     let mut readings = Family::counter(n::INGEST_READINGS_TOTAL, "Readings applied.");
     readings.add(&[], state.readings as f64);
-    let mut ignored = Family::counter(n::INGEST_IGNORED_READINGS_TOTAL, "Readings of valid batches that were not used, by reason.");
+    let mut ignored = Family::counter(
+        n::INGEST_IGNORED_READINGS_TOTAL,
+        "Readings of valid batches that were not used, by reason.",
+    );
     for (why, count) in &state.ignored {
         ignored.add(&[(n::REASON, why.as_str())], *count as f64);
     }
 
     encode(vec![
-        energy, power, pue, instant, coverage, meter_energy, meter_resets, meter_gaps, meter_up, gpu_power, gpu_energy,
-        gpu_resets, last_seen, batches, readings, ignored,
+        energy,
+        power,
+        pue,
+        instant,
+        coverage,
+        meter_energy,
+        meter_resets,
+        meter_gaps,
+        meter_up,
+        gpu_power,
+        gpu_energy,
+        gpu_resets,
+        last_seen,
+        batches,
+        readings,
+        ignored,
     ])
 }

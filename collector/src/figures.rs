@@ -62,12 +62,18 @@ pub fn compute(state: &State, site: &Site, now_ms: i64) -> Figures {
         }
         if let Some((t, w)) = m.power {
             if fresh(Some(t)) {
-                *zone_power_watts.entry((m.role, m.zone.clone())).or_default() += w;
+                *zone_power_watts
+                    .entry((m.role, m.zone.clone()))
+                    .or_default() += w;
                 *power_watts.entry(m.role.as_str()).or_default() += w;
             }
         }
     }
-    let coverage_ratio = if required == 0 { 0.0 } else { reporting as f64 / required as f64 };
+    let coverage_ratio = if required == 0 {
+        0.0
+    } else {
+        reporting as f64 / required as f64
+    };
     let complete = required > 0 && reporting == required;
     let category = pue::category(state.meters.values().filter_map(|m| m.it_point));
     let has_facility = state.meters.values().any(|m| m.role == Role::Facility);
@@ -97,14 +103,27 @@ pub fn compute(state: &State, site: &Site, now_ms: i64) -> Figures {
             // At least one minute of IT power above the floor.
             let floor = site.pue_it_floor_watts * 60.0;
             let (pue, missing_reason) = if !has_facility || category.is_none() {
-                (None, Some("no facility or no IT meter configured".to_owned()))
+                (
+                    None,
+                    Some("no facility or no IT meter configured".to_owned()),
+                )
             } else if !complete {
-                (None, Some(format!("incomplete: {reporting} of {required} facility and IT meters reporting")))
+                (
+                    None,
+                    Some(format!(
+                        "incomplete: {reporting} of {required} facility and IT meters reporting"
+                    )),
+                )
             } else {
                 match pue::pue(facility_joules, it_joules, floor) {
                     Ok(p) => (Some(p), None),
-                    Err(NoPue::ItBelowFloor) => (None, Some("IT energy below the floor".to_owned())),
-                    Err(NoPue::Invalid(r)) => (None, Some(format!("invalid ratio {r:.4}: check the meters' roles"))),
+                    Err(NoPue::ItBelowFloor) => {
+                        (None, Some("IT energy below the floor".to_owned()))
+                    }
+                    Err(NoPue::Invalid(r)) => (
+                        None,
+                        Some(format!("invalid ratio {r:.4}: check the meters' roles")),
+                    ),
                 }
             };
             WindowPue {

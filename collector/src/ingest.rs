@@ -31,7 +31,8 @@ pub enum Rejection {
 
 /// Extracts the token from an `Authorization` header value.
 pub fn bearer(header: Option<&str>) -> Result<&str, Rejection> {
-    let value = header.ok_or_else(|| Rejection::Unauthorized("missing Authorization header".into()))?;
+    let value =
+        header.ok_or_else(|| Rejection::Unauthorized("missing Authorization header".into()))?;
     let token = value
         .strip_prefix("Bearer ")
         .ok_or_else(|| Rejection::Unauthorized("Authorization must be \"Bearer <token>\"".into()))?
@@ -66,8 +67,8 @@ fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
 
 /// Parses and validates a batch body for the authenticated `agent`.
 pub fn decode(body: &[u8], agent: &str, site: &Site, now_ms: i64) -> Result<Batch, Rejection> {
-    let batch: Batch =
-        serde_json::from_slice(body).map_err(|e| Rejection::Invalid(format!("malformed batch: {e}")))?;
+    let batch: Batch = serde_json::from_slice(body)
+        .map_err(|e| Rejection::Invalid(format!("malformed batch: {e}")))?;
     validate(&batch, agent, site, now_ms)?;
     Ok(batch)
 }
@@ -76,7 +77,13 @@ pub fn decode(body: &[u8], agent: &str, site: &Site, now_ms: i64) -> Result<Batc
 pub fn validate(batch: &Batch, agent: &str, site: &Site, now_ms: i64) -> Result<(), Rejection> {
     let bad = |field: String, why: &str| Rejection::Invalid(format!("{field}: {why}"));
     if batch.version != VERSION {
-        return Err(bad("version".into(), &format!("unsupported version {}, this collector reads {VERSION}", batch.version)));
+        return Err(bad(
+            "version".into(),
+            &format!(
+                "unsupported version {}, this collector reads {VERSION}",
+                batch.version
+            ),
+        ));
     }
     if batch.agent != agent {
         return Err(Rejection::Forbidden(format!(
@@ -86,12 +93,22 @@ pub fn validate(batch: &Batch, agent: &str, site: &Site, now_ms: i64) -> Result<
     }
     check_id(&batch.node).map_err(|why| bad("node".into(), why))?;
     if batch.readings.len() > site.max_readings {
-        return Err(bad("readings".into(), &format!("{} readings, at most {} per batch", batch.readings.len(), site.max_readings)));
+        return Err(bad(
+            "readings".into(),
+            &format!(
+                "{} readings, at most {} per batch",
+                batch.readings.len(),
+                site.max_readings
+            ),
+        ));
     }
     for (i, g) in batch.gpus.iter().enumerate() {
         check_id(&g.uuid).map_err(|why| bad(format!("gpus[{i}].uuid"), why))?;
         if g.model.len() > 256 || g.model.chars().any(char::is_control) {
-            return Err(bad(format!("gpus[{i}].model"), "must be at most 256 printable characters"));
+            return Err(bad(
+                format!("gpus[{i}].model"),
+                "must be at most 256 printable characters",
+            ));
         }
     }
     let (oldest, newest) = (now_ms - site.max_age_ms, now_ms + site.max_future_ms);
@@ -104,7 +121,8 @@ pub fn validate(batch: &Batch, agent: &str, site: &Site, now_ms: i64) -> Result<
         }
         let (Entity::Gpu(id) | Entity::Meter(id) | Entity::Node(id)) = &r.entity;
         check_id(id).map_err(|why| bad(format!("readings[{i}].entity"), why))?;
-        check_value(r.quantity, r.value).map_err(|why| bad(format!("readings[{i}].value"), &why))?;
+        check_value(r.quantity, r.value)
+            .map_err(|why| bad(format!("readings[{i}].value"), &why))?;
     }
     Ok(())
 }
@@ -133,7 +151,10 @@ fn check_value(q: Quantity, v: f64) -> Result<(), String> {
         Quantity::Other => (f64::MIN, f64::MAX),
     };
     if v < lo || v > hi {
-        let name = serde_json::to_value(q).ok().and_then(|j| j.as_str().map(str::to_owned)).unwrap_or_default();
+        let name = serde_json::to_value(q)
+            .ok()
+            .and_then(|j| j.as_str().map(str::to_owned))
+            .unwrap_or_default();
         return Err(format!("{v} is out of range for {name} [{lo}, {hi}]"));
     }
     Ok(())
@@ -176,9 +197,18 @@ mod tests {
     fn tokens() {
         let s = site();
         assert_eq!(authenticate_agent(&s, Some("Bearer secret")), Ok("a1"));
-        assert!(matches!(authenticate_agent(&s, Some("Bearer nope")), Err(Rejection::Unauthorized(_))));
-        assert!(matches!(authenticate_agent(&s, Some("Basic secret")), Err(Rejection::Unauthorized(_))));
-        assert!(matches!(authenticate_agent(&s, None), Err(Rejection::Unauthorized(_))));
+        assert!(matches!(
+            authenticate_agent(&s, Some("Bearer nope")),
+            Err(Rejection::Unauthorized(_))
+        ));
+        assert!(matches!(
+            authenticate_agent(&s, Some("Basic secret")),
+            Err(Rejection::Unauthorized(_))
+        ));
+        assert!(matches!(
+            authenticate_agent(&s, None),
+            Err(Rejection::Unauthorized(_))
+        ));
         assert!(!is_operator(&s, Some("Bearer secret")));
     }
 
@@ -197,13 +227,18 @@ mod tests {
             let e = validate(&b, "a1", &s, now).unwrap_err().to_string();
             assert!(e.contains(needle), "{e}");
         }
-        assert!(matches!(validate(&batch(1.0, now), "other", &s, now), Err(Rejection::Forbidden(_))));
+        assert!(matches!(
+            validate(&batch(1.0, now), "other", &s, now),
+            Err(Rejection::Forbidden(_))
+        ));
     }
 
     #[test]
     fn malformed_json_names_the_problem() {
         let s = site();
-        let e = decode(br#"{"version":1,"agent":"a1"}"#, "a1", &s, 0).unwrap_err().to_string();
+        let e = decode(br#"{"version":1,"agent":"a1"}"#, "a1", &s, 0)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("missing field `seq`"), "{e}");
         let e = decode(b"not json", "a1", &s, 0).unwrap_err().to_string();
         assert!(e.contains("malformed batch"), "{e}");

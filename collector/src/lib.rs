@@ -30,7 +30,11 @@ use std::sync::{Arc, Mutex};
 use config::Site;
 
 /// Serves the collector on `listener` until `shutdown` resolves.
-pub async fn run(site: Site, listener: tokio::net::TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+pub async fn run(
+    site: Site,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     if site.operator_token.is_none() {
         tracing::warn!("No [operator] token configured: /v1/summary is open to anyone who can reach the listener.");
     }
@@ -38,5 +42,7 @@ pub async fn run(site: Site, listener: tokio::net::TcpListener, shutdown: impl F
         state: Mutex::new(state::State::new(&site)),
         site,
     });
-    axum::serve(listener, api::router(shared)).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, api::router(shared))
+        .with_graceful_shutdown(shutdown)
+        .await
 }

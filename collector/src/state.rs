@@ -194,7 +194,14 @@ impl State {
         applied
     }
 
-    fn apply_meter(&mut self, id: &str, q: Quantity, ts: i64, v: f64, max_gap_ms: i64) -> Result<(), Ignored> {
+    fn apply_meter(
+        &mut self,
+        id: &str,
+        q: Quantity,
+        ts: i64,
+        v: f64,
+        max_gap_ms: i64,
+    ) -> Result<(), Ignored> {
         let m = self.meters.get_mut(id).ok_or(Ignored::UnknownMeter)?;
         if m.last_ms.is_none_or(|l| ts > l) {
             m.last_ms = Some(ts);
@@ -248,7 +255,14 @@ impl State {
         Ok(())
     }
 
-    fn apply_gpu(&mut self, uuid: &str, node: &str, q: Quantity, ts: i64, v: f64) -> Result<(), Ignored> {
+    fn apply_gpu(
+        &mut self,
+        uuid: &str,
+        node: &str,
+        q: Quantity,
+        ts: i64,
+        v: f64,
+    ) -> Result<(), Ignored> {
         let g = self.gpus.entry(uuid.to_owned()).or_default();
         if g.node.is_empty() {
             g.node = node.to_owned();
@@ -278,7 +292,12 @@ impl State {
     }
 }
 
-fn add_energy(energy: &mut BTreeMap<(Role, String), RoleEnergy>, role: Role, zone: String, span: Span) {
+fn add_energy(
+    energy: &mut BTreeMap<(Role, String), RoleEnergy>,
+    role: Role,
+    zone: String,
+    span: Span,
+) {
     let e = energy.entry((role, zone)).or_default();
     e.total_joules += span.joules;
     e.buckets.add(span);

@@ -103,7 +103,12 @@ fn counters(seq: u64, ts: i64, f: f64, p1: f64, p2: f64) -> Batch {
 }
 
 impl Collector {
-    async fn post_raw(&self, token: Option<&str>, content_type: &str, body: Vec<u8>) -> (u16, Value) {
+    async fn post_raw(
+        &self,
+        token: Option<&str>,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> (u16, Value) {
         let mut req = self
             .http
             .post(format!("{}/v1/batches", self.url))
@@ -118,8 +123,12 @@ impl Collector {
     }
 
     async fn post(&self, b: &Batch) -> (u16, Value) {
-        self.post_raw(Some(TOKEN), "application/json", serde_json::to_vec(b).unwrap())
-            .await
+        self.post_raw(
+            Some(TOKEN),
+            "application/json",
+            serde_json::to_vec(b).unwrap(),
+        )
+        .await
     }
 
     async fn summary(&self) -> Value {
@@ -165,16 +174,25 @@ async fn energy_pue_reset_and_duplicate() {
     let t0 = now_ms() - 30_000;
     assert_eq!(c.post(&counters(1, t0, 1.0e9, 5.0e8, 2.0e8)).await.0, 200);
     // +13 MJ facility, +6 MJ and +4 MJ IT.
-    let (status, ack) = c.post(&counters(2, t0 + 10_000, 1.013e9, 5.06e8, 2.04e8)).await;
+    let (status, ack) = c
+        .post(&counters(2, t0 + 10_000, 1.013e9, 5.06e8, 2.04e8))
+        .await;
     assert_eq!(
         (status, ack["accepted"].as_u64(), ack["duplicate"].as_bool()),
         (200, Some(6), Some(false))
     );
     // pdu-2 reset: its counter restarted and counted 1 MJ since. Facility +13 MJ, pdu-1 +6 MJ.
-    assert_eq!(c.post(&counters(3, t0 + 20_000, 1.026e9, 5.12e8, 1.0e6)).await.0, 200);
+    assert_eq!(
+        c.post(&counters(3, t0 + 20_000, 1.026e9, 5.12e8, 1.0e6))
+            .await
+            .0,
+        200
+    );
     // The same batch again: a duplicate, nothing changes.
     let before = c.state().await;
-    let (status, ack) = c.post(&counters(3, t0 + 20_000, 1.026e9, 5.12e8, 1.0e6)).await;
+    let (status, ack) = c
+        .post(&counters(3, t0 + 20_000, 1.026e9, 5.12e8, 1.0e6))
+        .await;
     assert_eq!(
         (status, ack["duplicate"].as_bool(), ack["accepted"].as_u64()),
         (200, Some(true), Some(0))
@@ -182,7 +200,11 @@ async fn energy_pue_reset_and_duplicate() {
     assert_eq!(c.state().await, before);
 
     let m = c.metrics().await;
-    let facility = sample(&m, r#"dcwatt_energy_joules_total{role="facility",zone="hall-1"}"#).unwrap();
+    let facility = sample(
+        &m,
+        r#"dcwatt_energy_joules_total{role="facility",zone="hall-1"}"#,
+    )
+    .unwrap();
     let it = sample(&m, r#"dcwatt_energy_joules_total{role="it",zone="hall-1"}"#).unwrap();
     assert_eq!(facility, 26.0e6);
     assert_eq!(it, 6.0e6 + 4.0e6 + 6.0e6 + 1.0e6);
@@ -192,13 +214,24 @@ async fn energy_pue_reset_and_duplicate() {
     let instant = sample(&m, r#"dcwatt_pue_instant_ratio{category="2"}"#).unwrap();
     assert!((instant - 1.3).abs() < 1e-12, "{instant}");
     assert_eq!(
-        sample(&m, r#"dcwatt_meter_counter_resets_total{meter="pdu-2",role="it",zone="hall-1"}"#),
+        sample(
+            &m,
+            r#"dcwatt_meter_counter_resets_total{meter="pdu-2",role="it",zone="hall-1"}"#
+        ),
         Some(1.0)
     );
-    assert_eq!(sample(&m, r#"dcwatt_ingest_batches_total{result="duplicate"}"#), Some(1.0));
+    assert_eq!(
+        sample(&m, r#"dcwatt_ingest_batches_total{result="duplicate"}"#),
+        Some(1.0)
+    );
 
     let s = c.summary().await;
-    let pdu2 = s["meters"].as_array().unwrap().iter().find(|m| m["id"] == "pdu-2").unwrap();
+    let pdu2 = s["meters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == "pdu-2")
+        .unwrap();
     assert_eq!(pdu2["last_reset"]["before_ms"].as_i64(), Some(t0 + 10_000));
     assert_eq!(pdu2["last_reset"]["after_ms"].as_i64(), Some(t0 + 20_000));
     assert_eq!(pdu2["energy_from_ms"].as_i64(), Some(t0));
@@ -216,11 +249,17 @@ async fn power_only_meter_is_integrated_but_not_across_gaps() {
     c.post(&p(4, t0 + 61_000, 1000.0)).await; // 2 kJ
     let m = c.metrics().await;
     assert_eq!(
-        sample(&m, r#"dcwatt_energy_joules_total{role="facility",zone="hall-1"}"#),
+        sample(
+            &m,
+            r#"dcwatt_energy_joules_total{role="facility",zone="hall-1"}"#
+        ),
         Some(10_000.0)
     );
     assert_eq!(
-        sample(&m, r#"dcwatt_meter_gaps_total{meter="utility",role="facility",zone="hall-1"}"#),
+        sample(
+            &m,
+            r#"dcwatt_meter_gaps_total{meter="utility",role="facility",zone="hall-1"}"#
+        ),
         Some(1.0)
     );
 }
@@ -229,7 +268,12 @@ async fn power_only_meter_is_integrated_but_not_across_gaps() {
 async fn hostile_batches_are_refused_and_change_nothing() {
     let c = start().await;
     let now = now_ms();
-    assert_eq!(c.post(&counters(10, now - 5_000, 1.0e9, 5.0e8, 2.0e8)).await.0, 200);
+    assert_eq!(
+        c.post(&counters(10, now - 5_000, 1.0e9, 5.0e8, 2.0e8))
+            .await
+            .0,
+        200
+    );
     let before = c.state().await;
     let ok = || counters(11, now, 1.1e9, 5.1e8, 2.1e8);
     let good = serde_json::to_vec(&ok()).unwrap();
@@ -245,31 +289,136 @@ async fn hostile_batches_are_refused_and_change_nothing() {
     version.version = 99;
     let mut spaced = ok();
     spaced.readings[0].entity = Entity::Meter("a b".into());
-    let infinite = String::from_utf8(good.clone()).unwrap().replacen("13000.0", "1e999", 1);
+    let infinite = String::from_utf8(good.clone())
+        .unwrap()
+        .replacen("13000.0", "1e999", 1);
     let huge = vec![b' '; 9 << 20];
     let json = "application/json";
     let enc = |b: &Batch| serde_json::to_vec(b).unwrap();
-    let cases: Vec<(&str, Option<&str>, &str, Vec<u8>, u16, &str)> = vec![
-        ("no token", None, json, good.clone(), 401, "missing Authorization"),
-        ("wrong token", Some("guess"), json, good.clone(), 401, "unknown agent token"),
-        ("another agent's token", Some(OTHER_TOKEN), json, good.clone(), 403, "agent"),
-        ("body for another agent", Some(TOKEN), json, enc(&other_agent), 403, "agent"),
-        ("malformed JSON", Some(TOKEN), json, b"{\"version\":1,".to_vec(), 400, "malformed batch"),
-        ("missing field", Some(TOKEN), json, br#"{"version":1,"agent":"n1"}"#.to_vec(), 400, "seq"),
-        ("infinite value", Some(TOKEN), json, infinite.into_bytes(), 400, "malformed batch"),
-        ("negative power", Some(TOKEN), json, enc(&negative), 400, "readings[4].value"),
-        ("timestamp a day ahead", Some(TOKEN), json, enc(&future), 400, "readings[2].ts_ms"),
-        ("timestamp a year old", Some(TOKEN), json, enc(&ancient), 400, "readings[1].ts_ms"),
-        ("unknown version", Some(TOKEN), json, enc(&version), 400, "version"),
-        ("whitespace in an id", Some(TOKEN), json, enc(&spaced), 400, "readings[0].entity"),
-        ("wrong content type", Some(TOKEN), "text/plain", good.clone(), 415, "content-type"),
-        ("oversized body", Some(TOKEN), json, huge, 413, "larger than"),
+    // (name, token, content type, body, expected status, what the error must mention)
+    type Case<'a> = (&'a str, Option<&'a str>, &'a str, Vec<u8>, u16, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            "no token",
+            None,
+            json,
+            good.clone(),
+            401,
+            "missing Authorization",
+        ),
+        (
+            "wrong token",
+            Some("guess"),
+            json,
+            good.clone(),
+            401,
+            "unknown agent token",
+        ),
+        (
+            "another agent's token",
+            Some(OTHER_TOKEN),
+            json,
+            good.clone(),
+            403,
+            "agent",
+        ),
+        (
+            "body for another agent",
+            Some(TOKEN),
+            json,
+            enc(&other_agent),
+            403,
+            "agent",
+        ),
+        (
+            "malformed JSON",
+            Some(TOKEN),
+            json,
+            b"{\"version\":1,".to_vec(),
+            400,
+            "malformed batch",
+        ),
+        (
+            "missing field",
+            Some(TOKEN),
+            json,
+            br#"{"version":1,"agent":"n1"}"#.to_vec(),
+            400,
+            "seq",
+        ),
+        (
+            "infinite value",
+            Some(TOKEN),
+            json,
+            infinite.into_bytes(),
+            400,
+            "malformed batch",
+        ),
+        (
+            "negative power",
+            Some(TOKEN),
+            json,
+            enc(&negative),
+            400,
+            "readings[4].value",
+        ),
+        (
+            "timestamp a day ahead",
+            Some(TOKEN),
+            json,
+            enc(&future),
+            400,
+            "readings[2].ts_ms",
+        ),
+        (
+            "timestamp a year old",
+            Some(TOKEN),
+            json,
+            enc(&ancient),
+            400,
+            "readings[1].ts_ms",
+        ),
+        (
+            "unknown version",
+            Some(TOKEN),
+            json,
+            enc(&version),
+            400,
+            "version",
+        ),
+        (
+            "whitespace in an id",
+            Some(TOKEN),
+            json,
+            enc(&spaced),
+            400,
+            "readings[0].entity",
+        ),
+        (
+            "wrong content type",
+            Some(TOKEN),
+            "text/plain",
+            good.clone(),
+            415,
+            "content-type",
+        ),
+        (
+            "oversized body",
+            Some(TOKEN),
+            json,
+            huge,
+            413,
+            "larger than",
+        ),
     ];
     for (name, token, content_type, body, status, needle) in cases {
         let (got, answer) = c.post_raw(token, content_type, body).await;
         assert_eq!(got, status, "{name}: {answer}");
         let text = answer["error"].as_str().unwrap_or_default();
-        assert!(text.contains(needle), "{name}: error {text:?} should mention {needle:?}");
+        assert!(
+            text.contains(needle),
+            "{name}: error {text:?} should mention {needle:?}"
+        );
         assert_eq!(c.state().await, before, "{name} changed the state");
     }
     // And the good batch still applies afterwards.

@@ -75,7 +75,11 @@ fn metrics_match_golden() {
     let mut state = State::new(&site);
     for i in 0..=60u32 {
         let secs = f64::from(i);
-        state.apply(&batch(u64::from(i) + 1, T0 + i64::from(i) * 1000, secs), site.max_gap_ms, T0);
+        state.apply(
+            &batch(u64::from(i) + 1, T0 + i64::from(i) * 1000, secs),
+            site.max_gap_ms,
+            T0,
+        );
     }
     let now = T0 + 61_000;
     let text = export::render(&state, &site, &figures::compute(&state, &site, now));
@@ -84,9 +88,14 @@ fn metrics_match_golden() {
         std::fs::write(path, &text).unwrap();
     }
     let golden = std::fs::read_to_string(path).unwrap();
-    assert_eq!(text, golden, "/metrics changed: rerun with UPDATE_GOLDEN=1 and review the diff");
+    assert_eq!(
+        text, golden,
+        "/metrics changed: rerun with UPDATE_GOLDEN=1 and review the diff"
+    );
     // 60 s at 24 kW facility and 20 kW IT; cooling integrated from power (2.5 kW).
-    assert!(text.contains("dcwatt_energy_joules_total{role=\"facility\",zone=\"hall-1\"} 1440000\n"));
+    assert!(
+        text.contains("dcwatt_energy_joules_total{role=\"facility\",zone=\"hall-1\"} 1440000\n")
+    );
     assert!(text.contains("dcwatt_energy_joules_total{role=\"it\",zone=\"hall-1\"} 1200000\n"));
     assert!(text.contains("dcwatt_energy_joules_total{role=\"cooling\",zone=\"hall-1\"} 150000\n"));
     assert!(text.contains("dcwatt_pue_ratio{window=\"1h\",category=\"2\"} 1.2\n"));

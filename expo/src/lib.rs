@@ -30,7 +30,10 @@ impl Family {
 
     /// A counter family (the name must end in `_total`).
     pub fn counter(name: &str, help: &str) -> Self {
-        debug_assert!(name.ends_with("_total"), "counter {name} must end in _total");
+        debug_assert!(
+            name.ends_with("_total"),
+            "counter {name} must end in _total"
+        );
         Self::new(name, help, MetricType::COUNTER)
     }
 
@@ -58,7 +61,7 @@ impl Family {
                 p
             })
             .collect();
-        m.set_label(pairs.into());
+        m.set_label(pairs);
         if self.mf.get_field_type() == MetricType::COUNTER {
             let mut c = proto::Counter::default();
             c.set_value(value);
@@ -111,8 +114,14 @@ mod tests {
         g.add(&[("meter", "m1")], f64::NAN);
         g.add(&[("meter", "m2")], 3.0);
         let text = encode(vec![c, g]);
-        assert!(text.contains("# TYPE dcwatt_x_joules_total counter"), "{text}");
-        assert!(text.contains("dcwatt_x_joules_total{meter=\"m1\"} 12.5"), "{text}");
+        assert!(
+            text.contains("# TYPE dcwatt_x_joules_total counter"),
+            "{text}"
+        );
+        assert!(
+            text.contains("dcwatt_x_joules_total{meter=\"m1\"} 12.5"),
+            "{text}"
+        );
         assert!(!text.contains("m1\"} NaN"), "{text}");
         assert!(text.contains("dcwatt_x_watts{meter=\"m2\"} 3"), "{text}");
     }

@@ -4,7 +4,10 @@ use dcwatt_tests::promtool_check_metrics;
 
 #[test]
 fn collector_golden_metrics_pass_promtool() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../collector/tests/golden/metrics.txt");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../collector/tests/golden/metrics.txt"
+    );
     let text = std::fs::read_to_string(path).unwrap();
     promtool_check_metrics(&text).unwrap_or_else(|e| panic!("{path}: {e}"));
 }

@@ -46,7 +46,10 @@ fn batch_json_matches_golden() {
         std::fs::write(path, &text).unwrap();
     }
     let golden = std::fs::read_to_string(path).unwrap();
-    assert_eq!(text, golden, "batch JSON changed: rerun with UPDATE_GOLDEN=1 and review the diff");
+    assert_eq!(
+        text, golden,
+        "batch JSON changed: rerun with UPDATE_GOLDEN=1 and review the diff"
+    );
     let back: Batch = serde_json::from_str(&golden).unwrap();
     assert_eq!(back, sample());
 }

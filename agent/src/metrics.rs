@@ -1,0 +1,451 @@
+//! The agent's cached state and its HTTP face: `GET /metrics` renders the latest
+//! collected values (a scrape never triggers a collection), `GET /healthz`
+//! answers `ok`.
+//!
+//! The scheduler writes the state after each tick ([`Snapshot::apply`]); the
+//! shippers keep their own counters ([`CollectorStats`]), read at render time.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use axum::extract::State as AxumState;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use dcwatt_expo::{encode, Family};
+use dcwatt_wire::{Entity, GpuInfo, Quantity};
+
+use crate::names as n;
+use crate::ship::CollectorStats;
+use crate::sources::Collected;
+
+/// Everything `/metrics` shows, shared between the scheduler, shippers and HTTP.
+#[derive(Debug)]
+pub struct State {
+    node: String,
+    snapshot: Mutex<Snapshot>,
+    ship: Vec<Arc<CollectorStats>>,
+}
+
+/// The latest collected values.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Snapshot {
+    /// GPUs by UUID.
+    pub gpus: BTreeMap<String, GpuEntry>,
+    /// Meters by id.
+    pub meters: BTreeMap<String, MeterEntry>,
+    /// Sources by `source` label.
+    pub sources: BTreeMap<String, SourceEntry>,
+}
+
+/// One GPU's latest state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GpuEntry {
+    /// Index, UUID, model.
+    pub info: GpuInfo,
+    /// Whether it answered the last collection.
+    pub up: bool,
+    /// Latest value per quantity (SI units); empty while down.
+    pub values: BTreeMap<Quantity, f64>,
+}
+
+/// One meter's latest state.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MeterEntry {
+    /// Whether it answered the last collection with valid data.
+    pub up: bool,
+    /// Latest value per quantity (SI units); only those it reported.
+    pub values: BTreeMap<Quantity, f64>,
+}
+
+/// One source's health.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SourceEntry {
+    /// Whether the last collection succeeded.
+    pub up: bool,
+    /// Failed collections since start.
+    pub errors_total: u64,
+    /// Duration of the last collection, seconds.
+    pub duration_seconds: f64,
+}
+
+impl Snapshot {
+    /// Records one source's collection. `meter` is the meter it reads, if any.
+    pub fn apply(&mut self, label: &str, meter: Option<&str>, c: &Collected, took: Duration) {
+        let ok = c.error.is_none();
+        let src = self.sources.entry(label.to_owned()).or_default();
+        src.up = ok;
+        src.duration_seconds = took.as_secs_f64();
+        if !ok {
+            src.errors_total += 1;
+        }
+
+        if let Some(meter) = meter {
+            let entry = self.meters.entry(meter.to_owned()).or_default();
+            entry.up = ok;
+            entry.values = values_of(c, |e| matches!(e, Entity::Meter(m) if m == meter));
+        } else if !ok {
+            // NVML failed as a whole: no GPU answered.
+            for gpu in self.gpus.values_mut() {
+                gpu.up = false;
+                gpu.values.clear();
+            }
+        } else {
+            self.gpus = c
+                .gpus
+                .iter()
+                .map(|g| {
+                    let uuid = &g.info.uuid;
+                    let values = if g.up {
+                        values_of(c, |e| matches!(e, Entity::Gpu(u) if u == uuid))
+                    } else {
+                        BTreeMap::new()
+                    };
+                    let entry = GpuEntry {
+                        info: g.info.clone(),
+                        up: g.up,
+                        values,
+                    };
+                    (uuid.clone(), entry)
+                })
+                .collect();
+        }
+    }
+}
+
+fn values_of(c: &Collected, pick: impl Fn(&Entity) -> bool) -> BTreeMap<Quantity, f64> {
+    c.readings
+        .iter()
+        .filter(|r| pick(&r.entity))
+        .map(|r| (r.quantity, r.value))
+        .collect()
+}
+
+impl State {
+    /// Empty state for `node`, showing the given shippers' counters.
+    pub fn new(node: String, ship: Vec<Arc<CollectorStats>>) -> Self {
+        Self {
+            node,
+            snapshot: Mutex::new(Snapshot::default()),
+            ship,
+        }
+    }
+
+    /// Runs `f` on the snapshot under its lock.
+    pub fn update<R>(&self, f: impl FnOnce(&mut Snapshot) -> R) -> R {
+        let mut guard = self.snapshot.lock().unwrap_or_else(PoisonError::into_inner);
+        f(&mut guard)
+    }
+
+    /// A copy of the current snapshot.
+    pub fn snapshot(&self) -> Snapshot {
+        self.update(|s| s.clone())
+    }
+
+    /// The text exposition of the current state.
+    pub fn render(&self) -> String {
+        let snap = self.snapshot();
+        render(&self.node, &snap, &self.ship)
+    }
+}
+
+fn bool_value(b: bool) -> f64 {
+    if b {
+        1.0
+    } else {
+        0.0
+    }
+}
+
+/// Renders a snapshot and shipper counters in the Prometheus text format.
+pub fn render(node: &str, snap: &Snapshot, ship: &[Arc<CollectorStats>]) -> String {
+    let gpu_gauges: [(&str, &str, Quantity); 6] = [
+        (
+            n::GPU_POWER_WATTS,
+            "GPU power draw, watts (NVML power usage).",
+            Quantity::PowerWatts,
+        ),
+        (
+            n::GPU_UTILIZATION_RATIO,
+            "GPU busy ratio, 0..1.",
+            Quantity::UtilizationRatio,
+        ),
+        (
+            n::GPU_MEMORY_UTILIZATION_RATIO,
+            "GPU memory-bandwidth busy ratio, 0..1.",
+            Quantity::MemoryUtilizationRatio,
+        ),
+        (
+            n::GPU_MEMORY_USED_BYTES,
+            "GPU memory in use, bytes.",
+            Quantity::MemoryUsedBytes,
+        ),
+        (
+            n::GPU_MEMORY_TOTAL_BYTES,
+            "GPU memory installed, bytes.",
+            Quantity::MemoryTotalBytes,
+        ),
+        (
+            n::GPU_POWER_LIMIT_WATTS,
+            "Enforced GPU power limit, watts.",
+            Quantity::PowerLimitWatts,
+        ),
+    ];
+    let mut families = Vec::new();
+
+    let mut gpus: Vec<&GpuEntry> = snap.gpus.values().collect();
+    gpus.sort_by_key(|g| g.info.index);
+    let gpu_labels: Vec<(String, &GpuEntry)> = gpus
+        .iter()
+        .map(|g| (g.info.index.to_string(), *g))
+        .collect();
+
+    for (name, help, q) in gpu_gauges {
+        let mut f = Family::gauge(name, help);
+        for (idx, g) in &gpu_labels {
+            if let Some(v) = g.values.get(&q) {
+                f.add(
+                    &[
+                        (n::NODE, node),
+                        (n::GPU, idx),
+                        (n::UUID, &g.info.uuid),
+                        (n::MODEL, &g.info.model),
+                    ],
+                    *v,
+                );
+            }
+        }
+        families.push(f);
+    }
+
+    let mut energy = Family::counter(
+        n::GPU_ENERGY_JOULES_TOTAL,
+        "GPU energy counter since the driver's zero, joules (NVML total energy).",
+    );
+    let mut temp = Family::gauge(
+        n::GPU_TEMPERATURE_CELSIUS,
+        "GPU temperature, degrees Celsius, by sensor.",
+    );
+    let mut up = Family::gauge(
+        n::GPU_UP,
+        "1 when the GPU answered the last collection, 0 when it is lost.",
+    );
+    for (idx, g) in &gpu_labels {
+        let base = [
+            (n::NODE, node),
+            (n::GPU, idx.as_str()),
+            (n::UUID, g.info.uuid.as_str()),
+            (n::MODEL, g.info.model.as_str()),
+        ];
+        if let Some(v) = g.values.get(&Quantity::EnergyJoules) {
+            energy.add(&base, *v);
+        }
+        for (sensor, q) in [
+            (n::SENSOR_GPU, Quantity::TemperatureCelsius),
+            (n::SENSOR_MEMORY, Quantity::MemoryTemperatureCelsius),
+        ] {
+            if let Some(v) = g.values.get(&q) {
+                let mut labels = base.to_vec();
+                labels.push((n::SENSOR, sensor));
+                temp.add(&labels, *v);
+            }
+        }
+        up.add(&base[..3], bool_value(g.up));
+    }
+    families.extend([energy, temp, up]);
+
+    let mut m_power = Family::gauge(n::METER_POWER_WATTS, "Meter power, watts.");
+    let mut m_energy = Family::counter(
+        n::METER_ENERGY_JOULES_TOTAL,
+        "Meter energy register, joules.",
+    );
+    let mut m_up = Family::gauge(
+        n::METER_UP,
+        "1 when the meter answered the last collection with valid data.",
+    );
+    for (id, m) in &snap.meters {
+        let labels = [(n::METER, id.as_str())];
+        if let Some(v) = m.values.get(&Quantity::PowerWatts) {
+            m_power.add(&labels, *v);
+        }
+        if let Some(v) = m.values.get(&Quantity::EnergyJoules) {
+            m_energy.add(&labels, *v);
+        }
+        m_up.add(&labels, bool_value(m.up));
+    }
+    families.extend([m_power, m_energy, m_up]);
+
+    let mut s_up = Family::gauge(
+        n::SOURCE_UP,
+        "1 when the source's last collection succeeded.",
+    );
+    let mut s_err = Family::counter(n::SOURCE_ERRORS_TOTAL, "Failed collections of the source.");
+    let mut s_dur = Family::gauge(
+        n::SOURCE_DURATION_SECONDS,
+        "Duration of the source's last collection, seconds.",
+    );
+    for (label, s) in &snap.sources {
+        let labels = [(n::SOURCE, label.as_str())];
+        s_up.add(&labels, bool_value(s.up));
+        s_err.add(&labels, s.errors_total as f64);
+        s_dur.add(&labels, s.duration_seconds);
+    }
+    families.extend([s_up, s_err, s_dur]);
+
+    let mut batches = Family::counter(
+        n::SHIP_BATCHES_TOTAL,
+        "Batches handled per collector, by result.",
+    );
+    let mut queue = Family::gauge(
+        n::SHIP_QUEUE_BATCHES,
+        "Batches waiting in the collector's queue.",
+    );
+    for c in ship {
+        let counts = c.counts();
+        for (result, v) in [
+            (n::RESULT_OK, counts.ok),
+            (n::RESULT_DUPLICATE, counts.duplicate),
+            (n::RESULT_REJECTED, counts.rejected),
+            (n::RESULT_DROPPED, counts.dropped),
+        ] {
+            batches.add(
+                &[(n::COLLECTOR, c.collector()), (n::RESULT, result)],
+                v as f64,
+            );
+        }
+        queue.add(&[(n::COLLECTOR, c.collector())], counts.queued as f64);
+    }
+    families.extend([batches, queue]);
+
+    encode(families)
+}
+
+/// The HTTP routes: `GET /metrics`, `GET /healthz`.
+pub fn router(state: Arc<State>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .with_state(state)
+}
+
+async fn metrics(AxumState(state): AxumState<Arc<State>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, dcwatt_expo::CONTENT_TYPE)],
+        state.render(),
+    )
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sources::GpuStatus;
+    use dcwatt_wire::Reading;
+
+    fn reading(entity: Entity, quantity: Quantity, value: f64) -> Reading {
+        Reading {
+            ts_ms: 1,
+            entity,
+            quantity,
+            value,
+        }
+    }
+
+    #[test]
+    fn gpu_values_render_with_labels() {
+        let mut snap = Snapshot::default();
+        let gpu = |uuid: &str, index| GpuInfo {
+            uuid: uuid.into(),
+            index,
+            model: "NVIDIA GB300".into(),
+        };
+        let c = Collected {
+            readings: vec![
+                reading(Entity::Gpu("GPU-a".into()), Quantity::PowerWatts, 1100.0),
+                reading(
+                    Entity::Gpu("GPU-a".into()),
+                    Quantity::MemoryTemperatureCelsius,
+                    66.0,
+                ),
+            ],
+            gpus: vec![
+                GpuStatus {
+                    info: gpu("GPU-a", 0),
+                    up: true,
+                },
+                GpuStatus {
+                    info: gpu("GPU-b", 1),
+                    up: false,
+                },
+            ],
+            error: None,
+        };
+        snap.apply("nvml", None, &c, Duration::from_millis(5));
+        let text = render("n1", &snap, &[]);
+        assert!(text.contains(
+            r#"dcwatt_gpu_power_watts{node="n1",gpu="0",uuid="GPU-a",model="NVIDIA GB300"} 1100"#
+        ), "{text}");
+        assert!(text.contains(
+            r#"dcwatt_gpu_temperature_celsius{node="n1",gpu="0",uuid="GPU-a",model="NVIDIA GB300",sensor="memory"} 66"#
+        ), "{text}");
+        assert!(
+            text.contains(r#"dcwatt_gpu_up{node="n1",gpu="1",uuid="GPU-b"} 0"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"dcwatt_source_up{source="nvml"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"dcwatt_source_duration_seconds{source="nvml"} 0.005"#),
+            "{text}"
+        );
+
+        snap.apply("nvml", None, &Collected::failed("gone"), Duration::ZERO);
+        let text = render("n1", &snap, &[]);
+        assert!(
+            text.contains(r#"dcwatt_gpu_up{node="n1",gpu="0",uuid="GPU-a"} 0"#),
+            "{text}"
+        );
+        assert!(!text.contains("dcwatt_gpu_power_watts"), "{text}");
+        assert!(
+            text.contains(r#"dcwatt_source_errors_total{source="nvml"} 1"#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn failed_meter_loses_its_values() {
+        let mut snap = Snapshot::default();
+        let ok = Collected::ok(vec![reading(
+            Entity::Meter("m".into()),
+            Quantity::EnergyJoules,
+            7.2e6,
+        )]);
+        snap.apply("redfish:m", Some("m"), &ok, Duration::ZERO);
+        let text = render("n1", &snap, &[]);
+        assert!(
+            text.contains(r#"dcwatt_meter_energy_joules_total{meter="m"} 7200000"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"dcwatt_meter_up{meter="m"} 1"#), "{text}");
+        assert!(!text.contains("dcwatt_meter_power_watts"), "{text}");
+        snap.apply(
+            "redfish:m",
+            Some("m"),
+            &Collected::failed("x"),
+            Duration::ZERO,
+        );
+        let text = render("n1", &snap, &[]);
+        assert!(text.contains(r#"dcwatt_meter_up{meter="m"} 0"#), "{text}");
+        assert!(
+            !text.contains("dcwatt_meter_energy_joules_total{"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,74 @@
+//! Every metric name and label key the agent exports, in one place.
+//!
+//! Names follow `../../shared/DESIGN.md`: prefix `dcwatt_`, the unit in the name,
+//! `_total` on counters. Dashboards and alert rules may use only these.
+
+/// GPU power draw, watts (gauge).
+pub const GPU_POWER_WATTS: &str = "dcwatt_gpu_power_watts";
+/// GPU energy counter since the driver's own zero, joules (counter).
+pub const GPU_ENERGY_JOULES_TOTAL: &str = "dcwatt_gpu_energy_joules_total";
+/// GPU temperature, degrees Celsius, label [`SENSOR`] (gauge).
+pub const GPU_TEMPERATURE_CELSIUS: &str = "dcwatt_gpu_temperature_celsius";
+/// GPU busy ratio, 0..1 (gauge).
+pub const GPU_UTILIZATION_RATIO: &str = "dcwatt_gpu_utilization_ratio";
+/// GPU memory-bandwidth busy ratio, 0..1 (gauge).
+pub const GPU_MEMORY_UTILIZATION_RATIO: &str = "dcwatt_gpu_memory_utilization_ratio";
+/// GPU memory in use, bytes (gauge).
+pub const GPU_MEMORY_USED_BYTES: &str = "dcwatt_gpu_memory_used_bytes";
+/// GPU memory installed, bytes (gauge).
+pub const GPU_MEMORY_TOTAL_BYTES: &str = "dcwatt_gpu_memory_total_bytes";
+/// The enforced GPU power limit, watts (gauge).
+pub const GPU_POWER_LIMIT_WATTS: &str = "dcwatt_gpu_power_limit_watts";
+/// 1 when the GPU answered the last collection, 0 when it is lost (gauge).
+pub const GPU_UP: &str = "dcwatt_gpu_up";
+
+/// Meter power, watts (gauge).
+pub const METER_POWER_WATTS: &str = "dcwatt_meter_power_watts";
+/// Meter energy register, joules (counter).
+pub const METER_ENERGY_JOULES_TOTAL: &str = "dcwatt_meter_energy_joules_total";
+/// 1 when the meter answered the last collection with valid data (gauge).
+pub const METER_UP: &str = "dcwatt_meter_up";
+
+/// 1 when the source's last collection succeeded (gauge).
+pub const SOURCE_UP: &str = "dcwatt_source_up";
+/// Failed collections of a source (counter).
+pub const SOURCE_ERRORS_TOTAL: &str = "dcwatt_source_errors_total";
+/// How long the source's last collection took, seconds (gauge).
+pub const SOURCE_DURATION_SECONDS: &str = "dcwatt_source_duration_seconds";
+
+/// Batches handled per collector, by [`RESULT`] (counter).
+pub const SHIP_BATCHES_TOTAL: &str = "dcwatt_ship_batches_total";
+/// Batches waiting in a collector's queue (gauge).
+pub const SHIP_QUEUE_BATCHES: &str = "dcwatt_ship_queue_batches";
+
+/// Label: the node name.
+pub const NODE: &str = "node";
+/// Label: the GPU's NVML index on its node.
+pub const GPU: &str = "gpu";
+/// Label: the GPU's NVML UUID.
+pub const UUID: &str = "uuid";
+/// Label: the GPU's model name.
+pub const MODEL: &str = "model";
+/// Label: which temperature sensor, [`SENSOR_GPU`] or [`SENSOR_MEMORY`].
+pub const SENSOR: &str = "sensor";
+/// Label: a meter's configured id.
+pub const METER: &str = "meter";
+/// Label: a source, `nvml` or `redfish:<meter>`.
+pub const SOURCE: &str = "source";
+/// Label: a collector, by its configured URL.
+pub const COLLECTOR: &str = "collector";
+/// Label: what became of a batch, one of the `RESULT_*` values.
+pub const RESULT: &str = "result";
+
+/// [`SENSOR`] value: the GPU core.
+pub const SENSOR_GPU: &str = "gpu";
+/// [`SENSOR`] value: the GPU memory.
+pub const SENSOR_MEMORY: &str = "memory";
+/// [`RESULT`] value: the collector applied the batch.
+pub const RESULT_OK: &str = "ok";
+/// [`RESULT`] value: the collector had applied the batch before.
+pub const RESULT_DUPLICATE: &str = "duplicate";
+/// [`RESULT`] value: the collector refused the batch (4xx); it was dropped.
+pub const RESULT_REJECTED: &str = "rejected";
+/// [`RESULT`] value: the queue was full; the oldest batch was dropped unsent.
+pub const RESULT_DROPPED: &str = "dropped";

@@ -1,0 +1,188 @@
+//! Shipping to collectors over real HTTP: a tiny axum "collector" records the
+//! batches it accepts, checks the bearer token, and fails on purpose first.
+
+mod common;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{get, post};
+use axum::Router;
+use common::{must, pdu_fixture, serve, Agent};
+use dcwatt_wire::{Batch, BatchAck, Entity, ErrorBody, Quantity};
+
+const METRICS: &str = "/redfish/v1/PowerEquipment/RackPDUs/1/Metrics";
+
+#[derive(Default)]
+struct Collector {
+    token: String,
+    /// 503s still to answer before accepting anything.
+    failures_left: AtomicU32,
+    /// Every POST seen, accepted or not.
+    posts: AtomicU32,
+    accepted: Mutex<Vec<Batch>>,
+}
+
+type Reply = (StatusCode, String);
+
+async fn batches(State(c): State<Arc<Collector>>, headers: HeaderMap, body: String) -> Reply {
+    c.posts.fetch_add(1, Ordering::SeqCst);
+    let error = |status: StatusCode, e: &str| {
+        let body = serde_json::to_string(&ErrorBody { error: e.into() }).unwrap();
+        (status, body)
+    };
+    let auth = headers.get("authorization").and_then(|v| v.to_str().ok());
+    if auth != Some(&format!("Bearer {}", c.token)) {
+        return error(StatusCode::UNAUTHORIZED, "authorization: unknown token");
+    }
+    if c.failures_left
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok()
+    {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "warming up");
+    }
+    let batch: Batch = match serde_json::from_str(&body) {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("body: {e}")),
+    };
+    let mut accepted = c.accepted.lock().unwrap();
+    let duplicate = accepted
+        .iter()
+        .any(|b| b.agent == batch.agent && b.seq == batch.seq);
+    let n = batch.readings.len();
+    if !duplicate {
+        accepted.push(batch);
+    }
+    let ack = BatchAck {
+        accepted: if duplicate { 0 } else { n },
+        duplicate,
+    };
+    (StatusCode::OK, serde_json::to_string(&ack).unwrap())
+}
+
+fn collector(token: &str, failures: u32) -> Arc<Collector> {
+    Arc::new(Collector {
+        token: token.into(),
+        failures_left: AtomicU32::new(failures),
+        ..Collector::default()
+    })
+}
+
+fn collector_router(c: Arc<Collector>) -> Router {
+    Router::new()
+        .route("/v1/batches", post(batches))
+        .with_state(c)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_arrive_in_order_exactly_once_despite_failures() {
+    let started_us = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64;
+    let fixture = pdu_fixture();
+    let meters = serve(Router::new().route(METRICS, get(move || async move { fixture }))).await;
+
+    let good = collector("s3cret", 3);
+    let good_addr = serve(collector_router(Arc::clone(&good))).await;
+    // A second collector that refuses our token: its batches can never succeed.
+    let refusing = collector("other-token", 0);
+    let refusing_addr = serve(collector_router(Arc::clone(&refusing))).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("agent.token");
+    std::fs::write(&token, "s3cret\n").unwrap();
+
+    let agent = Agent::start(&format!(
+        r#"
+interval = "100ms"
+node = "r1-n1"
+[[collectors]]
+url = "http://{good_addr}"
+token_file = "{token}"
+[[collectors]]
+url = "http://{refusing_addr}/"
+token_file = "{token}"
+[[sources]]
+type = "redfish"
+meter = "pdu-1"
+url = "http://{meters}{METRICS}"
+"#,
+        token = token.display()
+    ))
+    .await;
+
+    let good_label = format!("http://{good_addr}");
+    let refusing_label = format!("http://{refusing_addr}");
+    let ok_series = format!(r#"dcwatt_ship_batches_total{{collector="{good_label}",result="ok"}}"#);
+    let rejected_series =
+        format!(r#"dcwatt_ship_batches_total{{collector="{refusing_label}",result="rejected"}}"#);
+    let text = agent
+        .wait_for(Duration::from_secs(20), |t| {
+            common::value(t, &ok_series).is_some_and(|v| v >= 8.0)
+                && common::value(t, &rejected_series).is_some_and(|v| v >= 3.0)
+        })
+        .await;
+    assert_eq!(
+        must(
+            &text,
+            &format!(r#"dcwatt_ship_batches_total{{collector="{good_label}",result="dropped"}}"#)
+        ),
+        0.0
+    );
+    assert_eq!(
+        must(
+            &text,
+            &format!(r#"dcwatt_ship_batches_total{{collector="{good_label}",result="duplicate"}}"#)
+        ),
+        0.0
+    );
+    assert!(
+        must(
+            &text,
+            &format!(r#"dcwatt_ship_queue_batches{{collector="{good_label}"}}"#)
+        ) >= 0.0
+    );
+    agent.stop().await;
+
+    let accepted = good.accepted.lock().unwrap().clone();
+    assert!(accepted.len() >= 8, "{}", accepted.len());
+    // The three 503s were retried: more POSTs than accepted batches.
+    assert_eq!(good.failures_left.load(Ordering::SeqCst), 0);
+    assert!(good.posts.load(Ordering::SeqCst) as usize >= accepted.len() + 3);
+
+    // seq starts at the agent's start time in µs and grows by one: in order,
+    // none lost, none twice.
+    let first = accepted[0].seq;
+    assert!(
+        first >= started_us && first < started_us + 60_000_000,
+        "{first} vs {started_us}"
+    );
+    for (i, b) in accepted.iter().enumerate() {
+        assert_eq!(b.seq, first + i as u64, "batch {i} out of order");
+        assert_eq!(b.version, dcwatt_wire::VERSION);
+        assert_eq!(b.agent, "r1-n1");
+        assert_eq!(b.node, "r1-n1");
+        assert!(b.gpus.is_empty());
+        let power = b
+            .readings
+            .iter()
+            .find(|r| {
+                r.entity == Entity::Meter("pdu-1".into()) && r.quantity == Quantity::PowerWatts
+            })
+            .expect("meter power in every batch");
+        assert_eq!(power.value, 6438.0);
+        let energy = b
+            .readings
+            .iter()
+            .find(|r| r.quantity == Quantity::EnergyJoules)
+            .expect("meter energy in every batch");
+        assert_eq!(energy.value, 56438.0 * 3.6e6);
+        assert!((power.ts_ms - b.created_ms).abs() < 5_000);
+    }
+    // The refusing collector never accepted anything, and the good one did not wait for it.
+    assert!(refusing.accepted.lock().unwrap().is_empty());
+}
