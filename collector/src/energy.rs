@@ -112,58 +112,66 @@ impl Integrator {
     }
 }
 
-/// The bucket width: one minute, aligned to UTC.
-pub const BUCKET_MS: i64 = 60_000;
-
-/// Energy per UTC minute, for trailing windows. Spans are spread over the
-/// minutes they cover in proportion to time (energy is taken as evenly spread
-/// within one reading interval).
+/// A meter's counted energy as a function of time: cumulative joules at
+/// reading instants, linear in between. Energy over any span the curve covers is
+/// `at(b) - at(a)`, so every meter can be cut at the same instants, and a PUE is
+/// a ratio of energies over one and the same interval.
 #[derive(Debug, Clone, Default)]
-pub struct Buckets {
-    /// (minute start, J), ascending, contiguous is not required.
-    minutes: VecDeque<(i64, f64)>,
+pub struct Curve {
+    /// (Unix ms, cumulative J), ascending in time.
+    points: VecDeque<(i64, f64)>,
 }
 
-impl Buckets {
-    /// How many minutes are kept (a little over one day).
-    pub const KEEP: usize = 24 * 60 + 5;
+impl Curve {
+    /// Points closer together than this are merged (the newer one kept), which
+    /// bounds memory at one point per second per meter.
+    pub const MIN_SPACING_MS: i64 = 1000;
 
-    /// Adds a span's energy.
-    pub fn add(&mut self, span: Span) {
-        if span.to_ms <= span.from_ms {
-            self.add_to(span.to_ms.div_euclid(BUCKET_MS) * BUCKET_MS, span.joules);
-            return;
+    /// Appends the cumulative energy at `ts_ms` (after the last point).
+    pub fn push(&mut self, ts_ms: i64, joules: f64) {
+        if let Some(&(last, _)) = self.points.back() {
+            if ts_ms <= last {
+                return;
+            }
         }
-        let len = (span.to_ms - span.from_ms) as f64;
-        let mut t = span.from_ms;
-        while t < span.to_ms {
-            let start = t.div_euclid(BUCKET_MS) * BUCKET_MS;
-            let end = (start + BUCKET_MS).min(span.to_ms);
-            self.add_to(start, span.joules * (end - t) as f64 / len);
-            t = end;
+        let n = self.points.len();
+        if n >= 2 && ts_ms - self.points[n - 2].0 < Self::MIN_SPACING_MS {
+            self.points[n - 1] = (ts_ms, joules);
+        } else {
+            self.points.push_back((ts_ms, joules));
         }
     }
 
-    fn add_to(&mut self, minute: i64, joules: f64) {
-        // Spans arrive roughly in time order: search from the back.
-        let pos = self.minutes.iter().rposition(|(m, _)| *m <= minute);
-        match pos {
-            Some(i) if self.minutes[i].0 == minute => self.minutes[i].1 += joules,
-            Some(i) => self.minutes.insert(i + 1, (minute, joules)),
-            None => self.minutes.push_front((minute, joules)),
-        }
-        while self.minutes.len() > Self::KEEP {
-            self.minutes.pop_front();
+    /// Drops points no longer needed to bracket `keep_from_ms`.
+    pub fn trim(&mut self, keep_from_ms: i64) {
+        while self.points.len() >= 2 && self.points[1].0 <= keep_from_ms {
+            self.points.pop_front();
         }
     }
 
-    /// Energy in the minutes that start in `[from_ms, to_ms)`.
-    pub fn sum(&self, from_ms: i64, to_ms: i64) -> f64 {
-        self.minutes
-            .iter()
-            .filter(|(m, _)| *m >= from_ms && *m < to_ms)
-            .map(|(_, j)| j)
-            .sum()
+    /// The first and last instants covered.
+    pub fn span(&self) -> Option<(i64, i64)> {
+        Some((self.points.front()?.0, self.points.back()?.0))
+    }
+
+    /// Cumulative energy at `ts_ms`, interpolated; `None` outside the curve.
+    pub fn at(&self, ts_ms: i64) -> Option<f64> {
+        let (first, last) = self.span()?;
+        if ts_ms < first || ts_ms > last {
+            return None;
+        }
+        let i = self.points.partition_point(|(t, _)| *t < ts_ms);
+        let (t1, e1) = self.points[i];
+        if t1 == ts_ms || i == 0 {
+            return Some(e1);
+        }
+        let (t0, e0) = self.points[i - 1];
+        Some(e0 + (e1 - e0) * (ts_ms - t0) as f64 / (t1 - t0) as f64)
+    }
+
+    /// Energy in `[from_ms, to_ms]`, if the curve covers it.
+    pub fn between(&self, from_ms: i64, to_ms: i64) -> Option<f64> {
+        Some(self.at(to_ms)? - self.at(from_ms)?)
     }
 }
 
@@ -228,29 +236,23 @@ mod tests {
     }
 
     #[test]
-    fn buckets_split_spans_across_minutes() {
-        let mut b = Buckets::default();
-        // 90 J over [30 s, 120 s): 30 s in minute 0, 60 s in minute 1.
-        b.add(Span {
-            from_ms: 30_000,
-            to_ms: 120_000,
-            joules: 90.0,
-        });
-        b.add(Span {
-            from_ms: 120_000,
-            to_ms: 121_000,
-            joules: 5.0,
-        });
-        assert!((b.sum(0, 60_000) - 30.0).abs() < 1e-9);
-        assert!((b.sum(60_000, 120_000) - 60.0).abs() < 1e-9);
-        assert!((b.sum(120_000, 180_000) - 5.0).abs() < 1e-9);
-        assert!((b.sum(0, 1_000_000) - 95.0).abs() < 1e-9);
-        // Out-of-order minute goes in its place.
-        b.add(Span {
-            from_ms: 0,
-            to_ms: 1000,
-            joules: 1.0,
-        });
-        assert!((b.sum(0, 60_000) - 31.0).abs() < 1e-9);
+    fn curve_interpolates_and_merges_close_points() {
+        let mut c = Curve::default();
+        assert_eq!(c.at(0), None);
+        c.push(0, 0.0);
+        c.push(2_000, 200.0);
+        c.push(2_500, 250.0); // within 1 s of 2_000's predecessor? no: 0 → kept
+        c.push(2_600, 260.0); // within 1 s of 2_000: replaces 2_500
+        assert_eq!(c.span(), Some((0, 2_600)));
+        assert_eq!(c.at(1_000), Some(100.0));
+        assert_eq!(c.at(2_300), Some(230.0));
+        assert_eq!(c.between(1_000, 2_600), Some(160.0));
+        assert_eq!(c.at(2_601), None);
+        assert_eq!(c.at(-1), None);
+        c.push(2_600, 999.0); // not after the last point: ignored
+        assert_eq!(c.at(2_600), Some(260.0));
+        c.trim(2_100);
+        assert_eq!(c.span(), Some((2_000, 2_600)));
+        assert_eq!(c.at(2_100), Some(210.0));
     }
 }

@@ -20,9 +20,9 @@ pub fn render(state: &State, site: &Site, figures: &Figures) -> String {
         n::POWER_WATTS,
         "Power of the fresh meters by role and zone, watts.",
     );
-    for ((role, zone), e) in &state.energy {
+    for ((role, zone), joules) in &state.energy {
         let labels = [(n::ROLE, role.as_str()), (n::ZONE, zone.as_str())];
-        energy.add(&labels, e.total_joules);
+        energy.add(&labels, *joules);
         power.add(
             &labels,
             figures
@@ -34,16 +34,19 @@ pub fn render(state: &State, site: &Site, figures: &Figures) -> String {
     }
 
     let category = figures.category.map(|c| c.to_string()).unwrap_or_default();
-    let mut pue = Family::gauge(n::PUE_RATIO, "Energy-based PUE over a trailing window (facility energy / IT energy); absent when incomplete.");
+    let mut pue = Family::gauge(
+        n::PUE_RATIO,
+        "Energy-based PUE over a trailing window (facility / IT energy); absent while the window is incomplete.",
+    );
     let mut coverage = Family::gauge(
         n::PUE_COVERAGE_RATIO,
-        "Share of the facility and IT meters that are reporting.",
+        "Share of the trailing window that every facility and IT meter covers.",
     );
     for w in &figures.pue_windows {
-        if let Some(p) = w.pue {
+        if let (Some(p), true) = (w.pue, w.complete) {
             pue.add(&[(n::WINDOW, w.window), (n::CATEGORY, &category)], p);
         }
-        coverage.add(&[(n::WINDOW, w.window)], figures.coverage_ratio);
+        coverage.add(&[(n::WINDOW, w.window)], w.coverage_ratio);
     }
     let mut instant = Family::gauge(
         n::PUE_INSTANT_RATIO,

@@ -1,28 +1,43 @@
 //! The hall's derived figures at one instant, computed once from the state and
 //! shared by `/metrics` and `/v1/summary` so the two never disagree.
+//!
+//! An energy-based PUE is a ratio of energies over one and the same interval for
+//! every meter: each trailing window is cut at the instants that *all* facility
+//! and IT meters cover (their energy curves interpolated there), and the part of
+//! the window that is covered is the window's coverage. Only a complete window is
+//! exported as the plain `dcwatt_pue_ratio`.
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 
 use crate::config::{Role, Site};
-use crate::energy::BUCKET_MS;
 use crate::pue::{self, NoPue};
-use crate::state::State;
+use crate::state::{MeterState, State};
 
 /// The trailing windows PUE is given for: (label, length in ms).
-pub const WINDOWS: [(&str, i64); 1] = [("1h", 3_600_000)];
+pub const WINDOWS: [(&str, i64); 2] = [("5m", 300_000), ("1h", 3_600_000)];
 
-/// One energy-based PUE figure.
+/// The longest window: how much energy history each meter keeps.
+pub const LONGEST_WINDOW_MS: i64 = 3_600_000;
+
+/// One energy-based PUE figure over a trailing window.
 #[derive(Debug, Clone, Serialize)]
 pub struct WindowPue {
-    /// Window label (`1h`).
+    /// Window label (`5m`, `1h`).
     pub window: &'static str,
-    /// Facility energy in the window, J.
-    pub facility_joules: f64,
-    /// IT energy in the window, J.
-    pub it_joules: f64,
-    /// The PUE, when it can be given.
+    /// Start of the covered span, Unix ms.
+    pub from_ms: Option<i64>,
+    /// End of the covered span, Unix ms (the latest instant every required meter reached).
+    pub to_ms: Option<i64>,
+    /// Covered span / window length, 0..=1.
+    pub coverage_ratio: f64,
+    /// True when the whole window is covered (up to the normal reporting lag) and
+    /// every required meter is fresh: only then is the PUE exported as plain PUE.
+    pub complete: bool,
+    /// Energy per role over the covered span, J (roles whose every meter covers it).
+    pub energy_joules: BTreeMap<&'static str, f64>,
+    /// The PUE over the covered span, when it can be given.
     pub pue: Option<f64>,
     /// Why not, otherwise.
     pub missing_reason: Option<String>,
@@ -40,12 +55,16 @@ pub struct Figures {
     pub zone_power_watts: BTreeMap<(Role, String), f64>,
     /// ISO/IEC 30134-2 category of the IT measurement (1, 2, 3), if there are IT meters.
     pub category: Option<u8>,
-    /// Share of the facility and IT meters that are fresh.
-    pub coverage_ratio: f64,
-    /// Instantaneous PUE from fresh powers (only with full coverage).
+    /// Share of the facility and IT meters that reported within `stale_after`.
+    pub meters_reporting_ratio: f64,
+    /// Instantaneous PUE from fresh powers (only while every facility and IT meter is fresh).
     pub pue_instant: Option<f64>,
     /// Energy-based PUE per trailing window.
     pub pue_windows: Vec<WindowPue>,
+}
+
+fn required(m: &MeterState) -> bool {
+    matches!(m.role, Role::Facility | Role::It)
 }
 
 /// Computes the figures at `now_ms`.
@@ -53,12 +72,11 @@ pub fn compute(state: &State, site: &Site, now_ms: i64) -> Figures {
     let fresh = |last: Option<i64>| last.is_some_and(|t| now_ms - t <= site.stale_after_ms);
     let mut zone_power_watts: BTreeMap<(Role, String), f64> = BTreeMap::new();
     let mut power_watts: BTreeMap<&'static str, f64> = BTreeMap::new();
-    let (mut required, mut reporting) = (0usize, 0usize);
+    let (mut n_required, mut reporting) = (0usize, 0usize);
     for m in state.meters.values() {
-        let is_fresh = fresh(m.last_ms);
-        if matches!(m.role, Role::Facility | Role::It) {
-            required += 1;
-            reporting += usize::from(is_fresh);
+        if required(m) {
+            n_required += 1;
+            reporting += usize::from(fresh(m.last_ms));
         }
         if let Some((t, w)) = m.power {
             if fresh(Some(t)) {
@@ -69,80 +87,115 @@ pub fn compute(state: &State, site: &Site, now_ms: i64) -> Figures {
             }
         }
     }
-    let coverage_ratio = if required == 0 {
-        0.0
-    } else {
-        reporting as f64 / required as f64
-    };
-    let complete = required > 0 && reporting == required;
+    let all_fresh = n_required > 0 && reporting == n_required;
     let category = pue::category(state.meters.values().filter_map(|m| m.it_point));
     let has_facility = state.meters.values().any(|m| m.role == Role::Facility);
+    let model_ok = has_facility && category.is_some();
 
-    let pue_instant = if complete && has_facility && category.is_some() {
+    let pue_instant = if all_fresh && model_ok {
         let f = power_watts.get("facility").copied().unwrap_or(0.0);
         let i = power_watts.get("it").copied().unwrap_or(0.0);
         pue::pue(f, i, site.pue_it_floor_watts).ok()
     } else {
         None
     };
-
-    let current_minute = now_ms.div_euclid(BUCKET_MS) * BUCKET_MS;
     let pue_windows = WINDOWS
         .iter()
         .map(|&(window, len_ms)| {
-            let from = current_minute + BUCKET_MS - len_ms;
-            let sum = |role: Role| -> f64 {
-                state
-                    .energy
-                    .iter()
-                    .filter(|((r, _), _)| *r == role)
-                    .map(|(_, e)| e.buckets.sum(from, i64::MAX))
-                    .sum()
-            };
-            let (facility_joules, it_joules) = (sum(Role::Facility), sum(Role::It));
-            // At least one minute of IT power above the floor.
-            let floor = site.pue_it_floor_watts * 60.0;
-            let (pue, missing_reason) = if !has_facility || category.is_none() {
-                (
-                    None,
-                    Some("no facility or no IT meter configured".to_owned()),
-                )
-            } else if !complete {
-                (
-                    None,
-                    Some(format!(
-                        "incomplete: {reporting} of {required} facility and IT meters reporting"
-                    )),
-                )
-            } else {
-                match pue::pue(facility_joules, it_joules, floor) {
-                    Ok(p) => (Some(p), None),
-                    Err(NoPue::ItBelowFloor) => {
-                        (None, Some("IT energy below the floor".to_owned()))
-                    }
-                    Err(NoPue::Invalid(r)) => (
-                        None,
-                        Some(format!("invalid ratio {r:.4}: check the meters' roles")),
-                    ),
-                }
-            };
-            WindowPue {
-                window,
-                facility_joules,
-                it_joules,
-                pue,
-                missing_reason,
-            }
+            window_pue(state, site, now_ms, window, len_ms, model_ok, all_fresh)
         })
         .collect();
-
     Figures {
         now_ms,
         power_watts,
         zone_power_watts,
         category,
-        coverage_ratio,
+        meters_reporting_ratio: if n_required == 0 {
+            0.0
+        } else {
+            reporting as f64 / n_required as f64
+        },
         pue_instant,
         pue_windows,
     }
+}
+
+fn window_pue(
+    state: &State,
+    site: &Site,
+    now_ms: i64,
+    window: &'static str,
+    len_ms: i64,
+    model_ok: bool,
+    all_fresh: bool,
+) -> WindowPue {
+    let mut out = WindowPue {
+        window,
+        from_ms: None,
+        to_ms: None,
+        coverage_ratio: 0.0,
+        complete: false,
+        energy_joules: BTreeMap::new(),
+        pue: None,
+        missing_reason: None,
+    };
+    if !model_ok {
+        out.missing_reason = Some("no facility or no IT meter configured".into());
+        return out;
+    }
+    // The span every facility and IT meter covers, inside the window.
+    let spans: Option<Vec<(i64, i64)>> = state
+        .meters
+        .values()
+        .filter(|m| required(m))
+        .map(|m| m.curve.span())
+        .collect();
+    let Some(spans) = spans else {
+        out.missing_reason = Some("a facility or IT meter has not reported energy yet".into());
+        return out;
+    };
+    let start = spans.iter().map(|s| s.0).max().unwrap_or(i64::MAX);
+    let end = spans.iter().map(|s| s.1).min().unwrap_or(i64::MIN);
+    let (a, b) = ((now_ms - len_ms).max(start), end.min(now_ms));
+    if b <= a {
+        out.missing_reason = Some("the meters' energy spans do not overlap in this window".into());
+        return out;
+    }
+    out.from_ms = Some(a);
+    out.to_ms = Some(b);
+    out.coverage_ratio = ((b - a) as f64 / len_ms as f64).clamp(0.0, 1.0);
+    let lag_allowance = site.stale_after_ms as f64 / len_ms as f64;
+    out.complete = all_fresh && out.coverage_ratio >= 1.0 - lag_allowance;
+
+    let mut roles: BTreeMap<Role, Option<f64>> = BTreeMap::new();
+    for m in state.meters.values() {
+        let e = roles.entry(m.role).or_insert(Some(0.0));
+        *e = e.and_then(|sum| Some(sum + m.curve.between(a, b)?));
+    }
+    out.energy_joules = roles
+        .iter()
+        .filter_map(|(r, e)| Some((r.as_str(), (*e)?)))
+        .collect();
+    let facility = out.energy_joules.get("facility").copied().unwrap_or(0.0);
+    let it = out.energy_joules.get("it").copied().unwrap_or(0.0);
+    let floor = site.pue_it_floor_watts * (b - a) as f64 / 1000.0;
+    match pue::pue(facility, it, floor) {
+        Ok(p) => out.pue = Some(p),
+        Err(NoPue::ItBelowFloor) => out.missing_reason = Some("IT energy below the floor".into()),
+        Err(NoPue::Invalid(r)) => {
+            out.missing_reason = Some(format!("invalid ratio {r:.4}: check the meters' roles"))
+        }
+    }
+    if out.pue.is_some() && !out.complete {
+        out.missing_reason = Some(format!(
+            "incomplete: {:.1} % of the window covered{}",
+            out.coverage_ratio * 100.0,
+            if all_fresh {
+                ""
+            } else {
+                ", a facility or IT meter is stale"
+            }
+        ));
+    }
+    out
 }

@@ -14,7 +14,7 @@ pub const PUE_COVERAGE_RATIO: &str = "dcwatt_pue_coverage_ratio";
 /// Energy of each meter since the collector started, J.
 pub const METER_ENERGY_JOULES_TOTAL: &str = "dcwatt_meter_energy_joules_total";
 /// Counter resets seen per meter.
-pub const METER_COUNTER_RESETS_TOTAL: &str = "dcwatt_meter_counter_resets_total";
+pub const METER_COUNTER_RESETS_TOTAL: &str = "dcwatt_meter_energy_resets_total";
 /// Power-only meter gaps longer than `max_gap` (not integrated).
 pub const METER_GAPS_TOTAL: &str = "dcwatt_meter_gaps_total";
 /// 1 when the meter reported within `stale_after`.
@@ -24,7 +24,7 @@ pub const GPU_POWER_WATTS_SUM: &str = "dcwatt_gpus_power_watts";
 /// GPU energy from NVML counters since the collector started, J.
 pub const GPU_ENERGY_JOULES_TOTAL: &str = "dcwatt_gpus_energy_joules_total";
 /// GPU energy counter resets seen.
-pub const GPU_COUNTER_RESETS_TOTAL: &str = "dcwatt_gpus_counter_resets_total";
+pub const GPU_COUNTER_RESETS_TOTAL: &str = "dcwatt_gpus_energy_resets_total";
 /// Last time an agent's batch was applied, Unix seconds.
 pub const AGENT_LAST_SEEN: &str = "dcwatt_agent_last_seen_timestamp_seconds";
 /// Batches received, by result.

@@ -8,7 +8,8 @@ use std::collections::{BTreeMap, HashMap};
 use dcwatt_wire::{Batch, Entity, Quantity};
 
 use crate::config::{ItPoint, Role, Site};
-use crate::energy::{Buckets, Counter, CounterStep, Integrator, PowerStep, Span};
+use crate::energy::{Counter, CounterStep, Curve, Integrator, PowerStep};
+use crate::figures::LONGEST_WINDOW_MS;
 
 /// One configured meter's state.
 #[derive(Debug, Clone)]
@@ -39,6 +40,9 @@ pub struct MeterState {
     pub last_reset: Option<(i64, i64)>,
     /// Gaps longer than `max_gap` in a power-only series.
     pub gaps: u64,
+    /// Counted energy over time (cumulative J), for windows cut at the same
+    /// instants for every meter. Flat across a gap: no energy is invented.
+    pub curve: Curve,
 }
 
 /// One GPU's latest values, as its agent reported them.
@@ -75,15 +79,6 @@ pub struct AgentState {
     pub last_seen_ms: i64,
 }
 
-/// Energy of one (role, zone).
-#[derive(Debug, Clone, Default)]
-pub struct RoleEnergy {
-    /// Since the collector started, J.
-    pub total_joules: f64,
-    /// Per UTC minute.
-    pub buckets: Buckets,
-}
-
 /// Why readings were ignored (not rejected: the batch was valid).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Ignored {
@@ -118,8 +113,8 @@ pub struct State {
     pub gpus: HashMap<String, GpuState>,
     /// Agents by id.
     pub agents: BTreeMap<String, AgentState>,
-    /// Energy per (role, zone); every configured pair is present from the start.
-    pub energy: BTreeMap<(Role, String), RoleEnergy>,
+    /// Energy per (role, zone) since start, J; every configured pair is present from the start.
+    pub energy: BTreeMap<(Role, String), f64>,
     /// GPU energy from NVML counters since start, J.
     pub gpu_energy_joules: f64,
     /// GPU counter resets seen.
@@ -153,6 +148,7 @@ impl State {
                     resets: 0,
                     last_reset: None,
                     gaps: 0,
+                    curve: Curve::default(),
                 },
             );
             state.energy.entry((m.role, m.zone.clone())).or_default();
@@ -211,6 +207,8 @@ impl State {
                 CounterStep::Baseline => {
                     if m.energy_joules == 0.0 {
                         m.energy_from_ms = Some(ts);
+                        m.curve = Curve::default();
+                        m.curve.push(ts, 0.0);
                     }
                     None
                 }
@@ -233,11 +231,13 @@ impl State {
                     match m.integrator.observe(ts, v, max_gap_ms) {
                         PowerStep::Baseline => {
                             m.energy_from_ms.get_or_insert(ts);
+                            m.curve.push(ts, m.energy_joules);
                             None
                         }
                         PowerStep::Energy(s) => Some(s),
                         PowerStep::Gap => {
                             m.gaps += 1;
+                            m.curve.push(ts, m.energy_joules);
                             None
                         }
                         PowerStep::OutOfOrder => return Err(Ignored::OutOfOrder),
@@ -249,8 +249,9 @@ impl State {
         if let Some(s) = span {
             m.energy_joules += s.joules;
             m.energy_to_ms = Some(s.to_ms);
-            let (role, zone) = (m.role, m.zone.clone());
-            add_energy(&mut self.energy, role, zone, s);
+            m.curve.push(s.to_ms, m.energy_joules);
+            m.curve.trim(s.to_ms - LONGEST_WINDOW_MS - 60_000);
+            *self.energy.entry((m.role, m.zone.clone())).or_default() += s.joules;
         }
         Ok(())
     }
@@ -290,15 +291,4 @@ impl State {
         }
         Ok(())
     }
-}
-
-fn add_energy(
-    energy: &mut BTreeMap<(Role, String), RoleEnergy>,
-    role: Role,
-    zone: String,
-    span: Span,
-) {
-    let e = energy.entry((role, zone)).or_default();
-    e.total_joules += span.joules;
-    e.buckets.add(span);
 }

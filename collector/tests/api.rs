@@ -208,15 +208,29 @@ async fn energy_pue_reset_and_duplicate() {
     let it = sample(&m, r#"dcwatt_energy_joules_total{role="it",zone="hall-1"}"#).unwrap();
     assert_eq!(facility, 26.0e6);
     assert_eq!(it, 6.0e6 + 4.0e6 + 6.0e6 + 1.0e6);
-    // Mixed IT points (PDU output and IT input): category 2, the lower one.
-    let pue = sample(&m, r#"dcwatt_pue_ratio{window="1h",category="2"}"#).unwrap();
+    // 20 s of an hour: the PUE is computed over the covered span but is not the
+    // plain 1 h PUE on /metrics.
+    assert!(!m.contains("dcwatt_pue_ratio{"), "{m}");
+    let cov = sample(&m, r#"dcwatt_pue_coverage_ratio{window="1h"}"#).unwrap();
+    assert!((cov - 20.0 / 3600.0).abs() < 1e-9, "{cov}");
+    let s = c.summary().await;
+    let hour = &s["pue_windows"][1];
+    assert_eq!(hour["window"], "1h");
+    assert_eq!(
+        (hour["from_ms"].as_i64(), hour["to_ms"].as_i64()),
+        (Some(t0), Some(t0 + 20_000))
+    );
+    assert_eq!(hour["complete"], false);
+    let pue = hour["pue"].as_f64().unwrap();
     assert!((pue - 26.0 / 17.0).abs() < 1e-12, "{pue}");
+    // Mixed IT points (PDU output and IT input): category 2, the lower one.
+    assert_eq!(s["category"].as_u64(), Some(2));
     let instant = sample(&m, r#"dcwatt_pue_instant_ratio{category="2"}"#).unwrap();
     assert!((instant - 1.3).abs() < 1e-12, "{instant}");
     assert_eq!(
         sample(
             &m,
-            r#"dcwatt_meter_counter_resets_total{meter="pdu-2",role="it",zone="hall-1"}"#
+            r#"dcwatt_meter_energy_resets_total{meter="pdu-2",role="it",zone="hall-1"}"#
         ),
         Some(1.0)
     );
@@ -225,7 +239,6 @@ async fn energy_pue_reset_and_duplicate() {
         Some(1.0)
     );
 
-    let s = c.summary().await;
     let pdu2 = s["meters"]
         .as_array()
         .unwrap()
@@ -236,6 +249,46 @@ async fn energy_pue_reset_and_duplicate() {
     assert_eq!(pdu2["last_reset"]["after_ms"].as_i64(), Some(t0 + 20_000));
     assert_eq!(pdu2["energy_from_ms"].as_i64(), Some(t0));
     assert_eq!(s["power_watts"]["facility"].as_f64(), Some(13_000.0));
+}
+
+#[tokio::test]
+async fn a_covered_window_exports_plain_pue_cut_at_the_same_instants() {
+    let c = start().await;
+    let now = now_ms();
+    // Six and a half minutes of steady load: facility 13 kW, IT 6 + 4 kW, read
+    // every 50 s; pdu-2 starts 100 s late, so it alone bounds the 1 h window.
+    for k in 0..=8i64 {
+        let ts = now - 400_000 + k * 50_000;
+        let secs = (ts - (now - 400_000)) as f64 / 1000.0;
+        let mut b = counters(
+            k as u64 + 1,
+            ts,
+            13_000.0 * secs,
+            6_000.0 * secs,
+            4_000.0 * secs,
+        );
+        if k < 2 {
+            b.readings.truncate(4);
+        }
+        assert_eq!(c.post(&b).await.0, 200);
+    }
+    let m = c.metrics().await;
+    let pue = sample(&m, r#"dcwatt_pue_ratio{window="5m",category="2"}"#).unwrap();
+    assert!((pue - 1.3).abs() < 1e-9, "{pue}");
+    assert!(!m.contains(r#"dcwatt_pue_ratio{window="1h""#), "{m}");
+    let s = c.summary().await;
+    let hour = &s["pue_windows"][1];
+    assert_eq!(
+        hour["from_ms"].as_i64(),
+        Some(now - 300_000),
+        "pdu-2's first reading"
+    );
+    // Facility is cut at pdu-2's start too: 300 s at 13 kW, not 400 s.
+    assert_eq!(
+        hour["energy_joules"]["facility"].as_f64(),
+        Some(13_000.0 * 300.0)
+    );
+    assert_eq!(hour["energy_joules"]["it"].as_f64(), Some(10_000.0 * 300.0));
 }
 
 #[tokio::test]

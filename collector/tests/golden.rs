@@ -73,7 +73,7 @@ fn metrics_match_golden() {
     .build()
     .unwrap();
     let mut state = State::new(&site);
-    for i in 0..=60u32 {
+    for i in 0..=360u32 {
         let secs = f64::from(i);
         state.apply(
             &batch(u64::from(i) + 1, T0 + i64::from(i) * 1000, secs),
@@ -81,7 +81,7 @@ fn metrics_match_golden() {
             T0,
         );
     }
-    let now = T0 + 61_000;
+    let now = T0 + 361_000;
     let text = export::render(&state, &site, &figures::compute(&state, &site, now));
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/metrics.txt");
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
@@ -92,11 +92,16 @@ fn metrics_match_golden() {
         text, golden,
         "/metrics changed: rerun with UPDATE_GOLDEN=1 and review the diff"
     );
-    // 60 s at 24 kW facility and 20 kW IT; cooling integrated from power (2.5 kW).
-    assert!(
-        text.contains("dcwatt_energy_joules_total{role=\"facility\",zone=\"hall-1\"} 1440000\n")
-    );
-    assert!(text.contains("dcwatt_energy_joules_total{role=\"it\",zone=\"hall-1\"} 1200000\n"));
-    assert!(text.contains("dcwatt_energy_joules_total{role=\"cooling\",zone=\"hall-1\"} 150000\n"));
-    assert!(text.contains("dcwatt_pue_ratio{window=\"1h\",category=\"2\"} 1.2\n"));
+    // 360 s at 24 kW facility and 20 kW IT; cooling integrated from power (2.5 kW).
+    for line in [
+        "dcwatt_energy_joules_total{role=\"facility\",zone=\"hall-1\"} 8640000\n",
+        "dcwatt_energy_joules_total{role=\"it\",zone=\"hall-1\"} 7200000\n",
+        "dcwatt_energy_joules_total{role=\"cooling\",zone=\"hall-1\"} 900000\n",
+        // The 5 min window is covered; the hour is not, so it has no plain PUE.
+        "dcwatt_pue_ratio{window=\"5m\",category=\"2\"} 1.2\n",
+        "dcwatt_pue_coverage_ratio{window=\"1h\"} 0.1\n",
+    ] {
+        assert!(text.contains(line), "missing {line}");
+    }
+    assert!(!text.contains("dcwatt_pue_ratio{window=\"1h\""));
 }

@@ -50,7 +50,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         }
     };
     let state_dir = dir.join("nvml");
-    std::fs::create_dir_all(&state_dir).with_context(|| format!("cannot create {}", state_dir.display()))?;
+    std::fs::create_dir_all(&state_dir)
+        .with_context(|| format!("cannot create {}", state_dir.display()))?;
     let config = crate::SimConfig {
         racks: args.racks,
         nodes_per_rack: args.nodes_per_rack,
@@ -72,7 +73,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     };
     let mut deployment = launch(&sim_url, &opts).await?;
     let collector = deployment.collector.url();
-    println!("dcwatt demo: a simulated hall of {} nodes × {} GPUs", deployment.site.nodes.len(), args.gpus_per_node);
+    println!(
+        "dcwatt demo: a simulated hall of {} nodes × {} GPUs",
+        deployment.site.nodes.len(),
+        args.gpus_per_node
+    );
     println!("  simulated Redfish meters  {sim_url}/redfish/v1/PowerEquipment");
     println!("  collector metrics         {collector}/metrics");
     println!("  collector summary         {collector}/v1/summary");
@@ -82,9 +87,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!("  configs and logs          {}", dir.display());
     println!("Ctrl-C stops everything.\n");
 
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let deadline = args.duration.map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
+    let deadline = args
+        .duration
+        .map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
@@ -119,10 +128,20 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 
 /// One line of the live view: facility, IT and cooling power, PUE, hottest GPU.
 pub fn live_line(s: &Value) -> String {
-    let kw = |role: &str| s["power_watts"][role].as_f64().map_or("   -   ".into(), |w| format!("{:7.1}", w / 1000.0));
+    let kw = |role: &str| {
+        s["power_watts"][role]
+            .as_f64()
+            .map_or("   -   ".into(), |w| format!("{:7.1}", w / 1000.0))
+    };
     let ratio = |v: &Value| v.as_f64().map_or(" -  ".into(), |p| format!("{p:.3}"));
-    let pue_1h = &s["pue_windows"][0]["pue"];
+    let hour = &s["pue_windows"][1];
     let category = s["category"].as_u64().map_or("-".into(), |c| c.to_string());
+    // The plain 1 h PUE once the hour is covered; before that, the PUE of the
+    // covered part, with how much of the hour that is.
+    let window = match (hour["complete"].as_bool(), hour["coverage_ratio"].as_f64()) {
+        (Some(false), Some(c)) => format!("{:.0} % of 1h", c * 100.0),
+        _ => "1h".to_owned(),
+    };
     let hottest = s["hottest_gpus"]
         .get(0)
         .map(|g| {
@@ -134,15 +153,18 @@ pub fn live_line(s: &Value) -> String {
             )
         })
         .unwrap_or_else(|| "-".into());
-    let time = s["now_ms"].as_i64().map(|ms| ms / 1000 % 86_400).map_or("--:--:--".into(), |t| {
-        format!("{:02}:{:02}:{:02}", t / 3600, t / 60 % 60, t % 60)
-    });
+    let time = s["now_ms"]
+        .as_i64()
+        .map(|ms| ms / 1000 % 86_400)
+        .map_or("--:--:--".into(), |t| {
+            format!("{:02}:{:02}:{:02}", t / 3600, t / 60 % 60, t % 60)
+        });
     format!(
-        "{time} UTC  facility {} kW  IT {} kW  cooling {} kW  PUE {} (1h, cat. {category}; instant {})  hottest {hottest}",
+        "{time} UTC  facility {} kW  IT {} kW  cooling {} kW  PUE {} ({window}, cat. {category}; instant {})  hottest {hottest}",
         kw("facility"),
         kw("it"),
         kw("cooling"),
-        ratio(pue_1h),
+        ratio(&hour["pue"]),
         ratio(&s["pue_instant"]),
     )
 }

@@ -50,19 +50,37 @@ pub struct Proc {
 impl Proc {
     /// Starts `bin_dir()/program` with `args` and `envs`, stderr to `log`, and
     /// waits (up to 60 s) for its `listening on ADDR` line on stdout.
-    pub fn spawn(name: &str, program: &str, args: &[OsString], envs: &[(&str, OsString)], log: &Path) -> anyhow::Result<Proc> {
+    pub fn spawn(
+        name: &str,
+        program: &str,
+        args: &[OsString],
+        envs: &[(&str, OsString)],
+        log: &Path,
+    ) -> anyhow::Result<Proc> {
         let path = bin_dir().join(program);
         if !path.exists() {
-            bail!("{} not found: build the workspace first (cargo build --workspace --bins)", path.display());
+            bail!(
+                "{} not found: build the workspace first (cargo build --workspace --bins)",
+                path.display()
+            );
         }
-        let stderr = std::fs::File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
+        let stderr = std::fs::File::create(log)
+            .with_context(|| format!("cannot create {}", log.display()))?;
         let mut cmd = Command::new(&path);
-        cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(stderr);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr);
         for (k, v) in envs {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().with_context(|| format!("cannot start {}", path.display()))?;
-        let stdout = child.stdout.take().ok_or_else(|| anyhow!("{name}: no stdout"))?;
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {}", path.display()))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow!("{name}: no stdout"))?;
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let mut lines = BufReader::new(stdout).lines();
@@ -78,7 +96,11 @@ impl Proc {
         };
         let line = match rx.recv_timeout(Duration::from_secs(60)) {
             Ok(Some(Ok(line))) => line,
-            _ => bail!("{name} did not report its address; its log {}:\n{}", log.display(), tail(log)),
+            _ => bail!(
+                "{name} did not report its address; its log {}:\n{}",
+                log.display(),
+                tail(log)
+            ),
         };
         proc.addr = line
             .strip_prefix("listening on ")
@@ -215,7 +237,11 @@ pub async fn fetch_site(sim_url: &str) -> anyhow::Result<SiteView> {
 
 fn token_for(id: &str, dir: &Path) -> anyhow::Result<(String, PathBuf)> {
     // Unpredictable enough for a loopback demo: hash of id, time and pid.
-    let seed = format!("{id}:{:?}:{}", std::time::SystemTime::now(), std::process::id());
+    let seed = format!(
+        "{id}:{:?}:{}",
+        std::time::SystemTime::now(),
+        std::process::id()
+    );
     let token = hex::encode(Sha256::digest(seed.as_bytes()));
     let path = dir.join("tokens").join(format!("{id}.token"));
     std::fs::write(&path, &token)?;
@@ -247,7 +273,12 @@ pub async fn launch(sim_url: &str, opts: &LaunchOptions) -> anyhow::Result<Deplo
         token_files.push(path);
     }
     for m in &site.meters {
-        collector_toml += &format!("\n[[meters]]\nid = {}\nrole = {}\nzone = {}\n", toml_str(&m.id), toml_str(&m.role), toml_str(&m.zone));
+        collector_toml += &format!(
+            "\n[[meters]]\nid = {}\nrole = {}\nzone = {}\n",
+            toml_str(&m.id),
+            toml_str(&m.role),
+            toml_str(&m.zone)
+        );
         if let Some(p) = &m.it_point {
             collector_toml += &format!("it_point = {}\n", toml_str(p));
         }
@@ -263,7 +294,13 @@ pub async fn launch(sim_url: &str, opts: &LaunchOptions) -> anyhow::Result<Deplo
         &opts.dir.join("collector.log"),
     )?;
 
-    let redfish = |m: &MeterView| format!("\n[[sources]]\ntype = \"redfish\"\nmeter = {}\nurl = {}\n", toml_str(&m.id), toml_str(&m.url));
+    let redfish = |m: &MeterView| {
+        format!(
+            "\n[[sources]]\ntype = \"redfish\"\nmeter = {}\nurl = {}\n",
+            toml_str(&m.id),
+            toml_str(&m.url)
+        )
+    };
     let mut agents = Vec::new();
     let mut racks_done = std::collections::BTreeSet::new();
     for (i, id) in agent_ids.iter().enumerate() {
@@ -276,8 +313,14 @@ pub async fn launch(sim_url: &str, opts: &LaunchOptions) -> anyhow::Result<Deplo
         );
         let mut envs = log_env();
         if let Some(node) = site.nodes.iter().find(|n| &n.name == id) {
-            toml += &format!("\n[[sources]]\ntype = \"nvml\"\nlibrary = {}\n", toml_str(dcwatt_fake_nvml::LIB_PATH));
-            envs.push(("DCWATT_FAKE_NVML_STATE", node.state_file.clone().into_os_string()));
+            toml += &format!(
+                "\n[[sources]]\ntype = \"nvml\"\nlibrary = {}\n",
+                toml_str(dcwatt_fake_nvml::LIB_PATH)
+            );
+            envs.push((
+                "DCWATT_FAKE_NVML_STATE",
+                node.state_file.clone().into_os_string(),
+            ));
             if racks_done.insert(node.rack) {
                 let pdu = format!("pdu-r{}", node.rack);
                 for m in site.meters.iter().filter(|m| m.id == pdu) {
@@ -292,7 +335,13 @@ pub async fn launch(sim_url: &str, opts: &LaunchOptions) -> anyhow::Result<Deplo
         let conf = opts.dir.join(format!("agent-{id}.toml"));
         std::fs::write(&conf, toml)?;
         let log = opts.dir.join(format!("agent-{id}.log"));
-        agents.push(Proc::spawn(&format!("agent {id}"), "dcwatt-agent", &["--config".into(), conf.into()], &envs, &log)?);
+        agents.push(Proc::spawn(
+            &format!("agent {id}"),
+            "dcwatt-agent",
+            &["--config".into(), conf.into()],
+            &envs,
+            &log,
+        )?);
     }
     Ok(Deployment {
         site,

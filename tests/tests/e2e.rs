@@ -78,7 +78,7 @@ async fn hall_energy_and_pue_match_ground_truth() {
     // Every meter and every GPU reporting.
     wait_for("full coverage", Duration::from_secs(60), || async {
         let s = get_json(&summary_url).await;
-        let ready = s["coverage_ratio"].as_f64() == Some(1.0)
+        let ready = s["meters_reporting_ratio"].as_f64() == Some(1.0)
             && s["gpus"]["reporting"].as_u64() == Some(gpu_count as u64);
         ready.then_some(())
     })
@@ -158,16 +158,62 @@ async fn hall_energy_and_pue_match_ground_truth() {
             "{role}: collector {got} J, truth {want} J"
         );
     }
-    let (facility, it) = (by_role["facility"], by_role["it"]);
-    let pue = s["pue_windows"][0]["pue"]
+
+    // PUE over the span the collector cut for the hour window, every meter at the
+    // same instants, against the truth over that very span.
+    let hour = &s["pue_windows"][1];
+    let (a, b) = (
+        hour["from_ms"].as_i64().unwrap(),
+        hour["to_ms"].as_i64().unwrap(),
+    );
+    let mut want = std::collections::BTreeMap::<&str, f64>::new();
+    for m in dep.site.meters.iter() {
+        *want.entry(m.role.as_str()).or_default() +=
+            truth(&sim_url, &format!("meter:{}", m.id), a, b).await;
+    }
+    // Less the slice before the reset that no counter can show.
+    let reset = s["meters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == reset_meter)
+        .unwrap();
+    let before = reset["last_reset"]["before_ms"].as_i64().unwrap();
+    *want.get_mut("it").unwrap() -= truth(
+        &sim_url,
+        &format!("meter:{reset_meter}"),
+        before,
+        meter_reset_at,
+    )
+    .await;
+    // Facility and IT always (they bound the span); other roles where their
+    // meters cover it.
+    let roles = hour["energy_joules"].as_object().unwrap();
+    assert!(
+        roles.contains_key("facility") && roles.contains_key("it"),
+        "{hour}"
+    );
+    for (role, got) in roles {
+        let got = got.as_f64().unwrap();
+        let want = want[role.as_str()];
+        assert!(
+            rel_err(got, want) < 0.005,
+            "window {role}: collector {got} J, truth {want} J"
+        );
+    }
+    let pue = hour["pue"]
         .as_f64()
-        .unwrap_or_else(|| panic!("no PUE: {s}"));
-    let true_pue = facility.1 / it.1;
+        .unwrap_or_else(|| panic!("no PUE: {hour}"));
+    let true_pue = want["facility"] / want["it"];
     assert!(
         rel_err(pue, true_pue) < 0.005,
         "PUE {pue}, truth {true_pue}"
     );
     assert!((1.1..1.4).contains(&true_pue), "simulated PUE {true_pue}");
+    assert_eq!(
+        hour["complete"], false,
+        "a few seconds are not an hour: {hour}"
+    );
     assert_eq!(
         s["category"].as_u64(),
         Some(2),

@@ -1,0 +1,48 @@
+//! README's first command works: `dcwatt-sim demo` starts the hall, the
+//! collector and the agents, prints live lines with a PUE, and stops everything
+//! it started.
+
+use std::process::Command;
+
+use dcwatt_sim::launch::bin_dir;
+
+#[test]
+fn demo_prints_a_live_pue_line_and_cleans_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(bin_dir().join("dcwatt-sim"))
+        .args([
+            "demo",
+            "--duration",
+            "12",
+            "--racks",
+            "1",
+            "--nodes-per-rack",
+            "2",
+            "--dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .expect("dcwatt-sim (build the workspace first)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("/v1/summary"), "{stdout}");
+    let pue_line = stdout
+        .lines()
+        .find(|l| l.contains("PUE 1.") && l.contains("facility") && l.contains("hottest r1-n"));
+    assert!(pue_line.is_some(), "no live PUE line:\n{stdout}");
+    // Every process it started is gone: their ports no longer answer.
+    for line in stdout.lines().filter(|l| l.contains("/metrics")) {
+        let url = line.split_whitespace().last().unwrap();
+        let addr = url
+            .trim_start_matches("http://")
+            .trim_end_matches("/metrics");
+        assert!(
+            std::net::TcpStream::connect(addr).is_err(),
+            "{addr} still listening after the demo"
+        );
+    }
+}
