@@ -227,6 +227,7 @@ impl Shipper {
             version: VERSION,
             agent: self.node.clone(),
             seq: self.next_seq,
+            first_seq: None,
             node: self.node.clone(),
             created_ms: now_ms(),
             gpus,

@@ -31,7 +31,11 @@ type Reply = (StatusCode, String);
 async fn batches(State(c): State<Arc<Collector>>, headers: HeaderMap, body: String) -> Reply {
     c.posts.fetch_add(1, Ordering::SeqCst);
     let error = |status: StatusCode, e: &str| {
-        let body = serde_json::to_string(&ErrorBody { error: e.into() }).unwrap();
+        let body = serde_json::to_string(&ErrorBody {
+            error: e.into(),
+            last_seq: None,
+        })
+        .unwrap();
         (status, body)
     };
     let auth = headers.get("authorization").and_then(|v| v.to_str().ok());
@@ -53,12 +57,14 @@ async fn batches(State(c): State<Arc<Collector>>, headers: HeaderMap, body: Stri
         .iter()
         .any(|b| b.agent == batch.agent && b.seq == batch.seq);
     let n = batch.readings.len();
+    let seq = batch.seq;
     if !duplicate {
         accepted.push(batch);
     }
     let ack = BatchAck {
         accepted: if duplicate { 0 } else { n },
         duplicate,
+        last_seq: seq,
     };
     (StatusCode::OK, serde_json::to_string(&ack).unwrap())
 }

@@ -55,7 +55,14 @@ pub fn now_ms() -> i64 {
 }
 
 fn error(status: StatusCode, text: impl Into<String>) -> Response {
-    (status, Json(ErrorBody { error: text.into() })).into_response()
+    (
+        status,
+        Json(ErrorBody {
+            error: text.into(),
+            last_seq: None,
+        }),
+    )
+        .into_response()
 }
 
 impl IntoResponse for Rejection {
@@ -66,6 +73,13 @@ impl IntoResponse for Rejection {
             Rejection::Invalid(_) => StatusCode::BAD_REQUEST,
             Rejection::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Rejection::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Rejection::Conflict { error, last_seq } => {
+                let body = ErrorBody {
+                    error: error.clone(),
+                    last_seq: Some(*last_seq),
+                };
+                return (StatusCode::CONFLICT, Json(body)).into_response();
+            }
         };
         error(status, self.to_string())
     }
@@ -78,6 +92,7 @@ fn rejection_label(r: &Rejection) -> &'static str {
         Rejection::Invalid(_) => "invalid",
         Rejection::TooLarge(_) => "too_large",
         Rejection::UnsupportedMediaType(_) => "unsupported_media_type",
+        Rejection::Conflict { .. } => "conflict",
     }
 }
 
@@ -121,15 +136,24 @@ async fn accept_batch(
     let now = now_ms();
     let batch = ingest::decode(&bytes, agent, site, now)?;
     let mut state = shared.lock();
-    if state
-        .agents
-        .get(agent)
-        .is_some_and(|a| batch.seq <= a.last_seq)
-    {
+    let last_seq = state.agents.get(agent).map_or(0, |a| a.last_seq);
+    if batch.seq <= last_seq {
         state.count_batch("duplicate");
         return Ok(BatchAck {
             accepted: 0,
             duplicate: true,
+            last_seq,
+        });
+    }
+    let first_seq = batch.first_seq.unwrap_or(batch.seq);
+    if first_seq <= last_seq {
+        return Err(Rejection::Conflict {
+            error: format!(
+                "first_seq: batches {first_seq}..={} overlap what was applied (up to {last_seq}): send from {}",
+                batch.seq,
+                last_seq + 1
+            ),
+            last_seq,
         });
     }
     let accepted = state.apply(&batch, site.max_gap_ms, now);
@@ -137,6 +161,7 @@ async fn accept_batch(
     Ok(BatchAck {
         accepted,
         duplicate: false,
+        last_seq: batch.seq,
     })
 }
 

@@ -27,6 +27,15 @@ pub enum Rejection {
     /// The body is not JSON (415).
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// A merged batch overlaps what was applied already (409): nothing applied;
+    /// the agent re-sends from `last_seq + 1`.
+    #[error("{error}")]
+    Conflict {
+        /// What overlaps.
+        error: String,
+        /// The highest sequence number applied for this agent.
+        last_seq: u64,
+    },
 }
 
 /// Extracts the token from an `Authorization` header value.
@@ -92,6 +101,9 @@ pub fn validate(batch: &Batch, agent: &str, site: &Site, now_ms: i64) -> Result<
         )));
     }
     check_id(&batch.node).map_err(|why| bad("node".into(), why))?;
+    if batch.first_seq.is_some_and(|first| first > batch.seq) {
+        return Err(bad("first_seq".into(), "must not be greater than seq"));
+    }
     if batch.readings.len() > site.max_readings {
         return Err(bad(
             "readings".into(),
@@ -181,6 +193,7 @@ mod tests {
             version: VERSION,
             agent: "a1".into(),
             seq: 1,
+            first_seq: None,
             node: "a1".into(),
             created_ms: ts_ms,
             gpus: vec![],

@@ -80,6 +80,7 @@ fn batch(seq: u64, readings: Vec<Reading>) -> Batch {
         version: VERSION,
         agent: "n1".into(),
         seq,
+        first_seq: None,
         node: "n1".into(),
         created_ms: now_ms(),
         gpus: vec![],
@@ -477,4 +478,41 @@ async fn hostile_batches_are_refused_and_change_nothing() {
     // And the good batch still applies afterwards.
     assert_eq!(c.post_raw(Some(TOKEN), json, good).await.0, 200);
     assert_ne!(c.state().await, before);
+}
+
+#[tokio::test]
+async fn merged_batches_apply_once_and_overlaps_are_refused() {
+    let c = start().await;
+    let t0 = now_ms() - 60_000;
+    assert_eq!(c.post(&counters(5, t0, 0.0, 0.0, 0.0)).await.0, 200);
+    // A merged batch standing for 6..=8, applied once.
+    let mut merged = counters(8, t0 + 10_000, 130_000.0, 60_000.0, 40_000.0);
+    merged.first_seq = Some(6);
+    let (status, ack) = c.post(&merged).await;
+    assert_eq!((status, ack["last_seq"].as_u64()), (200, Some(8)));
+    // 7..=9 overlaps 6..=8: refused whole, with where to resume.
+    let before = c.state().await;
+    let mut overlap = counters(9, t0 + 20_000, 260_000.0, 120_000.0, 80_000.0);
+    overlap.first_seq = Some(7);
+    let (status, answer) = c.post(&overlap).await;
+    assert_eq!(
+        (status, answer["last_seq"].as_u64()),
+        (409, Some(8)),
+        "{answer}"
+    );
+    assert_eq!(c.state().await, before);
+    // first_seq after seq is malformed.
+    overlap.first_seq = Some(10);
+    assert_eq!(c.post(&overlap).await.0, 400);
+    // Resent from 9: applied.
+    overlap.first_seq = Some(9);
+    assert_eq!(c.post(&overlap).await.0, 200);
+    let m = c.metrics().await;
+    assert_eq!(
+        sample(
+            &m,
+            r#"dcwatt_energy_joules_total{role="facility",zone="hall-1"}"#
+        ),
+        Some(260_000.0)
+    );
 }

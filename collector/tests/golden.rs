@@ -26,6 +26,7 @@ fn batch(seq: u64, ts: i64, k: f64) -> Batch {
         version: VERSION,
         agent: "gw-1".into(),
         seq,
+        first_seq: None,
         node: "gw-1".into(),
         created_ms: ts,
         gpus: vec![GpuInfo {

@@ -33,7 +33,12 @@ pub struct Batch {
     pub agent: String,
     /// Per-agent sequence number, strictly increasing across the agent's
     /// lifetime, restarts included. The collector applies each `(agent, seq)` once.
+    /// For a merged batch (catch-up after an outage), the last sequence number merged.
     pub seq: u64,
+    /// For a merged batch, the first sequence number merged: the batch stands for
+    /// every batch in `first_seq..=seq`. Absent for a single batch (`= seq`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_seq: Option<u64>,
     /// The node the agent runs on.
     pub node: String,
     /// When the agent made the batch, Unix milliseconds.
@@ -119,13 +124,24 @@ pub struct BatchAck {
     pub accepted: usize,
     /// True when this `(agent, seq)` had been applied before: nothing changed.
     pub duplicate: bool,
+    /// The highest sequence number of this agent the collector has applied,
+    /// after this request. An agent may drop everything up to it for this collector.
+    #[serde(default)]
+    pub last_seq: u64,
 }
 
 /// The body of every error answer.
+///
+/// `409 Conflict` answers a merged batch whose range `first_seq..=seq` overlaps
+/// what the collector has already applied (`last_seq` says up to where): the
+/// agent re-sends from `last_seq + 1`. Nothing was applied.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
     /// What was wrong, naming the field.
     pub error: String,
+    /// On `409 Conflict`: the highest sequence number applied for this agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seq: Option<u64>,
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ fn sample() -> Batch {
         version: VERSION,
         agent: "r12-n03".into(),
         seq: 1_795_000_000_000_000,
+        first_seq: None,
         node: "r12-n03".into(),
         created_ms: ts + 12,
         gpus: vec![GpuInfo {
