@@ -16,6 +16,7 @@ use crate::config::Site;
 use crate::figures::{self, Figures};
 use crate::ingest::{self, Rejection};
 use crate::state::State;
+use crate::store::Store;
 
 /// What every handler shares.
 pub struct Shared {
@@ -23,6 +24,8 @@ pub struct Shared {
     pub site: Site,
     /// The live state. Locked briefly: validation happens before locking.
     pub state: Mutex<State>,
+    /// The durable store, if configured; locked only while `state` is locked.
+    pub store: Option<Mutex<Store>>,
 }
 
 impl Shared {
@@ -73,6 +76,7 @@ impl IntoResponse for Rejection {
             Rejection::Invalid(_) => StatusCode::BAD_REQUEST,
             Rejection::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Rejection::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Rejection::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Rejection::Conflict { error, last_seq } => {
                 let body = ErrorBody {
                     error: error.clone(),
@@ -93,6 +97,7 @@ fn rejection_label(r: &Rejection) -> &'static str {
         Rejection::TooLarge(_) => "too_large",
         Rejection::UnsupportedMediaType(_) => "unsupported_media_type",
         Rejection::Conflict { .. } => "conflict",
+        Rejection::Unavailable(_) => "unavailable",
     }
 }
 
@@ -156,7 +161,25 @@ async fn accept_batch(
             last_seq,
         });
     }
-    let accepted = state.apply(&batch, site.max_gap_ms, now);
+    let (accepted, changes) = state.apply(&batch, site.max_gap_ms, now);
+    if let Some(store) = &shared.store {
+        let mut store = store.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = store.commit(agent, &state, &changes) {
+            // Not durable, so not applied: go back to what the store holds.
+            tracing::error!(agent, seq = batch.seq, error = %e, "Batch commit failed; state reloaded from the store.");
+            let mut reloaded = State::new(site);
+            if let Err(e) = store.load(&mut reloaded) {
+                tracing::error!(error = %e, "Reloading the state failed.");
+            }
+            reloaded.batches = std::mem::take(&mut state.batches);
+            reloaded.readings = state.readings - accepted as u64;
+            reloaded.ignored = std::mem::take(&mut state.ignored);
+            *state = reloaded;
+            return Err(Rejection::Unavailable(format!(
+                "the collector could not store the batch: {e}"
+            )));
+        }
+    }
     state.count_batch("ok");
     Ok(BatchAck {
         accepted,
@@ -258,18 +281,18 @@ async fn summary(Extract(shared): Extract<Arc<Shared>>, headers: HeaderMap) -> R
             role: m.role.as_str(),
             zone: &m.zone,
             category: m.it_point.map(|p| p.category()),
-            power_watts: m.power.map(|(_, w)| w),
-            energy_joules: m.energy_joules,
-            energy_from_ms: m.energy_from_ms,
-            energy_to_ms: m.energy_to_ms,
-            last_ms: m.last_ms,
-            fresh: m.last_ms.is_some_and(fresh),
-            resets: m.resets,
-            last_reset: m.last_reset.map(|(before_ms, after_ms)| ResetView {
+            power_watts: m.acc.power.map(|(_, w)| w),
+            energy_joules: m.acc.energy_joules,
+            energy_from_ms: m.acc.energy_from_ms,
+            energy_to_ms: m.acc.energy_to_ms,
+            last_ms: m.acc.last_ms,
+            fresh: m.acc.last_ms.is_some_and(fresh),
+            resets: m.acc.resets,
+            last_reset: m.acc.last_reset.map(|(before_ms, after_ms)| ResetView {
                 before_ms,
                 after_ms,
             }),
-            gaps: m.gaps,
+            gaps: m.acc.gaps,
         })
         .collect();
     let mut hottest: Vec<GpuView> = state
@@ -299,8 +322,8 @@ async fn summary(Extract(shared): Extract<Arc<Shared>>, headers: HeaderMap) -> R
             .filter(|(t, _)| fresh(*t))
             .map(|(_, w)| w)
             .sum(),
-        energy_joules: state.gpu_energy_joules,
-        counter_resets: state.gpu_resets,
+        energy_joules: state.gpu_totals().0,
+        counter_resets: state.gpu_totals().1,
     };
     let agents = state
         .agents

@@ -72,6 +72,9 @@ pub struct Config {
     /// a ratio over a near-zero denominator is noise. Default 1000 W.
     #[serde(default = "default_it_floor")]
     pub pue_it_floor_watts: f64,
+    /// Where the collector keeps its state. Without it, state lives in memory
+    /// only and a restart starts from zero (a lab setup; warned at start).
+    pub ledger: Option<LedgerConfig>,
     /// The operator: reads `/v1/summary`. Without it, `/v1/summary` is open
     /// (a lab setup; a warning is logged at start).
     pub operator: Option<OperatorConfig>,
@@ -81,6 +84,14 @@ pub struct Config {
     /// The site's meters.
     #[serde(default)]
     pub meters: Vec<MeterConfig>,
+}
+
+/// The durable store.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerConfig {
+    /// The SQLite database file (created if missing; its directory must exist).
+    pub path: std::path::PathBuf,
 }
 
 /// The operator principal.
@@ -227,6 +238,8 @@ pub struct Site {
     pub max_readings: usize,
     /// See [`Config::pue_it_floor_watts`].
     pub pue_it_floor_watts: f64,
+    /// The SQLite database, if state is kept.
+    pub ledger_path: Option<std::path::PathBuf>,
     /// SHA-256 of the operator token, if one is configured.
     pub operator_token: Option<[u8; 32]>,
     /// SHA-256 of each agent's token → agent id.
@@ -279,6 +292,15 @@ impl Config {
                 "pue_it_floor_watts",
                 "must be a positive number of watts",
             ));
+        }
+        if let Some(ledger) = &self.ledger {
+            let dir = ledger.path.parent().filter(|d| !d.as_os_str().is_empty());
+            if ledger.path.as_os_str().is_empty() || dir.is_some_and(|d| !d.is_dir()) {
+                return Err(invalid(
+                    "ledger.path",
+                    format!("{}: the directory does not exist", ledger.path.display()),
+                ));
+            }
         }
         let operator_token = match &self.operator {
             Some(op) => Some(parse_sha256("operator.token_sha256", &op.token_sha256)?),
@@ -340,6 +362,7 @@ impl Config {
             max_body_bytes: self.max_body_bytes,
             max_readings: self.max_readings_per_batch,
             pue_it_floor_watts: self.pue_it_floor_watts,
+            ledger_path: self.ledger.map(|l| l.path),
             operator_token,
             agent_tokens,
             meters,
@@ -462,6 +485,7 @@ mod tests {
             ("[[meters]]\nid = \"m\"\nrole = \"other\"\n[[meters]]\nid = \"m\"\nrole = \"other\"", &["meters[1].id", "duplicate"]),
             ("pue_it_floor_watts = -1.0", &["pue_it_floor_watts"]),
             ("max_body_bytes = 10", &["max_body_bytes"]),
+            ("[ledger]\npath = \"/nonexistent/dir/c.sqlite\"", &["ledger.path", "does not exist"]),
         ];
         for (text, needles) in cases {
             let e = err(text);

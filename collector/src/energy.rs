@@ -33,7 +33,7 @@ pub enum CounterStep {
 }
 
 /// Tracks one energy counter.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Counter {
     last: Option<(i64, f64)>,
 }
@@ -84,7 +84,7 @@ pub enum PowerStep {
 }
 
 /// Integrates one power series (trapezoid).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Integrator {
     last: Option<(i64, f64)>,
 }
@@ -112,6 +112,17 @@ impl Integrator {
     }
 }
 
+/// One change to a curve, so a store can mirror it row by row.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum CurveEdit {
+    /// A point was added.
+    Add(i64, f64),
+    /// The point at this instant was removed (merged into a newer one).
+    Remove(i64),
+    /// Every point before this instant was dropped.
+    TrimBefore(i64),
+}
+
 /// A meter's counted energy as a function of time: cumulative joules at
 /// reading instants, linear in between. Energy over any span the curve covers is
 /// `at(b) - at(a)`, so every meter can be cut at the same instants, and a PUE is
@@ -127,25 +138,39 @@ impl Curve {
     /// bounds memory at one point per second per meter.
     pub const MIN_SPACING_MS: i64 = 1000;
 
-    /// Appends the cumulative energy at `ts_ms` (after the last point).
-    pub fn push(&mut self, ts_ms: i64, joules: f64) {
-        if let Some(&(last, _)) = self.points.back() {
-            if ts_ms <= last {
-                return;
-            }
+    /// Appends the cumulative energy at `ts_ms` (after the last point) and says
+    /// what changed.
+    pub fn push(&mut self, ts_ms: i64, joules: f64) -> Vec<CurveEdit> {
+        if self.points.back().is_some_and(|&(last, _)| ts_ms <= last) {
+            return Vec::new();
         }
         let n = self.points.len();
+        let mut edits = Vec::with_capacity(2);
         if n >= 2 && ts_ms - self.points[n - 2].0 < Self::MIN_SPACING_MS {
+            edits.push(CurveEdit::Remove(self.points[n - 1].0));
             self.points[n - 1] = (ts_ms, joules);
         } else {
             self.points.push_back((ts_ms, joules));
         }
+        edits.push(CurveEdit::Add(ts_ms, joules));
+        edits
     }
 
     /// Drops points no longer needed to bracket `keep_from_ms`.
-    pub fn trim(&mut self, keep_from_ms: i64) {
+    pub fn trim(&mut self, keep_from_ms: i64) -> Option<CurveEdit> {
+        let mut trimmed = false;
         while self.points.len() >= 2 && self.points[1].0 <= keep_from_ms {
             self.points.pop_front();
+            trimmed = true;
+        }
+        let first = self.points.front()?.0;
+        trimmed.then_some(CurveEdit::TrimBefore(first))
+    }
+
+    /// Rebuilds a curve from stored points (ascending).
+    pub fn from_points(points: impl IntoIterator<Item = (i64, f64)>) -> Curve {
+        Curve {
+            points: points.into_iter().collect(),
         }
     }
 
@@ -241,17 +266,21 @@ mod tests {
         assert_eq!(c.at(0), None);
         c.push(0, 0.0);
         c.push(2_000, 200.0);
-        c.push(2_500, 250.0); // within 1 s of 2_000's predecessor? no: 0 → kept
-        c.push(2_600, 260.0); // within 1 s of 2_000: replaces 2_500
+        c.push(2_500, 250.0); // 2.5 s after 0: kept
+        assert_eq!(
+            c.push(2_600, 260.0), // within 1 s of 2_000: replaces 2_500
+            vec![CurveEdit::Remove(2_500), CurveEdit::Add(2_600, 260.0)]
+        );
         assert_eq!(c.span(), Some((0, 2_600)));
         assert_eq!(c.at(1_000), Some(100.0));
         assert_eq!(c.at(2_300), Some(230.0));
         assert_eq!(c.between(1_000, 2_600), Some(160.0));
         assert_eq!(c.at(2_601), None);
         assert_eq!(c.at(-1), None);
-        c.push(2_600, 999.0); // not after the last point: ignored
+        assert!(c.push(2_600, 999.0).is_empty()); // not after the last point: ignored
         assert_eq!(c.at(2_600), Some(260.0));
-        c.trim(2_100);
+        assert_eq!(c.trim(2_100), Some(CurveEdit::TrimBefore(2_000)));
+        assert_eq!(c.trim(2_100), None);
         assert_eq!(c.span(), Some((2_000, 2_600)));
         assert_eq!(c.at(2_100), Some(210.0));
     }

@@ -20,14 +20,14 @@ pub fn render(state: &State, site: &Site, figures: &Figures) -> String {
         n::POWER_WATTS,
         "Power of the fresh meters by role and zone, watts.",
     );
-    for ((role, zone), joules) in &state.energy {
-        let labels = [(n::ROLE, role.as_str()), (n::ZONE, zone.as_str())];
-        energy.add(&labels, *joules);
+    for ((role, zone), joules) in state.energy_by_role_zone() {
+        let labels = [(n::ROLE, role.as_str()), (n::ZONE, zone)];
+        energy.add(&labels, joules);
         power.add(
             &labels,
             figures
                 .zone_power_watts
-                .get(&(*role, zone.clone()))
+                .get(&(role, zone.to_owned()))
                 .copied()
                 .unwrap_or(0.0),
         );
@@ -75,10 +75,11 @@ pub fn render(state: &State, site: &Site, figures: &Figures) -> String {
             (n::ROLE, m.role.as_str()),
             (n::ZONE, m.zone.as_str()),
         ];
-        meter_energy.add(&labels, m.energy_joules);
-        meter_resets.add(&labels, m.resets as f64);
-        meter_gaps.add(&labels, m.gaps as f64);
+        meter_energy.add(&labels, m.acc.energy_joules);
+        meter_resets.add(&labels, m.acc.resets as f64);
+        meter_gaps.add(&labels, m.acc.gaps as f64);
         let up = m
+            .acc
             .last_ms
             .is_some_and(|t| figures.now_ms - t <= site.stale_after_ms);
         meter_up.add(&labels, f64::from(u8::from(up)));
@@ -100,12 +101,13 @@ pub fn render(state: &State, site: &Site, figures: &Figures) -> String {
         n::GPU_ENERGY_JOULES_TOTAL,
         "GPU energy from NVML counters since the collector started, joules.",
     );
-    gpu_energy.add(&[], state.gpu_energy_joules);
+    let (gpu_joules, gpu_resets_seen) = state.gpu_totals();
+    gpu_energy.add(&[], gpu_joules);
     let mut gpu_resets = Family::counter(
         n::GPU_COUNTER_RESETS_TOTAL,
         "GPU energy counter resets seen.",
     );
-    gpu_resets.add(&[], state.gpu_resets as f64);
+    gpu_resets.add(&[], gpu_resets_seen as f64);
 
     let mut last_seen = Family::gauge(
         n::AGENT_LAST_SEEN,

@@ -76,9 +76,9 @@ pub fn compute(state: &State, site: &Site, now_ms: i64) -> Figures {
     for m in state.meters.values() {
         if required(m) {
             n_required += 1;
-            reporting += usize::from(fresh(m.last_ms));
+            reporting += usize::from(fresh(m.acc.last_ms));
         }
-        if let Some((t, w)) = m.power {
+        if let Some((t, w)) = m.acc.power {
             if fresh(Some(t)) {
                 *zone_power_watts
                     .entry((m.role, m.zone.clone()))

@@ -27,6 +27,9 @@ pub enum Rejection {
     /// The body is not JSON (415).
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// The collector cannot apply it now (503); the agent retries.
+    #[error("{0}")]
+    Unavailable(String),
     /// A merged batch overlaps what was applied already (409): nothing applied;
     /// the agent re-sends from `last_seq + 1`.
     #[error("{error}")]

@@ -7,7 +7,8 @@
 //! - [`config`]: the TOML file and its validation into a [`config::Site`].
 //! - [`ingest`]: bearer tokens, batch validation (a rejected batch changes nothing).
 //! - [`state`]: latest values, energy per meter, per role and zone, per GPU; dedup by `(agent, seq)`.
-//! - [`energy`]: counters with resets, power integration with a gap limit, minute buckets.
+//! - [`energy`]: counters with resets, power integration with a gap limit, energy curves.
+//! - [`store`]: the durable state in SQLite; each batch committed with its sequence number.
 //! - [`pue`]: PUE and its ISO/IEC 30134-2 category, as pure functions.
 //! - [`figures`]: the derived figures at one instant, shared by `/metrics` and the summary.
 //! - [`export`]: the Prometheus exposition; [`names`]: every metric name.
@@ -23,26 +24,54 @@ pub mod ingest;
 pub mod names;
 pub mod pue;
 pub mod state;
+pub mod store;
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 
 use config::Site;
 
-/// Serves the collector on `listener` until `shutdown` resolves.
+/// Why the collector stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The durable store could not be opened or loaded.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    /// The HTTP server failed.
+    #[error("serving http: {0}")]
+    Serve(#[from] std::io::Error),
+}
+
+/// Serves the collector on `listener` until `shutdown` resolves. With a ledger
+/// configured, state is loaded from it first and every batch is committed to it.
 pub async fn run(
     site: Site,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+) -> Result<(), Error> {
     if site.operator_token.is_none() {
         tracing::warn!("No [operator] token configured: /v1/summary is open to anyone who can reach the listener.");
     }
+    let mut state = state::State::new(&site);
+    let store = match &site.ledger_path {
+        Some(path) => {
+            let store = store::Store::open(path)?;
+            store.load(&mut state)?;
+            tracing::info!(path = %path.display(), agents = state.agents.len(), "State loaded.");
+            Some(Mutex::new(store))
+        }
+        None => {
+            tracing::warn!("No [ledger] configured: state is kept in memory only and a restart starts from zero.");
+            None
+        }
+    };
     let shared = Arc::new(api::Shared {
-        state: Mutex::new(state::State::new(&site)),
+        state: Mutex::new(state),
+        store,
         site,
     });
     axum::serve(listener, api::router(shared))
         .with_graceful_shutdown(shutdown)
-        .await
+        .await?;
+    Ok(())
 }

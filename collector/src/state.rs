@@ -1,25 +1,23 @@
-//! The collector's live state: latest values, energy accumulated per meter, per
-//! role and zone, and per GPU, and which batch each agent sent last. Everything
-//! here is in memory; a restart starts from zero (the durable form is the
-//! ledger's job).
+//! The collector's live state: latest values, energy counted per meter and per
+//! GPU, and the last batch each agent had applied. [`State::apply`] changes it
+//! and reports what it changed ([`Changes`]), so the store can persist exactly
+//! that in the same transaction as the agent's sequence number.
+//!
+//! Totals per role and zone, and over all GPUs, are sums over the meters and
+//! GPUs: derived at export, never kept twice.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use dcwatt_wire::{Batch, Entity, Quantity};
+use serde::{Deserialize, Serialize};
 
 use crate::config::{ItPoint, Role, Site};
-use crate::energy::{Counter, CounterStep, Curve, Integrator, PowerStep};
+use crate::energy::{Counter, CounterStep, Curve, CurveEdit, Integrator, PowerStep};
 use crate::figures::LONGEST_WINDOW_MS;
 
-/// One configured meter's state.
-#[derive(Debug, Clone)]
-pub struct MeterState {
-    /// Role from the config.
-    pub role: Role,
-    /// Zone from the config.
-    pub zone: String,
-    /// IT measurement point (role `it`).
-    pub it_point: Option<ItPoint>,
+/// What a meter has counted: the part of its state that is persisted.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MeterAccount {
     /// Latest power reading (Unix ms, W).
     pub power: Option<(i64, f64)>,
     /// The energy counter, when the meter has one.
@@ -40,13 +38,26 @@ pub struct MeterState {
     pub last_reset: Option<(i64, i64)>,
     /// Gaps longer than `max_gap` in a power-only series.
     pub gaps: u64,
-    /// Counted energy over time (cumulative J), for windows cut at the same
-    /// instants for every meter. Flat across a gap: no energy is invented.
+}
+
+/// One configured meter's state.
+#[derive(Debug, Clone)]
+pub struct MeterState {
+    /// Role from the config.
+    pub role: Role,
+    /// Zone from the config.
+    pub zone: String,
+    /// IT measurement point (role `it`).
+    pub it_point: Option<ItPoint>,
+    /// What it has counted.
+    pub acc: MeterAccount,
+    /// Counted energy over time (cumulative J) for the trailing windows, cut at
+    /// the same instants for every meter. Flat across a gap: no energy is invented.
     pub curve: Curve,
 }
 
 /// One GPU's latest values, as its agent reported them.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct GpuState {
     /// The node it is in.
     pub node: String,
@@ -71,7 +82,7 @@ pub struct GpuState {
 }
 
 /// One agent's delivery state.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct AgentState {
     /// The highest applied sequence number.
     pub last_seq: u64,
@@ -104,6 +115,17 @@ impl Ignored {
     }
 }
 
+/// What one applied batch changed, for the store.
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// Meters whose account changed.
+    pub meters: BTreeSet<String>,
+    /// GPUs whose state changed.
+    pub gpus: BTreeSet<String>,
+    /// Edits of meters' energy curves, in order.
+    pub curves: Vec<(String, CurveEdit)>,
+}
+
 /// The whole live state.
 #[derive(Debug, Default)]
 pub struct State {
@@ -113,22 +135,16 @@ pub struct State {
     pub gpus: HashMap<String, GpuState>,
     /// Agents by id.
     pub agents: BTreeMap<String, AgentState>,
-    /// Energy per (role, zone) since start, J; every configured pair is present from the start.
-    pub energy: BTreeMap<(Role, String), f64>,
-    /// GPU energy from NVML counters since start, J.
-    pub gpu_energy_joules: f64,
-    /// GPU counter resets seen.
-    pub gpu_resets: u64,
-    /// Batches by result label.
+    /// Batches by result label (since this process started).
     pub batches: BTreeMap<&'static str, u64>,
-    /// Readings applied.
+    /// Readings applied (since this process started).
     pub readings: u64,
-    /// Readings ignored, by reason.
+    /// Readings ignored, by reason (since this process started).
     pub ignored: BTreeMap<Ignored, u64>,
 }
 
 impl State {
-    /// An empty state with every configured meter and (role, zone) in place.
+    /// An empty state with every configured meter in place.
     pub fn new(site: &Site) -> State {
         let mut state = State::default();
         for (id, m) in &site.meters {
@@ -138,20 +154,10 @@ impl State {
                     role: m.role,
                     zone: m.zone.clone(),
                     it_point: m.it_point,
-                    power: None,
-                    counter: Counter::default(),
-                    integrator: Integrator::default(),
-                    energy_joules: 0.0,
-                    energy_from_ms: None,
-                    energy_to_ms: None,
-                    last_ms: None,
-                    resets: 0,
-                    last_reset: None,
-                    gaps: 0,
+                    acc: MeterAccount::default(),
                     curve: Curve::default(),
                 },
             );
-            state.energy.entry((m.role, m.zone.clone())).or_default();
         }
         state
     }
@@ -161,24 +167,53 @@ impl State {
         *self.batches.entry(result).or_default() += 1;
     }
 
+    /// Energy since start per (role, zone), J: the sum over the meters. Every
+    /// configured (role, zone) is present.
+    pub fn energy_by_role_zone(&self) -> BTreeMap<(Role, &str), f64> {
+        let mut out = BTreeMap::new();
+        for m in self.meters.values() {
+            *out.entry((m.role, m.zone.as_str())).or_default() += m.acc.energy_joules;
+        }
+        out
+    }
+
+    /// Energy of every GPU since start (J) and the counter resets seen.
+    pub fn gpu_totals(&self) -> (f64, u64) {
+        self.gpus
+            .values()
+            .fold((0.0, 0), |(j, r), g| (j + g.energy_joules, r + g.resets))
+    }
+
     /// Applies a validated, authenticated, not-yet-applied batch. Returns the
-    /// number of readings applied.
-    pub fn apply(&mut self, batch: &Batch, max_gap_ms: i64, now_ms: i64) -> usize {
+    /// number of readings applied and what changed.
+    pub fn apply(&mut self, batch: &Batch, max_gap_ms: i64, now_ms: i64) -> (usize, Changes) {
+        let mut changes = Changes::default();
         let agent = self.agents.entry(batch.agent.clone()).or_default();
         agent.last_seq = batch.seq;
         agent.last_seen_ms = now_ms;
         for g in &batch.gpus {
             let gpu = self.gpus.entry(g.uuid.clone()).or_default();
-            gpu.node.clone_from(&batch.node);
-            gpu.index = g.index;
-            gpu.model.clone_from(&g.model);
+            if gpu.node != batch.node || gpu.index != g.index || gpu.model != g.model {
+                gpu.node.clone_from(&batch.node);
+                gpu.index = g.index;
+                gpu.model.clone_from(&g.model);
+                changes.gpus.insert(g.uuid.clone());
+            }
         }
         let mut applied = 0;
         for r in &batch.readings {
             let outcome = match (&r.entity, r.quantity) {
                 (_, Quantity::Other) => Err(Ignored::UnknownQuantity),
-                (Entity::Meter(id), q) => self.apply_meter(id, q, r.ts_ms, r.value, max_gap_ms),
-                (Entity::Gpu(uuid), q) => self.apply_gpu(uuid, &batch.node, q, r.ts_ms, r.value),
+                (Entity::Meter(id), q) => {
+                    self.apply_meter(id, q, r.ts_ms, r.value, max_gap_ms, &mut changes)
+                }
+                (Entity::Gpu(uuid), q) => {
+                    let out = self.apply_gpu(uuid, &batch.node, q, r.ts_ms, r.value);
+                    if out.is_ok() {
+                        changes.gpus.insert(uuid.clone());
+                    }
+                    out
+                }
                 (Entity::Node(_), _) => Err(Ignored::UnusedEntity),
             };
             match outcome {
@@ -187,7 +222,7 @@ impl State {
             }
         }
         self.readings += applied as u64;
-        applied
+        (applied, changes)
     }
 
     fn apply_meter(
@@ -197,63 +232,19 @@ impl State {
         ts: i64,
         v: f64,
         max_gap_ms: i64,
+        changes: &mut Changes,
     ) -> Result<(), Ignored> {
         let m = self.meters.get_mut(id).ok_or(Ignored::UnknownMeter)?;
-        if m.last_ms.is_none_or(|l| ts > l) {
-            m.last_ms = Some(ts);
+        let before = m.acc.clone();
+        let mut edits = Vec::new();
+        let result = meter_reading(m, q, ts, v, max_gap_ms, &mut edits);
+        if m.acc != before {
+            changes.meters.insert(id.to_owned());
         }
-        let span = match q {
-            Quantity::EnergyJoules => match m.counter.observe(ts, v) {
-                CounterStep::Baseline => {
-                    if m.energy_joules == 0.0 {
-                        m.energy_from_ms = Some(ts);
-                        m.curve = Curve::default();
-                        m.curve.push(ts, 0.0);
-                    }
-                    None
-                }
-                CounterStep::Delta(s) => Some(s),
-                CounterStep::Reset(s) => {
-                    m.resets += 1;
-                    m.last_reset = Some((s.from_ms, s.to_ms));
-                    Some(s)
-                }
-                CounterStep::OutOfOrder => return Err(Ignored::OutOfOrder),
-            },
-            Quantity::PowerWatts => {
-                if m.power.is_some_and(|(t, _)| ts <= t) {
-                    return Err(Ignored::OutOfOrder);
-                }
-                m.power = Some((ts, v));
-                if m.counter.last().is_some() {
-                    None // the counter is the energy source
-                } else {
-                    match m.integrator.observe(ts, v, max_gap_ms) {
-                        PowerStep::Baseline => {
-                            m.energy_from_ms.get_or_insert(ts);
-                            m.curve.push(ts, m.energy_joules);
-                            None
-                        }
-                        PowerStep::Energy(s) => Some(s),
-                        PowerStep::Gap => {
-                            m.gaps += 1;
-                            m.curve.push(ts, m.energy_joules);
-                            None
-                        }
-                        PowerStep::OutOfOrder => return Err(Ignored::OutOfOrder),
-                    }
-                }
-            }
-            _ => None, // temperatures and the like: latest value only, nothing to keep yet
-        };
-        if let Some(s) = span {
-            m.energy_joules += s.joules;
-            m.energy_to_ms = Some(s.to_ms);
-            m.curve.push(s.to_ms, m.energy_joules);
-            m.curve.trim(s.to_ms - LONGEST_WINDOW_MS - 60_000);
-            *self.energy.entry((m.role, m.zone.clone())).or_default() += s.joules;
-        }
-        Ok(())
+        changes
+            .curves
+            .extend(edits.into_iter().map(|e| (id.to_owned(), e)));
+        result
     }
 
     fn apply_gpu(
@@ -275,15 +266,10 @@ impl State {
             Quantity::UtilizationRatio => g.utilization = Some((ts, v)),
             Quantity::EnergyJoules => match g.counter.observe(ts, v) {
                 CounterStep::Baseline => {}
-                CounterStep::Delta(s) => {
-                    g.energy_joules += s.joules;
-                    self.gpu_energy_joules += s.joules;
-                }
+                CounterStep::Delta(s) => g.energy_joules += s.joules,
                 CounterStep::Reset(s) => {
                     g.resets += 1;
-                    self.gpu_resets += 1;
                     g.energy_joules += s.joules;
-                    self.gpu_energy_joules += s.joules;
                 }
                 CounterStep::OutOfOrder => return Err(Ignored::OutOfOrder),
             },
@@ -291,4 +277,69 @@ impl State {
         }
         Ok(())
     }
+}
+
+/// One reading of one meter: counters and power integration, energy and curve.
+fn meter_reading(
+    m: &mut MeterState,
+    q: Quantity,
+    ts: i64,
+    v: f64,
+    max_gap_ms: i64,
+    edits: &mut Vec<CurveEdit>,
+) -> Result<(), Ignored> {
+    let acc = &mut m.acc;
+    if acc.last_ms.is_none_or(|l| ts > l) {
+        acc.last_ms = Some(ts);
+    }
+    let span = match q {
+        Quantity::EnergyJoules => match acc.counter.observe(ts, v) {
+            CounterStep::Baseline => {
+                if acc.energy_joules == 0.0 {
+                    acc.energy_from_ms = Some(ts);
+                    edits.extend(m.curve.push(ts, 0.0));
+                }
+                None
+            }
+            CounterStep::Delta(s) => Some(s),
+            CounterStep::Reset(s) => {
+                acc.resets += 1;
+                acc.last_reset = Some((s.from_ms, s.to_ms));
+                Some(s)
+            }
+            CounterStep::OutOfOrder => return Err(Ignored::OutOfOrder),
+        },
+        Quantity::PowerWatts => {
+            if acc.power.is_some_and(|(t, _)| ts <= t) {
+                return Err(Ignored::OutOfOrder);
+            }
+            acc.power = Some((ts, v));
+            if acc.counter.last().is_some() {
+                None // the counter is the energy source
+            } else {
+                match acc.integrator.observe(ts, v, max_gap_ms) {
+                    PowerStep::Baseline => {
+                        acc.energy_from_ms.get_or_insert(ts);
+                        edits.extend(m.curve.push(ts, acc.energy_joules));
+                        None
+                    }
+                    PowerStep::Energy(s) => Some(s),
+                    PowerStep::Gap => {
+                        acc.gaps += 1;
+                        edits.extend(m.curve.push(ts, acc.energy_joules));
+                        None
+                    }
+                    PowerStep::OutOfOrder => return Err(Ignored::OutOfOrder),
+                }
+            }
+        }
+        _ => None, // temperatures and the like: latest value only, nothing to keep yet
+    };
+    if let Some(s) = span {
+        acc.energy_joules += s.joules;
+        acc.energy_to_ms = Some(s.to_ms);
+        edits.extend(m.curve.push(s.to_ms, acc.energy_joules));
+        edits.extend(m.curve.trim(s.to_ms - LONGEST_WINDOW_MS - 60_000));
+    }
+    Ok(())
 }

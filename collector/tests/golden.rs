@@ -76,7 +76,7 @@ fn metrics_match_golden() {
     let mut state = State::new(&site);
     for i in 0..=360u32 {
         let secs = f64::from(i);
-        state.apply(
+        let _ = state.apply(
             &batch(u64::from(i) + 1, T0 + i64::from(i) * 1000, secs),
             site.max_gap_ms,
             T0,
