@@ -112,7 +112,7 @@ it_point = "pdu_output"
         .timeout(Duration::from_secs(5))
         .build()
         .unwrap();
-    let mut rng = Rng(0x5eed_dc3a_77);
+    let mut rng = Rng(0x5eed_dc3a);
     let mut starts = 1;
     let mut collector = start(dir.path(), starts);
     let t0 = now_ms() - 60_000;
@@ -121,7 +121,7 @@ it_point = "pdu_output"
         let body = serde_json::to_vec(&batch(k, t0)).unwrap();
         loop {
             // One batch in five: a SIGKILL 0–4 ms from now, racing the ingest.
-            if rng.next() % 5 == 0 {
+            if rng.next().is_multiple_of(5) {
                 let pid = collector.pid() as i32;
                 let delay = Duration::from_micros(rng.next() % 4000);
                 std::thread::spawn(move || {
