@@ -4,19 +4,21 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::body::{to_bytes, Body};
-use axum::extract::State as Extract;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State as Extract};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use dcwatt_wire::{BatchAck, ErrorBody, BATCHES_PATH};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::Site;
 use crate::figures::{self, Figures};
 use crate::ingest::{self, Rejection};
 use crate::state::State;
-use crate::store::Store;
+use crate::store::{Resolution, Store};
+use crate::windows::{self, Period};
 
 /// What every handler shares.
 pub struct Shared {
@@ -24,8 +26,11 @@ pub struct Shared {
     pub site: Site,
     /// The live state. Locked briefly: validation happens before locking.
     pub state: Mutex<State>,
-    /// The durable store, if configured; locked only while `state` is locked.
-    pub store: Option<Mutex<Store>>,
+    /// The store (a file with `[ledger]`, else in memory); locked only while
+    /// `state` is locked, or alone.
+    pub store: Mutex<Store>,
+    /// The stored trailing windows, as last computed by the refresher.
+    pub windows: Mutex<Vec<Period>>,
 }
 
 impl Shared {
@@ -35,6 +40,19 @@ impl Shared {
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The store.
+    pub fn store(&self) -> MutexGuard<'_, Store> {
+        self.store
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The figures at `now`, with the last computed stored windows.
+    fn figures(&self, state: &State, now: i64) -> Figures {
+        let windows = self.windows.lock().map(|w| w.clone()).unwrap_or_default();
+        figures::compute(state, &self.site, now, windows)
     }
 }
 
@@ -46,6 +64,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(|| async { "ok\n" }))
         .route("/v1/summary", get(summary))
+        .route("/v1/pue", get(pue_period))
         .with_state(shared)
 }
 
@@ -161,10 +180,10 @@ async fn accept_batch(
             last_seq,
         });
     }
-    let (accepted, changes) = state.apply(&batch, site.max_gap_ms, now);
-    if let Some(store) = &shared.store {
-        let mut store = store.lock().unwrap_or_else(|p| p.into_inner());
-        if let Err(e) = store.commit(agent, &state, &changes) {
+    let (accepted, changes) = state.apply(&batch, site, now);
+    {
+        let mut store = shared.store();
+        if let Err(e) = store.commit(agent, &state, &changes, site) {
             // Not durable, so not applied: go back to what the store holds.
             tracing::error!(agent, seq = batch.seq, error = %e, "Batch commit failed; state reloaded from the store.");
             let mut reloaded = State::new(site);
@@ -190,7 +209,7 @@ async fn accept_batch(
 
 async fn metrics(Extract(shared): Extract<Arc<Shared>>) -> Response {
     let state = shared.lock();
-    let figures = figures::compute(&state, &shared.site, now_ms());
+    let figures = shared.figures(&state, now_ms());
     let text = crate::export::render(&state, &shared.site, &figures);
     drop(state);
     ([(header::CONTENT_TYPE, dcwatt_expo::CONTENT_TYPE)], text).into_response()
@@ -256,22 +275,103 @@ struct Summary<'a> {
     agents: Vec<AgentView<'a>>,
 }
 
+/// With an operator configured, only the operator reads hall-wide data.
+fn operator_only(site: &Site, headers: &HeaderMap) -> Result<(), ApiError> {
+    if site.operator_token.is_none() {
+        return Ok(());
+    }
+    let auth = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if ingest::is_operator(site, auth) {
+        Ok(())
+    } else {
+        Err(ApiError(
+            StatusCode::UNAUTHORIZED,
+            "this needs the operator token".into(),
+        ))
+    }
+}
+
+/// An error answer: status and text.
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        error(self.0, self.1)
+    }
+}
+
+/// `from` and `to` of `GET /v1/pue`: RFC 3339 (`2026-11-01T00:00:00Z`) or Unix ms.
+#[derive(Deserialize)]
+struct PeriodQuery {
+    from: String,
+    to: String,
+}
+
+fn parse_instant(key: &str, text: &str) -> Result<i64, ApiError> {
+    if let Ok(ms) = text.parse::<i64>() {
+        return Ok(ms);
+    }
+    humantime_serde::re::humantime::parse_rfc3339(text)
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .and_then(|d| i64::try_from(d.as_millis()).ok())
+        .ok_or_else(|| {
+            ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("{key}: {text:?} is neither RFC 3339 (2026-11-01T00:00:00Z) nor Unix milliseconds"),
+            )
+        })
+}
+
+async fn pue_period(
+    Extract(shared): Extract<Arc<Shared>>,
+    headers: HeaderMap,
+    query: Result<Query<PeriodQuery>, QueryRejection>,
+) -> Response {
+    let site = &shared.site;
+    if let Err(r) = operator_only(site, &headers) {
+        return r.into_response();
+    }
+    let Query(q) = match query {
+        Ok(q) => q,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("query: {e}")),
+    };
+    let (from, to) = match (parse_instant("from", &q.from), parse_instant("to", &q.to)) {
+        (Ok(f), Ok(t)) => (f, t),
+        (Err(r), _) | (_, Err(r)) => return r.into_response(),
+    };
+    if to <= from || to - from > 400 * 86_400_000 {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "to: must be after from, by at most 400 days",
+        );
+    }
+    // Minutes while they are kept and the span is short; hours otherwise.
+    let minutes_kept = now_ms() - crate::store::MINUTE_RETENTION_MS;
+    let resolution = if to - from <= 2 * 86_400_000 && from >= minutes_kept {
+        Resolution::Minute
+    } else {
+        Resolution::Hour
+    };
+    let step = resolution.ms();
+    let (from, to) = (resolution.floor(from), resolution.floor(to + step - 1));
+    let result = windows::period(&shared.store(), site, from, to, resolution);
+    match result {
+        Ok(p) => Json(p).into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}")),
+    }
+}
+
 async fn summary(Extract(shared): Extract<Arc<Shared>>, headers: HeaderMap) -> Response {
     let site = &shared.site;
-    if site.operator_token.is_some() {
-        let auth = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        if !ingest::is_operator(site, auth) {
-            return error(
-                StatusCode::UNAUTHORIZED,
-                "the summary needs the operator token",
-            );
-        }
+    if let Err(r) = operator_only(site, &headers) {
+        return r.into_response();
     }
     let now = now_ms();
     let state = shared.lock();
-    let figures = figures::compute(&state, site, now);
+    let figures = shared.figures(&state, now);
     let fresh = |t: i64| now - t <= site.stale_after_ms;
     let meters = state
         .meters

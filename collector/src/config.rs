@@ -75,6 +75,10 @@ pub struct Config {
     /// Where the collector keeps its state. Without it, state lives in memory
     /// only and a restart starts from zero (a lab setup; warned at start).
     pub ledger: Option<LedgerConfig>,
+    /// A PUE above this is invalid (a meter or the site model is wrong): not
+    /// given as a PUE. Default 3.0.
+    #[serde(default = "default_pue_max")]
+    pub pue_max_ratio: f64,
     /// The operator: reads `/v1/summary`. Without it, `/v1/summary` is open
     /// (a lab setup; a warning is logged at start).
     pub operator: Option<OperatorConfig>,
@@ -126,6 +130,9 @@ pub struct MeterConfig {
     pub zone: String,
     /// Where IT energy is measured; required for role `it`, refused for others.
     pub it_point: Option<ItPoint>,
+    /// The most this meter can measure, W (its rating). A counter jump bigger than
+    /// this × the time between readings × 1.1 is a glitch: rejected and counted.
+    pub nominal_max_watts: Option<f64>,
 }
 
 /// What a meter measures.
@@ -204,6 +211,9 @@ fn default_max_readings() -> usize {
 fn default_it_floor() -> f64 {
     1000.0
 }
+fn default_pue_max() -> f64 {
+    3.0
+}
 fn default_zone() -> String {
     "default".into()
 }
@@ -217,6 +227,8 @@ pub struct Meter {
     pub zone: String,
     /// IT measurement point (role `it` only).
     pub it_point: Option<ItPoint>,
+    /// See [`MeterConfig::nominal_max_watts`].
+    pub nominal_max_watts: Option<f64>,
 }
 
 /// The validated runtime configuration.
@@ -238,6 +250,10 @@ pub struct Site {
     pub max_readings: usize,
     /// See [`Config::pue_it_floor_watts`].
     pub pue_it_floor_watts: f64,
+    /// See [`Config::pue_max_ratio`].
+    pub pue_max_ratio: f64,
+    /// Facility and IT meters (those PUE needs) per zone.
+    pub required_per_zone: std::collections::BTreeMap<String, usize>,
     /// The SQLite database, if state is kept.
     pub ledger_path: Option<std::path::PathBuf>,
     /// SHA-256 of the operator token, if one is configured.
@@ -302,6 +318,9 @@ impl Config {
                 ));
             }
         }
+        if !(self.pue_max_ratio.is_finite() && self.pue_max_ratio > 1.0) {
+            return Err(invalid("pue_max_ratio", "must be a number above 1"));
+        }
         let operator_token = match &self.operator {
             Some(op) => Some(parse_sha256("operator.token_sha256", &op.token_sha256)?),
             None => None,
@@ -341,10 +360,19 @@ impl Config {
                 }
                 _ => {}
             }
+            if m.nominal_max_watts
+                .is_some_and(|w| !(w.is_finite() && w > 0.0))
+            {
+                return Err(invalid(
+                    format!("meters[{i}].nominal_max_watts"),
+                    "must be a positive number of watts",
+                ));
+            }
             let meter = Meter {
                 role: m.role,
                 zone: m.zone.clone(),
                 it_point: m.it_point,
+                nominal_max_watts: m.nominal_max_watts,
             };
             if meters.insert(m.id.clone(), meter).is_some() {
                 return Err(invalid(
@@ -352,6 +380,13 @@ impl Config {
                     format!("duplicate meter id {:?}", m.id),
                 ));
             }
+        }
+        let mut required_per_zone = std::collections::BTreeMap::new();
+        for m in meters
+            .values()
+            .filter(|m| matches!(m.role, Role::Facility | Role::It))
+        {
+            *required_per_zone.entry(m.zone.clone()).or_insert(0) += 1;
         }
         Ok(Site {
             listen: self.listen,
@@ -362,6 +397,8 @@ impl Config {
             max_body_bytes: self.max_body_bytes,
             max_readings: self.max_readings_per_batch,
             pue_it_floor_watts: self.pue_it_floor_watts,
+            pue_max_ratio: self.pue_max_ratio,
+            required_per_zone,
             ledger_path: self.ledger.map(|l| l.path),
             operator_token,
             agent_tokens,
@@ -485,6 +522,8 @@ mod tests {
             ("[[meters]]\nid = \"m\"\nrole = \"other\"\n[[meters]]\nid = \"m\"\nrole = \"other\"", &["meters[1].id", "duplicate"]),
             ("pue_it_floor_watts = -1.0", &["pue_it_floor_watts"]),
             ("max_body_bytes = 10", &["max_body_bytes"]),
+            ("pue_max_ratio = 0.5", &["pue_max_ratio"]),
+            ("[[meters]]\nid = \"m\"\nrole = \"other\"\nnominal_max_watts = -3.0", &["meters[0].nominal_max_watts"]),
             ("[ledger]\npath = \"/nonexistent/dir/c.sqlite\"", &["ledger.path", "does not exist"]),
         ];
         for (text, needles) in cases {

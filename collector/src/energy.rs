@@ -200,6 +200,73 @@ impl Curve {
     }
 }
 
+/// The width of the base energy window: one UTC minute.
+pub const MINUTE_MS: i64 = 60_000;
+
+/// A meter's energy in one UTC minute `[minute_ms, minute_ms + 60 s)`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MinuteEnergy {
+    /// Start of the minute, Unix ms.
+    pub minute_ms: i64,
+    /// Energy in the minute, J: the counted-energy curve interpolated at both edges.
+    pub joules: f64,
+    /// True when readings bracket both edges with no gap, reset or stale stretch
+    /// in between: the minute is measured, not estimated.
+    pub complete: bool,
+}
+
+/// Cuts one meter's counted-energy curve into fixed UTC minutes. Each minute is
+/// emitted once, when the first point after its end arrives.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Minutes {
+    /// The last point of the curve (Unix ms, cumulative J).
+    last_point: Option<(i64, f64)>,
+    /// The last minute edge crossed (Unix ms, cumulative J there, and whether
+    /// everything since it was measured cleanly).
+    last_edge: Option<(i64, f64, bool)>,
+}
+
+impl Minutes {
+    /// Feeds the next point of the curve. `clean` says whether the stretch since
+    /// the previous point was measured (readings close enough, no gap, no reset).
+    pub fn push(&mut self, ts_ms: i64, joules: f64, clean: bool, out: &mut Vec<MinuteEnergy>) {
+        let Some((t0, e0)) = self.last_point else {
+            self.last_point = Some((ts_ms, joules));
+            if ts_ms.rem_euclid(MINUTE_MS) == 0 {
+                // The very first reading sits on an edge: its minute is whole.
+                self.last_edge = Some((ts_ms, joules, true));
+            }
+            return;
+        };
+        if ts_ms <= t0 {
+            return;
+        }
+        let mut edge = (t0.div_euclid(MINUTE_MS) + 1) * MINUTE_MS;
+        let crossed = edge <= ts_ms;
+        while edge <= ts_ms {
+            let at_edge = e0 + (joules - e0) * (edge - t0) as f64 / (ts_ms - t0) as f64;
+            if let Some((prev, prev_joules, prev_clean)) = self.last_edge {
+                if prev == edge - MINUTE_MS {
+                    out.push(MinuteEnergy {
+                        minute_ms: prev,
+                        joules: at_edge - prev_joules,
+                        complete: prev_clean && clean,
+                    });
+                }
+            }
+            // The running minute holds the rest of this stretch, if any is left.
+            self.last_edge = Some((edge, at_edge, clean || edge == ts_ms));
+            edge += MINUTE_MS;
+        }
+        if !crossed {
+            if let Some(last) = &mut self.last_edge {
+                last.2 &= clean;
+            }
+        }
+        self.last_point = Some((ts_ms, joules));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -257,6 +324,50 @@ mod tests {
                 to_ms: 21_000,
                 joules: 200.0
             })
+        );
+    }
+
+    #[test]
+    fn minutes_are_cut_at_utc_edges_and_flag_unclean_stretches() {
+        let mut m = Minutes::default();
+        let mut out = Vec::new();
+        // 100 W from 30 s: cumulative J = 100 × (t − 30 s).
+        for t in (30..=200).step_by(10) {
+            m.push(t * 1000, 100.0 * (t - 30) as f64, true, &mut out);
+        }
+        // Minutes [60, 120) and [120, 180) are complete; [0, 60) started mid-way.
+        assert_eq!(
+            out,
+            vec![
+                MinuteEnergy {
+                    minute_ms: 60_000,
+                    joules: 6000.0,
+                    complete: true
+                },
+                MinuteEnergy {
+                    minute_ms: 120_000,
+                    joules: 6000.0,
+                    complete: true
+                },
+            ]
+        );
+        out.clear();
+        // A 100 s stretch that was not measured cleanly (a gap): the minutes it
+        // touches are emitted, flagged incomplete.
+        m.push(300_000, 100.0 * 270.0, false, &mut out);
+        assert_eq!(out.len(), 2);
+        assert!(out.iter().all(|w| !w.complete), "{out:?}");
+        assert!((out.iter().map(|w| w.joules).sum::<f64>() - 100.0 * 120.0).abs() < 1e-9);
+        out.clear();
+        // The unclean stretch ended on an edge: the next minute is clean.
+        m.push(360_000, 100.0 * 330.0, true, &mut out);
+        assert_eq!(
+            out,
+            vec![MinuteEnergy {
+                minute_ms: 300_000,
+                joules: 6000.0,
+                complete: true
+            }]
         );
     }
 

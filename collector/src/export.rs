@@ -42,11 +42,26 @@ pub fn render(state: &State, site: &Site, figures: &Figures) -> String {
         n::PUE_COVERAGE_RATIO,
         "Share of the trailing window that every facility and IT meter covers.",
     );
-    for w in &figures.pue_windows {
+    let mut partial = Family::gauge(
+        n::PARTIAL_PUE_RATIO,
+        "Partial PUE of a zone over a trailing window, shared infrastructure allocated by IT energy; absent while incomplete.",
+    );
+    let live = &figures.pue_live;
+    if let (Some(p), true) = (live.pue, live.complete) {
+        pue.add(&[(n::WINDOW, live.window), (n::CATEGORY, &category)], p);
+    }
+    coverage.add(&[(n::WINDOW, live.window)], live.coverage_ratio);
+    for w in &figures.windows {
+        let label = w.window.unwrap_or_default();
         if let (Some(p), true) = (w.pue, w.complete) {
-            pue.add(&[(n::WINDOW, w.window), (n::CATEGORY, &category)], p);
+            pue.add(&[(n::WINDOW, label), (n::CATEGORY, &category)], p);
         }
-        coverage.add(&[(n::WINDOW, w.window)], w.coverage_ratio);
+        coverage.add(&[(n::WINDOW, label)], w.coverage_ratio);
+        for z in w.zones.iter().filter(|z| z.complete) {
+            if let Some(p) = z.partial_pue {
+                partial.add(&[(n::ZONE, z.zone.as_str()), (n::WINDOW, label)], p);
+            }
+        }
     }
     let mut instant = Family::gauge(
         n::PUE_INSTANT_RATIO,

@@ -1,11 +1,12 @@
 //! The hall's derived figures at one instant, computed once from the state and
 //! shared by `/metrics` and `/v1/summary` so the two never disagree.
 //!
-//! An energy-based PUE is a ratio of energies over one and the same interval for
-//! every meter: each trailing window is cut at the instants that *all* facility
-//! and IT meters cover (their energy curves interpolated there), and the part of
-//! the window that is covered is the window's coverage. Only a complete window is
-//! exported as the plain `dcwatt_pue_ratio`.
+//! The live PUE (`5m`) is a ratio of energies over one and the same span for
+//! every meter, to the millisecond: it is cut at the instants that *all* facility
+//! and IT meters cover (their energy curves interpolated there); the covered part
+//! of the window is its coverage. The longer windows come from the stored UTC
+//! minutes ([`crate::windows`]). Only a complete window is exported as the plain
+//! `dcwatt_pue_ratio`.
 
 use std::collections::BTreeMap;
 
@@ -15,11 +16,11 @@ use crate::config::{Role, Site};
 use crate::pue::{self, NoPue};
 use crate::state::{MeterState, State};
 
-/// The trailing windows PUE is given for: (label, length in ms).
-pub const WINDOWS: [(&str, i64); 2] = [("5m", 300_000), ("1h", 3_600_000)];
+/// The live window's label.
+pub const LIVE_WINDOW: &str = "5m";
 
-/// The longest window: how much energy history each meter keeps.
-pub const LONGEST_WINDOW_MS: i64 = 3_600_000;
+/// The live window's length: how much of its energy curve each meter keeps.
+pub const LIVE_WINDOW_MS: i64 = 300_000;
 
 /// One energy-based PUE figure over a trailing window.
 #[derive(Debug, Clone, Serialize)]
@@ -59,16 +60,24 @@ pub struct Figures {
     pub meters_reporting_ratio: f64,
     /// Instantaneous PUE from fresh powers (only while every facility and IT meter is fresh).
     pub pue_instant: Option<f64>,
-    /// Energy-based PUE per trailing window.
-    pub pue_windows: Vec<WindowPue>,
+    /// Energy-based PUE over the last five minutes, to the millisecond.
+    pub pue_live: WindowPue,
+    /// Energy-based PUE over the stored trailing windows (1h … 365d).
+    pub windows: Vec<crate::windows::Period>,
 }
 
 fn required(m: &MeterState) -> bool {
     matches!(m.role, Role::Facility | Role::It)
 }
 
-/// Computes the figures at `now_ms`.
-pub fn compute(state: &State, site: &Site, now_ms: i64) -> Figures {
+/// Computes the figures at `now_ms`; `windows` are the stored trailing windows
+/// as last computed.
+pub fn compute(
+    state: &State,
+    site: &Site,
+    now_ms: i64,
+    windows: Vec<crate::windows::Period>,
+) -> Figures {
     let fresh = |last: Option<i64>| last.is_some_and(|t| now_ms - t <= site.stale_after_ms);
     let mut zone_power_watts: BTreeMap<(Role, String), f64> = BTreeMap::new();
     let mut power_watts: BTreeMap<&'static str, f64> = BTreeMap::new();
@@ -95,16 +104,19 @@ pub fn compute(state: &State, site: &Site, now_ms: i64) -> Figures {
     let pue_instant = if all_fresh && model_ok {
         let f = power_watts.get("facility").copied().unwrap_or(0.0);
         let i = power_watts.get("it").copied().unwrap_or(0.0);
-        pue::pue(f, i, site.pue_it_floor_watts).ok()
+        pue::pue(f, i, site.pue_it_floor_watts, site.pue_max_ratio).ok()
     } else {
         None
     };
-    let pue_windows = WINDOWS
-        .iter()
-        .map(|&(window, len_ms)| {
-            window_pue(state, site, now_ms, window, len_ms, model_ok, all_fresh)
-        })
-        .collect();
+    let pue_live = window_pue(
+        state,
+        site,
+        now_ms,
+        LIVE_WINDOW,
+        LIVE_WINDOW_MS,
+        model_ok,
+        all_fresh,
+    );
     Figures {
         now_ms,
         power_watts,
@@ -116,7 +128,8 @@ pub fn compute(state: &State, site: &Site, now_ms: i64) -> Figures {
             reporting as f64 / n_required as f64
         },
         pue_instant,
-        pue_windows,
+        pue_live,
+        windows,
     }
 }
 
@@ -179,7 +192,7 @@ fn window_pue(
     let facility = out.energy_joules.get("facility").copied().unwrap_or(0.0);
     let it = out.energy_joules.get("it").copied().unwrap_or(0.0);
     let floor = site.pue_it_floor_watts * (b - a) as f64 / 1000.0;
-    match pue::pue(facility, it, floor) {
+    match pue::pue(facility, it, floor, site.pue_max_ratio) {
         Ok(p) => out.pue = Some(p),
         Err(NoPue::ItBelowFloor) => out.missing_reason = Some("IT energy below the floor".into()),
         Err(NoPue::Invalid(r)) => {

@@ -9,6 +9,7 @@
 //! - [`state`]: latest values, energy per meter, per role and zone, per GPU; dedup by `(agent, seq)`.
 //! - [`energy`]: counters with resets, power integration with a gap limit, energy curves.
 //! - [`store`]: the durable state in SQLite; each batch committed with its sequence number.
+//! - [`windows`]: PUE and partial PUE over fixed UTC periods from the stored minutes.
 //! - [`pue`]: PUE and its ISO/IEC 30134-2 category, as pure functions.
 //! - [`figures`]: the derived figures at one instant, shared by `/metrics` and the summary.
 //! - [`export`]: the Prometheus exposition; [`names`]: every metric name.
@@ -25,6 +26,7 @@ pub mod names;
 pub mod pue;
 pub mod state;
 pub mod store;
+pub mod windows;
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -58,20 +60,61 @@ pub async fn run(
             let store = store::Store::open(path)?;
             store.load(&mut state)?;
             tracing::info!(path = %path.display(), agents = state.agents.len(), "State loaded.");
-            Some(Mutex::new(store))
+            store
         }
         None => {
             tracing::warn!("No [ledger] configured: state is kept in memory only and a restart starts from zero.");
-            None
+            store::Store::in_memory()?
         }
     };
     let shared = Arc::new(api::Shared {
         state: Mutex::new(state),
-        store,
+        store: Mutex::new(store),
+        windows: Mutex::new(Vec::new()),
         site,
     });
+    let refresher = tokio::spawn(refresh_windows(Arc::clone(&shared)));
     axum::serve(listener, api::router(shared))
         .with_graceful_shutdown(shutdown)
         .await?;
+    refresher.abort();
     Ok(())
+}
+
+/// How often the stored trailing windows are recomputed for `/metrics`.
+pub const WINDOW_REFRESH: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Recomputes the stored trailing windows every [`WINDOW_REFRESH`] (a scrape
+/// only reads the last result) and prunes old rows once an hour.
+async fn refresh_windows(shared: Arc<api::Shared>) {
+    let mut tick = tokio::time::interval(WINDOW_REFRESH);
+    let mut last_prune = i64::MIN;
+    loop {
+        tick.tick().await;
+        let s = Arc::clone(&shared);
+        let done = tokio::task::spawn_blocking(move || {
+            let now = api::now_ms();
+            let mut store = s.store();
+            if now.saturating_sub(last_prune) >= 3_600_000 {
+                if let Err(e) = store.prune(now) {
+                    tracing::warn!(error = %e, "Pruning old periods failed.");
+                }
+                last_prune = now;
+            }
+            match windows::trailing(&store, &s.site, now) {
+                Ok(w) => {
+                    drop(store);
+                    if let Ok(mut cached) = s.windows.lock() {
+                        *cached = w;
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "Computing the PUE windows failed."),
+            }
+            last_prune
+        })
+        .await;
+        if let Ok(p) = done {
+            last_prune = p;
+        }
+    }
 }

@@ -9,7 +9,9 @@ pub const ENERGY_JOULES_TOTAL: &str = "dcwatt_energy_joules_total";
 pub const PUE_RATIO: &str = "dcwatt_pue_ratio";
 /// Power-based (instantaneous) PUE.
 pub const PUE_INSTANT_RATIO: &str = "dcwatt_pue_instant_ratio";
-/// Share of the meters PUE needs that are reporting.
+/// Partial PUE of a zone over a trailing window.
+pub const PARTIAL_PUE_RATIO: &str = "dcwatt_partial_pue_ratio";
+/// Share of a window's minutes (or, live, of its span) that every facility and IT meter covers.
 pub const PUE_COVERAGE_RATIO: &str = "dcwatt_pue_coverage_ratio";
 /// Energy of each meter since the collector started, J.
 pub const METER_ENERGY_JOULES_TOTAL: &str = "dcwatt_meter_energy_joules_total";

@@ -11,9 +11,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use dcwatt_wire::{Batch, Entity, Quantity};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{ItPoint, Role, Site};
-use crate::energy::{Counter, CounterStep, Curve, CurveEdit, Integrator, PowerStep};
-use crate::figures::LONGEST_WINDOW_MS;
+use crate::config::Site;
+use crate::config::{ItPoint, Role};
+use crate::energy::{
+    Counter, CounterStep, Curve, CurveEdit, Integrator, MinuteEnergy, Minutes, PowerStep,
+};
+use crate::figures::LIVE_WINDOW_MS;
 
 /// What a meter has counted: the part of its state that is persisted.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -38,7 +41,17 @@ pub struct MeterAccount {
     pub last_reset: Option<(i64, i64)>,
     /// Gaps longer than `max_gap` in a power-only series.
     pub gaps: u64,
+    /// Counter jumps beyond `nominal_max_watts` rejected as glitches.
+    pub glitches: u64,
+    /// Consecutive glitches; at [`GLITCH_STREAK_REBASE`] the new level is taken.
+    pub glitch_streak: u32,
+    /// The fixed UTC minutes cut so far.
+    pub minutes: Minutes,
 }
+
+/// After this many consecutive rejected jumps, the counter's new level is taken
+/// as a new base (a replaced meter, not a glitch): nothing is counted across it.
+pub const GLITCH_STREAK_REBASE: u32 = 3;
 
 /// One configured meter's state.
 #[derive(Debug, Clone)]
@@ -49,6 +62,8 @@ pub struct MeterState {
     pub zone: String,
     /// IT measurement point (role `it`).
     pub it_point: Option<ItPoint>,
+    /// The most this meter can measure, W, if configured: bigger counter jumps are glitches.
+    pub nominal_max_watts: Option<f64>,
     /// What it has counted.
     pub acc: MeterAccount,
     /// Counted energy over time (cumulative J) for the trailing windows, cut at
@@ -101,6 +116,8 @@ pub enum Ignored {
     OutOfOrder,
     /// An entity kind the collector does not use yet (nodes).
     UnusedEntity,
+    /// A counter jump bigger than the meter can measure.
+    Glitch,
 }
 
 impl Ignored {
@@ -111,6 +128,7 @@ impl Ignored {
             Ignored::UnknownQuantity => "unknown_quantity",
             Ignored::OutOfOrder => "out_of_order",
             Ignored::UnusedEntity => "unused_entity",
+            Ignored::Glitch => "glitch",
         }
     }
 }
@@ -124,6 +142,8 @@ pub struct Changes {
     pub gpus: BTreeSet<String>,
     /// Edits of meters' energy curves, in order.
     pub curves: Vec<(String, CurveEdit)>,
+    /// Fixed UTC minutes that meters completed, in order.
+    pub minutes: Vec<(String, MinuteEnergy)>,
 }
 
 /// The whole live state.
@@ -154,6 +174,7 @@ impl State {
                     role: m.role,
                     zone: m.zone.clone(),
                     it_point: m.it_point,
+                    nominal_max_watts: m.nominal_max_watts,
                     acc: MeterAccount::default(),
                     curve: Curve::default(),
                 },
@@ -186,7 +207,7 @@ impl State {
 
     /// Applies a validated, authenticated, not-yet-applied batch. Returns the
     /// number of readings applied and what changed.
-    pub fn apply(&mut self, batch: &Batch, max_gap_ms: i64, now_ms: i64) -> (usize, Changes) {
+    pub fn apply(&mut self, batch: &Batch, site: &Site, now_ms: i64) -> (usize, Changes) {
         let mut changes = Changes::default();
         let agent = self.agents.entry(batch.agent.clone()).or_default();
         agent.last_seq = batch.seq;
@@ -205,7 +226,7 @@ impl State {
             let outcome = match (&r.entity, r.quantity) {
                 (_, Quantity::Other) => Err(Ignored::UnknownQuantity),
                 (Entity::Meter(id), q) => {
-                    self.apply_meter(id, q, r.ts_ms, r.value, max_gap_ms, &mut changes)
+                    self.apply_meter(id, q, r.ts_ms, r.value, site, &mut changes)
                 }
                 (Entity::Gpu(uuid), q) => {
                     let out = self.apply_gpu(uuid, &batch.node, q, r.ts_ms, r.value);
@@ -231,19 +252,22 @@ impl State {
         q: Quantity,
         ts: i64,
         v: f64,
-        max_gap_ms: i64,
+        site: &Site,
         changes: &mut Changes,
     ) -> Result<(), Ignored> {
         let m = self.meters.get_mut(id).ok_or(Ignored::UnknownMeter)?;
         let before = m.acc.clone();
-        let mut edits = Vec::new();
-        let result = meter_reading(m, q, ts, v, max_gap_ms, &mut edits);
+        let mut out = Outputs::default();
+        let result = meter_reading(m, q, ts, v, site, &mut out);
         if m.acc != before {
             changes.meters.insert(id.to_owned());
         }
         changes
             .curves
-            .extend(edits.into_iter().map(|e| (id.to_owned(), e)));
+            .extend(out.edits.into_iter().map(|e| (id.to_owned(), e)));
+        changes
+            .minutes
+            .extend(out.minutes.into_iter().map(|w| (id.to_owned(), w)));
         result
     }
 
@@ -279,67 +303,102 @@ impl State {
     }
 }
 
-/// One reading of one meter: counters and power integration, energy and curve.
+/// What one meter reading produced besides its account.
+#[derive(Default)]
+struct Outputs {
+    edits: Vec<CurveEdit>,
+    minutes: Vec<MinuteEnergy>,
+}
+
+impl Outputs {
+    /// A new point of the counted-energy curve; `clean` says whether the stretch
+    /// since the previous point was measured.
+    fn point(&mut self, m: &mut MeterState, ts: i64, clean: bool) {
+        let joules = m.acc.energy_joules;
+        self.edits.extend(m.curve.push(ts, joules));
+        self.edits
+            .extend(m.curve.trim(ts - LIVE_WINDOW_MS - 60_000));
+        m.acc.minutes.push(ts, joules, clean, &mut self.minutes);
+    }
+}
+
+/// One reading of one meter: counters (with glitch and reset handling) and
+/// power integration, then its energy, curve and minutes.
 fn meter_reading(
     m: &mut MeterState,
     q: Quantity,
     ts: i64,
     v: f64,
-    max_gap_ms: i64,
-    edits: &mut Vec<CurveEdit>,
+    site: &Site,
+    out: &mut Outputs,
 ) -> Result<(), Ignored> {
     let acc = &mut m.acc;
     if acc.last_ms.is_none_or(|l| ts > l) {
         acc.last_ms = Some(ts);
     }
-    let span = match q {
-        Quantity::EnergyJoules => match acc.counter.observe(ts, v) {
-            CounterStep::Baseline => {
-                if acc.energy_joules == 0.0 {
-                    acc.energy_from_ms = Some(ts);
-                    edits.extend(m.curve.push(ts, 0.0));
+    let (span, clean) = match q {
+        Quantity::EnergyJoules => {
+            if let (Some(max_w), Some((t0, v0))) = (m.nominal_max_watts, acc.counter.last()) {
+                let limit = max_w * (ts - t0) as f64 / 1000.0 * 1.1;
+                if ts > t0 && v - v0 > limit {
+                    acc.glitches += 1;
+                    acc.glitch_streak += 1;
+                    if acc.glitch_streak < GLITCH_STREAK_REBASE {
+                        return Err(Ignored::Glitch);
+                    }
+                    // The new level held: take it as a new base, count nothing across it.
+                    acc.glitch_streak = 0;
+                    acc.counter = Counter::default();
+                    acc.counter.observe(ts, v);
+                    out.point(m, ts, false);
+                    return Ok(());
                 }
-                None
             }
-            CounterStep::Delta(s) => Some(s),
-            CounterStep::Reset(s) => {
-                acc.resets += 1;
-                acc.last_reset = Some((s.from_ms, s.to_ms));
-                Some(s)
+            acc.glitch_streak = 0;
+            match acc.counter.observe(ts, v) {
+                CounterStep::Baseline => {
+                    if acc.energy_joules == 0.0 {
+                        acc.energy_from_ms = Some(ts);
+                    }
+                    out.point(m, ts, false);
+                    return Ok(());
+                }
+                CounterStep::Delta(s) => (s, s.to_ms - s.from_ms <= site.stale_after_ms),
+                CounterStep::Reset(s) => {
+                    acc.resets += 1;
+                    acc.last_reset = Some((s.from_ms, s.to_ms));
+                    (s, false)
+                }
+                CounterStep::OutOfOrder => return Err(Ignored::OutOfOrder),
             }
-            CounterStep::OutOfOrder => return Err(Ignored::OutOfOrder),
-        },
+        }
         Quantity::PowerWatts => {
             if acc.power.is_some_and(|(t, _)| ts <= t) {
                 return Err(Ignored::OutOfOrder);
             }
             acc.power = Some((ts, v));
             if acc.counter.last().is_some() {
-                None // the counter is the energy source
-            } else {
-                match acc.integrator.observe(ts, v, max_gap_ms) {
-                    PowerStep::Baseline => {
-                        acc.energy_from_ms.get_or_insert(ts);
-                        edits.extend(m.curve.push(ts, acc.energy_joules));
-                        None
-                    }
-                    PowerStep::Energy(s) => Some(s),
-                    PowerStep::Gap => {
-                        acc.gaps += 1;
-                        edits.extend(m.curve.push(ts, acc.energy_joules));
-                        None
-                    }
-                    PowerStep::OutOfOrder => return Err(Ignored::OutOfOrder),
+                return Ok(()); // the counter is the energy source
+            }
+            match acc.integrator.observe(ts, v, site.max_gap_ms) {
+                PowerStep::Baseline => {
+                    acc.energy_from_ms.get_or_insert(ts);
+                    out.point(m, ts, false);
+                    return Ok(());
                 }
+                PowerStep::Energy(s) => (s, true),
+                PowerStep::Gap => {
+                    acc.gaps += 1;
+                    out.point(m, ts, false);
+                    return Ok(());
+                }
+                PowerStep::OutOfOrder => return Err(Ignored::OutOfOrder),
             }
         }
-        _ => None, // temperatures and the like: latest value only, nothing to keep yet
+        _ => return Ok(()), // temperatures and the like: latest value only, nothing to keep yet
     };
-    if let Some(s) = span {
-        acc.energy_joules += s.joules;
-        acc.energy_to_ms = Some(s.to_ms);
-        edits.extend(m.curve.push(s.to_ms, acc.energy_joules));
-        edits.extend(m.curve.trim(s.to_ms - LONGEST_WINDOW_MS - 60_000));
-    }
+    acc.energy_joules += span.joules;
+    acc.energy_to_ms = Some(span.to_ms);
+    out.point(m, span.to_ms, clean);
     Ok(())
 }

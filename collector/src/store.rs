@@ -17,7 +17,8 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use crate::energy::{Curve, CurveEdit};
+use crate::config::{Role, Site};
+use crate::energy::{Curve, CurveEdit, MinuteEnergy};
 use crate::state::{AgentState, Changes, State};
 
 /// The schema version this collector writes.
@@ -38,7 +39,68 @@ CREATE TABLE IF NOT EXISTS meter_curve (
     PRIMARY KEY (meter, ts_ms)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS gpus (uuid TEXT PRIMARY KEY, state TEXT NOT NULL);
+-- Energy per fixed UTC period, zone and role (J); every meter-minute is added
+-- once, to its minute, hour and day.
+CREATE TABLE IF NOT EXISTS energy (
+    resolution TEXT NOT NULL,
+    start_ms INTEGER NOT NULL,
+    zone TEXT NOT NULL,
+    role TEXT NOT NULL,
+    joules REAL NOT NULL,
+    PRIMARY KEY (resolution, start_ms, zone, role)
+) WITHOUT ROWID;
+-- Coverage: `meters` counts the facility and IT meters complete in a minute of
+-- a zone; `minute`/`hour`/`day` count the complete minutes of a period, per zone
+-- and for the whole site (zone '*').
+CREATE TABLE IF NOT EXISTS coverage (
+    kind TEXT NOT NULL,
+    start_ms INTEGER NOT NULL,
+    zone TEXT NOT NULL,
+    complete INTEGER NOT NULL,
+    PRIMARY KEY (kind, start_ms, zone)
+) WITHOUT ROWID;
 ";
+
+/// The resolution of stored energy periods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Resolution {
+    /// One UTC minute (kept [`MINUTE_RETENTION_MS`]).
+    Minute,
+    /// One UTC hour (kept [`HOUR_RETENTION_MS`]).
+    Hour,
+    /// One UTC day (kept).
+    Day,
+}
+
+impl Resolution {
+    /// The period length, ms.
+    pub fn ms(self) -> i64 {
+        match self {
+            Resolution::Minute => 60_000,
+            Resolution::Hour => 3_600_000,
+            Resolution::Day => 86_400_000,
+        }
+    }
+
+    fn key(self) -> &'static str {
+        match self {
+            Resolution::Minute => "minute",
+            Resolution::Hour => "hour",
+            Resolution::Day => "day",
+        }
+    }
+
+    /// The start of the period holding `ts_ms`.
+    pub fn floor(self, ts_ms: i64) -> i64 {
+        ts_ms.div_euclid(self.ms()) * self.ms()
+    }
+}
+
+/// How long minute rows are kept: late data older than this lands only in hours and days.
+pub const MINUTE_RETENTION_MS: i64 = 8 * 86_400_000;
+/// How long hour rows are kept.
+pub const HOUR_RETENTION_MS: i64 = 400 * 86_400_000;
 
 /// A store failure, naming the file or the record.
 #[derive(Debug, thiserror::Error)]
@@ -172,14 +234,30 @@ impl Store {
         Ok(())
     }
 
+    /// An in-memory database: the same code path without persistence.
+    pub fn in_memory() -> Result<Store, StoreError> {
+        let conn = Connection::open_in_memory().map_err(|source| StoreError::Open {
+            path: PathBuf::from(":memory:"),
+            source,
+        })?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Store { conn })
+    }
+
     /// Writes one applied batch's effects and its agent's state, atomically.
     pub fn commit(
         &mut self,
         agent: &str,
         state: &State,
         changes: &Changes,
+        site: &Site,
     ) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
+        for (id, w) in &changes.minutes {
+            if let Some(m) = state.meters.get(id) {
+                add_minute(&tx, site, m.role, &m.zone, w)?;
+            }
+        }
         if let Some(a) = state.agents.get(agent) {
             let seq = i64::try_from(a.last_seq).map_err(|_| StoreError::Range(a.last_seq))?;
             tx.prepare_cached(
@@ -224,6 +302,128 @@ impl Store {
         tx.commit()?;
         Ok(())
     }
+}
+
+impl Store {
+    /// Energy per (zone, role) over the periods of `resolution` that start in `[from_ms, to_ms)`.
+    pub fn energy(
+        &self,
+        resolution: Resolution,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<(String, String, f64)>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT zone, role, SUM(joules) FROM energy
+             WHERE resolution = ?1 AND start_ms >= ?2 AND start_ms < ?3 GROUP BY zone, role",
+        )?;
+        let rows = stmt
+            .query_map(params![resolution.key(), from_ms, to_ms], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// Complete minutes of `zone` (or `*`, the whole site) in the periods of
+    /// `resolution` that start in `[from_ms, to_ms)`.
+    pub fn complete_minutes(
+        &self,
+        resolution: Resolution,
+        zone: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<i64, StoreError> {
+        let n: Option<i64> = self.conn.prepare_cached(
+            "SELECT SUM(complete) FROM coverage WHERE kind = ?1 AND zone = ?2 AND start_ms >= ?3 AND start_ms < ?4",
+        )?
+        .query_row(params![resolution.key(), zone, from_ms, to_ms], |r| r.get(0))?;
+        Ok(n.unwrap_or(0))
+    }
+
+    /// Drops minute rows older than [`MINUTE_RETENTION_MS`] and hour rows older
+    /// than [`HOUR_RETENTION_MS`] before `now_ms`.
+    pub fn prune(&mut self, now_ms: i64) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        let (minutes, hours) = (now_ms - MINUTE_RETENTION_MS, now_ms - HOUR_RETENTION_MS);
+        tx.execute(
+            "DELETE FROM energy WHERE resolution = 'minute' AND start_ms < ?1",
+            params![minutes],
+        )?;
+        tx.execute(
+            "DELETE FROM coverage WHERE kind IN ('minute', 'meters') AND start_ms < ?1",
+            params![minutes],
+        )?;
+        tx.execute(
+            "DELETE FROM energy WHERE resolution = 'hour' AND start_ms < ?1",
+            params![hours],
+        )?;
+        tx.execute(
+            "DELETE FROM coverage WHERE kind = 'hour' AND start_ms < ?1",
+            params![hours],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+fn bump(
+    tx: &rusqlite::Transaction<'_>,
+    kind: &str,
+    start_ms: i64,
+    zone: &str,
+) -> Result<i64, StoreError> {
+    tx.prepare_cached(
+        "INSERT INTO coverage (kind, start_ms, zone, complete) VALUES (?1, ?2, ?3, 1)
+         ON CONFLICT (kind, start_ms, zone) DO UPDATE SET complete = complete + 1",
+    )?
+    .execute(params![kind, start_ms, zone])?;
+    let n = tx
+        .prepare_cached(
+            "SELECT complete FROM coverage WHERE kind = ?1 AND start_ms = ?2 AND zone = ?3",
+        )?
+        .query_row(params![kind, start_ms, zone], |r| r.get(0))?;
+    Ok(n)
+}
+
+/// Adds one meter-minute to its minute, hour and day, and when it completes
+/// the zone's or the site's set of facility and IT meters for that minute,
+/// counts a complete minute.
+fn add_minute(
+    tx: &rusqlite::Transaction<'_>,
+    site: &Site,
+    role: Role,
+    zone: &str,
+    w: &MinuteEnergy,
+) -> Result<(), StoreError> {
+    let periods = [Resolution::Minute, Resolution::Hour, Resolution::Day];
+    for r in periods {
+        tx.prepare_cached(
+            "INSERT INTO energy (resolution, start_ms, zone, role, joules) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (resolution, start_ms, zone, role) DO UPDATE SET joules = joules + excluded.joules",
+        )?
+        .execute(params![r.key(), r.floor(w.minute_ms), zone, role.as_str(), w.joules])?;
+    }
+    if !(w.complete && matches!(role, Role::Facility | Role::It)) {
+        return Ok(());
+    }
+    let in_zone = bump(tx, "meters", w.minute_ms, zone)?;
+    if in_zone != site.required_per_zone.get(zone).copied().unwrap_or(0) as i64 {
+        return Ok(());
+    }
+    for r in periods {
+        bump(tx, r.key(), r.floor(w.minute_ms), zone)?;
+    }
+    let site_wide: i64 = tx
+        .prepare_cached(
+            "SELECT SUM(complete) FROM coverage WHERE kind = 'meters' AND start_ms = ?1",
+        )?
+        .query_row(params![w.minute_ms], |r| r.get(0))?;
+    if site_wide == site.required_per_zone.values().sum::<usize>() as i64 {
+        for r in periods {
+            bump(tx, r.key(), r.floor(w.minute_ms), "*")?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -278,10 +478,10 @@ mod tests {
         for (seq, k) in (1..=40u64).zip(0..) {
             let (_, changes) = state.apply(
                 &batch(seq, 1_000_000 + k * 700, 5_000.0 + 90.0 * k as f64),
-                10_000,
+                &site,
                 0,
             );
-            store.commit("a", &state, &changes).unwrap();
+            store.commit("a", &state, &changes, &site).unwrap();
         }
         drop(store);
         let mut loaded = State::new(&site);

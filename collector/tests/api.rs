@@ -209,14 +209,14 @@ async fn energy_pue_reset_and_duplicate() {
     let it = sample(&m, r#"dcwatt_energy_joules_total{role="it",zone="hall-1"}"#).unwrap();
     assert_eq!(facility, 26.0e6);
     assert_eq!(it, 6.0e6 + 4.0e6 + 6.0e6 + 1.0e6);
-    // 20 s of an hour: the PUE is computed over the covered span but is not the
-    // plain 1 h PUE on /metrics.
+    // 20 s of five minutes: the PUE is computed over the covered span but is not
+    // the plain PUE on /metrics.
     assert!(!m.contains("dcwatt_pue_ratio{"), "{m}");
-    let cov = sample(&m, r#"dcwatt_pue_coverage_ratio{window="1h"}"#).unwrap();
-    assert!((cov - 20.0 / 3600.0).abs() < 1e-9, "{cov}");
+    let cov = sample(&m, r#"dcwatt_pue_coverage_ratio{window="5m"}"#).unwrap();
+    assert!((cov - 20.0 / 300.0).abs() < 1e-9, "{cov}");
     let s = c.summary().await;
-    let hour = &s["pue_windows"][1];
-    assert_eq!(hour["window"], "1h");
+    let hour = &s["pue_live"];
+    assert_eq!(hour["window"], "5m");
     assert_eq!(
         (hour["from_ms"].as_i64(), hour["to_ms"].as_i64()),
         (Some(t0), Some(t0 + 20_000))
@@ -256,10 +256,10 @@ async fn energy_pue_reset_and_duplicate() {
 async fn a_covered_window_exports_plain_pue_cut_at_the_same_instants() {
     let c = start().await;
     let now = now_ms();
-    // Six and a half minutes of steady load: facility 13 kW, IT 6 + 4 kW, read
-    // every 50 s; pdu-2 starts 100 s late, so it alone bounds the 1 h window.
-    for k in 0..=8i64 {
-        let ts = now - 400_000 + k * 50_000;
+    // Four hundred seconds of steady load: facility 13 kW, IT 6 + 4 kW, read
+    // every 20 s; pdu-2 starts 120 s late, so it alone bounds the live window.
+    for k in 0..=20i64 {
+        let ts = now - 400_000 + k * 20_000;
         let secs = (ts - (now - 400_000)) as f64 / 1000.0;
         let mut b = counters(
             k as u64 + 1,
@@ -268,7 +268,7 @@ async fn a_covered_window_exports_plain_pue_cut_at_the_same_instants() {
             6_000.0 * secs,
             4_000.0 * secs,
         );
-        if k < 2 {
+        if k < 6 {
             b.readings.truncate(4);
         }
         assert_eq!(c.post(&b).await.0, 200);
@@ -278,18 +278,18 @@ async fn a_covered_window_exports_plain_pue_cut_at_the_same_instants() {
     assert!((pue - 1.3).abs() < 1e-9, "{pue}");
     assert!(!m.contains(r#"dcwatt_pue_ratio{window="1h""#), "{m}");
     let s = c.summary().await;
-    let hour = &s["pue_windows"][1];
+    let live = &s["pue_live"];
     assert_eq!(
-        hour["from_ms"].as_i64(),
-        Some(now - 300_000),
+        live["from_ms"].as_i64(),
+        Some(now - 280_000),
         "pdu-2's first reading"
     );
-    // Facility is cut at pdu-2's start too: 300 s at 13 kW, not 400 s.
-    assert_eq!(
-        hour["energy_joules"]["facility"].as_f64(),
-        Some(13_000.0 * 300.0)
-    );
-    assert_eq!(hour["energy_joules"]["it"].as_f64(), Some(10_000.0 * 300.0));
+    assert_eq!(live["to_ms"].as_i64(), Some(now));
+    // Facility is cut at pdu-2's start too: 280 s at 13 kW, not 300 s.
+    let f = live["energy_joules"]["facility"].as_f64().unwrap();
+    let it = live["energy_joules"]["it"].as_f64().unwrap();
+    assert!((f - 13_000.0 * 280.0).abs() < 1e-6, "{f}");
+    assert!((it - 10_000.0 * 280.0).abs() < 1e-6, "{it}");
 }
 
 #[tokio::test]

@@ -4,7 +4,7 @@
 //! rewrites it; review the diff. The end-to-end tests run promtool on it.
 
 use dcwatt_collector::config::{token_hash, Config};
-use dcwatt_collector::{export, figures, state::State};
+use dcwatt_collector::{export, figures, state::State, store::Store, windows};
 use dcwatt_wire::{Batch, Entity, GpuInfo, Quantity, Reading, VERSION};
 
 const T0: i64 = 1_795_000_000_000;
@@ -74,16 +74,20 @@ fn metrics_match_golden() {
     .build()
     .unwrap();
     let mut state = State::new(&site);
+    let mut store = Store::in_memory().unwrap();
     for i in 0..=360u32 {
         let secs = f64::from(i);
-        let _ = state.apply(
-            &batch(u64::from(i) + 1, T0 + i64::from(i) * 1000, secs),
-            site.max_gap_ms,
-            T0,
-        );
+        let b = batch(u64::from(i) + 1, T0 + i64::from(i) * 1000, secs);
+        let (_, changes) = state.apply(&b, &site, T0);
+        store.commit("gw-1", &state, &changes, &site).unwrap();
     }
     let now = T0 + 361_000;
-    let text = export::render(&state, &site, &figures::compute(&state, &site, now));
+    let windows = windows::trailing(&store, &site, now).unwrap();
+    let text = export::render(
+        &state,
+        &site,
+        &figures::compute(&state, &site, now, windows),
+    );
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/metrics.txt");
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
         std::fs::write(path, &text).unwrap();
@@ -100,7 +104,8 @@ fn metrics_match_golden() {
         "dcwatt_energy_joules_total{role=\"cooling\",zone=\"hall-1\"} 900000\n",
         // The 5 min window is covered; the hour is not, so it has no plain PUE.
         "dcwatt_pue_ratio{window=\"5m\",category=\"2\"} 1.2\n",
-        "dcwatt_pue_coverage_ratio{window=\"1h\"} 0.1\n",
+        // Five whole UTC minutes of the hour are stored.
+        "dcwatt_pue_coverage_ratio{window=\"1h\"} 0.08333333333333333\n",
     ] {
         assert!(text.contains(line), "missing {line}");
     }

@@ -134,13 +134,13 @@ pub fn live_line(s: &Value) -> String {
             .map_or("   -   ".into(), |w| format!("{:7.1}", w / 1000.0))
     };
     let ratio = |v: &Value| v.as_f64().map_or(" -  ".into(), |p| format!("{p:.3}"));
-    let hour = &s["pue_windows"][1];
+    let hour = &s["pue_live"];
     let category = s["category"].as_u64().map_or("-".into(), |c| c.to_string());
-    // The plain 1 h PUE once the hour is covered; before that, the PUE of the
-    // covered part, with how much of the hour that is.
+    // The plain 5 min PUE once the window is covered; before that, the PUE of
+    // the covered part, with how much of the window that is.
     let window = match (hour["complete"].as_bool(), hour["coverage_ratio"].as_f64()) {
-        (Some(false), Some(c)) => format!("{:.0} % of 1h", c * 100.0),
-        _ => "1h".to_owned(),
+        (Some(false), Some(c)) => format!("{:.0} % of 5m", c * 100.0),
+        _ => "5m".to_owned(),
     };
     let hottest = s["hottest_gpus"]
         .get(0)
