@@ -83,6 +83,10 @@ pub fn render(state: &State, site: &Site, figures: &Figures) -> String {
         n::METER_GAPS_TOTAL,
         "Gaps longer than max_gap in a power-only meter, not integrated.",
     );
+    let mut meter_glitches = Family::counter(
+        n::METER_GLITCHES_TOTAL,
+        "Counter jumps beyond the meter's nominal_max_watts, rejected.",
+    );
     let mut meter_up = Family::gauge(n::METER_UP, "1 when the meter reported within stale_after.");
     for (id, m) in &state.meters {
         let labels = [
@@ -93,6 +97,7 @@ pub fn render(state: &State, site: &Site, figures: &Figures) -> String {
         meter_energy.add(&labels, m.acc.energy_joules);
         meter_resets.add(&labels, m.acc.resets as f64);
         meter_gaps.add(&labels, m.acc.gaps as f64);
+        meter_glitches.add(&labels, m.acc.glitches as f64);
         let up = m
             .acc
             .last_ms
@@ -154,6 +159,7 @@ pub fn render(state: &State, site: &Site, figures: &Figures) -> String {
         meter_energy,
         meter_resets,
         meter_gaps,
+        meter_glitches,
         meter_up,
         gpu_power,
         gpu_energy,

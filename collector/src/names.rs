@@ -19,6 +19,8 @@ pub const METER_ENERGY_JOULES_TOTAL: &str = "dcwatt_meter_energy_joules_total";
 pub const METER_COUNTER_RESETS_TOTAL: &str = "dcwatt_meter_energy_resets_total";
 /// Power-only meter gaps longer than `max_gap` (not integrated).
 pub const METER_GAPS_TOTAL: &str = "dcwatt_meter_gaps_total";
+/// Counter jumps beyond `nominal_max_watts`, rejected.
+pub const METER_GLITCHES_TOTAL: &str = "dcwatt_meter_glitches_total";
 /// 1 when the meter reported within `stale_after`.
 pub const METER_UP: &str = "dcwatt_meter_up";
 /// Sum of GPU power reported by agents, W.

@@ -402,3 +402,61 @@ fn meter_reading(
     out.point(m, span.to_ms, clean);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use dcwatt_wire::{Reading, VERSION};
+
+    fn counter_batch(seq: u64, ts: i64, joules: f64) -> Batch {
+        Batch {
+            version: VERSION,
+            agent: "a".into(),
+            seq,
+            first_seq: None,
+            node: "a".into(),
+            created_ms: ts,
+            gpus: vec![],
+            readings: vec![Reading {
+                ts_ms: ts,
+                entity: Entity::Meter("m".into()),
+                quantity: Quantity::EnergyJoules,
+                value: joules,
+            }],
+        }
+    }
+
+    #[test]
+    fn counter_jumps_beyond_the_rating_are_glitches_until_they_hold() {
+        let site = Config::from_toml(
+            "[[meters]]\nid = \"m\"\nrole = \"facility\"\nnominal_max_watts = 1000.0",
+        )
+        .unwrap()
+        .build()
+        .unwrap();
+        let mut state = State::new(&site);
+        let mut seq = 0;
+        let mut feed = |state: &mut State, ts: i64, j: f64| {
+            seq += 1;
+            state.apply(&counter_batch(seq, ts, j), &site, ts).0
+        };
+        feed(&mut state, 0, 0.0);
+        assert_eq!(feed(&mut state, 1000, 900.0), 1); // 900 W: fine
+        assert_eq!(feed(&mut state, 2000, 1e9), 0); // a spike: rejected
+        assert_eq!(feed(&mut state, 3000, 2000.0), 1); // back to normal: 1100 J over 2 s
+        let acc = &state.meters["m"].acc;
+        assert_eq!((acc.energy_joules, acc.glitches), (2000.0, 1));
+        // A new level that holds three readings is a replaced meter: rebased,
+        // nothing counted across it, counting goes on from there.
+        for (i, ts) in [4000, 5000, 6000].into_iter().enumerate() {
+            let applied = feed(&mut state, ts, 5e9 + i as f64 * 500.0);
+            assert_eq!(applied, usize::from(i == 2), "reading {i}");
+        }
+        feed(&mut state, 7000, 5e9 + 1500.0);
+        let acc = &state.meters["m"].acc;
+        // Four jumps seen (the spike, three at the new level); three readings refused.
+        assert_eq!((acc.energy_joules, acc.glitches), (2500.0, 4));
+        assert_eq!(state.ignored[&Ignored::Glitch], 3);
+    }
+}
