@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::body::{to_bytes, Body};
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State as Extract};
+use axum::extract::{Path, Query, State as Extract};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -31,6 +31,8 @@ pub struct Shared {
     pub store: Mutex<Store>,
     /// The stored trailing windows, as last computed by the refresher.
     pub windows: Mutex<Vec<Period>>,
+    /// Ledger totals per owner (owner, IT J, facility J, GPU ms), as last read.
+    pub tenant_totals: Mutex<Vec<(String, f64, f64, i64)>>,
 }
 
 impl Shared {
@@ -65,6 +67,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/readyz", get(|| async { "ok\n" }))
         .route("/v1/summary", get(summary))
         .route("/v1/pue", get(pue_period))
+        .route("/v1/tenants/{tenant}/energy", get(tenant_energy))
+        .route("/v1/ledger/verify", get(ledger_verify))
         .with_state(shared)
 }
 
@@ -210,7 +214,12 @@ async fn accept_batch(
 async fn metrics(Extract(shared): Extract<Arc<Shared>>) -> Response {
     let state = shared.lock();
     let figures = shared.figures(&state, now_ms());
-    let text = crate::export::render(&state, &shared.site, &figures);
+    let totals = shared
+        .tenant_totals
+        .lock()
+        .map(|t| t.clone())
+        .unwrap_or_default();
+    let text = crate::export::render(&state, &shared.site, &figures, &totals);
     drop(state);
     ([(header::CONTENT_TYPE, dcwatt_expo::CONTENT_TYPE)], text).into_response()
 }
@@ -360,6 +369,182 @@ async fn pue_period(
     let result = windows::period(&shared.store(), site, from, to, resolution);
     match result {
         Ok(p) => Json(p).into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}")),
+    }
+}
+
+/// Tenant data: the operator reads every tenant; a tenant only itself.
+fn tenant_or_operator(site: &Site, headers: &HeaderMap, tenant: &str) -> Result<(), ApiError> {
+    let auth = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let token =
+        ingest::bearer(auth).map_err(|e| ApiError(StatusCode::UNAUTHORIZED, e.to_string()))?;
+    if ingest::is_operator(site, auth) {
+        return Ok(());
+    }
+    match site.tenant_tokens.get(&crate::config::token_hash(token)) {
+        Some(own) if own == tenant => Ok(()),
+        Some(_) => Err(ApiError(
+            StatusCode::FORBIDDEN,
+            "tenant: this token reads only its own tenant".into(),
+        )),
+        None => Err(ApiError(StatusCode::UNAUTHORIZED, "unknown token".into())),
+    }
+}
+
+/// `GET /v1/tenants/{tenant}/energy` query.
+#[derive(Deserialize)]
+struct EnergyQuery {
+    from: String,
+    to: String,
+    step: Option<String>,
+    format: Option<String>,
+}
+
+/// One step of a tenant's energy.
+#[derive(Serialize, Default, Clone)]
+struct EnergyStep {
+    from_ms: i64,
+    to_ms: i64,
+    it_joules: f64,
+    facility_joules: f64,
+    gpu_seconds: f64,
+    rows: usize,
+    rows_without_pue: usize,
+    late_rows: usize,
+}
+
+async fn tenant_energy(
+    Extract(shared): Extract<Arc<Shared>>,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+    query: Result<Query<EnergyQuery>, QueryRejection>,
+) -> Response {
+    let site = &shared.site;
+    if let Err(e) = tenant_or_operator(site, &headers, &tenant) {
+        return e.into_response();
+    }
+    if !site.tenant_tokens.values().any(|t| *t == tenant) {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("tenant: no tenant {tenant:?}"),
+        );
+    }
+    let Query(q) = match query {
+        Ok(q) => q,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("query: {e}")),
+    };
+    let (from, to) = match (parse_instant("from", &q.from), parse_instant("to", &q.to)) {
+        (Ok(f), Ok(t)) => (f, t),
+        (Err(r), _) | (_, Err(r)) => return r.into_response(),
+    };
+    if to <= from || to - from > 400 * 86_400_000 {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "to: must be after from, by at most 400 days",
+        );
+    }
+    let step = match q
+        .step
+        .as_deref()
+        .map(humantime_serde::re::humantime::parse_duration)
+    {
+        None => to - from,
+        Some(Ok(d)) if d.as_millis() >= 60_000 && d.as_millis() % 60_000 == 0 => {
+            i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+        }
+        Some(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "step: must be whole minutes (1m, 1h, 1d)",
+            )
+        }
+    };
+    if (to - from) / step > 100_000 {
+        return error(StatusCode::BAD_REQUEST, "step: at most 100000 steps");
+    }
+    let csv = match q.format.as_deref() {
+        None | Some("json") => false,
+        Some("csv") => true,
+        Some(other) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("format: {other:?} is neither json nor csv"),
+            )
+        }
+    };
+    let (rows, head) = {
+        let store = shared.store();
+        match (store.tenant_rows(&tenant, from, to), store.ledger_head()) {
+            (Ok(r), Ok(h)) => (r, h),
+            (Err(e), _) | (_, Err(e)) => {
+                return error(StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}"))
+            }
+        }
+    };
+    let mut steps: Vec<EnergyStep> = Vec::new();
+    let mut t = from;
+    while t < to {
+        steps.push(EnergyStep {
+            from_ms: t,
+            to_ms: (t + step).min(to),
+            ..EnergyStep::default()
+        });
+        t += step;
+    }
+    for r in &rows {
+        let i = usize::try_from((r.minute_ms - from) / step).unwrap_or(0);
+        if let Some(s) = steps.get_mut(i) {
+            s.it_joules += r.it_joules;
+            s.facility_joules += r.facility_joules.unwrap_or(0.0);
+            s.gpu_seconds += r.gpu_ms as f64 / 1000.0;
+            s.rows += 1;
+            s.rows_without_pue += usize::from(r.pue.is_none());
+            s.late_rows += usize::from(r.late);
+        }
+    }
+    if csv {
+        let mut out = String::from(
+            "from_ms,to_ms,it_joules,facility_joules,gpu_seconds,rows,rows_without_pue,late_rows\n",
+        );
+        for s in &steps {
+            out += &format!(
+                "{},{},{},{},{},{},{},{}\n",
+                s.from_ms,
+                s.to_ms,
+                s.it_joules,
+                s.facility_joules,
+                s.gpu_seconds,
+                s.rows,
+                s.rows_without_pue,
+                s.late_rows
+            );
+        }
+        return ([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], out).into_response();
+    }
+    Json(serde_json::json!({
+        "tenant": tenant,
+        "from_ms": from,
+        "to_ms": to,
+        "step_ms": step,
+        "ledger_head": head,
+        "steps": steps,
+    }))
+    .into_response()
+}
+
+async fn ledger_verify(Extract(shared): Extract<Arc<Shared>>, headers: HeaderMap) -> Response {
+    // The chain is the operator's to check, even in a lab setup.
+    let auth = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if !ingest::is_operator(&shared.site, auth) {
+        return error(StatusCode::UNAUTHORIZED, "this needs the operator token");
+    }
+    let result = shared.store().verify_ledger();
+    match result {
+        Ok(v) => Json(v).into_response(),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}")),
     }
 }

@@ -34,7 +34,8 @@ pub enum ConfigError {
     },
 }
 
-fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+/// A [`ConfigError::Invalid`].
+pub fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),
         reason: reason.into(),
@@ -88,6 +89,41 @@ pub struct Config {
     /// The site's meters.
     #[serde(default)]
     pub meters: Vec<MeterConfig>,
+    /// Tenants: labs leasing GPUs, each reading only its own energy.
+    #[serde(default)]
+    pub tenants: Vec<TenantConfig>,
+    /// Who leases which nodes or GPUs, when.
+    #[serde(default)]
+    pub leases: Vec<LeaseConfig>,
+}
+
+/// A tenant.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    /// The tenant's id (letters, digits, `-_.:`; not starting with `_`).
+    pub id: String,
+    /// SHA-256 of the tenant's bearer token, 64 hex digits.
+    pub token_sha256: String,
+}
+
+/// A lease: a tenant's nodes (names or globs with `*` and `?`) or GPUs (UUIDs)
+/// over `[from, to)`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseConfig {
+    /// The tenant.
+    pub tenant: String,
+    /// Node names or globs.
+    #[serde(default)]
+    pub nodes: Vec<String>,
+    /// GPU UUIDs.
+    #[serde(default)]
+    pub gpus: Vec<String>,
+    /// Start, RFC 3339.
+    pub from: String,
+    /// End (exclusive), RFC 3339.
+    pub to: String,
 }
 
 /// The durable store.
@@ -96,6 +132,10 @@ pub struct Config {
 pub struct LedgerConfig {
     /// The SQLite database file (created if missing; its directory must exist).
     pub path: std::path::PathBuf,
+    /// A ledger minute is booked this long after it ends (GPU data arriving
+    /// later is booked as a late row for the same minute). Default `2m`.
+    #[serde(default = "default_close_after", with = "humantime_serde")]
+    pub close_after: Duration,
 }
 
 /// The operator principal.
@@ -211,6 +251,9 @@ fn default_max_readings() -> usize {
 fn default_it_floor() -> f64 {
     1000.0
 }
+fn default_close_after() -> Duration {
+    Duration::from_secs(120)
+}
 fn default_pue_max() -> f64 {
     3.0
 }
@@ -256,6 +299,12 @@ pub struct Site {
     pub required_per_zone: std::collections::BTreeMap<String, usize>,
     /// The SQLite database, if state is kept.
     pub ledger_path: Option<std::path::PathBuf>,
+    /// See [`LedgerConfig::close_after`], in ms.
+    pub close_after_ms: i64,
+    /// SHA-256 of each tenant's token → tenant id.
+    pub tenant_tokens: HashMap<[u8; 32], String>,
+    /// The leases.
+    pub leases: crate::tenants::Leases,
     /// SHA-256 of the operator token, if one is configured.
     pub operator_token: Option<[u8; 32]>,
     /// SHA-256 of each agent's token → agent id.
@@ -381,6 +430,32 @@ impl Config {
                 ));
             }
         }
+        let mut tenant_tokens = HashMap::new();
+        for (i, t) in self.tenants.iter().enumerate() {
+            check_id(&format!("tenants[{i}].id"), &t.id)?;
+            if t.id.starts_with('_') {
+                return Err(invalid(
+                    format!("tenants[{i}].id"),
+                    "must not start with '_' (reserved for the unleased and unattributed rows)",
+                ));
+            }
+            if tenant_tokens.values().any(|v: &String| v == &t.id) {
+                return Err(invalid(
+                    format!("tenants[{i}].id"),
+                    format!("duplicate tenant id {:?}", t.id),
+                ));
+            }
+            let key = format!("tenants[{i}].token_sha256");
+            let hash = parse_sha256(&key, &t.token_sha256)?;
+            if Some(hash) == operator_token
+                || agent_tokens.contains_key(&hash)
+                || tenant_tokens.insert(hash, t.id.clone()).is_some()
+            {
+                return Err(invalid(key, "the same token is configured twice"));
+            }
+        }
+        let tenant_ids: HashSet<&str> = self.tenants.iter().map(|t| t.id.as_str()).collect();
+        let leases = crate::tenants::Leases::build(&self.leases, &tenant_ids)?;
         let mut required_per_zone = std::collections::BTreeMap::new();
         for m in meters
             .values()
@@ -399,7 +474,13 @@ impl Config {
             pue_it_floor_watts: self.pue_it_floor_watts,
             pue_max_ratio: self.pue_max_ratio,
             required_per_zone,
+            close_after_ms: self
+                .ledger
+                .as_ref()
+                .map_or(120_000, |l| millis(l.close_after)),
             ledger_path: self.ledger.map(|l| l.path),
+            tenant_tokens,
+            leases,
             operator_token,
             agent_tokens,
             meters,
@@ -412,7 +493,7 @@ fn millis(d: Duration) -> i64 {
 }
 
 /// Ids become label values and URL path segments: keep them plain.
-fn check_id(key: &str, id: &str) -> Result<(), ConfigError> {
+pub fn check_id(key: &str, id: &str) -> Result<(), ConfigError> {
     if id.is_empty() || id.len() > 128 {
         return Err(invalid(key, "must be 1 to 128 characters"));
     }

@@ -10,8 +10,45 @@ use crate::figures::Figures;
 use crate::names as n;
 use crate::state::State;
 
-/// Renders `/metrics`.
-pub fn render(state: &State, site: &Site, figures: &Figures) -> String {
+/// Renders `/metrics`. `tenant_totals` are the ledger's totals per owner
+/// (owner, IT J, facility J, GPU ms).
+pub fn render(
+    state: &State,
+    site: &Site,
+    figures: &Figures,
+    tenant_totals: &[(String, f64, f64, i64)],
+) -> String {
+    let mut tenant_energy = Family::counter(
+        n::TENANT_ENERGY_JOULES_TOTAL,
+        "Energy booked to a tenant in the ledger, joules: basis it (its GPUs) or facility (IT × the PUE of the same minute).",
+    );
+    let mut tenant_seconds = Family::counter(
+        n::TENANT_GPU_SECONDS_TOTAL,
+        "GPU-seconds leased, booked in the ledger.",
+    );
+    let mut unattributed = Family::counter(
+        n::UNATTRIBUTED_ENERGY_JOULES_TOTAL,
+        "GPU energy of time covered by more than one lease, booked to nobody, joules.",
+    );
+    let mut unleased = Family::counter(
+        n::UNLEASED_ENERGY_JOULES_TOTAL,
+        "GPU energy of time no lease covers, joules.",
+    );
+    for (owner, it, facility, gpu_ms) in tenant_totals {
+        match owner.as_str() {
+            crate::tenants::UNATTRIBUTED => {
+                unattributed.add(&[], *it);
+            }
+            crate::tenants::UNLEASED => {
+                unleased.add(&[], *it);
+            }
+            tenant => {
+                tenant_energy.add(&[(n::TENANT, tenant), (n::BASIS, "it")], *it);
+                tenant_energy.add(&[(n::TENANT, tenant), (n::BASIS, "facility")], *facility);
+                tenant_seconds.add(&[(n::TENANT, tenant)], *gpu_ms as f64 / 1000.0);
+            }
+        }
+    }
     let mut energy = Family::counter(
         n::ENERGY_JOULES_TOTAL,
         "Energy by meter role and zone since the collector started, joules.",
@@ -151,6 +188,10 @@ pub fn render(state: &State, site: &Site, figures: &Figures) -> String {
     }
 
     encode(vec![
+        tenant_energy,
+        tenant_seconds,
+        unattributed,
+        unleased,
         energy,
         power,
         pue,

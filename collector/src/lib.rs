@@ -10,6 +10,8 @@
 //! - [`energy`]: counters with resets, power integration with a gap limit, energy curves.
 //! - [`store`]: the durable state in SQLite; each batch committed with its sequence number.
 //! - [`windows`]: PUE and partial PUE over fixed UTC periods from the stored minutes.
+//! - [`tenants`]: leases and the split of each GPU-minute among owners.
+//! - [`ledger`]: the append-only, hash-chained tenant ledger.
 //! - [`pue`]: PUE and its ISO/IEC 30134-2 category, as pure functions.
 //! - [`figures`]: the derived figures at one instant, shared by `/metrics` and the summary.
 //! - [`export`]: the Prometheus exposition; [`names`]: every metric name.
@@ -22,10 +24,12 @@ pub mod energy;
 pub mod export;
 pub mod figures;
 pub mod ingest;
+pub mod ledger;
 pub mod names;
 pub mod pue;
 pub mod state;
 pub mod store;
+pub mod tenants;
 pub mod windows;
 
 use std::future::Future;
@@ -71,6 +75,7 @@ pub async fn run(
         state: Mutex::new(state),
         store: Mutex::new(store),
         windows: Mutex::new(Vec::new()),
+        tenant_totals: Mutex::new(Vec::new()),
         site,
     });
     let refresher = tokio::spawn(refresh_windows(Arc::clone(&shared)));
@@ -84,8 +89,9 @@ pub async fn run(
 /// How often the stored trailing windows are recomputed for `/metrics`.
 pub const WINDOW_REFRESH: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Recomputes the stored trailing windows every [`WINDOW_REFRESH`] (a scrape
-/// only reads the last result) and prunes old rows once an hour.
+/// Every [`WINDOW_REFRESH`]: recomputes the stored trailing windows and the
+/// ledger totals (a scrape only reads the last result) and books closed ledger
+/// minutes; prunes old rows once an hour.
 async fn refresh_windows(shared: Arc<api::Shared>) {
     let mut tick = tokio::time::interval(WINDOW_REFRESH);
     let mut last_prune = i64::MIN;
@@ -103,12 +109,27 @@ async fn refresh_windows(shared: Arc<api::Shared>) {
             }
             match windows::trailing(&store, &s.site, now) {
                 Ok(w) => {
-                    drop(store);
+                    // The ledger's fallback PUE: the trailing 24 h, when complete.
+                    let fallback = w
+                        .iter()
+                        .find(|p| p.window == Some("24h") && p.complete)
+                        .and_then(|p| p.pue);
+                    if let Err(e) = store.close_minutes(&s.site, now, fallback) {
+                        tracing::warn!(error = %e, "Booking ledger minutes failed.");
+                    }
                     if let Ok(mut cached) = s.windows.lock() {
                         *cached = w;
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "Computing the PUE windows failed."),
+            }
+            match store.ledger_totals() {
+                Ok(t) => {
+                    if let Ok(mut cached) = s.tenant_totals.lock() {
+                        *cached = t;
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "Reading ledger totals failed."),
             }
             last_prune
         })

@@ -1,4 +1,5 @@
-//! `dcwatt-collector --config FILE` serves; `--check-config FILE` validates.
+//! `dcwatt-collector --config FILE` serves; `--check-config FILE` validates;
+//! `dcwatt-collector ledger verify DB` checks a ledger's hash chain offline.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,8 +10,14 @@ use dcwatt_collector::config::Config;
 
 /// The dcwatt collector: agents' batches in, PUE and energy out.
 #[derive(Parser)]
-#[command(version)]
+#[command(
+    version,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Run with this configuration file.
     #[arg(long, value_name = "FILE", required_unless_present = "check_config")]
     config: Option<PathBuf>,
@@ -19,8 +26,52 @@ struct Cli {
     check_config: Option<PathBuf>,
 }
 
+#[derive(clap::Subcommand)]
+enum Command {
+    /// The tenant ledger.
+    #[command(subcommand)]
+    Ledger(LedgerCommand),
+}
+
+#[derive(clap::Subcommand)]
+enum LedgerCommand {
+    /// Walk the hash chain of a collector's database and say where it breaks
+    /// (exit 0: intact, 1: broken, 2: unreadable).
+    Verify {
+        /// The collector's SQLite file (`[ledger] path`).
+        db: PathBuf,
+    },
+}
+
+fn verify(db: &std::path::Path) -> ExitCode {
+    if !db.is_file() {
+        eprintln!("{}: no such file", db.display());
+        return ExitCode::from(2);
+    }
+    let result = dcwatt_collector::store::Store::open(db).and_then(|s| s.verify_ledger());
+    match result {
+        Ok(v) => match v.broken {
+            None => {
+                println!("ok: {} rows, head {}", v.rows, v.head);
+                ExitCode::SUCCESS
+            }
+            Some(why) => {
+                println!("broken: {why}");
+                ExitCode::FAILURE
+            }
+        },
+        Err(e) => {
+            eprintln!("{}: {e}", db.display());
+            ExitCode::from(2)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Ledger(LedgerCommand::Verify { db })) = &cli.command {
+        return verify(db);
+    }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(

@@ -54,3 +54,16 @@ pub const AGENT: &str = "agent";
 pub const RESULT: &str = "result";
 /// Label: why a reading was ignored.
 pub const REASON: &str = "reason";
+
+/// Energy booked to a tenant, by basis (it, facility).
+pub const TENANT_ENERGY_JOULES_TOTAL: &str = "dcwatt_tenant_energy_joules_total";
+/// GPU-seconds leased by a tenant.
+pub const TENANT_GPU_SECONDS_TOTAL: &str = "dcwatt_tenant_gpu_seconds_total";
+/// GPU energy of time covered by more than one lease.
+pub const UNATTRIBUTED_ENERGY_JOULES_TOTAL: &str = "dcwatt_unattributed_energy_joules_total";
+/// GPU energy of time no lease covers.
+pub const UNLEASED_ENERGY_JOULES_TOTAL: &str = "dcwatt_unleased_energy_joules_total";
+/// Label: tenant.
+pub const TENANT: &str = "tenant";
+/// Label: energy basis (`it`, `facility`).
+pub const BASIS: &str = "basis";

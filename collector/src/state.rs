@@ -94,6 +94,8 @@ pub struct GpuState {
     pub resets: u64,
     /// The last reading of any kind (Unix ms).
     pub last_ms: i64,
+    /// The fixed UTC minutes of its energy, for the tenant ledger.
+    pub minutes: Minutes,
 }
 
 /// One agent's delivery state.
@@ -144,6 +146,8 @@ pub struct Changes {
     pub curves: Vec<(String, CurveEdit)>,
     /// Fixed UTC minutes that meters completed, in order.
     pub minutes: Vec<(String, MinuteEnergy)>,
+    /// Fixed UTC minutes that GPUs completed: (UUID, node, minute).
+    pub gpu_minutes: Vec<(String, String, MinuteEnergy)>,
 }
 
 /// The whole live state.
@@ -229,7 +233,9 @@ impl State {
                     self.apply_meter(id, q, r.ts_ms, r.value, site, &mut changes)
                 }
                 (Entity::Gpu(uuid), q) => {
-                    let out = self.apply_gpu(uuid, &batch.node, q, r.ts_ms, r.value);
+                    let stale = site.stale_after_ms;
+                    let out =
+                        self.apply_gpu(uuid, &batch.node, q, r.ts_ms, r.value, stale, &mut changes);
                     if out.is_ok() {
                         changes.gpus.insert(uuid.clone());
                     }
@@ -271,6 +277,7 @@ impl State {
         result
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn apply_gpu(
         &mut self,
         uuid: &str,
@@ -278,27 +285,50 @@ impl State {
         q: Quantity,
         ts: i64,
         v: f64,
+        stale_ms: i64,
+        changes: &mut Changes,
     ) -> Result<(), Ignored> {
         let g = self.gpus.entry(uuid.to_owned()).or_default();
         if g.node.is_empty() {
             g.node = node.to_owned();
         }
         g.last_ms = g.last_ms.max(ts);
-        match q {
-            Quantity::PowerWatts => g.power = Some((ts, v)),
-            Quantity::TemperatureCelsius => g.temperature = Some((ts, v)),
-            Quantity::UtilizationRatio => g.utilization = Some((ts, v)),
+        let clean = match q {
+            Quantity::PowerWatts => {
+                g.power = Some((ts, v));
+                return Ok(());
+            }
+            Quantity::TemperatureCelsius => {
+                g.temperature = Some((ts, v));
+                return Ok(());
+            }
+            Quantity::UtilizationRatio => {
+                g.utilization = Some((ts, v));
+                return Ok(());
+            }
             Quantity::EnergyJoules => match g.counter.observe(ts, v) {
-                CounterStep::Baseline => {}
-                CounterStep::Delta(s) => g.energy_joules += s.joules,
+                CounterStep::Baseline => false,
+                CounterStep::Delta(s) => {
+                    g.energy_joules += s.joules;
+                    s.to_ms - s.from_ms <= stale_ms
+                }
                 CounterStep::Reset(s) => {
                     g.resets += 1;
                     g.energy_joules += s.joules;
+                    false
                 }
                 CounterStep::OutOfOrder => return Err(Ignored::OutOfOrder),
             },
-            _ => {}
-        }
+            _ => return Ok(()),
+        };
+        let mut minutes = Vec::new();
+        g.minutes.push(ts, g.energy_joules, clean, &mut minutes);
+        let node = g.node.clone();
+        changes.gpu_minutes.extend(
+            minutes
+                .into_iter()
+                .map(|w| (uuid.to_owned(), node.clone(), w)),
+        );
         Ok(())
     }
 }

@@ -137,7 +137,7 @@ pub enum StoreError {
 
 /// The open database.
 pub struct Store {
-    conn: Connection,
+    pub(crate) conn: Connection,
 }
 
 impl Store {
@@ -155,6 +155,8 @@ impl Store {
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(open_err)?;
         conn.execute_batch(SCHEMA).map_err(open_err)?;
+        conn.execute_batch(crate::ledger::SCHEMA)
+            .map_err(open_err)?;
         let found: Option<String> = conn
             .query_row(
                 "SELECT value FROM meta WHERE key = 'schema_version'",
@@ -241,6 +243,7 @@ impl Store {
             source,
         })?;
         conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(crate::ledger::SCHEMA)?;
         Ok(Store { conn })
     }
 
@@ -258,6 +261,7 @@ impl Store {
                 add_minute(&tx, site, m.role, &m.zone, w)?;
             }
         }
+        crate::ledger::attribute(&tx, site, &changes.gpu_minutes)?;
         if let Some(a) = state.agents.get(agent) {
             let seq = i64::try_from(a.last_seq).map_err(|_| StoreError::Range(a.last_seq))?;
             tx.prepare_cached(

@@ -54,6 +54,14 @@ fn metrics_match_golden() {
         [[agents]]
         id = "gw-1"
         token_sha256 = "{}"
+        [[tenants]]
+        id = "lab-a"
+        token_sha256 = "{}"
+        [[leases]]
+        tenant = "lab-a"
+        nodes = ["gw-*"]
+        from = "2026-01-01T00:00:00Z"
+        to = "2029-01-01T00:00:00Z"
         [[meters]]
         id = "utility-a"
         role = "facility"
@@ -68,7 +76,8 @@ fn metrics_match_golden() {
         role = "cooling"
         zone = "hall-1"
         "#,
-        hex::encode(token_hash("t"))
+        hex::encode(token_hash("t")),
+        hex::encode(token_hash("tenant"))
     ))
     .unwrap()
     .build()
@@ -83,10 +92,14 @@ fn metrics_match_golden() {
     }
     let now = T0 + 361_000;
     let windows = windows::trailing(&store, &site, now).unwrap();
+    // Book the ledger as it stands ten minutes later.
+    store.close_minutes(&site, now + 600_000, None).unwrap();
+    let totals = store.ledger_totals().unwrap();
     let text = export::render(
         &state,
         &site,
         &figures::compute(&state, &site, now, windows),
+        &totals,
     );
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/metrics.txt");
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
@@ -109,5 +122,15 @@ fn metrics_match_golden() {
     ] {
         assert!(text.contains(line), "missing {line}");
     }
+    // GPU-1 (1 kW) leased to lab-a: its whole UTC minutes are booked, 60 kJ each.
+    let booked = text
+        .lines()
+        .find(|l| l.starts_with("dcwatt_tenant_energy_joules_total{tenant=\"lab-a\",basis=\"it\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap();
+    assert!(
+        booked > 0.0 && (booked / 60_000.0).fract() == 0.0,
+        "{booked}"
+    );
     assert!(!text.contains("dcwatt_pue_ratio{window=\"1h\""));
 }

@@ -1,0 +1,396 @@
+//! Leases and the attribution of GPU energy to tenants.
+//!
+//! A lease gives a tenant nodes (names or globs with `*` and `?`) or GPUs (by
+//! UUID) over `[from, to)`. Each GPU-minute of energy is split by time among
+//! the leases that cover it: time no lease covers is *unleased*; time two
+//! leases cover at once (a configuration conflict the static check could not
+//! see, such as two globs matching one node) is *unattributed*. The parts add
+//! up to the GPU-minute's energy exactly: the last part takes the remainder.
+
+use std::collections::{BTreeMap, HashSet};
+
+use crate::config::{check_id, invalid, ConfigError, LeaseConfig};
+
+/// The owner of GPU time no lease covers.
+pub const UNLEASED: &str = "_unleased";
+/// The owner of GPU time more than one lease covers.
+pub const UNATTRIBUTED: &str = "_unattributed";
+
+/// One lease, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lease {
+    /// The tenant.
+    pub tenant: String,
+    /// Node names or globs.
+    pub nodes: Vec<String>,
+    /// GPU UUIDs.
+    pub gpus: Vec<String>,
+    /// Start, Unix ms.
+    pub from_ms: i64,
+    /// End (exclusive), Unix ms.
+    pub to_ms: i64,
+}
+
+impl Lease {
+    fn covers(&self, node: &str, uuid: &str) -> bool {
+        self.gpus.iter().any(|g| g == uuid) || self.nodes.iter().any(|p| glob(p, node))
+    }
+}
+
+/// All leases.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Leases {
+    leases: Vec<Lease>,
+}
+
+fn parse_time(key: &str, text: &str) -> Result<i64, ConfigError> {
+    humantime_serde::re::humantime::parse_rfc3339(text)
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .and_then(|d| i64::try_from(d.as_millis()).ok())
+        .ok_or_else(|| {
+            invalid(
+                key,
+                format!("{text:?} is not an RFC 3339 UTC time (2026-07-01T00:00:00Z)"),
+            )
+        })
+}
+
+impl Leases {
+    /// Validates the configured leases; overlapping leases of the same GPU or
+    /// the same node name are refused, naming both.
+    pub fn build(config: &[LeaseConfig], tenants: &HashSet<&str>) -> Result<Leases, ConfigError> {
+        let mut leases: Vec<Lease> = Vec::with_capacity(config.len());
+        for (i, l) in config.iter().enumerate() {
+            if !tenants.contains(l.tenant.as_str()) {
+                return Err(invalid(
+                    format!("leases[{i}].tenant"),
+                    format!("{:?} is not a configured tenant", l.tenant),
+                ));
+            }
+            if l.nodes.is_empty() && l.gpus.is_empty() {
+                return Err(invalid(format!("leases[{i}]"), "needs nodes or gpus"));
+            }
+            for (j, n) in l.nodes.iter().enumerate() {
+                let plain = n.replace(['*', '?'], "x");
+                check_id(&format!("leases[{i}].nodes[{j}]"), &plain)?;
+            }
+            for (j, g) in l.gpus.iter().enumerate() {
+                check_id(&format!("leases[{i}].gpus[{j}]"), g)?;
+            }
+            let from_ms = parse_time(&format!("leases[{i}].from"), &l.from)?;
+            let to_ms = parse_time(&format!("leases[{i}].to"), &l.to)?;
+            if to_ms <= from_ms {
+                return Err(invalid(format!("leases[{i}].to"), "must be after from"));
+            }
+            let lease = Lease {
+                tenant: l.tenant.clone(),
+                nodes: l.nodes.clone(),
+                gpus: l.gpus.clone(),
+                from_ms,
+                to_ms,
+            };
+            for (k, other) in leases.iter().enumerate() {
+                if other.from_ms >= lease.to_ms || lease.from_ms >= other.to_ms {
+                    continue;
+                }
+                let shared = lease
+                    .gpus
+                    .iter()
+                    .find(|g| other.gpus.contains(g))
+                    .map(|g| format!("GPU {g}"))
+                    .or_else(|| {
+                        lease
+                            .nodes
+                            .iter()
+                            .find(|n| other.nodes.contains(n))
+                            .map(|n| format!("nodes {n:?}"))
+                    });
+                if let Some(what) = shared {
+                    return Err(invalid(
+                        format!("leases[{i}]"),
+                        format!(
+                            "overlaps leases[{k}] (tenant {:?}) on {what} in time",
+                            other.tenant
+                        ),
+                    ));
+                }
+            }
+            leases.push(lease);
+        }
+        Ok(Leases { leases })
+    }
+
+    /// The leases.
+    pub fn all(&self) -> &[Lease] {
+        &self.leases
+    }
+
+    /// Splits `[from_ms, to_ms)` of one GPU by owner: (owner, ms), the owners
+    /// being tenants, [`UNLEASED`] or [`UNATTRIBUTED`], in time order of first
+    /// appearance. The parts add up to `to_ms - from_ms`.
+    pub fn split(&self, node: &str, uuid: &str, from_ms: i64, to_ms: i64) -> Vec<(String, i64)> {
+        let covering: Vec<&Lease> = self
+            .leases
+            .iter()
+            .filter(|l| l.from_ms < to_ms && from_ms < l.to_ms && l.covers(node, uuid))
+            .collect();
+        let mut edges = vec![from_ms, to_ms];
+        for l in &covering {
+            edges.extend(
+                [l.from_ms, l.to_ms]
+                    .into_iter()
+                    .filter(|t| (from_ms..to_ms).contains(t)),
+            );
+        }
+        edges.sort_unstable();
+        edges.dedup();
+        let mut out: Vec<(String, i64)> = Vec::new();
+        for w in edges.windows(2) {
+            let (a, b) = (w[0], w[1]);
+            let owners: Vec<&Lease> = covering
+                .iter()
+                .copied()
+                .filter(|l| l.from_ms <= a && b <= l.to_ms)
+                .collect();
+            let owner = match owners.as_slice() {
+                [] => UNLEASED,
+                [one] => one.tenant.as_str(),
+                _ => UNATTRIBUTED,
+            };
+            match out.iter_mut().find(|(o, _)| o == owner) {
+                Some((_, ms)) => *ms += b - a,
+                None => out.push((owner.to_owned(), b - a)),
+            }
+        }
+        out
+    }
+
+    /// Splits a GPU-minute's energy by owner: (owner, J, ms). Exact: the
+    /// parts add up to `joules` (the last part takes the remainder).
+    pub fn attribute(
+        &self,
+        node: &str,
+        uuid: &str,
+        from_ms: i64,
+        to_ms: i64,
+        joules: f64,
+    ) -> Vec<(String, f64, i64)> {
+        let parts = self.split(node, uuid, from_ms, to_ms);
+        let len = (to_ms - from_ms).max(1) as f64;
+        let mut given = 0.0;
+        let n = parts.len();
+        parts
+            .into_iter()
+            .enumerate()
+            .map(|(i, (owner, ms))| {
+                let j = if i + 1 == n {
+                    joules - given
+                } else {
+                    joules * ms as f64 / len
+                };
+                given += j;
+                (owner, j, ms)
+            })
+            .collect()
+    }
+}
+
+/// Sums per owner, for tests and reports.
+pub fn totals(parts: impl IntoIterator<Item = (String, f64, i64)>) -> BTreeMap<String, (f64, i64)> {
+    let mut out: BTreeMap<String, (f64, i64)> = BTreeMap::new();
+    for (o, j, ms) in parts {
+        let e = out.entry(o).or_default();
+        e.0 += j;
+        e.1 += ms;
+    }
+    out
+}
+
+/// Shell-style glob: `*` any run, `?` one character; everything else literal.
+pub fn glob(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|c| *c == '*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease(tenant: &str, nodes: &[&str], gpus: &[&str], from: &str, to: &str) -> LeaseConfig {
+        LeaseConfig {
+            tenant: tenant.into(),
+            nodes: nodes.iter().map(|s| (*s).into()).collect(),
+            gpus: gpus.iter().map(|s| (*s).into()).collect(),
+            from: from.into(),
+            to: to.into(),
+        }
+    }
+
+    #[test]
+    fn globs() {
+        assert!(glob("r12-*", "r12-n03"));
+        assert!(glob("r1?-n0*", "r12-n03"));
+        assert!(!glob("r12-*", "r13-n03"));
+        assert!(glob("*", ""));
+        assert!(glob("a*b*c", "axxbyyc"));
+        assert!(!glob("a*b*c", "axxbyy"));
+    }
+
+    #[test]
+    fn overlapping_leases_of_one_gpu_are_refused_naming_both() {
+        let tenants: HashSet<&str> = ["a", "b"].into();
+        let e = Leases::build(
+            &[
+                lease(
+                    "a",
+                    &[],
+                    &["GPU-1"],
+                    "2026-01-01T00:00:00Z",
+                    "2027-01-01T00:00:00Z",
+                ),
+                lease(
+                    "b",
+                    &[],
+                    &["GPU-1"],
+                    "2026-06-01T00:00:00Z",
+                    "2026-07-01T00:00:00Z",
+                ),
+            ],
+            &tenants,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("leases[1]") && e.contains("leases[0]") && e.contains("GPU-1"),
+            "{e}"
+        );
+        // Back to back is fine.
+        Leases::build(
+            &[
+                lease(
+                    "a",
+                    &["r1-*"],
+                    &[],
+                    "2026-01-01T00:00:00Z",
+                    "2026-06-01T00:00:00Z",
+                ),
+                lease(
+                    "b",
+                    &["r1-*"],
+                    &[],
+                    "2026-06-01T00:00:00Z",
+                    "2026-07-01T00:00:00Z",
+                ),
+            ],
+            &tenants,
+        )
+        .unwrap();
+        let e = Leases::build(
+            &[lease(
+                "c",
+                &["x"],
+                &[],
+                "2026-01-01T00:00:00Z",
+                "2026-02-01T00:00:00Z",
+            )],
+            &tenants,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("leases[0].tenant"), "{e}");
+        let e = Leases::build(
+            &[lease(
+                "a",
+                &["x"],
+                &[],
+                "2026-01-01",
+                "2026-02-01T00:00:00Z",
+            )],
+            &tenants,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("leases[0].from"), "{e}");
+    }
+
+    #[test]
+    fn a_minute_is_split_by_time_exactly() {
+        let tenants: HashSet<&str> = ["a", "b"].into();
+        let leases = Leases::build(
+            &[
+                // a until 00:00:15, b from 00:00:45, and b again by a glob
+                // from 00:00:30 to 00:00:40.
+                lease(
+                    "a",
+                    &["r1-n1"],
+                    &[],
+                    "2025-01-01T00:00:00Z",
+                    "2026-01-01T00:00:15Z",
+                ),
+                lease(
+                    "b",
+                    &["r1-n1"],
+                    &[],
+                    "2026-01-01T00:00:45Z",
+                    "2027-01-01T00:00:00Z",
+                ),
+                lease(
+                    "b",
+                    &["r1-*"],
+                    &[],
+                    "2026-01-01T00:00:30Z",
+                    "2026-01-01T00:00:40Z",
+                ),
+            ],
+            &tenants,
+        )
+        .unwrap();
+        let m = parse_time("t", "2026-01-01T00:00:00Z").unwrap();
+        let parts = leases.attribute("r1-n1", "GPU-1", m, m + 60_000, 600.0);
+        let t = totals(parts.clone());
+        assert_eq!(t["a"], (150.0, 15_000));
+        assert_eq!(t["b"], (250.0, 25_000)); // 30–40 s and 45–60 s
+        assert_eq!(t[UNLEASED], (200.0, 20_000)); // 15–30 s and 40–45 s
+        assert_eq!(parts.iter().map(|p| p.1).sum::<f64>(), 600.0);
+        // Two leases of the same node at once: unattributed.
+        let both = Leases {
+            leases: vec![
+                Lease {
+                    tenant: "a".into(),
+                    nodes: vec!["r1-*".into()],
+                    gpus: vec![],
+                    from_ms: m,
+                    to_ms: m + 60_000,
+                },
+                Lease {
+                    tenant: "b".into(),
+                    nodes: vec!["r1-n1".into()],
+                    gpus: vec![],
+                    from_ms: m,
+                    to_ms: m + 30_000,
+                },
+            ],
+        };
+        let t = totals(both.attribute("r1-n1", "GPU-1", m, m + 60_000, 60.0));
+        assert_eq!(t[UNATTRIBUTED], (30.0, 30_000));
+        assert_eq!(t["a"], (30.0, 30_000));
+    }
+}

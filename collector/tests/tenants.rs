@@ -1,0 +1,316 @@
+//! Tenants: GPU energy booked per lease into the hash-chained ledger, read
+//! back through the scoped API by every kind of caller, and tampered with.
+
+use std::time::{Duration, Instant};
+
+use dcwatt_collector::api::now_ms;
+use dcwatt_collector::config::{token_hash, Config};
+use dcwatt_collector::store::Store;
+use dcwatt_wire::{Batch, Entity, GpuInfo, Quantity, Reading, VERSION};
+use proptest::prelude::*;
+use serde_json::Value;
+
+const OPERATOR: &str = "operator-token";
+const LAB_A: &str = "lab-a-token";
+const LAB_B: &str = "lab-b-token";
+const AGENTS: [(&str, &str, &str); 2] = [
+    ("n1", "r1-n1", "agent-1-token"),
+    ("n2", "r2-n1", "agent-2-token"),
+];
+/// (node, GPU, watts): GPU-a1 is lab-a's by a node glob, GPU-b1 lab-b's by UUID, GPU-x nobody's.
+const GPUS: [(&str, &str, f64); 3] = [
+    ("r1-n1", "GPU-a1", 1000.0),
+    ("r2-n1", "GPU-b1", 500.0),
+    ("r2-n1", "GPU-x", 250.0),
+];
+
+fn config(db: &std::path::Path) -> String {
+    let h = |t: &str| hex::encode(token_hash(t));
+    let mut c = format!(
+        "[ledger]\npath = \"{}\"\n[operator]\ntoken_sha256 = \"{}\"\n",
+        db.display(),
+        h(OPERATOR)
+    );
+    for (id, _, token) in AGENTS {
+        c += &format!(
+            "[[agents]]\nid = \"{id}\"\ntoken_sha256 = \"{}\"\n",
+            h(token)
+        );
+    }
+    c += &format!(
+        "[[tenants]]\nid = \"lab-a\"\ntoken_sha256 = \"{}\"\n[[tenants]]\nid = \"lab-b\"\ntoken_sha256 = \"{}\"\n",
+        h(LAB_A),
+        h(LAB_B)
+    );
+    c += "[[leases]]\ntenant = \"lab-a\"\nnodes = [\"r1-*\"]\nfrom = \"2026-01-01T00:00:00Z\"\nto = \"2030-01-01T00:00:00Z\"\n";
+    c += "[[leases]]\ntenant = \"lab-b\"\ngpus = [\"GPU-b1\"]\nfrom = \"2026-01-01T00:00:00Z\"\nto = \"2030-01-01T00:00:00Z\"\n";
+    c
+}
+
+async fn start(db: &std::path::Path) -> (String, tokio::sync::oneshot::Sender<()>) {
+    let site = Config::from_toml(&config(db)).unwrap().build().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(dcwatt_collector::run(site, listener, async {
+        let _ = rx.await;
+    }));
+    (url, tx)
+}
+
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_book_gpu_energy_and_only_the_right_caller_reads_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("c.sqlite");
+    let (url, stop) = start(&db).await;
+    let http = reqwest::Client::new();
+    // Eight minutes of readings every 10 s, ending 4 minutes ago (booked after 2).
+    let t0 = now_ms().div_euclid(60_000) * 60_000 - 12 * 60_000;
+    for k in 0..=48i64 {
+        let ts = t0 + k * 10_000;
+        for (agent, node, token) in AGENTS.iter() {
+            let mine: Vec<_> = GPUS.iter().filter(|g| g.0 == *node).collect();
+            let batch = Batch {
+                version: VERSION,
+                agent: (*agent).into(),
+                seq: k as u64 + 1,
+                first_seq: None,
+                node: (*node).into(),
+                created_ms: ts,
+                gpus: mine
+                    .iter()
+                    .enumerate()
+                    .map(|(i, g)| GpuInfo {
+                        uuid: g.1.into(),
+                        index: i as u32,
+                        model: "NVIDIA GB300".into(),
+                    })
+                    .collect(),
+                readings: mine
+                    .iter()
+                    .map(|g| Reading {
+                        ts_ms: ts,
+                        entity: Entity::Gpu(g.1.into()),
+                        quantity: Quantity::EnergyJoules,
+                        value: g.2 * (k * 10) as f64,
+                    })
+                    .collect(),
+            };
+            let resp = http
+                .post(format!("{url}/v1/batches"))
+                .bearer_auth(token)
+                .json(&batch)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+        }
+    }
+    // The refresher books closed minutes every 10 s.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let metrics = loop {
+        let m = http
+            .get(format!("{url}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if m.contains("dcwatt_tenant_energy_joules_total{tenant=\"lab-b\"") {
+            break m;
+        }
+        assert!(Instant::now() < deadline, "nothing booked: {m}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    // Eight whole minutes of each GPU: lab-a 1 kW, lab-b 0.5 kW, unleased 0.25 kW.
+    let it = |t: &str| {
+        sample(
+            &metrics,
+            &format!("dcwatt_tenant_energy_joules_total{{tenant=\"{t}\",basis=\"it\"}}"),
+        )
+    };
+    assert_eq!(it("lab-a"), Some(8.0 * 60_000.0), "{metrics}");
+    assert_eq!(it("lab-b"), Some(8.0 * 30_000.0));
+    assert_eq!(
+        sample(&metrics, "dcwatt_unleased_energy_joules_total"),
+        Some(8.0 * 15_000.0)
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "dcwatt_tenant_gpu_seconds_total{tenant=\"lab-a\"}"
+        ),
+        Some(480.0)
+    );
+
+    // Who may read what.
+    let range = format!("from={t0}&to={}", t0 + 15 * 60_000);
+    let cases: [(&str, Option<&str>, u16); 12] = [
+        ("/v1/tenants/lab-a/energy", Some(LAB_A), 200),
+        ("/v1/tenants/lab-a/energy", Some(LAB_B), 403),
+        ("/v1/tenants/lab-a/energy", None, 401),
+        ("/v1/tenants/lab-a/energy", Some(OPERATOR), 200),
+        ("/v1/tenants/lab-a/energy", Some(AGENTS[0].2), 401),
+        ("/v1/tenants/lab-b/energy", Some(LAB_B), 200),
+        ("/v1/tenants/lab-b/energy", Some(LAB_A), 403),
+        ("/v1/tenants/lab-c/energy", Some(OPERATOR), 404),
+        ("/v1/tenants/lab-c/energy", Some(LAB_A), 403),
+        ("/v1/ledger/verify", Some(OPERATOR), 200),
+        ("/v1/ledger/verify", Some(LAB_A), 401),
+        ("/v1/summary", Some(LAB_A), 401),
+    ];
+    for (path, token, want) in cases {
+        let mut req = http.get(format!("{url}{path}?{range}"));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(
+            resp.status().as_u16(),
+            want,
+            "{path} with {token:?}: {}",
+            resp.text().await.unwrap_or_default()
+        );
+    }
+    let body: Value = http
+        .get(format!("{url}/v1/tenants/lab-a/energy?{range}&step=5m"))
+        .bearer_auth(LAB_A)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let steps = body["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 3);
+    let total: f64 = steps.iter().map(|s| s["it_joules"].as_f64().unwrap()).sum();
+    assert_eq!(total, 8.0 * 60_000.0);
+    assert_eq!(body["ledger_head"].as_str().map(str::len), Some(64));
+    let csv = http
+        .get(format!("{url}/v1/tenants/lab-b/energy?{range}&format=csv"))
+        .bearer_auth(LAB_B)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(csv.starts_with("from_ms,to_ms,it_joules,"), "{csv}");
+    assert!(csv.contains(",240000,"), "{csv}");
+    let verify: Value = http
+        .get(format!("{url}/v1/ledger/verify"))
+        .bearer_auth(OPERATOR)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(verify["broken"], Value::Null, "{verify}");
+    let _ = stop.send(());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // Tampering: each on its own copy of the database.
+    let source = rusqlite::Connection::open(&db).unwrap();
+    let tampered = |name: &str, sql: &str| {
+        let copy = dir.path().join(name);
+        source
+            .execute("VACUUM INTO ?1", [copy.to_str().unwrap()])
+            .unwrap();
+        rusqlite::Connection::open(&copy)
+            .unwrap()
+            .execute_batch(sql)
+            .unwrap();
+        copy
+    };
+    let broken = |db: &std::path::Path| {
+        Store::open(db)
+            .unwrap()
+            .verify_ledger()
+            .unwrap()
+            .broken
+            .unwrap_or_default()
+    };
+    let edited = tampered(
+        "edited.sqlite",
+        "UPDATE ledger SET it_joules = it_joules * 0.9 WHERE id = 3",
+    );
+    assert!(
+        broken(&edited).starts_with("row 3: its content"),
+        "{}",
+        broken(&edited)
+    );
+    let deleted = tampered("deleted.sqlite", "DELETE FROM ledger WHERE id = 2");
+    assert!(
+        broken(&deleted).starts_with("row 3: expected row 2"),
+        "{}",
+        broken(&deleted)
+    );
+    let reordered = tampered(
+        "reordered.sqlite",
+        "UPDATE ledger SET id = -2 WHERE id = 2; UPDATE ledger SET id = 2 WHERE id = 3; UPDATE ledger SET id = 3 WHERE id = -2;",
+    );
+    assert!(
+        broken(&reordered).starts_with("row 2:"),
+        "{}",
+        broken(&reordered)
+    );
+    // The offline command says the same, and exits 1 on a broken chain.
+    let cli = |db: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_dcwatt-collector"))
+            .args(["ledger", "verify"])
+            .arg(db)
+            .output()
+            .unwrap()
+    };
+    let out = cli(&edited);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("row 3"));
+    assert_eq!(cli(&db).status.code(), Some(0));
+}
+
+proptest! {
+    /// Conservation: for any leases and any GPU-minute, the owners' parts add
+    /// up to the minute's energy and its time.
+    #[test]
+    fn attribution_conserves_energy_and_time(
+        leases in prop::collection::vec((0usize..3, 0i64..120, 1i64..120, any::<bool>()), 0..6),
+        joules in 0.0f64..1e7,
+        minute in 0i64..2,
+    ) {
+        use dcwatt_collector::config::LeaseConfig;
+        use dcwatt_collector::tenants::{totals, Leases};
+        let base = 1_767_225_600_000i64; // 2026-01-01T00:00:00Z
+        let rfc = |s: i64| format!("2026-01-01T00:{:02}:{:02}Z", s / 60, s % 60);
+        let tenants: std::collections::HashSet<&str> = ["t0", "t1", "t2"].into();
+        let configs: Vec<LeaseConfig> = leases
+            .iter()
+            .map(|(t, from, len, by_glob)| LeaseConfig {
+                tenant: format!("t{t}"),
+                nodes: if *by_glob { vec!["r1-*".into()] } else { vec![] },
+                gpus: if *by_glob { vec![] } else { vec![format!("GPU-{t}")] },
+                from: rfc(*from),
+                to: rfc(from + len),
+            })
+            .collect();
+        // Configurations the static check refuses are not the point here.
+        let Ok(leases) = Leases::build(&configs, &tenants) else { return Ok(()) };
+        for gpu in ["GPU-0", "GPU-1", "GPU-9"] {
+            let from = base + minute * 60_000;
+            let parts = leases.attribute("r1-n1", gpu, from, from + 60_000, joules);
+            let sum: f64 = parts.iter().map(|p| p.1).sum();
+            prop_assert!((sum - joules).abs() <= 1e-9 * joules.max(1.0), "{sum} vs {joules}");
+            let t = totals(parts);
+            prop_assert_eq!(t.values().map(|v| v.1).sum::<i64>(), 60_000);
+            prop_assert!(t.values().all(|v| v.0 >= -1e-9 && v.1 >= 0));
+        }
+    }
+}
