@@ -68,6 +68,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/summary", get(summary))
         .route("/v1/pue", get(pue_period))
         .route("/v1/tenants/{tenant}/energy", get(tenant_energy))
+        .route("/v1/tenants/{tenant}/statement", get(tenant_statement))
         .route("/v1/ledger/verify", get(ledger_verify))
         .with_state(shared)
 }
@@ -532,6 +533,59 @@ async fn tenant_energy(
         "steps": steps,
     }))
     .into_response()
+}
+
+/// `GET /v1/tenants/{tenant}/statement` query.
+#[derive(Deserialize)]
+struct StatementQuery {
+    month: String,
+    format: Option<String>,
+}
+
+async fn tenant_statement(
+    Extract(shared): Extract<Arc<Shared>>,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+    query: Result<Query<StatementQuery>, QueryRejection>,
+) -> Response {
+    let site = &shared.site;
+    if let Err(e) = tenant_or_operator(site, &headers, &tenant) {
+        return e.into_response();
+    }
+    if !site.tenant_tokens.values().any(|t| *t == tenant) {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("tenant: no tenant {tenant:?}"),
+        );
+    }
+    let Query(q) = match query {
+        Ok(q) => q,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("query: {e}")),
+    };
+    let csv = match q.format.as_deref() {
+        None | Some("json") => false,
+        Some("csv") => true,
+        Some(other) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("format: {other:?} is neither json nor csv"),
+            )
+        }
+    };
+    let result = crate::statement::statement(&shared.store(), site, &tenant, &q.month, now_ms());
+    match result {
+        Ok(Some(s)) if csv => (
+            [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
+            s.to_csv(),
+        )
+            .into_response(),
+        Ok(Some(s)) => Json(s).into_response(),
+        Ok(None) => error(
+            StatusCode::BAD_REQUEST,
+            format!("month: {:?} is not YYYY-MM", q.month),
+        ),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}")),
+    }
 }
 
 async fn ledger_verify(Extract(shared): Extract<Arc<Shared>>, headers: HeaderMap) -> Response {

@@ -12,6 +12,7 @@
 //! - [`windows`]: PUE and partial PUE over fixed UTC periods from the stored minutes.
 //! - [`tenants`]: leases and the split of each GPU-minute among owners.
 //! - [`ledger`]: the append-only, hash-chained tenant ledger.
+//! - [`statement`]: a tenant's monthly statement (API and offline report).
 //! - [`pue`]: PUE and its ISO/IEC 30134-2 category, as pure functions.
 //! - [`figures`]: the derived figures at one instant, shared by `/metrics` and the summary.
 //! - [`export`]: the Prometheus exposition; [`names`]: every metric name.
@@ -28,6 +29,7 @@ pub mod ledger;
 pub mod names;
 pub mod pue;
 pub mod state;
+pub mod statement;
 pub mod store;
 pub mod tenants;
 pub mod windows;

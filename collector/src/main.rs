@@ -31,6 +31,66 @@ enum Command {
     /// The tenant ledger.
     #[command(subcommand)]
     Ledger(LedgerCommand),
+    /// Write a tenant's monthly statement from the collector's database, offline.
+    Report {
+        /// The collector's configuration (for the database, leases and site).
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+        /// The month, YYYY-MM.
+        #[arg(long)]
+        month: String,
+        /// json or csv.
+        #[arg(long, default_value = "json")]
+        format: String,
+    },
+}
+
+fn report(config: &std::path::Path, tenant: &str, month: &str, format: &str) -> ExitCode {
+    let site = match Config::from_file(config).and_then(Config::build) {
+        Ok(site) => site,
+        Err(e) => {
+            eprintln!("{}: {e}", config.display());
+            return ExitCode::from(2);
+        }
+    };
+    let Some(db) = site.ledger_path.clone().filter(|p| p.is_file()) else {
+        eprintln!("{}: [ledger] path: no database to read", config.display());
+        return ExitCode::from(2);
+    };
+    if !site.tenant_tokens.values().any(|t| t == tenant) {
+        eprintln!("--tenant: no tenant {tenant:?} in {}", config.display());
+        return ExitCode::from(2);
+    }
+    let now = dcwatt_collector::api::now_ms();
+    let result = dcwatt_collector::store::Store::open(&db).and_then(|store| {
+        dcwatt_collector::statement::statement(&store, &site, tenant, month, now)
+    });
+    match (result, format) {
+        (Ok(Some(s)), "csv") => print!("{}", s.to_csv()),
+        (Ok(Some(s)), "json") => match serde_json::to_string_pretty(&s) {
+            Ok(text) => println!("{text}"),
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        (Ok(Some(_)), other) => {
+            eprintln!("--format: {other:?} is neither json nor csv");
+            return ExitCode::from(2);
+        }
+        (Ok(None), _) => {
+            eprintln!("--month: {month:?} is not YYYY-MM");
+            return ExitCode::from(2);
+        }
+        (Err(e), _) => {
+            eprintln!("{}: {e}", db.display());
+            return ExitCode::from(2);
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 #[derive(clap::Subcommand)]
@@ -69,8 +129,15 @@ fn verify(db: &std::path::Path) -> ExitCode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::Ledger(LedgerCommand::Verify { db })) = &cli.command {
-        return verify(db);
+    match &cli.command {
+        Some(Command::Ledger(LedgerCommand::Verify { db })) => return verify(db),
+        Some(Command::Report {
+            config,
+            tenant,
+            month,
+            format,
+        }) => return report(config, tenant, month, format),
+        None => {}
     }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)

@@ -205,6 +205,42 @@ async fn leases_book_gpu_energy_and_only_the_right_caller_reads_it() {
         .unwrap();
     assert!(csv.starts_with("from_ms,to_ms,it_joules,"), "{csv}");
     assert!(csv.contains(",240000,"), "{csv}");
+    // The monthly statement, online and offline, agree.
+    let month = {
+        let (y, m, _) = dcwatt_collector::statement::civil_from_days(t0 / 86_400_000);
+        format!("{y:04}-{m:02}")
+    };
+    let statement: Value = http
+        .get(format!("{url}/v1/tenants/lab-a/statement?month={month}"))
+        .bearer_auth(LAB_A)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        (statement["it_kwh"].as_f64().unwrap() - 8.0 * 60_000.0 / 3.6e6).abs() < 1e-12,
+        "{statement}"
+    );
+    assert!((statement["gpu_hours"].as_f64().unwrap() - 480.0 / 3600.0).abs() < 1e-12);
+    let gaps = statement["gaps"].as_array().unwrap();
+    let booked = t0..t0 + 8 * 60_000;
+    assert!(
+        gaps.iter()
+            .all(|g| g["to_ms"].as_i64().unwrap() <= booked.start
+                || g["from_ms"].as_i64().unwrap() >= booked.end),
+        "a booked minute reported as a gap: {gaps:?}"
+    );
+    let b_statement = http
+        .get(format!("{url}/v1/tenants/lab-a/statement?month={month}"))
+        .bearer_auth(LAB_B)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(b_statement.status(), 403);
+    let conf = dir.path().join("collector.toml");
+    std::fs::write(&conf, config(&db)).unwrap();
     let verify: Value = http
         .get(format!("{url}/v1/ledger/verify"))
         .bearer_auth(OPERATOR)
@@ -275,6 +311,25 @@ async fn leases_book_gpu_energy_and_only_the_right_caller_reads_it() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains("row 3"));
     assert_eq!(cli(&db).status.code(), Some(0));
+    let report = std::process::Command::new(env!("CARGO_BIN_EXE_dcwatt-collector"))
+        .args([
+            "report", "--tenant", "lab-a", "--month", &month, "--format", "json", "--config",
+        ])
+        .arg(&conf)
+        .output()
+        .unwrap();
+    assert!(
+        report.status.success(),
+        "{}",
+        String::from_utf8_lossy(&report.stderr)
+    );
+    let offline: Value = serde_json::from_slice(&report.stdout).unwrap();
+    assert_eq!(offline["it_kwh"], statement["it_kwh"]);
+    assert_eq!(offline["ledger_head"], statement["ledger_head"]);
+    assert_eq!(
+        offline["days"].as_array().map(Vec::len),
+        statement["days"].as_array().map(Vec::len)
+    );
 }
 
 proptest! {

@@ -1,0 +1,249 @@
+//! A tenant's monthly statement, from the ledger and the stored energies:
+//! totals, a daily breakdown with each day's PUE (category, coverage), the
+//! stretches of leased time with nothing booked, and the ledger head hash at
+//! the time of issue. `GET /v1/tenants/{tenant}/statement` and
+//! `dcwatt-collector report` both produce it, so the two agree.
+
+use serde::Serialize;
+
+use crate::config::Site;
+use crate::store::{Resolution, Store, StoreError};
+use crate::windows;
+
+const DAY_MS: i64 = 86_400_000;
+
+/// Days since 1970-01-01 of a civil date (proleptic Gregorian).
+pub fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// The civil date (year, month, day) of a day number since 1970-01-01.
+pub fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// `YYYY-MM` → the month's `[from, to)` in Unix ms, UTC.
+pub fn month_range(month: &str) -> Option<(i64, i64)> {
+    let (y, m) = month.split_once('-')?;
+    if y.len() != 4 || m.len() != 2 {
+        return None;
+    }
+    let (y, m): (i64, i64) = (y.parse().ok()?, m.parse().ok()?);
+    if !(1970..=9999).contains(&y) || !(1..=12).contains(&m) {
+        return None;
+    }
+    let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+    Some((
+        days_from_civil(y, m, 1) * DAY_MS,
+        days_from_civil(ny, nm, 1) * DAY_MS,
+    ))
+}
+
+/// One day of a statement.
+#[derive(Debug, Clone, Serialize)]
+pub struct Day {
+    /// `YYYY-MM-DD`.
+    pub date: String,
+    /// IT energy booked, J.
+    pub it_joules: f64,
+    /// Facility-burdened energy booked, J.
+    pub facility_joules: f64,
+    /// GPU-hours leased.
+    pub gpu_hours: f64,
+    /// The site's PUE of the day.
+    pub pue: Option<f64>,
+    /// Its ISO/IEC 30134-2 category.
+    pub category: Option<u8>,
+    /// Complete minutes / minutes of the day.
+    pub coverage_ratio: f64,
+    /// Every minute of the day complete.
+    pub pue_complete: bool,
+    /// Ledger rows without a PUE (facility energy not burdened).
+    pub rows_without_pue: usize,
+}
+
+/// Leased time with nothing booked.
+#[derive(Debug, Clone, Serialize)]
+pub struct Gap {
+    /// Start, Unix ms.
+    pub from_ms: i64,
+    /// End (exclusive), Unix ms.
+    pub to_ms: i64,
+}
+
+/// A tenant's statement for one month.
+#[derive(Debug, Clone, Serialize)]
+pub struct Statement {
+    /// The tenant.
+    pub tenant: String,
+    /// `YYYY-MM`.
+    pub month: String,
+    /// When it was issued, Unix ms.
+    pub issued_ms: i64,
+    /// The ledger head hash when it was issued.
+    pub ledger_head: String,
+    /// IT energy, kWh.
+    pub it_kwh: f64,
+    /// Facility-burdened energy, kWh.
+    pub facility_kwh: f64,
+    /// GPU-hours leased.
+    pub gpu_hours: f64,
+    /// Rows booked after their minute had been booked (late data).
+    pub late_rows: usize,
+    /// Per day, up to the day of issue.
+    pub days: Vec<Day>,
+    /// Leased time with no booked row (minutes not yet booked excluded).
+    pub gaps: Vec<Gap>,
+}
+
+/// Builds the statement of `tenant` for `month` (`YYYY-MM`) as of `now_ms`.
+pub fn statement(
+    store: &Store,
+    site: &Site,
+    tenant: &str,
+    month: &str,
+    now_ms: i64,
+) -> Result<Option<Statement>, StoreError> {
+    let Some((from, to)) = month_range(month) else {
+        return Ok(None);
+    };
+    let rows = store.tenant_rows(tenant, from, to)?;
+    let booked_until = (now_ms - 60_000 - site.close_after_ms).div_euclid(60_000) * 60_000;
+    let mut days = Vec::new();
+    let mut day = from;
+    while day < to && day <= now_ms {
+        let (y, m, d) = civil_from_days(day / DAY_MS);
+        let in_day = rows
+            .iter()
+            .filter(|r| r.minute_ms >= day && r.minute_ms < day + DAY_MS);
+        let (mut it, mut fac, mut ms, mut no_pue) = (0.0, 0.0, 0i64, 0usize);
+        for r in in_day {
+            it += r.it_joules;
+            fac += r.facility_joules.unwrap_or(0.0);
+            ms += r.gpu_ms;
+            no_pue += usize::from(r.pue.is_none());
+        }
+        let p = windows::period(store, site, day, day + DAY_MS, Resolution::Hour)?;
+        days.push(Day {
+            date: format!("{y:04}-{m:02}-{d:02}"),
+            it_joules: it,
+            facility_joules: fac,
+            gpu_hours: ms as f64 / 3_600_000.0,
+            pue: p.pue,
+            category: p.category,
+            coverage_ratio: p.coverage_ratio,
+            pue_complete: p.complete,
+            rows_without_pue: no_pue,
+        });
+        day += DAY_MS;
+    }
+    // Leased minutes (by any of the tenant's leases) with no row, up to what is booked.
+    let leased: Vec<(i64, i64)> = site
+        .leases
+        .all()
+        .iter()
+        .filter(|l| l.tenant == tenant)
+        .map(|l| (l.from_ms.max(from), l.to_ms.min(to).min(booked_until)))
+        .filter(|(a, b)| a < b)
+        .collect();
+    let booked: std::collections::BTreeSet<i64> = rows.iter().map(|r| r.minute_ms).collect();
+    let mut gaps: Vec<Gap> = Vec::new();
+    let mut minute = from;
+    while minute < to.min(booked_until) {
+        let is_leased = leased
+            .iter()
+            .any(|(a, b)| *a <= minute && minute + 60_000 <= *b);
+        if is_leased && !booked.contains(&minute) {
+            match gaps.last_mut() {
+                Some(g) if g.to_ms == minute => g.to_ms += 60_000,
+                _ => gaps.push(Gap {
+                    from_ms: minute,
+                    to_ms: minute + 60_000,
+                }),
+            }
+        }
+        minute += 60_000;
+    }
+    Ok(Some(Statement {
+        tenant: tenant.to_owned(),
+        month: month.to_owned(),
+        issued_ms: now_ms,
+        ledger_head: store.ledger_head()?,
+        it_kwh: days.iter().map(|d| d.it_joules).sum::<f64>() / 3.6e6,
+        facility_kwh: days.iter().map(|d| d.facility_joules).sum::<f64>() / 3.6e6,
+        gpu_hours: days.iter().map(|d| d.gpu_hours).sum(),
+        late_rows: rows.iter().filter(|r| r.late).count(),
+        days,
+        gaps,
+    }))
+}
+
+impl Statement {
+    /// The daily breakdown as CSV, a totals line last.
+    pub fn to_csv(&self) -> String {
+        let opt = |v: Option<f64>| v.map(|x| x.to_string()).unwrap_or_default();
+        let mut out = String::from(
+            "date,it_kwh,facility_kwh,gpu_hours,pue,category,pue_coverage_ratio,pue_complete,rows_without_pue\n",
+        );
+        for d in &self.days {
+            out += &format!(
+                "{},{},{},{},{},{},{},{},{}\n",
+                d.date,
+                d.it_joules / 3.6e6,
+                d.facility_joules / 3.6e6,
+                d.gpu_hours,
+                opt(d.pue),
+                d.category.map(|c| c.to_string()).unwrap_or_default(),
+                d.coverage_ratio,
+                d.pue_complete,
+                d.rows_without_pue
+            );
+        }
+        out += &format!(
+            "total,{},{},{},,,,,\n# tenant {} month {} ledger head {} gaps {}\n",
+            self.it_kwh,
+            self.facility_kwh,
+            self.gpu_hours,
+            self.tenant,
+            self.month,
+            self.ledger_head,
+            self.gaps.len()
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn calendar() {
+        assert_eq!(days_from_civil(1970, 1, 1), 0);
+        assert_eq!(days_from_civil(2026, 11, 28), 20_785);
+        assert_eq!(civil_from_days(20_785), (2026, 11, 28));
+        assert_eq!(civil_from_days(days_from_civil(2028, 2, 29)), (2028, 2, 29));
+        let (a, b) = month_range("2026-02").unwrap();
+        assert_eq!((b - a) / DAY_MS, 28);
+        let (a, b) = month_range("2028-12").unwrap();
+        assert_eq!((b - a) / DAY_MS, 31);
+        assert_eq!(civil_from_days(b / DAY_MS), (2029, 1, 1));
+        for bad in ["2026-13", "2026-1", "26-01", "2026/01", "", "2026-00"] {
+            assert_eq!(month_range(bad), None, "{bad}");
+        }
+    }
+}
