@@ -155,40 +155,45 @@ url = "http://{meters}{METRICS}"
     agent.stop().await;
 
     let accepted = good.accepted.lock().unwrap().clone();
-    assert!(accepted.len() >= 8, "{}", accepted.len());
-    // The three 503s were retried: more POSTs than accepted batches.
+    // The three 503s were retried: more POSTs than accepted requests.
     assert_eq!(good.failures_left.load(Ordering::SeqCst), 0);
     assert!(good.posts.load(Ordering::SeqCst) as usize >= accepted.len() + 3);
 
-    // seq starts at the agent's start time in µs and grows by one: in order,
-    // none lost, none twice.
-    let first = accepted[0].seq;
+    // seq starts at the agent's start time in µs (no [spool]: nothing persisted)
+    // and grows by one; the backlog after the 503s came merged (`first_seq..=seq`).
+    // In order, none lost, none twice, two readings per batch.
+    let first = accepted[0].first_seq.unwrap_or(accepted[0].seq);
     assert!(
         first >= started_us && first < started_us + 60_000_000,
         "{first} vs {started_us}"
     );
+    let mut next = first;
     for (i, b) in accepted.iter().enumerate() {
-        assert_eq!(b.seq, first + i as u64, "batch {i} out of order");
+        let from = b.first_seq.unwrap_or(b.seq);
+        assert_eq!(from, next, "request {i} out of order");
+        next = b.seq + 1;
         assert_eq!(b.version, dcwatt_wire::VERSION);
         assert_eq!(b.agent, "r1-n1");
         assert_eq!(b.node, "r1-n1");
         assert!(b.gpus.is_empty());
-        let power = b
-            .readings
-            .iter()
-            .find(|r| {
-                r.entity == Entity::Meter("pdu-1".into()) && r.quantity == Quantity::PowerWatts
-            })
-            .expect("meter power in every batch");
-        assert_eq!(power.value, 6438.0);
-        let energy = b
-            .readings
-            .iter()
-            .find(|r| r.quantity == Quantity::EnergyJoules)
-            .expect("meter energy in every batch");
-        assert_eq!(energy.value, 56438.0 * 3.6e6);
-        assert!((power.ts_ms - b.created_ms).abs() < 5_000);
+        assert_eq!(b.readings.len() as u64, 2 * (b.seq - from + 1));
+        for pair in b.readings.chunks(2) {
+            let power = pair
+                .iter()
+                .find(|r| {
+                    r.entity == Entity::Meter("pdu-1".into()) && r.quantity == Quantity::PowerWatts
+                })
+                .expect("meter power in every batch");
+            assert_eq!(power.value, 6438.0);
+            let energy = pair
+                .iter()
+                .find(|r| r.quantity == Quantity::EnergyJoules)
+                .expect("meter energy in every batch");
+            assert_eq!(energy.value, 56438.0 * 3.6e6);
+            assert!((power.ts_ms - b.created_ms).abs() < 5_000);
+        }
     }
+    assert!(next - first >= 8, "{} batches", next - first);
     // The refusing collector never accepted anything, and the good one did not wait for it.
     assert!(refusing.accepted.lock().unwrap().is_empty());
 }
