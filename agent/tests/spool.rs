@@ -254,7 +254,7 @@ async fn sigkill_loop_loses_nothing_and_applies_nothing_twice() {
         },
         max_bytes: 1 << 20,
     };
-    let mut spool = Spool::open(&spec, &[url.clone()]).unwrap();
+    let mut spool = Spool::open(&spec, std::slice::from_ref(&url)).unwrap();
     let held: Vec<u64> = spool
         .read_after(spool.acked(0), usize::MAX, usize::MAX)
         .iter()
@@ -332,7 +332,7 @@ async fn full_spool_drops_the_oldest_counts_them_and_keeps_collecting() {
         },
         max_bytes: max,
     };
-    let spool = Spool::open(&spec, &[url.clone()]).unwrap();
+    let spool = Spool::open(&spec, std::slice::from_ref(&url)).unwrap();
     let applied = collector.applied.lock().unwrap();
     let seqs = covered(&applied.batches);
     let first_ever = collector.lowest_offered.load(Ordering::SeqCst);
