@@ -12,6 +12,8 @@ use std::time::Duration;
 use reqwest::Url;
 use serde::Deserialize;
 
+use crate::spool::{Fsync, SpoolSpec, Storage};
+
 /// The shortest collection interval accepted: NVML power is a 1 s average on
 /// recent GPUs, and meters rarely update faster than a few times a second.
 pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
@@ -38,6 +40,9 @@ pub struct AgentConfig {
     /// What to read each tick.
     #[serde(default)]
     pub sources: Vec<SourceConfig>,
+    /// The durable spool of batches (see [`SpoolConfig`]).
+    #[serde(default)]
+    pub spool: Option<SpoolConfig>,
 }
 
 /// One `[[collectors]]` entry.
@@ -174,6 +179,8 @@ pub struct RuntimeConfig {
     pub collectors: Vec<Collector>,
     /// What is read each tick.
     pub sources: Vec<SourceSpec>,
+    /// Where batches wait for the collectors.
+    pub spool: SpoolSpec,
 }
 
 /// A validated collector.
@@ -354,12 +361,14 @@ impl AgentConfig {
             sources.push(spec);
         }
 
+        let spool = build_spool(self.spool, collectors.is_empty())?;
         Ok(RuntimeConfig {
             listen,
             interval: self.interval,
             node,
             collectors,
             sources,
+            spool,
         })
     }
 }
@@ -452,6 +461,67 @@ fn hostname() -> Option<String> {
         .or_else(|| std::env::var("HOSTNAME").ok().map(|s| s.trim().to_owned()))
         .filter(|s| !s.is_empty())
 }
+
+// ---- [spool] ----------------------------------------------------------------
+
+/// `[spool]`: where batches wait, on disk, until every collector acknowledged
+/// them. Without it (and with collectors configured) batches wait in memory
+/// only, bounded by 64 MiB, and are lost on restart: the agent warns at start.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolConfig {
+    /// The spool directory, created if missing; one agent per directory.
+    pub dir: PathBuf,
+    /// The most bytes the spool keeps; when full, the oldest batches are dropped
+    /// (and counted). Default 1 GiB; at least 16 KiB.
+    #[serde(default = "default_spool_max_bytes")]
+    pub max_bytes: u64,
+    /// `"always"` (default): each batch is synced to disk before it is sent;
+    /// `"never"`: left to the page cache (survives a killed agent, not a power cut).
+    #[serde(default)]
+    pub fsync: Fsync,
+}
+
+fn default_spool_max_bytes() -> u64 {
+    crate::spool::DEFAULT_MAX_BYTES
+}
+
+fn build_spool(c: Option<SpoolConfig>, no_collectors: bool) -> Result<SpoolSpec, ConfigError> {
+    let Some(c) = c else {
+        return Ok(SpoolSpec {
+            storage: Storage::Memory,
+            max_bytes: crate::spool::DEFAULT_MEMORY_MAX_BYTES,
+        });
+    };
+    if no_collectors {
+        return Err(invalid(
+            "spool",
+            "no [[collectors]] are configured, so there is nothing to spool",
+        ));
+    }
+    if c.dir.as_os_str().is_empty() {
+        return Err(invalid("spool.dir", "empty path"));
+    }
+    if c.max_bytes < crate::spool::MIN_MAX_BYTES {
+        return Err(invalid(
+            "spool.max_bytes",
+            format!(
+                "{} is below the minimum of {}",
+                c.max_bytes,
+                crate::spool::MIN_MAX_BYTES
+            ),
+        ));
+    }
+    Ok(SpoolSpec {
+        storage: Storage::Disk {
+            dir: c.dir,
+            fsync: c.fsync,
+        },
+        max_bytes: c.max_bytes,
+    })
+}
+
+// ---- end of [spool] ---------------------------------------------------------
 
 #[cfg(test)]
 mod tests {
@@ -666,5 +736,58 @@ timeout = "500ms"
         .unwrap_err();
         assert!(err.contains("line 7"), "{err}");
         assert!(err.contains("timeout = 3"), "{err}");
+    }
+
+    #[test]
+    fn spool_section_builds_and_names_bad_keys() {
+        let tok = token_file("t");
+        let base = format!(
+            "[[collectors]]\nurl = \"http://c:9400\"\ntoken_file = \"{}\"\n",
+            tok.path().display()
+        );
+        let c = build(&base).unwrap();
+        assert_eq!(c.spool.storage, Storage::Memory);
+        let c = build(&format!("{base}[spool]\ndir = \"/var/lib/dcwatt/spool\"\n")).unwrap();
+        assert_eq!(
+            c.spool,
+            SpoolSpec {
+                storage: Storage::Disk {
+                    dir: "/var/lib/dcwatt/spool".into(),
+                    fsync: Fsync::Always
+                },
+                max_bytes: 1 << 30
+            }
+        );
+        let c = build(&format!(
+            "{base}[spool]\ndir = \"/s\"\nmax_bytes = 65536\nfsync = \"never\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.spool.max_bytes, 65536);
+        assert!(matches!(
+            c.spool.storage,
+            Storage::Disk {
+                fsync: Fsync::Never,
+                ..
+            }
+        ));
+        assert_eq!(
+            build(&format!("{base}[spool]\ndir = \"/s\"\nmax_bytes = 10\n")).unwrap_err(),
+            "spool.max_bytes: 10 is below the minimum of 16384"
+        );
+        assert_eq!(
+            build(&format!("{base}[spool]\ndir = \"\"\n")).unwrap_err(),
+            "spool.dir: empty path"
+        );
+        let err = build(&format!(
+            "{base}[spool]\ndir = \"/s\"\nfsync = \"sometimes\"\n"
+        ))
+        .unwrap_err();
+        assert!(err.contains("fsync") && err.contains("sometimes"), "{err}");
+        let err = build(&format!("{base}[spool]\ndri = \"/s\"\n")).unwrap_err();
+        assert!(err.contains("dri"), "{err}");
+        assert_eq!(
+            build("[spool]\ndir = \"/s\"\n").unwrap_err(),
+            "spool: no [[collectors]] are configured, so there is nothing to spool"
+        );
     }
 }

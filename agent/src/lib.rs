@@ -9,7 +9,8 @@
 //! - [`sources`]: one module per protocol ([`sources::nvml`], [`sources::redfish`]),
 //!   each yielding readings in SI units plus its own health.
 //! - [`schedule`]: ticks, per-source timeouts, per-source up/errors/duration.
-//! - [`ship`]: per-collector queues and senders, retries, sequence numbers.
+//! - [`spool`]: the durable on-disk queue of batches, cursors, sequence numbers.
+//! - [`ship`]: per-collector senders, retries, catch-up merging.
 //! - [`metrics`]: the cached state and the HTTP routes (`/metrics`, `/healthz`).
 //! - [`names`]: every metric name and label key.
 //! - [`run`]: wires them together on a listener until shutdown.
@@ -22,6 +23,7 @@ pub mod names;
 pub mod schedule;
 pub mod ship;
 pub mod sources;
+pub mod spool;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -77,19 +79,25 @@ pub async fn run(
         .map(|s| Source::build(s, config.interval).map(Arc::new))
         .collect::<Result<Vec<_>, _>>()?;
 
-    let (shipper, ship_stats, mut tasks) = if config.collectors.is_empty() {
-        (None, Vec::new(), Vec::new())
+    let (shipper, ship_shared, mut tasks) = if config.collectors.is_empty() {
+        (None, None, Vec::new())
     } else {
+        if config.spool.storage == spool::Storage::Memory {
+            warn!(
+                max_bytes = config.spool.max_bytes,
+                "No [spool] configured: batches wait in memory only and are lost if the agent stops."
+            );
+        }
         let started = Shipper::start(
             config.node.clone(),
             config.collectors,
-            ship::QUEUE_CAPACITY,
+            &config.spool,
             stop_rx.clone(),
         )?;
-        (Some(started.shipper), started.stats, started.tasks)
+        (Some(started.shipper), Some(started.shared), started.tasks)
     };
 
-    let state = Arc::new(State::new(config.node, ship_stats));
+    let state = Arc::new(State::new(config.node, ship_shared));
     tasks.push(tokio::spawn(schedule::run(
         sources,
         config.interval,

@@ -3,7 +3,8 @@
 //! answers `ok`.
 //!
 //! The scheduler writes the state after each tick ([`Snapshot::apply`]); the
-//! shippers keep their own counters ([`CollectorStats`]), read at render time.
+//! spool and the senders keep their own counters ([`ship::Shared`]), read at
+//! render time.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -18,7 +19,7 @@ use dcwatt_expo::{encode, Family};
 use dcwatt_wire::{Entity, GpuInfo, Quantity};
 
 use crate::names as n;
-use crate::ship::CollectorStats;
+use crate::ship::{self, Status};
 use crate::sources::Collected;
 
 /// Everything `/metrics` shows, shared between the scheduler, shippers and HTTP.
@@ -26,7 +27,7 @@ use crate::sources::Collected;
 pub struct State {
     node: String,
     snapshot: Mutex<Snapshot>,
-    ship: Vec<Arc<CollectorStats>>,
+    ship: Option<Arc<ship::Shared>>,
 }
 
 /// The latest collected values.
@@ -124,8 +125,9 @@ fn values_of(c: &Collected, pick: impl Fn(&Entity) -> bool) -> BTreeMap<Quantity
 }
 
 impl State {
-    /// Empty state for `node`, showing the given shippers' counters.
-    pub fn new(node: String, ship: Vec<Arc<CollectorStats>>) -> Self {
+    /// Empty state for `node`, showing the given shipping counters (none for a
+    /// standalone exporter).
+    pub fn new(node: String, ship: Option<Arc<ship::Shared>>) -> Self {
         Self {
             node,
             snapshot: Mutex::new(Snapshot::default()),
@@ -147,7 +149,8 @@ impl State {
     /// The text exposition of the current state.
     pub fn render(&self) -> String {
         let snap = self.snapshot();
-        render(&self.node, &snap, &self.ship)
+        let ship = self.ship.as_ref().map(|s| s.status());
+        render(&self.node, &snap, ship.as_ref())
     }
 }
 
@@ -159,8 +162,8 @@ fn bool_value(b: bool) -> f64 {
     }
 }
 
-/// Renders a snapshot and shipper counters in the Prometheus text format.
-pub fn render(node: &str, snap: &Snapshot, ship: &[Arc<CollectorStats>]) -> String {
+/// Renders a snapshot and shipping counters in the Prometheus text format.
+pub fn render(node: &str, snap: &Snapshot, ship: Option<&Status>) -> String {
     let gpu_gauges: [(&str, &str, Quantity); 6] = [
         (
             n::GPU_POWER_WATTS,
@@ -294,32 +297,62 @@ pub fn render(node: &str, snap: &Snapshot, ship: &[Arc<CollectorStats>]) -> Stri
     }
     families.extend([s_up, s_err, s_dur]);
 
+    if let Some(ship) = ship {
+        families.extend(ship_families(ship));
+    }
+
+    encode(families)
+}
+
+fn ship_families(ship: &Status) -> Vec<Family> {
     let mut batches = Family::counter(
         n::SHIP_BATCHES_TOTAL,
         "Batches handled per collector, by result.",
     );
     let mut queue = Family::gauge(
         n::SHIP_QUEUE_BATCHES,
-        "Batches waiting in the collector's queue.",
+        "Batches in the spool waiting for the collector.",
     );
-    for c in ship {
-        let counts = c.counts();
+    let mut lag = Family::gauge(
+        n::SHIP_LAG_SECONDS,
+        "Age of the oldest batch waiting for the collector, seconds; 0 when caught up.",
+    );
+    for c in &ship.collectors {
         for (result, v) in [
-            (n::RESULT_OK, counts.ok),
-            (n::RESULT_DUPLICATE, counts.duplicate),
-            (n::RESULT_REJECTED, counts.rejected),
-            (n::RESULT_DROPPED, counts.dropped),
+            (n::RESULT_OK, c.ok),
+            (n::RESULT_DUPLICATE, c.duplicate),
+            (n::RESULT_REJECTED, c.rejected),
+            (n::RESULT_DROPPED, c.dropped),
         ] {
             batches.add(
-                &[(n::COLLECTOR, c.collector()), (n::RESULT, result)],
+                &[(n::COLLECTOR, c.collector.as_str()), (n::RESULT, result)],
                 v as f64,
             );
         }
-        queue.add(&[(n::COLLECTOR, c.collector())], counts.queued as f64);
+        queue.add(&[(n::COLLECTOR, c.collector.as_str())], c.queued as f64);
+        lag.add(&[(n::COLLECTOR, c.collector.as_str())], c.lag_seconds);
     }
-    families.extend([batches, queue]);
-
-    encode(families)
+    let mut bytes = Family::gauge(
+        n::SPOOL_BYTES,
+        "Bytes the spool holds, file headers included.",
+    );
+    bytes.add(&[], ship.spool.bytes as f64);
+    let mut held = Family::gauge(
+        n::SPOOL_BATCHES,
+        "Batches in the spool that some collector has not acknowledged.",
+    );
+    held.add(&[], ship.spool.batches as f64);
+    let mut corrupt = Family::counter(
+        n::SPOOL_CORRUPT_RECORDS_TOTAL,
+        "Torn or corrupt spool records found and skipped.",
+    );
+    corrupt.add(&[], ship.spool.corrupt_records as f64);
+    let mut dropped = Family::counter(
+        n::SPOOL_DROPPED_BATCHES_TOTAL,
+        "Batches dropped unsent: the spool was full, or a write failed.",
+    );
+    dropped.add(&[], ship.spool.dropped_batches as f64);
+    vec![batches, queue, lag, bytes, held, corrupt, dropped]
 }
 
 /// The HTTP routes: `GET /metrics`, `GET /healthz`.
@@ -386,7 +419,7 @@ mod tests {
             error: None,
         };
         snap.apply("nvml", None, &c, Duration::from_millis(5));
-        let text = render("n1", &snap, &[]);
+        let text = render("n1", &snap, None);
         assert!(text.contains(
             r#"dcwatt_gpu_power_watts{node="n1",gpu="0",uuid="GPU-a",model="NVIDIA GB300"} 1100"#
         ), "{text}");
@@ -407,7 +440,7 @@ mod tests {
         );
 
         snap.apply("nvml", None, &Collected::failed("gone"), Duration::ZERO);
-        let text = render("n1", &snap, &[]);
+        let text = render("n1", &snap, None);
         assert!(
             text.contains(r#"dcwatt_gpu_up{node="n1",gpu="0",uuid="GPU-a"} 0"#),
             "{text}"
@@ -428,7 +461,7 @@ mod tests {
             7.2e6,
         )]);
         snap.apply("redfish:m", Some("m"), &ok, Duration::ZERO);
-        let text = render("n1", &snap, &[]);
+        let text = render("n1", &snap, None);
         assert!(
             text.contains(r#"dcwatt_meter_energy_joules_total{meter="m"} 7200000"#),
             "{text}"
@@ -441,7 +474,7 @@ mod tests {
             &Collected::failed("x"),
             Duration::ZERO,
         );
-        let text = render("n1", &snap, &[]);
+        let text = render("n1", &snap, None);
         assert!(text.contains(r#"dcwatt_meter_up{meter="m"} 0"#), "{text}");
         assert!(
             !text.contains("dcwatt_meter_energy_joules_total{"),

@@ -38,8 +38,19 @@ pub const SOURCE_DURATION_SECONDS: &str = "dcwatt_source_duration_seconds";
 
 /// Batches handled per collector, by [`RESULT`] (counter).
 pub const SHIP_BATCHES_TOTAL: &str = "dcwatt_ship_batches_total";
-/// Batches waiting in a collector's queue (gauge).
+/// Batches in the spool waiting for a collector (gauge).
 pub const SHIP_QUEUE_BATCHES: &str = "dcwatt_ship_queue_batches";
+
+/// Age of the oldest batch waiting for a collector, seconds; 0 when caught up (gauge).
+pub const SHIP_LAG_SECONDS: &str = "dcwatt_ship_lag_seconds";
+/// Bytes the spool holds, file headers included (gauge).
+pub const SPOOL_BYTES: &str = "dcwatt_spool_bytes";
+/// Batches in the spool that some collector has not acknowledged (gauge).
+pub const SPOOL_BATCHES: &str = "dcwatt_spool_batches";
+/// Torn or corrupt spool records found and skipped (counter).
+pub const SPOOL_CORRUPT_RECORDS_TOTAL: &str = "dcwatt_spool_corrupt_records_total";
+/// Batches dropped unsent: the spool was full, or a write failed (counter).
+pub const SPOOL_DROPPED_BATCHES_TOTAL: &str = "dcwatt_spool_dropped_batches_total";
 
 /// Label: the node name.
 pub const NODE: &str = "node";
@@ -70,5 +81,5 @@ pub const RESULT_OK: &str = "ok";
 pub const RESULT_DUPLICATE: &str = "duplicate";
 /// [`RESULT`] value: the collector refused the batch (4xx); it was dropped.
 pub const RESULT_REJECTED: &str = "rejected";
-/// [`RESULT`] value: the queue was full; the oldest batch was dropped unsent.
+/// [`RESULT`] value: the spool was full; the batch was dropped before this collector got it.
 pub const RESULT_DROPPED: &str = "dropped";

@@ -51,7 +51,7 @@ pub async fn run(
         }
         debug!(readings = readings.len(), "Tick collected.");
         if let Some(s) = shipper.as_mut() {
-            s.submit(gpus, readings);
+            s.submit(gpus, readings).await;
         }
     }
 }

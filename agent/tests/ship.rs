@@ -94,7 +94,8 @@ async fn batches_arrive_in_order_exactly_once_despite_failures() {
 
     let good = collector("s3cret", 3);
     let good_addr = serve(collector_router(Arc::clone(&good))).await;
-    // A second collector that refuses our token: its batches can never succeed.
+    // A second collector that refuses our token: its batches wait in the queue
+    // (a token is fixed on one side or the other; dropping would lose data).
     let refusing = collector("other-token", 0);
     let refusing_addr = serve(collector_router(Arc::clone(&refusing))).await;
 
@@ -126,12 +127,22 @@ url = "http://{meters}{METRICS}"
     let ok_series = format!(r#"dcwatt_ship_batches_total{{collector="{good_label}",result="ok"}}"#);
     let rejected_series =
         format!(r#"dcwatt_ship_batches_total{{collector="{refusing_label}",result="rejected"}}"#);
+    let waiting_series = format!(r#"dcwatt_ship_queue_batches{{collector="{refusing_label}"}}"#);
     let text = agent
         .wait_for(Duration::from_secs(20), |t| {
             common::value(t, &ok_series).is_some_and(|v| v >= 8.0)
-                && common::value(t, &rejected_series).is_some_and(|v| v >= 3.0)
+                && common::value(t, &waiting_series).is_some_and(|v| v >= 5.0)
         })
         .await;
+    assert_eq!(
+        common::value(&text, &rejected_series).unwrap_or(0.0),
+        0.0,
+        "{text}"
+    );
+    assert!(
+        refusing.posts.load(Ordering::SeqCst) >= 1,
+        "the refusing collector was tried"
+    );
     assert_eq!(
         must(
             &text,
@@ -155,40 +166,45 @@ url = "http://{meters}{METRICS}"
     agent.stop().await;
 
     let accepted = good.accepted.lock().unwrap().clone();
-    assert!(accepted.len() >= 8, "{}", accepted.len());
-    // The three 503s were retried: more POSTs than accepted batches.
+    // The three 503s were retried: more POSTs than accepted requests.
     assert_eq!(good.failures_left.load(Ordering::SeqCst), 0);
     assert!(good.posts.load(Ordering::SeqCst) as usize >= accepted.len() + 3);
 
-    // seq starts at the agent's start time in µs and grows by one: in order,
-    // none lost, none twice.
-    let first = accepted[0].seq;
+    // seq starts at the agent's start time in µs (no [spool]: nothing persisted)
+    // and grows by one; the backlog after the 503s came merged (`first_seq..=seq`).
+    // In order, none lost, none twice, two readings per batch.
+    let first = accepted[0].first_seq.unwrap_or(accepted[0].seq);
     assert!(
         first >= started_us && first < started_us + 60_000_000,
         "{first} vs {started_us}"
     );
+    let mut next = first;
     for (i, b) in accepted.iter().enumerate() {
-        assert_eq!(b.seq, first + i as u64, "batch {i} out of order");
+        let from = b.first_seq.unwrap_or(b.seq);
+        assert_eq!(from, next, "request {i} out of order");
+        next = b.seq + 1;
         assert_eq!(b.version, dcwatt_wire::VERSION);
         assert_eq!(b.agent, "r1-n1");
         assert_eq!(b.node, "r1-n1");
         assert!(b.gpus.is_empty());
-        let power = b
-            .readings
-            .iter()
-            .find(|r| {
-                r.entity == Entity::Meter("pdu-1".into()) && r.quantity == Quantity::PowerWatts
-            })
-            .expect("meter power in every batch");
-        assert_eq!(power.value, 6438.0);
-        let energy = b
-            .readings
-            .iter()
-            .find(|r| r.quantity == Quantity::EnergyJoules)
-            .expect("meter energy in every batch");
-        assert_eq!(energy.value, 56438.0 * 3.6e6);
-        assert!((power.ts_ms - b.created_ms).abs() < 5_000);
+        assert_eq!(b.readings.len() as u64, 2 * (b.seq - from + 1));
+        for pair in b.readings.chunks(2) {
+            let power = pair
+                .iter()
+                .find(|r| {
+                    r.entity == Entity::Meter("pdu-1".into()) && r.quantity == Quantity::PowerWatts
+                })
+                .expect("meter power in every batch");
+            assert_eq!(power.value, 6438.0);
+            let energy = pair
+                .iter()
+                .find(|r| r.quantity == Quantity::EnergyJoules)
+                .expect("meter energy in every batch");
+            assert_eq!(energy.value, 56438.0 * 3.6e6);
+            assert!((power.ts_ms - b.created_ms).abs() < 5_000);
+        }
     }
+    assert!(next - first >= 8, "{} batches", next - first);
     // The refusing collector never accepted anything, and the good one did not wait for it.
     assert!(refusing.accepted.lock().unwrap().is_empty());
 }

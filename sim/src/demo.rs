@@ -70,6 +70,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         dir: dir.clone(),
         interval: args.interval.clone(),
         log_filter: std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        mirror: false,
     };
     let mut deployment = launch(&sim_url, &opts).await?;
     let collector = deployment.collector.url();

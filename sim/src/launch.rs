@@ -1,11 +1,14 @@
 //! Lays out and starts a whole deployment against a running simulator, as real
-//! processes on 127.0.0.1: one collector, one agent per simulated node (NVML
+//! processes on 127.0.0.1: one collector (and optionally a mirror collector with
+//! the same site config), one agent per simulated node (NVML
 //! through the fake library, its rack's PDU over Redfish on the first node of
 //! each rack) and one facility gateway agent (utility feed and cooling meters).
 //! The demo and the end-to-end tests both start their world through here.
 //!
 //! Writes, under the deployment's directory: `tokens/*.token`,
-//! `collector.toml`, `agent-<node>.toml`, and each process's stderr as `*.log`.
+//! `collector.toml`, `agent-<node>.toml`, each agent's spool `spool-<node>/`, and
+//! each process's stderr as `*.log`. In an agent's config the `[[sources]]` come
+//! last, so cutting the file at its first `[[sources]]` leaves a valid config.
 
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader};
@@ -142,6 +145,25 @@ impl Proc {
         let _ = self.child.wait();
     }
 
+    /// Freezes the process (SIGSTOP): its sockets stay open, nothing answers.
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// Lets a paused process run again (SIGCONT).
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, sig: i32) {
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            // SAFETY: kill(2) on our own child's pid; no memory is involved.
+            unsafe {
+                libc::kill(pid, sig);
+            }
+        }
+    }
+
     /// True while the process runs.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
@@ -207,6 +229,9 @@ pub struct LaunchOptions {
     pub interval: String,
     /// `RUST_LOG` for the children.
     pub log_filter: String,
+    /// Also start a mirror collector (same config, its own port); every agent
+    /// ships to both.
+    pub mirror: bool,
 }
 
 /// A running deployment. Dropping it kills every process.
@@ -215,6 +240,8 @@ pub struct Deployment {
     pub site: SiteView,
     /// The collector.
     pub collector: Proc,
+    /// The mirror collector, when asked for.
+    pub mirror: Option<Proc>,
     /// The agents, node agents first, the gateway last.
     pub agents: Vec<Proc>,
     /// The token of each agent, by id.
@@ -289,10 +316,21 @@ pub async fn launch(sim_url: &str, opts: &LaunchOptions) -> anyhow::Result<Deplo
     let collector = Proc::spawn(
         "collector",
         "dcwatt-collector",
-        &["--config".into(), collector_conf.into()],
+        &["--config".into(), collector_conf.clone().into()],
         &log_env(),
         &opts.dir.join("collector.log"),
     )?;
+    let mirror = if opts.mirror {
+        Some(Proc::spawn(
+            "mirror",
+            "dcwatt-collector",
+            &["--config".into(), collector_conf.clone().into()],
+            &log_env(),
+            &opts.dir.join("mirror.log"),
+        )?)
+    } else {
+        None
+    };
 
     let redfish = |m: &MeterView| {
         format!(
@@ -310,6 +348,17 @@ pub async fn launch(sim_url: &str, opts: &LaunchOptions) -> anyhow::Result<Deplo
             toml_str(id),
             toml_str(&collector.url()),
             toml_str(&token_files[i].display().to_string()),
+        );
+        if let Some(m) = &mirror {
+            toml += &format!(
+                "\n[[collectors]]\nurl = {}\ntoken_file = {}\n",
+                toml_str(&m.url()),
+                toml_str(&token_files[i].display().to_string()),
+            );
+        }
+        toml += &format!(
+            "\n[spool]\ndir = {}\n",
+            toml_str(&opts.dir.join(format!("spool-{id}")).display().to_string())
         );
         let mut envs = log_env();
         if let Some(node) = site.nodes.iter().find(|n| &n.name == id) {
@@ -346,6 +395,7 @@ pub async fn launch(sim_url: &str, opts: &LaunchOptions) -> anyhow::Result<Deplo
     Ok(Deployment {
         site,
         collector,
+        mirror,
         agents,
         tokens,
         dir: opts.dir.clone(),

@@ -69,6 +69,7 @@ async fn hall_energy_and_pue_match_ground_truth() {
         dir: dir.path().to_path_buf(),
         interval: "200ms".into(),
         log_filter: "info".into(),
+        mirror: false,
     };
     let mut dep = launch(&sim_url, &opts).await.unwrap();
     assert!(dep.agents.len() >= 3, "two node agents and a gateway");
