@@ -250,6 +250,37 @@ pub struct Deployment {
     pub dir: PathBuf,
 }
 
+impl Deployment {
+    /// Kills the collector with SIGKILL (no shutdown of any kind) and starts it
+    /// again on the same address and database, as a crashed and restarted
+    /// collector would be: the agents' configured URL stays valid.
+    pub fn crash_and_restart_collector(
+        &mut self,
+        down_for: std::time::Duration,
+    ) -> anyhow::Result<()> {
+        let addr = self.collector.addr;
+        self.collector.kill();
+        std::thread::sleep(down_for);
+        let conf = self.dir.join("collector.toml");
+        let text = std::fs::read_to_string(&conf)?;
+        let pinned = text.replacen(
+            "listen = \"127.0.0.1:0\"",
+            &format!("listen = \"{addr}\""),
+            1,
+        );
+        let restarted = self.dir.join("collector-restarted.toml");
+        std::fs::write(&restarted, pinned)?;
+        self.collector = Proc::spawn(
+            "collector",
+            "dcwatt-collector",
+            &["--config".into(), restarted.into()],
+            &[],
+            &self.dir.join("collector-restarted.log"),
+        )?;
+        Ok(())
+    }
+}
+
 /// Fetches the simulator's site description.
 pub async fn fetch_site(sim_url: &str) -> anyhow::Result<SiteView> {
     let site = reqwest::get(format!("{sim_url}/sim/site"))
@@ -310,8 +341,23 @@ pub async fn launch(sim_url: &str, opts: &LaunchOptions) -> anyhow::Result<Deplo
             collector_toml += &format!("it_point = {}\n", toml_str(p));
         }
     }
+    // Each collector keeps its state in its own database.
     let collector_conf = opts.dir.join("collector.toml");
-    std::fs::write(&collector_conf, collector_toml)?;
+    let ledger = |name: &str| {
+        format!(
+            "\n[ledger]\npath = {}\n",
+            toml_str(&opts.dir.join(name).display().to_string())
+        )
+    };
+    std::fs::write(
+        &collector_conf,
+        format!("{collector_toml}{}", ledger("collector.sqlite")),
+    )?;
+    let mirror_conf = opts.dir.join("mirror.toml");
+    std::fs::write(
+        &mirror_conf,
+        format!("{collector_toml}{}", ledger("mirror.sqlite")),
+    )?;
     let log_env = || vec![("RUST_LOG", OsString::from(&opts.log_filter))];
     let collector = Proc::spawn(
         "collector",
@@ -324,7 +370,7 @@ pub async fn launch(sim_url: &str, opts: &LaunchOptions) -> anyhow::Result<Deplo
         Some(Proc::spawn(
             "mirror",
             "dcwatt-collector",
-            &["--config".into(), collector_conf.clone().into()],
+            &["--config".into(), mirror_conf.clone().into()],
             &log_env(),
             &opts.dir.join("mirror.log"),
         )?)
