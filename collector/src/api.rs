@@ -33,6 +33,8 @@ pub struct Shared {
     pub windows: Mutex<Vec<Period>>,
     /// Ledger totals per owner (owner, IT J, facility J, GPU ms), as last read.
     pub tenant_totals: Mutex<Vec<(String, f64, f64, i64)>>,
+    /// Complete minutes with an invalid PUE, as last read.
+    pub invalid_pue_minutes: std::sync::atomic::AtomicI64,
 }
 
 impl Shared {
@@ -54,7 +56,11 @@ impl Shared {
     /// The figures at `now`, with the last computed stored windows.
     fn figures(&self, state: &State, now: i64) -> Figures {
         let windows = self.windows.lock().map(|w| w.clone()).unwrap_or_default();
-        figures::compute(state, &self.site, now, windows)
+        let mut f = figures::compute(state, &self.site, now, windows);
+        f.invalid_pue_minutes = self
+            .invalid_pue_minutes
+            .load(std::sync::atomic::Ordering::Relaxed);
+        f
     }
 }
 

@@ -76,6 +76,12 @@ pub struct Config {
     /// Where the collector keeps its state. Without it, state lives in memory
     /// only and a restart starts from zero (a lab setup; warned at start).
     pub ledger: Option<LedgerConfig>,
+    /// Grid carbon intensity, kg CO2e per kWh of facility energy, for CUE.
+    pub carbon_intensity_kg_per_kwh: Option<f64>,
+    /// A sub-meter tree may read this much more than its parent (meter
+    /// tolerances) before it is flagged. Default 0.02 (2 %).
+    #[serde(default = "default_tree_tolerance")]
+    pub meter_tree_tolerance: f64,
     /// A PUE above this is invalid (a meter or the site model is wrong): not
     /// given as a PUE. Default 3.0.
     #[serde(default = "default_pue_max")]
@@ -173,6 +179,10 @@ pub struct MeterConfig {
     /// The most this meter can measure, W (its rating). A counter jump bigger than
     /// this × the time between readings × 1.1 is a glitch: rejected and counted.
     pub nominal_max_watts: Option<f64>,
+    /// The meter this one is a sub-meter of (same role): its energy is part of
+    /// the parent's, so only the parent counts in the role's totals and PUE; the
+    /// children give the breakdown and are checked against the parent.
+    pub parent: Option<String>,
 }
 
 /// What a meter measures.
@@ -189,9 +199,24 @@ pub enum Role {
     PowerInfra,
     /// Anything else (lighting, offices).
     Other,
+    /// Energy exported for reuse (waste heat to a district network): ERF's numerator.
+    Reused,
+    /// Renewable energy supplied to the facility: REF's numerator.
+    Renewable,
 }
 
 impl Role {
+    /// Every role.
+    pub const ALL: [Role; 7] = [
+        Role::Facility,
+        Role::It,
+        Role::Cooling,
+        Role::PowerInfra,
+        Role::Other,
+        Role::Reused,
+        Role::Renewable,
+    ];
+
     /// The label value.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -200,6 +225,8 @@ impl Role {
             Role::Cooling => "cooling",
             Role::PowerInfra => "power_infra",
             Role::Other => "other",
+            Role::Reused => "reused",
+            Role::Renewable => "renewable",
         }
     }
 }
@@ -254,6 +281,9 @@ fn default_it_floor() -> f64 {
 fn default_close_after() -> Duration {
     Duration::from_secs(120)
 }
+fn default_tree_tolerance() -> f64 {
+    0.02
+}
 fn default_pue_max() -> f64 {
     3.0
 }
@@ -272,6 +302,15 @@ pub struct Meter {
     pub it_point: Option<ItPoint>,
     /// See [`MeterConfig::nominal_max_watts`].
     pub nominal_max_watts: Option<f64>,
+    /// See [`MeterConfig::parent`].
+    pub parent: Option<String>,
+}
+
+impl Meter {
+    /// Whether the meter counts in its role's totals: not a sub-meter.
+    pub fn counted(&self) -> bool {
+        self.parent.is_none()
+    }
 }
 
 /// The validated runtime configuration.
@@ -295,6 +334,10 @@ pub struct Site {
     pub pue_it_floor_watts: f64,
     /// See [`Config::pue_max_ratio`].
     pub pue_max_ratio: f64,
+    /// See [`Config::carbon_intensity_kg_per_kwh`].
+    pub carbon_intensity_kg_per_kwh: Option<f64>,
+    /// See [`Config::meter_tree_tolerance`].
+    pub meter_tree_tolerance: f64,
     /// Facility and IT meters (those PUE needs) per zone.
     pub required_per_zone: std::collections::BTreeMap<String, usize>,
     /// The SQLite database, if state is kept.
@@ -367,6 +410,23 @@ impl Config {
                 ));
             }
         }
+        if self
+            .carbon_intensity_kg_per_kwh
+            .is_some_and(|c| !(c.is_finite() && (0.0..=5.0).contains(&c)))
+        {
+            return Err(invalid(
+                "carbon_intensity_kg_per_kwh",
+                "must be 0 to 5 kg CO2e per kWh",
+            ));
+        }
+        if !(self.meter_tree_tolerance.is_finite()
+            && (0.0..1.0).contains(&self.meter_tree_tolerance))
+        {
+            return Err(invalid(
+                "meter_tree_tolerance",
+                "must be 0 or more and below 1",
+            ));
+        }
         if !(self.pue_max_ratio.is_finite() && self.pue_max_ratio > 1.0) {
             return Err(invalid("pue_max_ratio", "must be a number above 1"));
         }
@@ -422,6 +482,7 @@ impl Config {
                 zone: m.zone.clone(),
                 it_point: m.it_point,
                 nominal_max_watts: m.nominal_max_watts,
+                parent: m.parent.clone(),
             };
             if meters.insert(m.id.clone(), meter).is_some() {
                 return Err(invalid(
@@ -456,10 +517,29 @@ impl Config {
         }
         let tenant_ids: HashSet<&str> = self.tenants.iter().map(|t| t.id.as_str()).collect();
         let leases = crate::tenants::Leases::build(&self.leases, &tenant_ids)?;
+        for (i, m) in self.meters.iter().enumerate() {
+            let Some(parent) = &m.parent else { continue };
+            let key = format!("meters[{i}].parent");
+            let Some(p) = meters.get(parent) else {
+                return Err(invalid(key, format!("no meter {parent:?}")));
+            };
+            if p.role != m.role {
+                return Err(invalid(key, format!("{parent:?} is a {} meter, this one {}: a sub-meter measures part of its parent", p.role.as_str(), m.role.as_str())));
+            }
+            // No cycles: walking up must end.
+            let mut seen = HashSet::from([m.id.as_str()]);
+            let mut up = Some(parent.as_str());
+            while let Some(id) = up {
+                if !seen.insert(id) {
+                    return Err(invalid(key, "the parents form a cycle"));
+                }
+                up = meters.get(id).and_then(|x| x.parent.as_deref());
+            }
+        }
         let mut required_per_zone = std::collections::BTreeMap::new();
         for m in meters
             .values()
-            .filter(|m| matches!(m.role, Role::Facility | Role::It))
+            .filter(|m| m.counted() && matches!(m.role, Role::Facility | Role::It))
         {
             *required_per_zone.entry(m.zone.clone()).or_insert(0) += 1;
         }
@@ -473,6 +553,8 @@ impl Config {
             max_readings: self.max_readings_per_batch,
             pue_it_floor_watts: self.pue_it_floor_watts,
             pue_max_ratio: self.pue_max_ratio,
+            carbon_intensity_kg_per_kwh: self.carbon_intensity_kg_per_kwh,
+            meter_tree_tolerance: self.meter_tree_tolerance,
             required_per_zone,
             close_after_ms: self
                 .ledger
@@ -604,6 +686,16 @@ mod tests {
             ("pue_it_floor_watts = -1.0", &["pue_it_floor_watts"]),
             ("max_body_bytes = 10", &["max_body_bytes"]),
             ("pue_max_ratio = 0.5", &["pue_max_ratio"]),
+            ("carbon_intensity_kg_per_kwh = 40.0", &["carbon_intensity_kg_per_kwh"]),
+            ("[[meters]]\nid = \"a\"\nrole = \"other\"\nparent = \"z\"", &["meters[0].parent", "no meter"]),
+            (
+                "[[meters]]\nid = \"a\"\nrole = \"other\"\nparent = \"b\"\n[[meters]]\nid = \"b\"\nrole = \"other\"\nparent = \"a\"",
+                &["meters[0].parent", "cycle"],
+            ),
+            (
+                "[[meters]]\nid = \"a\"\nrole = \"cooling\"\nparent = \"b\"\n[[meters]]\nid = \"b\"\nrole = \"other\"",
+                &["meters[0].parent", "sub-meter"],
+            ),
             ("[[meters]]\nid = \"m\"\nrole = \"other\"\nnominal_max_watts = -3.0", &["meters[0].nominal_max_watts"]),
             ("[ledger]\npath = \"/nonexistent/dir/c.sqlite\"", &["ledger.path", "does not exist"]),
         ];

@@ -88,6 +88,36 @@ pub fn render(
         pue.add(&[(n::WINDOW, live.window), (n::CATEGORY, &category)], p);
     }
     coverage.add(&[(n::WINDOW, live.window)], live.coverage_ratio);
+    let mut erf = Family::gauge(
+        n::ERF_RATIO,
+        "Energy reuse factor over a complete trailing window: reused / facility energy.",
+    );
+    let mut reff = Family::gauge(
+        n::REF_RATIO,
+        "Renewable energy factor over a complete trailing window: renewable / facility energy.",
+    );
+    let mut cue = Family::gauge(
+        n::CUE,
+        "Carbon usage effectiveness over a complete trailing window: kg CO2e per kWh of IT energy.",
+    );
+    for w in figures.windows.iter().filter(|w| w.complete) {
+        let label = [(n::WINDOW, w.window.unwrap_or_default())];
+        w.erf_ratio.map(|v| erf.add(&label, v));
+        w.ref_ratio.map(|v| reff.add(&label, v));
+        w.cue_kg_per_kwh.map(|v| cue.add(&label, v));
+    }
+    let mut residual = Family::gauge(
+        n::METER_TREE_RESIDUAL_RATIO,
+        "(meter − Σ its sub-meters) / meter over the live window; below −tolerance the sub-meters read more than their parent.",
+    );
+    for (id, r) in &figures.tree_residual_ratio {
+        residual.add(&[(n::METER, id.as_str())], *r);
+    }
+    let mut invalid = Family::counter(
+        n::PUE_INVALID_MINUTES_TOTAL,
+        "Complete minutes whose PUE was below 1 or above pue_max_ratio.",
+    );
+    invalid.add(&[], figures.invalid_pue_minutes as f64);
     for w in &figures.windows {
         let label = w.window.unwrap_or_default();
         if let (Some(p), true) = (w.pue, w.complete) {
@@ -188,6 +218,11 @@ pub fn render(
     }
 
     encode(vec![
+        erf,
+        reff,
+        cue,
+        residual,
+        invalid,
         tenant_energy,
         tenant_seconds,
         unattributed,

@@ -64,10 +64,18 @@ pub struct Figures {
     pub pue_live: WindowPue,
     /// Energy-based PUE over the stored trailing windows (1h … 365d).
     pub windows: Vec<crate::windows::Period>,
+    /// Per meter with sub-meters: (parent − Σ children) / parent over the live
+    /// span; negative beyond the tolerance means the children read more than
+    /// their parent (a meter or the tree is wrong).
+    pub tree_residual_ratio: BTreeMap<String, f64>,
+    /// What an operator should look at.
+    pub warnings: Vec<String>,
+    /// Complete minutes whose PUE was invalid, ever (set from the store by the caller).
+    pub invalid_pue_minutes: i64,
 }
 
 fn required(m: &MeterState) -> bool {
-    matches!(m.role, Role::Facility | Role::It)
+    m.parent.is_none() && matches!(m.role, Role::Facility | Role::It)
 }
 
 /// Computes the figures at `now_ms`; `windows` are the stored trailing windows
@@ -87,7 +95,7 @@ pub fn compute(
             n_required += 1;
             reporting += usize::from(fresh(m.acc.last_ms));
         }
-        if let Some((t, w)) = m.acc.power {
+        if let Some((t, w)) = m.acc.power.filter(|_| m.parent.is_none()) {
             if fresh(Some(t)) {
                 *zone_power_watts
                     .entry((m.role, m.zone.clone()))
@@ -117,7 +125,11 @@ pub fn compute(
         model_ok,
         all_fresh,
     );
+    let (tree_residual_ratio, warnings) = tree_residuals(state, site, &pue_live);
     Figures {
+        tree_residual_ratio,
+        warnings,
+        invalid_pue_minutes: 0,
         now_ms,
         power_watts,
         zone_power_watts,
@@ -181,7 +193,7 @@ fn window_pue(
     out.complete = all_fresh && out.coverage_ratio >= 1.0 - lag_allowance;
 
     let mut roles: BTreeMap<Role, Option<f64>> = BTreeMap::new();
-    for m in state.meters.values() {
+    for m in state.meters.values().filter(|m| m.parent.is_none()) {
         let e = roles.entry(m.role).or_insert(Some(0.0));
         *e = e.and_then(|sum| Some(sum + m.curve.between(a, b)?));
     }
@@ -211,4 +223,49 @@ fn window_pue(
         ));
     }
     out
+}
+
+/// Residual of every meter with sub-meters over the live span (the span every
+/// facility and IT meter covers), where the parent and all its children cover it.
+fn tree_residuals(
+    state: &State,
+    site: &Site,
+    live: &WindowPue,
+) -> (BTreeMap<String, f64>, Vec<String>) {
+    let (mut out, mut warnings) = (BTreeMap::new(), Vec::new());
+    let (Some(a), Some(b)) = (live.from_ms, live.to_ms) else {
+        return (out, warnings);
+    };
+    for (id, parent) in &state.meters {
+        let children: Vec<&MeterState> = state
+            .meters
+            .values()
+            .filter(|m| m.parent.as_deref() == Some(id))
+            .collect();
+        if children.is_empty() {
+            continue;
+        }
+        let Some(p) = parent.curve.between(a, b) else {
+            continue;
+        };
+        let Some(c) = children
+            .iter()
+            .map(|m| m.curve.between(a, b))
+            .sum::<Option<f64>>()
+        else {
+            continue;
+        };
+        if p <= 0.0 {
+            continue;
+        }
+        let ratio = (p - c) / p;
+        if ratio < -site.meter_tree_tolerance {
+            warnings.push(format!(
+                "meter {id}: its sub-meters read {:.1} % more than it does",
+                -ratio * 100.0
+            ));
+        }
+        out.insert(id.clone(), ratio);
+    }
+    (out, warnings)
 }

@@ -78,6 +78,7 @@ pub async fn run(
         store: Mutex::new(store),
         windows: Mutex::new(Vec::new()),
         tenant_totals: Mutex::new(Vec::new()),
+        invalid_pue_minutes: std::sync::atomic::AtomicI64::new(0),
         site,
     });
     let refresher = tokio::spawn(refresh_windows(Arc::clone(&shared)));
@@ -124,6 +125,10 @@ async fn refresh_windows(shared: Arc<api::Shared>) {
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "Computing the PUE windows failed."),
+            }
+            if let Ok(n) = store.invalid_pue_minutes() {
+                s.invalid_pue_minutes
+                    .store(n, std::sync::atomic::Ordering::Relaxed);
             }
             match store.ledger_totals() {
                 Ok(t) => {

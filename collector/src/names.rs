@@ -67,3 +67,13 @@ pub const UNLEASED_ENERGY_JOULES_TOTAL: &str = "dcwatt_unleased_energy_joules_to
 pub const TENANT: &str = "tenant";
 /// Label: energy basis (`it`, `facility`).
 pub const BASIS: &str = "basis";
+/// Energy reuse factor.
+pub const ERF_RATIO: &str = "dcwatt_erf_ratio";
+/// Renewable energy factor.
+pub const REF_RATIO: &str = "dcwatt_ref_ratio";
+/// Carbon usage effectiveness, kg CO2e per kWh of IT energy.
+pub const CUE: &str = "dcwatt_cue_kilograms_per_kilowatt_hour";
+/// A meter's residual against its sub-meters.
+pub const METER_TREE_RESIDUAL_RATIO: &str = "dcwatt_meter_tree_residual_ratio";
+/// Complete minutes with an invalid PUE.
+pub const PUE_INVALID_MINUTES_TOTAL: &str = "dcwatt_pue_invalid_minutes_total";

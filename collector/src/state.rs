@@ -64,6 +64,9 @@ pub struct MeterState {
     pub it_point: Option<ItPoint>,
     /// The most this meter can measure, W, if configured: bigger counter jumps are glitches.
     pub nominal_max_watts: Option<f64>,
+    /// The meter it is a sub-meter of, if any: then it does not count in the
+    /// role's totals (its parent does).
+    pub parent: Option<String>,
     /// What it has counted.
     pub acc: MeterAccount,
     /// Counted energy over time (cumulative J) for the trailing windows, cut at
@@ -179,6 +182,7 @@ impl State {
                     zone: m.zone.clone(),
                     it_point: m.it_point,
                     nominal_max_watts: m.nominal_max_watts,
+                    parent: m.parent.clone(),
                     acc: MeterAccount::default(),
                     curve: Curve::default(),
                 },
@@ -192,11 +196,11 @@ impl State {
         *self.batches.entry(result).or_default() += 1;
     }
 
-    /// Energy since start per (role, zone), J: the sum over the meters. Every
-    /// configured (role, zone) is present.
+    /// Energy since start per (role, zone), J: the sum over the meters that are
+    /// not sub-meters. Every such (role, zone) is present.
     pub fn energy_by_role_zone(&self) -> BTreeMap<(Role, &str), f64> {
         let mut out = BTreeMap::new();
-        for m in self.meters.values() {
+        for m in self.meters.values().filter(|m| m.parent.is_none()) {
             *out.entry((m.role, m.zone.as_str())).or_default() += m.acc.energy_joules;
         }
         out

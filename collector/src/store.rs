@@ -257,7 +257,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
         for (id, w) in &changes.minutes {
-            if let Some(m) = state.meters.get(id) {
+            if let Some(m) = state.meters.get(id).filter(|m| m.parent.is_none()) {
                 add_minute(&tx, site, m.role, &m.zone, w)?;
             }
         }
@@ -344,6 +344,19 @@ impl Store {
         Ok(n.unwrap_or(0))
     }
 
+    /// Complete minutes whose PUE was invalid (below 1 or above the maximum), ever.
+    pub fn invalid_pue_minutes(&self) -> Result<i64, StoreError> {
+        let n: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT complete FROM coverage WHERE kind = 'invalid_pue'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(n.unwrap_or(0))
+    }
+
     /// Drops minute rows older than [`MINUTE_RETENTION_MS`] and hour rows older
     /// than [`HOUR_RETENTION_MS`] before `now_ms`.
     pub fn prune(&mut self, now_ms: i64) -> Result<(), StoreError> {
@@ -425,6 +438,22 @@ fn add_minute(
     if site_wide == site.required_per_zone.values().sum::<usize>() as i64 {
         for r in periods {
             bump(tx, r.key(), r.floor(w.minute_ms), "*")?;
+        }
+        // A complete minute whose PUE is impossible or implausible is counted.
+        let (facility, it): (Option<f64>, Option<f64>) = tx
+            .prepare_cached(
+                "SELECT SUM(CASE WHEN role = 'facility' THEN joules END), SUM(CASE WHEN role = 'it' THEN joules END)
+                 FROM energy WHERE resolution = 'minute' AND start_ms = ?1",
+            )?
+            .query_row(params![w.minute_ms], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let floor = site.pue_it_floor_watts * 60.0;
+        if let Err(crate::pue::NoPue::Invalid(_)) = crate::pue::pue(
+            facility.unwrap_or(0.0),
+            it.unwrap_or(0.0),
+            floor,
+            site.pue_max_ratio,
+        ) {
+            bump(tx, "invalid_pue", 0, "*")?;
         }
     }
     Ok(())

@@ -73,6 +73,13 @@ pub struct Period {
     pub pue: Option<f64>,
     /// DCiE = IT / facility = 1 / PUE.
     pub dcie_ratio: Option<f64>,
+    /// ERF (ISO/IEC 30134-6) = reused / facility energy, where a reuse meter exists.
+    pub erf_ratio: Option<f64>,
+    /// REF (ISO/IEC 30134-3) = renewable / facility energy, where a renewable meter exists.
+    pub ref_ratio: Option<f64>,
+    /// CUE (ISO/IEC 30134-8) = carbon intensity × facility / IT, kg CO2e per kWh
+    /// of IT energy, where a carbon intensity is configured.
+    pub cue_kg_per_kwh: Option<f64>,
     /// Why there is no PUE, or why it is not the period's.
     pub missing_reason: Option<String>,
     /// Per zone with IT meters.
@@ -89,17 +96,7 @@ pub fn period(
 ) -> Result<Period, StoreError> {
     let minutes = ((to_ms - from_ms) / 60_000).max(1) as f64;
     let rows = store.energy(resolution, from_ms, to_ms)?;
-    let role_of = |r: &str| {
-        [
-            Role::Facility,
-            Role::It,
-            Role::Cooling,
-            Role::PowerInfra,
-            Role::Other,
-        ]
-        .into_iter()
-        .find(|x| x.as_str() == r)
-    };
+    let role_of = |r: &str| Role::ALL.into_iter().find(|x| x.as_str() == r);
     let mut energy_joules: BTreeMap<&'static str, f64> = BTreeMap::new();
     let it_zones: BTreeSet<&str> = site
         .meters
@@ -154,6 +151,15 @@ pub fn period(
             coverage_ratio * 100.0
         ));
     }
+    let has_role = |r: Role| site.meters.values().any(|m| m.role == r && m.counted());
+    let share = |role: &str| -> Option<f64> {
+        let r = [Role::Reused, Role::Renewable]
+            .into_iter()
+            .find(|r| r.as_str() == role)?;
+        (has_role(r) && facility > 0.0)
+            .then(|| energy_joules.get(role).copied().unwrap_or(0.0) / facility)
+    };
+    let (erf_ratio, ref_ratio) = (share("reused"), share("renewable"));
     let total_it: f64 = zone_it.values().sum();
     let mut zones = Vec::new();
     for (zone, zit) in &zone_it {
@@ -181,6 +187,9 @@ pub fn period(
         category,
         pue,
         dcie_ratio: pue.map(|p| 1.0 / p),
+        erf_ratio,
+        ref_ratio,
+        cue_kg_per_kwh: pue.and_then(|p| Some(p * site.carbon_intensity_kg_per_kwh?)),
         missing_reason,
         zones,
     })

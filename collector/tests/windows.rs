@@ -10,24 +10,54 @@ use serde_json::Value;
 const TOKEN: &str = "gateway-token";
 const HOUR: i64 = 3_600_000;
 
-/// (meter, role, zone, it_point, watts)
-const METERS: [(&str, &str, &str, Option<&str>, f64); 5] = [
-    ("utility", "facility", "site", None, 50_000.0),
-    ("pdu-1", "it", "hall-1", Some("pdu_output"), 20_000.0),
-    ("pdu-2", "it", "hall-2", Some("pdu_output"), 20_000.0),
-    ("cdu-1", "cooling", "hall-1", None, 4_000.0),
-    ("chiller", "cooling", "plant", None, 5_000.0),
+/// (meter, role, zone, it_point, watts, parent)
+const METERS: [(&str, &str, &str, Option<&str>, f64, Option<&str>); 10] = [
+    ("utility", "facility", "site", None, 50_000.0, None),
+    ("pdu-1", "it", "hall-1", Some("pdu_output"), 20_000.0, None),
+    ("pdu-2", "it", "hall-2", Some("pdu_output"), 20_000.0, None),
+    ("cdu-1", "cooling", "hall-1", None, 4_000.0, None),
+    ("chiller", "cooling", "plant", None, 5_000.0, None),
+    // Sub-meters: pdu-1's two feeds add up to it; pdu-2's one reads 5 % high.
+    (
+        "pdu-1a",
+        "it",
+        "hall-1",
+        Some("pdu_output"),
+        12_000.0,
+        Some("pdu-1"),
+    ),
+    (
+        "pdu-1b",
+        "it",
+        "hall-1",
+        Some("pdu_output"),
+        8_000.0,
+        Some("pdu-1"),
+    ),
+    (
+        "pdu-2a",
+        "it",
+        "hall-2",
+        Some("pdu_output"),
+        21_000.0,
+        Some("pdu-2"),
+    ),
+    ("heat-export", "reused", "site", None, 3_000.0, None),
+    ("solar", "renewable", "site", None, 10_000.0, None),
 ];
 
 async fn start() -> (String, tokio::sync::oneshot::Sender<()>) {
     let mut config = format!(
-        "[[agents]]\nid = \"gw\"\ntoken_sha256 = \"{}\"\n",
+        "carbon_intensity_kg_per_kwh = 0.3\n[[agents]]\nid = \"gw\"\ntoken_sha256 = \"{}\"\n",
         hex::encode(token_hash(TOKEN))
     );
-    for (id, role, zone, point, _) in METERS {
+    for (id, role, zone, point, _, parent) in METERS {
         config += &format!("[[meters]]\nid = \"{id}\"\nrole = \"{role}\"\nzone = \"{zone}\"\n");
         if let Some(p) = point {
             config += &format!("it_point = \"{p}\"\n");
+        }
+        if let Some(p) = parent {
+            config += &format!("parent = \"{p}\"\n");
         }
     }
     let site = Config::from_toml(&config).unwrap().build().unwrap();
@@ -55,7 +85,7 @@ async fn fixed_periods_give_exact_energies_pue_partial_pue_and_coverage() {
         let readings = METERS
             .iter()
             .filter(|(id, ..)| !(*id == "pdu-2" && gap.contains(&t)))
-            .map(|(id, _, _, _, watts)| Reading {
+            .map(|(id, _, _, _, watts, _)| Reading {
                 ts_ms: t,
                 entity: Entity::Meter((*id).into()),
                 quantity: Quantity::EnergyJoules,
@@ -123,6 +153,16 @@ async fn fixed_periods_give_exact_energies_pue_partial_pue_and_coverage() {
     assert!(close(h1["pue"].as_f64().unwrap(), 1.25), "{h1}");
     assert!(close(h1["dcie_ratio"].as_f64().unwrap(), 0.8), "{h1}");
     assert_eq!(h1["category"].as_u64(), Some(2));
+    // Sub-meters are not counted twice (IT is still 40 kW), and the EU KPIs.
+    assert!(close(h1["erf_ratio"].as_f64().unwrap(), 3.0 / 50.0), "{h1}");
+    assert!(
+        close(h1["ref_ratio"].as_f64().unwrap(), 10.0 / 50.0),
+        "{h1}"
+    );
+    assert!(
+        close(h1["cue_kg_per_kwh"].as_f64().unwrap(), 0.3 * 1.25),
+        "{h1}"
+    );
     // Hall 1: (20 + 4 + 5 × ½) / 20; hall 2: (20 + 5 × ½) / 20. The chiller in
     // the plant zone is shared by IT energy.
     let zones = h1["zones"].as_array().unwrap();
@@ -170,6 +210,31 @@ async fn fixed_periods_give_exact_energies_pue_partial_pue_and_coverage() {
     );
     assert_eq!(zone_of(&h2, "hall-2")["complete"], false);
     assert_eq!(zone_of(&h2, "hall-1")["complete"], true);
+
+    // The meter tree, live: pdu-1's feeds add up; pdu-2's sub-meter reads 5 % more
+    // than pdu-2 itself, which is flagged.
+    let summary: Value = http
+        .get(format!("{url}/v1/summary"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let residual = &summary["tree_residual_ratio"];
+    assert!(
+        residual["pdu-1"].as_f64().unwrap().abs() < 1e-9,
+        "{residual}"
+    );
+    assert!(
+        close(residual["pdu-2"].as_f64().unwrap(), -0.05),
+        "{residual}"
+    );
+    let warnings = summary["warnings"].as_array().unwrap();
+    assert!(
+        warnings.len() == 1 && warnings[0].as_str().unwrap().contains("pdu-2"),
+        "{warnings:?}"
+    );
 
     // Bad questions are refused with the parameter named.
     let (status, body) = pue((t_start + HOUR).to_string(), t_start.to_string()).await;
