@@ -76,4 +76,4 @@ pub const CUE: &str = "dcwatt_cue_kilograms_per_kilowatt_hour";
 /// A meter's residual against its sub-meters.
 pub const METER_TREE_RESIDUAL_RATIO: &str = "dcwatt_meter_tree_residual_ratio";
 /// Complete minutes with an invalid PUE.
-pub const PUE_INVALID_MINUTES_TOTAL: &str = "dcwatt_pue_invalid_minutes_total";
+pub const PUE_INVALID_MINUTES_TOTAL: &str = "dcwatt_pue_invalid_total";

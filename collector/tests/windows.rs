@@ -11,7 +11,15 @@ const TOKEN: &str = "gateway-token";
 const HOUR: i64 = 3_600_000;
 
 /// (meter, role, zone, it_point, watts, parent)
-const METERS: [(&str, &str, &str, Option<&str>, f64, Option<&str>); 10] = [
+type MeterSpec = (
+    &'static str,
+    &'static str,
+    &'static str,
+    Option<&'static str>,
+    f64,
+    Option<&'static str>,
+);
+const METERS: [MeterSpec; 10] = [
     ("utility", "facility", "site", None, 50_000.0, None),
     ("pdu-1", "it", "hall-1", Some("pdu_output"), 20_000.0, None),
     ("pdu-2", "it", "hall-2", Some("pdu_output"), 20_000.0, None),

@@ -13,7 +13,10 @@
  * - The energy counter is extrapolated to the read instant:
  *   energy_mj + power_mw * (now_ms - time_ms) / 1000. A read before time_ms
  *   (the simulator publishes each tick a few ms ahead) reports energy_mj, so
- *   the counter never goes backwards across a file change.
+ *   the counter never goes backwards across a file change. An optional
+ *   `horizon_ms N` line caps the extrapolation at N ms past time_ms (the
+ *   simulator's tick), so a writer that falls behind holds the counter rather
+ *   than letting it overshoot and step back.
  * - A GPU marked lost answers GPU_IS_LOST (15) to every per-device call.
  * - Device handles point into a static array indexed by NVML index; they stay
  *   valid for the life of the process.
@@ -127,6 +130,8 @@ struct gpu {
 struct state {
     char driver[DRIVER_LEN];
     long long time_ms;
+    /* Extrapolate the energy at most this far past time_ms (-1: no limit). */
+    long long horizon_ms;
     unsigned int count;
     struct gpu gpus[MAX_GPUS];
 };
@@ -219,6 +224,7 @@ static int parse_gpu(char *s, struct state *st) {
 /* Parses the whole file text into st. Returns 0 when it is a complete, valid state. */
 static int parse_state(char *text, struct state *st) {
     memset(st, 0, sizeof *st);
+    st->horizon_ms = -1;
     int have_time = 0;
     char *save = NULL;
     for (char *line = strtok_r(text, "\n", &save); line != NULL; line = strtok_r(NULL, "\n", &save)) {
@@ -229,6 +235,13 @@ static int parse_state(char *text, struct state *st) {
         if (strncmp(line, "driver ", 7) == 0) {
             char *s = line + 7;
             if (parse_word(&s, st->driver, sizeof st->driver) != 0) return -1;
+        } else if (strncmp(line, "horizon_ms ", 11) == 0) {
+            char *s = line + 11;
+            errno = 0;
+            char *end = NULL;
+            long long v = strtoll(s, &end, 10);
+            if (errno != 0 || end == s || v < 0) return -1;
+            st->horizon_ms = v;
         } else if (strncmp(line, "time_ms ", 8) == 0) {
             char *s = line + 8;
             while (*s == ' ') s++;
@@ -515,6 +528,9 @@ EXPORT nvmlReturn_t nvmlDeviceGetTotalEnergyConsumption(nvmlDevice_t device, uns
     if (ret != NVML_SUCCESS) return ret;
     double dt_ms = now_ms() - (double)g_state.time_ms;
     if (dt_ms < 0.0) dt_ms = 0.0;
+    /* A writer that fell behind must not make the counter step back when its
+     * next file (with a lower power) arrives: hold it at the horizon instead. */
+    if (g_state.horizon_ms >= 0 && dt_ms > (double)g_state.horizon_ms) dt_ms = (double)g_state.horizon_ms;
     /* mW * ms / 1000 = mJ; floor keeps the counter an integer that never overshoots. */
     unsigned long long extra = (unsigned long long)((double)g->power_mw * dt_ms / 1000.0);
     *energy = g->energy_mj + extra;

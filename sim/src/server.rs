@@ -25,7 +25,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use dcwatt_fake_nvml::{write_state, FakeGpu, DEFAULT_DRIVER};
+use dcwatt_fake_nvml::{write_state_with_horizon, FakeGpu, DEFAULT_DRIVER};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -271,7 +271,15 @@ fn write_snapshot(
 ) -> Result<(), (PathBuf, std::io::Error)> {
     let mut first_error = None;
     for (path, gpus) in files.iter().zip(nodes) {
-        if let Err(e) = write_state(path, DEFAULT_DRIVER, time_ms, &gpus) {
+        // The library extrapolates at most one tick: if this loop falls behind
+        // (a loaded machine), the counters hold instead of stepping back.
+        if let Err(e) = write_state_with_horizon(
+            path,
+            DEFAULT_DRIVER,
+            time_ms,
+            Some(crate::hall::TICK_MS),
+            &gpus,
+        ) {
             first_error.get_or_insert((path.clone(), e));
         }
     }

@@ -107,19 +107,20 @@ async fn a_crashed_collector_loses_and_doubles_nothing() {
         );
         assert_eq!(m["gaps"].as_u64(), Some(0), "{m}");
     }
-    // The restart was real: the collector process counted its batches anew,
-    // and its state (sequence numbers) came from the database.
+    // The restart was real: the new process applied each agent's backlog (as
+    // one or a few merged requests), and at most the one batch per agent whose
+    // answer the crash cut off came back as a duplicate (its sequence number
+    // was in the database).
     let metrics = get_text(&format!("{url}/metrics")).await;
+    let agents = dep.agents.len() as f64;
+    let ok = sample(&metrics, r#"dcwatt_ingest_batches_total{result="ok"}"#).unwrap_or(0.0);
+    let duplicates = sample(
+        &metrics,
+        r#"dcwatt_ingest_batches_total{result="duplicate"}"#,
+    )
+    .unwrap_or(0.0);
     assert!(
-        sample(&metrics, r#"dcwatt_ingest_batches_total{result="ok"}"#).unwrap_or(0.0) > 10.0,
-        "{metrics}"
-    );
-    assert!(
-        sample(
-            &metrics,
-            r#"dcwatt_ingest_batches_total{result="duplicate"}"#
-        )
-        .unwrap_or(0.0)
-            < 5.0
+        ok >= agents && duplicates <= agents,
+        "ok {ok}, duplicates {duplicates}\n{metrics}"
     );
 }

@@ -81,6 +81,18 @@ pub struct FakeGpu {
 /// format cannot carry (whitespace in a UUID or driver, a line break or an
 /// empty model name, memory used above total).
 pub fn render_state(driver: &str, time_ms: i64, gpus: &[FakeGpu]) -> io::Result<String> {
+    render_state_with_horizon(driver, time_ms, None, gpus)
+}
+
+/// [`render_state`] with a `horizon_ms` line: the library extrapolates the energy
+/// at most this far past `time_ms` (a writer's tick), so a writer that falls
+/// behind holds the counter instead of letting it overshoot and step back.
+pub fn render_state_with_horizon(
+    driver: &str,
+    time_ms: i64,
+    horizon_ms: Option<i64>,
+    gpus: &[FakeGpu],
+) -> io::Result<String> {
     let invalid = |what: String| io::Error::new(io::ErrorKind::InvalidInput, what);
     if driver.is_empty() || driver.chars().any(char::is_whitespace) {
         return Err(invalid(format!(
@@ -91,6 +103,9 @@ pub fn render_state(driver: &str, time_ms: i64, gpus: &[FakeGpu]) -> io::Result<
     let _ = writeln!(out, "{HEADER}");
     let _ = writeln!(out, "driver {driver}");
     let _ = writeln!(out, "time_ms {time_ms}");
+    if let Some(h) = horizon_ms {
+        let _ = writeln!(out, "horizon_ms {}", h.max(0));
+    }
     for g in gpus {
         if g.uuid.is_empty() || g.uuid.chars().any(char::is_whitespace) {
             return Err(invalid(format!(
@@ -137,7 +152,18 @@ pub fn render_state(driver: &str, time_ms: i64, gpus: &[FakeGpu]) -> io::Result<
 /// directory, then is renamed over `path`, so the library never reads half a file.
 /// `time_ms` is the Unix-ms instant the `energy_mj` counters refer to.
 pub fn write_state(path: &Path, driver: &str, time_ms: i64, gpus: &[FakeGpu]) -> io::Result<()> {
-    let text = render_state(driver, time_ms, gpus)?;
+    write_state_with_horizon(path, driver, time_ms, None, gpus)
+}
+
+/// [`write_state`] with a `horizon_ms` line (see [`render_state_with_horizon`]).
+pub fn write_state_with_horizon(
+    path: &Path,
+    driver: &str,
+    time_ms: i64,
+    horizon_ms: Option<i64>,
+    gpus: &[FakeGpu],
+) -> io::Result<()> {
+    let text = render_state_with_horizon(driver, time_ms, horizon_ms, gpus)?;
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = std::path::PathBuf::from(tmp);
