@@ -33,6 +33,8 @@ pub struct Shared {
     pub windows: Mutex<Vec<Period>>,
     /// Ledger totals per owner (owner, IT J, facility J, GPU ms), as last read.
     pub tenant_totals: Mutex<Vec<(String, f64, f64, i64)>>,
+    /// Batches waiting for the group commit.
+    pub commits: Mutex<CommitQueue>,
     /// Complete minutes with an invalid PUE, as last read.
     pub invalid_pue_minutes: std::sync::atomic::AtomicI64,
 }
@@ -147,7 +149,7 @@ async fn post_batch(
 }
 
 async fn accept_batch(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<BatchAck, Rejection> {
@@ -170,52 +172,154 @@ async fn accept_batch(
     })?;
     let now = now_ms();
     let batch = ingest::decode(&bytes, agent, site, now)?;
+    let (accepted, ticket) = match apply_and_queue(shared, &batch, agent, now) {
+        Applied::Queued { accepted, ticket } => (accepted, ticket),
+        Applied::Answer(a) => return a,
+    };
+    let committer = Arc::clone(shared);
+    let committed = tokio::task::spawn_blocking(move || committer.commit_through(ticket))
+        .await
+        .unwrap_or_else(|e| Err(format!("commit task failed: {e}")));
+    if let Err(e) = committed {
+        return Err(Rejection::Unavailable(format!(
+            "the collector could not store the batch: {e}"
+        )));
+    }
+    shared.lock().count_batch("ok");
+    Ok(BatchAck {
+        accepted,
+        duplicate: false,
+        last_seq: batch.seq,
+    })
+}
+
+/// What applying a batch in memory came to.
+enum Applied {
+    /// Applied and queued for the group commit.
+    Queued { accepted: usize, ticket: u64 },
+    /// Answered without a commit (duplicate, conflict, failure).
+    Answer(Result<BatchAck, Rejection>),
+}
+
+/// Under the state lock: dedup, apply, serialize, queue. The lock is released
+/// before the commit is awaited.
+fn apply_and_queue(shared: &Shared, batch: &dcwatt_wire::Batch, agent: &str, now: i64) -> Applied {
+    let site = &shared.site;
     let mut state = shared.lock();
     let last_seq = state.agents.get(agent).map_or(0, |a| a.last_seq);
     if batch.seq <= last_seq {
         state.count_batch("duplicate");
-        return Ok(BatchAck {
+        return Applied::Answer(Ok(BatchAck {
             accepted: 0,
             duplicate: true,
             last_seq,
-        });
+        }));
     }
     let first_seq = batch.first_seq.unwrap_or(batch.seq);
     if first_seq <= last_seq {
-        return Err(Rejection::Conflict {
+        return Applied::Answer(Err(Rejection::Conflict {
             error: format!(
                 "first_seq: batches {first_seq}..={} overlap what was applied (up to {last_seq}): send from {}",
                 batch.seq,
                 last_seq + 1
             ),
             last_seq,
-        });
+        }));
     }
-    let (accepted, changes) = state.apply(&batch, site, now);
-    {
-        let mut store = shared.store();
-        if let Err(e) = store.commit(agent, &state, &changes, site) {
-            // Not durable, so not applied: go back to what the store holds.
-            tracing::error!(agent, seq = batch.seq, error = %e, "Batch commit failed; state reloaded from the store.");
-            let mut reloaded = State::new(site);
-            if let Err(e) = store.load(&mut reloaded) {
-                tracing::error!(error = %e, "Reloading the state failed.");
-            }
-            reloaded.batches = std::mem::take(&mut state.batches);
-            reloaded.readings = state.readings - accepted as u64;
-            reloaded.ignored = std::mem::take(&mut state.ignored);
-            *state = reloaded;
-            return Err(Rejection::Unavailable(format!(
+    let (accepted, changes) = state.apply(batch, site, now);
+    // Serialize what this batch changed now (later batches will change the
+    // state again), queue it, and let the group commit write it.
+    match crate::store::prepare(agent, &state, &changes) {
+        Ok(p) => Applied::Queued {
+            accepted,
+            ticket: shared.queue_commit(p),
+        },
+        Err(e) => {
+            drop(state);
+            shared.reload_state();
+            Applied::Answer(Err(Rejection::Unavailable(format!(
                 "the collector could not store the batch: {e}"
-            )));
+            ))))
         }
     }
-    state.count_batch("ok");
-    Ok(BatchAck {
-        accepted,
-        duplicate: false,
-        last_seq: batch.seq,
-    })
+}
+
+/// Batches applied in memory, waiting to be written, and what became of the
+/// ones written (group commit: whoever holds the store writes every batch
+/// queued so far in one transaction; the others find theirs done).
+#[derive(Default)]
+pub struct CommitQueue {
+    next_ticket: u64,
+    pending: Vec<(u64, crate::store::Prepared)>,
+    done_through: u64,
+    failed: Vec<(u64, u64)>,
+}
+
+impl Shared {
+    fn queue_commit(&self, prepared: crate::store::Prepared) -> u64 {
+        let mut q = self.commits.lock().unwrap_or_else(|p| p.into_inner());
+        q.next_ticket += 1;
+        let ticket = q.next_ticket;
+        q.pending.push((ticket, prepared));
+        ticket
+    }
+
+    /// Blocks until `ticket` is written (possibly by another request's
+    /// transaction) or has failed.
+    fn commit_through(&self, ticket: u64) -> Result<(), String> {
+        let mut store = self.store();
+        let group = {
+            let mut q = self.commits.lock().unwrap_or_else(|p| p.into_inner());
+            if q.done_through >= ticket {
+                return match q.failed.iter().any(|(a, b)| (*a..=*b).contains(&ticket)) {
+                    true => Err("the group it was written with failed".into()),
+                    false => Ok(()),
+                };
+            }
+            std::mem::take(&mut q.pending)
+        };
+        let (Some(first), Some(last)) = (group.first().map(|g| g.0), group.last().map(|g| g.0))
+        else {
+            return Err("lost from the commit queue".into());
+        };
+        let items: Vec<crate::store::Prepared> = group.into_iter().map(|(_, p)| p).collect();
+        let result = store.commit_group(&items, &self.site);
+        let mut q = self.commits.lock().unwrap_or_else(|p| p.into_inner());
+        q.done_through = last;
+        match result {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                // Not durable, so not applied. Batches applied in memory after
+                // these build on them: they fail too, and the state goes back
+                // to what the store holds.
+                let through = q.next_ticket;
+                q.failed.push((first, through));
+                q.done_through = through;
+                q.pending.clear();
+                drop(q);
+                tracing::error!(error = %e, batches = items.len(), "Batch commit failed; state reloaded from the store.");
+                self.reload_state_with(&store);
+                Err(e.to_string())
+            }
+        }
+    }
+
+    fn reload_state(&self) {
+        let store = self.store();
+        self.reload_state_with(&store);
+    }
+
+    fn reload_state_with(&self, store: &Store) {
+        let mut state = self.lock();
+        let mut reloaded = State::new(&self.site);
+        if let Err(e) = store.load(&mut reloaded) {
+            tracing::error!(error = %e, "Reloading the state failed.");
+        }
+        reloaded.batches = std::mem::take(&mut state.batches);
+        reloaded.readings = state.readings;
+        reloaded.ignored = std::mem::take(&mut state.ignored);
+        *state = reloaded;
+    }
 }
 
 async fn metrics(Extract(shared): Extract<Arc<Shared>>) -> Response {

@@ -79,6 +79,7 @@ pub async fn run(
         windows: Mutex::new(Vec::new()),
         tenant_totals: Mutex::new(Vec::new()),
         invalid_pue_minutes: std::sync::atomic::AtomicI64::new(0),
+        commits: Mutex::new(api::CommitQueue::default()),
         site,
     });
     let refresher = tokio::spawn(refresh_windows(Arc::clone(&shared)));

@@ -255,57 +255,108 @@ impl Store {
         changes: &Changes,
         site: &Site,
     ) -> Result<(), StoreError> {
+        let prepared = prepare(agent, state, changes)?;
+        self.commit_group(std::slice::from_ref(&prepared), site)
+    }
+
+    /// Writes several prepared batches, in order, in one transaction: all or none.
+    pub fn commit_group(&mut self, group: &[Prepared], site: &Site) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
-        for (id, w) in &changes.minutes {
-            if let Some(m) = state.meters.get(id).filter(|m| m.parent.is_none()) {
-                add_minute(&tx, site, m.role, &m.zone, w)?;
-            }
-        }
-        crate::ledger::attribute(&tx, site, &changes.gpu_minutes)?;
-        if let Some(a) = state.agents.get(agent) {
-            let seq = i64::try_from(a.last_seq).map_err(|_| StoreError::Range(a.last_seq))?;
-            tx.prepare_cached(
-                "INSERT INTO agents (id, last_seq, last_seen_ms) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (id) DO UPDATE SET last_seq = excluded.last_seq, last_seen_ms = excluded.last_seen_ms",
-            )?
-            .execute(params![agent, seq, a.last_seen_ms])?;
-        }
-        for id in &changes.meters {
-            if let Some(m) = state.meters.get(id) {
-                let json = serde_json::to_string(&m.acc).map_err(|source| StoreError::Decode {
-                    what: format!("meter {id}"),
-                    source,
-                })?;
-                tx.prepare_cached("INSERT OR REPLACE INTO meters (id, account) VALUES (?1, ?2)")?
-                    .execute(params![id, json])?;
-            }
-        }
-        for (id, edit) in &changes.curves {
-            match *edit {
-                CurveEdit::Add(ts, joules) => tx
-                    .prepare_cached("INSERT OR REPLACE INTO meter_curve (meter, ts_ms, joules) VALUES (?1, ?2, ?3)")?
-                    .execute(params![id, ts, joules])?,
-                CurveEdit::Remove(ts) => tx
-                    .prepare_cached("DELETE FROM meter_curve WHERE meter = ?1 AND ts_ms = ?2")?
-                    .execute(params![id, ts])?,
-                CurveEdit::TrimBefore(ts) => tx
-                    .prepare_cached("DELETE FROM meter_curve WHERE meter = ?1 AND ts_ms < ?2")?
-                    .execute(params![id, ts])?,
-            };
-        }
-        for uuid in &changes.gpus {
-            if let Some(g) = state.gpus.get(uuid) {
-                let json = serde_json::to_string(g).map_err(|source| StoreError::Decode {
-                    what: format!("gpu {uuid}"),
-                    source,
-                })?;
-                tx.prepare_cached("INSERT OR REPLACE INTO gpus (uuid, state) VALUES (?1, ?2)")?
-                    .execute(params![uuid, json])?;
-            }
+        for p in group {
+            write_prepared(&tx, p, site)?;
         }
         tx.commit()?;
         Ok(())
     }
+}
+
+/// One applied batch's rows, serialized from the state right after it was
+/// applied: what the store must write for it, independent of later batches.
+#[derive(Debug, Default)]
+pub struct Prepared {
+    agent: Option<(String, i64, i64)>,
+    meters: Vec<(String, String)>,
+    minutes: Vec<(Role, String, MinuteEnergy)>,
+    curves: Vec<(String, CurveEdit)>,
+    gpus: Vec<(String, String)>,
+    gpu_minutes: Vec<(String, String, MinuteEnergy)>,
+}
+
+/// Serializes what one applied batch changed (call right after applying it).
+pub fn prepare(agent: &str, state: &State, changes: &Changes) -> Result<Prepared, StoreError> {
+    let mut p = Prepared::default();
+    if let Some(a) = state.agents.get(agent) {
+        let seq = i64::try_from(a.last_seq).map_err(|_| StoreError::Range(a.last_seq))?;
+        p.agent = Some((agent.to_owned(), seq, a.last_seen_ms));
+    }
+    for id in &changes.meters {
+        if let Some(m) = state.meters.get(id) {
+            let json = serde_json::to_string(&m.acc).map_err(|source| StoreError::Decode {
+                what: format!("meter {id}"),
+                source,
+            })?;
+            p.meters.push((id.clone(), json));
+        }
+    }
+    for (id, w) in &changes.minutes {
+        if let Some(m) = state.meters.get(id).filter(|m| m.parent.is_none()) {
+            p.minutes.push((m.role, m.zone.clone(), *w));
+        }
+    }
+    p.curves.clone_from(&changes.curves);
+    for uuid in &changes.gpus {
+        if let Some(g) = state.gpus.get(uuid) {
+            let json = serde_json::to_string(g).map_err(|source| StoreError::Decode {
+                what: format!("gpu {uuid}"),
+                source,
+            })?;
+            p.gpus.push((uuid.clone(), json));
+        }
+    }
+    p.gpu_minutes.clone_from(&changes.gpu_minutes);
+    Ok(p)
+}
+
+fn write_prepared(
+    tx: &rusqlite::Transaction<'_>,
+    p: &Prepared,
+    site: &Site,
+) -> Result<(), StoreError> {
+    for (role, zone, w) in &p.minutes {
+        add_minute(tx, site, *role, zone, w)?;
+    }
+    crate::ledger::attribute(tx, site, &p.gpu_minutes)?;
+    if let Some((agent, seq, seen)) = &p.agent {
+        tx.prepare_cached(
+            "INSERT INTO agents (id, last_seq, last_seen_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT (id) DO UPDATE SET last_seq = excluded.last_seq, last_seen_ms = excluded.last_seen_ms",
+        )?
+        .execute(params![agent, seq, seen])?;
+    }
+    for (id, json) in &p.meters {
+        tx.prepare_cached("INSERT OR REPLACE INTO meters (id, account) VALUES (?1, ?2)")?
+            .execute(params![id, json])?;
+    }
+    for (id, edit) in &p.curves {
+        match *edit {
+            CurveEdit::Add(ts, joules) => tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO meter_curve (meter, ts_ms, joules) VALUES (?1, ?2, ?3)",
+                )?
+                .execute(params![id, ts, joules])?,
+            CurveEdit::Remove(ts) => tx
+                .prepare_cached("DELETE FROM meter_curve WHERE meter = ?1 AND ts_ms = ?2")?
+                .execute(params![id, ts])?,
+            CurveEdit::TrimBefore(ts) => tx
+                .prepare_cached("DELETE FROM meter_curve WHERE meter = ?1 AND ts_ms < ?2")?
+                .execute(params![id, ts])?,
+        };
+    }
+    for (uuid, json) in &p.gpus {
+        tx.prepare_cached("INSERT OR REPLACE INTO gpus (uuid, state) VALUES (?1, ?2)")?
+            .execute(params![uuid, json])?;
+    }
+    Ok(())
 }
 
 impl Store {

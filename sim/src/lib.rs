@@ -18,6 +18,7 @@
 //!   the thermal model.
 //! - [`redfish`]: the meters as Redfish `PowerEquipment` resources.
 //! - [`launch`]: configs, tokens and processes of a deployment against the simulator.
+//! - [`loadgen`]: `dcwatt-sim load`, a hall's worth of agents against one collector.
 //! - [`demo`]: `dcwatt-sim demo`, the whole pipeline with a live line per second.
 //! - `server`: [`Sim`], [`serve`], wall-clock ticks, fake NVML state files, `/sim/*`.
 
@@ -28,6 +29,7 @@ pub mod demo;
 pub mod hall;
 pub mod launch;
 mod load;
+pub mod loadgen;
 pub mod redfish;
 mod server;
 

@@ -29,6 +29,9 @@ enum Command {
     /// Run the whole pipeline: this hall, a collector and one agent per node as
     /// real processes on 127.0.0.1, with a live line per second until Ctrl-C.
     Demo(dcwatt_sim::demo::DemoArgs),
+    /// Load one collector on 127.0.0.1 with N simulated agents and print a
+    /// table (batches/s, latency, collector CPU and RSS, decode-only ceiling).
+    Load(dcwatt_sim::loadgen::LoadArgs),
 }
 
 #[derive(Debug, Args)]
@@ -66,6 +69,24 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => run_serve(args).await,
         Command::Demo(args) => dcwatt_sim::demo::run(args).await,
+        Command::Load(args) => {
+            let counts = if args.sweep.is_empty() {
+                vec![args.agents]
+            } else {
+                args.sweep.clone()
+            };
+            let mut reports = Vec::new();
+            for agents in counts {
+                let one = dcwatt_sim::loadgen::LoadArgs {
+                    agents,
+                    ..args.clone()
+                };
+                eprintln!("loading with {agents} agents for {} s…", one.duration_s);
+                reports.push(dcwatt_sim::loadgen::run(&one).await?);
+            }
+            println!("{}", dcwatt_sim::loadgen::table(&reports));
+            Ok(())
+        }
     }
 }
 

@@ -1,0 +1,327 @@
+//! `dcwatt-sim load`: a hall's worth of agents against one collector on
+//! 127.0.0.1, bounded in count and time, for the benchmarks.
+//!
+//! Starts a real `dcwatt-collector` (its own database, N agents configured),
+//! then N simulated agents, each posting a realistic batch once per interval
+//! (4 GPUs × every GPU reading, plus a meter), phases spread over the interval.
+//! Reports batches/s, readings/s, latency p50/p99/max, the collector's CPU
+//! seconds and peak RSS (from `/proc`), and, as the ceiling, the rate at which
+//! this process decodes the same batches with serde alone.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use crate::launch::Proc;
+
+/// Options of the load run.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LoadArgs {
+    /// Simulated agents (one per node).
+    #[arg(long, default_value_t = 500)]
+    pub agents: usize,
+    /// GPUs per agent.
+    #[arg(long, default_value_t = 4)]
+    pub gpus: usize,
+    /// Seconds between one agent's batches.
+    #[arg(long, default_value_t = 1.0)]
+    pub interval_s: f64,
+    /// How long to load, seconds (after a short warm-up).
+    #[arg(long, default_value_t = 20)]
+    pub duration_s: u64,
+    /// Concurrent requests in flight at most.
+    #[arg(long, default_value_t = 256)]
+    pub max_in_flight: usize,
+    /// Where the collector's config, database and log go (default: a temporary directory).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Run once per agent count in this list (comma-separated) instead of `--agents`,
+    /// each against a fresh collector, and print one table.
+    #[arg(long, value_delimiter = ',')]
+    pub sweep: Vec<usize>,
+}
+
+/// What a run measured.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LoadReport {
+    /// Agents simulated.
+    pub agents: usize,
+    /// Batches acknowledged per second.
+    pub batches_per_s: f64,
+    /// Readings acknowledged per second.
+    pub readings_per_s: f64,
+    /// Batches that failed (non-2xx or transport error).
+    pub failed: u64,
+    /// Batches the schedule wanted but that could not start on time (the
+    /// generator or the collector fell behind).
+    pub late_starts: u64,
+    /// Latency percentiles, ms.
+    pub p50_ms: f64,
+    /// 99th percentile, ms.
+    pub p99_ms: f64,
+    /// Slowest, ms.
+    pub max_ms: f64,
+    /// Collector CPU seconds per second of load.
+    pub collector_cpu: f64,
+    /// Collector peak RSS, MiB.
+    pub collector_peak_rss_mib: f64,
+    /// serde-only decode of the same batches, batches/s (one core).
+    pub decode_only_per_s: f64,
+    /// Time to render the collector's `/metrics` once at the end, ms.
+    pub metrics_render_ms: f64,
+}
+
+fn batch(agent: usize, gpus: usize, seq: u64, ts: i64) -> Value {
+    let node = format!("n{agent:05}");
+    let mut readings = Vec::with_capacity(gpus * 9 + 2);
+    let mut infos = Vec::with_capacity(gpus);
+    for g in 0..gpus {
+        let uuid = format!("GPU-{agent:08x}-{g:04x}-4000-8000-000000000000");
+        infos.push(json!({"uuid": uuid, "index": g, "model": "NVIDIA GB300"}));
+        for (q, v) in [
+            ("power_watts", 1000.0 + g as f64),
+            ("energy_joules", 1.0e6 + seq as f64 * 1000.0),
+            ("temperature_celsius", 65.0),
+            ("memory_temperature_celsius", 60.0),
+            ("utilization_ratio", 0.95),
+            ("memory_utilization_ratio", 0.4),
+            ("memory_used_bytes", 1.9e11),
+            ("memory_total_bytes", 2.88e11),
+            ("power_limit_watts", 1400.0),
+        ] {
+            readings.push(json!({"ts_ms": ts, "entity": {"gpu": uuid}, "quantity": q, "value": v}));
+        }
+    }
+    let meter = format!("pdu-{agent:05}");
+    readings.push(json!({"ts_ms": ts, "entity": {"meter": meter}, "quantity": "power_watts", "value": 4700.0}));
+    readings.push(json!({"ts_ms": ts, "entity": {"meter": meter}, "quantity": "energy_joules", "value": 1.0e8 + seq as f64 * 4700.0}));
+    json!({"version": 1, "agent": node, "seq": seq, "node": node, "created_ms": ts, "gpus": infos, "readings": readings})
+}
+
+fn now_ms() -> i64 {
+    crate::now_ms()
+}
+
+/// (user + system CPU seconds, peak RSS bytes) of a process, from `/proc`.
+fn proc_usage(pid: u32) -> Option<(f64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let hwm_kb: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some((ticks / hz.max(1.0), hwm_kb * 1024))
+}
+
+/// Runs the load and returns what it measured.
+pub async fn run(args: &LoadArgs) -> anyhow::Result<LoadReport> {
+    let tmp;
+    let dir = match &args.dir {
+        Some(d) => d.clone(),
+        None => {
+            tmp = tempfile::Builder::new().prefix("dcwatt-load-").tempdir()?;
+            tmp.path().to_path_buf()
+        }
+    };
+    std::fs::create_dir_all(&dir)?;
+    let token = |i: usize| format!("load-agent-{i}");
+    let mut config = format!(
+        "listen = \"127.0.0.1:0\"\n[ledger]\npath = {:?}\n",
+        dir.join("collector.sqlite").display().to_string()
+    );
+    for i in 0..args.agents {
+        config += &format!(
+            "[[agents]]\nid = \"n{i:05}\"\ntoken_sha256 = \"{}\"\n[[meters]]\nid = \"pdu-{i:05}\"\nrole = \"it\"\nzone = \"hall-1\"\nit_point = \"pdu_output\"\n",
+            hex::encode(Sha256::digest(token(i).as_bytes()))
+        );
+    }
+    config += "[[meters]]\nid = \"utility\"\nrole = \"facility\"\nzone = \"hall-1\"\n";
+    let conf = dir.join("collector.toml");
+    std::fs::write(&conf, config)?;
+    let collector = Proc::spawn(
+        "collector",
+        "dcwatt-collector",
+        &[OsString::from("--config"), conf.into()],
+        &[("RUST_LOG", "warn".into())],
+        &dir.join("collector.log"),
+    )?;
+    let url = format!("{}/v1/batches", collector.url());
+
+    // The decode-only ceiling, on the same batches.
+    let sample: Vec<Vec<u8>> = (0..200)
+        .map(|i| serde_json::to_vec(&batch(i, args.gpus, 1, now_ms())).unwrap_or_default())
+        .collect();
+    let start = Instant::now();
+    let mut decoded = 0u64;
+    while start.elapsed() < Duration::from_secs(2) {
+        for b in &sample {
+            let parsed: Result<dcwatt_wire::Batch, _> = serde_json::from_slice(b);
+            decoded += u64::from(parsed.is_ok());
+        }
+    }
+    let decode_only_per_s = decoded as f64 / start.elapsed().as_secs_f64();
+
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.max_in_flight)
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    let gate = Arc::new(tokio::sync::Semaphore::new(args.max_in_flight));
+    let interval = Duration::from_secs_f64(args.interval_s.max(0.01));
+    let readings_per_batch = (args.gpus * 9 + 2) as u64;
+    let warmup = Duration::from_secs(3);
+    let t0 = Instant::now();
+    let end = t0 + warmup + Duration::from_secs(args.duration_s);
+    // (ok, latency ms, sent after the warm-up, started late)
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(bool, f64, bool, bool)>();
+    let mut tasks = Vec::with_capacity(args.agents);
+    for i in 0..args.agents {
+        let (http, url, gate, tx) = (http.clone(), url.clone(), Arc::clone(&gate), tx.clone());
+        let token = token(i);
+        let template =
+            serde_json::to_string(&batch(i, args.gpus, 1, 1_795_000_000_000)).unwrap_or_default();
+        // Phases spread over the interval, as real agents' clocks are.
+        let phase = interval.mul_f64(i as f64 / args.agents as f64);
+        tasks.push(tokio::spawn(async move {
+            let mut tick =
+                tokio::time::interval_at(tokio::time::Instant::from_std(t0 + phase), interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            let mut seq = 0u64;
+            loop {
+                let due = tick.tick().await;
+                if Instant::now() >= end {
+                    return;
+                }
+                let late = due.elapsed() > interval / 2;
+                seq += 1;
+                // The JSON is rendered once per agent; only seq, time and the
+                // counters change (cheap text substitution, so the generator
+                // spends its CPU on requests, not on building JSON).
+                let body = template
+                    .replace("\"seq\":1,", &format!("\"seq\":{seq},"))
+                    .replace("1795000000000", &now_ms().to_string())
+                    .into_bytes();
+                let Ok(permit) = Arc::clone(&gate).acquire_owned().await else {
+                    return;
+                };
+                let (http, url, token, tx) = (http.clone(), url.clone(), token.clone(), tx.clone());
+                tokio::spawn(async move {
+                    let sent = Instant::now();
+                    let ok = http
+                        .post(&url)
+                        .bearer_auth(&token)
+                        .header("content-type", "application/json")
+                        .body(body)
+                        .send()
+                        .await
+                        .is_ok_and(|r| r.status().is_success());
+                    let ms = sent.elapsed().as_secs_f64() * 1000.0;
+                    let measured = sent >= t0 + warmup;
+                    drop(permit);
+                    let _ = tx.send((ok, ms, measured, measured && late));
+                });
+            }
+        }));
+    }
+    drop(tx);
+    tokio::time::sleep_until(tokio::time::Instant::from_std(t0 + warmup)).await;
+    let usage_at_warm = proc_usage(collector.pid());
+    let measure_start = Instant::now();
+    let mut latencies = Vec::new();
+    let (mut failed, mut late_starts) = (0u64, 0u64);
+    let mut ok_count = 0u64;
+    for t in tasks {
+        let _ = t.await;
+    }
+    let measured_for = measure_start.elapsed().as_secs_f64();
+    let usage_end = proc_usage(collector.pid());
+    // Requests still in flight finish into the channel; the warm-up is not counted.
+    while let Some((ok, ms, measured, late)) =
+        tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .ok()
+            .flatten()
+    {
+        if !measured {
+            continue;
+        }
+        late_starts += u64::from(late);
+        if ok {
+            ok_count += 1;
+            latencies.push(ms);
+        } else {
+            failed += 1;
+        }
+    }
+    latencies.sort_by(f64::total_cmp);
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 - 1.0) * p).round() as usize)
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    let total_for = measured_for;
+    let render = Instant::now();
+    let _ = reqwest::get(format!("{}/metrics", collector.url()))
+        .await
+        .context("metrics")?
+        .text()
+        .await;
+    let metrics_render_ms = render.elapsed().as_secs_f64() * 1000.0;
+    let (cpu, rss) = match (usage_at_warm, usage_end) {
+        (Some((c0, _)), Some((c1, rss))) => ((c1 - c0) / measured_for.max(0.001), rss),
+        _ => (f64::NAN, 0),
+    };
+    Ok(LoadReport {
+        agents: args.agents,
+        batches_per_s: ok_count as f64 / total_for,
+        readings_per_s: (ok_count * readings_per_batch) as f64 / total_for,
+        failed,
+        late_starts,
+        p50_ms: pct(0.5),
+        p99_ms: pct(0.99),
+        max_ms: latencies.last().copied().unwrap_or(f64::NAN),
+        collector_cpu: cpu,
+        collector_peak_rss_mib: rss as f64 / (1024.0 * 1024.0),
+        decode_only_per_s,
+        metrics_render_ms,
+    })
+}
+
+/// The report as a table row (Markdown).
+pub fn table(reports: &[LoadReport]) -> String {
+    let mut out = String::from(
+        "| agents | batches/s | readings/s | p50 ms | p99 ms | max ms | failed | late starts | collector CPU (cores) | collector peak RSS MiB | decode-only batches/s | ingest / decode | /metrics ms |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in reports {
+        out += &format!(
+            "| {} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} | {} | {} | {:.2} | {:.1} | {:.0} | {:.0} % | {:.1} |\n",
+            r.agents,
+            r.batches_per_s,
+            r.readings_per_s,
+            r.p50_ms,
+            r.p99_ms,
+            r.max_ms,
+            r.failed,
+            r.late_starts,
+            r.collector_cpu,
+            r.collector_peak_rss_mib,
+            r.decode_only_per_s,
+            100.0 * r.batches_per_s / r.decode_only_per_s,
+            r.metrics_render_ms,
+        );
+    }
+    out
+}
