@@ -226,6 +226,11 @@ fn apply_and_queue(shared: &Shared, batch: &dcwatt_wire::Batch, agent: &str, now
             last_seq,
         }));
     }
+    if let Some((i, uuid, owner)) = state.foreign_gpu(batch) {
+        return Applied::Answer(Err(Rejection::Forbidden(format!(
+            "readings[{i}].entity: GPU {uuid} is reported by agent {owner:?}, not {agent:?}"
+        ))));
+    }
     let (accepted, changes) = state.apply(batch, site, now);
     // Serialize what this batch changed now (later batches will change the
     // state again), queue it, and let the group commit write it.

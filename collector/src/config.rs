@@ -161,6 +161,9 @@ pub struct AgentConfig {
     /// SHA-256 of its bearer token, 64 hex digits (`sha256sum` of the token file,
     /// without a trailing newline in the file).
     pub token_sha256: String,
+    /// The meters this agent may report; readings of any other meter are refused
+    /// (403). Absent: any configured meter (a lab setup).
+    pub meters: Option<Vec<String>>,
 }
 
 /// One meter of the site model.
@@ -352,6 +355,8 @@ pub struct Site {
     pub operator_token: Option<[u8; 32]>,
     /// SHA-256 of each agent's token → agent id.
     pub agent_tokens: HashMap<[u8; 32], String>,
+    /// Agent id → the meters it may report, where restricted.
+    pub agent_meters: HashMap<String, HashSet<String>>,
     /// Meters by id.
     pub meters: HashMap<String, Meter>,
 }
@@ -448,6 +453,23 @@ impl Config {
             let hash = parse_sha256(&key, &a.token_sha256)?;
             if Some(hash) == operator_token || agent_tokens.insert(hash, a.id.clone()).is_some() {
                 return Err(invalid(key, "the same token is configured twice"));
+            }
+        }
+        let mut agent_meters = HashMap::new();
+        for (i, a) in self.agents.iter().enumerate() {
+            if let Some(list) = &a.meters {
+                for (j, m) in list.iter().enumerate() {
+                    if !self.meters.iter().any(|x| &x.id == m) {
+                        return Err(invalid(
+                            format!("agents[{i}].meters[{j}]"),
+                            format!("no meter {m:?} is configured"),
+                        ));
+                    }
+                }
+                agent_meters.insert(
+                    a.id.clone(),
+                    list.iter().cloned().collect::<HashSet<String>>(),
+                );
             }
         }
         let mut meters = HashMap::new();
@@ -562,6 +584,7 @@ impl Config {
                 .map_or(120_000, |l| millis(l.close_after)),
             ledger_path: self.ledger.map(|l| l.path),
             tenant_tokens,
+            agent_meters,
             leases,
             operator_token,
             agent_tokens,

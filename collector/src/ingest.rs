@@ -134,6 +134,13 @@ pub fn validate(batch: &Batch, agent: &str, site: &Site, now_ms: i64) -> Result<
                 &format!("{} is outside the accepted range [{oldest}, {newest}] (collector clock {now_ms})", r.ts_ms),
             ));
         }
+        if let (Entity::Meter(m), Some(allowed)) = (&r.entity, site.agent_meters.get(agent)) {
+            if !allowed.contains(m) {
+                return Err(Rejection::Forbidden(format!(
+                    "readings[{i}].entity: meter {m:?} is not one of agent {agent:?}'s meters"
+                )));
+            }
+        }
         let (Entity::Gpu(id) | Entity::Meter(id) | Entity::Node(id)) = &r.entity;
         check_id(id).map_err(|why| bad(format!("readings[{i}].entity"), why))?;
         check_value(r.quantity, r.value)

@@ -77,6 +77,9 @@ pub struct MeterState {
 /// One GPU's latest values, as its agent reported them.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct GpuState {
+    /// The agent that first reported it: the only one that may report it since.
+    #[serde(default)]
+    pub agent: String,
     /// The node it is in.
     pub node: String,
     /// NVML index on the node.
@@ -206,6 +209,26 @@ impl State {
         out
     }
 
+    /// The first reading of a GPU another agent owns, if any: a rogue or
+    /// misconfigured agent must not report (and so bill) another node's GPUs.
+    pub fn foreign_gpu<'a>(&'a self, batch: &'a Batch) -> Option<(usize, &'a str, &'a str)> {
+        batch
+            .readings
+            .iter()
+            .enumerate()
+            .find_map(|(i, r)| match &r.entity {
+                Entity::Gpu(uuid) => {
+                    let owner = self
+                        .gpus
+                        .get(uuid)
+                        .map(|g| g.agent.as_str())
+                        .filter(|a| !a.is_empty())?;
+                    (owner != batch.agent).then_some((i, uuid.as_str(), owner))
+                }
+                _ => None,
+            })
+    }
+
     /// Energy of every GPU since start (J) and the counter resets seen.
     pub fn gpu_totals(&self) -> (f64, u64) {
         self.gpus
@@ -222,6 +245,9 @@ impl State {
         agent.last_seen_ms = now_ms;
         for g in &batch.gpus {
             let gpu = self.gpus.entry(g.uuid.clone()).or_default();
+            if gpu.agent.is_empty() {
+                gpu.agent.clone_from(&batch.agent);
+            }
             if gpu.node != batch.node || gpu.index != g.index || gpu.model != g.model {
                 gpu.node.clone_from(&batch.node);
                 gpu.index = g.index;
@@ -238,8 +264,16 @@ impl State {
                 }
                 (Entity::Gpu(uuid), q) => {
                     let stale = site.stale_after_ms;
-                    let out =
-                        self.apply_gpu(uuid, &batch.node, q, r.ts_ms, r.value, stale, &mut changes);
+                    let out = self.apply_gpu(
+                        uuid,
+                        &batch.agent,
+                        &batch.node,
+                        q,
+                        r.ts_ms,
+                        r.value,
+                        stale,
+                        &mut changes,
+                    );
                     if out.is_ok() {
                         changes.gpus.insert(uuid.clone());
                     }
@@ -285,6 +319,7 @@ impl State {
     fn apply_gpu(
         &mut self,
         uuid: &str,
+        agent: &str,
         node: &str,
         q: Quantity,
         ts: i64,
@@ -295,6 +330,9 @@ impl State {
         let g = self.gpus.entry(uuid.to_owned()).or_default();
         if g.node.is_empty() {
             g.node = node.to_owned();
+        }
+        if g.agent.is_empty() {
+            g.agent = agent.to_owned();
         }
         g.last_ms = g.last_ms.max(ts);
         let clean = match q {

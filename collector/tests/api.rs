@@ -34,6 +34,7 @@ async fn start() -> Collector {
         [[agents]]
         id = "n2"
         token_sha256 = "{}"
+        meters = ["pdu-2"]
         [[meters]]
         id = "utility"
         role = "facility"
@@ -515,4 +516,67 @@ async fn merged_batches_apply_once_and_overlaps_are_refused() {
         ),
         Some(260_000.0)
     );
+}
+
+#[tokio::test]
+async fn an_agent_reports_only_its_own_gpus_and_meters() {
+    let c = start().await;
+    let now = now_ms();
+    let gpu = |agent: &str, seq: u64, uuid: &str, j: f64| Batch {
+        agent: agent.into(),
+        node: agent.into(),
+        readings: vec![Reading {
+            ts_ms: now - 1000 + seq as i64,
+            entity: Entity::Gpu(uuid.into()),
+            quantity: Quantity::EnergyJoules,
+            value: j,
+        }],
+        ..batch(seq, vec![])
+    };
+    assert_eq!(c.post(&gpu("n1", 1, "GPU-n1-0", 100.0)).await.0, 200);
+    let before = c.state().await;
+    // n2 claims n1's GPU: refused, nothing changes.
+    let (status, answer) = c
+        .post_raw(
+            Some(OTHER_TOKEN),
+            "application/json",
+            serde_json::to_vec(&gpu("n2", 1, "GPU-n1-0", 9e9)).unwrap(),
+        )
+        .await;
+    assert_eq!(status, 403, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("GPU-n1-0"),
+        "{answer}"
+    );
+    // n2 may report pdu-2 only.
+    let meter = |id: &str| Batch {
+        agent: "n2".into(),
+        node: "n2".into(),
+        readings: vec![reading(now - 500, id, Quantity::EnergyJoules, 1.0)],
+        ..batch(2, vec![])
+    };
+    let (status, answer) = c
+        .post_raw(
+            Some(OTHER_TOKEN),
+            "application/json",
+            serde_json::to_vec(&meter("utility")).unwrap(),
+        )
+        .await;
+    assert_eq!(status, 403, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("readings[0].entity"),
+        "{answer}"
+    );
+    assert_eq!(c.state().await, before);
+    let (status, _) = c
+        .post_raw(
+            Some(OTHER_TOKEN),
+            "application/json",
+            serde_json::to_vec(&meter("pdu-2")).unwrap(),
+        )
+        .await;
+    assert_eq!(status, 200);
 }
