@@ -170,6 +170,20 @@ fn check_value(q: Quantity, v: f64) -> Result<(), String> {
         Quantity::TemperatureCelsius | Quantity::MemoryTemperatureCelsius => (-100.0, 250.0),
         Quantity::UtilizationRatio | Quantity::MemoryUtilizationRatio => (0.0, 1.0),
         Quantity::MemoryUsedBytes | Quantity::MemoryTotalBytes => (0.0, 1e15),
+        Quantity::GpuUp
+        | Quantity::ThrottleSwPowerCap
+        | Quantity::ThrottleHwSlowdown
+        | Quantity::ThrottleHwThermalSlowdown
+        | Quantity::ThrottleSwThermalSlowdown
+        | Quantity::ThrottleHwPowerBrakeSlowdown => (0.0, 1.0),
+        Quantity::TemperatureSlowdownCelsius
+        | Quantity::TemperatureShutdownCelsius
+        | Quantity::TemperatureGpuMaxCelsius
+        | Quantity::TemperatureMemoryMaxCelsius
+        | Quantity::CoolantSupplyTemperatureCelsius
+        | Quantity::CoolantReturnTemperatureCelsius => (-100.0, 250.0),
+        Quantity::CoolantFlowCubicMetersPerSecond => (0.0, 100.0),
+        Quantity::HeatRemovedWatts => (-1e9, 1e9),
         Quantity::Other => (f64::MIN, f64::MAX),
     };
     if v < lo || v > hi {

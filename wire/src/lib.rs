@@ -111,6 +111,34 @@ pub enum Quantity {
     MemoryTotalBytes,
     /// The enforced power limit, watts.
     PowerLimitWatts,
+    /// 1 when the GPU answers NVML, 0 when NVML says it is lost.
+    GpuUp,
+    /// The GPU's own slowdown temperature threshold, degrees Celsius.
+    TemperatureSlowdownCelsius,
+    /// The GPU's own shutdown temperature threshold, degrees Celsius.
+    TemperatureShutdownCelsius,
+    /// The GPU's maximum operating temperature, degrees Celsius.
+    TemperatureGpuMaxCelsius,
+    /// The GPU memory's maximum operating temperature, degrees Celsius.
+    TemperatureMemoryMaxCelsius,
+    /// 1 while NVML reports the `sw_power_cap` clock-event reason, else 0.
+    ThrottleSwPowerCap,
+    /// 1 while NVML reports `hw_slowdown` (thermal or power brake), else 0.
+    ThrottleHwSlowdown,
+    /// 1 while NVML reports `hw_thermal_slowdown`, else 0.
+    ThrottleHwThermalSlowdown,
+    /// 1 while NVML reports `sw_thermal_slowdown`, else 0.
+    ThrottleSwThermalSlowdown,
+    /// 1 while NVML reports `hw_power_brake_slowdown`, else 0.
+    ThrottleHwPowerBrakeSlowdown,
+    /// Coolant temperature entering the load (CDU supply), degrees Celsius.
+    CoolantSupplyTemperatureCelsius,
+    /// Coolant temperature leaving the load (CDU return), degrees Celsius.
+    CoolantReturnTemperatureCelsius,
+    /// Coolant flow, cubic metres per second.
+    CoolantFlowCubicMetersPerSecond,
+    /// Heat carried away by the coolant, watts.
+    HeatRemovedWatts,
     /// A quantity this version does not know (sent by a newer agent): kept
     /// decodable so that one new quantity does not reject a whole batch.
     #[serde(other)]
