@@ -77,6 +77,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/pue", get(pue_period))
         .route("/v1/tenants/{tenant}/energy", get(tenant_energy))
         .route("/v1/tenants/{tenant}/statement", get(tenant_statement))
+        .route("/v1/tenants/{tenant}/excursions", get(tenant_excursions))
         .route("/v1/ledger/verify", get(ledger_verify))
         .with_state(shared)
 }
@@ -397,7 +398,18 @@ struct Summary<'a> {
     meters: Vec<MeterView<'a>>,
     gpus: GpuTotals,
     hottest_gpus: Vec<GpuView<'a>>,
+    thermal_excursions: Vec<OpenExcursion>,
     agents: Vec<AgentView<'a>>,
+}
+
+/// An open thermal excursion in the summary.
+#[derive(Serialize)]
+struct OpenExcursion {
+    zone: String,
+    entity_kind: &'static str,
+    entity: String,
+    kind: crate::thermal::Kind,
+    since_ms: i64,
 }
 
 /// With an operator configured, only the operator reads hall-wide data.
@@ -506,6 +518,50 @@ fn tenant_or_operator(site: &Site, headers: &HeaderMap, tenant: &str) -> Result<
             "tenant: this token reads only its own tenant".into(),
         )),
         None => Err(ApiError(StatusCode::UNAUTHORIZED, "unknown token".into())),
+    }
+}
+
+/// `GET /v1/tenants/{tenant}/excursions` query.
+#[derive(Deserialize)]
+struct PeriodOnly {
+    from: String,
+    to: String,
+}
+
+/// The thermal excursions of a tenant's leased GPUs that started in `[from, to)`.
+async fn tenant_excursions(
+    Extract(shared): Extract<Arc<Shared>>,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+    query: Result<Query<PeriodOnly>, QueryRejection>,
+) -> Response {
+    let site = &shared.site;
+    if let Err(e) = tenant_or_operator(site, &headers, &tenant) {
+        return e.into_response();
+    }
+    if !site.tenant_tokens.values().any(|t| *t == tenant) {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("tenant: no tenant {tenant:?}"),
+        );
+    }
+    let Query(q) = match query {
+        Ok(q) => q,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("query: {e}")),
+    };
+    let (from, to) = match (parse_instant("from", &q.from), parse_instant("to", &q.to)) {
+        (Ok(f), Ok(t)) => (f, t),
+        (Err(r), _) | (_, Err(r)) => return r.into_response(),
+    };
+    if to <= from {
+        return error(StatusCode::BAD_REQUEST, "to: must be after from");
+    }
+    let found = shared.store().excursions(Some(&tenant), from, to);
+    match found {
+        Ok(list) => {
+            Json(serde_json::json!({ "tenant": tenant, "excursions": list })).into_response()
+        }
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}")),
     }
 }
 
@@ -788,11 +844,25 @@ async fn summary(Extract(shared): Extract<Arc<Shared>>, headers: HeaderMap) -> R
             last_seen_ms: a.last_seen_ms,
         })
         .collect();
+    let thermal_excursions = state
+        .open_excursions(site)
+        .into_iter()
+        .map(
+            |(zone, entity_kind, entity, kind, since_ms)| OpenExcursion {
+                zone,
+                entity_kind,
+                entity,
+                kind,
+                since_ms,
+            },
+        )
+        .collect();
     Json(Summary {
         figures: &figures,
         meters,
         gpus,
         hottest_gpus: hottest,
+        thermal_excursions,
         agents,
     })
     .into_response()

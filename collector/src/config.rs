@@ -101,6 +101,9 @@ pub struct Config {
     /// Who leases which nodes or GPUs, when.
     #[serde(default)]
     pub leases: Vec<LeaseConfig>,
+    /// Thermal excursion limits.
+    #[serde(default)]
+    pub thermal: crate::thermal::ThermalConfig,
 }
 
 /// A tenant.
@@ -164,6 +167,9 @@ pub struct AgentConfig {
     /// The meters this agent may report; readings of any other meter are refused
     /// (403). Absent: any configured meter (a lab setup).
     pub meters: Option<Vec<String>>,
+    /// The zone (hall) its node is in, for its GPUs' figures. Default `default`.
+    #[serde(default = "default_zone")]
+    pub zone: String,
 }
 
 /// One meter of the site model.
@@ -359,6 +365,12 @@ pub struct Site {
     pub agent_meters: HashMap<String, HashSet<String>>,
     /// Meters by id.
     pub meters: HashMap<String, Meter>,
+    /// Agent id → the zone of its node.
+    pub agent_zones: HashMap<String, String>,
+    /// Every zone named by a meter or an agent.
+    pub zones: std::collections::BTreeSet<String>,
+    /// Thermal excursion limits.
+    pub thermal: crate::thermal::ThermalConfig,
 }
 
 impl Config {
@@ -441,8 +453,14 @@ impl Config {
         };
         let mut agent_tokens = HashMap::new();
         let mut agent_ids = HashSet::new();
+        if let Err((key, why)) = self.thermal.validate() {
+            return Err(invalid(format!("thermal.{key}"), why));
+        }
+        let mut agent_zones = HashMap::new();
         for (i, a) in self.agents.iter().enumerate() {
             check_id(&format!("agents[{i}].id"), &a.id)?;
+            check_id(&format!("agents[{i}].zone"), &a.zone)?;
+            agent_zones.insert(a.id.clone(), a.zone.clone());
             if !agent_ids.insert(a.id.as_str()) {
                 return Err(invalid(
                     format!("agents[{i}].id"),
@@ -565,7 +583,15 @@ impl Config {
         {
             *required_per_zone.entry(m.zone.clone()).or_insert(0) += 1;
         }
+        let zones = meters
+            .values()
+            .map(|m| m.zone.clone())
+            .chain(agent_zones.values().cloned())
+            .collect();
         Ok(Site {
+            agent_zones,
+            zones,
+            thermal: self.thermal,
             listen: self.listen,
             stale_after_ms: millis(self.stale_after),
             max_gap_ms: millis(self.max_gap),

@@ -217,7 +217,13 @@ pub fn render(
         ignored.add(&[(n::REASON, why.as_str())], *count as f64);
     }
 
+    let [in_excursion, cdus_in_excursion, excursions, tenant_excursions] =
+        thermal_families(state, site);
     encode(vec![
+        in_excursion,
+        cdus_in_excursion,
+        excursions,
+        tenant_excursions,
         erf,
         reff,
         cue,
@@ -245,4 +251,66 @@ pub fn render(
         readings,
         ignored,
     ])
+}
+
+/// The thermal excursion families: every zone, kind and tenant present, 0 when none.
+fn thermal_families(state: &State, site: &Site) -> [Family; 4] {
+    use std::collections::{BTreeMap, BTreeSet};
+    let mut gpus: BTreeMap<&str, f64> = site.zones.iter().map(|z| (z.as_str(), 0.0)).collect();
+    let mut cdus = gpus.clone();
+    let mut open_gpus: BTreeSet<(&str, &str)> = BTreeSet::new();
+    let open = state.open_excursions(site);
+    for (zone, entity_kind, entity, _, _) in &open {
+        if open_gpus.insert((entity_kind, entity)) {
+            let map = if *entity_kind == "gpu" {
+                &mut gpus
+            } else {
+                &mut cdus
+            };
+            *map.entry(zone.as_str()).or_default() += 1.0;
+        }
+    }
+    let mut in_excursion = Family::gauge(
+        n::GPUS_IN_THERMAL_EXCURSION,
+        "GPUs with at least one open thermal excursion (near their own thresholds or thermally throttled).",
+    );
+    for (zone, count) in gpus {
+        in_excursion.add(&[(n::ZONE, zone)], count);
+    }
+    let mut cdus_in_excursion = Family::gauge(
+        n::CDUS_IN_THERMAL_EXCURSION,
+        "Coolant distribution units with at least one open excursion.",
+    );
+    for (zone, count) in cdus {
+        cdus_in_excursion.add(&[(n::ZONE, zone)], count);
+    }
+    let mut excursions = Family::counter(
+        n::THERMAL_EXCURSIONS_TOTAL,
+        "Thermal excursions opened, by zone and kind.",
+    );
+    for zone in &site.zones {
+        for kind in crate::thermal::Kind::ALL {
+            let count = state
+                .excursions_opened
+                .get(&(zone.clone(), kind))
+                .copied()
+                .unwrap_or(0);
+            excursions.add(&[(n::ZONE, zone), (n::KIND, kind.as_str())], count as f64);
+        }
+    }
+    let mut tenant_excursions = Family::counter(
+        n::TENANT_THERMAL_EXCURSIONS_TOTAL,
+        "Thermal excursions of a tenant's leased GPUs.",
+    );
+    let tenants: BTreeSet<&str> = site.tenant_tokens.values().map(String::as_str).collect();
+    for t in tenants {
+        let count = state.tenant_excursions.get(t).copied().unwrap_or(0);
+        tenant_excursions.add(&[(n::TENANT, t)], count as f64);
+    }
+    [
+        in_excursion,
+        cdus_in_excursion,
+        excursions,
+        tenant_excursions,
+    ]
 }

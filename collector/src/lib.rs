@@ -32,6 +32,7 @@ pub mod state;
 pub mod statement;
 pub mod store;
 pub mod tenants;
+pub mod thermal;
 pub mod windows;
 
 use std::future::Future;

@@ -77,3 +77,13 @@ pub const CUE: &str = "dcwatt_cue_kilograms_per_kilowatt_hour";
 pub const METER_TREE_RESIDUAL_RATIO: &str = "dcwatt_meter_tree_residual_ratio";
 /// Complete minutes with an invalid PUE.
 pub const PUE_INVALID_MINUTES_TOTAL: &str = "dcwatt_pue_invalid_total";
+/// GPUs with at least one open thermal excursion, per zone.
+pub const GPUS_IN_THERMAL_EXCURSION: &str = "dcwatt_gpus_in_thermal_excursion";
+/// Coolant distribution units with at least one open excursion, per zone.
+pub const CDUS_IN_THERMAL_EXCURSION: &str = "dcwatt_cdus_in_thermal_excursion";
+/// Thermal excursions opened, per zone and kind.
+pub const THERMAL_EXCURSIONS_TOTAL: &str = "dcwatt_thermal_excursions_total";
+/// Thermal excursions of a tenant's leased GPUs.
+pub const TENANT_THERMAL_EXCURSIONS_TOTAL: &str = "dcwatt_tenant_thermal_excursions_total";
+/// Label: what went out of range.
+pub const KIND: &str = "kind";

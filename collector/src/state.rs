@@ -17,6 +17,7 @@ use crate::energy::{
     Counter, CounterStep, Curve, CurveEdit, Integrator, MinuteEnergy, Minutes, PowerStep,
 };
 use crate::figures::LIVE_WINDOW_MS;
+use crate::thermal::{self, Coolant, Excursion, GpuThermals, Kind, Transition};
 
 /// What a meter has counted: the part of its state that is persisted.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -47,6 +48,13 @@ pub struct MeterAccount {
     pub glitch_streak: u32,
     /// The fixed UTC minutes cut so far.
     pub minutes: Minutes,
+    /// Coolant values and excursions, for a CDU.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub coolant: Coolant,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 /// After this many consecutive rejected jumps, the counter's new level is taken
@@ -102,6 +110,9 @@ pub struct GpuState {
     pub last_ms: i64,
     /// The fixed UTC minutes of its energy, for the tenant ledger.
     pub minutes: Minutes,
+    /// Thermal values besides the core temperature, and excursions.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub thermals: GpuThermals,
 }
 
 /// One agent's delivery state.
@@ -154,6 +165,17 @@ pub struct Changes {
     pub minutes: Vec<(String, MinuteEnergy)>,
     /// Fixed UTC minutes that GPUs completed: (UUID, node, minute).
     pub gpu_minutes: Vec<(String, String, MinuteEnergy)>,
+    /// Thermal excursions opened or closed, in order.
+    pub excursions: Vec<ExcursionEdit>,
+}
+
+/// A change to the excursion log.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ExcursionEdit {
+    /// A new excursion.
+    Open(Excursion),
+    /// An open excursion ended: (entity, kind, opened_ms, closed_ms).
+    Close(String, Kind, i64, i64),
 }
 
 /// The whole live state.
@@ -171,6 +193,10 @@ pub struct State {
     pub readings: u64,
     /// Readings ignored, by reason (since this process started).
     pub ignored: BTreeMap<Ignored, u64>,
+    /// Thermal excursions opened, per (zone, kind), as booked in the store.
+    pub excursions_opened: BTreeMap<(String, Kind), u64>,
+    /// Thermal excursions of leased GPUs opened, per tenant, as booked in the store.
+    pub tenant_excursions: BTreeMap<String, u64>,
 }
 
 impl State {
@@ -256,11 +282,16 @@ impl State {
             }
         }
         let mut applied = 0;
+        let mut coolant_meters = BTreeSet::new();
         for r in &batch.readings {
             let outcome = match (&r.entity, r.quantity) {
                 (_, Quantity::Other) => Err(Ignored::UnknownQuantity),
                 (Entity::Meter(id), q) => {
-                    self.apply_meter(id, q, r.ts_ms, r.value, site, &mut changes)
+                    let out = self.apply_meter(id, q, r.ts_ms, r.value, site, &mut changes);
+                    if out.is_ok() && coolant_quantity(q) {
+                        coolant_meters.insert(id.as_str());
+                    }
+                    out
                 }
                 (Entity::Gpu(uuid), q) => {
                     let stale = site.stale_after_ms;
@@ -287,7 +318,117 @@ impl State {
             }
         }
         self.readings += applied as u64;
+        self.judge_thermals(batch, &coolant_meters, site, &mut changes);
         (applied, changes)
+    }
+
+    /// Judges the thermal state of the GPUs and CDUs this batch reported on.
+    fn judge_thermals(
+        &mut self,
+        batch: &Batch,
+        coolant_meters: &BTreeSet<&str>,
+        site: &Site,
+        changes: &mut Changes,
+    ) {
+        let zone = site
+            .agent_zones
+            .get(&batch.agent)
+            .map_or("default", String::as_str);
+        let mut events = Vec::new();
+        for uuid in &changes.gpus {
+            let Some(g) = self.gpus.get_mut(uuid) else {
+                continue;
+            };
+            for (kind, t) in
+                thermal::judge_gpu(&mut g.thermals, g.temperature, g.last_ms, &site.thermal)
+            {
+                let tenant = match t {
+                    Transition::Opened(at) => site
+                        .leases
+                        .split(&g.node, uuid, at, at + 1)
+                        .into_iter()
+                        .next()
+                        .map(|(owner, _)| owner),
+                    Transition::Closed(..) => None,
+                };
+                events.push((
+                    ("gpu", uuid.clone(), Some(g.node.clone())),
+                    zone.to_owned(),
+                    kind,
+                    t,
+                    tenant,
+                ));
+            }
+        }
+        for id in coolant_meters {
+            let Some(m) = self.meters.get_mut(*id) else {
+                continue;
+            };
+            let ts = m.acc.last_ms.unwrap_or(0);
+            for (kind, t) in thermal::judge_coolant(&mut m.acc.coolant, ts, &site.thermal) {
+                events.push((
+                    ("meter", (*id).to_owned(), None),
+                    m.zone.clone(),
+                    kind,
+                    t,
+                    None,
+                ));
+            }
+            changes.meters.insert((*id).to_owned());
+        }
+        for ((entity_kind, entity, node), zone, kind, t, tenant) in events {
+            match t {
+                Transition::Opened(at) => {
+                    *self
+                        .excursions_opened
+                        .entry((zone.clone(), kind))
+                        .or_default() += 1;
+                    if let Some(t) = tenant.as_ref().filter(|t| !t.starts_with('_')) {
+                        *self.tenant_excursions.entry(t.clone()).or_default() += 1;
+                    }
+                    changes.excursions.push(ExcursionEdit::Open(Excursion {
+                        entity_kind,
+                        entity,
+                        node,
+                        kind,
+                        zone,
+                        tenant,
+                        opened_ms: at,
+                        closed_ms: None,
+                    }));
+                }
+                Transition::Closed(opened, closed) => {
+                    changes
+                        .excursions
+                        .push(ExcursionEdit::Close(entity, kind, opened, closed));
+                }
+            }
+        }
+    }
+
+    /// The open excursions, GPUs first, each with its zone.
+    pub fn open_excursions(&self, site: &Site) -> Vec<(String, &'static str, String, Kind, i64)> {
+        let mut out = Vec::new();
+        for (uuid, g) in &self.gpus {
+            let zone = site
+                .agent_zones
+                .get(&g.agent)
+                .map_or("default", String::as_str);
+            for (kind, e) in &g.thermals.episodes {
+                if let Some(at) = e.open_ms {
+                    out.push((zone.to_owned(), "gpu", uuid.clone(), *kind, at));
+                }
+            }
+        }
+        for (id, m) in &self.meters {
+            for (kind, e) in &m.acc.coolant.episodes {
+                if let Some(at) = e.open_ms {
+                    out.push((m.zone.clone(), "meter", id.clone(), *kind, at));
+                }
+            }
+        }
+        out.sort();
+        out
     }
 
     fn apply_meter(
@@ -348,6 +489,26 @@ impl State {
                 g.utilization = Some((ts, v));
                 return Ok(());
             }
+            Quantity::MemoryTemperatureCelsius => {
+                g.thermals.memory_temperature = Some((ts, v));
+                return Ok(());
+            }
+            Quantity::TemperatureSlowdownCelsius => {
+                g.thermals.slowdown = Some((ts, v));
+                return Ok(());
+            }
+            Quantity::TemperatureMemoryMaxCelsius => {
+                g.thermals.memory_max = Some((ts, v));
+                return Ok(());
+            }
+            Quantity::ThrottleHwThermalSlowdown => {
+                g.thermals.hw_thermal = Some((ts, v));
+                return Ok(());
+            }
+            Quantity::ThrottleSwThermalSlowdown => {
+                g.thermals.sw_thermal = Some((ts, v));
+                return Ok(());
+            }
             Quantity::EnergyJoules => match g.counter.observe(ts, v) {
                 CounterStep::Baseline => false,
                 CounterStep::Delta(s) => {
@@ -373,6 +534,15 @@ impl State {
         );
         Ok(())
     }
+}
+
+fn coolant_quantity(q: Quantity) -> bool {
+    matches!(
+        q,
+        Quantity::CoolantSupplyTemperatureCelsius
+            | Quantity::CoolantReturnTemperatureCelsius
+            | Quantity::CoolantFlowCubicMetersPerSecond
+    )
 }
 
 /// What one meter reading produced besides its account.
@@ -466,6 +636,18 @@ fn meter_reading(
                 }
                 PowerStep::OutOfOrder => return Err(Ignored::OutOfOrder),
             }
+        }
+        Quantity::CoolantSupplyTemperatureCelsius => {
+            acc.coolant.supply = Some((ts, v));
+            return Ok(());
+        }
+        Quantity::CoolantReturnTemperatureCelsius => {
+            acc.coolant.ret = Some((ts, v));
+            return Ok(());
+        }
+        Quantity::CoolantFlowCubicMetersPerSecond => {
+            acc.coolant.flow = Some((ts, v));
+            return Ok(());
         }
         _ => return Ok(()), // temperatures and the like: latest value only, nothing to keep yet
     };

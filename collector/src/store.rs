@@ -19,7 +19,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::config::{Role, Site};
 use crate::energy::{Curve, CurveEdit, MinuteEnergy};
-use crate::state::{AgentState, Changes, State};
+use crate::state::{AgentState, Changes, ExcursionEdit, State};
+use crate::thermal::{Excursion, Kind};
 
 /// The schema version this collector writes.
 pub const SCHEMA_VERSION: i64 = 1;
@@ -59,6 +60,20 @@ CREATE TABLE IF NOT EXISTS coverage (
     complete INTEGER NOT NULL,
     PRIMARY KEY (kind, start_ms, zone)
 ) WITHOUT ROWID;
+-- Thermal excursions, one row each, booked to the tenant leasing the GPU
+-- when it started; closed_ms is NULL while open.
+CREATE TABLE IF NOT EXISTS excursions (
+    entity TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    opened_ms INTEGER NOT NULL,
+    entity_kind TEXT NOT NULL,
+    node TEXT,
+    zone TEXT NOT NULL,
+    tenant TEXT,
+    closed_ms INTEGER,
+    PRIMARY KEY (entity, kind, opened_ms)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS excursions_tenant ON excursions (tenant, opened_ms);
 ";
 
 /// The resolution of stored energy periods.
@@ -233,6 +248,34 @@ impl Store {
             })?;
             state.gpus.insert(uuid, gpu);
         }
+        let mut stmt = self
+            .conn
+            .prepare("SELECT zone, kind, count(*) FROM excursions GROUP BY zone, kind")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })?;
+        for row in rows {
+            let (zone, kind, n) = row?;
+            if let Some(kind) = Kind::parse(&kind) {
+                state
+                    .excursions_opened
+                    .insert((zone, kind), u64::try_from(n).unwrap_or(0));
+            }
+        }
+        let mut stmt = self.conn.prepare(
+            "SELECT tenant, count(*) FROM excursions WHERE tenant NOT LIKE '\\_%' ESCAPE '\\' GROUP BY tenant",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+        for row in rows {
+            let (tenant, n) = row?;
+            state
+                .tenant_excursions
+                .insert(tenant, u64::try_from(n).unwrap_or(0));
+        }
         Ok(())
     }
 
@@ -280,6 +323,7 @@ pub struct Prepared {
     curves: Vec<(String, CurveEdit)>,
     gpus: Vec<(String, String)>,
     gpu_minutes: Vec<(String, String, MinuteEnergy)>,
+    excursions: Vec<ExcursionEdit>,
 }
 
 /// Serializes what one applied batch changed (call right after applying it).
@@ -314,6 +358,7 @@ pub fn prepare(agent: &str, state: &State, changes: &Changes) -> Result<Prepared
         }
     }
     p.gpu_minutes.clone_from(&changes.gpu_minutes);
+    p.excursions.clone_from(&changes.excursions);
     Ok(p)
 }
 
@@ -356,10 +401,77 @@ fn write_prepared(
         tx.prepare_cached("INSERT OR REPLACE INTO gpus (uuid, state) VALUES (?1, ?2)")?
             .execute(params![uuid, json])?;
     }
+    for edit in &p.excursions {
+        match edit {
+            ExcursionEdit::Open(e) => tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO excursions (entity, kind, opened_ms, entity_kind, node, zone, tenant)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )?
+                .execute(params![
+                    e.entity,
+                    e.kind.as_str(),
+                    e.opened_ms,
+                    e.entity_kind,
+                    e.node,
+                    e.zone,
+                    e.tenant
+                ])?,
+            ExcursionEdit::Close(entity, kind, opened, closed) => tx
+                .prepare_cached(
+                    "UPDATE excursions SET closed_ms = ?4 WHERE entity = ?1 AND kind = ?2 AND opened_ms = ?3",
+                )?
+                .execute(params![entity, kind.as_str(), opened, closed])?,
+        };
+    }
     Ok(())
 }
 
 impl Store {
+    /// The excursions that started in `[from_ms, to_ms)`, oldest first; only
+    /// one tenant's when `tenant` is given.
+    pub fn excursions(
+        &self,
+        tenant: Option<&str>,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<Excursion>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT entity_kind, entity, node, kind, zone, tenant, opened_ms, closed_ms FROM excursions
+             WHERE opened_ms >= ?1 AND opened_ms < ?2 AND (?3 IS NULL OR tenant = ?3)
+             ORDER BY opened_ms, entity, kind",
+        )?;
+        let rows = stmt.query_map(params![from_ms, to_ms, tenant], |r| {
+            let entity_kind: String = r.get(0)?;
+            let kind: String = r.get(3)?;
+            Ok((
+                entity_kind,
+                kind,
+                Excursion {
+                    entity_kind: "",
+                    entity: r.get(1)?,
+                    node: r.get(2)?,
+                    kind: Kind::GpuTemperature,
+                    zone: r.get(4)?,
+                    tenant: r.get(5)?,
+                    opened_ms: r.get(6)?,
+                    closed_ms: r.get(7)?,
+                },
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (entity_kind, kind, mut e) = row?;
+            let Some(kind) = Kind::parse(&kind) else {
+                continue;
+            };
+            e.kind = kind;
+            e.entity_kind = if entity_kind == "gpu" { "gpu" } else { "meter" };
+            out.push(e);
+        }
+        Ok(out)
+    }
+
     /// Energy per (zone, role) over the periods of `resolution` that start in `[from_ms, to_ms)`.
     pub fn energy(
         &self,
