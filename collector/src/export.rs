@@ -219,7 +219,9 @@ pub fn render(
 
     let [in_excursion, cdus_in_excursion, excursions, tenant_excursions] =
         thermal_families(state, site);
+    let tenant_utilization = tenant_utilization(state, site, figures.now_ms);
     encode(vec![
+        tenant_utilization,
         in_excursion,
         cdus_in_excursion,
         excursions,
@@ -313,4 +315,34 @@ fn thermal_families(state: &State, site: &Site) -> [Family; 4] {
         excursions,
         tenant_excursions,
     ]
+}
+
+/// Mean utilization of the GPUs each tenant leases at `now_ms`, from fresh readings.
+fn tenant_utilization(state: &State, site: &Site, now_ms: i64) -> Family {
+    use std::collections::BTreeMap;
+    let mut sums: BTreeMap<String, (f64, u32)> = BTreeMap::new();
+    if !site.leases.all().is_empty() {
+        for (uuid, g) in &state.gpus {
+            let Some((t, u)) = g.utilization else {
+                continue;
+            };
+            if now_ms - t > site.stale_after_ms {
+                continue;
+            }
+            let owners = site.leases.split(&g.node, uuid, now_ms, now_ms + 1);
+            if let Some((owner, _)) = owners.first().filter(|(o, _)| !o.starts_with('_')) {
+                let e = sums.entry(owner.clone()).or_default();
+                e.0 += u;
+                e.1 += 1;
+            }
+        }
+    }
+    let mut f = Family::gauge(
+        n::TENANT_GPU_UTILIZATION_RATIO,
+        "Mean utilization of the GPUs a tenant leases now, 0..1 (GPUs with a fresh reading).",
+    );
+    for (tenant, (sum, count)) in sums {
+        f.add(&[(n::TENANT, &tenant)], sum / f64::from(count));
+    }
+    f
 }

@@ -87,3 +87,5 @@ pub const THERMAL_EXCURSIONS_TOTAL: &str = "dcwatt_thermal_excursions_total";
 pub const TENANT_THERMAL_EXCURSIONS_TOTAL: &str = "dcwatt_tenant_thermal_excursions_total";
 /// Label: what went out of range.
 pub const KIND: &str = "kind";
+/// Mean utilization of the GPUs a tenant leases now (fresh readings only).
+pub const TENANT_GPU_UTILIZATION_RATIO: &str = "dcwatt_tenant_gpu_utilization_ratio";

@@ -366,3 +366,60 @@ fn thermal_config_errors_name_the_key() {
         .to_string();
     assert!(err.contains("margin"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_utilization_is_the_mean_over_the_gpus_it_leases_now() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, stop) = start(&dir.path().join("c.sqlite")).await;
+    let http = reqwest::Client::new();
+    let ts = now_ms();
+    // r1-n1's GPUs are lab-a's (node glob); r2-n1's are nobody's.
+    for (agent, gpus) in [
+        (0, vec![("GPU-a1", 0.5), ("GPU-a2", 0.9)]),
+        (1, vec![("GPU-b1", 0.1)]),
+    ] {
+        let (id, token, _, _) = AGENTS[agent];
+        let batch = Batch {
+            version: VERSION,
+            agent: id.into(),
+            seq: 1,
+            first_seq: None,
+            node: id.into(),
+            created_ms: ts,
+            gpus: gpus
+                .iter()
+                .enumerate()
+                .map(|(i, (uuid, _))| GpuInfo {
+                    uuid: (*uuid).into(),
+                    index: i as u32,
+                    model: "NVIDIA GB300".into(),
+                })
+                .collect(),
+            readings: gpus
+                .iter()
+                .map(|(uuid, u)| {
+                    r(
+                        ts,
+                        Entity::Gpu((*uuid).into()),
+                        Quantity::UtilizationRatio,
+                        *u,
+                    )
+                })
+                .collect(),
+        };
+        let resp = http
+            .post(format!("{url}/v1/batches"))
+            .bearer_auth(token)
+            .json(&batch)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    let (_, m) = get(&http, &url, "/metrics", OPERATOR).await;
+    let got = sample(&m, r#"dcwatt_tenant_gpu_utilization_ratio{tenant="lab-a"}"#).unwrap();
+    assert!((got - 0.7).abs() < 1e-12, "{got}");
+    assert!(!m.contains(r#"dcwatt_tenant_gpu_utilization_ratio{tenant="lab-b"}"#));
+    assert!(!m.contains(r#"dcwatt_tenant_gpu_utilization_ratio{tenant="_unleased"}"#));
+    let _ = stop.send(());
+}

@@ -80,3 +80,46 @@ pub async fn get_text(url: &str) -> String {
         .await
         .unwrap_or_else(|e| panic!("GET {url}: {e}"))
 }
+
+/// Every panel of a dashboard, rows' inner panels included.
+pub fn walk_panels<'a>(panels: &'a [serde_json::Value], out: &mut Vec<&'a serde_json::Value>) {
+    for p in panels {
+        out.push(p);
+        if let Some(inner) = p["panels"].as_array() {
+            walk_panels(inner, out);
+        }
+    }
+}
+
+/// Every query of every dashboard: (where, expression).
+pub fn dashboard_exprs() -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (file, d) in dashboards() {
+        let mut panels = Vec::new();
+        walk_panels(d["panels"].as_array().unwrap(), &mut panels);
+        for p in panels {
+            for t in p["targets"].as_array().into_iter().flatten() {
+                let expr = t["expr"].as_str().unwrap_or_default();
+                out.push((format!("{file}: {}", p["title"]), expr.to_owned()));
+            }
+        }
+    }
+    out
+}
+
+/// The dashboards in `dashboards/`, by file name, parsed.
+pub fn dashboards() -> Vec<(String, serde_json::Value)> {
+    let dir = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../dashboards"));
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "json") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            let v: serde_json::Value =
+                serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            out.push((path.file_name().unwrap().to_string_lossy().into_owned(), v));
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
