@@ -57,6 +57,14 @@ pub struct CollectorConfig {
     /// Timeout of one POST, humantime. Default `5s`.
     #[serde(default = "default_collector_timeout", with = "humantime_serde")]
     pub timeout: Duration,
+    /// With an `https://` URL: the CA (PEM) the collector's certificate must
+    /// chain to, instead of the system's public roots.
+    pub ca_file: Option<PathBuf>,
+    /// This agent's client certificate (PEM), for a collector that requires
+    /// mutual TLS; with `client_key_file`.
+    pub client_cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    pub client_key_file: Option<PathBuf>,
 }
 
 /// One `[[sources]]` entry, tagged by `type`.
@@ -192,6 +200,10 @@ pub struct Collector {
     pub token: String,
     /// Timeout of one POST.
     pub timeout: Duration,
+    /// The CA to trust instead of the public roots (PEM, checked), if configured.
+    pub ca_pem: Option<Vec<u8>>,
+    /// The client certificate and key (PEM, checked), for mutual TLS.
+    pub identity_pem: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for Collector {
@@ -400,10 +412,67 @@ fn build_collector(i: usize, c: CollectorConfig) -> Result<Collector, ConfigErro
             "must be above 0",
         ));
     }
+    let read = |key: String, path: &Path| {
+        std::fs::read(path)
+            .map_err(|e| invalid(key, format!("cannot read {}: {e}", path.display())))
+    };
+    let ca = match &c.ca_file {
+        Some(path) => {
+            let key = format!("collectors[{i}].ca_file");
+            let pem = read(key.clone(), path)?;
+            reqwest::Certificate::from_pem(&pem).map_err(|e| {
+                invalid(
+                    key,
+                    format!("{}: not a PEM certificate: {e}", path.display()),
+                )
+            })?;
+            Some(pem)
+        }
+        None => None,
+    };
+    let identity = match (&c.client_cert_file, &c.client_key_file) {
+        (Some(cert), Some(k)) => {
+            let mut pem = read(format!("collectors[{i}].client_cert_file"), cert)?;
+            pem.push(b'\n');
+            pem.extend(read(format!("collectors[{i}].client_key_file"), k)?);
+            reqwest::Identity::from_pem(&pem).map_err(|e| {
+                invalid(
+                    format!("collectors[{i}].client_cert_file"),
+                    format!(
+                        "{} with {}: not a PEM certificate and key: {e}",
+                        cert.display(),
+                        k.display()
+                    ),
+                )
+            })?;
+            Some(pem)
+        }
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(invalid(
+                format!("collectors[{i}].client_key_file"),
+                "required with client_cert_file",
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(invalid(
+                format!("collectors[{i}].client_cert_file"),
+                "required with client_key_file",
+            ))
+        }
+    };
+    if (ca.is_some() || identity.is_some()) && url.scheme() != "https" {
+        return Err(invalid(
+            format!("collectors[{i}].url"),
+            "ca_file and client certificates need an https:// URL",
+        ));
+    }
     Ok(Collector {
         url,
         token,
         timeout: c.timeout,
+        ca_pem: ca,
+        identity_pem: identity,
     })
 }
 

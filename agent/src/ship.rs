@@ -197,14 +197,30 @@ impl Shipper {
             .collect();
         let mut clients = Vec::new();
         for (c, label) in collectors.iter().zip(&labels) {
-            let client = reqwest::Client::builder()
+            let mut builder = reqwest::Client::builder()
                 .timeout(c.timeout)
-                .user_agent(concat!("dcwatt-agent/", env!("CARGO_PKG_VERSION")))
-                .build()
-                .map_err(|source| ShipError::Client {
-                    url: label.clone(),
-                    source,
-                })?;
+                .user_agent(concat!("dcwatt-agent/", env!("CARGO_PKG_VERSION")));
+            let client_err = |source| ShipError::Client {
+                url: label.clone(),
+                source,
+            };
+            if let Some(pem) = &c.ca_pem {
+                // The site's CA only: a public certificate for the name is not enough.
+                let ca = reqwest::Certificate::from_pem(pem).map_err(client_err)?;
+                builder = builder
+                    .tls_built_in_root_certs(false)
+                    .add_root_certificate(ca);
+            }
+            if let Some(pem) = &c.identity_pem {
+                builder = builder.identity(reqwest::Identity::from_pem(pem).map_err(client_err)?);
+            }
+            if c.url.scheme() == "http" {
+                tracing::warn!(collector = %label, "Plain HTTP to this collector: the bearer token crosses the network in clear (a lab setup only).");
+            }
+            let client = builder.build().map_err(|source| ShipError::Client {
+                url: label.clone(),
+                source,
+            })?;
             clients.push(client);
         }
         let spool = Spool::open(spool, &labels)?;

@@ -37,9 +37,29 @@ pub struct Shared {
     pub commits: Mutex<CommitQueue>,
     /// Complete minutes with an invalid PUE, as last read.
     pub invalid_pue_minutes: std::sync::atomic::AtomicI64,
+    /// Each agent's token bucket: (tokens, when last filled).
+    pub rates: Mutex<std::collections::HashMap<String, (f64, std::time::Instant)>>,
 }
 
 impl Shared {
+    /// Takes one token from the agent's bucket; `Err(seconds)` until the next
+    /// token when it is empty.
+    fn take_token(&self, agent: &str) -> Result<(), u64> {
+        let site = &self.site;
+        let now = std::time::Instant::now();
+        let mut rates = self.rates.lock().unwrap_or_else(|p| p.into_inner());
+        let burst = f64::from(site.agent_burst);
+        let (tokens, last) = rates.entry(agent.to_owned()).or_insert((burst, now));
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * site.agent_rate).min(burst);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(((1.0 - *tokens) / site.agent_rate).ceil().max(1.0) as u64)
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock cannot leave a half-applied batch we
         // would rather lose than serve: apply() has no panicking paths.
@@ -110,6 +130,19 @@ impl IntoResponse for Rejection {
             Rejection::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Rejection::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Rejection::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Rejection::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
+            Rejection::TooManyRequests { retry_after_s, .. } => {
+                let retry = retry_after_s.to_string();
+                return (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    [(header::RETRY_AFTER, retry)],
+                    Json(ErrorBody {
+                        error: self.to_string(),
+                        last_seq: None,
+                    }),
+                )
+                    .into_response();
+            }
             Rejection::Conflict { error, last_seq } => {
                 let body = ErrorBody {
                     error: error.clone(),
@@ -131,6 +164,8 @@ fn rejection_label(r: &Rejection) -> &'static str {
         Rejection::UnsupportedMediaType(_) => "unsupported_media_type",
         Rejection::Conflict { .. } => "conflict",
         Rejection::Unavailable(_) => "unavailable",
+        Rejection::Timeout(_) => "timeout",
+        Rejection::TooManyRequests { .. } => "rate_limited",
     }
 }
 
@@ -168,9 +203,26 @@ async fn accept_batch(
             "content-type must be application/json, not {content_type:?}"
         )));
     }
-    let bytes = to_bytes(body, site.max_body_bytes).await.map_err(|_| {
-        Rejection::TooLarge(format!("body larger than {} bytes", site.max_body_bytes))
-    })?;
+    shared
+        .take_token(agent)
+        .map_err(|retry_after_s| Rejection::TooManyRequests {
+            error: format!(
+                "agent {agent:?} posts more than {} batches per second",
+                site.agent_rate
+            ),
+            retry_after_s,
+        })?;
+    let bytes = tokio::time::timeout(site.request_timeout, to_bytes(body, site.max_body_bytes))
+        .await
+        .map_err(|_| {
+            Rejection::Timeout(format!(
+                "the body did not arrive within {} s",
+                site.request_timeout.as_secs_f64()
+            ))
+        })?
+        .map_err(|_| {
+            Rejection::TooLarge(format!("body larger than {} bytes", site.max_body_bytes))
+        })?;
     let now = now_ms();
     let batch = ingest::decode(&bytes, agent, site, now)?;
     let (accepted, ticket) = match apply_and_queue(shared, &batch, agent, now) {
@@ -226,6 +278,12 @@ fn apply_and_queue(shared: &Shared, batch: &dcwatt_wire::Batch, agent: &str, now
             ),
             last_seq,
         }));
+    }
+    if let Some(would) = state.gpu_cap_exceeded(batch, site.max_gpus_per_agent) {
+        return Applied::Answer(Err(Rejection::Forbidden(format!(
+            "gpus: agent {agent:?} would report {would} GPUs, more than max_gpus_per_agent ({})",
+            site.max_gpus_per_agent
+        ))));
     }
     if let Some((i, uuid, owner)) = state.foreign_gpu(batch) {
         return Applied::Answer(Err(Rejection::Forbidden(format!(

@@ -69,6 +69,30 @@ pub struct Config {
     /// Most readings in one batch. Default 100,000.
     #[serde(default = "default_max_readings")]
     pub max_readings_per_batch: usize,
+    /// TLS on the listener. Without it the collector speaks plain HTTP (a lab
+    /// setup; warned at start): tokens then cross the network in clear.
+    pub tls: Option<TlsConfig>,
+    /// Most connections served at once. Default 16384.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Request headers must arrive within this (slow clients are cut off). Default `10s`.
+    #[serde(default = "default_header_timeout", with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// A batch body must arrive within this. Default `30s`.
+    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Batches per second each agent may post on average (token bucket);
+    /// beyond it, 429 with `Retry-After`. Default 10 (agents post 1/s, and
+    /// at most 5/s while catching up).
+    #[serde(default = "default_agent_rate")]
+    pub agent_batches_per_second: f64,
+    /// The bucket's size: batches an agent may post at once. Default 60.
+    #[serde(default = "default_agent_burst")]
+    pub agent_batch_burst: u32,
+    /// Most distinct GPUs one agent may report (a UUID explosion cannot blow up
+    /// memory); batches naming more are refused (403). Default 64.
+    #[serde(default = "default_max_gpus")]
+    pub max_gpus_per_agent: usize,
     /// PUE is published only above this IT power (W, averaged over the window):
     /// a ratio over a near-zero denominator is noise. Default 1000 W.
     #[serde(default = "default_it_floor")]
@@ -153,6 +177,18 @@ pub struct LedgerConfig {
 pub struct OperatorConfig {
     /// SHA-256 of the operator's bearer token, 64 hex digits.
     pub token_sha256: String,
+}
+
+/// `[tls]`: the listener's certificate, and client certificates for mutual TLS.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The server certificate chain, PEM.
+    pub cert_file: std::path::PathBuf,
+    /// Its private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: std::path::PathBuf,
+    /// When set, every client must present a certificate signed by this CA (PEM).
+    pub client_ca_file: Option<std::path::PathBuf>,
 }
 
 /// One agent allowed to post batches.
@@ -284,6 +320,24 @@ fn default_max_body() -> usize {
 fn default_max_readings() -> usize {
     100_000
 }
+fn default_max_connections() -> usize {
+    16_384
+}
+fn default_header_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_agent_rate() -> f64 {
+    10.0
+}
+fn default_agent_burst() -> u32 {
+    60
+}
+fn default_max_gpus() -> usize {
+    64
+}
 fn default_it_floor() -> f64 {
     1000.0
 }
@@ -371,6 +425,18 @@ pub struct Site {
     pub zones: std::collections::BTreeSet<String>,
     /// Thermal excursion limits.
     pub thermal: crate::thermal::ThermalConfig,
+    /// TLS, if configured.
+    pub tls: Option<TlsConfig>,
+    /// Connection limits of the listener.
+    pub limits: crate::serve::Limits,
+    /// See [`Config::request_timeout`].
+    pub request_timeout: Duration,
+    /// See [`Config::agent_batches_per_second`].
+    pub agent_rate: f64,
+    /// See [`Config::agent_batch_burst`].
+    pub agent_burst: u32,
+    /// See [`Config::max_gpus_per_agent`].
+    pub max_gpus_per_agent: usize,
 }
 
 impl Config {
@@ -408,6 +474,42 @@ impl Config {
         }
         if self.max_body_bytes < 1024 {
             return Err(invalid("max_body_bytes", "must be at least 1024"));
+        }
+        for (key, d) in [
+            ("header_timeout", self.header_timeout),
+            ("request_timeout", self.request_timeout),
+        ] {
+            if d.is_zero() || d > Duration::from_secs(3600) {
+                return Err(invalid(key, "must be longer than zero and at most 1h"));
+            }
+        }
+        if self.max_connections == 0 {
+            return Err(invalid("max_connections", "must be at least 1"));
+        }
+        if !(self.agent_batches_per_second.is_finite() && self.agent_batches_per_second > 0.0) {
+            return Err(invalid(
+                "agent_batches_per_second",
+                "must be a positive number",
+            ));
+        }
+        if self.agent_batch_burst == 0 {
+            return Err(invalid("agent_batch_burst", "must be at least 1"));
+        }
+        if self.max_gpus_per_agent == 0 {
+            return Err(invalid("max_gpus_per_agent", "must be at least 1"));
+        }
+        if let Some(tls) = &self.tls {
+            for (key, path) in [
+                ("tls.cert_file", Some(&tls.cert_file)),
+                ("tls.key_file", Some(&tls.key_file)),
+                ("tls.client_ca_file", tls.client_ca_file.as_ref()),
+            ] {
+                if let Some(path) = path {
+                    if !path.is_file() {
+                        return Err(invalid(key, format!("{}: no such file", path.display())));
+                    }
+                }
+            }
         }
         if self.max_readings_per_batch == 0 {
             return Err(invalid("max_readings_per_batch", "must be at least 1"));
@@ -589,6 +691,16 @@ impl Config {
             .chain(agent_zones.values().cloned())
             .collect();
         Ok(Site {
+            limits: crate::serve::Limits {
+                max_connections: self.max_connections,
+                handshake_timeout: self.header_timeout,
+                header_timeout: self.header_timeout,
+            },
+            request_timeout: self.request_timeout,
+            agent_rate: self.agent_batches_per_second,
+            agent_burst: self.agent_batch_burst,
+            max_gpus_per_agent: self.max_gpus_per_agent,
+            tls: self.tls,
             agent_zones,
             zones,
             thermal: self.thermal,

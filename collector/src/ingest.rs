@@ -30,6 +30,17 @@ pub enum Rejection {
     /// The collector cannot apply it now (503); the agent retries.
     #[error("{0}")]
     Unavailable(String),
+    /// The body did not arrive in time (408).
+    #[error("{0}")]
+    Timeout(String),
+    /// The agent posts faster than its rate limit (429 with `Retry-After`).
+    #[error("{error}")]
+    TooManyRequests {
+        /// What was exceeded.
+        error: String,
+        /// Seconds until the next batch is accepted.
+        retry_after_s: u64,
+    },
     /// A merged batch overlaps what was applied already (409): nothing applied;
     /// the agent re-sends from `last_seq + 1`.
     #[error("{error}")]
@@ -104,6 +115,14 @@ pub fn validate(batch: &Batch, agent: &str, site: &Site, now_ms: i64) -> Result<
         )));
     }
     check_id(&batch.node).map_err(|why| bad("node".into(), why))?;
+    // The agent's id is its node's name: an agent speaks for its own node only,
+    // or it could bill its GPUs to whoever leases another node.
+    if batch.node != agent {
+        return Err(Rejection::Forbidden(format!(
+            "node: agent {agent:?} reports only its own node, not {:?}",
+            batch.node
+        )));
+    }
     if batch.first_seq.is_some_and(|first| first > batch.seq) {
         return Err(bad("first_seq".into(), "must not be greater than seq"));
     }
@@ -153,8 +172,13 @@ fn check_id(id: &str) -> Result<(), &'static str> {
     if id.is_empty() || id.len() > 128 {
         return Err("must be 1 to 128 characters");
     }
-    if id.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        return Err("must not contain whitespace or control characters");
+    // The same alphabet as the config's ids: they become label values and
+    // URL path segments.
+    if !id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+    {
+        return Err("may only contain ASCII letters, digits, '-', '_', '.', ':'");
     }
     Ok(())
 }

@@ -28,6 +28,7 @@ pub mod ingest;
 pub mod ledger;
 pub mod names;
 pub mod pue;
+pub mod serve;
 pub mod state;
 pub mod statement;
 pub mod store;
@@ -46,6 +47,9 @@ pub enum Error {
     /// The durable store could not be opened or loaded.
     #[error(transparent)]
     Store(#[from] store::StoreError),
+    /// TLS could not be set up.
+    #[error("tls: {0}")]
+    Tls(#[from] serve::TlsError),
     /// The HTTP server failed.
     #[error("serving http: {0}")]
     Serve(#[from] std::io::Error),
@@ -81,12 +85,23 @@ pub async fn run(
         tenant_totals: Mutex::new(Vec::new()),
         invalid_pue_minutes: std::sync::atomic::AtomicI64::new(0),
         commits: Mutex::new(api::CommitQueue::default()),
+        rates: Mutex::new(std::collections::HashMap::new()),
         site,
     });
+    let tls = match &shared.site.tls {
+        Some(t) => Some(serve::acceptor(
+            &t.cert_file,
+            &t.key_file,
+            t.client_ca_file.as_deref(),
+        )?),
+        None => {
+            tracing::warn!("No [tls] configured: plain HTTP, bearer tokens cross the network in clear (a lab setup only).");
+            None
+        }
+    };
+    let limits = shared.site.limits;
     let refresher = tokio::spawn(refresh_windows(Arc::clone(&shared)));
-    axum::serve(listener, api::router(shared))
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    serve::serve(listener, api::router(shared), tls, limits, shutdown).await?;
     refresher.abort();
     Ok(())
 }

@@ -255,6 +255,34 @@ impl State {
             })
     }
 
+    /// With the GPUs this batch names for the first time, how many GPUs its
+    /// agent would report, when that is more than `cap`. Scans only when a
+    /// batch names a new GPU.
+    pub fn gpu_cap_exceeded(&self, batch: &Batch, cap: usize) -> Option<usize> {
+        let mut new: BTreeSet<&str> = batch
+            .gpus
+            .iter()
+            .map(|g| g.uuid.as_str())
+            .filter(|u| !self.gpus.contains_key(*u))
+            .collect();
+        for r in &batch.readings {
+            if let Entity::Gpu(u) = &r.entity {
+                if !self.gpus.contains_key(u) {
+                    new.insert(u);
+                }
+            }
+        }
+        if new.is_empty() {
+            return None;
+        }
+        let have = self
+            .gpus
+            .values()
+            .filter(|g| g.agent == batch.agent)
+            .count();
+        (have + new.len() > cap).then_some(have + new.len())
+    }
+
     /// Energy of every GPU since start (J) and the counter resets seen.
     pub fn gpu_totals(&self) -> (f64, u64) {
         self.gpus

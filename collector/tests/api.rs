@@ -348,6 +348,46 @@ async fn hostile_batches_are_refused_and_change_nothing() {
         .unwrap()
         .replacen("13000.0", "1e999", 1);
     let huge = vec![b' '; 9 << 20];
+    let text = String::from_utf8(good.clone()).unwrap();
+    let nan = text.replacen("13000.0", "NaN", 1);
+    let as_string = text.replacen("13000.0", "\"13000\"", 1);
+    let unknown_field = text.replacen("{", "{\"extra\":1,", 1);
+    let nested = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+    let mut neg_energy = ok();
+    neg_energy.readings[1].value = -1.0;
+    let mut absurd_power = ok();
+    absurd_power.readings[0].value = 1e300;
+    let mut ratio = ok();
+    ratio.readings[0].quantity = Quantity::UtilizationRatio;
+    ratio.readings[0].value = 1.5;
+    let mut hot = ok();
+    hot.readings[0].quantity = Quantity::TemperatureCelsius;
+    hot.readings[0].value = 10_000.0;
+    let mut other_node = ok();
+    other_node.node = "n2".into();
+    let mut ghost = ok();
+    ghost.agent = "ghost".into();
+    let mut empty_agent = ok();
+    empty_agent.agent = String::new();
+    let mut first_after = ok();
+    first_after.first_seq = Some(12);
+    let mut long_id = ok();
+    long_id.readings[0].entity = Entity::Meter("m".repeat(10_000));
+    let mut traversal = ok();
+    traversal.readings[0].entity = Entity::Meter("../../etc/passwd".into());
+    let mut control = ok();
+    control.readings[0].entity = Entity::Meter("pdu\r\nX-Evil: 1".into());
+    let mut bad_model = ok();
+    bad_model.gpus = vec![dcwatt_wire::GpuInfo {
+        uuid: "GPU-1".into(),
+        index: 0,
+        model: "x\u{7}".into(),
+    }];
+    let mut replay = ok();
+    replay.seq = 10;
+    let mut foreign_meter = ok();
+    foreign_meter.agent = "n2".into();
+    foreign_meter.node = "n2".into();
     let json = "application/json";
     let enc = |b: &Batch| serde_json::to_vec(b).unwrap();
     // (name, token, content type, body, expected status, what the error must mention)
@@ -465,10 +505,199 @@ async fn hostile_batches_are_refused_and_change_nothing() {
             413,
             "larger than",
         ),
+        (
+            "NaN literal",
+            Some(TOKEN),
+            json,
+            nan.into_bytes(),
+            400,
+            "malformed batch",
+        ),
+        (
+            "value as a string",
+            Some(TOKEN),
+            json,
+            as_string.into_bytes(),
+            400,
+            "malformed batch",
+        ),
+        (
+            "unknown field",
+            Some(TOKEN),
+            json,
+            unknown_field.into_bytes(),
+            400,
+            "unknown field",
+        ),
+        (
+            "deeply nested JSON",
+            Some(TOKEN),
+            json,
+            nested.into_bytes(),
+            400,
+            "malformed batch",
+        ),
+        (
+            "empty body",
+            Some(TOKEN),
+            json,
+            Vec::new(),
+            400,
+            "malformed batch",
+        ),
+        (
+            "JSON array",
+            Some(TOKEN),
+            json,
+            b"[1,2,3]".to_vec(),
+            400,
+            "malformed batch",
+        ),
+        (
+            "not UTF-8",
+            Some(TOKEN),
+            json,
+            vec![0xff, 0xfe, 0x7b],
+            400,
+            "malformed batch",
+        ),
+        (
+            "negative energy",
+            Some(TOKEN),
+            json,
+            enc(&neg_energy),
+            400,
+            "readings[1].value",
+        ),
+        (
+            "absurd power",
+            Some(TOKEN),
+            json,
+            enc(&absurd_power),
+            400,
+            "out of range",
+        ),
+        (
+            "utilization above 1",
+            Some(TOKEN),
+            json,
+            enc(&ratio),
+            400,
+            "out of range",
+        ),
+        (
+            "temperature 10000 °C",
+            Some(TOKEN),
+            json,
+            enc(&hot),
+            400,
+            "out of range",
+        ),
+        (
+            "another agent's node",
+            Some(TOKEN),
+            json,
+            enc(&other_node),
+            403,
+            "own node",
+        ),
+        (
+            "unknown agent in the body",
+            Some(TOKEN),
+            json,
+            enc(&ghost),
+            403,
+            "ghost",
+        ),
+        (
+            "empty agent id",
+            Some(TOKEN),
+            json,
+            enc(&empty_agent),
+            403,
+            "agent",
+        ),
+        (
+            "first_seq after seq",
+            Some(TOKEN),
+            json,
+            enc(&first_after),
+            400,
+            "first_seq",
+        ),
+        (
+            "a 10 kB meter id",
+            Some(TOKEN),
+            json,
+            enc(&long_id),
+            400,
+            "readings[0].entity",
+        ),
+        (
+            "path traversal in a meter id",
+            Some(TOKEN),
+            json,
+            enc(&traversal),
+            400,
+            "readings[0].entity",
+        ),
+        (
+            "header injection in a meter id",
+            Some(TOKEN),
+            json,
+            enc(&control),
+            400,
+            "readings[0].entity",
+        ),
+        (
+            "control character in a model",
+            Some(TOKEN),
+            json,
+            enc(&bad_model),
+            400,
+            "gpus[0].model",
+        ),
+        (
+            "a meter the agent may not report",
+            Some(OTHER_TOKEN),
+            json,
+            enc(&foreign_meter),
+            403,
+            "not one of",
+        ),
+        (
+            "empty bearer token",
+            Some(""),
+            json,
+            good.clone(),
+            401,
+            "Bearer",
+        ),
+        (
+            "content type missing",
+            Some(TOKEN),
+            "",
+            good.clone(),
+            415,
+            "content-type",
+        ),
+        // A replay is answered 200 and changes nothing.
+        (
+            "duplicate sequence",
+            Some(TOKEN),
+            json,
+            enc(&replay),
+            200,
+            "",
+        ),
     ];
+    assert!(cases.len() >= 30, "{} cases", cases.len());
     for (name, token, content_type, body, status, needle) in cases {
         let (got, answer) = c.post_raw(token, content_type, body).await;
         assert_eq!(got, status, "{name}: {answer}");
+        if status == 200 {
+            assert_eq!(answer["duplicate"], true, "{name}: {answer}");
+        }
         let text = answer["error"].as_str().unwrap_or_default();
         assert!(
             text.contains(needle),

@@ -56,7 +56,7 @@ const METERS: [MeterSpec; 10] = [
 
 async fn start() -> (String, tokio::sync::oneshot::Sender<()>) {
     let mut config = format!(
-        "carbon_intensity_kg_per_kwh = 0.3\n[[agents]]\nid = \"gw\"\ntoken_sha256 = \"{}\"\n",
+        "carbon_intensity_kg_per_kwh = 0.3\n# A day of history posted as fast as it goes.\nagent_batches_per_second = 1e6\nagent_batch_burst = 100000\n[[agents]]\nid = \"gw\"\ntoken_sha256 = \"{}\"\n",
         hex::encode(token_hash(TOKEN))
     );
     for (id, role, zone, point, _, parent) in METERS {
