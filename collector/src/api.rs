@@ -42,6 +42,40 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// Re-reads the config file and puts its leases in force, all at once, if
+    /// the whole file is valid and names the same tenants (new tenants and
+    /// tokens need a restart). Minutes already attributed stay as booked (the
+    /// ledger is append-only); the new leases apply to what comes next.
+    /// Returns the number of leases now in force.
+    pub fn reload_leases(&self) -> Result<usize, String> {
+        let path = self
+            .site
+            .config_path
+            .as_ref()
+            .ok_or("this collector was not started from a config file")?;
+        let config = crate::config::Config::from_file(path).map_err(|e| e.to_string())?;
+        let tenants: std::collections::BTreeSet<String> =
+            config.tenants.iter().map(|t| t.id.clone()).collect();
+        let site = config
+            .build()
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let running: std::collections::BTreeSet<String> =
+            self.site.tenant_tokens.values().cloned().collect();
+        if tenants != running {
+            return Err(format!(
+                "{}: the tenants changed ({:?} running, {:?} in the file): restart to load them",
+                path.display(),
+                running,
+                tenants
+            ));
+        }
+        let leases = site.leases.snapshot();
+        let n = leases.all().len();
+        self.site.leases.replace(leases);
+        tracing::info!(leases = n, "Leases reloaded.");
+        Ok(n)
+    }
+
     /// Takes one token from the agent's bucket; `Err(seconds)` until the next
     /// token when it is empty.
     fn take_token(&self, agent: &str) -> Result<(), u64> {
@@ -99,6 +133,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/tenants/{tenant}/statement", get(tenant_statement))
         .route("/v1/tenants/{tenant}/excursions", get(tenant_excursions))
         .route("/v1/ledger/verify", get(ledger_verify))
+        .route("/v1/admin/leases/reload", post(reload_leases))
         .with_state(shared)
 }
 
@@ -814,6 +849,20 @@ async fn tenant_statement(
             format!("month: {:?} is not YYYY-MM", q.month),
         ),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}")),
+    }
+}
+
+/// Re-reads the leases from the config file (operator only); see [`Shared::reload_leases`].
+async fn reload_leases(Extract(shared): Extract<Arc<Shared>>, headers: HeaderMap) -> Response {
+    let auth = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if !ingest::is_operator(&shared.site, auth) {
+        return error(StatusCode::UNAUTHORIZED, "this needs the operator token");
+    }
+    match shared.reload_leases() {
+        Ok(n) => Json(serde_json::json!({ "leases": n })).into_response(),
+        Err(e) => error(StatusCode::BAD_REQUEST, e),
     }
 }
 

@@ -409,8 +409,10 @@ pub struct Site {
     pub close_after_ms: i64,
     /// SHA-256 of each tenant's token → tenant id.
     pub tenant_tokens: HashMap<[u8; 32], String>,
-    /// The leases.
-    pub leases: crate::tenants::Leases,
+    /// The leases in force (reloadable).
+    pub leases: crate::tenants::LeaseBook,
+    /// The file this was read from, for reloading leases.
+    pub config_path: Option<std::path::PathBuf>,
     /// SHA-256 of the operator token, if one is configured.
     pub operator_token: Option<[u8; 32]>,
     /// SHA-256 of each agent's token → agent id.
@@ -658,7 +660,10 @@ impl Config {
             }
         }
         let tenant_ids: HashSet<&str> = self.tenants.iter().map(|t| t.id.as_str()).collect();
-        let leases = crate::tenants::Leases::build(&self.leases, &tenant_ids)?;
+        let leases = crate::tenants::LeaseBook::new(crate::tenants::Leases::build(
+            &self.leases,
+            &tenant_ids,
+        )?);
         for (i, m) in self.meters.iter().enumerate() {
             let Some(parent) = &m.parent else { continue };
             let key = format!("meters[{i}].parent");
@@ -703,6 +708,7 @@ impl Config {
             tls: self.tls,
             agent_zones,
             zones,
+            config_path: None,
             thermal: self.thermal,
             listen: self.listen,
             stale_after_ms: millis(self.stale_after),

@@ -321,7 +321,7 @@ fn thermal_families(state: &State, site: &Site) -> [Family; 4] {
 fn tenant_utilization(state: &State, site: &Site, now_ms: i64) -> Family {
     use std::collections::BTreeMap;
     let mut sums: BTreeMap<String, (f64, u32)> = BTreeMap::new();
-    if !site.leases.all().is_empty() {
+    if !site.leases.is_empty() {
         for (uuid, g) in &state.gpus {
             let Some((t, u)) = g.utilization else {
                 continue;

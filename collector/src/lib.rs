@@ -100,10 +100,24 @@ pub async fn run(
         }
     };
     let limits = shared.site.limits;
+    let reloader = tokio::spawn(reload_on_sighup(Arc::clone(&shared)));
     let refresher = tokio::spawn(refresh_windows(Arc::clone(&shared)));
     serve::serve(listener, api::router(shared), tls, limits, shutdown).await?;
     refresher.abort();
+    reloader.abort();
     Ok(())
+}
+
+/// Reloads the leases on every SIGHUP; a bad file is logged and changes nothing.
+async fn reload_on_sighup(shared: Arc<api::Shared>) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        return;
+    };
+    while hup.recv().await.is_some() {
+        if let Err(e) = shared.reload_leases() {
+            tracing::warn!(error = %e, "Lease reload refused; the leases in force stay.");
+        }
+    }
 }
 
 /// How often the stored trailing windows are recomputed for `/metrics`.

@@ -161,7 +161,10 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     };
     let site = match Config::from_file(&path).and_then(Config::build) {
-        Ok(site) => site,
+        Ok(mut site) => {
+            site.config_path = Some(path.clone());
+            site
+        }
         Err(e) => {
             eprintln!("{}: {e}", path.display());
             return ExitCode::from(2);

@@ -152,8 +152,8 @@ pub fn statement(
         day += DAY_MS;
     }
     // Leased minutes (by any of the tenant's leases) with no row, up to what is booked.
-    let leased: Vec<(i64, i64)> = site
-        .leases
+    let leases = site.leases.snapshot();
+    let leased: Vec<(i64, i64)> = leases
         .all()
         .iter()
         .filter(|l| l.tenant == tenant)

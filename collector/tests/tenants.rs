@@ -14,8 +14,8 @@ const OPERATOR: &str = "operator-token";
 const LAB_A: &str = "lab-a-token";
 const LAB_B: &str = "lab-b-token";
 const AGENTS: [(&str, &str, &str); 2] = [
-    ("n1", "r1-n1", "agent-1-token"),
-    ("n2", "r2-n1", "agent-2-token"),
+    ("r1-n1", "r1-n1", "agent-1-token"),
+    ("r2-n1", "r2-n1", "agent-2-token"),
 ];
 /// (node, GPU, watts): GPU-a1 is lab-a's by a node glob, GPU-b1 lab-b's by UUID, GPU-x nobody's.
 const GPUS: [(&str, &str, f64); 3] = [
@@ -368,4 +368,110 @@ proptest! {
             prop_assert!(t.values().all(|v| v.0 >= -1e-9 && v.1 >= 0));
         }
     }
+}
+
+/// A lease of GPU-x to lab-b, from 2026 on.
+const LEASE_X: &str = "[[leases]]\ntenant = \"lab-b\"\ngpus = [\"GPU-x\"]\nfrom = \"2026-01-01T00:00:00Z\"\nto = \"2030-01-01T00:00:00Z\"\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_reload_without_a_restart_and_a_bad_file_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("c.sqlite");
+    let file = dir.path().join("collector.toml");
+    std::fs::write(&file, config(&db)).unwrap();
+    let mut site = Config::from_file(&file).unwrap().build().unwrap();
+    site.config_path = Some(file.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(dcwatt_collector::run(site, listener, async {
+        let _ = rx.await;
+    }));
+    let http = reqwest::Client::new();
+    let mut seq = 0;
+    let mut post_utilization = || {
+        seq += 1;
+        let ts = now_ms();
+        let batch = Batch {
+            version: VERSION,
+            agent: "r2-n1".into(),
+            seq,
+            first_seq: None,
+            node: "r2-n1".into(),
+            created_ms: ts,
+            gpus: vec![],
+            readings: vec![Reading {
+                ts_ms: ts,
+                entity: Entity::Gpu("GPU-x".into()),
+                quantity: Quantity::UtilizationRatio,
+                value: 0.25,
+            }],
+        };
+        http.post(format!("{url}/v1/batches"))
+            .bearer_auth(AGENTS[1].2)
+            .json(&batch)
+            .send()
+    };
+    let reload = |token: &'static str| {
+        http.post(format!("{url}/v1/admin/leases/reload"))
+            .bearer_auth(token)
+            .send()
+    };
+    let metrics = || async {
+        http.get(format!("{url}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let lab_b = r#"dcwatt_tenant_gpu_utilization_ratio{tenant="lab-b"}"#;
+    assert_eq!(post_utilization().await.unwrap().status(), 200);
+    assert_eq!(
+        sample(&metrics().await, lab_b),
+        None,
+        "GPU-x is nobody's yet"
+    );
+    // Only the operator may reload.
+    assert_eq!(reload(LAB_A).await.unwrap().status(), 401);
+    // A file with an overlapping lease: refused, naming both; nothing changes.
+    let overlapping = format!(
+        "{}{LEASE_X}[[leases]]\ntenant = \"lab-a\"\ngpus = [\"GPU-x\"]\nfrom = \"2027-01-01T00:00:00Z\"\nto = \"2028-01-01T00:00:00Z\"\n",
+        config(&db)
+    );
+    std::fs::write(&file, overlapping).unwrap();
+    let r = reload(OPERATOR).await.unwrap();
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    let why = body["error"].as_str().unwrap();
+    assert!(
+        why.contains("leases[2]") && why.contains("leases[3]"),
+        "{why}"
+    );
+    assert_eq!(post_utilization().await.unwrap().status(), 200);
+    assert_eq!(sample(&metrics().await, lab_b), None, "a refused file changed the leases");
+    // A good file: GPU-x becomes lab-b's from now on.
+    std::fs::write(&file, format!("{}{LEASE_X}", config(&db))).unwrap();
+    let r = reload(OPERATOR).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["leases"], 3);
+    assert_eq!(post_utilization().await.unwrap().status(), 200);
+    assert_eq!(sample(&metrics().await, lab_b), Some(0.25));
+    // A file that adds a tenant needs a restart: refused, the leases in force stay.
+    std::fs::write(
+        &file,
+        format!(
+            "{}{LEASE_X}[[tenants]]\nid = \"lab-c\"\ntoken_sha256 = \"{}\"\n",
+            config(&db),
+            hex::encode(token_hash("lab-c-token"))
+        ),
+    )
+    .unwrap();
+    let r = reload(OPERATOR).await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(post_utilization().await.unwrap().status(), 200);
+    assert_eq!(sample(&metrics().await, lab_b), Some(0.25));
+    let _ = stop.send(());
 }
