@@ -36,6 +36,7 @@ fn gpus(lost1: bool) -> Vec<FakeGpu> {
             throttle_reasons: 0,
             lost: false,
             name: "NVIDIA GB300".into(),
+            ..FakeGpu::default()
         },
         FakeGpu {
             index: 1,
@@ -52,6 +53,7 @@ fn gpus(lost1: bool) -> Vec<FakeGpu> {
             throttle_reasons: 0,
             lost: lost1,
             name: "NVIDIA GB300".into(),
+            ..FakeGpu::default()
         },
     ]
 }

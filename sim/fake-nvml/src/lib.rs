@@ -308,7 +308,9 @@ fn render_optional(out: &mut String, g: &FakeGpu) -> io::Result<()> {
     }
     for u in &g.unsupported {
         if !word_ok(u) {
-            return Err(invalid(format!("gpu {i}: unsupported call {u:?} is not one word")));
+            return Err(invalid(format!(
+                "gpu {i}: unsupported call {u:?} is not one word"
+            )));
         }
         let _ = writeln!(out, "set {i} unsupported {u}");
     }
@@ -317,7 +319,10 @@ fn render_optional(out: &mut String, g: &FakeGpu) -> io::Result<()> {
     }
     for m in &g.mig_instances {
         if !word_ok(&m.profile) || m.profile.len() >= 32 {
-            return Err(invalid(format!("gpu {i}: MIG profile {:?} is not one short word", m.profile)));
+            return Err(invalid(format!(
+                "gpu {i}: MIG profile {:?} is not one short word",
+                m.profile
+            )));
         }
         let _ = writeln!(out, "set {i} mig_instance {} {}", m.gpu_instance, m.profile);
     }
