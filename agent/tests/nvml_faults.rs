@@ -218,7 +218,11 @@ library = "{LIB_PATH}"
         ("hw_power_brake_slowdown", 0.0),
         ("display_clock_setting", 0.0),
     ] {
-        assert_eq!(must(&text, &sl(thr_active, 0, "reason", reason)), v, "{reason}");
+        assert_eq!(
+            must(&text, &sl(thr_active, 0, "reason", reason)),
+            v,
+            "{reason}"
+        );
         assert_eq!(must(&text, &sl(thr_active, 2, "reason", reason)), 0.0);
     }
     let viol = "dcwatt_gpu_throttle_violation_seconds_total";
@@ -236,10 +240,7 @@ library = "{LIB_PATH}"
     assert_eq!(must(&text, &s("dcwatt_gpu_pcie_link_generation", 0)), 5.0);
     assert_eq!(must(&text, &s("dcwatt_gpu_pcie_link_width_lanes", 0)), 16.0);
     assert_eq!(must(&text, &s("dcwatt_gpu_utilization_ratio", 1)), 0.9);
-    assert_eq!(
-        must(&text, &s("dcwatt_gpu_memory_used_bytes", 2)),
-        100e9
-    );
+    assert_eq!(must(&text, &s("dcwatt_gpu_memory_used_bytes", 2)), 100e9);
     assert_eq!(
         must(
             &text,
@@ -387,9 +388,10 @@ library = "{LIB_PATH}"
         })
     })
     .await;
-    assert!(!batch.readings.iter().any(|r| r.entity
-        == Entity::Gpu(UUIDS[2].into())
-        && r.quantity == Quantity::PowerWatts));
+    assert!(!batch
+        .readings
+        .iter()
+        .any(|r| r.entity == Entity::Gpu(UUIDS[2].into()) && r.quantity == Quantity::PowerWatts));
 
     // --- GPU 2 is back but every call on it hangs for seconds: the tick ends
     // at its deadline, GPU 2 is down, the other GPUs keep being read.
