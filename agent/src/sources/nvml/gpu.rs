@@ -81,6 +81,9 @@ const THRESHOLDS: [(&str, TemperatureThreshold, u32, Quantity); 4] = [
     ),
 ];
 
+/// The GPU's thresholds once read: `(label, °C, wire quantity)`.
+type Thresholds = Vec<(&'static str, f64, Quantity)>;
+
 /// What one read of one GPU yielded.
 #[derive(Debug, Clone, Default)]
 pub struct GpuRead {
@@ -104,7 +107,7 @@ pub struct GpuState {
     info: Option<GpuInfo>,
     pci_bus_id: String,
     /// `(label, °C, quantity)` once read; thresholds do not change.
-    thresholds: Option<Vec<(&'static str, f64, Quantity)>>,
+    thresholds: Option<Thresholds>,
     supported_throttle: Option<u64>,
     fans: Option<u32>,
     /// Calls (and `field:<id>`) this GPU answered "not supported" to.
@@ -478,7 +481,7 @@ impl GpuState {
         &mut self,
         dev: &Device<'_>,
         from_fields: &[(&'static str, f64)],
-    ) -> Result<Option<Vec<(&'static str, f64, Quantity)>>, NvmlError> {
+    ) -> Result<Option<Thresholds>, NvmlError> {
         let mut out = Vec::new();
         for (label, t, _, q) in THRESHOLDS {
             let call = format!("temperature_threshold:{label}");

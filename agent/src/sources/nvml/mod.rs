@@ -135,8 +135,11 @@ struct Job {
     generation: u64,
     driver: Arc<str>,
     tick: u64,
-    replies: mpsc::Sender<(u32, u64, GpuRead)>,
+    replies: mpsc::Sender<Reply>,
 }
+
+/// A GPU thread's answer: index, tick, what it read.
+type Reply = (u32, u64, GpuRead);
 
 /// State owned by the control thread.
 struct Control {
@@ -157,10 +160,7 @@ struct Control {
     /// Indexes not answering in time at the last collection (logged once).
     silent: Vec<u32>,
     tick: u64,
-    replies: (
-        mpsc::Sender<(u32, u64, GpuRead)>,
-        mpsc::Receiver<(u32, u64, GpuRead)>,
-    ),
+    replies: (mpsc::Sender<Reply>, mpsc::Receiver<Reply>),
     xid: Option<XidThread>,
     xid_count: u32,
     xid_counts: XidCounts,
