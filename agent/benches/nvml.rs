@@ -5,7 +5,8 @@
 //!
 //! `cargo bench -p dcwatt-agent --bench nvml [-- TICKS]` prints a table.
 //! CPU time is the process's (user + system, every thread) from `getrusage`;
-//! peak RSS is the process's `ru_maxrss` at the end. The fake library's own
+//! peak RSS is the process's `VmHWM` (`/proc/self/status`) at the end
+//! (`ru_maxrss` would carry over the peak of `cargo`, which execs the bench). The fake library's own
 //! work (a `stat` of its state file per call) is included, as a real driver's
 //! ioctls would be.
 
@@ -16,15 +17,27 @@ use dcwatt_agent::metrics::{render, Snapshot};
 use dcwatt_agent::sources::nvml::NvmlSource;
 use dcwatt_fake_nvml::{write_state, FakeGpu, FakeThresholds, DEFAULT_DRIVER, LIB_PATH, STATE_ENV};
 
-/// Process CPU time (user + system) in seconds, and peak RSS in KiB.
-fn usage() -> (f64, i64) {
+/// Peak resident set size of this process image, KiB (`VmHWM`); 0 if unknown.
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Process CPU time (user + system) in seconds.
+fn usage() -> f64 {
     // SAFETY: getrusage fills the struct we pass; no other memory is involved.
     let mut u: libc::rusage = unsafe { std::mem::zeroed() };
     unsafe {
         libc::getrusage(libc::RUSAGE_SELF, &mut u);
     }
     let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    (secs(u.ru_utime) + secs(u.ru_stime), u.ru_maxrss)
+    secs(u.ru_utime) + secs(u.ru_stime)
 }
 
 fn gpus() -> Vec<FakeGpu> {
@@ -117,7 +130,7 @@ fn main() {
 
     let mut walls = Vec::with_capacity(ticks);
     let mut snap = Snapshot::default();
-    let (cpu0, _) = usage();
+    let cpu0 = usage();
     let start = Instant::now();
     for _ in 0..ticks {
         let t = Instant::now();
@@ -127,7 +140,7 @@ fn main() {
         snap.apply("nvml", None, &c, took);
     }
     let wall = start.elapsed().as_secs_f64();
-    let (cpu1, _) = usage();
+    let cpu1 = usage();
 
     let renders = ticks.max(1);
     let r0 = Instant::now();
@@ -136,7 +149,8 @@ fn main() {
         bytes = render("r12-n03", &snap, None).len();
     }
     let render_s = r0.elapsed().as_secs_f64();
-    let (cpu2, rss_kib) = usage();
+    let cpu2 = usage();
+    let rss_kib = peak_rss_kib();
 
     walls.sort_by(f64::total_cmp);
     let p99 = walls

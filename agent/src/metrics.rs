@@ -504,6 +504,66 @@ mod tests {
     }
 
     #[test]
+    fn gpu_detail_renders_and_agent_kept_counters_survive_a_failure() {
+        use crate::sources::nvml::detail::Sample;
+        let mut snap = Snapshot::default();
+        let detail = GpuDetail {
+            driver_version: "580.95.05".into(),
+            pci_bus_id: "00000000:18:00.0".into(),
+            samples: vec![
+                Sample::labelled(Fam::XidErrors, n::XID, "79", 2.0),
+                Sample::labelled(Fam::Clock, n::CLOCK, "sm", 1.98e9),
+            ],
+        };
+        let c = Collected {
+            readings: Vec::new(),
+            gpus: vec![GpuStatus {
+                info: GpuInfo {
+                    uuid: "GPU-a".into(),
+                    index: 0,
+                    model: "M".into(),
+                },
+                up: true,
+                detail,
+            }],
+            error: None,
+        };
+        snap.apply("nvml", None, &c, Duration::ZERO);
+        let text = render("n1", &snap, None);
+        let base = r#"node="n1",gpu="0",uuid="GPU-a",model="M""#;
+        assert!(
+            text.contains(&format!(
+                r#"dcwatt_gpu_xid_errors_total{{{base},xid="79"}} 2"#
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                r#"dcwatt_gpu_clock_hertz{{{base},clock="sm"}} 1980000000"#
+            )),
+            "{text}"
+        );
+        assert!(text.contains(&format!(
+            r#"dcwatt_gpu_info{{{base},driver_version="580.95.05",pci_bus_id="00000000:18:00.0"}} 1"#
+        )), "{text}");
+        assert!(
+            text.contains("# TYPE dcwatt_gpu_xid_errors_total counter"),
+            "{text}"
+        );
+
+        // NVML fails as a whole: readings go, the agent's own counters stay.
+        snap.apply("nvml", None, &Collected::failed("x"), Duration::ZERO);
+        let text = render("n1", &snap, None);
+        assert!(
+            text.contains(&format!(
+                r#"dcwatt_gpu_xid_errors_total{{{base},xid="79"}} 2"#
+            )),
+            "{text}"
+        );
+        assert!(!text.contains("dcwatt_gpu_clock_hertz"), "{text}");
+    }
+
+    #[test]
     fn failed_meter_loses_its_values() {
         let mut snap = Snapshot::default();
         let ok = Collected::ok(vec![reading(

@@ -150,7 +150,7 @@ async fn nvml_readings_and_faults() {
     publish(&state, &gpus);
     let agent = Agent::start(&format!(
         r#"
-interval = "300ms"
+interval = "500ms"
 node = "n1"
 [[collectors]]
 url = "http://{collector}"
@@ -417,7 +417,7 @@ library = "{LIB_PATH}"
         assert_eq!(must(t, &up(1)), 1.0);
         assert_eq!(must(t, r#"dcwatt_source_up{source="nvml"}"#), 1.0);
         // The collection ended by its own deadline, inside the tick.
-        assert!(must(t, r#"dcwatt_source_duration_seconds{source="nvml"}"#) < 0.3);
+        assert!(must(t, r#"dcwatt_source_duration_seconds{source="nvml"}"#) < 0.5);
     }
     // The hang ends: GPU 2 answers again.
     gpus[2].hang_ms = 0;

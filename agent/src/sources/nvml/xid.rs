@@ -27,11 +27,11 @@ const READY_WAIT: Duration = Duration::from_secs(2);
 /// XID counts: GPU UUID → XID code → count.
 pub type XidCounts = Arc<Mutex<BTreeMap<String, BTreeMap<u64, u64>>>>;
 
-/// A running event thread.
+/// A running event thread; dropping it asks the thread to stop.
 #[derive(Debug)]
 pub struct XidThread {
     stop: Arc<AtomicBool>,
-    handle: Option<JoinHandle<()>>,
+    _handle: JoinHandle<()>,
 }
 
 impl XidThread {
@@ -49,10 +49,7 @@ impl XidThread {
             Ok(h) => {
                 // Registered, or gave up; either way the thread says so (or ends).
                 let _ = ready_rx.recv_timeout(READY_WAIT);
-                Some(Self {
-                    stop,
-                    handle: Some(h),
-                })
+                Some(Self { stop, _handle: h })
             }
             Err(e) => {
                 warn!(error = %e, "Cannot start the XID event thread; XID errors are not counted.");
@@ -63,12 +60,10 @@ impl XidThread {
 }
 
 impl Drop for XidThread {
-    /// Asks the thread to stop and waits for it (at most one wait timeout).
+    /// Asks the thread to stop; it ends within one wait ([`WAIT_MS`]). It is
+    /// not joined: a driver call that hangs must not hang the caller too.
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
     }
 }
 
