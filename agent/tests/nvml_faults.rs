@@ -419,7 +419,22 @@ library = "{LIB_PATH}"
         // The collection ended by its own deadline, inside the tick.
         assert!(must(t, r#"dcwatt_source_duration_seconds{source="nvml"}"#) < 0.5);
     }
-    // The hang ends: GPU 2 answers again.
+    // The batches say the same: GPU 2 down, GPU 0 read.
+    let reading = |b: &Batch, gpu: usize, q: Quantity| {
+        b.readings
+            .iter()
+            .find(|r| r.entity == Entity::Gpu(UUIDS[gpu].into()) && r.quantity == q)
+            .map(|r| r.value)
+    };
+    let batch = wait_batch(&received, |b| {
+        reading(b, 0, Quantity::PowerWatts) == Some(980.0)
+    })
+    .await;
+    assert_eq!(reading(&batch, 2, Quantity::GpuUp), Some(0.0));
+    assert_eq!(reading(&batch, 2, Quantity::PowerWatts), None);
+    assert_eq!(reading(&batch, 1, Quantity::GpuUp), Some(1.0));
+
+    // The hang ends: GPU 2 answers again, on /metrics and in the batches.
     gpus[2].hang_ms = 0;
     publish(&state, &gpus);
     agent
@@ -428,6 +443,12 @@ library = "{LIB_PATH}"
                 && value(t, &s("dcwatt_gpu_power_watts", 2)) == Some(1002.0)
         })
         .await;
+    let batch = wait_batch(&received, |b| {
+        reading(b, 2, Quantity::GpuUp) == Some(1.0)
+            && reading(b, 0, Quantity::PowerWatts) == Some(980.0)
+    })
+    .await;
+    assert_eq!(reading(&batch, 2, Quantity::PowerWatts), Some(1002.0));
 
     // --- The agent stops: so does the XID event thread.
     assert!(thread_names().iter().any(|n| n == "dcwatt-nvml-xid"));
