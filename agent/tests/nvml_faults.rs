@@ -450,12 +450,23 @@ library = "{LIB_PATH}"
     .await;
     assert_eq!(reading(&batch, 2, Quantity::PowerWatts), Some(1002.0));
 
-    // --- The agent stops: so does the XID event thread.
-    assert!(thread_names().iter().any(|n| n == "dcwatt-nvml-xid"));
+    // --- The agent stops: so do the XID event thread, the GPU threads and
+    // the control thread.
+    let names = thread_names();
+    for name in ["dcwatt-nvml-xid", "dcwatt-nvml-gpu", "dcwatt-nvml"] {
+        assert!(names.iter().any(|n| n == name), "{name} in {names:?}");
+    }
     agent.stop().await;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while thread_names().iter().any(|n| n == "dcwatt-nvml-xid") {
-        assert!(Instant::now() < deadline, "XID thread still running");
+    loop {
+        let left: Vec<String> = thread_names()
+            .into_iter()
+            .filter(|n| n.starts_with("dcwatt-nvml"))
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still running: {left:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
