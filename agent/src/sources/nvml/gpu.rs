@@ -109,9 +109,12 @@ pub struct GpuState {
     /// `(label, °C, quantity)` once read; thresholds do not change.
     thresholds: Option<Thresholds>,
     supported_throttle: Option<u64>,
+    default_limit_w: Option<f64>,
     fans: Option<u32>,
-    /// Calls (and `field:<id>`) this GPU answered "not supported" to.
+    /// Calls this GPU answered "not supported" to (or the library lacks).
     unsupported: BTreeSet<String>,
+    /// Field ids this GPU answered "not supported" to.
+    unsupported_fields: BTreeSet<u32>,
     /// Last energy counter value, J, and the UUID it belongs to.
     last_energy: Option<(String, f64)>,
     energy_resets: u64,
@@ -308,13 +311,16 @@ impl GpuState {
         if let Some(mw) = self.optional("enforced_power_limit", || dev.enforced_power_limit())? {
             push(Quantity::PowerLimitWatts, f64::from(mw) / 1000.0);
         }
-        if let Some(mw) = self.optional("power_management_limit_default", || {
-            dev.power_management_limit_default()
-        })? {
-            samples.push(Sample::plain(
-                Fam::PowerDefaultLimit,
-                f64::from(mw) / 1000.0,
-            ));
+        // The default limit is a property of the board: read once.
+        if self.default_limit_w.is_none() {
+            self.default_limit_w = self
+                .optional("power_management_limit_default", || {
+                    dev.power_management_limit_default()
+                })?
+                .map(|mw| f64::from(mw) / 1000.0);
+        }
+        if let Some(w) = self.default_limit_w {
+            samples.push(Sample::plain(Fam::PowerDefaultLimit, w));
         }
 
         // Throttle reasons: every reason the GPU supports, 0 or 1.
@@ -503,7 +509,7 @@ impl GpuState {
         if self.thresholds.is_none() {
             ids.extend(THRESHOLDS.iter().map(|t| t.2));
         }
-        ids.retain(|id| !self.unsupported.contains(&field_key(*id)));
+        ids.retain(|id| !self.unsupported_fields.contains(id));
         let mut out = Fields::default();
         if ids.is_empty() {
             return Ok(out);
@@ -518,7 +524,7 @@ impl GpuState {
                 Ok(v) => sample_f64(&v),
                 Err(NvmlError::GpuLost) => return Err(NvmlError::GpuLost),
                 Err(NvmlError::NotSupported) => {
-                    if self.unsupported.insert(field_key(*id)) {
+                    if self.unsupported_fields.insert(*id) {
                         info!(
                             gpu = self.index,
                             field = id,
@@ -556,10 +562,6 @@ struct Fields {
     mem_temp: Option<f64>,
     power_instant_mw: Option<f64>,
     thresholds: Vec<(&'static str, f64)>,
-}
-
-fn field_key(id: u32) -> String {
-    format!("field:{id}")
 }
 
 fn sample_f64(v: &SampleValue) -> f64 {
