@@ -2,7 +2,8 @@
  * fake_nvml.c: a fake libnvidia-ml.so.1 for dcwatt's tests and demo.
  *
  * Reads the text state file named by the environment variable
- * DCWATT_FAKE_NVML_STATE (format: docs/interfaces.md, "Fake NVML"; the writer
+ * DCWATT_FAKE_NVML_STATE (format: docs/interfaces.md, "Fake NVML", and the
+ * optional lines in docs/nvml.md; the writer
  * is dcwatt_fake_nvml::write_state) and answers the NVML calls that
  * nvml-wrapper 0.13 makes for dcwatt's agent. Writes nothing.
  *

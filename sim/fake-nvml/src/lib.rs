@@ -4,7 +4,8 @@
 //! that `nvml-wrapper` makes, from a text state file named by the environment
 //! variable [`STATE_ENV`]. This crate writes that file ([`write_state`]) and
 //! reads nothing; the C library reads it. The format is the contract in
-//! `docs/interfaces.md` ("Fake NVML").
+//! `docs/interfaces.md` ("Fake NVML"); its optional per-GPU lines are in
+//! `docs/nvml.md`.
 //!
 //! Load it with `nvml_wrapper::Nvml::builder().lib_path(LIB_PATH.as_ref()).init()`
 //! after setting [`STATE_ENV`]. One process loads one instance of the library
