@@ -20,6 +20,7 @@ use dcwatt_wire::{Entity, GpuInfo, Quantity};
 
 use crate::names as n;
 use crate::ship::{self, Status};
+use crate::sources::nvml::detail::{Fam, GpuDetail};
 use crate::sources::Collected;
 
 /// Everything `/metrics` shows, shared between the scheduler, shippers and HTTP.
@@ -50,6 +51,8 @@ pub struct GpuEntry {
     pub up: bool,
     /// Latest value per quantity (SI units); empty while down.
     pub values: BTreeMap<Quantity, f64>,
+    /// Agent-only values (NVML source); only agent-kept counters while down.
+    pub detail: GpuDetail,
 }
 
 /// One meter's latest state.
@@ -92,6 +95,7 @@ impl Snapshot {
             for gpu in self.gpus.values_mut() {
                 gpu.up = false;
                 gpu.values.clear();
+                gpu.detail.samples.retain(|s| s.fam.agent_kept());
             }
         } else {
             self.gpus = c
@@ -108,6 +112,7 @@ impl Snapshot {
                         info: g.info.clone(),
                         up: g.up,
                         values,
+                        detail: g.detail.clone(),
                     };
                     (uuid.clone(), entry)
                 })
@@ -258,6 +263,7 @@ pub fn render(node: &str, snap: &Snapshot, ship: Option<&Status>) -> String {
         up.add(&base[..3], bool_value(g.up));
     }
     families.extend([energy, temp, up]);
+    families.extend(gpu_detail_families(node, &gpu_labels));
 
     let mut m_power = Family::gauge(n::METER_POWER_WATTS, "Meter power, watts.");
     let mut m_energy = Family::counter(
@@ -302,6 +308,49 @@ pub fn render(node: &str, snap: &Snapshot, ship: Option<&Status>) -> String {
     }
 
     encode(families)
+}
+
+/// `dcwatt_gpu_info` and the agent-only GPU families ([`Fam`]).
+fn gpu_detail_families(node: &str, gpus: &[(String, &GpuEntry)]) -> Vec<Family> {
+    let mut info = Family::gauge(
+        n::GPU_INFO,
+        "GPU identity: UUID, model, driver version, PCI bus id; always 1.",
+    );
+    for (idx, g) in gpus {
+        info.add(
+            &[
+                (n::NODE, node),
+                (n::GPU, idx),
+                (n::UUID, &g.info.uuid),
+                (n::MODEL, &g.info.model),
+                (n::DRIVER_VERSION, &g.detail.driver_version),
+                (n::PCI_BUS_ID, &g.detail.pci_bus_id),
+            ],
+            1.0,
+        );
+    }
+    let mut out = vec![info];
+    for fam in Fam::ALL {
+        let mut f = if fam.is_counter() {
+            Family::counter(fam.name(), fam.help())
+        } else {
+            Family::gauge(fam.name(), fam.help())
+        };
+        for (idx, g) in gpus {
+            for s in g.detail.samples.iter().filter(|s| s.fam == fam) {
+                let mut labels: Vec<(&str, &str)> = vec![
+                    (n::NODE, node),
+                    (n::GPU, idx),
+                    (n::UUID, &g.info.uuid),
+                    (n::MODEL, &g.info.model),
+                ];
+                labels.extend(s.labels.iter().map(|(k, v)| (*k, v.as_str())));
+                f.add(&labels, s.value);
+            }
+        }
+        out.push(f);
+    }
+    out
 }
 
 fn ship_families(ship: &Status) -> Vec<Family> {
@@ -410,10 +459,12 @@ mod tests {
                 GpuStatus {
                     info: gpu("GPU-a", 0),
                     up: true,
+                    detail: GpuDetail::default(),
                 },
                 GpuStatus {
                     info: gpu("GPU-b", 1),
                     up: false,
+                    detail: GpuDetail::default(),
                 },
             ],
             error: None,
@@ -450,6 +501,66 @@ mod tests {
             text.contains(r#"dcwatt_source_errors_total{source="nvml"} 1"#),
             "{text}"
         );
+    }
+
+    #[test]
+    fn gpu_detail_renders_and_agent_kept_counters_survive_a_failure() {
+        use crate::sources::nvml::detail::Sample;
+        let mut snap = Snapshot::default();
+        let detail = GpuDetail {
+            driver_version: "580.95.05".into(),
+            pci_bus_id: "00000000:18:00.0".into(),
+            samples: vec![
+                Sample::labelled(Fam::XidErrors, n::XID, "79", 2.0),
+                Sample::labelled(Fam::Clock, n::CLOCK, "sm", 1.98e9),
+            ],
+        };
+        let c = Collected {
+            readings: Vec::new(),
+            gpus: vec![GpuStatus {
+                info: GpuInfo {
+                    uuid: "GPU-a".into(),
+                    index: 0,
+                    model: "M".into(),
+                },
+                up: true,
+                detail,
+            }],
+            error: None,
+        };
+        snap.apply("nvml", None, &c, Duration::ZERO);
+        let text = render("n1", &snap, None);
+        let base = r#"node="n1",gpu="0",uuid="GPU-a",model="M""#;
+        assert!(
+            text.contains(&format!(
+                r#"dcwatt_gpu_xid_errors_total{{{base},xid="79"}} 2"#
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                r#"dcwatt_gpu_clock_hertz{{{base},clock="sm"}} 1980000000"#
+            )),
+            "{text}"
+        );
+        assert!(text.contains(&format!(
+            r#"dcwatt_gpu_info{{{base},driver_version="580.95.05",pci_bus_id="00000000:18:00.0"}} 1"#
+        )), "{text}");
+        assert!(
+            text.contains("# TYPE dcwatt_gpu_xid_errors_total counter"),
+            "{text}"
+        );
+
+        // NVML fails as a whole: readings go, the agent's own counters stay.
+        snap.apply("nvml", None, &Collected::failed("x"), Duration::ZERO);
+        let text = render("n1", &snap, None);
+        assert!(
+            text.contains(&format!(
+                r#"dcwatt_gpu_xid_errors_total{{{base},xid="79"}} 2"#
+            )),
+            "{text}"
+        );
+        assert!(!text.contains("dcwatt_gpu_clock_hertz"), "{text}");
     }
 
     #[test]

@@ -21,6 +21,42 @@ pub const GPU_MEMORY_TOTAL_BYTES: &str = "dcwatt_gpu_memory_total_bytes";
 pub const GPU_POWER_LIMIT_WATTS: &str = "dcwatt_gpu_power_limit_watts";
 /// 1 when the GPU answered the last collection, 0 when it is lost (gauge).
 pub const GPU_UP: &str = "dcwatt_gpu_up";
+/// GPU identity, value 1, labels [`UUID`], [`MODEL`], [`DRIVER_VERSION`], [`PCI_BUS_ID`] (gauge).
+pub const GPU_INFO: &str = "dcwatt_gpu_info";
+/// GPU instantaneous power, watts (gauge; NVML field `POWER_INSTANT`).
+pub const GPU_POWER_INSTANT_WATTS: &str = "dcwatt_gpu_power_instant_watts";
+/// The default GPU power limit, watts (gauge).
+pub const GPU_POWER_DEFAULT_LIMIT_WATTS: &str = "dcwatt_gpu_power_default_limit_watts";
+/// Decreases (resets) of the GPU energy counter the agent saw (counter). The
+/// issue's `dcwatt_gpu_energy_counter_resets_total` is not used: `promtool check
+/// metrics` rejects "counter" inside a metric name.
+pub const GPU_ENERGY_RESETS_TOTAL: &str = "dcwatt_gpu_energy_resets_total";
+/// The GPU's own temperature thresholds, °C, label [`THRESHOLD`] (gauge).
+pub const GPU_TEMPERATURE_THRESHOLD_CELSIUS: &str = "dcwatt_gpu_temperature_threshold_celsius";
+/// Slowdown threshold minus GPU temperature, °C (gauge).
+pub const GPU_TEMPERATURE_SLOWDOWN_MARGIN_CELSIUS: &str =
+    "dcwatt_gpu_temperature_slowdown_margin_celsius";
+/// 1 while a clock-event (throttle) reason is active, label [`REASON`] (gauge).
+pub const GPU_THROTTLE_ACTIVE: &str = "dcwatt_gpu_throttle_active";
+/// Cumulative violation time, seconds, label [`POLICY`] (counter).
+pub const GPU_THROTTLE_VIOLATION_SECONDS_TOTAL: &str =
+    "dcwatt_gpu_throttle_violation_seconds_total";
+/// Current clock, hertz, label [`CLOCK`] (gauge).
+pub const GPU_CLOCK_HERTZ: &str = "dcwatt_gpu_clock_hertz";
+/// Fan speed, ratio 0..1, label [`FAN`] (gauge; absent without fans).
+pub const GPU_FAN_SPEED_RATIO: &str = "dcwatt_gpu_fan_speed_ratio";
+/// ECC errors (aggregate), label [`ERROR`] (counter).
+pub const GPU_ECC_ERRORS_TOTAL: &str = "dcwatt_gpu_ecc_errors_total";
+/// Current PCIe link generation (gauge).
+pub const GPU_PCIE_LINK_GENERATION: &str = "dcwatt_gpu_pcie_link_generation";
+/// Current PCIe link width, lanes (gauge).
+pub const GPU_PCIE_LINK_WIDTH_LANES: &str = "dcwatt_gpu_pcie_link_width_lanes";
+/// XID errors since the agent started, label [`XID`] (counter).
+pub const GPU_XID_ERRORS_TOTAL: &str = "dcwatt_gpu_xid_errors_total";
+/// 1 when MIG mode is on (gauge).
+pub const GPU_MIG_ENABLED: &str = "dcwatt_gpu_mig_enabled";
+/// A MIG instance, value 1, labels [`MIG_UUID`], [`GPU_INSTANCE`], [`PROFILE`] (gauge).
+pub const GPU_MIG_INSTANCE_INFO: &str = "dcwatt_gpu_mig_instance_info";
 
 /// Meter power, watts (gauge).
 pub const METER_POWER_WATTS: &str = "dcwatt_meter_power_watts";
@@ -62,6 +98,30 @@ pub const UUID: &str = "uuid";
 pub const MODEL: &str = "model";
 /// Label: which temperature sensor, [`SENSOR_GPU`] or [`SENSOR_MEMORY`].
 pub const SENSOR: &str = "sensor";
+/// Label: the NVIDIA driver version.
+pub const DRIVER_VERSION: &str = "driver_version";
+/// Label: the GPU's PCI bus id.
+pub const PCI_BUS_ID: &str = "pci_bus_id";
+/// Label: `slowdown`, `shutdown`, `gpu_max` or `memory_max`.
+pub const THRESHOLD: &str = "threshold";
+/// Label: a throttle reason (`sw_power_cap`, `hw_thermal_slowdown`, …).
+pub const REASON: &str = "reason";
+/// Label: a violation policy, `power` or `thermal`.
+pub const POLICY: &str = "policy";
+/// Label: a clock domain, `sm` or `memory`.
+pub const CLOCK: &str = "clock";
+/// Label: a fan's index.
+pub const FAN: &str = "fan";
+/// Label: an ECC error kind, `corrected` or `uncorrected`.
+pub const ERROR: &str = "error";
+/// Label: an XID code.
+pub const XID: &str = "xid";
+/// Label: a MIG instance's UUID.
+pub const MIG_UUID: &str = "mig_uuid";
+/// Label: a MIG GPU instance id.
+pub const GPU_INSTANCE: &str = "gpu_instance";
+/// Label: a MIG profile (`1g.35gb`).
+pub const PROFILE: &str = "profile";
 /// Label: a meter's configured id.
 pub const METER: &str = "meter";
 /// Label: a source, `nvml` or `redfish:<meter>`.

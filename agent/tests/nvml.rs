@@ -18,6 +18,7 @@ use dcwatt_fake_nvml::{write_state, FakeGpu, DEFAULT_DRIVER, LIB_PATH, STATE_ENV
 
 const UUID0: &str = "GPU-2b7f0000-0000-0000-0000-000000000000";
 const UUID1: &str = "GPU-2b7f0000-0000-0000-0000-000000000001";
+const UUID2: &str = "GPU-2b7f0000-0000-0000-0000-000000000002";
 
 fn gpus(lost1: bool) -> Vec<FakeGpu> {
     vec![
@@ -36,6 +37,7 @@ fn gpus(lost1: bool) -> Vec<FakeGpu> {
             throttle_reasons: 0,
             lost: false,
             name: "NVIDIA GB300".into(),
+            ..FakeGpu::default()
         },
         FakeGpu {
             index: 1,
@@ -52,6 +54,7 @@ fn gpus(lost1: bool) -> Vec<FakeGpu> {
             throttle_reasons: 0,
             lost: lost1,
             name: "NVIDIA GB300".into(),
+            ..FakeGpu::default()
         },
     ]
 }
@@ -248,6 +251,33 @@ library = "{LIB_PATH}"
         .wait_for(Duration::from_secs(10), |t| {
             value(t, &up(1, UUID1)) == Some(1.0)
                 && value(t, &series("dcwatt_gpu_power_watts", 1, UUID1)) == Some(250.5)
+        })
+        .await;
+
+    // A third GPU appears (hot-plugged, or the driver finished enumerating):
+    // it is picked up, and registered for XID events.
+    let mut three = gpus(false);
+    let mut g2 = three[1].clone();
+    g2.index = 2;
+    g2.uuid = UUID2.into();
+    three.push(g2.clone());
+    publish(&state, &three);
+    agent
+        .wait_for(Duration::from_secs(10), |t| {
+            value(t, &up(2, UUID2)) == Some(1.0)
+                && value(t, &series("dcwatt_gpu_power_watts", 2, UUID2)) == Some(250.5)
+        })
+        .await;
+    three[2].xids = vec![dcwatt_fake_nvml::FakeXid { id: 1, code: 13 }];
+    publish(&state, &three);
+    agent
+        .wait_for(Duration::from_secs(10), |t| {
+            value(
+                t,
+                &format!(
+                    r#"dcwatt_gpu_xid_errors_total{{node="r1-n1",gpu="2",uuid="{UUID2}",model="NVIDIA GB300",xid="13"}}"#
+                ),
+            ) == Some(1.0)
         })
         .await;
 

@@ -2,7 +2,8 @@
  * fake_nvml.c: a fake libnvidia-ml.so.1 for dcwatt's tests and demo.
  *
  * Reads the text state file named by the environment variable
- * DCWATT_FAKE_NVML_STATE (format: docs/interfaces.md, "Fake NVML"; the writer
+ * DCWATT_FAKE_NVML_STATE (format: docs/interfaces.md, "Fake NVML", and the
+ * optional lines in docs/nvml.md; the writer
  * is dcwatt_fake_nvml::write_state) and answers the NVML calls that
  * nvml-wrapper 0.13 makes for dcwatt's agent. Writes nothing.
  *
@@ -20,6 +21,13 @@
  * - A GPU marked lost answers GPU_IS_LOST (15) to every per-device call.
  * - Device handles point into a static array indexed by NVML index; they stay
  *   valid for the life of the process.
+ * - Optional `set <index> <key> <value...>` lines (after that GPU's `gpu` line)
+ *   add readings and faults: instantaneous power, default limit, thresholds
+ *   (classic call or field values only), clocks, fans, ECC, violation times,
+ *   PCIe link, per-symbol NOT_SUPPORTED, a hang before every call, MIG mode
+ *   and instances, XID events for the event API. A GPU without them answers
+ *   as before (NOT_SUPPORTED for the readings it lacks). A global `init_fail 1`
+ *   line makes nvmlInit answer DRIVER_NOT_LOADED.
  */
 
 #define _GNU_SOURCE
@@ -31,6 +39,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #define EXPORT __attribute__((visibility("default")))
 
@@ -42,6 +51,7 @@ typedef int nvmlReturn_t;
 #define NVML_ERROR_NOT_FOUND 6
 #define NVML_ERROR_INSUFFICIENT_SIZE 7
 #define NVML_ERROR_DRIVER_NOT_LOADED 9
+#define NVML_ERROR_TIMEOUT 10
 #define NVML_ERROR_GPU_IS_LOST 15
 #define NVML_ERROR_ARGUMENT_VERSION_MISMATCH 25
 #define NVML_ERROR_UNKNOWN 999
@@ -51,6 +61,48 @@ typedef int nvmlReturn_t;
 #define NAME_LEN 96
 #define DRIVER_LEN 80
 #define MAX_FILE_BYTES (1 << 20)
+#define MAX_FANS 8
+#define MAX_MIG 8
+#define MAX_XID 64
+#define PROFILE_LEN 32
+#define UNSUPPORTED_LEN 1024
+
+/* Optional scalar readings a `set` line gives; absent ones answer NOT_SUPPORTED. */
+enum key {
+    K_POWER_INSTANT_MW,
+    K_POWER_DEFAULT_LIMIT_MW,
+    K_THRESHOLD_SHUTDOWN,
+    K_THRESHOLD_SLOWDOWN,
+    K_THRESHOLD_MEM_MAX,
+    K_THRESHOLD_GPU_MAX,
+    K_THRESHOLDS_FIELDS_ONLY,
+    K_SM_CLOCK_MHZ,
+    K_MEM_CLOCK_MHZ,
+    K_ECC_CORRECTED,
+    K_ECC_UNCORRECTED,
+    K_VIOLATION_POWER_NS,
+    K_VIOLATION_THERMAL_NS,
+    K_PCIE_GEN,
+    K_PCIE_WIDTH,
+    K_HANG_MS,
+    K_MIG_MODE,
+    K_COUNT
+};
+static const char *const KEY_NAMES[K_COUNT] = {
+    "power_instant_mw", "power_default_limit_mw", "threshold_shutdown", "threshold_slowdown",
+    "threshold_mem_max", "threshold_gpu_max", "thresholds_fields_only", "sm_clock_mhz",
+    "mem_clock_mhz", "ecc_corrected", "ecc_uncorrected", "violation_power_ns",
+    "violation_thermal_ns", "pcie_gen", "pcie_width", "hang_ms", "mig_mode",
+};
+
+/* Field ids (same in every nvml-wrapper numbering scheme). */
+#define FI_DEV_POWER_INSTANT 186
+#define FI_DEV_TEMPERATURE_SHUTDOWN_TLIMIT 193
+#define FI_DEV_TEMPERATURE_SLOWDOWN_TLIMIT 194
+#define FI_DEV_TEMPERATURE_MEM_MAX_TLIMIT 195
+#define FI_DEV_TEMPERATURE_GPU_MAX_TLIMIT 196
+/* nvmlEventTypeXidCriticalError */
+#define EVENT_TYPE_XID 0x8ULL
 
 /* NVML_FI_DEV_MEMORY_TEMP: not in the remapped 251..273 range, same id in every scheme. */
 #define FI_DEV_MEMORY_TEMP 82
@@ -125,6 +177,19 @@ struct gpu {
     unsigned long long throttle;
     int lost;
     char name[NAME_LEN];
+    /* Optional readings and faults from `set` lines. */
+    unsigned long long val[K_COUNT];
+    unsigned char has[K_COUNT];
+    unsigned int fan_count;
+    unsigned int fans[MAX_FANS];
+    unsigned int mig_count;
+    unsigned int mig_gi[MAX_MIG];
+    char mig_profile[MAX_MIG][PROFILE_LEN];
+    unsigned int xid_count;
+    unsigned long long xid_id[MAX_XID];
+    unsigned long long xid_code[MAX_XID];
+    /* "|sym|sym|": calls that answer NOT_SUPPORTED ("field:N" for a field id). */
+    char unsupported[UNSUPPORTED_LEN];
 };
 
 struct state {
@@ -132,6 +197,8 @@ struct state {
     long long time_ms;
     /* Extrapolate the energy at most this far past time_ms (-1: no limit). */
     long long horizon_ms;
+    /* `init_fail 1`: nvmlInit answers DRIVER_NOT_LOADED. */
+    int init_fail;
     unsigned int count;
     struct gpu gpus[MAX_GPUS];
 };
@@ -141,6 +208,35 @@ typedef struct nvmlDevice_st {
     unsigned int index;
 } *nvmlDevice_t;
 
+typedef struct {
+    nvmlDevice_t device;
+    unsigned long long eventType;
+    unsigned long long eventData;
+    unsigned int gpuInstanceId;
+    unsigned int computeInstanceId;
+} nvmlEventData_t;
+
+/* An event set: which GPUs registered for XIDs, and the last event id delivered. */
+typedef struct nvmlEventSet_st {
+    unsigned long long registered; /* bit per GPU index */
+    unsigned long long last_id;
+} *nvmlEventSet_t;
+
+typedef struct {
+    unsigned long long referenceTime;
+    unsigned long long violationTime;
+} nvmlViolationTime_t;
+
+typedef struct {
+    char busIdLegacy[16];
+    unsigned int domain;
+    unsigned int bus;
+    unsigned int device;
+    unsigned int pciDeviceId;
+    unsigned int pciSubSystemId;
+    char busId[32];
+} nvmlPciInfo_t;
+
 static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
 static unsigned int g_init_count;
 static char g_path[4096];
@@ -148,6 +244,8 @@ static struct state g_state;
 static int g_have_stat;
 static struct stat g_stat;
 static struct nvmlDevice_st g_handles[MAX_GPUS];
+/* MIG device handles: GPU index * MAX_MIG + slot. */
+static struct nvmlDevice_st g_mig_handles[MAX_GPUS * MAX_MIG];
 
 static double now_ms(void) {
     struct timespec ts;
@@ -221,6 +319,50 @@ static int parse_gpu(char *s, struct state *st) {
     return 0;
 }
 
+/* Parses a "set <index> <key> <value...>" line body into st (the GPU must be present). */
+static int parse_set(char *s, struct state *st) {
+    unsigned int index;
+    char key[64];
+    if (parse_uint(&s, &index) != 0 || index >= MAX_GPUS || !st->gpus[index].present) return -1;
+    if (parse_word(&s, key, sizeof key) != 0) return -1;
+    struct gpu *g = &st->gpus[index];
+    for (int k = 0; k < K_COUNT; k++) {
+        if (strcmp(key, KEY_NAMES[k]) == 0) {
+            if (parse_ull(&s, &g->val[k]) != 0) return -1;
+            g->has[k] = 1;
+            return 0;
+        }
+    }
+    if (strcmp(key, "fan") == 0) {
+        if (g->fan_count >= MAX_FANS || parse_uint(&s, &g->fans[g->fan_count]) != 0) return -1;
+        if (g->fans[g->fan_count] > 100) return -1;
+        g->fan_count++;
+    } else if (strcmp(key, "unsupported") == 0) {
+        char sym[128];
+        if (parse_word(&s, sym, sizeof sym) != 0) return -1;
+        size_t used = strlen(g->unsupported);
+        if (used == 0) {
+            g->unsupported[0] = '|';
+            used = 1;
+        }
+        if (used + strlen(sym) + 2 >= sizeof g->unsupported) return -1;
+        snprintf(g->unsupported + used, sizeof g->unsupported - used, "%s|", sym);
+    } else if (strcmp(key, "mig_instance") == 0) {
+        if (g->mig_count >= MAX_MIG) return -1;
+        if (parse_uint(&s, &g->mig_gi[g->mig_count]) != 0) return -1;
+        if (parse_word(&s, g->mig_profile[g->mig_count], PROFILE_LEN) != 0) return -1;
+        g->mig_count++;
+    } else if (strcmp(key, "xid") == 0) {
+        if (g->xid_count >= MAX_XID) return -1;
+        if (parse_ull(&s, &g->xid_id[g->xid_count]) != 0) return -1;
+        if (parse_ull(&s, &g->xid_code[g->xid_count]) != 0) return -1;
+        g->xid_count++;
+    } else {
+        return -1;
+    }
+    return 0;
+}
+
 /* Parses the whole file text into st. Returns 0 when it is a complete, valid state. */
 static int parse_state(char *text, struct state *st) {
     memset(st, 0, sizeof *st);
@@ -253,6 +395,13 @@ static int parse_state(char *text, struct state *st) {
             have_time = 1;
         } else if (strncmp(line, "gpu ", 4) == 0) {
             if (parse_gpu(line + 4, st) != 0) return -1;
+        } else if (strncmp(line, "set ", 4) == 0) {
+            if (parse_set(line + 4, st) != 0) return -1;
+        } else if (strncmp(line, "init_fail ", 10) == 0) {
+            char *s = line + 10;
+            unsigned long long v;
+            if (parse_ull(&s, &v) != 0 || v > 1) return -1;
+            st->init_fail = (int)v;
         } else {
             return -1;
         }
@@ -319,7 +468,10 @@ static nvmlReturn_t do_init(void) {
         snprintf(g_path, sizeof g_path, "%s", path);
         g_have_stat = 0;
         memset(&g_state, 0, sizeof g_state);
-        if (refresh_locked() != 0) ret = NVML_ERROR_DRIVER_NOT_LOADED;
+        if (refresh_locked() != 0 || g_state.init_fail) {
+            ret = NVML_ERROR_DRIVER_NOT_LOADED;
+            g_have_stat = 0; /* read the file afresh at the next init */
+        }
     }
     if (ret == NVML_SUCCESS) g_init_count++;
     pthread_mutex_unlock(&g_lock);
@@ -356,6 +508,7 @@ EXPORT const char *nvmlErrorString(nvmlReturn_t result) {
     case NVML_ERROR_NOT_FOUND: return "Not Found";
     case NVML_ERROR_INSUFFICIENT_SIZE: return "Insufficient Size";
     case NVML_ERROR_DRIVER_NOT_LOADED: return "Driver Not Loaded";
+    case NVML_ERROR_TIMEOUT: return "Timeout";
     case NVML_ERROR_GPU_IS_LOST: return "GPU is lost";
     case NVML_ERROR_ARGUMENT_VERSION_MISMATCH: return "Argument version mismatch";
     default: return "Unknown Error";
@@ -458,41 +611,106 @@ EXPORT nvmlReturn_t nvmlDeviceGetHandleByUUID(const char *uuid, nvmlDevice_t *de
     return ret;
 }
 
-/*
- * Enters, then resolves a handle to its GPU. On success the lock is held and
- * *out points into g_state; on failure the lock is released.
- */
-static nvmlReturn_t enter_device(nvmlDevice_t device, const struct gpu **out) {
-    nvmlReturn_t ret = enter();
-    if (ret != NVML_SUCCESS) return ret;
-    if (device == NULL || device < &g_handles[0] || device >= &g_handles[MAX_GPUS]) {
-        leave();
+/* True when `name` is in the GPU's unsupported list. */
+static int is_unsupported(const struct gpu *g, const char *name) {
+    if (g->unsupported[0] == '\0') return 0;
+    char pat[160];
+    snprintf(pat, sizeof pat, "|%s|", name);
+    return strstr(g->unsupported, pat) != NULL;
+}
+
+static void sleep_ms(unsigned long long ms) {
+    struct timespec ts;
+    ts.tv_sec = (time_t)(ms / 1000);
+    ts.tv_nsec = (long)(ms % 1000) * 1000000L;
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+    }
+}
+
+/* Resolves a handle under the lock. MIG handles resolve to their parent; *mig gets the slot or -1. */
+static nvmlReturn_t resolve_locked(nvmlDevice_t device, const struct gpu **out, int *mig) {
+    unsigned int index;
+    *mig = -1;
+    if (device != NULL && device >= &g_handles[0] && device < &g_handles[MAX_GPUS]) {
+        index = (unsigned int)(device - &g_handles[0]);
+    } else if (device != NULL && device >= &g_mig_handles[0] && device < &g_mig_handles[MAX_GPUS * MAX_MIG]) {
+        unsigned int slot = (unsigned int)(device - &g_mig_handles[0]);
+        index = slot / MAX_MIG;
+        *mig = (int)(slot % MAX_MIG);
+    } else {
         return NVML_ERROR_INVALID_ARGUMENT;
     }
-    unsigned int index = (unsigned int)(device - &g_handles[0]);
     if (index >= g_state.count || !g_state.gpus[index].present || g_state.gpus[index].lost) {
         /* Gone from the file, or marked lost: fallen off the bus. */
-        leave();
         return NVML_ERROR_GPU_IS_LOST;
     }
+    if (*mig >= 0 && (unsigned int)*mig >= g_state.gpus[index].mig_count) return NVML_ERROR_INVALID_ARGUMENT;
     *out = &g_state.gpus[index];
     return NVML_SUCCESS;
 }
 
+/*
+ * Enters, then resolves a handle to its GPU for the call `name`. A GPU with
+ * `hang_ms` sleeps that long first, outside the lock (other GPUs keep
+ * answering). On success the lock is held and *out points into g_state; on
+ * failure the lock is released. MIG handles are accepted only when allow_mig.
+ */
+static nvmlReturn_t enter_call(nvmlDevice_t device, const struct gpu **out, const char *name, int allow_mig,
+                               int *mig) {
+    nvmlReturn_t ret = enter();
+    if (ret != NVML_SUCCESS) return ret;
+    ret = resolve_locked(device, out, mig);
+    if (ret == NVML_SUCCESS && (*out)->has[K_HANG_MS] && (*out)->val[K_HANG_MS] > 0) {
+        unsigned long long hang = (*out)->val[K_HANG_MS];
+        leave();
+        sleep_ms(hang);
+        ret = enter();
+        if (ret != NVML_SUCCESS) return ret;
+        ret = resolve_locked(device, out, mig);
+    }
+    if (ret == NVML_SUCCESS && *mig >= 0 && !allow_mig) ret = NVML_ERROR_NOT_SUPPORTED;
+    if (ret == NVML_SUCCESS && is_unsupported(*out, name)) ret = NVML_ERROR_NOT_SUPPORTED;
+    if (ret != NVML_SUCCESS) leave();
+    return ret;
+}
+
+static nvmlReturn_t enter_device_named(nvmlDevice_t device, const struct gpu **out, const char *name) {
+    int mig;
+    return enter_call(device, out, name, 0, &mig);
+}
+
+#define enter_device(device, out) enter_device_named((device), (out), __func__)
+
 EXPORT nvmlReturn_t nvmlDeviceGetName(nvmlDevice_t device, char *name, unsigned int length) {
     const struct gpu *g;
-    nvmlReturn_t ret = enter_device(device, &g);
+    int mig;
+    nvmlReturn_t ret = enter_call(device, &g, __func__, 1, &mig);
     if (ret != NVML_SUCCESS) return ret;
-    ret = copy_out(g->name, name, length);
+    if (mig >= 0) {
+        char buf[NAME_LEN + PROFILE_LEN + 8];
+        snprintf(buf, sizeof buf, "%s MIG %s", g->name, g->mig_profile[mig]);
+        ret = copy_out(buf, name, length);
+    } else {
+        ret = copy_out(g->name, name, length);
+    }
     leave();
     return ret;
 }
 
 EXPORT nvmlReturn_t nvmlDeviceGetUUID(nvmlDevice_t device, char *uuid, unsigned int length) {
     const struct gpu *g;
-    nvmlReturn_t ret = enter_device(device, &g);
+    int mig;
+    nvmlReturn_t ret = enter_call(device, &g, __func__, 1, &mig);
     if (ret != NVML_SUCCESS) return ret;
-    ret = copy_out(g->uuid, uuid, length);
+    if (mig >= 0) {
+        /* MIG-<parent uuid without "GPU-">-<gpu instance id> */
+        const char *tail = strncmp(g->uuid, "GPU-", 4) == 0 ? g->uuid + 4 : g->uuid;
+        char buf[UUID_LEN + 16];
+        snprintf(buf, sizeof buf, "MIG-%s-%u", tail, g->mig_gi[mig]);
+        ret = copy_out(buf, uuid, length);
+    } else {
+        ret = copy_out(g->uuid, uuid, length);
+    }
     leave();
     return ret;
 }
@@ -548,16 +766,25 @@ EXPORT nvmlReturn_t nvmlDeviceGetTemperature(nvmlDevice_t device, int sensor, un
     return NVML_SUCCESS;
 }
 
+/* A threshold: the `set` value, else the fixed GB300-class default. */
+static unsigned int threshold_of(const struct gpu *g, enum key k, unsigned int fallback) {
+    return g->has[k] ? clamp_u32(g->val[k]) : fallback;
+}
+
 EXPORT nvmlReturn_t nvmlDeviceGetTemperatureThreshold(nvmlDevice_t device, int threshold, unsigned int *temp) {
     if (temp == NULL) return NVML_ERROR_INVALID_ARGUMENT;
     const struct gpu *g;
     nvmlReturn_t ret = enter_device(device, &g);
     if (ret != NVML_SUCCESS) return ret;
+    if (g->has[K_THRESHOLDS_FIELDS_ONLY] && g->val[K_THRESHOLDS_FIELDS_ONLY]) {
+        leave();
+        return NVML_ERROR_NOT_SUPPORTED;
+    }
     switch (threshold) {
-    case THRESHOLD_SHUTDOWN: *temp = 95; break;
-    case THRESHOLD_SLOWDOWN: *temp = 90; break;
-    case THRESHOLD_MEM_MAX: *temp = 95; break;
-    case THRESHOLD_GPU_MAX: *temp = 87; break;
+    case THRESHOLD_SHUTDOWN: *temp = threshold_of(g, K_THRESHOLD_SHUTDOWN, 95); break;
+    case THRESHOLD_SLOWDOWN: *temp = threshold_of(g, K_THRESHOLD_SLOWDOWN, 90); break;
+    case THRESHOLD_MEM_MAX: *temp = threshold_of(g, K_THRESHOLD_MEM_MAX, 95); break;
+    case THRESHOLD_GPU_MAX: *temp = threshold_of(g, K_THRESHOLD_GPU_MAX, 87); break;
     default: ret = NVML_ERROR_NOT_SUPPORTED; break;
     }
     leave();
@@ -587,6 +814,274 @@ EXPORT nvmlReturn_t nvmlDeviceGetEnforcedPowerLimit(nvmlDevice_t device, unsigne
 
 EXPORT nvmlReturn_t nvmlDeviceGetPowerManagementLimit(nvmlDevice_t device, unsigned int *limit) {
     return nvmlDeviceGetEnforcedPowerLimit(device, limit);
+}
+
+/* Answers one optional scalar: NOT_SUPPORTED when the state has no `set` line for it. */
+static nvmlReturn_t get_key(nvmlDevice_t device, const char *name, enum key k, unsigned long long *out) {
+    if (out == NULL) return NVML_ERROR_INVALID_ARGUMENT;
+    const struct gpu *g;
+    nvmlReturn_t ret = enter_device_named(device, &g, name);
+    if (ret != NVML_SUCCESS) return ret;
+    if (g->has[k]) {
+        *out = g->val[k];
+    } else {
+        ret = NVML_ERROR_NOT_SUPPORTED;
+    }
+    leave();
+    return ret;
+}
+
+static nvmlReturn_t get_key_u32(nvmlDevice_t device, const char *name, enum key k, unsigned int *out) {
+    if (out == NULL) return NVML_ERROR_INVALID_ARGUMENT;
+    unsigned long long v = 0;
+    nvmlReturn_t ret = get_key(device, name, k, &v);
+    if (ret == NVML_SUCCESS) *out = clamp_u32(v);
+    return ret;
+}
+
+EXPORT nvmlReturn_t nvmlDeviceGetPowerManagementDefaultLimit(nvmlDevice_t device, unsigned int *limit) {
+    return get_key_u32(device, __func__, K_POWER_DEFAULT_LIMIT_MW, limit);
+}
+
+/* nvmlClockType_t: GRAPHICS 0, SM 1, MEM 2, VIDEO 3. */
+EXPORT nvmlReturn_t nvmlDeviceGetClockInfo(nvmlDevice_t device, int type, unsigned int *clock) {
+    switch (type) {
+    case 1: return get_key_u32(device, __func__, K_SM_CLOCK_MHZ, clock);
+    case 2: return get_key_u32(device, __func__, K_MEM_CLOCK_MHZ, clock);
+    default: return NVML_ERROR_NOT_SUPPORTED;
+    }
+}
+
+EXPORT nvmlReturn_t nvmlDeviceGetCurrPcieLinkGeneration(nvmlDevice_t device, unsigned int *gen) {
+    return get_key_u32(device, __func__, K_PCIE_GEN, gen);
+}
+
+EXPORT nvmlReturn_t nvmlDeviceGetCurrPcieLinkWidth(nvmlDevice_t device, unsigned int *width) {
+    return get_key_u32(device, __func__, K_PCIE_WIDTH, width);
+}
+
+/* errorType: corrected 0, uncorrected 1; counterType (volatile/aggregate) is ignored. */
+EXPORT nvmlReturn_t nvmlDeviceGetTotalEccErrors(nvmlDevice_t device, int errorType, int counterType,
+                                                unsigned long long *count) {
+    (void)counterType;
+    switch (errorType) {
+    case 0: return get_key(device, __func__, K_ECC_CORRECTED, count);
+    case 1: return get_key(device, __func__, K_ECC_UNCORRECTED, count);
+    default: return NVML_ERROR_INVALID_ARGUMENT;
+    }
+}
+
+/* perfPolicyType: power 0, thermal 1. */
+EXPORT nvmlReturn_t nvmlDeviceGetViolationStatus(nvmlDevice_t device, int policy, nvmlViolationTime_t *out) {
+    if (out == NULL) return NVML_ERROR_INVALID_ARGUMENT;
+    unsigned long long ns = 0;
+    nvmlReturn_t ret;
+    switch (policy) {
+    case 0: ret = get_key(device, __func__, K_VIOLATION_POWER_NS, &ns); break;
+    case 1: ret = get_key(device, __func__, K_VIOLATION_THERMAL_NS, &ns); break;
+    default: return NVML_ERROR_NOT_SUPPORTED;
+    }
+    if (ret == NVML_SUCCESS) {
+        out->referenceTime = (unsigned long long)(now_ms() * 1000.0);
+        out->violationTime = ns;
+    }
+    return ret;
+}
+
+EXPORT nvmlReturn_t nvmlDeviceGetNumFans(nvmlDevice_t device, unsigned int *count) {
+    if (count == NULL) return NVML_ERROR_INVALID_ARGUMENT;
+    const struct gpu *g;
+    nvmlReturn_t ret = enter_device(device, &g);
+    if (ret != NVML_SUCCESS) return ret;
+    if (g->fan_count == 0) {
+        ret = NVML_ERROR_NOT_SUPPORTED; /* liquid-cooled: no fans */
+    } else {
+        *count = g->fan_count;
+    }
+    leave();
+    return ret;
+}
+
+EXPORT nvmlReturn_t nvmlDeviceGetFanSpeed_v2(nvmlDevice_t device, unsigned int fan, unsigned int *speed) {
+    if (speed == NULL) return NVML_ERROR_INVALID_ARGUMENT;
+    const struct gpu *g;
+    nvmlReturn_t ret = enter_device(device, &g);
+    if (ret != NVML_SUCCESS) return ret;
+    if (g->fan_count == 0) {
+        ret = NVML_ERROR_NOT_SUPPORTED;
+    } else if (fan >= g->fan_count) {
+        ret = NVML_ERROR_INVALID_ARGUMENT;
+    } else {
+        *speed = g->fans[fan];
+    }
+    leave();
+    return ret;
+}
+
+EXPORT nvmlReturn_t nvmlDeviceGetPciInfo_v3(nvmlDevice_t device, nvmlPciInfo_t *pci) {
+    if (pci == NULL) return NVML_ERROR_INVALID_ARGUMENT;
+    const struct gpu *g;
+    nvmlReturn_t ret = enter_device(device, &g);
+    if (ret != NVML_SUCCESS) return ret;
+    memset(pci, 0, sizeof *pci);
+    pci->domain = 0;
+    pci->bus = 0x18 + g->index * 0x10;
+    pci->device = 0;
+    pci->pciDeviceId = 0x2b0010de;
+    pci->pciSubSystemId = 0x20d010de;
+    snprintf(pci->busId, sizeof pci->busId, "00000000:%02X:00.0", pci->bus & 0xffu);
+    snprintf(pci->busIdLegacy, sizeof pci->busIdLegacy, "0000:%02X:00.0", pci->bus & 0xffu);
+    leave();
+    return NVML_SUCCESS;
+}
+
+EXPORT nvmlReturn_t nvmlDeviceGetMigMode(nvmlDevice_t device, unsigned int *current, unsigned int *pending) {
+    if (current == NULL || pending == NULL) return NVML_ERROR_INVALID_ARGUMENT;
+    unsigned long long mode = 0;
+    nvmlReturn_t ret = get_key(device, __func__, K_MIG_MODE, &mode);
+    if (ret == NVML_SUCCESS) {
+        *current = mode ? 1 : 0;
+        *pending = *current;
+    }
+    return ret;
+}
+
+EXPORT nvmlReturn_t nvmlDeviceGetMaxMigDeviceCount(nvmlDevice_t device, unsigned int *count) {
+    if (count == NULL) return NVML_ERROR_INVALID_ARGUMENT;
+    const struct gpu *g;
+    nvmlReturn_t ret = enter_device(device, &g);
+    if (ret != NVML_SUCCESS) return ret;
+    if (!g->has[K_MIG_MODE]) {
+        ret = NVML_ERROR_NOT_SUPPORTED;
+    } else {
+        *count = g->val[K_MIG_MODE] ? g->mig_count : 0;
+    }
+    leave();
+    return ret;
+}
+
+EXPORT nvmlReturn_t nvmlDeviceGetMigDeviceHandleByIndex(nvmlDevice_t device, unsigned int index, nvmlDevice_t *mig) {
+    if (mig == NULL) return NVML_ERROR_INVALID_ARGUMENT;
+    const struct gpu *g;
+    nvmlReturn_t ret = enter_device(device, &g);
+    if (ret != NVML_SUCCESS) return ret;
+    if (!g->has[K_MIG_MODE] || !g->val[K_MIG_MODE]) {
+        ret = NVML_ERROR_NOT_SUPPORTED;
+    } else if (index >= g->mig_count) {
+        ret = NVML_ERROR_NOT_FOUND;
+    } else {
+        unsigned int slot = g->index * MAX_MIG + index;
+        g_mig_handles[slot].index = slot;
+        *mig = &g_mig_handles[slot];
+    }
+    leave();
+    return ret;
+}
+
+EXPORT nvmlReturn_t nvmlDeviceIsMigDeviceHandle(nvmlDevice_t device, unsigned int *is_mig) {
+    if (is_mig == NULL) return NVML_ERROR_INVALID_ARGUMENT;
+    *is_mig = device != NULL && device >= &g_mig_handles[0] && device < &g_mig_handles[MAX_GPUS * MAX_MIG];
+    return NVML_SUCCESS;
+}
+
+/* ---- Events: XIDs from `set <i> xid <id> <code>` lines, each delivered once per set. ---- */
+
+/* The highest event id in the state. Caller holds g_lock. */
+static unsigned long long max_xid_id_locked(void) {
+    unsigned long long max = 0;
+    for (unsigned int i = 0; i < g_state.count; i++) {
+        for (unsigned int j = 0; j < g_state.gpus[i].xid_count; j++) {
+            if (g_state.gpus[i].xid_id[j] > max) max = g_state.gpus[i].xid_id[j];
+        }
+    }
+    return max;
+}
+
+EXPORT nvmlReturn_t nvmlEventSetCreate(nvmlEventSet_t *set) {
+    if (set == NULL) return NVML_ERROR_INVALID_ARGUMENT;
+    nvmlReturn_t ret = enter();
+    if (ret != NVML_SUCCESS) return ret;
+    nvmlEventSet_t s = calloc(1, sizeof *s);
+    if (s == NULL) {
+        ret = NVML_ERROR_UNKNOWN;
+    } else {
+        /* Only events that happen after the set exists are delivered. */
+        s->last_id = max_xid_id_locked();
+        *set = s;
+    }
+    leave();
+    return ret;
+}
+
+EXPORT nvmlReturn_t nvmlEventSetFree(nvmlEventSet_t set) {
+    if (set == NULL) return NVML_ERROR_INVALID_ARGUMENT;
+    free(set);
+    return NVML_SUCCESS;
+}
+
+EXPORT nvmlReturn_t nvmlDeviceGetSupportedEventTypes(nvmlDevice_t device, unsigned long long *types) {
+    if (types == NULL) return NVML_ERROR_INVALID_ARGUMENT;
+    const struct gpu *g;
+    nvmlReturn_t ret = enter_device(device, &g);
+    if (ret != NVML_SUCCESS) return ret;
+    *types = EVENT_TYPE_XID;
+    leave();
+    return NVML_SUCCESS;
+}
+
+EXPORT nvmlReturn_t nvmlDeviceRegisterEvents(nvmlDevice_t device, unsigned long long types, nvmlEventSet_t set) {
+    if (set == NULL) return NVML_ERROR_INVALID_ARGUMENT;
+    const struct gpu *g;
+    nvmlReturn_t ret = enter_device(device, &g);
+    if (ret != NVML_SUCCESS) return ret;
+    if ((types & ~EVENT_TYPE_XID) != 0) {
+        ret = NVML_ERROR_NOT_SUPPORTED;
+    } else {
+        set->registered |= 1ULL << g->index;
+    }
+    leave();
+    return ret;
+}
+
+EXPORT nvmlReturn_t nvmlEventSetWait_v2(nvmlEventSet_t set, nvmlEventData_t *data, unsigned int timeoutms) {
+    if (set == NULL || data == NULL) return NVML_ERROR_INVALID_ARGUMENT;
+    double deadline = now_ms() + (double)timeoutms;
+    for (;;) {
+        nvmlReturn_t ret = enter();
+        if (ret != NVML_SUCCESS) return ret;
+        /* The smallest undelivered event id on a registered GPU. */
+        int found_gpu = -1;
+        unsigned int found_j = 0;
+        unsigned long long best = 0;
+        for (unsigned int i = 0; i < g_state.count && i < 64; i++) {
+            if (!(set->registered & (1ULL << i))) continue;
+            const struct gpu *g = &g_state.gpus[i];
+            for (unsigned int j = 0; j < g->xid_count; j++) {
+                unsigned long long id = g->xid_id[j];
+                if (id > set->last_id && (found_gpu < 0 || id < best)) {
+                    found_gpu = (int)i;
+                    found_j = j;
+                    best = id;
+                }
+            }
+        }
+        if (found_gpu >= 0) {
+            const struct gpu *g = &g_state.gpus[found_gpu];
+            set->last_id = best;
+            g_handles[found_gpu].index = (unsigned int)found_gpu;
+            data->device = &g_handles[found_gpu];
+            data->eventType = EVENT_TYPE_XID;
+            data->eventData = g->xid_code[found_j];
+            data->gpuInstanceId = 0xffffffffu;
+            data->computeInstanceId = 0xffffffffu;
+            leave();
+            return NVML_SUCCESS;
+        }
+        leave();
+        double left = deadline - now_ms();
+        if (left <= 0.0) return NVML_ERROR_TIMEOUT;
+        sleep_ms(left < 10.0 ? (unsigned long long)left + 1 : 10);
+    }
 }
 
 EXPORT nvmlReturn_t nvmlDeviceGetCurrentClocksThrottleReasons(nvmlDevice_t device, unsigned long long *reasons) {
@@ -649,17 +1144,43 @@ EXPORT nvmlReturn_t nvmlDeviceGetFieldValues(nvmlDevice_t device, int valuesCoun
     nvmlReturn_t ret = enter_device(device, &g);
     if (ret != NVML_SUCCESS) return ret;
     long long ts_us = (long long)(now_ms() * 1000.0);
+    int fields_only = g->has[K_THRESHOLDS_FIELDS_ONLY] && g->val[K_THRESHOLDS_FIELDS_ONLY];
     for (int i = 0; i < valuesCount; i++) {
         nvmlFieldValue_t *v = &values[i];
         v->timestamp = ts_us;
         v->latencyUsec = 0;
-        if (v->fieldId == FI_DEV_MEMORY_TEMP) {
-            v->valueType = VALUE_TYPE_UNSIGNED_INT;
-            v->nvmlReturn = NVML_SUCCESS;
-            memset(&v->value, 0, sizeof v->value);
-            v->value.uiVal = g->mem_temp_c;
-        } else {
-            v->valueType = VALUE_TYPE_UNSIGNED_INT;
+        v->valueType = VALUE_TYPE_UNSIGNED_INT;
+        v->nvmlReturn = NVML_SUCCESS;
+        memset(&v->value, 0, sizeof v->value);
+        char field_name[32];
+        snprintf(field_name, sizeof field_name, "field:%u", v->fieldId);
+        int supported = !is_unsupported(g, field_name);
+        switch (v->fieldId) {
+        case FI_DEV_MEMORY_TEMP: v->value.uiVal = g->mem_temp_c; break;
+        case FI_DEV_POWER_INSTANT:
+            supported = supported && g->has[K_POWER_INSTANT_MW];
+            v->value.uiVal = clamp_u32(g->val[K_POWER_INSTANT_MW]);
+            break;
+        /* The threshold fields answer only on GPUs whose classic call does not. */
+        case FI_DEV_TEMPERATURE_SHUTDOWN_TLIMIT:
+            supported = supported && fields_only;
+            v->value.uiVal = threshold_of(g, K_THRESHOLD_SHUTDOWN, 95);
+            break;
+        case FI_DEV_TEMPERATURE_SLOWDOWN_TLIMIT:
+            supported = supported && fields_only;
+            v->value.uiVal = threshold_of(g, K_THRESHOLD_SLOWDOWN, 90);
+            break;
+        case FI_DEV_TEMPERATURE_MEM_MAX_TLIMIT:
+            supported = supported && fields_only;
+            v->value.uiVal = threshold_of(g, K_THRESHOLD_MEM_MAX, 95);
+            break;
+        case FI_DEV_TEMPERATURE_GPU_MAX_TLIMIT:
+            supported = supported && fields_only;
+            v->value.uiVal = threshold_of(g, K_THRESHOLD_GPU_MAX, 87);
+            break;
+        default: supported = 0; break;
+        }
+        if (!supported) {
             v->nvmlReturn = NVML_ERROR_NOT_SUPPORTED;
             memset(&v->value, 0, sizeof v->value);
         }

@@ -459,6 +459,7 @@ impl Hall {
                     throttle_reasons: throttle,
                     lost: false,
                     name: GPU_MODEL.into(),
+                    ..FakeGpu::default()
                 }
             })
             .collect()

@@ -42,6 +42,8 @@ pub struct GpuStatus {
     pub info: GpuInfo,
     /// False when NVML says the GPU is lost (or it failed to answer at all).
     pub up: bool,
+    /// Agent-only values (`/metrics` only, not shipped).
+    pub detail: nvml::detail::GpuDetail,
 }
 
 impl Collected {

@@ -4,7 +4,8 @@
 //! that `nvml-wrapper` makes, from a text state file named by the environment
 //! variable [`STATE_ENV`]. This crate writes that file ([`write_state`]) and
 //! reads nothing; the C library reads it. The format is the contract in
-//! `docs/interfaces.md` ("Fake NVML").
+//! `docs/interfaces.md` ("Fake NVML"); its optional per-GPU lines are in
+//! `docs/nvml.md`.
 //!
 //! Load it with `nvml_wrapper::Nvml::builder().lib_path(LIB_PATH.as_ref()).init()`
 //! after setting [`STATE_ENV`]. One process loads one instance of the library
@@ -18,6 +19,10 @@
 //!   `energy_mj + power_mw * (now_ms - time_ms) / 1000`, floored; a read
 //!   before `time_ms` answers `energy_mj` (writers may publish slightly ahead).
 //! - A GPU with `lost = true` answers `NVML_ERROR_GPU_IS_LOST` to every call.
+//! - Every other [`FakeGpu`] field after `name` is optional: left at its
+//!   default, the library answers `NVML_ERROR_NOT_SUPPORTED` for that reading
+//!   (as before those fields existed). They are written as
+//!   `set <index> <key> <value…>` lines after the GPU's `gpu` line.
 //! - Memory temperature is served as field `NVML_FI_DEV_MEMORY_TEMP` (82) of
 //!   `nvmlDeviceGetFieldValues`; temperature thresholds are fixed
 //!   (shutdown 95, slowdown 90, memory max 95, GPU max 87 °C).
@@ -25,6 +30,8 @@
 //! # Layout
 //! - [`LIB_PATH`], [`STATE_ENV`], [`DEFAULT_DRIVER`]: where and how to load it.
 //! - [`FakeGpu`], [`render_state`], [`write_state`]: the one writer of state files.
+//! - [`FakeThresholds`], [`FakeMig`], [`FakeXid`]: optional parts of a GPU.
+//! - [`FakeNode`]: a whole state file, with node-wide faults (`init_fail`).
 
 use std::fmt::Write as _;
 use std::io;
@@ -44,8 +51,11 @@ pub const DEFAULT_DRIVER: &str = "580.95.05";
 pub const HEADER: &str = "# dcwatt-fake-nvml state v1";
 
 /// One GPU as the fake library reports it. Units are NVML's own (mW, mJ, °C,
-/// percent, bytes), so the file carries exactly what NVML would answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// percent, bytes, MHz, ns), so the file carries exactly what NVML would answer.
+///
+/// The fields after `name` are optional readings and faults; their defaults
+/// keep the library's original behaviour (build with `..Default::default()`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FakeGpu {
     /// NVML device index on the node, `0..n` without holes.
     pub index: u32,
@@ -75,6 +85,111 @@ pub struct FakeGpu {
     pub lost: bool,
     /// Model name (`NVIDIA GB300`); no line break.
     pub name: String,
+    /// Instantaneous power, milliwatts (field `NVML_FI_DEV_POWER_INSTANT`); `None`: not supported.
+    pub power_instant_mw: Option<u32>,
+    /// Default power limit, milliwatts; `None`: not supported.
+    pub power_default_limit_mw: Option<u32>,
+    /// Temperature thresholds; `None`: the fixed 95/90/95/87 °C.
+    pub thresholds: Option<FakeThresholds>,
+    /// The classic threshold call answers `NOT_SUPPORTED`; the field values
+    /// `NVML_FI_DEV_TEMPERATURE_*_TLIMIT` (193..=196) carry the thresholds instead.
+    pub thresholds_fields_only: bool,
+    /// SM clock, MHz; `None`: not supported.
+    pub sm_clock_mhz: Option<u32>,
+    /// Memory clock, MHz; `None`: not supported.
+    pub mem_clock_mhz: Option<u32>,
+    /// Fan speeds, percent 0..=100, one per fan; empty: no fans (liquid-cooled,
+    /// `nvmlDeviceGetNumFans` answers `NOT_SUPPORTED`).
+    pub fans_pct: Vec<u32>,
+    /// Corrected ECC errors (aggregate); `None`: not supported.
+    pub ecc_corrected: Option<u64>,
+    /// Uncorrected ECC errors (aggregate); `None`: not supported.
+    pub ecc_uncorrected: Option<u64>,
+    /// Cumulative power-violation time, nanoseconds; `None`: not supported.
+    pub violation_power_ns: Option<u64>,
+    /// Cumulative thermal-violation time, nanoseconds; `None`: not supported.
+    pub violation_thermal_ns: Option<u64>,
+    /// Current PCIe link generation; `None`: not supported.
+    pub pcie_gen: Option<u32>,
+    /// Current PCIe link width, lanes; `None`: not supported.
+    pub pcie_width: Option<u32>,
+    /// NVML symbols (`nvmlDeviceGetPowerUsage`) that answer `NOT_SUPPORTED` on
+    /// this GPU, and field ids as `field:<id>` (`field:82`); no whitespace.
+    pub unsupported: Vec<String>,
+    /// Every per-device call on this GPU first sleeps this long (0: none),
+    /// outside the library's lock: a hung driver call.
+    pub hang_ms: u32,
+    /// MIG mode; `None`: MIG not supported.
+    pub mig_mode: Option<bool>,
+    /// MIG instances (served while `mig_mode` is `Some(true)`).
+    pub mig_instances: Vec<FakeMig>,
+    /// XID events. The library delivers each through the event API once per
+    /// event set, in `id` order, if its id is above every id the state held
+    /// when the set was created; keep ids unique across the node.
+    pub xids: Vec<FakeXid>,
+}
+
+/// A GPU's own temperature thresholds, °C.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FakeThresholds {
+    /// Shutdown.
+    pub shutdown: u32,
+    /// Slowdown (hardware throttling starts).
+    pub slowdown: u32,
+    /// Memory maximum operating.
+    pub mem_max: u32,
+    /// GPU maximum operating.
+    pub gpu_max: u32,
+}
+
+/// One MIG instance of a GPU.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FakeMig {
+    /// GPU instance id; the MIG UUID is `MIG-<parent uuid without GPU->-<id>`.
+    pub gpu_instance: u32,
+    /// Profile (`1g.35gb`); its name is `<model> MIG <profile>`. No whitespace.
+    pub profile: String,
+}
+
+/// One XID event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FakeXid {
+    /// Event id, unique on the node; delivery order.
+    pub id: u64,
+    /// The XID code (79: fallen off the bus, 48: double-bit ECC, …).
+    pub code: u64,
+}
+
+/// A whole state file: what [`render_state_with_horizon`] takes, plus node-wide faults.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FakeNode {
+    /// Driver version, no whitespace.
+    pub driver: String,
+    /// The Unix-ms instant the energy counters refer to.
+    pub time_ms: i64,
+    /// Cap on the energy extrapolation past `time_ms`, ms.
+    pub horizon_ms: Option<i64>,
+    /// `nvmlInit` answers `NVML_ERROR_DRIVER_NOT_LOADED` while set.
+    pub init_fail: bool,
+    /// The GPUs.
+    pub gpus: Vec<FakeGpu>,
+}
+
+impl FakeNode {
+    /// The state file's text (see [`render_state_with_horizon`]).
+    pub fn render(&self) -> io::Result<String> {
+        let mut text =
+            render_state_with_horizon(&self.driver, self.time_ms, self.horizon_ms, &self.gpus)?;
+        if self.init_fail {
+            text.push_str("init_fail 1\n");
+        }
+        Ok(text)
+    }
+
+    /// Writes the state file atomically (see [`write_state`]).
+    pub fn write(&self, path: &Path) -> io::Result<()> {
+        write_atomically(path, &self.render()?)
+    }
 }
 
 /// Renders a state file's text. Fails with `InvalidInput` on a field the
@@ -144,8 +259,81 @@ pub fn render_state_with_horizon(
             u8::from(g.lost),
             name,
         );
+        render_optional(&mut out, g)?;
     }
     Ok(out)
+}
+
+/// Appends the `set` lines of a GPU's optional fields.
+fn render_optional(out: &mut String, g: &FakeGpu) -> io::Result<()> {
+    let invalid = |what: String| io::Error::new(io::ErrorKind::InvalidInput, what);
+    let i = g.index;
+    let word_ok = |w: &str| !w.is_empty() && w.len() < 128 && !w.chars().any(char::is_whitespace);
+    let mut set = |key: &str, v: Option<u64>| {
+        if let Some(v) = v {
+            let _ = writeln!(out, "set {i} {key} {v}");
+        }
+    };
+    set("power_instant_mw", g.power_instant_mw.map(u64::from));
+    set(
+        "power_default_limit_mw",
+        g.power_default_limit_mw.map(u64::from),
+    );
+    if let Some(t) = g.thresholds {
+        set("threshold_shutdown", Some(u64::from(t.shutdown)));
+        set("threshold_slowdown", Some(u64::from(t.slowdown)));
+        set("threshold_mem_max", Some(u64::from(t.mem_max)));
+        set("threshold_gpu_max", Some(u64::from(t.gpu_max)));
+    }
+    set(
+        "thresholds_fields_only",
+        g.thresholds_fields_only.then_some(1),
+    );
+    set("sm_clock_mhz", g.sm_clock_mhz.map(u64::from));
+    set("mem_clock_mhz", g.mem_clock_mhz.map(u64::from));
+    set("ecc_corrected", g.ecc_corrected);
+    set("ecc_uncorrected", g.ecc_uncorrected);
+    set("violation_power_ns", g.violation_power_ns);
+    set("violation_thermal_ns", g.violation_thermal_ns);
+    set("pcie_gen", g.pcie_gen.map(u64::from));
+    set("pcie_width", g.pcie_width.map(u64::from));
+    set("hang_ms", (g.hang_ms > 0).then_some(u64::from(g.hang_ms)));
+    set("mig_mode", g.mig_mode.map(u64::from));
+    if g.fans_pct.len() > 8 || g.fans_pct.iter().any(|&p| p > 100) {
+        return Err(invalid(format!(
+            "gpu {i}: at most 8 fans, each 0..=100 percent"
+        )));
+    }
+    for p in &g.fans_pct {
+        let _ = writeln!(out, "set {i} fan {p}");
+    }
+    for u in &g.unsupported {
+        if !word_ok(u) {
+            return Err(invalid(format!(
+                "gpu {i}: unsupported call {u:?} is not one word"
+            )));
+        }
+        let _ = writeln!(out, "set {i} unsupported {u}");
+    }
+    if g.mig_instances.len() > 8 {
+        return Err(invalid(format!("gpu {i}: at most 8 MIG instances")));
+    }
+    for m in &g.mig_instances {
+        if !word_ok(&m.profile) || m.profile.len() >= 32 {
+            return Err(invalid(format!(
+                "gpu {i}: MIG profile {:?} is not one short word",
+                m.profile
+            )));
+        }
+        let _ = writeln!(out, "set {i} mig_instance {} {}", m.gpu_instance, m.profile);
+    }
+    if g.xids.len() > 64 {
+        return Err(invalid(format!("gpu {i}: at most 64 XID events")));
+    }
+    for x in &g.xids {
+        let _ = writeln!(out, "set {i} xid {} {}", x.id, x.code);
+    }
+    Ok(())
 }
 
 /// Writes a state file atomically: the text goes to `<path>.tmp` in the same
@@ -164,6 +352,11 @@ pub fn write_state_with_horizon(
     gpus: &[FakeGpu],
 ) -> io::Result<()> {
     let text = render_state_with_horizon(driver, time_ms, horizon_ms, gpus)?;
+    write_atomically(path, &text)
+}
+
+/// Writes `text` to `<path>.tmp`, then renames it over `path`.
+fn write_atomically(path: &Path, text: &str) -> io::Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = std::path::PathBuf::from(tmp);
@@ -191,7 +384,42 @@ mod tests {
             throttle_reasons: 0,
             lost: false,
             name: "NVIDIA GB300".into(),
+            ..FakeGpu::default()
         }
+    }
+
+    #[test]
+    fn optional_fields_render_as_set_lines() {
+        let mut g = gpu();
+        g.power_instant_mw = Some(1_150_000);
+        g.fans_pct = vec![40, 41];
+        g.unsupported = vec!["nvmlDeviceGetPowerUsage".into()];
+        g.xids = vec![FakeXid { id: 1, code: 79 }];
+        g.mig_mode = Some(true);
+        g.mig_instances = vec![FakeMig {
+            gpu_instance: 1,
+            profile: "1g.35gb".into(),
+        }];
+        let text = render_state(DEFAULT_DRIVER, 1, &[g]).unwrap();
+        for line in [
+            "set 0 power_instant_mw 1150000\n",
+            "set 0 fan 40\nset 0 fan 41\n",
+            "set 0 unsupported nvmlDeviceGetPowerUsage\n",
+            "set 0 xid 1 79\n",
+            "set 0 mig_mode 1\n",
+            "set 0 mig_instance 1 1g.35gb\n",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+        let node = FakeNode {
+            driver: DEFAULT_DRIVER.into(),
+            init_fail: true,
+            ..FakeNode::default()
+        };
+        assert!(node.render().unwrap().ends_with("init_fail 1\n"));
+        let mut g = gpu();
+        g.fans_pct = vec![101];
+        assert!(render_state(DEFAULT_DRIVER, 1, &[g]).is_err());
     }
 
     #[test]

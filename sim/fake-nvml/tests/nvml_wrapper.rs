@@ -50,6 +50,7 @@ fn gpu(index: u32, power_w: u32, energy_mj: u64) -> FakeGpu {
         throttle_reasons: 0x4,
         lost: false,
         name: "NVIDIA GB300".into(),
+        ..FakeGpu::default()
     }
 }
 

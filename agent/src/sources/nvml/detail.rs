@@ -1,0 +1,167 @@
+//! Per-GPU values the agent exports on its own `/metrics` only (not shipped
+//! to collectors: `dcwatt_wire::Quantity` has no variant for them): each is a
+//! [`Sample`] of one [`Fam`] (metric family), with extra labels.
+
+use crate::names as n;
+
+/// One agent-only metric family of the GPU section of `/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Fam {
+    /// `dcwatt_gpu_power_instant_watts`.
+    PowerInstant,
+    /// `dcwatt_gpu_power_default_limit_watts`.
+    PowerDefaultLimit,
+    /// `dcwatt_gpu_energy_resets_total`.
+    EnergyResets,
+    /// `dcwatt_gpu_temperature_threshold_celsius{threshold}`.
+    Threshold,
+    /// `dcwatt_gpu_temperature_slowdown_margin_celsius`.
+    SlowdownMargin,
+    /// `dcwatt_gpu_throttle_active{reason}`.
+    ThrottleActive,
+    /// `dcwatt_gpu_throttle_violation_seconds_total{policy}`.
+    ViolationSeconds,
+    /// `dcwatt_gpu_clock_hertz{clock}`.
+    Clock,
+    /// `dcwatt_gpu_fan_speed_ratio{fan}`.
+    FanSpeed,
+    /// `dcwatt_gpu_ecc_errors_total{error}`.
+    EccErrors,
+    /// `dcwatt_gpu_pcie_link_generation`.
+    PcieGeneration,
+    /// `dcwatt_gpu_pcie_link_width_lanes`.
+    PcieWidth,
+    /// `dcwatt_gpu_xid_errors_total{xid}`.
+    XidErrors,
+    /// `dcwatt_gpu_mig_enabled`.
+    MigEnabled,
+    /// `dcwatt_gpu_mig_instance_info{mig_uuid,gpu_instance,profile}`.
+    MigInstance,
+}
+
+impl Fam {
+    /// Every family, in rendering order.
+    pub const ALL: [Fam; 15] = [
+        Fam::PowerInstant,
+        Fam::PowerDefaultLimit,
+        Fam::EnergyResets,
+        Fam::Threshold,
+        Fam::SlowdownMargin,
+        Fam::ThrottleActive,
+        Fam::ViolationSeconds,
+        Fam::Clock,
+        Fam::FanSpeed,
+        Fam::EccErrors,
+        Fam::PcieGeneration,
+        Fam::PcieWidth,
+        Fam::XidErrors,
+        Fam::MigEnabled,
+        Fam::MigInstance,
+    ];
+
+    /// The metric name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Fam::PowerInstant => n::GPU_POWER_INSTANT_WATTS,
+            Fam::PowerDefaultLimit => n::GPU_POWER_DEFAULT_LIMIT_WATTS,
+            Fam::EnergyResets => n::GPU_ENERGY_RESETS_TOTAL,
+            Fam::Threshold => n::GPU_TEMPERATURE_THRESHOLD_CELSIUS,
+            Fam::SlowdownMargin => n::GPU_TEMPERATURE_SLOWDOWN_MARGIN_CELSIUS,
+            Fam::ThrottleActive => n::GPU_THROTTLE_ACTIVE,
+            Fam::ViolationSeconds => n::GPU_THROTTLE_VIOLATION_SECONDS_TOTAL,
+            Fam::Clock => n::GPU_CLOCK_HERTZ,
+            Fam::FanSpeed => n::GPU_FAN_SPEED_RATIO,
+            Fam::EccErrors => n::GPU_ECC_ERRORS_TOTAL,
+            Fam::PcieGeneration => n::GPU_PCIE_LINK_GENERATION,
+            Fam::PcieWidth => n::GPU_PCIE_LINK_WIDTH_LANES,
+            Fam::XidErrors => n::GPU_XID_ERRORS_TOTAL,
+            Fam::MigEnabled => n::GPU_MIG_ENABLED,
+            Fam::MigInstance => n::GPU_MIG_INSTANCE_INFO,
+        }
+    }
+
+    /// The `# HELP` text.
+    pub fn help(self) -> &'static str {
+        match self {
+            Fam::PowerInstant => "GPU instantaneous power, watts (NVML field POWER_INSTANT).",
+            Fam::PowerDefaultLimit => "Default GPU power limit, watts.",
+            Fam::EnergyResets => {
+                "Decreases of the GPU energy counter seen by this agent (driver reload, GPU reset)."
+            }
+            Fam::Threshold => "The GPU's own temperature thresholds, degrees Celsius.",
+            Fam::SlowdownMargin => {
+                "Slowdown threshold minus GPU temperature, degrees Celsius (negative: over it)."
+            }
+            Fam::ThrottleActive => {
+                "1 while NVML reports the clock-event (throttle) reason, else 0."
+            }
+            Fam::ViolationSeconds => {
+                "Cumulative time the GPU was held below its clocks by the policy, seconds."
+            }
+            Fam::Clock => "Current GPU clock, hertz.",
+            Fam::FanSpeed => "Fan speed, ratio of its maximum, 0..1 (absent without fans).",
+            Fam::EccErrors => "ECC errors since the GPU's counters were last cleared (aggregate).",
+            Fam::PcieGeneration => "Current PCIe link generation.",
+            Fam::PcieWidth => "Current PCIe link width, lanes.",
+            Fam::XidErrors => "XID errors NVML reported since the agent started, by XID code.",
+            Fam::MigEnabled => "1 when MIG mode is on; power and energy stay per board.",
+            Fam::MigInstance => "A MIG instance of the GPU, with its profile; always 1.",
+        }
+    }
+
+    /// Counter (`_total`) or gauge.
+    pub fn is_counter(self) -> bool {
+        matches!(
+            self,
+            Fam::EnergyResets | Fam::ViolationSeconds | Fam::EccErrors | Fam::XidErrors
+        )
+    }
+
+    /// Counters the agent itself keeps (not read from the GPU): still shown
+    /// while the GPU is lost or NVML is down.
+    pub fn agent_kept(self) -> bool {
+        matches!(self, Fam::EnergyResets | Fam::XidErrors)
+    }
+}
+
+/// One sample of an agent-only family.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    /// Its family.
+    pub fam: Fam,
+    /// Labels beyond `node, gpu, uuid, model`.
+    pub labels: Vec<(&'static str, String)>,
+    /// The value, in the family's unit.
+    pub value: f64,
+}
+
+impl Sample {
+    /// A sample without extra labels.
+    pub fn plain(fam: Fam, value: f64) -> Self {
+        Self {
+            fam,
+            labels: Vec::new(),
+            value,
+        }
+    }
+
+    /// A sample with one extra label.
+    pub fn labelled(fam: Fam, key: &'static str, label: impl Into<String>, value: f64) -> Self {
+        Self {
+            fam,
+            labels: vec![(key, label.into())],
+            value,
+        }
+    }
+}
+
+/// What the agent knows about one GPU beyond the shipped readings.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GpuDetail {
+    /// The driver version (`dcwatt_gpu_info`), empty when unknown.
+    pub driver_version: String,
+    /// The PCI bus id (`00000000:18:00.0`), empty when unknown.
+    pub pci_bus_id: String,
+    /// Agent-only samples.
+    pub samples: Vec<Sample>,
+}
