@@ -31,6 +31,15 @@ pub const TICK_MS: i64 = 100;
 pub const ZONE: &str = "hall-1";
 /// The GPU model name NVML reports.
 pub const GPU_MODEL: &str = "NVIDIA GB300";
+/// The simulated GPUs' own temperature thresholds, °C.
+pub const GPU_THRESHOLDS: dcwatt_fake_nvml::FakeThresholds = dcwatt_fake_nvml::FakeThresholds {
+    shutdown: 95,
+    slowdown: 90,
+    mem_max: 95,
+    gpu_max: 87,
+};
+/// NVML's `clocksEventReasonHwThermalSlowdown` bit.
+const NVML_HW_THERMAL_SLOWDOWN: u64 = 0x40;
 /// The facility meter's id.
 pub const FACILITY_METER: &str = "utility-a";
 /// The cooling meter's id.
@@ -108,6 +117,7 @@ pub struct Hall {
     gpu_offset_mj: Vec<u64>,
     gpu_reset_pending: Vec<bool>,
     gpu_reset_ms: Vec<Option<i64>>,
+    gpu_heat_c: Vec<f64>,
 }
 
 impl Hall {
@@ -202,6 +212,7 @@ impl Hall {
             gpu_offset_mj: vec![0; gpu_count],
             gpu_reset_pending: vec![false; gpu_count],
             gpu_reset_ms: vec![None; gpu_count],
+            gpu_heat_c: vec![0.0; gpu_count],
         };
         let (channel_w, gpu_w) = hall.powers(channels, gpu_count);
         for (t, w) in hall.gpu_temp_c.iter_mut().zip(gpu_w.iter()) {
@@ -417,6 +428,15 @@ impl Hall {
         Ok(())
     }
 
+    /// Adds `celsius` to a GPU's temperature from the next state file on (a
+    /// blocked cold plate); 0 ends it. Past the slowdown threshold the GPU
+    /// also reports hardware thermal slowdown.
+    pub fn heat_gpu(&mut self, uuid: &str, celsius: f64) -> Result<(), HallError> {
+        let g = self.gpu_index(uuid)?;
+        self.gpu_heat_c[g] = celsius.clamp(0.0, 60.0);
+        Ok(())
+    }
+
     /// Whether a requested GPU counter reset still waits for the next tick.
     pub fn gpu_reset_pending(&self, uuid: &str) -> Result<bool, HallError> {
         Ok(self.gpu_reset_pending[self.gpu_index(uuid)?])
@@ -443,7 +463,13 @@ impl Hall {
         (0..node.info.gpus.len())
             .map(|i| {
                 let g = node.first_gpu + i;
-                let temp = self.gpu_temp_c[g];
+                let temp = self.gpu_temp_c[g] + self.gpu_heat_c[g];
+                let hot = temp >= f64::from(GPU_THRESHOLDS.slowdown);
+                let throttle = if hot {
+                    throttle | NVML_HW_THERMAL_SLOWDOWN
+                } else {
+                    throttle
+                };
                 FakeGpu {
                     index: i as u32,
                     uuid: node.info.gpus[i].clone(),
@@ -459,6 +485,7 @@ impl Hall {
                     throttle_reasons: throttle,
                     lost: false,
                     name: GPU_MODEL.into(),
+                    thresholds: Some(GPU_THRESHOLDS),
                     ..FakeGpu::default()
                 }
             })

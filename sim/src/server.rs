@@ -399,6 +399,7 @@ async fn power(State(shared): State<Arc<Shared>>) -> Response {
 enum Fault {
     ResetMeterCounter { meter: String },
     ResetGpuCounter { gpu: String },
+    HeatGpu { gpu: String, celsius: f64 },
 }
 
 /// `POST /sim/fault`: restarts a counter from zero → `{"at_ms": T}`.
@@ -417,6 +418,13 @@ async fn fault(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
                 Err(e) => hall_error(&e),
             }
         }
+        Fault::HeatGpu { gpu, celsius } => match shared.hall().heat_gpu(&gpu, celsius) {
+            Ok(()) => {
+                info!(gpu = %gpu, celsius, "GPU heated.");
+                Json(json!({ "at_ms": now_ms() })).into_response()
+            }
+            Err(e) => hall_error(&e),
+        },
         Fault::ResetGpuCounter { gpu } => match reset_gpu(&shared, &gpu).await {
             Ok(at_ms) => {
                 info!(gpu = %gpu, at_ms, "GPU counter reset.");
