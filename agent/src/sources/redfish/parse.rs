@@ -7,6 +7,7 @@
 //!   `EnvironmentMetrics` resource only;
 //! - coolant connectors: `SupplyTemperatureCelsius`, `ReturnTemperatureCelsius`,
 //!   `FlowLitersPerMinute` (L/min → m³/s), `HeatRemovedkW` (kW → W);
+//! - a circuit with only `PolyPhasePowerWatts`: the sum of its phases;
 //! - the legacy `Power` resource: the sum of `PowerControl[].PowerConsumedWatts`;
 //! - a `Sensor` resource, by `ReadingType` (its unit is fixed by the schema;
 //!   `ReadingUnits` is used only when it names a unit of the same dimension).
@@ -77,6 +78,7 @@ pub fn parse_value(v: &Value) -> Result<Parsed, MeterError> {
         1.0,
     )?);
     p.push(Quantity::PowerWatts, power);
+    p.push(Quantity::PowerWatts, polyphase_power(obj)?);
     p.push(Quantity::PowerWatts, legacy_power(obj)?);
 
     let (kwh, kwh_marker) = energy_excerpt(obj, "EnergykWh", 3.6e6)?;
@@ -207,6 +209,22 @@ fn energy_excerpt(
         .and_then(Value::as_str)
         .map(str::to_owned);
     Ok((v, marker))
+}
+
+/// A circuit with only per-phase power (`PolyPhasePowerWatts`): the sum of the
+/// line-to-neutral readings (wye), else of the line-to-line ones (delta).
+fn polyphase_power(obj: &Map<String, Value>) -> Result<Option<f64>, MeterError> {
+    let Some(phases) = sub_object(obj, "PolyPhasePowerWatts")? else {
+        return Ok(None);
+    };
+    let mut sums = [None::<f64>, None::<f64>];
+    for (name, _) in phases {
+        let slot = if name.ends_with("ToNeutral") { 0 } else { 1 };
+        if let Some(x) = excerpt(phases, name, Quantity::PowerWatts, 1.0)? {
+            sums[slot] = Some(sums[slot].unwrap_or(0.0) + x);
+        }
+    }
+    Ok(sums[0].or(sums[1]))
 }
 
 /// The legacy `Power` resource: the sum of the reported
