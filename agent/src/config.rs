@@ -1503,4 +1503,119 @@ timeout = "500ms"
             "spool: no [[collectors]] are configured, so there is nothing to spool"
         );
     }
+
+    // ---- meters ----
+
+    #[test]
+    fn redfish_discovery_with_session_auth_builds() {
+        let pw = token_file("hunter2\n");
+        let c = build(&format!(
+            "[[sources]]\ntype = \"redfish\"\nmeter = \"pdu-a\"\nurl = \"https://pdu-a/redfish/v1\"\n\
+             discover = true\ninterval = \"30s\"\ntimeout = \"40s\"\nauth = \"session\"\n\
+             username = \"dcwatt\"\npassword_file = {:?}\n",
+            pw.path()
+        ))
+        .unwrap();
+        let SourceSpec::Redfish(r) = &c.sources[0] else {
+            panic!("{:?}", c.sources)
+        };
+        assert!(r.discover);
+        assert_eq!(r.interval, Some(Duration::from_secs(30)));
+        assert_eq!(
+            r.auth,
+            RedfishAuth::Session {
+                username: "dcwatt".into(),
+                password: "hunter2".into()
+            }
+        );
+        assert!(!format!("{r:?}").contains("hunter2"), "password redacted");
+    }
+
+    #[test]
+    fn redfish_meter_keys_are_checked() {
+        let base = "[[sources]]\ntype = \"redfish\"\nmeter = \"m\"\nurl = \"http://h/x\"\n";
+        for (extra, expected) in [
+            ("username = \"u\"\n", "sources[0].password_file: missing"),
+            ("auth = \"session\"\n", "sources[0].username: missing"),
+            (
+                "ca_file = \"/nonexistent/ca.pem\"\n",
+                "sources[0].ca_file: cannot read",
+            ),
+            (
+                "interval = \"1ms\"\n",
+                "sources[0].interval: 1ms is shorter",
+            ),
+            (
+                "headers = { a = \"b\" }\n",
+                "key `headers` is not valid for type = \"redfish\"",
+            ),
+            (
+                "power = { pointer = \"/p\", unit = \"W\" }\n",
+                "key `power` is not valid",
+            ),
+            ("tls_insecure_skip_verify = \"yes\"\n", "invalid type"),
+        ] {
+            let err = build(&format!("{base}{extra}")).unwrap_err();
+            assert!(err.contains(expected), "{extra}: {err}");
+        }
+        let err = build("[[sources]]\ntype = \"nvml\"\ninterval = \"1s\"\n").unwrap_err();
+        assert!(
+            err.contains("key `interval` is not valid for type = \"nvml\""),
+            "{err}"
+        );
+        let c = build(&format!("{base}tls_insecure_skip_verify = true\n")).unwrap();
+        let SourceSpec::Redfish(r) = &c.sources[0] else {
+            panic!()
+        };
+        assert!(r.tls.insecure_skip_verify);
+    }
+
+    #[test]
+    fn prometheus_text_keys_are_checked() {
+        let base = "[[sources]]\ntype = \"prometheus_text\"\nmeter = \"ups\"\nurl = \"http://h/metrics\"\n";
+        let c = build(&format!(
+            "{base}energy = {{ metric = \"upsOutputEnergy\", labels = {{ line = \"1\" }}, unit = \"kWh\" }}\n"
+        ))
+        .unwrap();
+        let SourceSpec::PrometheusText(p) = &c.sources[0] else {
+            panic!()
+        };
+        assert_eq!(p.quantities[0].quantity, Quantity::EnergyJoules);
+        assert_eq!(p.quantities[0].labels["line"], "1");
+        for (extra, expected) in [
+            (
+                "power = { metric = \"9x\", unit = \"W\" }\n",
+                "sources[0].power.metric: \"9x\" is not a metric name",
+            ),
+            (
+                "power = { pointer = \"/p\", unit = \"W\" }\n",
+                "sources[0].power.pointer: not valid",
+            ),
+            (
+                "method = \"POST\"\npower = { metric = \"p\", unit = \"W\" }\n",
+                "key `method` is not valid",
+            ),
+            (
+                "coolant_flow = { metric = \"f\", unit = \"W\" }\n",
+                "not a unit of coolant_flow",
+            ),
+        ] {
+            let err = build(&format!("{base}{extra}")).unwrap_err();
+            assert!(err.contains(expected), "{extra}: {err}");
+        }
+    }
+
+    #[test]
+    fn meter_ids_are_unique_across_types() {
+        let err = build(
+            "[[sources]]\ntype = \"redfish\"\nmeter = \"m\"\nurl = \"http://h/a\"\n\
+             [[sources]]\ntype = \"http_json\"\nmeter = \"m\"\nurl = \"http://h/b\"\n\
+             power = { pointer = \"/p\", unit = \"W\" }\n",
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("sources[1].meter: duplicate meter id \"m\""),
+            "{err}"
+        );
+    }
 }
