@@ -224,7 +224,7 @@ pub async fn fetch(
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(body.to_owned());
     }
-    let mut resp = rb.send().await.map_err(|e| request_error(&what, &e))?;
+    let mut resp = rb.send().await.map_err(|e| request_error(&what, e))?;
     let status = resp.status();
     let auth_failure = status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN;
     if !(status.is_success() || (auth_ok && auth_failure)) {
@@ -246,7 +246,7 @@ pub async fn fetch(
     }
     let headers = resp.headers().clone();
     let mut body = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| request_error(&what, &e))? {
+    while let Some(chunk) = resp.chunk().await.map_err(|e| request_error(&what, e))? {
         if body.len() + chunk.len() > MAX_BODY_BYTES {
             return Err(too_large(&what));
         }
@@ -266,32 +266,23 @@ fn too_large(what: &str) -> MeterError {
     )
 }
 
-fn request_error(what: &str, e: &reqwest::Error) -> MeterError {
-    let text = super::error_chain(&e.without_url_ref());
+fn request_error(what: &str, e: reqwest::Error) -> MeterError {
+    let (timeout, redirect, connect) = (e.is_timeout(), e.is_redirect(), e.is_connect());
+    let text = super::error_chain(&e.without_url());
     let lower = text.to_lowercase();
-    let kind = if e.is_timeout() {
+    let kind = if timeout {
         ErrorKind::Timeout
     } else if lower.contains("certificate") || lower.contains("tls") || lower.contains("handshake")
     {
         ErrorKind::Tls
-    } else if e.is_redirect() {
+    } else if redirect {
         ErrorKind::Http
-    } else if e.is_connect() {
+    } else if connect {
         ErrorKind::Connect
     } else {
         ErrorKind::Body
     };
     MeterError::new(kind, format!("{what}: {text}"))
-}
-
-trait WithoutUrlRef {
-    fn without_url_ref(&self) -> &(dyn std::error::Error + 'static);
-}
-
-impl WithoutUrlRef for reqwest::Error {
-    fn without_url_ref(&self) -> &(dyn std::error::Error + 'static) {
-        self
-    }
 }
 
 /// A unit a meter may speak, with its factor to the SI unit of its dimension.
