@@ -394,6 +394,7 @@ const EXPLICIT: &[(&str, &[&str])] = &[
     (
         "public-cooling-unit",
         &[
+            "/ThermalEquipment/CDUs/1",
             "/ThermalEquipment/CDUs/1/PrimaryCoolantConnectors/1",
             "/ThermalEquipment/CDUs/1/SecondaryCoolantConnectors/1",
             "/ThermalEquipment/CDUs/1/EnvironmentMetrics",

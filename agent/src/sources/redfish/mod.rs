@@ -2,7 +2,9 @@
 //! carries power, energy, temperature or coolant readings (see [`parse`]).
 //!
 //! Two modes:
-//! - explicit: one configured resource URL is one meter;
+//! - explicit: one configured resource URL is one meter; a CDU (`CoolingUnit`)
+//!   resource is read with its secondary coolant connectors and its
+//!   `EnvironmentMetrics` (see `Inner::read_cdu`);
 //! - discovery: from the service root, follow `@odata.id` links (never building
 //!   URIs) under `PowerEquipment`, `Chassis`, `ThermalEquipment` and `Facilities`;
 //!   every resource that yields a reading becomes a meter whose id is the
@@ -193,9 +195,12 @@ impl Inner {
     /// Reads one resource as meter `id`.
     async fn read_meter(&self, id: &str, url: &Url) -> (MeterStatus, Vec<Reading>) {
         let start = now_ms();
-        let result = self.get_json(url).await.and_then(|body| {
-            parse::parse(&body).map_err(|e| MeterError::new(e.kind, format!("get {url}: {e}")))
-        });
+        let result = match self.get_doc(url).await {
+            Ok(doc) if !self.discover && is_cooling_unit(&doc) => self.read_cdu(url, &doc).await,
+            Ok(doc) => parse::parse_value(&doc)
+                .map_err(|e| MeterError::new(e.kind, format!("get {url}: {e}"))),
+            Err(e) => Err(e),
+        };
         let mid = start + (now_ms() - start) / 2;
         match result {
             Err(e) => (MeterStatus::down(id, e), Vec::new()),
@@ -219,6 +224,82 @@ impl Inner {
                 (MeterStatus::up(id, resets), readings)
             }
         }
+    }
+
+    /// GETs `url` and decodes its JSON.
+    async fn get_doc(&self, url: &Url) -> Result<Value, MeterError> {
+        let body = self.get_json(url).await?;
+        serde_json::from_slice(&body).map_err(|e| {
+            MeterError::new(
+                ErrorKind::Parse,
+                format!("get {url}: body is not json: {e}"),
+            )
+        })
+    }
+
+    /// A CDU (`CoolingUnit`) read as one meter: its secondary (rack-side)
+    /// coolant connectors — temperatures when there is exactly one, flow and
+    /// heat removed summed over all — and its `EnvironmentMetrics` (the CDU's
+    /// own power, energy and temperature), following the `@odata.id` links.
+    async fn read_cdu(&self, url: &Url, cdu: &Value) -> Result<parse::Parsed, MeterError> {
+        use dcwatt_wire::Quantity as Q;
+        let link = |v: &Value, key: &str| -> Option<Url> {
+            v.get(key)
+                .and_then(|l| l.get("@odata.id"))
+                .and_then(Value::as_str)
+                .and_then(|p| url.join(p).ok())
+        };
+        let in_body = |u: &Url, e: MeterError| MeterError::new(e.kind, format!("get {u}: {e}"));
+        let mut out = parse::Parsed::default();
+        if let Some(env_url) = link(cdu, "EnvironmentMetrics") {
+            let doc = self.get_doc(&env_url).await?;
+            out = parse::parse_value(&doc).map_err(|e| in_body(&env_url, e))?;
+        }
+        if let Some(coll_url) = link(cdu, "SecondaryCoolantConnectors") {
+            let coll = self.get_doc(&coll_url).await?;
+            let members: Vec<Url> = coll
+                .get("Members")
+                .and_then(Value::as_array)
+                .map(|m| {
+                    m.iter()
+                        .filter_map(|x| x.get("@odata.id").and_then(Value::as_str))
+                        .filter_map(|p| url.join(p).ok())
+                        .collect()
+                })
+                .unwrap_or_default();
+            let single = members.len() == 1;
+            let mut flow = None::<f64>;
+            let mut heat = None::<f64>;
+            for m in &members {
+                let doc = self.get_doc(m).await?;
+                let p = parse::parse_value(&doc).map_err(|e| in_body(m, e))?;
+                if let Some(x) = p.get(Q::CoolantFlowCubicMetersPerSecond) {
+                    flow = Some(flow.unwrap_or(0.0) + x);
+                }
+                if let Some(x) = p.get(Q::HeatRemovedWatts) {
+                    heat = Some(heat.unwrap_or(0.0) + x);
+                }
+                if single {
+                    for q in [
+                        Q::CoolantSupplyTemperatureCelsius,
+                        Q::CoolantReturnTemperatureCelsius,
+                    ] {
+                        if let Some(x) = p.get(q) {
+                            out.values.push((q, x));
+                        }
+                    }
+                }
+            }
+            for (q, v) in [
+                (Q::CoolantFlowCubicMetersPerSecond, flow),
+                (Q::HeatRemovedWatts, heat),
+            ] {
+                if let Some(v) = v {
+                    out.values.push((q, v));
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// GETs `url` with the configured authentication; a session is opened (or
@@ -428,6 +509,13 @@ impl Inner {
         }
         Ok(meters)
     }
+}
+
+/// True for a `CoolingUnit` resource (a CDU).
+fn is_cooling_unit(doc: &Value) -> bool {
+    doc.get("@odata.type")
+        .and_then(Value::as_str)
+        .is_some_and(|t| t.starts_with("#CoolingUnit."))
 }
 
 /// Every `@odata.id` in a resource except its own, outside `Links` (cross
