@@ -435,3 +435,81 @@ fn promtool_check(text: &str) {
         "promtool: {said}\n{text}"
     );
 }
+
+/// A one-route HTTPS server with the test certificate for 127.0.0.1.
+async fn serve_tls(body: &'static str) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls");
+    let certs = vec![CertificateDer::from_pem_file(dir.join("server.pem")).unwrap()];
+    let key = PrivateKeyDer::from_pem_file(dir.join("server.key")).unwrap();
+    let config = tokio_rustls::rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                // An untrusting client aborts the handshake: that is the point.
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut req = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = tls.write_all(resp.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_needs_the_ca_or_the_loud_option() {
+    let addr = serve_tls(r#"{"PowerWatts":{"Reading":42}}"#).await;
+    let url = format!("https://{addr}/redfish/v1/Metrics");
+    let ca = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls/ca.pem");
+    let with = |tls: TlsSpec| {
+        let mut s = spec(&url, RedfishAuth::None);
+        s.tls = tls;
+        RedfishSource::new(s).unwrap()
+    };
+    // Not trusted by default.
+    let c = with(TlsSpec::default()).collect().await;
+    assert_eq!(kind(&c), Some(ErrorKind::Tls), "{:?}", c.error);
+    // Trusted through ca_file.
+    let c = with(TlsSpec {
+        ca_file: Some(ca),
+        insecure_skip_verify: false,
+    })
+    .collect()
+    .await;
+    assert_eq!(c.error, None);
+    assert_eq!(c.readings[0].value, 42.0);
+    // Or with verification off, explicitly.
+    let c = with(TlsSpec {
+        ca_file: None,
+        insecure_skip_verify: true,
+    })
+    .collect()
+    .await;
+    assert_eq!(c.error, None);
+}
