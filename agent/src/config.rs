@@ -578,7 +578,7 @@ pub struct PrometheusTextSpec {
 }
 
 /// One validated HTTP request of a meter.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct HttpSpec {
     /// Absolute URL.
     pub url: Url,
@@ -594,6 +594,26 @@ pub struct HttpSpec {
     pub interval: Option<Duration>,
     /// TLS roots and verification.
     pub tls: TlsSpec,
+}
+
+impl std::fmt::Debug for HttpSpec {
+    // Header values (API keys, bearer tokens) stay out of logs and panics.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let headers: Vec<(&str, &str)> = self
+            .headers
+            .iter()
+            .map(|(k, _)| (k.as_str(), "<redacted>"))
+            .collect();
+        f.debug_struct("HttpSpec")
+            .field("url", &self.url.as_str())
+            .field("method", &self.method)
+            .field("body", &self.body)
+            .field("headers", &headers)
+            .field("timeout", &self.timeout)
+            .field("interval", &self.interval)
+            .field("tls", &self.tls)
+            .finish()
+    }
 }
 
 /// One validated quantity of an `http_json` or `prometheus_text` meter.

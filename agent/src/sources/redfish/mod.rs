@@ -438,7 +438,11 @@ impl Inner {
             }
         }
         let meters = self.walk().await?;
-        info!(prefix = %self.name, meters = meters.len(), "Redfish discovery done.");
+        if meters.is_empty() {
+            tracing::warn!(prefix = %self.name, url = %self.url, "Redfish discovery found no meter.");
+        } else {
+            info!(prefix = %self.name, meters = meters.len(), "Redfish discovery done.");
+        }
         *self.found.lock().unwrap_or_else(PoisonError::into_inner) =
             Some((Instant::now(), meters.clone()));
         Ok(meters)
