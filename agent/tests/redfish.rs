@@ -220,14 +220,20 @@ impl Sushy {
             .local_addr()
             .unwrap()
             .port();
-        let child = Command::new(sushy_binary())
+        let bin = sushy_binary();
+        let child = Command::new(&bin)
             .args(["--interface", "127.0.0.1", "--port", &port.to_string()])
             .arg("--mockup-files")
             .arg(dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("sushy-static starts");
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start {}: {e} (scripts/test installs sushy-tools into .venv-test)",
+                    bin.display()
+                )
+            });
         let sushy = Sushy {
             child,
             base: format!("http://127.0.0.1:{port}"),

@@ -121,13 +121,14 @@ impl RedfishSource {
             .unwrap_or_default()
     }
 
-    /// The time one collection may take: one request in explicit mode; in
-    /// discovery a walk may need many, so 30 request timeouts.
+    /// The time one collection may take. Each request has `timeout`; an
+    /// explicit read may need five (a session login: service root, POST, retry;
+    /// a CDU: its connectors and metrics), a discovery walk many, so 30.
     pub fn timeout(&self) -> Duration {
         if self.inner.discover {
             self.inner.timeout.saturating_mul(30)
         } else {
-            self.inner.timeout
+            self.inner.timeout.saturating_mul(5)
         }
     }
 
