@@ -513,3 +513,62 @@ async fn tls_needs_the_ca_or_the_loud_option() {
     .await;
     assert_eq!(c.error, None);
 }
+
+/// A raw loopback server that answers every connection with `head` and then
+/// `body` one byte per `every` (`None`: all at once, then close).
+async fn serve_raw(head: String, body: &'static [u8], every: Option<Duration>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let head = head.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 2048];
+                let _ = tcp.read(&mut buf).await;
+                if tcp.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                match every {
+                    None => {
+                        let _ = tcp.write_all(body).await;
+                    }
+                    Some(d) => {
+                        for b in body {
+                            if tcp.write_all(&[*b]).await.is_err() {
+                                return;
+                            }
+                            tokio::time::sleep(d).await;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    format!("http://{addr}/m")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_drip_and_cut_bodies_fail() {
+    const BODY: &[u8] = br#"{"PowerWatts":{"Reading":12.5}}"#;
+    let head = |len: usize| {
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n\r\n"
+        )
+    };
+    // One byte per 100 ms: the whole body would take 3 s; the timeout is 300 ms.
+    let drip = serve_raw(head(BODY.len()), BODY, Some(Duration::from_millis(100))).await;
+    let mut s = spec(&drip, RedfishAuth::None);
+    s.timeout = Duration::from_millis(300);
+    let c = RedfishSource::new(s).unwrap().collect().await;
+    assert_eq!(kind(&c), Some(ErrorKind::Timeout), "{:?}", c.error);
+    // The connection closes before Content-Length bytes arrived.
+    let cut = serve_raw(head(BODY.len() + 100), BODY, None).await;
+    let c = read(&cut).await;
+    assert_eq!(kind(&c), Some(ErrorKind::Body), "{:?}", c.error);
+    // The same server, whole: it works.
+    let whole = serve_raw(head(BODY.len()), BODY, None).await;
+    let c = read(&whole).await;
+    assert_eq!(c.error, None);
+    assert_eq!(c.readings[0].value, 12.5);
+}

@@ -505,3 +505,81 @@ async fn counters_advance_and_resets_are_counted() {
     assert_eq!(energy(&c), None);
     assert!(c.meters[0].error.is_none());
 }
+
+/// The whole agent in discovery mode on the CDU mockup: coolant metrics with
+/// their labels, and an exposition that `promtool check metrics` accepts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_discovers_a_cdu_and_exports_coolant() {
+    let dir = mockup("public-cooling-unit");
+    let sushy = Sushy::start(dir.path());
+    let agent = Agent::start(&format!(
+        r#"
+interval = "200ms"
+node = "gw-1"
+[[sources]]
+type = "redfish"
+meter = "cdu-4"
+url = "{}"
+discover = true
+timeout = "10s"
+"#,
+        sushy.url("")
+    ))
+    .await;
+    let connector = "cdu-4/ThermalEquipment/CDUs/1/SecondaryCoolantConnectors/1";
+    let text = agent
+        .wait_for(Duration::from_secs(60), |t| {
+            value(t, &format!(r#"dcwatt_meter_up{{meter="{connector}"}}"#)) == Some(1.0)
+        })
+        .await;
+    assert_eq!(
+        must(
+            &text,
+            &format!(
+                r#"dcwatt_meter_coolant_temperature_celsius{{meter="{connector}",point="return"}}"#
+            )
+        ),
+        48.0
+    );
+    assert_eq!(
+        must(
+            &text,
+            &format!(r#"dcwatt_meter_heat_removed_watts{{meter="{connector}"}}"#)
+        ),
+        25310.0
+    );
+    assert_eq!(
+        must(&text, r#"dcwatt_source_up{source="redfish:cdu-4"}"#),
+        1.0
+    );
+    promtool_check(&text);
+    agent.stop().await;
+}
+
+/// `promtool check metrics` must accept the exposition.
+fn promtool_check(text: &str) {
+    use std::io::Write;
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool runs (install Debian's prometheus package)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool: {said}\n{text}"
+    );
+}
