@@ -7,10 +7,11 @@
 //!
 //! Facility-meter sources are started by the tick (when due: each may have its
 //! own `interval`) as tasks of their own, under their own timeout. The tick
-//! waits for them at most half an interval: a fast meter lands in the same
-//! batch as the GPUs, a slow one (a BMC can take 30 s) lands in the batch of the
-//! tick at which it finishes, and is not started again until then. So a slow
-//! meter never delays the GPUs, another meter or `/metrics`.
+//! waits at most three quarters of an interval for the reads it started itself
+//! (never for older ones): a fast meter lands in the same batch as the GPUs, a
+//! slow one (a BMC can take 30 s) lands in the batch of the tick at which it
+//! finishes, and is not started again until then. So a slow meter never delays
+//! the GPUs' sampling, another meter or `/metrics`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -73,7 +74,7 @@ pub async fn run(
         let tick_start = Instant::now();
         start_due_meters(&mut meters, interval, tick_start);
         let results = collect_all(&sources).await;
-        let meter_results = finished_meters(&mut meters, tick_start + interval / 2).await;
+        let meter_results = finished_meters(&mut meters, tick_start, interval * 3 / 4).await;
 
         let mut gpus: Vec<GpuInfo> = Vec::new();
         let mut readings = Vec::new();
@@ -182,21 +183,27 @@ fn start_due_meters(meters: &mut [MeterSlot], tick: Duration, now: Instant) {
     }
 }
 
-/// Waits until `deadline` for the meter reads in flight; returns those that
-/// finished, by slot index. The others stay in flight for a later tick.
+/// Collects the meter reads that finished: those started at this tick
+/// (`tick_start`) are waited for until `tick_start + grace`, older ones only if
+/// already done. Returns them by slot index; the others stay in flight.
 async fn finished_meters(
     meters: &mut [MeterSlot],
-    deadline: Instant,
+    tick_start: Instant,
+    grace: Duration,
 ) -> Vec<(usize, Duration, Collected)> {
+    let deadline = tick_start + grace;
     let mut out = Vec::new();
     for (i, m) in meters.iter_mut().enumerate() {
+        let started_now = m.last_start == Some(tick_start);
         let Some(h) = m.inflight.as_mut() else {
             continue;
         };
         let joined = if h.is_finished() {
             Some(h.await)
-        } else {
+        } else if started_now {
             tokio::time::timeout_at(deadline.into(), h).await.ok()
+        } else {
+            None
         };
         let Some(joined) = joined else { continue };
         m.inflight = None;
