@@ -4,7 +4,7 @@
 //! Every error names the key that is wrong (`sources[1].url: …`), so that
 //! `dcwatt-agent --check-config FILE` tells an operator what to fix.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -12,6 +12,9 @@ use std::time::Duration;
 use reqwest::Url;
 use serde::Deserialize;
 
+use dcwatt_wire::Quantity;
+
+use crate::sources::meter::{Dimension, TlsSpec, Unit};
 use crate::spool::{Fsync, SpoolSpec, Storage};
 
 /// The shortest collection interval accepted: NVML power is a 1 s average on
@@ -77,8 +80,12 @@ pub struct CollectorConfig {
 pub enum SourceConfig {
     /// The node's GPUs through NVML.
     Nvml(NvmlConfig),
-    /// One Redfish `PowerDistributionMetrics` resource (a PDU, a feed, a CDU…).
+    /// One Redfish resource, or a whole Redfish service (discovery).
     Redfish(RedfishConfig),
+    /// Any JSON meter: a JSON Pointer and a unit per quantity.
+    HttpJson(HttpJsonConfig),
+    /// Series of another exporter's Prometheus text exposition.
+    PrometheusText(PrometheusTextConfig),
 }
 
 /// `type = "nvml"`.
@@ -91,13 +98,106 @@ pub struct NvmlConfig {
 /// `type = "redfish"`.
 #[derive(Debug, Clone)]
 pub struct RedfishConfig {
-    /// The meter's id, unique in this agent; the collector's site config gives it a role.
+    /// The meter's id, unique in this agent; the collector's site config gives
+    /// it a role. In discovery mode, the prefix of every discovered meter's id.
     pub meter: String,
     /// Absolute URL of the resource, e.g.
-    /// `https://pdu-r12-a/redfish/v1/PowerEquipment/RackPDUs/1/Metrics`.
+    /// `https://pdu-r12-a/redfish/v1/PowerEquipment/RackPDUs/1/Metrics`; in
+    /// discovery mode the service root (`https://pdu-r12-a/redfish/v1`).
     pub url: String,
     /// Timeout of one GET, humantime. Default `2s`.
     pub timeout: Duration,
+    /// `discover = true`: walk the service from `url` (see `docs/meters.md`).
+    pub discover: bool,
+    /// Meter options shared with the other HTTP meter types.
+    pub common: MeterCommonConfig,
+    /// `auth = "basic" | "session"`; default `basic` when `username` is set.
+    pub auth: Option<String>,
+    /// Redfish user name.
+    pub username: Option<String>,
+    /// File holding the password (surrounding whitespace ignored).
+    pub password_file: Option<PathBuf>,
+}
+
+/// Keys every HTTP meter type (`redfish`, `http_json`, `prometheus_text`) accepts.
+#[derive(Debug, Clone, Default)]
+pub struct MeterCommonConfig {
+    /// Time between two reads of this meter, humantime. Default: the agent's `interval`.
+    pub interval: Option<Duration>,
+    /// PEM file of extra trusted root certificates (a site CA, a self-signed BMC).
+    pub ca_file: Option<PathBuf>,
+    /// Accept any TLS certificate and host name. Dangerous; warned at start.
+    pub tls_insecure_skip_verify: bool,
+    /// Extra request headers (not for `redfish`).
+    pub headers: BTreeMap<String, String>,
+}
+
+/// `type = "http_json"`.
+#[derive(Debug, Clone)]
+pub struct HttpJsonConfig {
+    /// The meter's id.
+    pub meter: String,
+    /// Absolute URL.
+    pub url: String,
+    /// Timeout of one request, humantime. Default `2s`.
+    pub timeout: Duration,
+    /// `GET` (default) or `POST`.
+    pub method: Option<String>,
+    /// Request body (POST only), sent as `application/json`.
+    pub body: Option<String>,
+    /// Shared HTTP meter keys.
+    pub common: MeterCommonConfig,
+    /// Where the meter's own timestamp is, if it has one.
+    pub timestamp: Option<TimestampConfig>,
+    /// Quantities by key (`power`, `energy`, …).
+    pub quantities: Vec<(&'static str, QuantityConfig)>,
+}
+
+/// `type = "prometheus_text"`.
+#[derive(Debug, Clone)]
+pub struct PrometheusTextConfig {
+    /// The meter's id.
+    pub meter: String,
+    /// Absolute URL of the exposition.
+    pub url: String,
+    /// Timeout of one request, humantime. Default `2s`.
+    pub timeout: Duration,
+    /// Shared HTTP meter keys.
+    pub common: MeterCommonConfig,
+    /// Quantities by key (`power`, `energy`, …).
+    pub quantities: Vec<(&'static str, QuantityConfig)>,
+}
+
+/// One quantity of an `http_json` or `prometheus_text` meter, e.g.
+/// `energy = { pointer = "/total", unit = "Wh" }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuantityConfig {
+    /// `http_json`: RFC 6901 JSON Pointer to a number (or a numeric string).
+    #[serde(default)]
+    pub pointer: Option<String>,
+    /// `prometheus_text`: the metric name of the series.
+    #[serde(default)]
+    pub metric: Option<String>,
+    /// `prometheus_text`: labels the series must have (exact values).
+    #[serde(default)]
+    pub labels: Option<BTreeMap<String, String>>,
+    /// The unit the meter speaks (`W`, `kW`, `Wh`, `kWh`, `J`, `Cel`, `L/min`, …).
+    pub unit: String,
+    /// Multiplied into the raw value before the unit conversion. Default 1.
+    #[serde(default)]
+    pub scale: Option<f64>,
+}
+
+/// `timestamp = { pointer = "/ts", format = "unix_ms" }` of an `http_json` meter.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimestampConfig {
+    /// JSON Pointer to the timestamp.
+    pub pointer: String,
+    /// `rfc3339` (default), `unix_s` or `unix_ms`.
+    #[serde(default)]
+    pub format: Option<String>,
 }
 
 /// The closed set of `type` values.
@@ -106,6 +206,8 @@ pub struct RedfishConfig {
 enum SourceType {
     Nvml,
     Redfish,
+    HttpJson,
+    PrometheusText,
 }
 
 /// Every key any source type accepts; [`SourceConfig`]'s `TryFrom` checks that
@@ -122,12 +224,109 @@ struct RawSource {
     url: Option<String>,
     #[serde(default, with = "humantime_serde::option")]
     timeout: Option<Duration>,
+    // ---- meter keys (redfish, http_json, prometheus_text) ----
+    #[serde(default, with = "humantime_serde::option")]
+    interval: Option<Duration>,
+    #[serde(default)]
+    discover: Option<bool>,
+    #[serde(default)]
+    auth: Option<String>,
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default)]
+    password_file: Option<PathBuf>,
+    #[serde(default)]
+    ca_file: Option<PathBuf>,
+    #[serde(default)]
+    tls_insecure_skip_verify: Option<bool>,
+    #[serde(default)]
+    headers: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    method: Option<String>,
+    #[serde(default)]
+    body: Option<String>,
+    #[serde(default)]
+    timestamp: Option<TimestampConfig>,
+    #[serde(default)]
+    power: Option<QuantityConfig>,
+    #[serde(default)]
+    energy: Option<QuantityConfig>,
+    #[serde(default)]
+    temperature: Option<QuantityConfig>,
+    #[serde(default)]
+    coolant_supply_temperature: Option<QuantityConfig>,
+    #[serde(default)]
+    coolant_return_temperature: Option<QuantityConfig>,
+    #[serde(default)]
+    coolant_flow: Option<QuantityConfig>,
+    #[serde(default)]
+    heat_removed: Option<QuantityConfig>,
+}
+
+impl RawSource {
+    /// The first of the meter-only keys that is set.
+    fn meter_key_set(&self) -> Option<&'static str> {
+        [
+            ("interval", self.interval.is_some()),
+            ("discover", self.discover.is_some()),
+            ("auth", self.auth.is_some()),
+            ("username", self.username.is_some()),
+            ("password_file", self.password_file.is_some()),
+            ("ca_file", self.ca_file.is_some()),
+            (
+                "tls_insecure_skip_verify",
+                self.tls_insecure_skip_verify.is_some(),
+            ),
+            ("headers", self.headers.is_some()),
+            ("method", self.method.is_some()),
+            ("body", self.body.is_some()),
+            ("timestamp", self.timestamp.is_some()),
+        ]
+        .into_iter()
+        .chain(self.quantity_keys().map(|k| (k, true)))
+        .find(|(_, set)| *set)
+        .map(|(k, _)| k)
+    }
+
+    fn quantity_keys(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.quantities().into_iter().map(|(k, _)| k)
+    }
+
+    fn quantities(&self) -> Vec<(&'static str, QuantityConfig)> {
+        [
+            ("power", &self.power),
+            ("energy", &self.energy),
+            ("temperature", &self.temperature),
+            (
+                "coolant_supply_temperature",
+                &self.coolant_supply_temperature,
+            ),
+            (
+                "coolant_return_temperature",
+                &self.coolant_return_temperature,
+            ),
+            ("coolant_flow", &self.coolant_flow),
+            ("heat_removed", &self.heat_removed),
+        ]
+        .into_iter()
+        .filter_map(|(k, q)| q.clone().map(|q| (k, q)))
+        .collect()
+    }
+
+    fn common(&mut self) -> MeterCommonConfig {
+        MeterCommonConfig {
+            interval: self.interval,
+            ca_file: self.ca_file.take(),
+            tls_insecure_skip_verify: self.tls_insecure_skip_verify.unwrap_or(false),
+            headers: self.headers.take().unwrap_or_default(),
+        }
+    }
 }
 
 impl TryFrom<RawSource> for SourceConfig {
     type Error = String;
 
-    fn try_from(r: RawSource) -> Result<Self, String> {
+    fn try_from(mut r: RawSource) -> Result<Self, String> {
         let not_for = |key: &str, ty: &str| format!("key `{key}` is not valid for type = \"{ty}\"");
         let missing =
             |key: &str, ty: &str| format!("missing key `{key}` (required for type = \"{ty}\")");
@@ -142,17 +341,86 @@ impl TryFrom<RawSource> for SourceConfig {
                         return Err(not_for(key, "nvml"));
                     }
                 }
+                if let Some(key) = r.meter_key_set() {
+                    return Err(not_for(key, "nvml"));
+                }
                 Ok(Self::Nvml(NvmlConfig { library: r.library }))
             }
             SourceType::Redfish => {
+                let ty = "redfish";
                 if r.library.is_some() {
-                    return Err(not_for("library", "redfish"));
+                    return Err(not_for("library", ty));
                 }
+                for (key, set) in [
+                    ("headers", r.headers.is_some()),
+                    ("method", r.method.is_some()),
+                    ("body", r.body.is_some()),
+                    ("timestamp", r.timestamp.is_some()),
+                ] {
+                    if set {
+                        return Err(not_for(key, ty));
+                    }
+                }
+                if let Some(key) = r.quantity_keys().next() {
+                    return Err(not_for(key, ty));
+                }
+                let common = r.common();
                 Ok(Self::Redfish(RedfishConfig {
-                    meter: r.meter.ok_or_else(|| missing("meter", "redfish"))?,
-                    url: r.url.ok_or_else(|| missing("url", "redfish"))?,
+                    meter: r.meter.ok_or_else(|| missing("meter", ty))?,
+                    url: r.url.ok_or_else(|| missing("url", ty))?,
                     timeout: r.timeout.unwrap_or_else(default_redfish_timeout),
+                    discover: r.discover.unwrap_or(false),
+                    common,
+                    auth: r.auth,
+                    username: r.username,
+                    password_file: r.password_file,
                 }))
+            }
+            SourceType::HttpJson | SourceType::PrometheusText => {
+                let json = matches!(r.r#type, SourceType::HttpJson);
+                let ty = if json { "http_json" } else { "prometheus_text" };
+                let mut forbidden = vec![
+                    ("library", r.library.is_some()),
+                    ("discover", r.discover.is_some()),
+                    ("auth", r.auth.is_some()),
+                    ("username", r.username.is_some()),
+                    ("password_file", r.password_file.is_some()),
+                ];
+                if !json {
+                    forbidden.extend([
+                        ("method", r.method.is_some()),
+                        ("body", r.body.is_some()),
+                        ("timestamp", r.timestamp.is_some()),
+                    ]);
+                }
+                if let Some((key, _)) = forbidden.into_iter().find(|(_, set)| *set) {
+                    return Err(not_for(key, ty));
+                }
+                let quantities = r.quantities();
+                let common = r.common();
+                let meter = r.meter.ok_or_else(|| missing("meter", ty))?;
+                let url = r.url.ok_or_else(|| missing("url", ty))?;
+                let timeout = r.timeout.unwrap_or_else(default_redfish_timeout);
+                if json {
+                    Ok(Self::HttpJson(HttpJsonConfig {
+                        meter,
+                        url,
+                        timeout,
+                        method: r.method,
+                        body: r.body,
+                        common,
+                        timestamp: r.timestamp,
+                        quantities,
+                    }))
+                } else {
+                    Ok(Self::PrometheusText(PrometheusTextConfig {
+                        meter,
+                        url,
+                        timeout,
+                        common,
+                        quantities,
+                    }))
+                }
             }
         }
     }
@@ -222,8 +490,12 @@ impl std::fmt::Debug for Collector {
 pub enum SourceSpec {
     /// Read the node's GPUs through NVML.
     Nvml(NvmlSpec),
-    /// Read one Redfish meter.
+    /// Read one Redfish meter, or every meter of a Redfish service.
     Redfish(RedfishSpec),
+    /// Read one JSON meter.
+    HttpJson(HttpJsonSpec),
+    /// Read one meter from a Prometheus text exposition.
+    PrometheusText(PrometheusTextSpec),
 }
 
 /// A validated `type = "nvml"` source.
@@ -245,12 +517,152 @@ pub enum NvmlLibrary {
 /// A validated `type = "redfish"` source.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RedfishSpec {
-    /// The meter's id.
+    /// The meter's id (explicit mode) or the prefix of discovered meter ids.
     pub meter: String,
-    /// The resource's absolute URL.
+    /// The resource's absolute URL, or the service root in discovery mode.
     pub url: Url,
     /// Timeout of one GET.
     pub timeout: Duration,
+    /// Walk the service from `url` and read every meter found.
+    pub discover: bool,
+    /// Time between reads; `None`: the agent's interval.
+    pub interval: Option<Duration>,
+    /// How to authenticate.
+    pub auth: RedfishAuth,
+    /// TLS roots and verification.
+    pub tls: TlsSpec,
+}
+
+/// How a Redfish source authenticates.
+#[derive(Clone, PartialEq)]
+pub enum RedfishAuth {
+    /// No credentials.
+    None,
+    /// HTTP basic on every request.
+    Basic {
+        /// User name.
+        username: String,
+        /// Password.
+        password: String,
+    },
+    /// A Redfish session: `POST` to the sessions collection, then `X-Auth-Token`.
+    Session {
+        /// User name.
+        username: String,
+        /// Password.
+        password: String,
+    },
+}
+
+impl std::fmt::Debug for RedfishAuth {
+    // The password stays out of logs and panics.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::None => f.write_str("None"),
+            Self::Basic { username, .. } => write!(f, "Basic({username:?}, <redacted>)"),
+            Self::Session { username, .. } => write!(f, "Session({username:?}, <redacted>)"),
+        }
+    }
+}
+
+/// A validated `type = "http_json"` source.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpJsonSpec {
+    /// The meter's id.
+    pub meter: String,
+    /// What to request.
+    pub http: HttpSpec,
+    /// Where the meter's own timestamp is.
+    pub timestamp: Option<TimestampSpec>,
+    /// What to read.
+    pub quantities: Vec<QuantitySpec>,
+}
+
+/// A validated `type = "prometheus_text"` source.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PrometheusTextSpec {
+    /// The meter's id.
+    pub meter: String,
+    /// What to request.
+    pub http: HttpSpec,
+    /// What to read: `path` is the metric name, `labels` must match exactly.
+    pub quantities: Vec<QuantitySpec>,
+}
+
+/// One validated HTTP request of a meter.
+#[derive(Clone, PartialEq)]
+pub struct HttpSpec {
+    /// Absolute URL.
+    pub url: Url,
+    /// GET or POST.
+    pub method: reqwest::Method,
+    /// POST body.
+    pub body: Option<String>,
+    /// Extra headers, validated.
+    pub headers: Vec<(String, String)>,
+    /// Timeout of one request.
+    pub timeout: Duration,
+    /// Time between reads; `None`: the agent's interval.
+    pub interval: Option<Duration>,
+    /// TLS roots and verification.
+    pub tls: TlsSpec,
+}
+
+impl std::fmt::Debug for HttpSpec {
+    // Header values (API keys, bearer tokens) stay out of logs and panics.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let headers: Vec<(&str, &str)> = self
+            .headers
+            .iter()
+            .map(|(k, _)| (k.as_str(), "<redacted>"))
+            .collect();
+        f.debug_struct("HttpSpec")
+            .field("url", &self.url.as_str())
+            .field("method", &self.method)
+            .field("body", &self.body)
+            .field("headers", &headers)
+            .field("timeout", &self.timeout)
+            .field("interval", &self.interval)
+            .field("tls", &self.tls)
+            .finish()
+    }
+}
+
+/// One validated quantity of an `http_json` or `prometheus_text` meter.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuantitySpec {
+    /// The config key (`power`, `energy`, …), for error messages.
+    pub key: &'static str,
+    /// What it becomes on the wire.
+    pub quantity: Quantity,
+    /// JSON Pointer (`http_json`) or metric name (`prometheus_text`).
+    pub path: String,
+    /// Labels the series must carry (`prometheus_text` only).
+    pub labels: BTreeMap<String, String>,
+    /// The unit the meter speaks.
+    pub unit: Unit,
+    /// Multiplied into the raw value first.
+    pub scale: f64,
+}
+
+/// Where and how an `http_json` meter states its own time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TimestampSpec {
+    /// JSON Pointer.
+    pub pointer: String,
+    /// How to read it.
+    pub format: TimestampFormat,
+}
+
+/// The format of a meter's own timestamp.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimestampFormat {
+    /// RFC 3339 text.
+    Rfc3339,
+    /// Unix seconds (a number, fractions allowed).
+    UnixSeconds,
+    /// Unix milliseconds.
+    UnixMillis,
 }
 
 /// Why a config was refused.
@@ -359,17 +771,39 @@ impl AgentConfig {
                     nvml_seen = true;
                     SourceSpec::Nvml(build_nvml(i, n)?)
                 }
-                SourceConfig::Redfish(r) => {
-                    let spec = build_redfish(i, r)?;
-                    if !meters.insert(spec.meter.clone()) {
-                        return Err(invalid(
-                            format!("sources[{i}].meter"),
-                            format!("duplicate meter id {:?}", spec.meter),
-                        ));
-                    }
-                    SourceSpec::Redfish(spec)
+                SourceConfig::Redfish(r) => SourceSpec::Redfish(build_redfish(i, r)?),
+                SourceConfig::HttpJson(c) => SourceSpec::HttpJson(build_http_json(i, c)?),
+                SourceConfig::PrometheusText(c) => {
+                    SourceSpec::PrometheusText(build_prometheus_text(i, c)?)
                 }
             };
+            let meter = match &spec {
+                SourceSpec::Nvml(_) => None,
+                SourceSpec::Redfish(r) => Some(&r.meter),
+                SourceSpec::HttpJson(r) => Some(&r.meter),
+                SourceSpec::PrometheusText(r) => Some(&r.meter),
+            };
+            if let Some(meter) = meter {
+                // The collector's id alphabet: anything else is refused there,
+                // and the batches would wait in the spool for ever.
+                if meter.is_empty()
+                    || meter.len() > 96
+                    || !meter
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+                {
+                    return Err(invalid(
+                        format!("sources[{i}].meter"),
+                        format!("{meter:?} must be 1 to 96 of ASCII letters, digits, '-', '_', '.', ':'"),
+                    ));
+                }
+                if !meters.insert(meter.clone()) {
+                    return Err(invalid(
+                        format!("sources[{i}].meter"),
+                        format!("duplicate meter id {meter:?}"),
+                    ));
+                }
+            }
             sources.push(spec);
         }
 
@@ -487,19 +921,331 @@ fn build_nvml(i: usize, n: NvmlConfig) -> Result<NvmlSpec, ConfigError> {
     Ok(NvmlSpec { library })
 }
 
-fn build_redfish(i: usize, r: RedfishConfig) -> Result<RedfishSpec, ConfigError> {
-    let meter = r.meter.trim().to_owned();
+fn build_meter_id(i: usize, meter: &str) -> Result<String, ConfigError> {
+    let meter = meter.trim().to_owned();
     if meter.is_empty() {
         return Err(invalid(format!("sources[{i}].meter"), "empty"));
     }
+    if meter.chars().any(char::is_control) {
+        return Err(invalid(
+            format!("sources[{i}].meter"),
+            "contains a control character",
+        ));
+    }
+    Ok(meter)
+}
+
+fn build_redfish(i: usize, r: RedfishConfig) -> Result<RedfishSpec, ConfigError> {
+    let meter = build_meter_id(i, &r.meter)?;
     let url = parse_http_url(&r.url).map_err(|e| invalid(format!("sources[{i}].url"), e))?;
     if r.timeout.is_zero() {
         return Err(invalid(format!("sources[{i}].timeout"), "must be above 0"));
     }
+    let password = match &r.password_file {
+        None => None,
+        Some(path) => {
+            let key = format!("sources[{i}].password_file");
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| invalid(&key, format!("cannot read {}: {e}", path.display())))?;
+            Some(text.trim().to_owned())
+        }
+    };
+    let auth = match (r.auth.as_deref(), r.username, password) {
+        (None, None, None) => RedfishAuth::None,
+        (Some(a), None, _) => {
+            return Err(invalid(
+                format!("sources[{i}].username"),
+                format!("missing (required by auth = {a:?})"),
+            ))
+        }
+        (_, Some(_), None) => {
+            return Err(invalid(
+                format!("sources[{i}].password_file"),
+                "missing (required with username)",
+            ))
+        }
+        (_, None, Some(_)) => {
+            return Err(invalid(
+                format!("sources[{i}].username"),
+                "missing (required with password_file)",
+            ))
+        }
+        (None | Some("basic"), Some(username), Some(password)) => {
+            RedfishAuth::Basic { username, password }
+        }
+        (Some("session"), Some(username), Some(password)) => {
+            RedfishAuth::Session { username, password }
+        }
+        (Some(other), ..) => {
+            return Err(invalid(
+                format!("sources[{i}].auth"),
+                format!("unknown {other:?} (expected \"basic\" or \"session\")"),
+            ))
+        }
+    };
+    let common = build_common(i, r.common, r.timeout)?;
     Ok(RedfishSpec {
         meter,
         url,
         timeout: r.timeout,
+        discover: r.discover,
+        interval: common.interval,
+        auth,
+        tls: common.tls,
+    })
+}
+
+/// The validated shared keys.
+struct Common {
+    interval: Option<Duration>,
+    tls: TlsSpec,
+    headers: Vec<(String, String)>,
+}
+
+fn build_common(i: usize, c: MeterCommonConfig, timeout: Duration) -> Result<Common, ConfigError> {
+    if let Some(iv) = c.interval {
+        if iv < MIN_INTERVAL {
+            return Err(invalid(
+                format!("sources[{i}].interval"),
+                format!(
+                    "{} is shorter than the minimum of {}",
+                    humantime_serde::re::humantime::format_duration(iv),
+                    humantime_serde::re::humantime::format_duration(MIN_INTERVAL)
+                ),
+            ));
+        }
+    }
+    let _ = timeout;
+    if let Some(path) = &c.ca_file {
+        let key = format!("sources[{i}].ca_file");
+        let pem = std::fs::read(path)
+            .map_err(|e| invalid(&key, format!("cannot read {}: {e}", path.display())))?;
+        reqwest::Certificate::from_pem(&pem).map_err(|e| {
+            invalid(
+                &key,
+                format!("{} is not a PEM certificate: {e}", path.display()),
+            )
+        })?;
+    }
+    let mut headers = Vec::with_capacity(c.headers.len());
+    for (k, v) in c.headers {
+        let key = format!("sources[{i}].headers.{k}");
+        reqwest::header::HeaderName::from_bytes(k.as_bytes())
+            .map_err(|_| invalid(&key, "not a valid http header name"))?;
+        reqwest::header::HeaderValue::from_str(&v)
+            .map_err(|_| invalid(&key, "not a valid http header value"))?;
+        headers.push((k, v));
+    }
+    Ok(Common {
+        interval: c.interval,
+        tls: TlsSpec {
+            ca_file: c.ca_file,
+            insecure_skip_verify: c.tls_insecure_skip_verify,
+        },
+        headers,
+    })
+}
+
+/// The wire quantity and unit dimension of each quantity key.
+fn quantity_of(key: &str) -> Option<(Quantity, Dimension)> {
+    Some(match key {
+        "power" => (Quantity::PowerWatts, Dimension::Power),
+        "energy" => (Quantity::EnergyJoules, Dimension::Energy),
+        "temperature" => (Quantity::TemperatureCelsius, Dimension::Temperature),
+        "coolant_supply_temperature" => (
+            Quantity::CoolantSupplyTemperatureCelsius,
+            Dimension::Temperature,
+        ),
+        "coolant_return_temperature" => (
+            Quantity::CoolantReturnTemperatureCelsius,
+            Dimension::Temperature,
+        ),
+        "coolant_flow" => (Quantity::CoolantFlowCubicMetersPerSecond, Dimension::Flow),
+        "heat_removed" => (Quantity::HeatRemovedWatts, Dimension::Power),
+        _ => return None,
+    })
+}
+
+fn build_quantities(
+    i: usize,
+    qs: Vec<(&'static str, QuantityConfig)>,
+    json: bool,
+) -> Result<Vec<QuantitySpec>, ConfigError> {
+    if qs.is_empty() {
+        return Err(invalid(
+            format!("sources[{i}]"),
+            "no quantity configured (set at least one of power, energy, temperature, \
+             coolant_supply_temperature, coolant_return_temperature, coolant_flow, heat_removed)",
+        ));
+    }
+    let mut out = Vec::with_capacity(qs.len());
+    for (key, q) in qs {
+        let k = |sub: &str| format!("sources[{i}].{key}.{sub}");
+        let Some((quantity, dimension)) = quantity_of(key) else {
+            return Err(invalid(format!("sources[{i}].{key}"), "unknown quantity"));
+        };
+        let unit = Unit::parse(&q.unit).ok_or_else(|| {
+            invalid(
+                k("unit"),
+                format!(
+                    "unknown unit {:?} (expected one of {})",
+                    q.unit,
+                    Unit::names()
+                ),
+            )
+        })?;
+        if unit.dimension != dimension {
+            return Err(invalid(
+                k("unit"),
+                format!(
+                    "{:?} is not a unit of {key} (expected a unit convertible to {})",
+                    q.unit,
+                    dimension.si()
+                ),
+            ));
+        }
+        let scale = q.scale.unwrap_or(1.0);
+        if !scale.is_finite() || scale <= 0.0 {
+            return Err(invalid(
+                k("scale"),
+                format!("{scale} must be finite and above 0"),
+            ));
+        }
+        let path = if json {
+            if q.metric.is_some() {
+                return Err(invalid(
+                    k("metric"),
+                    "not valid for type = \"http_json\" (use pointer)",
+                ));
+            }
+            if q.labels.is_some() {
+                return Err(invalid(k("labels"), "not valid for type = \"http_json\""));
+            }
+            let p = q.pointer.ok_or_else(|| invalid(k("pointer"), "missing"))?;
+            if !(p.is_empty() || p.starts_with('/')) {
+                return Err(invalid(
+                    k("pointer"),
+                    format!("{p:?} is not a JSON Pointer (it must start with /)"),
+                ));
+            }
+            p
+        } else {
+            if q.pointer.is_some() {
+                return Err(invalid(
+                    k("pointer"),
+                    "not valid for type = \"prometheus_text\" (use metric)",
+                ));
+            }
+            let m = q.metric.ok_or_else(|| invalid(k("metric"), "missing"))?;
+            if !crate::sources::prometheus_text::valid_metric_name(&m) {
+                return Err(invalid(k("metric"), format!("{m:?} is not a metric name")));
+            }
+            m
+        };
+        out.push(QuantitySpec {
+            key,
+            quantity,
+            path,
+            labels: q.labels.unwrap_or_default(),
+            unit,
+            scale,
+        });
+    }
+    Ok(out)
+}
+
+fn build_http(
+    i: usize,
+    url: &str,
+    timeout: Duration,
+    method: Option<String>,
+    body: Option<String>,
+    common: MeterCommonConfig,
+) -> Result<HttpSpec, ConfigError> {
+    let url = parse_http_url(url).map_err(|e| invalid(format!("sources[{i}].url"), e))?;
+    if timeout.is_zero() {
+        return Err(invalid(format!("sources[{i}].timeout"), "must be above 0"));
+    }
+    let method = match method.as_deref() {
+        None | Some("GET") => reqwest::Method::GET,
+        Some("POST") => reqwest::Method::POST,
+        Some(other) => {
+            return Err(invalid(
+                format!("sources[{i}].method"),
+                format!("{other:?} (expected \"GET\" or \"POST\")"),
+            ))
+        }
+    };
+    if body.is_some() && method != reqwest::Method::POST {
+        return Err(invalid(
+            format!("sources[{i}].body"),
+            "only valid with method = \"POST\"",
+        ));
+    }
+    let c = build_common(i, common, timeout)?;
+    Ok(HttpSpec {
+        url,
+        method,
+        body,
+        headers: c.headers,
+        timeout,
+        interval: c.interval,
+        tls: c.tls,
+    })
+}
+
+fn build_http_json(i: usize, c: HttpJsonConfig) -> Result<HttpJsonSpec, ConfigError> {
+    let meter = build_meter_id(i, &c.meter)?;
+    let http = build_http(i, &c.url, c.timeout, c.method, c.body, c.common)?;
+    let timestamp = match c.timestamp {
+        None => None,
+        Some(t) => {
+            let format = match t.format.as_deref() {
+                None | Some("rfc3339") => TimestampFormat::Rfc3339,
+                Some("unix_s") => TimestampFormat::UnixSeconds,
+                Some("unix_ms") => TimestampFormat::UnixMillis,
+                Some(other) => {
+                    return Err(invalid(
+                        format!("sources[{i}].timestamp.format"),
+                        format!("{other:?} (expected \"rfc3339\", \"unix_s\" or \"unix_ms\")"),
+                    ))
+                }
+            };
+            if !(t.pointer.is_empty() || t.pointer.starts_with('/')) {
+                return Err(invalid(
+                    format!("sources[{i}].timestamp.pointer"),
+                    format!(
+                        "{:?} is not a JSON Pointer (it must start with /)",
+                        t.pointer
+                    ),
+                ));
+            }
+            Some(TimestampSpec {
+                pointer: t.pointer,
+                format,
+            })
+        }
+    };
+    let quantities = build_quantities(i, c.quantities, true)?;
+    Ok(HttpJsonSpec {
+        meter,
+        http,
+        timestamp,
+        quantities,
+    })
+}
+
+fn build_prometheus_text(
+    i: usize,
+    c: PrometheusTextConfig,
+) -> Result<PrometheusTextSpec, ConfigError> {
+    let meter = build_meter_id(i, &c.meter)?;
+    let http = build_http(i, &c.url, c.timeout, None, None, c.common)?;
+    let quantities = build_quantities(i, c.quantities, false)?;
+    Ok(PrometheusTextSpec {
+        meter,
+        http,
+        quantities,
     })
 }
 
@@ -857,6 +1603,121 @@ timeout = "500ms"
         assert_eq!(
             build("[spool]\ndir = \"/s\"\n").unwrap_err(),
             "spool: no [[collectors]] are configured, so there is nothing to spool"
+        );
+    }
+
+    // ---- meters ----
+
+    #[test]
+    fn redfish_discovery_with_session_auth_builds() {
+        let pw = token_file("hunter2\n");
+        let c = build(&format!(
+            "[[sources]]\ntype = \"redfish\"\nmeter = \"pdu-a\"\nurl = \"https://pdu-a/redfish/v1\"\n\
+             discover = true\ninterval = \"30s\"\ntimeout = \"40s\"\nauth = \"session\"\n\
+             username = \"dcwatt\"\npassword_file = {:?}\n",
+            pw.path()
+        ))
+        .unwrap();
+        let SourceSpec::Redfish(r) = &c.sources[0] else {
+            panic!("{:?}", c.sources)
+        };
+        assert!(r.discover);
+        assert_eq!(r.interval, Some(Duration::from_secs(30)));
+        assert_eq!(
+            r.auth,
+            RedfishAuth::Session {
+                username: "dcwatt".into(),
+                password: "hunter2".into()
+            }
+        );
+        assert!(!format!("{r:?}").contains("hunter2"), "password redacted");
+    }
+
+    #[test]
+    fn redfish_meter_keys_are_checked() {
+        let base = "[[sources]]\ntype = \"redfish\"\nmeter = \"m\"\nurl = \"http://h/x\"\n";
+        for (extra, expected) in [
+            ("username = \"u\"\n", "sources[0].password_file: missing"),
+            ("auth = \"session\"\n", "sources[0].username: missing"),
+            (
+                "ca_file = \"/nonexistent/ca.pem\"\n",
+                "sources[0].ca_file: cannot read",
+            ),
+            (
+                "interval = \"1ms\"\n",
+                "sources[0].interval: 1ms is shorter",
+            ),
+            (
+                "headers = { a = \"b\" }\n",
+                "key `headers` is not valid for type = \"redfish\"",
+            ),
+            (
+                "power = { pointer = \"/p\", unit = \"W\" }\n",
+                "key `power` is not valid",
+            ),
+            ("tls_insecure_skip_verify = \"yes\"\n", "invalid type"),
+        ] {
+            let err = build(&format!("{base}{extra}")).unwrap_err();
+            assert!(err.contains(expected), "{extra}: {err}");
+        }
+        let err = build("[[sources]]\ntype = \"nvml\"\ninterval = \"1s\"\n").unwrap_err();
+        assert!(
+            err.contains("key `interval` is not valid for type = \"nvml\""),
+            "{err}"
+        );
+        let c = build(&format!("{base}tls_insecure_skip_verify = true\n")).unwrap();
+        let SourceSpec::Redfish(r) = &c.sources[0] else {
+            panic!()
+        };
+        assert!(r.tls.insecure_skip_verify);
+    }
+
+    #[test]
+    fn prometheus_text_keys_are_checked() {
+        let base = "[[sources]]\ntype = \"prometheus_text\"\nmeter = \"ups\"\nurl = \"http://h/metrics\"\n";
+        let c = build(&format!(
+            "{base}energy = {{ metric = \"upsOutputEnergy\", labels = {{ line = \"1\" }}, unit = \"kWh\" }}\n"
+        ))
+        .unwrap();
+        let SourceSpec::PrometheusText(p) = &c.sources[0] else {
+            panic!()
+        };
+        assert_eq!(p.quantities[0].quantity, Quantity::EnergyJoules);
+        assert_eq!(p.quantities[0].labels["line"], "1");
+        for (extra, expected) in [
+            (
+                "power = { metric = \"9x\", unit = \"W\" }\n",
+                "sources[0].power.metric: \"9x\" is not a metric name",
+            ),
+            (
+                "power = { pointer = \"/p\", unit = \"W\" }\n",
+                "sources[0].power.pointer: not valid",
+            ),
+            (
+                "method = \"POST\"\npower = { metric = \"p\", unit = \"W\" }\n",
+                "key `method` is not valid",
+            ),
+            (
+                "coolant_flow = { metric = \"f\", unit = \"W\" }\n",
+                "not a unit of coolant_flow",
+            ),
+        ] {
+            let err = build(&format!("{base}{extra}")).unwrap_err();
+            assert!(err.contains(expected), "{extra}: {err}");
+        }
+    }
+
+    #[test]
+    fn meter_ids_are_unique_across_types() {
+        let err = build(
+            "[[sources]]\ntype = \"redfish\"\nmeter = \"m\"\nurl = \"http://h/a\"\n\
+             [[sources]]\ntype = \"http_json\"\nmeter = \"m\"\nurl = \"http://h/b\"\n\
+             power = { pointer = \"/p\", unit = \"W\" }\n",
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("sources[1].meter: duplicate meter id \"m\""),
+            "{err}"
         );
     }
 }

@@ -62,6 +62,12 @@ pub struct MeterEntry {
     pub up: bool,
     /// Latest value per quantity (SI units); only those it reported.
     pub values: BTreeMap<Quantity, f64>,
+    /// Failed reads since start, by error kind.
+    pub errors: BTreeMap<&'static str, u64>,
+    /// Energy-counter resets seen since start.
+    pub resets_total: u64,
+    /// Timestamp of the latest good reading, Unix ms.
+    pub last_reading_ms: Option<i64>,
 }
 
 /// One source's health.
@@ -117,6 +123,44 @@ impl Snapshot {
                     (uuid.clone(), entry)
                 })
                 .collect();
+        }
+    }
+}
+
+impl Snapshot {
+    /// Records one meter source's collection: the source's health, then each
+    /// meter it reports in [`Collected::meters`]. A meter that failed loses its
+    /// values (its last good time stays, as `dcwatt_meter_last_reading_timestamp_seconds`).
+    pub fn apply_meters(&mut self, label: &str, c: &Collected, took: Duration) {
+        let src = self.sources.entry(label.to_owned()).or_default();
+        src.up = c.error.is_none();
+        src.duration_seconds = took.as_secs_f64();
+        if c.error.is_some() {
+            src.errors_total += 1;
+        }
+        for m in &c.meters {
+            let entry = self.meters.entry(m.id.clone()).or_default();
+            match &m.error {
+                Some(e) => {
+                    entry.up = false;
+                    entry.values.clear();
+                    *entry.errors.entry(e.kind.as_str()).or_default() += 1;
+                }
+                None => {
+                    entry.up = true;
+                    entry.values = values_of(c, |e| matches!(e, Entity::Meter(id) if *id == m.id));
+                    entry.resets_total += m.resets;
+                    let newest = c
+                        .readings
+                        .iter()
+                        .filter(|r| matches!(&r.entity, Entity::Meter(id) if *id == m.id))
+                        .map(|r| r.ts_ms)
+                        .max();
+                    if newest.is_some() {
+                        entry.last_reading_ms = newest;
+                    }
+                }
+            }
         }
     }
 }
@@ -285,6 +329,7 @@ pub fn render(node: &str, snap: &Snapshot, ship: Option<&Status>) -> String {
         m_up.add(&labels, bool_value(m.up));
     }
     families.extend([m_power, m_energy, m_up]);
+    families.extend(meter_detail_families(snap));
 
     let mut s_up = Family::gauge(
         n::SOURCE_UP,
@@ -351,6 +396,68 @@ fn gpu_detail_families(node: &str, gpus: &[(String, &GpuEntry)]) -> Vec<Family> 
         out.push(f);
     }
     out
+}
+
+/// Meter temperatures, coolant, errors by kind, resets and reading age.
+fn meter_detail_families(snap: &Snapshot) -> Vec<Family> {
+    let mut temp = Family::gauge(
+        n::METER_TEMPERATURE_CELSIUS,
+        "Meter (environment) temperature, degrees Celsius.",
+    );
+    let mut coolant = Family::gauge(
+        n::METER_COOLANT_TEMPERATURE_CELSIUS,
+        "Coolant temperature at a CDU connector, degrees Celsius, by point (supply or return).",
+    );
+    let mut flow = Family::gauge(
+        n::METER_COOLANT_FLOW_CUBIC_METERS_PER_SECOND,
+        "Coolant flow, cubic metres per second.",
+    );
+    let mut heat = Family::gauge(
+        n::METER_HEAT_REMOVED_WATTS,
+        "Heat carried away by the coolant, watts.",
+    );
+    let mut errors = Family::counter(
+        n::METER_ERRORS_TOTAL,
+        "Failed meter reads, by kind (timeout, connect, tls, http, auth, body, parse, value).",
+    );
+    let mut resets = Family::counter(
+        n::METER_ENERGY_RESETS_TOTAL,
+        "Meter energy counter resets seen (a decrease, or a new Redfish SensorResetTime).",
+    );
+    let mut last = Family::gauge(
+        n::METER_LAST_READING_TIMESTAMP_SECONDS,
+        "Time of the meter's latest good reading, Unix seconds (the device's clock when plausible).",
+    );
+    for (id, m) in &snap.meters {
+        let labels = [(n::METER, id.as_str())];
+        if let Some(v) = m.values.get(&Quantity::TemperatureCelsius) {
+            temp.add(&labels, *v);
+        }
+        for (point, q) in [
+            (n::POINT_SUPPLY, Quantity::CoolantSupplyTemperatureCelsius),
+            (n::POINT_RETURN, Quantity::CoolantReturnTemperatureCelsius),
+        ] {
+            if let Some(v) = m.values.get(&q) {
+                coolant.add(&[(n::METER, id.as_str()), (n::POINT, point)], *v);
+            }
+        }
+        if let Some(v) = m.values.get(&Quantity::CoolantFlowCubicMetersPerSecond) {
+            flow.add(&labels, *v);
+        }
+        if let Some(v) = m.values.get(&Quantity::HeatRemovedWatts) {
+            heat.add(&labels, *v);
+        }
+        for kind in crate::sources::meter::ErrorKind::ALL {
+            let k = kind.as_str();
+            let v = m.errors.get(k).copied().unwrap_or(0);
+            errors.add(&[(n::METER, id.as_str()), (n::KIND, k)], v as f64);
+        }
+        resets.add(&labels, m.resets_total as f64);
+        if let Some(ms) = m.last_reading_ms {
+            last.add(&labels, ms as f64 / 1000.0);
+        }
+    }
+    vec![temp, coolant, flow, heat, errors, resets, last]
 }
 
 fn ship_families(ship: &Status) -> Vec<Family> {
@@ -468,6 +575,7 @@ mod tests {
                 },
             ],
             error: None,
+            meters: Vec::new(),
         };
         snap.apply("nvml", None, &c, Duration::from_millis(5));
         let text = render("n1", &snap, None);
@@ -527,6 +635,7 @@ mod tests {
                 detail,
             }],
             error: None,
+            ..Collected::default()
         };
         snap.apply("nvml", None, &c, Duration::ZERO);
         let text = render("n1", &snap, None);

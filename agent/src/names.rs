@@ -64,6 +64,22 @@ pub const METER_POWER_WATTS: &str = "dcwatt_meter_power_watts";
 pub const METER_ENERGY_JOULES_TOTAL: &str = "dcwatt_meter_energy_joules_total";
 /// 1 when the meter answered the last collection with valid data (gauge).
 pub const METER_UP: &str = "dcwatt_meter_up";
+/// Meter (environment) temperature, degrees Celsius (gauge).
+pub const METER_TEMPERATURE_CELSIUS: &str = "dcwatt_meter_temperature_celsius";
+/// CDU coolant temperature, degrees Celsius, label [`POINT`] (gauge).
+pub const METER_COOLANT_TEMPERATURE_CELSIUS: &str = "dcwatt_meter_coolant_temperature_celsius";
+/// CDU coolant flow, cubic metres per second (gauge).
+pub const METER_COOLANT_FLOW_CUBIC_METERS_PER_SECOND: &str =
+    "dcwatt_meter_coolant_flow_cubic_meters_per_second";
+/// Heat carried away by a CDU's coolant, watts (gauge).
+pub const METER_HEAT_REMOVED_WATTS: &str = "dcwatt_meter_heat_removed_watts";
+/// Failed meter reads, label [`KIND`] (counter).
+pub const METER_ERRORS_TOTAL: &str = "dcwatt_meter_errors_total";
+/// Meter energy-counter resets seen (counter).
+pub const METER_ENERGY_RESETS_TOTAL: &str = "dcwatt_meter_energy_resets_total";
+/// Time of a meter's latest good reading, Unix seconds (gauge).
+pub const METER_LAST_READING_TIMESTAMP_SECONDS: &str =
+    "dcwatt_meter_last_reading_timestamp_seconds";
 
 /// 1 when the source's last collection succeeded (gauge).
 pub const SOURCE_UP: &str = "dcwatt_source_up";
@@ -124,7 +140,15 @@ pub const GPU_INSTANCE: &str = "gpu_instance";
 pub const PROFILE: &str = "profile";
 /// Label: a meter's configured id.
 pub const METER: &str = "meter";
-/// Label: a source, `nvml` or `redfish:<meter>`.
+/// Label: where on a coolant loop, [`POINT_SUPPLY`] or [`POINT_RETURN`].
+pub const POINT: &str = "point";
+/// [`POINT`] value: coolant entering the load.
+pub const POINT_SUPPLY: &str = "supply";
+/// [`POINT`] value: coolant leaving the load.
+pub const POINT_RETURN: &str = "return";
+/// Label: the class of a meter error (`timeout`, `http`, `parse`, …).
+pub const KIND: &str = "kind";
+/// Label: a source, `nvml` or `<type>:<meter>` (`redfish:pdu-1`, `http_json:utility-a`).
 pub const SOURCE: &str = "source";
 /// Label: a collector, by its configured URL.
 pub const COLLECTOR: &str = "collector";

@@ -450,7 +450,11 @@ async fn leases_reload_without_a_restart_and_a_bad_file_changes_nothing() {
         "{why}"
     );
     assert_eq!(post_utilization().await.unwrap().status(), 200);
-    assert_eq!(sample(&metrics().await, lab_b), None, "a refused file changed the leases");
+    assert_eq!(
+        sample(&metrics().await, lab_b),
+        None,
+        "a refused file changed the leases"
+    );
     // A good file: GPU-x becomes lab-b's from now on.
     std::fs::write(&file, format!("{}{LEASE_X}", config(&db))).unwrap();
     let r = reload(OPERATOR).await.unwrap();

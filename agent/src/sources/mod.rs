@@ -4,7 +4,10 @@
 //! units, plus its own health: [`Collected::error`] for the source as a whole,
 //! [`Collected::gpus`] for the GPUs an NVML source enumerated.
 
+pub mod http_json;
+pub mod meter;
 pub mod nvml;
+pub mod prometheus_text;
 pub mod redfish;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -12,7 +15,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use dcwatt_wire::{GpuInfo, Reading};
 
 use crate::config::SourceSpec;
+use http_json::HttpJsonSource;
+use meter::MeterStatus;
 use nvml::NvmlSource;
+use prometheus_text::PrometheusTextSource;
 use redfish::RedfishSource;
 
 /// One configured source.
@@ -20,8 +26,12 @@ use redfish::RedfishSource;
 pub enum Source {
     /// The node's GPUs through NVML (`type = "nvml"`).
     Nvml(NvmlSource),
-    /// One Redfish meter (`type = "redfish"`).
+    /// One Redfish meter, or a discovered service (`type = "redfish"`).
     Redfish(RedfishSource),
+    /// One JSON meter (`type = "http_json"`).
+    HttpJson(HttpJsonSource),
+    /// One meter in a Prometheus exposition (`type = "prometheus_text"`).
+    PrometheusText(PrometheusTextSource),
 }
 
 /// What one collection of one source yielded.
@@ -33,6 +43,8 @@ pub struct Collected {
     pub gpus: Vec<GpuStatus>,
     /// Set when the source as a whole failed this time (`dcwatt_source_up 0`).
     pub error: Option<String>,
+    /// Each meter this source read, up or down (meter sources only).
+    pub meters: Vec<MeterStatus>,
 }
 
 /// One GPU's identity and whether it answered this collection.
@@ -71,13 +83,13 @@ pub enum SourceError {
     /// The NVML worker thread could not be started.
     #[error("cannot start the nvml thread: {0}")]
     NvmlThread(#[source] std::io::Error),
-    /// The Redfish HTTP client could not be built (TLS setup).
-    #[error("redfish meter {meter}: cannot build http client: {source}")]
-    Redfish {
-        /// The meter id.
+    /// A meter's HTTP client could not be built (TLS setup, CA file).
+    #[error("meter {meter}: {source}")]
+    Meter {
+        /// The meter id (or prefix).
         meter: String,
         /// What failed.
-        source: reqwest::Error,
+        source: meter::ClientError,
     },
 }
 
@@ -85,30 +97,84 @@ impl Source {
     /// Builds a source from its validated config. `interval` bounds sources that
     /// have no timeout of their own (NVML).
     pub fn build(spec: SourceSpec, interval: Duration) -> Result<Self, SourceError> {
+        let meter_err = |meter: &str| {
+            let meter = meter.to_owned();
+            move |source| SourceError::Meter { meter, source }
+        };
+        let warn_insecure = |meter: &str, tls: &meter::TlsSpec| {
+            if tls.insecure_skip_verify {
+                tracing::warn!(
+                    meter = %meter,
+                    "TLS VERIFICATION DISABLED (tls_insecure_skip_verify = true): anyone on the path can forge this meter's readings."
+                );
+            }
+        };
         match spec {
             SourceSpec::Nvml(n) => Ok(Self::Nvml(NvmlSource::start(n, interval)?)),
             SourceSpec::Redfish(r) => {
-                let meter = r.meter.clone();
-                RedfishSource::new(r)
-                    .map(Self::Redfish)
-                    .map_err(|source| SourceError::Redfish { meter, source })
+                warn_insecure(&r.meter, &r.tls);
+                let e = meter_err(&r.meter);
+                RedfishSource::new(r).map(Self::Redfish).map_err(e)
+            }
+            SourceSpec::HttpJson(r) => {
+                warn_insecure(&r.meter, &r.http.tls);
+                let e = meter_err(&r.meter);
+                HttpJsonSource::new(r).map(Self::HttpJson).map_err(e)
+            }
+            SourceSpec::PrometheusText(r) => {
+                warn_insecure(&r.meter, &r.http.tls);
+                let e = meter_err(&r.meter);
+                PrometheusTextSource::new(r)
+                    .map(Self::PrometheusText)
+                    .map_err(e)
             }
         }
     }
 
-    /// The `source` label: `nvml` or `redfish:<meter>`.
+    /// The `source` label: `nvml`, or `<type>:<meter>` (`<type>:<prefix>` for
+    /// Redfish discovery).
     pub fn label(&self) -> String {
         match self {
             Self::Nvml(_) => "nvml".to_owned(),
             Self::Redfish(r) => format!("redfish:{}", r.meter()),
+            Self::HttpJson(r) => format!("http_json:{}", r.meter()),
+            Self::PrometheusText(r) => format!("prometheus_text:{}", r.meter()),
         }
     }
 
-    /// The meter this source reads, if it reads one.
+    /// The single meter this source reads, if it reads exactly one configured meter.
     pub fn meter(&self) -> Option<&str> {
         match self {
             Self::Nvml(_) => None,
+            Self::Redfish(r) if r.discovers() => None,
             Self::Redfish(r) => Some(r.meter()),
+            Self::HttpJson(r) => Some(r.meter()),
+            Self::PrometheusText(r) => Some(r.meter()),
+        }
+    }
+
+    /// True for facility-meter sources (read on their own schedule).
+    pub fn is_meter_source(&self) -> bool {
+        !matches!(self, Self::Nvml(_))
+    }
+
+    /// The meters this source reads now (empty for NVML).
+    pub fn meters(&self) -> Vec<String> {
+        match self {
+            Self::Nvml(_) => Vec::new(),
+            Self::Redfish(r) => r.meters(),
+            Self::HttpJson(r) => vec![r.meter().to_owned()],
+            Self::PrometheusText(r) => vec![r.meter().to_owned()],
+        }
+    }
+
+    /// This source's own interval, when it has one.
+    pub fn interval(&self) -> Option<Duration> {
+        match self {
+            Self::Nvml(_) => None,
+            Self::Redfish(r) => r.interval(),
+            Self::HttpJson(r) => r.interval(),
+            Self::PrometheusText(r) => r.interval(),
         }
     }
 
@@ -117,6 +183,8 @@ impl Source {
         match self {
             Self::Nvml(n) => n.timeout(),
             Self::Redfish(r) => r.timeout(),
+            Self::HttpJson(r) => r.timeout(),
+            Self::PrometheusText(r) => r.timeout(),
         }
     }
 
@@ -125,6 +193,8 @@ impl Source {
         match self {
             Self::Nvml(n) => n.collect().await,
             Self::Redfish(r) => r.collect().await,
+            Self::HttpJson(r) => r.collect().await,
+            Self::PrometheusText(r) => r.collect().await,
         }
     }
 }

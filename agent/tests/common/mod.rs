@@ -95,7 +95,7 @@ pub fn must(text: &str, series: &str) -> f64 {
 pub fn pdu_fixture() -> String {
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/fixtures/redfish/public-pdu/PowerEquipment/RackPDUs/1/Metrics/index.json"
+        "/tests/fixtures/redfish/public-pdu/PowerEquipment/RackPDUs/1/Metrics/index.json"
     );
     std::fs::read_to_string(path).unwrap()
 }
