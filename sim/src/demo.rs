@@ -71,6 +71,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         interval: args.interval.clone(),
         log_filter: std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
         mirror: false,
+        collector_extra: String::new(),
     };
     let mut deployment = launch(&sim_url, &opts).await?;
     let collector = deployment.collector.url();

@@ -232,6 +232,8 @@ pub struct LaunchOptions {
     /// Also start a mirror collector (same config, its own port); every agent
     /// ships to both.
     pub mirror: bool,
+    /// TOML tables appended to the collectors' config (`[thermal]` limits, say).
+    pub collector_extra: String,
 }
 
 /// A running deployment. Dropping it kills every process.
@@ -351,12 +353,20 @@ pub async fn launch(sim_url: &str, opts: &LaunchOptions) -> anyhow::Result<Deplo
     };
     std::fs::write(
         &collector_conf,
-        format!("{collector_toml}{}", ledger("collector.sqlite")),
+        format!(
+            "{collector_toml}{}{}",
+            ledger("collector.sqlite"),
+            opts.collector_extra
+        ),
     )?;
     let mirror_conf = opts.dir.join("mirror.toml");
     std::fs::write(
         &mirror_conf,
-        format!("{collector_toml}{}", ledger("mirror.sqlite")),
+        format!(
+            "{collector_toml}{}{}",
+            ledger("mirror.sqlite"),
+            opts.collector_extra
+        ),
     )?;
     let log_env = || vec![("RUST_LOG", OsString::from(&opts.log_filter))];
     let collector = Proc::spawn(

@@ -40,6 +40,7 @@ async fn a_crashed_collector_loses_and_doubles_nothing() {
         interval: "200ms".into(),
         log_filter: "info".into(),
         mirror: false,
+        collector_extra: String::new(),
     };
     let mut dep = launch(&sim_url, &opts).await.unwrap();
     let summary = |url: String| async move { get_json(&format!("{url}/v1/summary")).await };

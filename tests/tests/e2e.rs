@@ -70,6 +70,7 @@ async fn hall_energy_and_pue_match_ground_truth() {
         interval: "200ms".into(),
         log_filter: "info".into(),
         mirror: false,
+        collector_extra: String::new(),
     };
     let mut dep = launch(&sim_url, &opts).await.unwrap();
     assert!(dep.agents.len() >= 3, "two node agents and a gateway");

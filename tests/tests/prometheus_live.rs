@@ -92,6 +92,7 @@ async fn shipped_rules_run_in_prometheus_against_a_live_hall() {
         interval: "500ms".into(),
         log_filter: "info".into(),
         mirror: false,
+        collector_extra: String::new(),
     };
     let dep = launch(&sim.url(), &opts).await.unwrap();
 

@@ -86,6 +86,7 @@ async fn outages_lose_nothing_and_the_mirror_catches_up() {
         interval: "200ms".into(),
         log_filter: "info".into(),
         mirror: true,
+        collector_extra: String::new(),
     };
     let mut dep = launch(&sim_url, &opts).await.unwrap();
     let primary = dep.collector.url();
