@@ -678,6 +678,13 @@ struct EnergyStep {
     rows: usize,
     rows_without_pue: usize,
     late_rows: usize,
+    /// Mean GPU utilization, weighted by leased GPU time.
+    mean_utilization: Option<f64>,
+    /// The highest per-minute peak power (Σ of its GPUs' peaks), W.
+    peak_watts: Option<f64>,
+    thermal_excursions: i64,
+    #[serde(skip)]
+    util_weight: (f64, f64),
 }
 
 async fn tenant_energy(
@@ -767,15 +774,25 @@ async fn tenant_energy(
             s.rows += 1;
             s.rows_without_pue += usize::from(r.pue.is_none());
             s.late_rows += usize::from(r.late);
+            if let Some(u) = r.util_mean {
+                let w = r.gpu_ms.max(1) as f64;
+                s.util_weight.0 += u * w;
+                s.util_weight.1 += w;
+                s.mean_utilization = Some(s.util_weight.0 / s.util_weight.1);
+            }
+            if let Some(p) = r.peak_watts {
+                s.peak_watts = Some(s.peak_watts.map_or(p, |q| q.max(p)));
+            }
+            s.thermal_excursions += r.excursions;
         }
     }
     if csv {
         let mut out = String::from(
-            "from_ms,to_ms,it_joules,facility_joules,gpu_seconds,rows,rows_without_pue,late_rows\n",
+            "from_ms,to_ms,it_joules,facility_joules,gpu_seconds,rows,rows_without_pue,late_rows,mean_utilization,peak_watts,thermal_excursions\n",
         );
         for s in &steps {
             out += &format!(
-                "{},{},{},{},{},{},{},{}\n",
+                "{},{},{},{},{},{},{},{},{},{},{}\n",
                 s.from_ms,
                 s.to_ms,
                 s.it_joules,
@@ -783,7 +800,10 @@ async fn tenant_energy(
                 s.gpu_seconds,
                 s.rows,
                 s.rows_without_pue,
-                s.late_rows
+                s.late_rows,
+                s.mean_utilization.map_or(String::new(), |u| u.to_string()),
+                s.peak_watts.map_or(String::new(), |p| p.to_string()),
+                s.thermal_excursions
             );
         }
         return ([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], out).into_response();

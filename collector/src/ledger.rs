@@ -33,6 +33,10 @@ CREATE TABLE IF NOT EXISTS tenant_open (
     tenant TEXT NOT NULL,
     it_joules REAL NOT NULL,
     gpu_ms INTEGER NOT NULL,
+    util_sum REAL NOT NULL DEFAULT 0,
+    util_n REAL NOT NULL DEFAULT 0,
+    peak_w REAL,
+    excursions INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (minute_ms, tenant)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS ledger (
@@ -46,7 +50,10 @@ CREATE TABLE IF NOT EXISTS ledger (
     gpu_ms INTEGER NOT NULL,
     late INTEGER NOT NULL,
     prev_hash TEXT NOT NULL,
-    hash TEXT NOT NULL
+    hash TEXT NOT NULL,
+    util_mean REAL,
+    peak_watts REAL,
+    excursions INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS ledger_tenant ON ledger (tenant, minute_ms);
 CREATE INDEX IF NOT EXISTS ledger_minute ON ledger (minute_ms);
@@ -76,6 +83,14 @@ pub struct Row {
     pub gpu_ms: i64,
     /// Booked after an earlier row for the same minute (late data).
     pub late: bool,
+    /// Mean utilization of its GPUs in the minute, 0..1 (time-weighted by
+    /// lease share), when they reported any.
+    pub util_mean: Option<f64>,
+    /// Σ over its GPUs of each GPU's highest power reading in the minute, W:
+    /// an upper bound of its peak power (GPUs of one job peak together).
+    pub peak_watts: Option<f64>,
+    /// Thermal excursions that started on its GPUs in the minute.
+    pub excursions: i64,
     /// The previous row's hash.
     pub prev_hash: String,
     /// This row's hash.
@@ -102,6 +117,21 @@ impl Row {
             u8::from(self.late),
             self.prev_hash
         );
+        // Rows with statistics (from version 2 on) hash them too; a row
+        // without any hashes exactly as version 1 did, so older chains verify.
+        let content =
+            if self.util_mean.is_none() && self.peak_watts.is_none() && self.excursions == 0 {
+                content
+            } else {
+                let bits =
+                    |v: Option<f64>| v.map_or("-".to_owned(), |x| format!("{:016x}", x.to_bits()));
+                format!(
+                    "dcwatt-ledger-v2|{content}|{}|{}|{}",
+                    bits(self.util_mean),
+                    bits(self.peak_watts),
+                    self.excursions
+                )
+            };
         hex::encode(Sha256::digest(content.as_bytes()))
     }
 }
@@ -142,6 +172,58 @@ pub fn attribute(
     Ok(())
 }
 
+/// Books GPU-minute statistics (utilization, peak power) into the open table,
+/// shared among the minute's owners by time (utilization) or in full (peak:
+/// who held the GPU at its peak is not known within the minute).
+pub fn attribute_stats(
+    tx: &rusqlite::Transaction<'_>,
+    site: &Site,
+    stats: &[(String, String, crate::state::GpuMinuteStats)],
+) -> Result<(), StoreError> {
+    for (uuid, node, st) in stats {
+        for (owner, ms) in site
+            .leases
+            .split(node, uuid, st.minute_ms, st.minute_ms + 60_000)
+        {
+            if ms <= 0 {
+                continue;
+            }
+            let frac = ms as f64 / 60_000.0;
+            tx.prepare_cached(
+                "INSERT INTO tenant_open (minute_ms, tenant, it_joules, gpu_ms, util_sum, util_n, peak_w)
+                 VALUES (?1, ?2, 0, 0, ?3, ?4, ?5)
+                 ON CONFLICT (minute_ms, tenant) DO UPDATE SET
+                 util_sum = util_sum + excluded.util_sum, util_n = util_n + excluded.util_n,
+                 peak_w = CASE WHEN excluded.peak_w IS NULL THEN peak_w
+                               ELSE COALESCE(peak_w, 0) + excluded.peak_w END",
+            )?
+            .execute(params![
+                st.minute_ms,
+                owner,
+                st.util_sum * frac,
+                f64::from(st.util_n) * frac,
+                st.peak_w
+            ])?;
+        }
+    }
+    Ok(())
+}
+
+/// Books a thermal excursion to the tenant it belongs to, in the minute it started.
+pub fn attribute_excursion(
+    tx: &rusqlite::Transaction<'_>,
+    tenant: &str,
+    opened_ms: i64,
+) -> Result<(), StoreError> {
+    let minute = opened_ms.div_euclid(60_000) * 60_000;
+    tx.prepare_cached(
+        "INSERT INTO tenant_open (minute_ms, tenant, it_joules, gpu_ms, excursions) VALUES (?1, ?2, 0, 0, 1)
+         ON CONFLICT (minute_ms, tenant) DO UPDATE SET excursions = excursions + 1",
+    )?
+    .execute(params![minute, tenant])?;
+    Ok(())
+}
+
 impl Store {
     /// Books every open minute at least `close_after` old into the chain.
     /// `fallback_pue` is the trailing 24 h PUE, when that window is complete.
@@ -154,13 +236,22 @@ impl Store {
     ) -> Result<usize, StoreError> {
         let tx = self.conn.transaction()?;
         let cutoff = now_ms - 60_000 - site.close_after_ms;
-        let open: Vec<(i64, String, f64, i64)> = tx
+        let open: Vec<OpenRow> = tx
             .prepare_cached(
-                "SELECT minute_ms, tenant, it_joules, gpu_ms FROM tenant_open
+                "SELECT minute_ms, tenant, it_joules, gpu_ms, util_sum, util_n, peak_w, excursions FROM tenant_open
                  WHERE minute_ms <= ?1 ORDER BY minute_ms, tenant",
             )?
             .query_map(params![cutoff], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                Ok(OpenRow {
+                    minute_ms: r.get(0)?,
+                    tenant: r.get(1)?,
+                    it_joules: r.get(2)?,
+                    gpu_ms: r.get(3)?,
+                    util_sum: r.get(4)?,
+                    util_n: r.get(5)?,
+                    peak_w: r.get(6)?,
+                    excursions: r.get(7)?,
+                })
             })?
             .collect::<Result<_, _>>()?;
         let (mut last_id, mut prev_hash): (i64, String) = tx
@@ -173,7 +264,14 @@ impl Store {
             .unwrap_or((0, GENESIS.to_owned()));
         let mut booked = 0;
         let mut pue_of_minute: Option<(i64, Option<f64>, bool)> = None;
-        for (minute_ms, tenant, it_joules, gpu_ms) in open {
+        for o in open {
+            let OpenRow {
+                minute_ms,
+                tenant,
+                it_joules,
+                gpu_ms,
+                ..
+            } = o;
             if pue_of_minute.is_none_or(|(m, ..)| m != minute_ms) {
                 let was_booked: bool = tx
                     .prepare_cached("SELECT EXISTS (SELECT 1 FROM ledger WHERE minute_ms = ?1)")?
@@ -199,11 +297,14 @@ impl Store {
                 late,
                 prev_hash: prev_hash.clone(),
                 hash: String::new(),
+                util_mean: (o.util_n > 0.0).then(|| (o.util_sum / o.util_n).clamp(0.0, 1.0)),
+                peak_watts: o.peak_w,
+                excursions: o.excursions,
             };
             row.hash = row.compute_hash();
             tx.prepare_cached(
-                "INSERT INTO ledger (id, minute_ms, tenant, it_joules, facility_joules, pue, pue_basis, gpu_ms, late, prev_hash, hash)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                "INSERT INTO ledger (id, minute_ms, tenant, it_joules, facility_joules, pue, pue_basis, gpu_ms, late, prev_hash, hash, util_mean, peak_watts, excursions)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
             )?
             .execute(params![
                 row.id,
@@ -216,7 +317,10 @@ impl Store {
                 row.gpu_ms,
                 row.late,
                 row.prev_hash,
-                row.hash
+                row.hash,
+                row.util_mean,
+                row.peak_watts,
+                row.excursions
             ])?;
             prev_hash = row.hash;
             booked += 1;
@@ -232,7 +336,7 @@ impl Store {
     /// Walks the whole chain and says where it first breaks.
     pub fn verify_ledger(&self) -> Result<Verification, StoreError> {
         let mut stmt = self.conn.prepare(
-            "SELECT id, minute_ms, tenant, it_joules, facility_joules, pue, pue_basis, gpu_ms, late, prev_hash, hash
+            "SELECT id, minute_ms, tenant, it_joules, facility_joules, pue, pue_basis, gpu_ms, late, prev_hash, hash, util_mean, peak_watts, excursions
              FROM ledger ORDER BY id",
         )?;
         let rows = stmt.query_map([], read_row)?;
@@ -284,7 +388,7 @@ impl Store {
         to_ms: i64,
     ) -> Result<Vec<Row>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT id, minute_ms, tenant, it_joules, facility_joules, pue, pue_basis, gpu_ms, late, prev_hash, hash
+            "SELECT id, minute_ms, tenant, it_joules, facility_joules, pue, pue_basis, gpu_ms, late, prev_hash, hash, util_mean, peak_watts, excursions
              FROM ledger WHERE tenant = ?1 AND minute_ms >= ?2 AND minute_ms < ?3 ORDER BY id",
         )?;
         let rows = stmt
@@ -331,8 +435,34 @@ fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
         late: r.get(8)?,
         prev_hash: r.get(9)?,
         hash: r.get(10)?,
+        util_mean: r.get(11)?,
+        peak_watts: r.get(12)?,
+        excursions: r.get(13)?,
     })
 }
+
+/// One open (not yet booked) row of `tenant_open`.
+struct OpenRow {
+    minute_ms: i64,
+    tenant: String,
+    it_joules: f64,
+    gpu_ms: i64,
+    util_sum: f64,
+    util_n: f64,
+    peak_w: Option<f64>,
+    excursions: i64,
+}
+
+/// Columns added in schema version 2, added to a version-1 database on open.
+pub const MIGRATIONS: &[(&str, &str, &str)] = &[
+    ("tenant_open", "util_sum", "REAL NOT NULL DEFAULT 0"),
+    ("tenant_open", "util_n", "REAL NOT NULL DEFAULT 0"),
+    ("tenant_open", "peak_w", "REAL"),
+    ("tenant_open", "excursions", "INTEGER NOT NULL DEFAULT 0"),
+    ("ledger", "util_mean", "REAL"),
+    ("ledger", "peak_watts", "REAL"),
+    ("ledger", "excursions", "INTEGER NOT NULL DEFAULT 0"),
+];
 
 /// The PUE of one complete minute, if it is complete and valid.
 fn minute_pue(

@@ -113,6 +113,51 @@ pub struct GpuState {
     /// Thermal values besides the core temperature, and excursions.
     #[serde(default, skip_serializing_if = "is_default")]
     pub thermals: GpuThermals,
+    /// Utilization and peak power of the UTC minute in progress.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub minute_stats: GpuMinuteStats,
+}
+
+/// One GPU's utilization and peak power over one UTC minute, from its readings.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct GpuMinuteStats {
+    /// Start of the minute, Unix ms.
+    pub minute_ms: i64,
+    /// Sum of the utilization readings (0..1) in the minute.
+    pub util_sum: f64,
+    /// Number of utilization readings in the minute.
+    pub util_n: u32,
+    /// The highest power reading in the minute, W.
+    pub peak_w: Option<f64>,
+}
+
+impl GpuMinuteStats {
+    /// Adds a reading at `ts`; returns the previous minute's statistics when
+    /// this reading starts a later minute. Readings of an earlier minute
+    /// than the one in progress are left out.
+    fn add(&mut self, ts: i64, util: Option<f64>, power: Option<f64>) -> Option<GpuMinuteStats> {
+        let minute = ts.div_euclid(60_000) * 60_000;
+        let mut done = None;
+        if minute > self.minute_ms {
+            if self.util_n > 0 || self.peak_w.is_some() {
+                done = Some(*self);
+            }
+            *self = GpuMinuteStats {
+                minute_ms: minute,
+                ..GpuMinuteStats::default()
+            };
+        } else if minute < self.minute_ms {
+            return None;
+        }
+        if let Some(u) = util {
+            self.util_sum += u;
+            self.util_n += 1;
+        }
+        if let Some(w) = power {
+            self.peak_w = Some(self.peak_w.map_or(w, |p| p.max(w)));
+        }
+        done
+    }
 }
 
 /// One agent's delivery state.
@@ -167,6 +212,8 @@ pub struct Changes {
     pub gpu_minutes: Vec<(String, String, MinuteEnergy)>,
     /// Thermal excursions opened or closed, in order.
     pub excursions: Vec<ExcursionEdit>,
+    /// GPU-minute statistics that GPUs completed: (UUID, node, statistics).
+    pub gpu_stats: Vec<(String, String, GpuMinuteStats)>,
 }
 
 /// A change to the excursion log.
@@ -507,6 +554,11 @@ impl State {
         let clean = match q {
             Quantity::PowerWatts => {
                 g.power = Some((ts, v));
+                if let Some(done) = g.minute_stats.add(ts, None, Some(v)) {
+                    changes
+                        .gpu_stats
+                        .push((uuid.to_owned(), g.node.clone(), done));
+                }
                 return Ok(());
             }
             Quantity::TemperatureCelsius => {
@@ -515,6 +567,11 @@ impl State {
             }
             Quantity::UtilizationRatio => {
                 g.utilization = Some((ts, v));
+                if let Some(done) = g.minute_stats.add(ts, Some(v), None) {
+                    changes
+                        .gpu_stats
+                        .push((uuid.to_owned(), g.node.clone(), done));
+                }
                 return Ok(());
             }
             Quantity::MemoryTemperatureCelsius => {

@@ -23,7 +23,7 @@ use crate::state::{AgentState, Changes, ExcursionEdit, State};
 use crate::thermal::{Excursion, Kind};
 
 /// The schema version this collector writes.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -172,6 +172,7 @@ impl Store {
         conn.execute_batch(SCHEMA).map_err(open_err)?;
         conn.execute_batch(crate::ledger::SCHEMA)
             .map_err(open_err)?;
+        migrate(&conn)?;
         let found: Option<String> = conn
             .query_row(
                 "SELECT value FROM meta WHERE key = 'schema_version'",
@@ -181,6 +182,12 @@ impl Store {
             .optional()?;
         match found.and_then(|v| v.parse::<i64>().ok()) {
             Some(v) if v > SCHEMA_VERSION => return Err(StoreError::Version { found: v }),
+            Some(v) if v < SCHEMA_VERSION => {
+                conn.execute(
+                    "UPDATE meta SET value = ?1 WHERE key = 'schema_version'",
+                    params![SCHEMA_VERSION.to_string()],
+                )?;
+            }
             Some(_) => {}
             None => {
                 conn.execute(
@@ -313,6 +320,21 @@ impl Store {
     }
 }
 
+/// Adds the columns of later schema versions that an older database lacks.
+fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    for (table, column, decl) in crate::ledger::MIGRATIONS {
+        let has: bool = conn.query_row(
+            &format!("SELECT EXISTS (SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1)"),
+            params![column],
+            |r| r.get(0),
+        )?;
+        if !has {
+            conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {decl}"))?;
+        }
+    }
+    Ok(())
+}
+
 /// One applied batch's rows, serialized from the state right after it was
 /// applied: what the store must write for it, independent of later batches.
 #[derive(Debug, Default)]
@@ -323,6 +345,7 @@ pub struct Prepared {
     curves: Vec<(String, CurveEdit)>,
     gpus: Vec<(String, String)>,
     gpu_minutes: Vec<(String, String, MinuteEnergy)>,
+    gpu_stats: Vec<(String, String, crate::state::GpuMinuteStats)>,
     excursions: Vec<ExcursionEdit>,
 }
 
@@ -359,6 +382,7 @@ pub fn prepare(agent: &str, state: &State, changes: &Changes) -> Result<Prepared
     }
     p.gpu_minutes.clone_from(&changes.gpu_minutes);
     p.excursions.clone_from(&changes.excursions);
+    p.gpu_stats.clone_from(&changes.gpu_stats);
     Ok(p)
 }
 
@@ -371,6 +395,7 @@ fn write_prepared(
         add_minute(tx, site, *role, zone, w)?;
     }
     crate::ledger::attribute(tx, site, &p.gpu_minutes)?;
+    crate::ledger::attribute_stats(tx, site, &p.gpu_stats)?;
     if let Some((agent, seq, seen)) = &p.agent {
         tx.prepare_cached(
             "INSERT INTO agents (id, last_seq, last_seen_ms) VALUES (?1, ?2, ?3)
@@ -403,8 +428,11 @@ fn write_prepared(
     }
     for edit in &p.excursions {
         match edit {
-            ExcursionEdit::Open(e) => tx
-                .prepare_cached(
+            ExcursionEdit::Open(e) => {
+                if let Some(t) = e.tenant.as_deref().filter(|t| !t.starts_with('_')) {
+                    crate::ledger::attribute_excursion(tx, t, e.opened_ms)?;
+                }
+                tx.prepare_cached(
                     "INSERT OR IGNORE INTO excursions (entity, kind, opened_ms, entity_kind, node, zone, tenant)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 )?
@@ -416,7 +444,8 @@ fn write_prepared(
                     e.node,
                     e.zone,
                     e.tenant
-                ])?,
+                ])?
+            }
             ExcursionEdit::Close(entity, kind, opened, closed) => tx
                 .prepare_cached(
                     "UPDATE excursions SET closed_ms = ?4 WHERE entity = ?1 AND kind = ?2 AND opened_ms = ?3",
@@ -627,6 +656,63 @@ mod tests {
     use super::*;
     use crate::config::Config;
     use dcwatt_wire::{Batch, Entity, Quantity, Reading, VERSION};
+
+    #[test]
+    fn a_version_1_database_gains_the_new_columns_and_keeps_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.sqlite");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(
+                "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+                 INSERT INTO meta VALUES ('schema_version', '1');
+                 CREATE TABLE tenant_open (minute_ms INTEGER NOT NULL, tenant TEXT NOT NULL,
+                   it_joules REAL NOT NULL, gpu_ms INTEGER NOT NULL, PRIMARY KEY (minute_ms, tenant)) WITHOUT ROWID;
+                 CREATE TABLE ledger (id INTEGER PRIMARY KEY, minute_ms INTEGER NOT NULL, tenant TEXT NOT NULL,
+                   it_joules REAL NOT NULL, facility_joules REAL, pue REAL, pue_basis TEXT NOT NULL,
+                   gpu_ms INTEGER NOT NULL, late INTEGER NOT NULL, prev_hash TEXT NOT NULL, hash TEXT NOT NULL);",
+            )
+            .unwrap();
+            // A version-1 row, hashed as version 1 did.
+            let mut row = crate::ledger::Row {
+                id: 1,
+                minute_ms: 60_000,
+                tenant: "lab-a".into(),
+                it_joules: 1.0,
+                facility_joules: None,
+                pue: None,
+                pue_basis: "none".into(),
+                gpu_ms: 60_000,
+                late: false,
+                prev_hash: crate::ledger::GENESIS.into(),
+                hash: String::new(),
+                util_mean: None,
+                peak_watts: None,
+                excursions: 0,
+            };
+            row.hash = row.compute_hash();
+            c.execute(
+                "INSERT INTO ledger VALUES (1, 60000, 'lab-a', 1.0, NULL, NULL, 'none', 60000, 0, ?1, ?2)",
+                params![row.prev_hash, row.hash],
+            )
+            .unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let v = store.verify_ledger().unwrap();
+        assert_eq!((v.rows, v.broken), (1, None));
+        let version: String = store
+            .conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'schema_version'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION.to_string());
+        // Opening again changes nothing.
+        drop(store);
+        assert_eq!(Store::open(&path).unwrap().verify_ledger().unwrap().rows, 1);
+    }
 
     fn site() -> crate::config::Site {
         Config::from_toml(

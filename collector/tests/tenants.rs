@@ -93,13 +93,29 @@ async fn leases_book_gpu_energy_and_only_the_right_caller_reads_it() {
                         model: "NVIDIA GB300".into(),
                     })
                     .collect(),
+                // Energy at constant power; power readings with a 100 W spike
+                // once a minute; utilization alternating 0.6 and 0.8.
                 readings: mine
                     .iter()
-                    .map(|g| Reading {
-                        ts_ms: ts,
-                        entity: Entity::Gpu(g.1.into()),
-                        quantity: Quantity::EnergyJoules,
-                        value: g.2 * (k * 10) as f64,
+                    .flat_map(|g| {
+                        let gpu = Entity::Gpu(g.1.into());
+                        let r = |quantity, value| Reading {
+                            ts_ms: ts,
+                            entity: gpu.clone(),
+                            quantity,
+                            value,
+                        };
+                        [
+                            r(Quantity::EnergyJoules, g.2 * (k * 10) as f64),
+                            r(
+                                Quantity::PowerWatts,
+                                g.2 + if k % 6 == 3 { 100.0 } else { 0.0 },
+                            ),
+                            r(
+                                Quantity::UtilizationRatio,
+                                if k % 2 == 0 { 0.6 } else { 0.8 },
+                            ),
+                        ]
                     })
                     .collect(),
             };
@@ -194,6 +210,13 @@ async fn leases_book_gpu_energy_and_only_the_right_caller_reads_it() {
     let total: f64 = steps.iter().map(|s| s["it_joules"].as_f64().unwrap()).sum();
     assert_eq!(total, 8.0 * 60_000.0);
     assert_eq!(body["ledger_head"].as_str().map(str::len), Some(64));
+    // Each booked minute carries its GPUs' mean utilization and peak power.
+    for s in steps.iter().filter(|s| s["rows"].as_u64() > Some(0)) {
+        let u = s["mean_utilization"].as_f64().unwrap();
+        assert!((u - 0.7).abs() < 1e-9, "{s}");
+        assert_eq!(s["peak_watts"].as_f64(), Some(1100.0), "{s}");
+        assert_eq!(s["thermal_excursions"].as_i64(), Some(0), "{s}");
+    }
     let csv = http
         .get(format!("{url}/v1/tenants/lab-b/energy?{range}&format=csv"))
         .bearer_auth(LAB_B)

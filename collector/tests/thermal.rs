@@ -271,6 +271,28 @@ async fn excursions_open_close_are_booked_to_tenants_and_survive_a_restart() {
         assert_eq!(list[0]["tenant"], "lab-a");
     }
     assert_eq!(get(&http, &url, &path, LAB_B).await.0, 403);
+    // The ledger books it to lab-a in the minute it started.
+    let energy = format!(
+        "/v1/tenants/lab-a/energy?from={}&to={}",
+        t0 - 60_000,
+        ts(13)
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (_, body) = get(&http, &url, &energy, LAB_A).await;
+        let v: Value = serde_json::from_str(&body).unwrap();
+        let booked: i64 = v["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["thermal_excursions"].as_i64().unwrap_or(0))
+            .sum();
+        if booked == 1 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "not booked: {body}");
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
     assert_eq!(get(&http, &url, &path, "nobody").await.0, 401);
 
     // A replayed batch changes nothing; a restart keeps counts and open excursions.
