@@ -107,9 +107,7 @@ pub fn site(agents: usize) -> Site {
     }
     toml += "[[meters]]\nid = \"utility\"\nrole = \"facility\"\nzone = \"hall-1\"\n";
     let config = Config::from_toml(&toml).unwrap_or_else(|e| panic!("bench site: {e}"));
-    config
-        .build()
-        .unwrap_or_else(|e| panic!("bench site: {e}"))
+    config.build().unwrap_or_else(|e| panic!("bench site: {e}"))
 }
 
 /// The utility meter's reading at `ts_ms` (20 % over the hall's IT power).
@@ -251,11 +249,16 @@ pub fn run(plan: Plan) -> Vec<Row> {
             black_box(state.apply(&b, &site, now));
         }
     }));
-    rows.push(time("clone of the batch (subtract from apply)", plan, m, || {
-        for b in &next {
-            black_box(b.clone());
-        }
-    }));
+    rows.push(time(
+        "clone of the batch (subtract from apply)",
+        plan,
+        m,
+        || {
+            for b in &next {
+                black_box(b.clone());
+            }
+        },
+    ));
 
     // Exposition of the whole hall, from the live state.
     let figures = figures::compute(&state, &site, now, Vec::new());

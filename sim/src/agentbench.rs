@@ -113,7 +113,11 @@ pub fn proc_usage(pid: u32) -> Option<(f64, u64, u64)> {
             .parse()
             .ok()
     };
-    Some((ticks / hz.max(1.0), field("VmHWM:")? * 1024, field("Threads:")?))
+    Some((
+        ticks / hz.max(1.0),
+        field("VmHWM:")? * 1024,
+        field("Threads:")?,
+    ))
 }
 
 /// A child that is not a dcwatt binary (node_exporter): killed when dropped.
@@ -155,8 +159,8 @@ async fn start_node_exporter(
 ) -> anyhow::Result<(Foreign, String)> {
     let port = free_port()?;
     let log = dir.join("node_exporter.log");
-    let stderr = std::fs::File::create(&log)
-        .with_context(|| format!("cannot create {}", log.display()))?;
+    let stderr =
+        std::fs::File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
     let child = Command::new(bin)
         .arg(format!("--web.listen-address=127.0.0.1:{port}"))
         .stdin(Stdio::null())
@@ -344,16 +348,11 @@ pub async fn run(args: &AgentBenchArgs) -> anyhow::Result<AgentBenchReport> {
             .or_else(|| find_on_path(&["prometheus-node-exporter", "node_exporter"]))
     };
     let (node_exporter, node_exporter_missing) = match &node_exporter_bin {
-        Some(bin) => (
-            Some(start_node_exporter(bin, &dir, &ne_http).await?),
-            None,
-        ),
+        Some(bin) => (Some(start_node_exporter(bin, &dir, &ne_http).await?), None),
         None if args.no_node_exporter => (None, Some("--no-node-exporter".to_owned())),
         None => (
             None,
-            Some(
-                "not installed (apt-get install prometheus-node-exporter)".to_owned(),
-            ),
+            Some("not installed (apt-get install prometheus-node-exporter)".to_owned()),
         ),
     };
 
