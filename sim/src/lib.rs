@@ -19,12 +19,15 @@
 //! - [`redfish`]: the meters as Redfish `PowerEquipment` resources.
 //! - [`launch`]: configs, tokens and processes of a deployment against the simulator.
 //! - [`loadgen`]: `dcwatt-sim load`, a hall's worth of agents against one collector.
+//! - [`agentbench`]: `dcwatt-sim agent-bench`, one agent's CPU, RSS and scrape
+//!   latency beside node_exporter.
 //! - [`demo`]: `dcwatt-sim demo`, the whole pipeline with a live line per second.
 //! - `server`: [`Sim`], [`serve`], wall-clock ticks, fake NVML state files, `/sim/*`.
 
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+pub mod agentbench;
 pub mod demo;
 pub mod hall;
 pub mod launch;

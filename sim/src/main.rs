@@ -32,6 +32,9 @@ enum Command {
     /// Load one collector on 127.0.0.1 with N simulated agents and print a
     /// table (batches/s, latency, collector CPU and RSS, decode-only ceiling).
     Load(dcwatt_sim::loadgen::LoadArgs),
+    /// Run one agent (fake NVML GPUs + 4 Redfish meters at 1 Hz) beside
+    /// node_exporter, scrape both, and print their CPU, peak RSS and /metrics latency.
+    AgentBench(dcwatt_sim::agentbench::AgentBenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -85,6 +88,12 @@ async fn main() -> anyhow::Result<()> {
                 reports.push(dcwatt_sim::loadgen::run(&one).await?);
             }
             println!("{}", dcwatt_sim::loadgen::table(&reports));
+            Ok(())
+        }
+        Command::AgentBench(args) => {
+            eprintln!("measuring the agent for {} s…", args.duration_s);
+            let report = dcwatt_sim::agentbench::run(&args).await?;
+            println!("{}", dcwatt_sim::agentbench::table(&report));
             Ok(())
         }
     }
