@@ -683,6 +683,8 @@ struct EnergyStep {
     /// The highest per-minute peak power (Σ of its GPUs' peaks), W.
     peak_watts: Option<f64>,
     thermal_excursions: i64,
+    /// Of `it_joules`: the share of metered nodes' energy beyond their GPUs.
+    node_joules: f64,
     #[serde(skip)]
     util_weight: (f64, f64),
 }
@@ -784,15 +786,16 @@ async fn tenant_energy(
                 s.peak_watts = Some(s.peak_watts.map_or(p, |q| q.max(p)));
             }
             s.thermal_excursions += r.excursions;
+            s.node_joules += r.node_joules.unwrap_or(0.0);
         }
     }
     if csv {
         let mut out = String::from(
-            "from_ms,to_ms,it_joules,facility_joules,gpu_seconds,rows,rows_without_pue,late_rows,mean_utilization,peak_watts,thermal_excursions\n",
+            "from_ms,to_ms,it_joules,facility_joules,gpu_seconds,rows,rows_without_pue,late_rows,mean_utilization,peak_watts,thermal_excursions,node_joules\n",
         );
         for s in &steps {
             out += &format!(
-                "{},{},{},{},{},{},{},{},{},{},{}\n",
+                "{},{},{},{},{},{},{},{},{},{},{},{}\n",
                 s.from_ms,
                 s.to_ms,
                 s.it_joules,
@@ -803,7 +806,8 @@ async fn tenant_energy(
                 s.late_rows,
                 s.mean_utilization.map_or(String::new(), |u| u.to_string()),
                 s.peak_watts.map_or(String::new(), |p| p.to_string()),
-                s.thermal_excursions
+                s.thermal_excursions,
+                s.node_joules
             );
         }
         return ([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], out).into_response();

@@ -228,6 +228,10 @@ pub struct MeterConfig {
     /// the parent's, so only the parent counts in the role's totals and PUE; the
     /// children give the breakdown and are checked against the parent.
     pub parent: Option<String>,
+    /// The node whose input power this meter measures (a PSU or a PDU outlet;
+    /// role `it`). The node's energy beyond its GPUs' is shared among the
+    /// tenants of its GPUs by GPU time, into their ledger rows.
+    pub node: Option<String>,
 }
 
 /// What a meter measures.
@@ -367,6 +371,8 @@ pub struct Meter {
     pub nominal_max_watts: Option<f64>,
     /// See [`MeterConfig::parent`].
     pub parent: Option<String>,
+    /// See [`MeterConfig::node`].
+    pub node: Option<String>,
 }
 
 impl Meter {
@@ -423,6 +429,8 @@ pub struct Site {
     pub meters: HashMap<String, Meter>,
     /// Agent id → the zone of its node.
     pub agent_zones: HashMap<String, String>,
+    /// Nodes whose input power a meter measures.
+    pub metered_nodes: HashSet<String>,
     /// Every zone named by a meter or an agent.
     pub zones: std::collections::BTreeSet<String>,
     /// Thermal excursion limits.
@@ -621,12 +629,22 @@ impl Config {
                     "must be a positive number of watts",
                 ));
             }
+            if let Some(node) = &m.node {
+                check_id(&format!("meters[{i}].node"), node)?;
+                if m.role != Role::It {
+                    return Err(invalid(
+                        format!("meters[{i}].node"),
+                        "only an IT meter (role \"it\") measures a node's input",
+                    ));
+                }
+            }
             let meter = Meter {
                 role: m.role,
                 zone: m.zone.clone(),
                 it_point: m.it_point,
                 nominal_max_watts: m.nominal_max_watts,
                 parent: m.parent.clone(),
+                node: m.node.clone(),
             };
             if meters.insert(m.id.clone(), meter).is_some() {
                 return Err(invalid(
@@ -695,7 +713,9 @@ impl Config {
             .map(|m| m.zone.clone())
             .chain(agent_zones.values().cloned())
             .collect();
+        let metered_nodes = meters.values().filter_map(|m| m.node.clone()).collect();
         Ok(Site {
+            metered_nodes,
             limits: crate::serve::Limits {
                 max_connections: self.max_connections,
                 handshake_timeout: self.header_timeout,
@@ -848,6 +868,8 @@ mod tests {
             ("[[meters]]\nid = \"m\"\nrole = \"it\"", &["meters[0].it_point", "required"]),
             ("[[meters]]\nid = \"m\"\nrole = \"facility\"\nit_point = \"pdu_output\"", &["meters[0].it_point", "only"]),
             ("[[meters]]\nid = \"m\"\nrole = \"heating\"", &["heating", "role"]),
+            ("[[meters]]\nid = \"m\"\nrole = \"facility\"\nnode = \"n1\"", &["meters[0].node", "only an IT meter"]),
+            ("[[meters]]\nid = \"m\"\nrole = \"it\"\nit_point = \"it_input\"\nnode = \"n/1\"", &["meters[0].node", "may only contain"]),
             ("[[meters]]\nid = \"a/../b\"\nrole = \"other\"", &["meters[0].id", "may only contain"]),
             ("[[meters]]\nid = \"m\"\nrole = \"other\"\n[[meters]]\nid = \"m\"\nrole = \"other\"", &["meters[1].id", "duplicate"]),
             ("pue_it_floor_watts = -1.0", &["pue_it_floor_watts"]),

@@ -37,6 +37,7 @@ CREATE TABLE IF NOT EXISTS tenant_open (
     util_n REAL NOT NULL DEFAULT 0,
     peak_w REAL,
     excursions INTEGER NOT NULL DEFAULT 0,
+    node_joules REAL,
     PRIMARY KEY (minute_ms, tenant)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS ledger (
@@ -53,9 +54,26 @@ CREATE TABLE IF NOT EXISTS ledger (
     hash TEXT NOT NULL,
     util_mean REAL,
     peak_watts REAL,
-    excursions INTEGER NOT NULL DEFAULT 0
+    excursions INTEGER NOT NULL DEFAULT 0,
+    node_joules REAL
 );
 CREATE INDEX IF NOT EXISTS ledger_tenant ON ledger (tenant, minute_ms);
+-- Metered nodes: the node meter's energy per minute, and each owner's GPU
+-- energy and time on the node, until the minute is booked.
+CREATE TABLE IF NOT EXISTS node_open (
+    minute_ms INTEGER NOT NULL,
+    node TEXT NOT NULL,
+    meter_joules REAL NOT NULL,
+    PRIMARY KEY (minute_ms, node)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS node_gpu (
+    minute_ms INTEGER NOT NULL,
+    node TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    gpu_joules REAL NOT NULL,
+    gpu_ms INTEGER NOT NULL,
+    PRIMARY KEY (minute_ms, node, owner)
+) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS ledger_minute ON ledger (minute_ms);
 ";
 
@@ -91,6 +109,9 @@ pub struct Row {
     pub peak_watts: Option<f64>,
     /// Thermal excursions that started on its GPUs in the minute.
     pub excursions: i64,
+    /// Its share of metered nodes' energy beyond their GPUs, J (part of
+    /// `it_joules`), where its GPUs' nodes are metered.
+    pub node_joules: Option<f64>,
     /// The previous row's hash.
     pub prev_hash: String,
     /// This row's hash.
@@ -119,19 +140,23 @@ impl Row {
         );
         // Rows with statistics (from version 2 on) hash them too; a row
         // without any hashes exactly as version 1 did, so older chains verify.
-        let content =
-            if self.util_mean.is_none() && self.peak_watts.is_none() && self.excursions == 0 {
-                content
-            } else {
-                let bits =
-                    |v: Option<f64>| v.map_or("-".to_owned(), |x| format!("{:016x}", x.to_bits()));
-                format!(
-                    "dcwatt-ledger-v2|{content}|{}|{}|{}",
-                    bits(self.util_mean),
-                    bits(self.peak_watts),
-                    self.excursions
-                )
-            };
+        let plain = self.util_mean.is_none()
+            && self.peak_watts.is_none()
+            && self.excursions == 0
+            && self.node_joules.is_none();
+        let content = if plain {
+            content
+        } else {
+            let bits =
+                |v: Option<f64>| v.map_or("-".to_owned(), |x| format!("{:016x}", x.to_bits()));
+            format!(
+                "dcwatt-ledger-v2|{content}|{}|{}|{}|{}",
+                bits(self.util_mean),
+                bits(self.peak_watts),
+                self.excursions,
+                bits(self.node_joules)
+            )
+        };
         hex::encode(Sha256::digest(content.as_bytes()))
     }
 }
@@ -167,8 +192,70 @@ pub fn attribute(
                  it_joules = it_joules + excluded.it_joules, gpu_ms = gpu_ms + excluded.gpu_ms",
             )?
             .execute(params![w.minute_ms, owner, joules, leased_ms])?;
+            if site.metered_nodes.contains(node) {
+                tx.prepare_cached(
+                    "INSERT INTO node_gpu (minute_ms, node, owner, gpu_joules, gpu_ms) VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (minute_ms, node, owner) DO UPDATE SET
+                     gpu_joules = gpu_joules + excluded.gpu_joules, gpu_ms = gpu_ms + excluded.gpu_ms",
+                )?
+                .execute(params![w.minute_ms, node, owner, joules, ms])?;
+            }
         }
     }
+    Ok(())
+}
+
+/// Shares each metered node-minute up to `cutoff` among the owners of its
+/// GPUs: the node meter's energy less its GPUs' energy (never below 0), split
+/// by GPU time, added to the owners' IT energy (`node_joules`). A node-minute
+/// without GPU data, or GPU data without a complete meter minute, shares
+/// nothing. Both tables are emptied up to `cutoff`.
+fn share_nodes(tx: &rusqlite::Transaction<'_>, cutoff: i64) -> Result<(), StoreError> {
+    let nodes: Vec<(i64, String, f64)> = tx
+        .prepare_cached(
+            "SELECT minute_ms, node, meter_joules FROM node_open WHERE minute_ms <= ?1",
+        )?
+        .query_map(params![cutoff], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<Result<_, _>>()?;
+    for (minute, node, meter_joules) in nodes {
+        let owners: Vec<(String, f64, i64)> = tx
+            .prepare_cached(
+                "SELECT owner, gpu_joules, gpu_ms FROM node_gpu WHERE minute_ms = ?1 AND node = ?2 ORDER BY owner",
+            )?
+            .query_map(params![minute, node], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<Result<_, _>>()?;
+        let gpu_joules: f64 = owners.iter().map(|o| o.1).sum();
+        let gpu_ms: i64 = owners.iter().map(|o| o.2).sum();
+        if gpu_ms <= 0 {
+            continue;
+        }
+        let rest = (meter_joules - gpu_joules).max(0.0);
+        let mut given = 0.0;
+        for (i, (owner, _, ms)) in owners.iter().enumerate() {
+            // Exact: the last owner takes the remainder.
+            let share = if i + 1 == owners.len() {
+                rest - given
+            } else {
+                rest * *ms as f64 / gpu_ms as f64
+            };
+            given += share;
+            tx.prepare_cached(
+                "INSERT INTO tenant_open (minute_ms, tenant, it_joules, gpu_ms, node_joules) VALUES (?1, ?2, ?3, 0, ?3)
+                 ON CONFLICT (minute_ms, tenant) DO UPDATE SET
+                 it_joules = it_joules + excluded.it_joules,
+                 node_joules = COALESCE(node_joules, 0) + excluded.node_joules",
+            )?
+            .execute(params![minute, owner, share])?;
+        }
+    }
+    tx.execute(
+        "DELETE FROM node_open WHERE minute_ms <= ?1",
+        params![cutoff],
+    )?;
+    tx.execute(
+        "DELETE FROM node_gpu WHERE minute_ms <= ?1",
+        params![cutoff],
+    )?;
     Ok(())
 }
 
@@ -236,9 +323,10 @@ impl Store {
     ) -> Result<usize, StoreError> {
         let tx = self.conn.transaction()?;
         let cutoff = now_ms - 60_000 - site.close_after_ms;
+        share_nodes(&tx, cutoff)?;
         let open: Vec<OpenRow> = tx
             .prepare_cached(
-                "SELECT minute_ms, tenant, it_joules, gpu_ms, util_sum, util_n, peak_w, excursions FROM tenant_open
+                "SELECT minute_ms, tenant, it_joules, gpu_ms, util_sum, util_n, peak_w, excursions, node_joules FROM tenant_open
                  WHERE minute_ms <= ?1 ORDER BY minute_ms, tenant",
             )?
             .query_map(params![cutoff], |r| {
@@ -251,6 +339,7 @@ impl Store {
                     util_n: r.get(5)?,
                     peak_w: r.get(6)?,
                     excursions: r.get(7)?,
+                    node_joules: r.get(8)?,
                 })
             })?
             .collect::<Result<_, _>>()?;
@@ -300,11 +389,12 @@ impl Store {
                 util_mean: (o.util_n > 0.0).then(|| (o.util_sum / o.util_n).clamp(0.0, 1.0)),
                 peak_watts: o.peak_w,
                 excursions: o.excursions,
+                node_joules: o.node_joules,
             };
             row.hash = row.compute_hash();
             tx.prepare_cached(
-                "INSERT INTO ledger (id, minute_ms, tenant, it_joules, facility_joules, pue, pue_basis, gpu_ms, late, prev_hash, hash, util_mean, peak_watts, excursions)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                "INSERT INTO ledger (id, minute_ms, tenant, it_joules, facility_joules, pue, pue_basis, gpu_ms, late, prev_hash, hash, util_mean, peak_watts, excursions, node_joules)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
             )?
             .execute(params![
                 row.id,
@@ -320,7 +410,8 @@ impl Store {
                 row.hash,
                 row.util_mean,
                 row.peak_watts,
-                row.excursions
+                row.excursions,
+                row.node_joules
             ])?;
             prev_hash = row.hash;
             booked += 1;
@@ -336,7 +427,7 @@ impl Store {
     /// Walks the whole chain and says where it first breaks.
     pub fn verify_ledger(&self) -> Result<Verification, StoreError> {
         let mut stmt = self.conn.prepare(
-            "SELECT id, minute_ms, tenant, it_joules, facility_joules, pue, pue_basis, gpu_ms, late, prev_hash, hash, util_mean, peak_watts, excursions
+            "SELECT id, minute_ms, tenant, it_joules, facility_joules, pue, pue_basis, gpu_ms, late, prev_hash, hash, util_mean, peak_watts, excursions, node_joules
              FROM ledger ORDER BY id",
         )?;
         let rows = stmt.query_map([], read_row)?;
@@ -388,7 +479,7 @@ impl Store {
         to_ms: i64,
     ) -> Result<Vec<Row>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT id, minute_ms, tenant, it_joules, facility_joules, pue, pue_basis, gpu_ms, late, prev_hash, hash, util_mean, peak_watts, excursions
+            "SELECT id, minute_ms, tenant, it_joules, facility_joules, pue, pue_basis, gpu_ms, late, prev_hash, hash, util_mean, peak_watts, excursions, node_joules
              FROM ledger WHERE tenant = ?1 AND minute_ms >= ?2 AND minute_ms < ?3 ORDER BY id",
         )?;
         let rows = stmt
@@ -438,6 +529,7 @@ fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
         util_mean: r.get(11)?,
         peak_watts: r.get(12)?,
         excursions: r.get(13)?,
+        node_joules: r.get(14)?,
     })
 }
 
@@ -451,6 +543,7 @@ struct OpenRow {
     util_n: f64,
     peak_w: Option<f64>,
     excursions: i64,
+    node_joules: Option<f64>,
 }
 
 /// Columns added in schema version 2, added to a version-1 database on open.
@@ -462,6 +555,8 @@ pub const MIGRATIONS: &[(&str, &str, &str)] = &[
     ("ledger", "util_mean", "REAL"),
     ("ledger", "peak_watts", "REAL"),
     ("ledger", "excursions", "INTEGER NOT NULL DEFAULT 0"),
+    ("tenant_open", "node_joules", "REAL"),
+    ("ledger", "node_joules", "REAL"),
 ];
 
 /// The PUE of one complete minute, if it is complete and valid.

@@ -75,6 +75,8 @@ pub struct MeterState {
     /// The meter it is a sub-meter of, if any: then it does not count in the
     /// role's totals (its parent does).
     pub parent: Option<String>,
+    /// The node whose input it measures, if any.
+    pub node: Option<String>,
     /// What it has counted.
     pub acc: MeterAccount,
     /// Counted energy over time (cumulative J) for the trailing windows, cut at
@@ -259,6 +261,7 @@ impl State {
                     it_point: m.it_point,
                     nominal_max_watts: m.nominal_max_watts,
                     parent: m.parent.clone(),
+                    node: m.node.clone(),
                     acc: MeterAccount::default(),
                     curve: Curve::default(),
                 },

@@ -347,6 +347,7 @@ pub struct Prepared {
     gpu_minutes: Vec<(String, String, MinuteEnergy)>,
     gpu_stats: Vec<(String, String, crate::state::GpuMinuteStats)>,
     excursions: Vec<ExcursionEdit>,
+    node_minutes: Vec<(String, MinuteEnergy)>,
 }
 
 /// Serializes what one applied batch changed (call right after applying it).
@@ -368,6 +369,11 @@ pub fn prepare(agent: &str, state: &State, changes: &Changes) -> Result<Prepared
     for (id, w) in &changes.minutes {
         if let Some(m) = state.meters.get(id).filter(|m| m.parent.is_none()) {
             p.minutes.push((m.role, m.zone.clone(), *w));
+        }
+        if let Some(node) = state.meters.get(id).and_then(|m| m.node.as_ref()) {
+            if w.complete {
+                p.node_minutes.push((node.clone(), *w));
+            }
         }
     }
     p.curves.clone_from(&changes.curves);
@@ -396,6 +402,13 @@ fn write_prepared(
     }
     crate::ledger::attribute(tx, site, &p.gpu_minutes)?;
     crate::ledger::attribute_stats(tx, site, &p.gpu_stats)?;
+    for (node, w) in &p.node_minutes {
+        tx.prepare_cached(
+            "INSERT INTO node_open (minute_ms, node, meter_joules) VALUES (?1, ?2, ?3)
+             ON CONFLICT (minute_ms, node) DO UPDATE SET meter_joules = meter_joules + excluded.meter_joules",
+        )?
+        .execute(params![w.minute_ms, node, w.joules])?;
+    }
     if let Some((agent, seq, seen)) = &p.agent {
         tx.prepare_cached(
             "INSERT INTO agents (id, last_seq, last_seen_ms) VALUES (?1, ?2, ?3)
@@ -689,6 +702,7 @@ mod tests {
                 util_mean: None,
                 peak_watts: None,
                 excursions: 0,
+                node_joules: None,
             };
             row.hash = row.compute_hash();
             c.execute(

@@ -502,3 +502,118 @@ async fn leases_reload_without_a_restart_and_a_bad_file_changes_nothing() {
     assert_eq!(sample(&metrics().await, lab_b), Some(0.25));
     let _ = stop.send(());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_metered_nodes_energy_beyond_its_gpus_is_shared_by_gpu_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = |t: &str| hex::encode(token_hash(t));
+    // Node r1-n1: GPU-a1 (lab-a's) at 1000 W, GPU-a2 (nobody's) at 500 W, and a
+    // node input meter at 1800 W: 300 W beyond the GPUs, half to each GPU's owner.
+    let config = format!(
+        "[ledger]\npath = \"{}\"\n[operator]\ntoken_sha256 = \"{}\"\n\
+         [[agents]]\nid = \"r1-n1\"\ntoken_sha256 = \"{}\"\n\
+         [[meters]]\nid = \"psu-r1-n1\"\nrole = \"it\"\nit_point = \"it_input\"\nnode = \"r1-n1\"\n\
+         [[tenants]]\nid = \"lab-a\"\ntoken_sha256 = \"{}\"\n\
+         [[leases]]\ntenant = \"lab-a\"\ngpus = [\"GPU-a1\"]\nfrom = \"2026-01-01T00:00:00Z\"\nto = \"2030-01-01T00:00:00Z\"\n",
+        dir.path().join("c.sqlite").display(),
+        h(OPERATOR),
+        h("node-token"),
+        h(LAB_A)
+    );
+    let site = Config::from_toml(&config).unwrap().build().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(dcwatt_collector::run(site, listener, async {
+        let _ = rx.await;
+    }));
+    let http = reqwest::Client::new();
+    let t0 = now_ms().div_euclid(60_000) * 60_000 - 12 * 60_000;
+    for k in 0..=48i64 {
+        let ts = t0 + k * 10_000;
+        let s = (k * 10) as f64;
+        let r = |entity: Entity, value: f64| Reading {
+            ts_ms: ts,
+            entity,
+            quantity: Quantity::EnergyJoules,
+            value,
+        };
+        let batch = Batch {
+            version: VERSION,
+            agent: "r1-n1".into(),
+            seq: k as u64 + 1,
+            first_seq: None,
+            node: "r1-n1".into(),
+            created_ms: ts,
+            gpus: ["GPU-a1", "GPU-a2"]
+                .iter()
+                .enumerate()
+                .map(|(i, u)| GpuInfo {
+                    uuid: (*u).into(),
+                    index: i as u32,
+                    model: "NVIDIA GB300".into(),
+                })
+                .collect(),
+            readings: vec![
+                r(Entity::Gpu("GPU-a1".into()), 1000.0 * s),
+                r(Entity::Gpu("GPU-a2".into()), 500.0 * s),
+                r(Entity::Meter("psu-r1-n1".into()), 1800.0 * s),
+            ],
+        };
+        let resp = http
+            .post(format!("{url}/v1/batches"))
+            .bearer_auth("node-token")
+            .json(&batch)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    let range = format!("from={t0}&to={}", t0 + 15 * 60_000);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let body = loop {
+        let body: Value = http
+            .get(format!("{url}/v1/tenants/lab-a/energy?{range}"))
+            .bearer_auth(LAB_A)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if body["steps"][0]["rows"].as_u64() == Some(8) {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "not booked: {body}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let step = &body["steps"][0];
+    // Eight minutes: 60 kJ of GPU and 9 kJ of node share a minute.
+    assert_eq!(step["node_joules"].as_f64(), Some(8.0 * 9_000.0), "{step}");
+    assert_eq!(step["it_joules"].as_f64(), Some(8.0 * 69_000.0), "{step}");
+    let m = http
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    // The unleased GPU's owner gets its half too: everything the meter saw is booked.
+    assert_eq!(
+        sample(&m, "dcwatt_unleased_energy_joules_total"),
+        Some(8.0 * 39_000.0),
+        "{m}"
+    );
+    let v: Value = http
+        .get(format!("{url}/v1/ledger/verify"))
+        .bearer_auth(OPERATOR)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["broken"], Value::Null, "{v}");
+    let _ = stop.send(());
+}
