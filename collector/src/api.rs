@@ -35,6 +35,10 @@ pub struct Shared {
     pub tenant_totals: Mutex<Vec<(String, f64, f64, i64)>>,
     /// Batches waiting for the group commit.
     pub commits: Mutex<CommitQueue>,
+    /// Wakes the committer thread when a batch is queued.
+    pub commit_wake: std::sync::Condvar,
+    /// The highest ticket written or failed, for the requests awaiting theirs.
+    pub committed: tokio::sync::watch::Sender<u64>,
     /// Complete minutes with an invalid PUE, as last read.
     pub invalid_pue_minutes: std::sync::atomic::AtomicI64,
     /// Each agent's token bucket: (tokens, when last filled).
@@ -264,11 +268,7 @@ async fn accept_batch(
         Applied::Queued { accepted, ticket } => (accepted, ticket),
         Applied::Answer(a) => return a,
     };
-    let committer = Arc::clone(shared);
-    let committed = tokio::task::spawn_blocking(move || committer.commit_through(ticket))
-        .await
-        .unwrap_or_else(|e| Err(format!("commit task failed: {e}")));
-    if let Err(e) = committed {
+    if let Err(e) = shared.await_commit(ticket).await {
         return Err(Rejection::Unavailable(format!(
             "the collector could not store the batch: {e}"
         )));
@@ -360,34 +360,55 @@ impl Shared {
         q.next_ticket += 1;
         let ticket = q.next_ticket;
         q.pending.push((ticket, prepared));
+        drop(q);
+        self.commit_wake.notify_one();
         ticket
     }
 
-    /// Blocks until `ticket` is written (possibly by another request's
-    /// transaction) or has failed.
-    fn commit_through(&self, ticket: u64) -> Result<(), String> {
-        let mut store = self.store();
-        let group = {
-            let mut q = self.commits.lock().unwrap_or_else(|p| p.into_inner());
-            if q.done_through >= ticket {
+    /// Waits until `ticket` is written by the committer, or has failed.
+    async fn await_commit(&self, ticket: u64) -> Result<(), String> {
+        let mut done = self.committed.subscribe();
+        loop {
+            if *done.borrow_and_update() >= ticket {
+                let q = self.commits.lock().unwrap_or_else(|p| p.into_inner());
                 return match q.failed.iter().any(|(a, b)| (*a..=*b).contains(&ticket)) {
                     true => Err("the group it was written with failed".into()),
                     false => Ok(()),
                 };
             }
-            std::mem::take(&mut q.pending)
-        };
-        let (Some(first), Some(last)) = (group.first().map(|g| g.0), group.last().map(|g| g.0))
-        else {
-            return Err("lost from the commit queue".into());
-        };
-        let items: Vec<crate::store::Prepared> = group.into_iter().map(|(_, p)| p).collect();
-        let result = store.commit_group(&items, &self.site);
-        let mut q = self.commits.lock().unwrap_or_else(|p| p.into_inner());
-        q.done_through = last;
-        match result {
-            Ok(()) => Ok(()),
-            Err(e) => {
+            if done.changed().await.is_err() {
+                return Err("the collector is stopping".into());
+            }
+        }
+    }
+
+    /// The committer thread: writes every queued batch in one transaction
+    /// (group commit), in ticket order, until `stop`; then the rest.
+    pub fn run_committer(&self, stop: &std::sync::atomic::AtomicBool) {
+        loop {
+            let group = {
+                let mut q = self.commits.lock().unwrap_or_else(|p| p.into_inner());
+                while q.pending.is_empty() {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        return;
+                    }
+                    q = self
+                        .commit_wake
+                        .wait_timeout(q, std::time::Duration::from_millis(200))
+                        .map_or_else(|p| p.into_inner().0, |(q, _)| q);
+                }
+                std::mem::take(&mut q.pending)
+            };
+            let (Some(first), Some(last)) = (group.first().map(|g| g.0), group.last().map(|g| g.0))
+            else {
+                continue;
+            };
+            let items: Vec<crate::store::Prepared> = group.into_iter().map(|(_, p)| p).collect();
+            let mut store = self.store();
+            let result = store.commit_group(&items, &self.site);
+            let mut q = self.commits.lock().unwrap_or_else(|p| p.into_inner());
+            q.done_through = last;
+            if let Err(e) = result {
                 // Not durable, so not applied. Batches applied in memory after
                 // these build on them: they fail too, and the state goes back
                 // to what the store holds.
@@ -398,8 +419,16 @@ impl Shared {
                 drop(q);
                 tracing::error!(error = %e, batches = items.len(), "Batch commit failed; state reloaded from the store.");
                 self.reload_state_with(&store);
-                Err(e.to_string())
+            } else {
+                drop(q);
             }
+            drop(store);
+            let done = self
+                .commits
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .done_through;
+            self.committed.send_replace(done);
         }
     }
 

@@ -85,6 +85,8 @@ pub async fn run(
         tenant_totals: Mutex::new(Vec::new()),
         invalid_pue_minutes: std::sync::atomic::AtomicI64::new(0),
         commits: Mutex::new(api::CommitQueue::default()),
+        commit_wake: std::sync::Condvar::new(),
+        committed: tokio::sync::watch::channel(0).0,
         rates: Mutex::new(std::collections::HashMap::new()),
         site,
     });
@@ -100,11 +102,30 @@ pub async fn run(
         }
     };
     let limits = shared.site.limits;
+    let stop_committer = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let committer = {
+        let shared = Arc::clone(&shared);
+        let stop = Arc::clone(&stop_committer);
+        std::thread::Builder::new()
+            .name("dcwatt-commit".into())
+            .spawn(move || shared.run_committer(&stop))?
+    };
     let reloader = tokio::spawn(reload_on_sighup(Arc::clone(&shared)));
     let refresher = tokio::spawn(refresh_windows(Arc::clone(&shared)));
-    serve::serve(listener, api::router(shared), tls, limits, shutdown).await?;
+    let served = serve::serve(
+        listener,
+        api::router(Arc::clone(&shared)),
+        tls,
+        limits,
+        shutdown,
+    )
+    .await;
     refresher.abort();
     reloader.abort();
+    stop_committer.store(true, std::sync::atomic::Ordering::Relaxed);
+    shared.commit_wake.notify_all();
+    let _ = committer.join();
+    served?;
     Ok(())
 }
 
