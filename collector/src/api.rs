@@ -643,6 +643,31 @@ fn tenant_or_operator(site: &Site, headers: &HeaderMap, tenant: &str) -> Result<
     }
 }
 
+/// The checks every tenant endpoint starts with: the caller may read this
+/// tenant (403/401), the tenant exists (404), the query parses and its
+/// `from`/`to` are instants (400). Returns the query and the period.
+fn tenant_query<Q>(
+    site: &Site,
+    headers: &HeaderMap,
+    tenant: &str,
+    query: Result<Query<Q>, QueryRejection>,
+    period: impl Fn(&Q) -> (&String, &String),
+) -> Result<(Q, i64, i64), ApiError> {
+    tenant_or_operator(site, headers, tenant)?;
+    if !site.tenant_tokens.values().any(|t| t == tenant) {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("tenant: no tenant {tenant:?}"),
+        ));
+    }
+    let Query(q) = query.map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("query: {e}")))?;
+    let (from, to) = period(&q);
+    match (parse_instant("from", from), parse_instant("to", to)) {
+        (Ok(f), Ok(t)) => Ok((q, f, t)),
+        (Err(r), _) | (_, Err(r)) => Err(r),
+    }
+}
+
 /// `GET /v1/tenants/{tenant}/excursions` query.
 #[derive(Deserialize)]
 struct PeriodOnly {
@@ -658,22 +683,11 @@ async fn tenant_excursions(
     query: Result<Query<PeriodOnly>, QueryRejection>,
 ) -> Response {
     let site = &shared.site;
-    if let Err(e) = tenant_or_operator(site, &headers, &tenant) {
-        return e.into_response();
-    }
-    if !site.tenant_tokens.values().any(|t| *t == tenant) {
-        return error(
-            StatusCode::NOT_FOUND,
-            format!("tenant: no tenant {tenant:?}"),
-        );
-    }
-    let Query(q) = match query {
-        Ok(q) => q,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("query: {e}")),
-    };
-    let (from, to) = match (parse_instant("from", &q.from), parse_instant("to", &q.to)) {
-        (Ok(f), Ok(t)) => (f, t),
-        (Err(r), _) | (_, Err(r)) => return r.into_response(),
+    let (_, from, to) = match tenant_query(site, &headers, &tenant, query, |q: &PeriodOnly| {
+        (&q.from, &q.to)
+    }) {
+        Ok(v) => v,
+        Err(r) => return r.into_response(),
     };
     if to <= from {
         return error(StatusCode::BAD_REQUEST, "to: must be after from");
@@ -725,22 +739,11 @@ async fn tenant_energy(
     query: Result<Query<EnergyQuery>, QueryRejection>,
 ) -> Response {
     let site = &shared.site;
-    if let Err(e) = tenant_or_operator(site, &headers, &tenant) {
-        return e.into_response();
-    }
-    if !site.tenant_tokens.values().any(|t| *t == tenant) {
-        return error(
-            StatusCode::NOT_FOUND,
-            format!("tenant: no tenant {tenant:?}"),
-        );
-    }
-    let Query(q) = match query {
-        Ok(q) => q,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("query: {e}")),
-    };
-    let (from, to) = match (parse_instant("from", &q.from), parse_instant("to", &q.to)) {
-        (Ok(f), Ok(t)) => (f, t),
-        (Err(r), _) | (_, Err(r)) => return r.into_response(),
+    let (q, from, to) = match tenant_query(site, &headers, &tenant, query, |q: &EnergyQuery| {
+        (&q.from, &q.to)
+    }) {
+        Ok(v) => v,
+        Err(r) => return r.into_response(),
     };
     if to <= from || to - from > 400 * 86_400_000 {
         return error(
