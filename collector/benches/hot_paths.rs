@@ -361,6 +361,15 @@ pub fn table(rows: &[Row]) -> String {
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick")
         || std::env::var_os("DCWATT_BENCH_QUICK").is_some_and(|v| v == "1");
-    let plan = if quick { Plan::quick() } else { Plan::full() };
+    let mut plan = if quick { Plan::quick() } else { Plan::full() };
+    // `--agents N`: another hall size (e.g. 10000 for the top of the sweep).
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(n) = args
+        .iter()
+        .position(|a| a == "--agents")
+        .and_then(|i| args.get(i + 1)?.parse().ok())
+    {
+        plan.agents = n;
+    }
     println!("{}", table(&run(plan)));
 }

@@ -37,8 +37,6 @@ pub struct Shared {
     pub commits: Mutex<CommitQueue>,
     /// Wakes the committer thread when a batch is queued.
     pub commit_wake: std::sync::Condvar,
-    /// The highest ticket written or failed, for the requests awaiting theirs.
-    pub committed: tokio::sync::watch::Sender<u64>,
     /// Complete minutes with an invalid PUE, as last read.
     pub invalid_pue_minutes: std::sync::atomic::AtomicI64,
     /// Each agent's token bucket: (tokens, when last filled).
@@ -264,16 +262,19 @@ async fn accept_batch(
         })?;
     let now = now_ms();
     let batch = ingest::decode(&bytes, agent, site, now)?;
-    let (accepted, ticket) = match apply_and_queue(shared, &batch, agent, now) {
-        Applied::Queued { accepted, ticket } => (accepted, ticket),
+    let (accepted, written) = match apply_and_queue(shared, &batch, agent, now) {
+        Applied::Queued { accepted, written } => (accepted, written),
         Applied::Answer(a) => return a,
     };
-    if let Err(e) = shared.await_commit(ticket).await {
+    // Acknowledged only once the transaction that holds it committed.
+    let written = written
+        .await
+        .unwrap_or_else(|_| Err("the collector is stopping".into()));
+    if let Err(e) = written {
         return Err(Rejection::Unavailable(format!(
             "the collector could not store the batch: {e}"
         )));
     }
-    shared.lock().count_batch("ok");
     Ok(BatchAck {
         accepted,
         duplicate: false,
@@ -283,8 +284,11 @@ async fn accept_batch(
 
 /// What applying a batch in memory came to.
 enum Applied {
-    /// Applied and queued for the group commit.
-    Queued { accepted: usize, ticket: u64 },
+    /// Applied and queued for the group commit; says when it is written.
+    Queued {
+        accepted: usize,
+        written: tokio::sync::oneshot::Receiver<Result<(), String>>,
+    },
     /// Answered without a commit (duplicate, conflict, failure).
     Answer(Result<BatchAck, Rejection>),
 }
@@ -331,7 +335,7 @@ fn apply_and_queue(shared: &Shared, batch: &dcwatt_wire::Batch, agent: &str, now
     match crate::store::prepare(agent, &state, &changes) {
         Ok(p) => Applied::Queued {
             accepted,
-            ticket: shared.queue_commit(p),
+            written: shared.queue_commit(p),
         },
         Err(e) => {
             drop(state);
@@ -343,53 +347,61 @@ fn apply_and_queue(shared: &Shared, batch: &dcwatt_wire::Batch, agent: &str, now
     }
 }
 
-/// Batches applied in memory, waiting to be written, and what became of the
-/// ones written (group commit: whoever holds the store writes every batch
-/// queued so far in one transaction; the others find theirs done).
+/// Batches applied in memory and waiting to be written (group commit: the
+/// committer thread writes every batch queued so far in one transaction and
+/// tells each request how its batch fared).
 #[derive(Default)]
 pub struct CommitQueue {
-    next_ticket: u64,
-    pending: Vec<(u64, crate::store::Prepared)>,
-    done_through: u64,
-    failed: Vec<(u64, u64)>,
+    pending: Vec<(crate::store::Prepared, Written)>,
+    /// When the oldest pending batch was queued.
+    oldest: Option<std::time::Instant>,
+    /// Transactions written (for the metrics).
+    pub commits: u64,
+    /// Batches written by those transactions.
+    pub committed_batches: u64,
 }
 
+/// Where a queued batch's outcome goes: written, or why not.
+type Written = tokio::sync::oneshot::Sender<Result<(), String>>;
+
+/// How long the committer lets batches gather before writing them in one
+/// transaction, counted from the oldest one queued. Each transaction costs
+/// the same WAL frames and page writes whether it holds one batch or fifty,
+/// so under load a few milliseconds here divide the store's cost per batch;
+/// an idle collector pays them as latency on a lone batch.
+pub const COMMIT_GATHER: std::time::Duration = std::time::Duration::from_millis(4);
+/// A group this large is written at once.
+pub const COMMIT_GROUP_MAX: usize = 256;
+
 impl Shared {
-    fn queue_commit(&self, prepared: crate::store::Prepared) -> u64 {
+    /// Queues an applied batch's rows; the receiver says when they are written.
+    fn queue_commit(
+        &self,
+        prepared: crate::store::Prepared,
+    ) -> tokio::sync::oneshot::Receiver<Result<(), String>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
         let mut q = self.commits.lock().unwrap_or_else(|p| p.into_inner());
-        q.next_ticket += 1;
-        let ticket = q.next_ticket;
-        q.pending.push((ticket, prepared));
-        drop(q);
-        self.commit_wake.notify_one();
-        ticket
-    }
-
-    /// Waits until `ticket` is written by the committer, or has failed.
-    async fn await_commit(&self, ticket: u64) -> Result<(), String> {
-        let mut done = self.committed.subscribe();
-        loop {
-            if *done.borrow_and_update() >= ticket {
-                let q = self.commits.lock().unwrap_or_else(|p| p.into_inner());
-                return match q.failed.iter().any(|(a, b)| (*a..=*b).contains(&ticket)) {
-                    true => Err("the group it was written with failed".into()),
-                    false => Ok(()),
-                };
-            }
-            if done.changed().await.is_err() {
-                return Err("the collector is stopping".into());
-            }
+        q.pending.push((prepared, tx));
+        let n = q.pending.len();
+        if n == 1 {
+            q.oldest = Some(std::time::Instant::now());
         }
+        drop(q);
+        if n == 1 || n == COMMIT_GROUP_MAX {
+            self.commit_wake.notify_one();
+        }
+        rx
     }
 
-    /// The committer thread: writes every queued batch in one transaction
-    /// (group commit), in ticket order, until `stop`; then the rest.
+    /// The committer thread: writes the queued batches in groups, in the
+    /// order they were applied, until `stop`; then the rest.
     pub fn run_committer(&self, stop: &std::sync::atomic::AtomicBool) {
+        let stopping = || stop.load(std::sync::atomic::Ordering::Relaxed);
         loop {
             let group = {
                 let mut q = self.commits.lock().unwrap_or_else(|p| p.into_inner());
                 while q.pending.is_empty() {
-                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if stopping() {
                         return;
                     }
                     q = self
@@ -397,48 +409,71 @@ impl Shared {
                         .wait_timeout(q, std::time::Duration::from_millis(200))
                         .map_or_else(|p| p.into_inner().0, |(q, _)| q);
                 }
+                // Let the group gather, unless it is full or we are stopping.
+                while q.pending.len() < COMMIT_GROUP_MAX && !stopping() {
+                    let waited = q.oldest.map_or(COMMIT_GATHER, |t| t.elapsed());
+                    let Some(left) = COMMIT_GATHER.checked_sub(waited).filter(|d| !d.is_zero())
+                    else {
+                        break;
+                    };
+                    q = self
+                        .commit_wake
+                        .wait_timeout(q, left)
+                        .map_or_else(|p| p.into_inner().0, |(q, _)| q);
+                }
+                q.oldest = None;
                 std::mem::take(&mut q.pending)
             };
-            let (Some(first), Some(last)) = (group.first().map(|g| g.0), group.last().map(|g| g.0))
-            else {
-                continue;
-            };
-            let items: Vec<crate::store::Prepared> = group.into_iter().map(|(_, p)| p).collect();
+            let (items, written): (Vec<crate::store::Prepared>, Vec<Written>) =
+                group.into_iter().unzip();
             let mut store = self.store();
-            let result = store.commit_group(&items, &self.site);
-            let mut q = self.commits.lock().unwrap_or_else(|p| p.into_inner());
-            q.done_through = last;
-            if let Err(e) = result {
-                // Not durable, so not applied. Batches applied in memory after
-                // these build on them: they fail too, and the state goes back
-                // to what the store holds.
-                let through = q.next_ticket;
-                q.failed.push((first, through));
-                q.done_through = through;
-                q.pending.clear();
-                drop(q);
-                tracing::error!(error = %e, batches = items.len(), "Batch commit failed; state reloaded from the store.");
-                self.reload_state_with(&store);
-            } else {
-                drop(q);
+            match store.commit_group(&items, &self.site) {
+                Ok(()) => {
+                    drop(store);
+                    {
+                        let mut q = self.commits.lock().unwrap_or_else(|p| p.into_inner());
+                        q.commits += 1;
+                        q.committed_batches += items.len() as u64;
+                    }
+                    *self.lock().batches.entry("ok").or_default() += items.len() as u64;
+                    for w in written {
+                        let _ = w.send(Ok(()));
+                    }
+                }
+                Err(e) => {
+                    // Not durable, so not applied. Batches applied in memory
+                    // after these build on them: they fail too, and the state
+                    // goes back to what the store holds, all under the state
+                    // lock so that no batch is applied in between.
+                    let mut state = self.lock();
+                    let later = std::mem::take(
+                        &mut self
+                            .commits
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .pending,
+                    );
+                    tracing::error!(error = %e, batches = items.len() + later.len(), "Batch commit failed; state reloaded from the store.");
+                    self.reload_into(&store, &mut state);
+                    drop(state);
+                    drop(store);
+                    let why = format!("the group it was written with failed: {e}");
+                    for w in written.into_iter().chain(later.into_iter().map(|(_, w)| w)) {
+                        let _ = w.send(Err(why.clone()));
+                    }
+                }
             }
-            drop(store);
-            let done = self
-                .commits
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .done_through;
-            self.committed.send_replace(done);
         }
     }
 
     fn reload_state(&self) {
         let store = self.store();
-        self.reload_state_with(&store);
+        let mut state = self.lock();
+        self.reload_into(&store, &mut state);
     }
 
-    fn reload_state_with(&self, store: &Store) {
-        let mut state = self.lock();
+    /// Replaces `state` with what the store holds, keeping the counters.
+    fn reload_into(&self, store: &Store, state: &mut State) {
         let mut reloaded = State::new(&self.site);
         if let Err(e) = store.load(&mut reloaded) {
             tracing::error!(error = %e, "Reloading the state failed.");
@@ -451,16 +486,36 @@ impl Shared {
 }
 
 async fn metrics(Extract(shared): Extract<Arc<Shared>>) -> Response {
-    let state = shared.lock();
-    let figures = shared.figures(&state, now_ms());
-    let totals = shared
-        .tenant_totals
-        .lock()
-        .map(|t| t.clone())
-        .unwrap_or_default();
-    let text = crate::export::render(&state, &shared.site, &figures, &totals);
-    drop(state);
-    ([(header::CONTENT_TYPE, dcwatt_expo::CONTENT_TYPE)], text).into_response()
+    // A hall's exposition takes tens of milliseconds to write: off the async
+    // workers, so that ingest keeps being served meanwhile.
+    let rendered = tokio::task::spawn_blocking(move || {
+        let state = shared.lock();
+        let figures = shared.figures(&state, now_ms());
+        let totals = shared
+            .tenant_totals
+            .lock()
+            .map(|t| t.clone())
+            .unwrap_or_default();
+        let mut text = crate::export::render(&state, &shared.site, &figures, &totals);
+        drop(state);
+        let (commits, batches) = {
+            let q = shared.commits.lock().unwrap_or_else(|p| p.into_inner());
+            (q.commits, q.committed_batches)
+        };
+        text.push_str(&dcwatt_expo::encode(crate::export::store_families(
+            commits, batches,
+        )));
+        text
+    })
+    .await;
+    match rendered {
+        Ok(text) => ([(header::CONTENT_TYPE, dcwatt_expo::CONTENT_TYPE)], text).into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("rendering the metrics failed: {e}\n"),
+        )
+            .into_response(),
+    }
 }
 
 /// One meter in the summary.

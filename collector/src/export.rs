@@ -10,6 +10,22 @@ use crate::figures::Figures;
 use crate::names as n;
 use crate::state::State;
 
+/// The group commit's own counters: transactions written and the batches they
+/// held (their ratio is the mean group size).
+pub fn store_families(commits: u64, batches: u64) -> Vec<Family> {
+    let mut c = Family::counter(
+        n::STORE_COMMITS_TOTAL,
+        "Store transactions written by the group commit.",
+    );
+    c.add(&[], commits as f64);
+    let mut b = Family::counter(
+        n::STORE_COMMITTED_BATCHES_TOTAL,
+        "Batches written by the group commit (÷ commits: the mean group size).",
+    );
+    b.add(&[], batches as f64);
+    vec![c, b]
+}
+
 /// Renders `/metrics`. `tenant_totals` are the ledger's totals per owner
 /// (owner, IT J, facility J, GPU ms).
 pub fn render(

@@ -86,7 +86,6 @@ pub async fn run(
         invalid_pue_minutes: std::sync::atomic::AtomicI64::new(0),
         commits: Mutex::new(api::CommitQueue::default()),
         commit_wake: std::sync::Condvar::new(),
-        committed: tokio::sync::watch::channel(0).0,
         rates: Mutex::new(std::collections::HashMap::new()),
         site,
     });

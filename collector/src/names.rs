@@ -33,6 +33,10 @@ pub const GPU_COUNTER_RESETS_TOTAL: &str = "dcwatt_gpus_energy_resets_total";
 pub const AGENT_LAST_SEEN: &str = "dcwatt_agent_last_seen_timestamp_seconds";
 /// Batches received, by result.
 pub const INGEST_BATCHES_TOTAL: &str = "dcwatt_ingest_batches_total";
+/// Store transactions written by the group commit.
+pub const STORE_COMMITS_TOTAL: &str = "dcwatt_store_commits_total";
+/// Batches written by the group commit.
+pub const STORE_COMMITTED_BATCHES_TOTAL: &str = "dcwatt_store_committed_batches_total";
 /// Readings applied.
 pub const INGEST_READINGS_TOTAL: &str = "dcwatt_ingest_readings_total";
 /// Readings ignored, by reason (unknown meter, out of order, unknown quantity).

@@ -246,6 +246,9 @@ pub struct State {
     pub excursions_opened: BTreeMap<(String, Kind), u64>,
     /// Thermal excursions of leased GPUs opened, per tenant, as booked in the store.
     pub tenant_excursions: BTreeMap<String, u64>,
+    /// GPUs per owning agent (kept as GPUs are first claimed, recounted on
+    /// load), so the per-agent GPU cap is checked without scanning every GPU.
+    agent_gpus: HashMap<String, usize>,
 }
 
 impl State {
@@ -325,12 +328,16 @@ impl State {
         if new.is_empty() {
             return None;
         }
-        let have = self
-            .gpus
-            .values()
-            .filter(|g| g.agent == batch.agent)
-            .count();
+        let have = self.agent_gpus.get(&batch.agent).copied().unwrap_or(0);
         (have + new.len() > cap).then_some(have + new.len())
+    }
+
+    /// Recounts the GPUs each agent owns (after the GPUs were loaded).
+    pub fn recount_agent_gpus(&mut self) {
+        self.agent_gpus.clear();
+        for g in self.gpus.values().filter(|g| !g.agent.is_empty()) {
+            *self.agent_gpus.entry(g.agent.clone()).or_default() += 1;
+        }
     }
 
     /// Energy of every GPU since start (J) and the counter resets seen.
@@ -351,6 +358,7 @@ impl State {
             let gpu = self.gpus.entry(g.uuid.clone()).or_default();
             if gpu.agent.is_empty() {
                 gpu.agent.clone_from(&batch.agent);
+                *self.agent_gpus.entry(batch.agent.clone()).or_default() += 1;
             }
             if gpu.node != batch.node || gpu.index != g.index || gpu.model != g.model {
                 gpu.node.clone_from(&batch.node);
@@ -546,12 +554,16 @@ impl State {
         stale_ms: i64,
         changes: &mut Changes,
     ) -> Result<(), Ignored> {
-        let g = self.gpus.entry(uuid.to_owned()).or_default();
+        let g = match self.gpus.get_mut(uuid) {
+            Some(g) => g,
+            None => self.gpus.entry(uuid.to_owned()).or_default(),
+        };
         if g.node.is_empty() {
             g.node = node.to_owned();
         }
         if g.agent.is_empty() {
             g.agent = agent.to_owned();
+            *self.agent_gpus.entry(agent.to_owned()).or_default() += 1;
         }
         g.last_ms = g.last_ms.max(ts);
         let clean = match q {

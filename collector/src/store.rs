@@ -255,6 +255,7 @@ impl Store {
             })?;
             state.gpus.insert(uuid, gpu);
         }
+        state.recount_agent_gpus();
         let mut stmt = self
             .conn
             .prepare("SELECT zone, kind, count(*) FROM excursions GROUP BY zone, kind")?;
@@ -794,6 +795,16 @@ mod tests {
         }
         assert_eq!(loaded.meters["m"].acc.energy_joules, 39.0 * 90.0);
         assert_eq!(loaded.meters["p"].acc.energy_joules, 100.0 * 39.0 * 0.7);
+        // The GPUs each agent owns are counted again on load: the cap holds
+        // across a restart (agent "a" owns GPU-1; a second one makes two).
+        let mut another = batch(41, 2_000_000, 9_000.0);
+        another.readings[2].entity = Entity::Gpu("GPU-2".into());
+        assert_eq!(loaded.gpu_cap_exceeded(&another, 1), Some(2));
+        assert_eq!(loaded.gpu_cap_exceeded(&another, 2), None);
+        assert_eq!(
+            loaded.gpu_cap_exceeded(&batch(41, 2_000_000, 9_000.0), 1),
+            None
+        );
     }
 
     #[test]

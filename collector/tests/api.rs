@@ -25,6 +25,11 @@ impl Drop for Collector {
 }
 
 async fn start() -> Collector {
+    start_with("").await
+}
+
+/// The collector with `extra` appended to its config (tables such as `[ledger]`).
+async fn start_with(extra: &str) -> Collector {
     let config = format!(
         r#"
         listen = "127.0.0.1:0"
@@ -49,6 +54,7 @@ async fn start() -> Collector {
         role = "it"
         zone = "hall-1"
         it_point = "it_input"
+        {extra}
         "#,
         hex::encode(token_hash(TOKEN)),
         hex::encode(token_hash(OTHER_TOKEN))
@@ -251,6 +257,60 @@ async fn energy_pue_reset_and_duplicate() {
     assert_eq!(pdu2["last_reset"]["after_ms"].as_i64(), Some(t0 + 20_000));
     assert_eq!(pdu2["energy_from_ms"].as_i64(), Some(t0));
     assert_eq!(s["power_watts"]["facility"].as_f64(), Some(13_000.0));
+}
+
+/// A transaction that fails (here a trigger in the database refuses it)
+/// acknowledges nothing and leaves nothing applied: the batch answers 503, the
+/// state goes back to what the store holds, and the same batch sent again once
+/// the store accepts writes counts its energy exactly once.
+#[tokio::test]
+async fn a_failed_commit_applies_nothing_and_the_batch_can_be_sent_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("c.sqlite");
+    let c = start_with(&format!("[ledger]\npath = {:?}", db.to_str().unwrap())).await;
+    let t0 = now_ms() - 30_000;
+    assert_eq!(c.post(&counters(1, t0, 1.0e9, 5.0e8, 2.0e8)).await.0, 200);
+    let before = c.state().await;
+    let energy = |m: &str, role: &str| {
+        sample(
+            m,
+            &format!(r#"dcwatt_energy_joules_total{{role="{role}",zone="hall-1"}}"#),
+        )
+    };
+
+    let fault = rusqlite::Connection::open(&db).unwrap();
+    fault
+        .execute_batch(
+            "CREATE TRIGGER fault_i BEFORE INSERT ON agents BEGIN SELECT RAISE(ABORT, 'injected fault'); END;
+             CREATE TRIGGER fault_u BEFORE UPDATE ON agents BEGIN SELECT RAISE(ABORT, 'injected fault'); END;",
+        )
+        .unwrap();
+    let next = counters(2, t0 + 10_000, 1.013e9, 5.06e8, 2.04e8);
+    let (status, body) = c.post(&next).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("injected fault"),
+        "{body}"
+    );
+    assert_eq!(c.state().await, before);
+    let m = c.metrics().await;
+    assert_eq!(energy(&m, "facility"), Some(0.0));
+
+    fault
+        .execute_batch("DROP TRIGGER fault_i; DROP TRIGGER fault_u;")
+        .unwrap();
+    let (status, ack) = c.post(&next).await;
+    assert_eq!(
+        (status, ack["accepted"].as_u64(), ack["duplicate"].as_bool()),
+        (200, Some(6), Some(false))
+    );
+    let m = c.metrics().await;
+    assert_eq!(energy(&m, "facility"), Some(13.0e6));
+    assert_eq!(energy(&m, "it"), Some(6.0e6 + 4.0e6));
+    assert_eq!(
+        sample(&m, r#"dcwatt_ingest_batches_total{result="ok"}"#),
+        Some(2.0)
+    );
 }
 
 #[tokio::test]

@@ -44,6 +44,10 @@ pub struct LoadArgs {
     /// each against a fresh collector, and print one table.
     #[arg(long, value_delimiter = ',')]
     pub sweep: Vec<usize>,
+    /// Scrape the collector's `/metrics` this often during the load, as
+    /// Prometheus would (0: never); the slowest scrape is reported.
+    #[arg(long, default_value_t = 15.0)]
+    pub scrape_interval_s: f64,
 }
 
 /// What a run measured.
@@ -74,6 +78,16 @@ pub struct LoadReport {
     pub decode_only_per_s: f64,
     /// Time to render the collector's `/metrics` once at the end, ms.
     pub metrics_render_ms: f64,
+    /// Mean batches per store transaction (group commit), over the whole run.
+    pub batches_per_commit: f64,
+    /// The slowest `/metrics` scrape during the load, ms (NaN: none made).
+    pub scrape_under_load_max_ms: f64,
+}
+
+/// A counter's value in a Prometheus text exposition (unlabelled series).
+fn counter_value(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 fn batch(agent: usize, gpus: usize, seq: u64, ts: i64) -> Value {
@@ -236,6 +250,29 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<LoadReport> {
         }));
     }
     drop(tx);
+    // Prometheus scraping meanwhile: the scrape competes with ingest.
+    let scraper = {
+        let (http, url) = (http.clone(), format!("{}/metrics", collector.url()));
+        let every = Duration::from_secs_f64(args.scrape_interval_s.max(0.0));
+        tokio::spawn(async move {
+            let mut slowest = f64::NAN;
+            if every.is_zero() {
+                return slowest;
+            }
+            let mut at = t0 + warmup;
+            while at < end {
+                tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await;
+                let sent = Instant::now();
+                if let Ok(r) = http.get(&url).send().await {
+                    if r.bytes().await.is_ok() {
+                        slowest = slowest.max(sent.elapsed().as_secs_f64() * 1000.0);
+                    }
+                }
+                at += every;
+            }
+            slowest
+        })
+    };
     tokio::time::sleep_until(tokio::time::Instant::from_std(t0 + warmup)).await;
     let usage_at_warm = proc_usage(collector.pid());
     let measure_start = Instant::now();
@@ -246,6 +283,7 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<LoadReport> {
         let _ = t.await;
     }
     let measured_for = measure_start.elapsed().as_secs_f64();
+    let scrape_under_load_max_ms = scraper.await.unwrap_or(f64::NAN);
     let usage_end = proc_usage(collector.pid());
     // Requests still in flight finish into the channel; the warm-up is not counted.
     while let Some((ok, ms, measured, late)) =
@@ -274,12 +312,20 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<LoadReport> {
     };
     let total_for = measured_for;
     let render = Instant::now();
-    let _ = reqwest::get(format!("{}/metrics", collector.url()))
+    let exposition = reqwest::get(format!("{}/metrics", collector.url()))
         .await
         .context("metrics")?
         .text()
-        .await;
+        .await
+        .unwrap_or_default();
     let metrics_render_ms = render.elapsed().as_secs_f64() * 1000.0;
+    let batches_per_commit = match (
+        counter_value(&exposition, "dcwatt_store_committed_batches_total"),
+        counter_value(&exposition, "dcwatt_store_commits_total"),
+    ) {
+        (Some(b), Some(c)) if c > 0.0 => b / c,
+        _ => f64::NAN,
+    };
     let (cpu, rss) = match (usage_at_warm, usage_end) {
         (Some((c0, _)), Some((c1, rss))) => ((c1 - c0) / measured_for.max(0.001), rss),
         _ => (f64::NAN, 0),
@@ -297,17 +343,19 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<LoadReport> {
         collector_peak_rss_mib: rss as f64 / (1024.0 * 1024.0),
         decode_only_per_s,
         metrics_render_ms,
+        batches_per_commit,
+        scrape_under_load_max_ms,
     })
 }
 
 /// The report as a table row (Markdown).
 pub fn table(reports: &[LoadReport]) -> String {
     let mut out = String::from(
-        "| agents | batches/s | readings/s | p50 ms | p99 ms | max ms | failed | late starts | collector CPU (cores) | collector peak RSS MiB | decode-only batches/s | ingest / decode | /metrics ms |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| agents | batches/s | readings/s | p50 ms | p99 ms | max ms | failed | late starts | collector CPU (cores) | collector peak RSS MiB | collector CPU µs/batch | batches/commit | decode-only batches/s | ingest / decode, per core | /metrics ms | slowest scrape under load, ms |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in reports {
         out += &format!(
-            "| {} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} | {} | {} | {:.2} | {:.1} | {:.0} | {:.0} % | {:.1} |\n",
+            "| {} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} | {} | {} | {:.2} | {:.1} | {:.0} | {:.1} | {:.0} | {:.1} % | {:.1} | {:.1} |\n",
             r.agents,
             r.batches_per_s,
             r.readings_per_s,
@@ -318,9 +366,12 @@ pub fn table(reports: &[LoadReport]) -> String {
             r.late_starts,
             r.collector_cpu,
             r.collector_peak_rss_mib,
+            1e6 * r.collector_cpu / r.batches_per_s,
+            r.batches_per_commit,
             r.decode_only_per_s,
-            100.0 * r.batches_per_s / r.decode_only_per_s,
+            100.0 * (r.batches_per_s / r.collector_cpu) / r.decode_only_per_s,
             r.metrics_render_ms,
+            r.scrape_under_load_max_ms,
         );
     }
     out
