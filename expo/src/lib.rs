@@ -103,7 +103,8 @@ impl Family {
 /// Escapes `\\` and newlines (and `"` in label values), as the text format
 /// requires.
 fn escape_into(out: &mut String, v: &str, quote: bool) {
-    if !v.contains(['\\', '\n']) && !(quote && v.contains('"')) {
+    let special = |c: char| c == '\\' || c == '\n' || (quote && c == '"');
+    if !v.contains(special) {
         out.push_str(v);
         return;
     }
