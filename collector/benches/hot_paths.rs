@@ -16,8 +16,8 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use dcwatt_collector::config::{token_hash, Config, Site};
-use dcwatt_collector::state::State;
-use dcwatt_collector::store::Store;
+use dcwatt_collector::state::{Changes, State};
+use dcwatt_collector::store::{self, Prepared, Store};
 use dcwatt_collector::{export, figures, ingest, windows};
 use dcwatt_wire::{Batch, Entity, GpuInfo, Quantity, Reading, VERSION};
 
@@ -256,6 +256,59 @@ pub fn run(plan: Plan) -> Vec<Row> {
         || {
             for b in &next {
                 black_box(b.clone());
+            }
+        },
+    ));
+
+    // Serializing what a batch changed, and writing it: the group commit's
+    // transactions of 32 batches into a file-backed store (WAL, synchronous =
+    // NORMAL, as the collector runs it), the store already holding the hall.
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("bench tempdir: {e}"));
+    let mut store = Store::open(&dir.path().join("bench.sqlite"))
+        .unwrap_or_else(|e| panic!("bench store: {e}"));
+    let mut prepared = Vec::with_capacity(plan.agents);
+    for i in 0..plan.agents {
+        let b = batch(i, 1, now - 500);
+        let (_, changes) = state.apply(&b, &site, now - 500);
+        prepared.push(
+            store::prepare(&b.agent, &state, &changes).unwrap_or_else(|e| panic!("prepare: {e}")),
+        );
+    }
+    for chunk in prepared.chunks(256) {
+        store
+            .commit_group(chunk, &site)
+            .unwrap_or_else(|e| panic!("commit: {e}"));
+    }
+    let changes: Vec<(String, Changes)> = next
+        .iter()
+        .map(|b| {
+            let mut b = b.clone();
+            seq += 1;
+            b.seq = seq;
+            (b.agent.clone(), state.apply(&b, &site, now).1)
+        })
+        .collect();
+    rows.push(time(
+        "prepare: serialize a batch's changed rows",
+        plan,
+        m,
+        || {
+            for (agent, c) in &changes {
+                black_box(store::prepare(agent, &state, c).is_ok());
+            }
+        },
+    ));
+    let group: Vec<Prepared> = changes
+        .iter()
+        .filter_map(|(agent, c)| store::prepare(agent, &state, c).ok())
+        .collect();
+    rows.push(time(
+        "store: write in transactions of 32 batches (1 batch)",
+        plan,
+        group.len(),
+        || {
+            for chunk in group.chunks(32) {
+                black_box(store.commit_group(chunk, &site).is_ok());
             }
         },
     ));

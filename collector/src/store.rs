@@ -418,7 +418,7 @@ fn write_prepared(
         .execute(params![agent, seq, seen])?;
     }
     for (id, json) in &p.meters {
-        tx.prepare_cached("INSERT OR REPLACE INTO meters (id, account) VALUES (?1, ?2)")?
+        tx.prepare_cached("INSERT INTO meters (id, account) VALUES (?1, ?2) ON CONFLICT (id) DO UPDATE SET account = excluded.account")?
             .execute(params![id, json])?;
     }
     for (id, edit) in &p.curves {
@@ -437,7 +437,7 @@ fn write_prepared(
         };
     }
     for (uuid, json) in &p.gpus {
-        tx.prepare_cached("INSERT OR REPLACE INTO gpus (uuid, state) VALUES (?1, ?2)")?
+        tx.prepare_cached("INSERT INTO gpus (uuid, state) VALUES (?1, ?2) ON CONFLICT (uuid) DO UPDATE SET state = excluded.state")?
             .execute(params![uuid, json])?;
     }
     for edit in &p.excursions {
