@@ -41,6 +41,53 @@ pub struct Shared {
     pub invalid_pue_minutes: std::sync::atomic::AtomicI64,
     /// Each agent's token bucket: (tokens, when last filled).
     pub rates: Mutex<std::collections::HashMap<String, (f64, std::time::Instant)>>,
+    /// How long `POST /v1/batches` took, from the handler's start to its answer.
+    pub ingest_latency: Latency,
+}
+
+/// A latency histogram with fixed buckets, updated without a lock.
+#[derive(Default)]
+pub struct Latency {
+    /// Observations per bucket of [`LATENCY_BUCKETS_S`] (not cumulative), then above the last.
+    counts: [std::sync::atomic::AtomicU64; LATENCY_BUCKETS_S.len() + 1],
+    /// Sum of the observations, µs.
+    sum_us: std::sync::atomic::AtomicU64,
+}
+
+/// Upper bounds of the ingest latency buckets, seconds.
+pub const LATENCY_BUCKETS_S: [f64; 11] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+impl Latency {
+    /// Counts one observation.
+    pub fn observe(&self, d: std::time::Duration) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let s = d.as_secs_f64();
+        let i = LATENCY_BUCKETS_S
+            .iter()
+            .position(|le| s <= *le)
+            .unwrap_or(LATENCY_BUCKETS_S.len());
+        self.counts[i].fetch_add(1, Relaxed);
+        self.sum_us
+            .fetch_add(u64::try_from(d.as_micros()).unwrap_or(u64::MAX), Relaxed);
+    }
+
+    /// Cumulative `(upper bound s, count ≤ it)` per bucket, the sum (s) and the count.
+    pub fn snapshot(&self) -> (Vec<(f64, u64)>, f64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut acc = 0;
+        let buckets = LATENCY_BUCKETS_S
+            .iter()
+            .zip(&self.counts)
+            .map(|(le, n)| {
+                acc += n.load(Relaxed);
+                (*le, acc)
+            })
+            .collect();
+        let count = acc + self.counts[LATENCY_BUCKETS_S.len()].load(Relaxed);
+        (buckets, self.sum_us.load(Relaxed) as f64 / 1e6, count)
+    }
 }
 
 impl Shared {
@@ -211,14 +258,17 @@ async fn post_batch(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    match accept_batch(&shared, &headers, body).await {
+    let started = std::time::Instant::now();
+    let response = match accept_batch(&shared, &headers, body).await {
         Ok(ack) => Json(ack).into_response(),
         Err(rejection) => {
             shared.lock().count_batch(rejection_label(&rejection));
             tracing::debug!(error = %rejection, "Batch rejected.");
             rejection.into_response()
         }
-    }
+    };
+    shared.ingest_latency.observe(started.elapsed());
+    response
 }
 
 async fn accept_batch(
@@ -502,8 +552,10 @@ async fn metrics(Extract(shared): Extract<Arc<Shared>>) -> Response {
             let q = shared.commits.lock().unwrap_or_else(|p| p.into_inner());
             (q.commits, q.committed_batches)
         };
-        text.push_str(&dcwatt_expo::encode(crate::export::store_families(
-            commits, batches,
+        text.push_str(&dcwatt_expo::encode(crate::export::self_families(
+            commits,
+            batches,
+            shared.ingest_latency.snapshot(),
         )));
         text
     })

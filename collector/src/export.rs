@@ -10,9 +10,14 @@ use crate::figures::Figures;
 use crate::names as n;
 use crate::state::State;
 
-/// The group commit's own counters: transactions written and the batches they
-/// held (their ratio is the mean group size).
-pub fn store_families(commits: u64, batches: u64) -> Vec<Family> {
+/// The collector's own families: the group commit's transactions and the
+/// batches they held (their ratio is the mean group size), and the ingest
+/// latency histogram (`(buckets, sum, count)`).
+pub fn self_families(
+    commits: u64,
+    batches: u64,
+    latency: (Vec<(f64, u64)>, f64, u64),
+) -> Vec<Family> {
     let mut c = Family::counter(
         n::STORE_COMMITS_TOTAL,
         "Store transactions written by the group commit.",
@@ -23,7 +28,15 @@ pub fn store_families(commits: u64, batches: u64) -> Vec<Family> {
         "Batches written by the group commit (÷ commits: the mean group size).",
     );
     b.add(&[], batches as f64);
-    vec![c, b]
+    let (buckets, sum, count) = latency;
+    let l = Family::histogram(
+        n::INGEST_REQUEST_DURATION_SECONDS,
+        "Time to answer POST /v1/batches, from the handler's start (headers read) to its answer, including the wait for the group commit.",
+        &buckets,
+        sum,
+        count,
+    );
+    vec![c, b, l]
 }
 
 /// Renders `/metrics`. `tenant_totals` are the ledger's totals per owner

@@ -78,6 +78,8 @@ pub async fn run(
             store::Store::in_memory()?
         }
     };
+    // Stopped (after a last checkpoint) when `run` returns.
+    let _checkpointer = store.checkpoint_in_background(std::time::Duration::from_millis(500))?;
     let shared = Arc::new(api::Shared {
         state: Mutex::new(state),
         store: Mutex::new(store),
@@ -87,6 +89,7 @@ pub async fn run(
         commits: Mutex::new(api::CommitQueue::default()),
         commit_wake: std::sync::Condvar::new(),
         rates: Mutex::new(std::collections::HashMap::new()),
+        ingest_latency: api::Latency::default(),
         site,
     });
     let tls = match &shared.site.tls {

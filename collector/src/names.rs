@@ -37,6 +37,8 @@ pub const INGEST_BATCHES_TOTAL: &str = "dcwatt_ingest_batches_total";
 pub const STORE_COMMITS_TOTAL: &str = "dcwatt_store_commits_total";
 /// Batches written by the group commit.
 pub const STORE_COMMITTED_BATCHES_TOTAL: &str = "dcwatt_store_committed_batches_total";
+/// Time to answer `POST /v1/batches` (histogram).
+pub const INGEST_REQUEST_DURATION_SECONDS: &str = "dcwatt_ingest_request_duration_seconds";
 /// Readings applied.
 pub const INGEST_READINGS_TOTAL: &str = "dcwatt_ingest_readings_total";
 /// Readings ignored, by reason (unknown meter, out of order, unknown quantity).

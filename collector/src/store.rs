@@ -148,6 +148,9 @@ pub enum StoreError {
     /// A value does not fit the database's integers.
     #[error("{0} does not fit in a 64-bit signed integer")]
     Range(u64),
+    /// A thread could not be started.
+    #[error("cannot start a thread: {0}")]
+    Thread(String),
 }
 
 /// The open database.
@@ -310,6 +313,61 @@ impl Store {
         self.commit_group(std::slice::from_ref(&prepared), site)
     }
 
+    /// Moves WAL checkpoints off this connection: automatic checkpoints stop
+    /// here, and a thread with its own connection copies the WAL into the
+    /// database every `every` (PASSIVE: it never waits for, nor blocks, the
+    /// writer). A checkpoint syncs the database file; run inside a commit it
+    /// stalled every batch in flight for tens of milliseconds. An in-memory
+    /// store has no WAL: no thread.
+    pub fn checkpoint_in_background(
+        &self,
+        every: std::time::Duration,
+    ) -> Result<Option<Checkpointer>, StoreError> {
+        let Some(path) = self
+            .conn
+            .path()
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from)
+        else {
+            return Ok(None);
+        };
+        let open_err = |source| StoreError::Open {
+            path: path.clone(),
+            source,
+        };
+        let conn = Connection::open(&path).map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(open_err)?;
+        self.conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = {
+            let stop = std::sync::Arc::clone(&stop);
+            std::thread::Builder::new()
+                .name("dcwatt-checkpoint".into())
+                .spawn(move || {
+                    let checkpoint = |mode: &str| {
+                        if let Err(e) = conn.query_row(
+                            &format!("PRAGMA wal_checkpoint({mode})"),
+                            [],
+                            |_| Ok(()),
+                        ) {
+                            tracing::warn!(error = %e, "WAL checkpoint failed; retried later.");
+                        }
+                    };
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        std::thread::park_timeout(every);
+                        checkpoint("PASSIVE");
+                    }
+                    checkpoint("PASSIVE");
+                })
+                .map_err(|e| StoreError::Thread(e.to_string()))?
+        };
+        Ok(Some(Checkpointer {
+            stop,
+            thread: Some(thread),
+        }))
+    }
+
     /// Writes several prepared batches, in order, in one transaction: all or none.
     pub fn commit_group(&mut self, group: &[Prepared], site: &Site) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
@@ -318,6 +376,22 @@ impl Store {
         }
         tx.commit()?;
         Ok(())
+    }
+}
+
+/// The background checkpoint thread; stopped (after one last checkpoint) when dropped.
+pub struct Checkpointer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.thread().unpark();
+            let _ = t.join();
+        }
     }
 }
 
@@ -763,6 +837,50 @@ mod tests {
                 ),
             ],
         }
+    }
+
+    /// With checkpoints in the background, the writer never checkpoints, and
+    /// what it committed still reaches the database file itself (a copy of the
+    /// file alone, without its WAL, holds it).
+    #[test]
+    fn background_checkpoints_copy_the_wal_into_the_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.sqlite");
+        let site = site();
+        let mut state = State::new(&site);
+        let mut store = Store::open(&path).unwrap();
+        let checkpointer = store
+            .checkpoint_in_background(std::time::Duration::from_millis(20))
+            .unwrap()
+            .expect("a file store checkpoints");
+        let auto: i64 = store
+            .conn
+            .query_row("PRAGMA wal_autocheckpoint", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(auto, 0);
+        for seq in 1..=30u64 {
+            let (_, changes) = state.apply(
+                &batch(seq, 1_000_000 + seq as i64 * 1000, 5_000.0),
+                &site,
+                0,
+            );
+            store.commit("a", &state, &changes, &site).unwrap();
+        }
+        drop(checkpointer); // a last checkpoint, then the thread ends
+        let copy = dir.path().join("copy.sqlite");
+        std::fs::copy(&path, &copy).unwrap();
+        let seq: i64 = Connection::open(&copy)
+            .unwrap()
+            .query_row("SELECT last_seq FROM agents WHERE id = 'a'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(seq, 30);
+        assert!(Store::in_memory()
+            .unwrap()
+            .checkpoint_in_background(std::time::Duration::from_millis(20))
+            .unwrap()
+            .is_none());
     }
 
     #[test]

@@ -8,7 +8,7 @@ mod bench;
 #[test]
 fn hot_paths_benchmark_runs() {
     let rows = bench::run(bench::Plan::quick());
-    assert_eq!(rows.len(), 7);
+    assert_eq!(rows.len(), 9);
     for r in &rows {
         assert!(r.min_ns > 0.0 && r.min_ns.is_finite(), "{}", r.what);
     }

@@ -77,6 +77,21 @@ impl Family {
         self
     }
 
+    /// A histogram family with one series, from cumulative bucket counts
+    /// (`(upper bound, observations ≤ it)`, ascending, without `+Inf`), the
+    /// sum and the count of observations.
+    pub fn histogram(name: &str, help: &str, buckets: &[(f64, u64)], sum: f64, count: u64) -> Self {
+        let mut f = Self::new(name, help, "histogram");
+        let out = &mut f.samples;
+        for (le, n) in buckets {
+            let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {n}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "{name}_sum {sum}");
+        let _ = writeln!(out, "{name}_count {count}");
+        f
+    }
+
     /// True when no sample was added.
     pub fn is_empty(&self) -> bool {
         self.samples.is_empty()
@@ -217,6 +232,24 @@ mod tests {
             ours.push(f);
             theirs.push(mf);
         }
+        // A histogram, as the crate's own Histogram renders it.
+        let h = prometheus::Histogram::with_opts(
+            prometheus::HistogramOpts::new("dcwatt_t_seconds", "Latency.")
+                .buckets(vec![0.001, 0.0025, 0.05, 1.0]),
+        )
+        .unwrap();
+        for v in [0.0005, 0.002, 0.002, 0.7, 3.0] {
+            h.observe(v);
+        }
+        use prometheus::core::Collector;
+        theirs.extend(h.collect());
+        ours.push(Family::histogram(
+            "dcwatt_t_seconds",
+            "Latency.",
+            &[(0.001, 1), (0.0025, 3), (0.05, 3), (1.0, 4)],
+            h.get_sample_sum(),
+            5,
+        ));
         let mut buf = Vec::new();
         prometheus::TextEncoder::new()
             .encode(&theirs, &mut buf)

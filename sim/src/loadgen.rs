@@ -82,6 +82,56 @@ pub struct LoadReport {
     pub batches_per_commit: f64,
     /// The slowest `/metrics` scrape during the load, ms (NaN: none made).
     pub scrape_under_load_max_ms: f64,
+    /// Inside the collector (its histogram, handler start to answer): the
+    /// upper bound of the bucket holding the 99th percentile, ms.
+    pub server_p99_le_ms: f64,
+    /// Inside the collector: share of the requests answered within 50 ms.
+    pub server_within_50ms: f64,
+    /// The generator's own CPU, cores (it shares the machine with the collector).
+    pub generator_cpu: f64,
+}
+
+/// The collector's ingest latency histogram in an exposition: cumulative
+/// `(upper bound s, count)` per bucket, `+Inf` last.
+fn latency_buckets(text: &str) -> Vec<(f64, f64)> {
+    let prefix = "dcwatt_ingest_request_duration_seconds_bucket{le=\"";
+    text.lines()
+        .filter_map(|l| {
+            let (le, n) = l.strip_prefix(prefix)?.split_once("\"} ")?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, n.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// From the histogram's growth over the measured span (`end` − `start`): the
+/// upper bound of the bucket holding the 99th percentile (ms), and the share of
+/// requests answered within 50 ms.
+fn server_side(start: &[(f64, f64)], end: &[(f64, f64)]) -> (f64, f64) {
+    let grown: Vec<(f64, f64)> = end
+        .iter()
+        .map(|(le, n)| {
+            let before = start.iter().find(|(l, _)| l == le).map_or(0.0, |(_, b)| *b);
+            (*le, n - before)
+        })
+        .collect();
+    let total = grown.last().map_or(0.0, |(_, n)| *n);
+    if total <= 0.0 {
+        return (f64::NAN, f64::NAN);
+    }
+    let p99 = grown
+        .iter()
+        .find(|(_, n)| *n >= 0.99 * total)
+        .map_or(f64::NAN, |(le, _)| le * 1000.0);
+    let within_50 = grown
+        .iter()
+        .find(|(le, _)| (*le - 0.05).abs() < 1e-12)
+        .map_or(f64::NAN, |(_, n)| n / total);
+    (p99, within_50)
 }
 
 /// A counter's value in a Prometheus text exposition (unlabelled series).
@@ -275,6 +325,15 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<LoadReport> {
     };
     tokio::time::sleep_until(tokio::time::Instant::from_std(t0 + warmup)).await;
     let usage_at_warm = proc_usage(collector.pid());
+    let own_at_warm = proc_usage(std::process::id());
+    let hist_at_warm = match http
+        .get(format!("{}/metrics", collector.url()))
+        .send()
+        .await
+    {
+        Ok(r) => latency_buckets(&r.text().await.unwrap_or_default()),
+        Err(_) => Vec::new(),
+    };
     let measure_start = Instant::now();
     let mut latencies = Vec::new();
     let (mut failed, mut late_starts) = (0u64, 0u64);
@@ -285,6 +344,11 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<LoadReport> {
     let measured_for = measure_start.elapsed().as_secs_f64();
     let scrape_under_load_max_ms = scraper.await.unwrap_or(f64::NAN);
     let usage_end = proc_usage(collector.pid());
+    let own_end = proc_usage(std::process::id());
+    let generator_cpu = match (own_at_warm, own_end) {
+        (Some((c0, _)), Some((c1, _))) => (c1 - c0) / measured_for.max(0.001),
+        _ => f64::NAN,
+    };
     // Requests still in flight finish into the channel; the warm-up is not counted.
     while let Some((ok, ms, measured, late)) =
         tokio::time::timeout(Duration::from_secs(5), rx.recv())
@@ -319,6 +383,8 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<LoadReport> {
         .await
         .unwrap_or_default();
     let metrics_render_ms = render.elapsed().as_secs_f64() * 1000.0;
+    let (server_p99_le_ms, server_within_50ms) =
+        server_side(&hist_at_warm, &latency_buckets(&exposition));
     let batches_per_commit = match (
         counter_value(&exposition, "dcwatt_store_committed_batches_total"),
         counter_value(&exposition, "dcwatt_store_commits_total"),
@@ -345,25 +411,31 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<LoadReport> {
         metrics_render_ms,
         batches_per_commit,
         scrape_under_load_max_ms,
+        server_p99_le_ms,
+        server_within_50ms,
+        generator_cpu,
     })
 }
 
 /// The report as a table row (Markdown).
 pub fn table(reports: &[LoadReport]) -> String {
     let mut out = String::from(
-        "| agents | batches/s | readings/s | p50 ms | p99 ms | max ms | failed | late starts | collector CPU (cores) | collector peak RSS MiB | collector CPU µs/batch | batches/commit | decode-only batches/s | ingest / decode, per core | /metrics ms | slowest scrape under load, ms |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| agents | batches/s | readings/s | p50 ms | p99 ms | max ms | collector p99 ≤ ms | collector ≤ 50 ms | failed | late starts | generator CPU (cores) | collector CPU (cores) | collector peak RSS MiB | collector CPU µs/batch | batches/commit | decode-only batches/s | ingest / decode, per core | /metrics ms | slowest scrape under load, ms |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in reports {
         out += &format!(
-            "| {} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} | {} | {} | {:.2} | {:.1} | {:.0} | {:.1} | {:.0} | {:.1} % | {:.1} | {:.1} |\n",
+            "| {} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} | {} | {:.2} % | {} | {} | {:.2} | {:.2} | {:.1} | {:.0} | {:.1} | {:.0} | {:.1} % | {:.1} | {:.1} |\n",
             r.agents,
             r.batches_per_s,
             r.readings_per_s,
             r.p50_ms,
             r.p99_ms,
             r.max_ms,
+            r.server_p99_le_ms,
+            100.0 * r.server_within_50ms,
             r.failed,
             r.late_starts,
+            r.generator_cpu,
             r.collector_cpu,
             r.collector_peak_rss_mib,
             1e6 * r.collector_cpu / r.batches_per_s,

@@ -21,9 +21,28 @@ fn load_generator_runs_and_reports() {
         .lines()
         .find(|l| l.starts_with("| 40 |"))
         .unwrap_or_else(|| panic!("no row:\n{stdout}"));
+    let header: Vec<&str> = stdout
+        .lines()
+        .find(|l| l.starts_with("| agents |"))
+        .unwrap_or_else(|| panic!("no header:\n{stdout}"))
+        .split('|')
+        .map(str::trim)
+        .collect();
     let cells: Vec<&str> = row.split('|').map(str::trim).collect();
-    // | agents | batches/s | readings/s | p50 | p99 | max | failed | …
-    let batches: f64 = cells[2].parse().unwrap();
+    let cell = |name: &str| {
+        let i = header
+            .iter()
+            .position(|h| *h == name)
+            .unwrap_or_else(|| panic!("no column {name:?}: {stdout}"));
+        cells[i]
+    };
+    let batches: f64 = cell("batches/s").parse().unwrap();
     assert!(batches > 0.0, "{row}");
-    assert_eq!(cells[7], "0", "failed requests: {row}");
+    assert_eq!(cell("failed"), "0", "failed requests: {row}");
+    // The collector's own latency histogram was read (a number, not NaN).
+    let within: f64 = cell("collector ≤ 50 ms")
+        .trim_end_matches(" %")
+        .parse()
+        .unwrap_or_else(|e| panic!("{e}: {row}"));
+    assert!(within > 0.0, "{row}");
 }
