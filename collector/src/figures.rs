@@ -42,6 +42,15 @@ pub struct WindowPue {
     pub pue: Option<f64>,
     /// Why not, otherwise.
     pub missing_reason: Option<String>,
+    /// Site water over the covered span, m³, where water meters are configured
+    /// and every one of them covers the span.
+    pub water_cubic_meters: Option<f64>,
+    /// WUE over the covered span, L/kWh of IT energy, when the water is known
+    /// and IT energy is above the floor.
+    pub wue_litres_per_kwh: Option<f64>,
+    /// The window is complete and every water meter is fresh: only then is the
+    /// WUE exported.
+    pub wue_complete: bool,
 }
 
 /// The derived figures.
@@ -163,6 +172,9 @@ fn window_pue(
         energy_joules: BTreeMap::new(),
         pue: None,
         missing_reason: None,
+        water_cubic_meters: None,
+        wue_litres_per_kwh: None,
+        wue_complete: false,
     };
     if !model_ok {
         out.missing_reason = Some("no facility or no IT meter configured".into());
@@ -194,6 +206,9 @@ fn window_pue(
 
     let mut roles: BTreeMap<Role, Option<f64>> = BTreeMap::new();
     for m in state.meters.values().filter(|m| m.parent.is_none()) {
+        if m.role == Role::Water {
+            continue; // a volume, not an energy: below
+        }
         let e = roles.entry(m.role).or_insert(Some(0.0));
         *e = e.and_then(|sum| Some(sum + m.curve.between(a, b)?));
     }
@@ -204,6 +219,23 @@ fn window_pue(
     let facility = out.energy_joules.get("facility").copied().unwrap_or(0.0);
     let it = out.energy_joules.get("it").copied().unwrap_or(0.0);
     let floor = site.pue_it_floor_watts * (b - a) as f64 / 1000.0;
+    if site.water_meters > 0 {
+        let mut water = state
+            .meters
+            .values()
+            .filter(|m| m.parent.is_none() && m.role == Role::Water);
+        out.water_cubic_meters = water.clone().map(|m| m.curve.between(a, b)).sum();
+        out.wue_litres_per_kwh = out
+            .water_cubic_meters
+            .filter(|_| it >= floor && it > 0.0)
+            .map(|w| w * 1000.0 / (it / 3.6e6));
+        let fresh = |m: &MeterState| {
+            m.acc
+                .last_ms
+                .is_some_and(|t| now_ms - t <= site.stale_after_ms)
+        };
+        out.wue_complete = out.complete && out.wue_litres_per_kwh.is_some() && water.all(fresh);
+    }
     match pue::pue(facility, it, floor, site.pue_max_ratio) {
         Ok(p) => out.pue = Some(p),
         Err(NoPue::ItBelowFloor) => out.missing_reason = Some("IT energy below the floor".into()),
