@@ -549,3 +549,70 @@ fn water_counters_and_calendar_windows_are_exact() {
         assert!(!text.contains(absent), "unexpected {absent} in\n{text}");
     }
 }
+
+/// The live (5 min) WUE is taken over the part of the PUE's span that the
+/// water meters cover too: a water meter that started a minute late gives a
+/// WUE at once, complete once it covers the window up to the reporting lag.
+#[test]
+fn live_wue_covers_what_the_water_meters_cover() {
+    use dcwatt_collector::figures;
+    use dcwatt_collector::state::State;
+
+    let site = Config::from_toml(
+        "[[meters]]\nid = \"utility\"\nrole = \"facility\"\n\
+         [[meters]]\nid = \"pdu\"\nrole = \"it\"\nit_point = \"it_input\"\n\
+         [[meters]]\nid = \"water-1\"\nrole = \"water\"\n",
+    )
+    .unwrap()
+    .build()
+    .unwrap();
+    let mut state = State::new(&site);
+    let t0 = utc(2026, 11, 5, 10, 0);
+    // 1 MW of IT, 1/1024 m³ of water a second from 60 s on.
+    let feed = |state: &mut State, seq: u64, t: i64| {
+        let k = ((t - t0) / 1000) as f64;
+        let r = |id: &str, quantity, value| Reading {
+            ts_ms: t,
+            entity: Entity::Meter(id.into()),
+            quantity,
+            value,
+        };
+        let mut readings = vec![
+            r("utility", Quantity::EnergyJoules, k * 1.25e6),
+            r("pdu", Quantity::EnergyJoules, k * 1.0e6),
+        ];
+        if t >= t0 + 60_000 {
+            readings.push(r("water-1", Quantity::WaterVolumeCubicMeters, k / 1024.0));
+        }
+        let batch = Batch {
+            version: VERSION,
+            agent: "gw".into(),
+            seq,
+            first_seq: None,
+            node: "gw".into(),
+            created_ms: t,
+            gpus: vec![],
+            readings,
+        };
+        state.apply(&batch, &site, t);
+    };
+    for (seq, s) in (1..).zip(0..=300) {
+        feed(&mut state, seq, t0 + s * 1000);
+    }
+    let live = figures::compute(&state, &site, t0 + 300_000, Vec::new()).pue_live;
+    assert_eq!((live.from_ms, live.to_ms), (Some(t0), Some(t0 + 300_000)));
+    assert!(live.complete, "{live:?}");
+    // 240 s of water over the same 240 s of IT energy: 240/1024 m³ per 240 MJ.
+    assert_eq!(live.water_cubic_meters, Some(240.0 / 1024.0));
+    let wue = live.wue_litres_per_kwh.unwrap();
+    assert!((wue - 1000.0 / 1024.0 * 3.6).abs() < 1e-12, "{wue}");
+    // 80 % of the window: not complete for WUE.
+    assert!(!live.wue_complete);
+    // Thirty seconds on, 270 s of 300 are covered: within the 30 s lag.
+    for (seq, s) in (302..).zip(301..=330) {
+        feed(&mut state, seq, t0 + s * 1000);
+    }
+    let live = figures::compute(&state, &site, t0 + 330_000, Vec::new()).pue_live;
+    assert_eq!(live.water_cubic_meters, Some(270.0 / 1024.0));
+    assert!(live.wue_complete, "{live:?}");
+}
