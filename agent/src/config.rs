@@ -261,6 +261,8 @@ struct RawSource {
     coolant_flow: Option<QuantityConfig>,
     #[serde(default)]
     heat_removed: Option<QuantityConfig>,
+    #[serde(default)]
+    water_volume: Option<QuantityConfig>,
 }
 
 impl RawSource {
@@ -307,6 +309,7 @@ impl RawSource {
             ),
             ("coolant_flow", &self.coolant_flow),
             ("heat_removed", &self.heat_removed),
+            ("water_volume", &self.water_volume),
         ]
         .into_iter()
         .filter_map(|(k, q)| q.clone().map(|q| (k, q)))
@@ -1062,6 +1065,7 @@ fn quantity_of(key: &str) -> Option<(Quantity, Dimension)> {
         ),
         "coolant_flow" => (Quantity::CoolantFlowCubicMetersPerSecond, Dimension::Flow),
         "heat_removed" => (Quantity::HeatRemovedWatts, Dimension::Power),
+        "water_volume" => (Quantity::WaterVolumeCubicMeters, Dimension::Volume),
         _ => return None,
     })
 }
@@ -1075,7 +1079,8 @@ fn build_quantities(
         return Err(invalid(
             format!("sources[{i}]"),
             "no quantity configured (set at least one of power, energy, temperature, \
-             coolant_supply_temperature, coolant_return_temperature, coolant_flow, heat_removed)",
+             coolant_supply_temperature, coolant_return_temperature, coolant_flow, heat_removed, \
+             water_volume)",
         ));
     }
     let mut out = Vec::with_capacity(qs.len());
@@ -1684,6 +1689,15 @@ timeout = "500ms"
         };
         assert_eq!(p.quantities[0].quantity, Quantity::EnergyJoules);
         assert_eq!(p.quantities[0].labels["line"], "1");
+        let c = build(&format!(
+            "{base}water_volume = {{ metric = \"makeup_water_gallons_total\", unit = \"gal\" }}\n"
+        ))
+        .unwrap();
+        let SourceSpec::PrometheusText(p) = &c.sources[0] else {
+            panic!()
+        };
+        assert_eq!(p.quantities[0].quantity, Quantity::WaterVolumeCubicMeters);
+        assert_eq!(p.quantities[0].unit.to_si(1.0), 3.785_411_784e-3);
         for (extra, expected) in [
             (
                 "power = { metric = \"9x\", unit = \"W\" }\n",
@@ -1700,6 +1714,10 @@ timeout = "500ms"
             (
                 "coolant_flow = { metric = \"f\", unit = \"W\" }\n",
                 "not a unit of coolant_flow",
+            ),
+            (
+                "water_volume = { metric = \"w\", unit = \"L/min\" }\n",
+                "sources[0].water_volume.unit: \"L/min\" is not a unit of water_volume (expected a unit convertible to m3)",
             ),
         ] {
             let err = build(&format!("{base}{extra}")).unwrap_err();

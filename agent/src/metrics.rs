@@ -314,6 +314,10 @@ pub fn render(node: &str, snap: &Snapshot, ship: Option<&Status>) -> String {
         n::METER_ENERGY_JOULES_TOTAL,
         "Meter energy register, joules.",
     );
+    let mut m_water = Family::counter(
+        n::METER_WATER_CUBIC_METERS_TOTAL,
+        "Meter water volume register, cubic metres.",
+    );
     let mut m_up = Family::gauge(
         n::METER_UP,
         "1 when the meter answered the last collection with valid data.",
@@ -326,9 +330,12 @@ pub fn render(node: &str, snap: &Snapshot, ship: Option<&Status>) -> String {
         if let Some(v) = m.values.get(&Quantity::EnergyJoules) {
             m_energy.add(&labels, *v);
         }
+        if let Some(v) = m.values.get(&Quantity::WaterVolumeCubicMeters) {
+            m_water.add(&labels, *v);
+        }
         m_up.add(&labels, bool_value(m.up));
     }
-    families.extend([m_power, m_energy, m_up]);
+    families.extend([m_power, m_energy, m_water, m_up]);
     families.extend(meter_detail_families(snap));
 
     let mut s_up = Family::gauge(

@@ -62,6 +62,8 @@ pub const GPU_MIG_INSTANCE_INFO: &str = "dcwatt_gpu_mig_instance_info";
 pub const METER_POWER_WATTS: &str = "dcwatt_meter_power_watts";
 /// Meter energy register, joules (counter).
 pub const METER_ENERGY_JOULES_TOTAL: &str = "dcwatt_meter_energy_joules_total";
+/// Meter water volume register, cubic metres (counter).
+pub const METER_WATER_CUBIC_METERS_TOTAL: &str = "dcwatt_meter_water_cubic_meters_total";
 /// 1 when the meter answered the last collection with valid data (gauge).
 pub const METER_UP: &str = "dcwatt_meter_up";
 /// Meter (environment) temperature, degrees Celsius (gauge).

@@ -38,6 +38,7 @@ async fn json_meters_are_read_in_si_units() {
                 r#"{"jsonrpc":"2.0","id":1,"result":{"energy_mwh":"2.5","power_kw":"0.75","flow_lpm":120,"supply_k":300.15}}"#
             }),
         )
+        .route("/water", get(|| async { r#"{"total_litres":"123456.5"}"# }))
         .route("/negative", get(|| async { r#"{"p":-1}"# }))
         .route("/null", get(|| async { r#"{"p":null,"e":5}"# }));
     let addr = serve(router).await;
@@ -64,6 +65,11 @@ energy = {{ pointer = "/result/energy_mwh", unit = "MWh" }}
 power = {{ pointer = "/result/power_kw", unit = "kW", scale = 2.0 }}
 coolant_flow = {{ pointer = "/result/flow_lpm", unit = "L/min" }}
 coolant_supply_temperature = {{ pointer = "/result/supply_k", unit = "K" }}
+[[sources]]
+type = "http_json"
+meter = "water-1"
+url = "http://{addr}/water"
+water_volume = {{ pointer = "/total_litres", unit = "L" }}
 [[sources]]
 type = "http_json"
 meter = "neg"
@@ -95,6 +101,7 @@ power = {{ pointer = "/nope", unit = "W" }}
                 )
                 .is_some_and(|v| v >= 1.0)
                 && value(t, r#"dcwatt_meter_up{meter="nulls"}"#) == Some(1.0)
+                && value(t, r#"dcwatt_meter_up{meter="water-1"}"#) == Some(1.0)
         })
         .await;
 
@@ -137,6 +144,21 @@ power = {{ pointer = "/nope", unit = "W" }}
         r#"dcwatt_meter_coolant_temperature_celsius{meter="rpc-1",point="supply"}"#,
     );
     assert!((supply - 27.0).abs() < 1e-9, "{supply}");
+    // Litres → m³; a water meter has no energy.
+    assert_eq!(
+        must(
+            &text,
+            r#"dcwatt_meter_water_cubic_meters_total{meter="water-1"}"#
+        ),
+        123456.5 * 1e-3
+    );
+    assert_eq!(
+        value(
+            &text,
+            r#"dcwatt_meter_energy_joules_total{meter="water-1"}"#
+        ),
+        None
+    );
     let bodies = rpc_bodies.lock().unwrap().clone();
     assert_eq!(
         bodies[0],

@@ -27,6 +27,9 @@ upsOutputEnergy{line="1",site="hall \"A\"\\1"} 123456 TS
 # TYPE pduInletTemp gauge
 pduInletTemp{pdu="r12-a"} 231
 pduInletTemp{pdu="r12-b"} NaN
+# HELP makeupWaterTotal Make-up water of the dry coolers, US gallons - BMS
+# TYPE makeupWaterTotal counter
+makeupWaterTotal{loop="dc-1"} 26417.2
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -53,6 +56,11 @@ type = "prometheus_text"
 meter = "pdu-r12-a"
 url = "http://{addr}/snmp"
 temperature = {{ metric = "pduInletTemp", labels = {{ pdu = "r12-a" }}, unit = "Cel", scale = 0.1 }}
+[[sources]]
+type = "prometheus_text"
+meter = "water-1"
+url = "http://{addr}/snmp"
+water_volume = {{ metric = "makeupWaterTotal", labels = {{ loop = "dc-1" }}, unit = "gal" }}
 [[sources]]
 type = "prometheus_text"
 meter = "ambiguous"
@@ -88,6 +96,7 @@ power = {{ metric = "upsOutputPower", unit = "W" }}
                 .is_some_and(|v| v >= 1.0)
                 && value(t, r#"dcwatt_meter_up{meter="ups-1"}"#) == Some(1.0)
                 && value(t, r#"dcwatt_meter_up{meter="pdu-r12-a"}"#) == Some(1.0)
+                && value(t, r#"dcwatt_meter_up{meter="water-1"}"#) == Some(1.0)
         })
         .await;
     assert_eq!(
@@ -109,6 +118,14 @@ power = {{ metric = "upsOutputPower", unit = "W" }}
         r#"dcwatt_meter_temperature_celsius{meter="pdu-r12-a"}"#,
     );
     assert!((t - 23.1).abs() < 1e-9, "{t}");
+    // US gallons → m³.
+    assert_eq!(
+        must(
+            &text,
+            r#"dcwatt_meter_water_cubic_meters_total{meter="water-1"}"#
+        ),
+        26417.2 * 3.785_411_784e-3
+    );
     for m in ["ambiguous", "missing", "broken", "nan"] {
         assert_eq!(
             must(&text, &format!(r#"dcwatt_meter_up{{meter="{m}"}}"#)),

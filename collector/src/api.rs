@@ -579,6 +579,9 @@ struct MeterView<'a> {
     category: Option<u8>,
     power_watts: Option<f64>,
     energy_joules: f64,
+    /// A water meter's volume, m³ (its energy_joules is 0).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    water_cubic_meters: Option<f64>,
     energy_from_ms: Option<i64>,
     energy_to_ms: Option<i64>,
     last_ms: Option<i64>,
@@ -1062,7 +1065,8 @@ async fn summary(Extract(shared): Extract<Arc<Shared>>, headers: HeaderMap) -> R
             zone: &m.zone,
             category: m.it_point.map(|p| p.category()),
             power_watts: m.acc.power.map(|(_, w)| w),
-            energy_joules: m.acc.energy_joules,
+            energy_joules: m.energy_joules(),
+            water_cubic_meters: m.water_cubic_meters(),
             energy_from_ms: m.acc.energy_from_ms,
             energy_to_ms: m.acc.energy_to_ms,
             last_ms: m.acc.last_ms,

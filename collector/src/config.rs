@@ -223,7 +223,12 @@ pub struct MeterConfig {
     pub it_point: Option<ItPoint>,
     /// The most this meter can measure, W (its rating). A counter jump bigger than
     /// this × the time between readings × 1.1 is a glitch: rejected and counted.
+    /// Not for a `water` meter (see `nominal_max_cubic_meters_per_hour`).
     pub nominal_max_watts: Option<f64>,
+    /// A `water` meter's largest flow, m³/h: the overload flow rate Q4 on its
+    /// plate (ISO 4064). A volume jump bigger than this × the time between
+    /// readings × 1.1 is a glitch: rejected and counted, as for energy.
+    pub nominal_max_cubic_meters_per_hour: Option<f64>,
     /// The meter this one is a sub-meter of (same role): its energy is part of
     /// the parent's, so only the parent counts in the role's totals and PUE; the
     /// children give the breakdown and are checked against the parent.
@@ -252,11 +257,15 @@ pub enum Role {
     Reused,
     /// Renewable energy supplied to the facility: REF's numerator.
     Renewable,
+    /// Site water input (make-up, humidification, adiabatic cooling): WUE's
+    /// numerator. Its counter is a volume (m³), never an energy: it counts in
+    /// no energy total, PUE or coverage of PUE.
+    Water,
 }
 
 impl Role {
     /// Every role.
-    pub const ALL: [Role; 7] = [
+    pub const ALL: [Role; 8] = [
         Role::Facility,
         Role::It,
         Role::Cooling,
@@ -264,6 +273,7 @@ impl Role {
         Role::Other,
         Role::Reused,
         Role::Renewable,
+        Role::Water,
     ];
 
     /// The label value.
@@ -276,6 +286,7 @@ impl Role {
             Role::Other => "other",
             Role::Reused => "reused",
             Role::Renewable => "renewable",
+            Role::Water => "water",
         }
     }
 }
@@ -369,6 +380,8 @@ pub struct Meter {
     pub it_point: Option<ItPoint>,
     /// See [`MeterConfig::nominal_max_watts`].
     pub nominal_max_watts: Option<f64>,
+    /// See [`MeterConfig::nominal_max_cubic_meters_per_hour`].
+    pub nominal_max_cubic_meters_per_hour: Option<f64>,
     /// See [`MeterConfig::parent`].
     pub parent: Option<String>,
     /// See [`MeterConfig::node`].
@@ -409,6 +422,8 @@ pub struct Site {
     pub meter_tree_tolerance: f64,
     /// Facility and IT meters (those PUE needs) per zone.
     pub required_per_zone: std::collections::BTreeMap<String, usize>,
+    /// Water meters that count (not sub-meters), all zones: those WUE needs.
+    pub water_meters: usize,
     /// The SQLite database, if state is kept.
     pub ledger_path: Option<std::path::PathBuf>,
     /// See [`LedgerConfig::close_after`], in ms.
@@ -629,6 +644,24 @@ impl Config {
                     "must be a positive number of watts",
                 ));
             }
+            if m.role == Role::Water && m.nominal_max_watts.is_some() {
+                return Err(invalid(
+                    format!("meters[{i}].nominal_max_watts"),
+                    "a water meter counts volume, not energy: bound its glitches with nominal_max_cubic_meters_per_hour",
+                ));
+            }
+            if let Some(q) = m.nominal_max_cubic_meters_per_hour {
+                let key = format!("meters[{i}].nominal_max_cubic_meters_per_hour");
+                if m.role != Role::Water {
+                    return Err(invalid(
+                        key,
+                        format!("only meters with role \"water\" have one, this one is {:?} (use nominal_max_watts)", m.role.as_str()),
+                    ));
+                }
+                if !(q.is_finite() && q > 0.0) {
+                    return Err(invalid(key, "must be a positive flow in m³/h"));
+                }
+            }
             if let Some(node) = &m.node {
                 check_id(&format!("meters[{i}].node"), node)?;
                 if m.role != Role::It {
@@ -643,6 +676,7 @@ impl Config {
                 zone: m.zone.clone(),
                 it_point: m.it_point,
                 nominal_max_watts: m.nominal_max_watts,
+                nominal_max_cubic_meters_per_hour: m.nominal_max_cubic_meters_per_hour,
                 parent: m.parent.clone(),
                 node: m.node.clone(),
             };
@@ -708,6 +742,10 @@ impl Config {
         {
             *required_per_zone.entry(m.zone.clone()).or_insert(0) += 1;
         }
+        let water_meters = meters
+            .values()
+            .filter(|m| m.counted() && m.role == Role::Water)
+            .count();
         let zones = meters
             .values()
             .map(|m| m.zone.clone())
@@ -742,6 +780,7 @@ impl Config {
             carbon_intensity_kg_per_kwh: self.carbon_intensity_kg_per_kwh,
             meter_tree_tolerance: self.meter_tree_tolerance,
             required_per_zone,
+            water_meters,
             close_after_ms: self
                 .ledger
                 .as_ref()
@@ -808,6 +847,27 @@ mod tests {
         let site = Config::from_toml("").unwrap().build().unwrap();
         assert_eq!(site.listen, "127.0.0.1:9400");
         assert_eq!(site.stale_after_ms, 30_000);
+    }
+
+    #[test]
+    fn water_meters_count_for_wue_not_for_pue() {
+        let site = Config::from_toml(
+            "[[meters]]\nid = \"u\"\nrole = \"facility\"\nzone = \"hall-1\"\n\
+             [[meters]]\nid = \"w\"\nrole = \"water\"\nzone = \"hall-1\"\n\
+             nominal_max_cubic_meters_per_hour = 16.0\n\
+             [[meters]]\nid = \"w-a\"\nrole = \"water\"\nzone = \"hall-1\"\nparent = \"w\"\n",
+        )
+        .unwrap()
+        .build()
+        .unwrap();
+        // The sub-meter is part of its parent: one water meter counts.
+        assert_eq!(site.water_meters, 1);
+        assert_eq!(site.required_per_zone["hall-1"], 1);
+        assert_eq!(
+            site.meters["w"].nominal_max_cubic_meters_per_hour,
+            Some(16.0)
+        );
+        assert_eq!(site.meters["w"].role.as_str(), "water");
     }
 
     #[test]
@@ -886,6 +946,16 @@ mod tests {
                 &["meters[0].parent", "sub-meter"],
             ),
             ("[[meters]]\nid = \"m\"\nrole = \"other\"\nnominal_max_watts = -3.0", &["meters[0].nominal_max_watts"]),
+            ("[[meters]]\nid = \"w\"\nrole = \"water\"\nit_point = \"it_input\"", &["meters[0].it_point", "only meters with role \"it\"", "\"water\""]),
+            ("[[meters]]\nid = \"w\"\nrole = \"water\"\nnominal_max_watts = 5000.0", &["meters[0].nominal_max_watts", "volume, not energy", "nominal_max_cubic_meters_per_hour"]),
+            ("[[meters]]\nid = \"w\"\nrole = \"water\"\nnominal_max_cubic_meters_per_hour = 0.0", &["meters[0].nominal_max_cubic_meters_per_hour", "positive"]),
+            ("[[meters]]\nid = \"w\"\nrole = \"water\"\nnominal_max_cubic_meters_per_hour = nan", &["meters[0].nominal_max_cubic_meters_per_hour", "positive"]),
+            ("[[meters]]\nid = \"m\"\nrole = \"cooling\"\nnominal_max_cubic_meters_per_hour = 16.0", &["meters[0].nominal_max_cubic_meters_per_hour", "only meters with role \"water\"", "nominal_max_watts"]),
+            ("[[meters]]\nid = \"w\"\nrole = \"water\"\nnode = \"n1\"", &["meters[0].node", "only an IT meter"]),
+            (
+                "[[meters]]\nid = \"a\"\nrole = \"water\"\nparent = \"b\"\n[[meters]]\nid = \"b\"\nrole = \"facility\"",
+                &["meters[0].parent", "sub-meter"],
+            ),
             ("[ledger]\npath = \"/nonexistent/dir/c.sqlite\"", &["ledger.path", "does not exist"]),
         ];
         for (text, needles) in cases {

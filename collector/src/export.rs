@@ -129,11 +129,21 @@ pub fn render(
         n::CUE,
         "Carbon usage effectiveness over a complete trailing window: kg CO2e per kWh of IT energy.",
     );
+    let mut wue = Family::gauge(
+        n::WUE,
+        "Water usage effectiveness over a complete trailing window: litres of site water per kWh of IT energy.",
+    );
+    if let (Some(v), true) = (live.wue_litres_per_kwh, live.wue_complete) {
+        wue.add(&[(n::WINDOW, live.window)], v);
+    }
     for w in figures.windows.iter().filter(|w| w.complete) {
         let label = [(n::WINDOW, w.window.unwrap_or_default())];
         w.erf_ratio.map(|v| erf.add(&label, v));
         w.ref_ratio.map(|v| reff.add(&label, v));
         w.cue_kg_per_kwh.map(|v| cue.add(&label, v));
+        if let (Some(v), true) = (w.wue_litres_per_kwh, w.wue_complete) {
+            wue.add(&label, v);
+        }
     }
     let mut residual = Family::gauge(
         n::METER_TREE_RESIDUAL_RATIO,
@@ -173,7 +183,7 @@ pub fn render(
     );
     let mut meter_resets = Family::counter(
         n::METER_COUNTER_RESETS_TOTAL,
-        "Energy counter resets seen per meter.",
+        "Counter resets seen per meter (its energy counter, or a water meter's volume counter).",
     );
     let mut meter_gaps = Family::counter(
         n::METER_GAPS_TOTAL,
@@ -181,16 +191,32 @@ pub fn render(
     );
     let mut meter_glitches = Family::counter(
         n::METER_GLITCHES_TOTAL,
-        "Counter jumps beyond the meter's nominal_max_watts, rejected.",
+        "Counter jumps beyond the meter's nominal_max_watts (nominal_max_cubic_meters_per_hour for water), rejected.",
+    );
+    let mut meter_water = Family::counter(
+        n::METER_WATER_CUBIC_METERS_TOTAL,
+        "Volume of each water meter since the collector started, cubic metres.",
+    );
+    let mut water = Family::counter(
+        n::WATER_CUBIC_METERS_TOTAL,
+        "Site water input by zone since the collector started, cubic metres (water meters that are not sub-meters).",
     );
     let mut meter_up = Family::gauge(n::METER_UP, "1 when the meter reported within stale_after.");
+    let mut water_by_zone: std::collections::BTreeMap<&str, f64> = Default::default();
     for (id, m) in &state.meters {
         let labels = [
             (n::METER, id.as_str()),
             (n::ROLE, m.role.as_str()),
             (n::ZONE, m.zone.as_str()),
         ];
-        meter_energy.add(&labels, m.acc.energy_joules);
+        if let Some(v) = m.water_cubic_meters() {
+            meter_water.add(&labels, v);
+            if m.parent.is_none() {
+                *water_by_zone.entry(m.zone.as_str()).or_default() += v;
+            }
+        } else {
+            meter_energy.add(&labels, m.energy_joules());
+        }
         meter_resets.add(&labels, m.acc.resets as f64);
         meter_gaps.add(&labels, m.acc.gaps as f64);
         meter_glitches.add(&labels, m.acc.glitches as f64);
@@ -199,6 +225,10 @@ pub fn render(
             .last_ms
             .is_some_and(|t| figures.now_ms - t <= site.stale_after_ms);
         meter_up.add(&labels, f64::from(u8::from(up)));
+    }
+
+    for (zone, v) in water_by_zone {
+        water.add(&[(n::ZONE, zone)], v);
     }
 
     let mut gpu_power = Family::gauge(
@@ -258,6 +288,7 @@ pub fn render(
         erf,
         reff,
         cue,
+        wue,
         residual,
         invalid,
         tenant_energy,
@@ -269,7 +300,10 @@ pub fn render(
         pue,
         instant,
         coverage,
+        partial,
         meter_energy,
+        meter_water,
+        water,
         meter_resets,
         meter_gaps,
         meter_glitches,

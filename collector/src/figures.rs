@@ -42,6 +42,15 @@ pub struct WindowPue {
     pub pue: Option<f64>,
     /// Why not, otherwise.
     pub missing_reason: Option<String>,
+    /// Site water, m³, over the part of the covered span that every water
+    /// meter covers too, where water meters are configured.
+    pub water_cubic_meters: Option<f64>,
+    /// WUE over that part, L/kWh of IT energy over the same part, when IT
+    /// energy is above the floor.
+    pub wue_litres_per_kwh: Option<f64>,
+    /// The window is complete and every water meter is fresh: only then is the
+    /// WUE exported.
+    pub wue_complete: bool,
 }
 
 /// The derived figures.
@@ -163,6 +172,9 @@ fn window_pue(
         energy_joules: BTreeMap::new(),
         pue: None,
         missing_reason: None,
+        water_cubic_meters: None,
+        wue_litres_per_kwh: None,
+        wue_complete: false,
     };
     if !model_ok {
         out.missing_reason = Some("no facility or no IT meter configured".into());
@@ -194,6 +206,9 @@ fn window_pue(
 
     let mut roles: BTreeMap<Role, Option<f64>> = BTreeMap::new();
     for m in state.meters.values().filter(|m| m.parent.is_none()) {
+        if m.role == Role::Water {
+            continue; // a volume, not an energy: below
+        }
         let e = roles.entry(m.role).or_insert(Some(0.0));
         *e = e.and_then(|sum| Some(sum + m.curve.between(a, b)?));
     }
@@ -204,6 +219,9 @@ fn window_pue(
     let facility = out.energy_joules.get("facility").copied().unwrap_or(0.0);
     let it = out.energy_joules.get("it").copied().unwrap_or(0.0);
     let floor = site.pue_it_floor_watts * (b - a) as f64 / 1000.0;
+    if site.water_meters > 0 {
+        live_wue(state, site, now_ms, len_ms, (a, b), &mut out);
+    }
     match pue::pue(facility, it, floor, site.pue_max_ratio) {
         Ok(p) => out.pue = Some(p),
         Err(NoPue::ItBelowFloor) => out.missing_reason = Some("IT energy below the floor".into()),
@@ -223,6 +241,64 @@ fn window_pue(
         ));
     }
     out
+}
+
+/// The live WUE: site water over IT energy, both over the part of the PUE's
+/// span `(a, b)` that every water meter covers too (a water meter that started
+/// reporting later shortens it; the window is then not complete for WUE).
+fn live_wue(
+    state: &State,
+    site: &Site,
+    now_ms: i64,
+    len_ms: i64,
+    (a, b): (i64, i64),
+    out: &mut WindowPue,
+) {
+    let counted = |m: &&MeterState| m.parent.is_none();
+    let water: Vec<&MeterState> = state
+        .meters
+        .values()
+        .filter(counted)
+        .filter(|m| m.role == Role::Water)
+        .collect();
+    let Some(spans) = water
+        .iter()
+        .map(|m| m.curve.span())
+        .collect::<Option<Vec<_>>>()
+    else {
+        return;
+    };
+    let wa = spans.iter().map(|s| s.0).fold(a, i64::max);
+    let wb = spans.iter().map(|s| s.1).fold(b, i64::min);
+    if wb <= wa {
+        return;
+    }
+    let volume: Option<f64> = water.iter().map(|m| m.curve.between(wa, wb)).sum();
+    let it: Option<f64> = state
+        .meters
+        .values()
+        .filter(counted)
+        .filter(|m| m.role == Role::It)
+        .map(|m| m.curve.between(wa, wb))
+        .sum();
+    let (Some(volume), Some(it)) = (volume, it) else {
+        return;
+    };
+    out.water_cubic_meters = Some(volume);
+    let floor = site.pue_it_floor_watts * (wb - wa) as f64 / 1000.0;
+    if it >= floor && it > 0.0 {
+        out.wue_litres_per_kwh = Some(volume * 1000.0 / (it / 3.6e6));
+    }
+    let fresh = |m: &&MeterState| {
+        m.acc
+            .last_ms
+            .is_some_and(|t| now_ms - t <= site.stale_after_ms)
+    };
+    let covered = (wb - wa) as f64 / len_ms as f64;
+    out.wue_complete = out.complete
+        && out.wue_litres_per_kwh.is_some()
+        && water.iter().all(fresh)
+        && covered >= 1.0 - site.stale_after_ms as f64 / len_ms as f64;
 }
 
 /// Residual of every meter with sub-meters over the live span (the span every

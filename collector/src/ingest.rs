@@ -208,6 +208,8 @@ fn check_value(q: Quantity, v: f64) -> Result<(), String> {
         | Quantity::CoolantReturnTemperatureCelsius => (-100.0, 250.0),
         Quantity::CoolantFlowCubicMetersPerSecond => (0.0, 100.0),
         Quantity::HeatRemovedWatts => (-1e9, 1e9),
+        // A counter: the largest site meters register up to 10^8 m³ before wrapping.
+        Quantity::WaterVolumeCubicMeters => (0.0, 1e12),
         Quantity::Other => (f64::MIN, f64::MAX),
     };
     if v < lo || v > hi {

@@ -77,6 +77,12 @@ pub const BASIS: &str = "basis";
 pub const ERF_RATIO: &str = "dcwatt_erf_ratio";
 /// Renewable energy factor.
 pub const REF_RATIO: &str = "dcwatt_ref_ratio";
+/// Water usage effectiveness, litres of site water per kWh of IT energy.
+pub const WUE: &str = "dcwatt_wue_litres_per_kilowatt_hour";
+/// Site water input by zone since the collector started, m³ (`water` meters).
+pub const WATER_CUBIC_METERS_TOTAL: &str = "dcwatt_water_cubic_meters_total";
+/// Water volume of each `water` meter since the collector started, m³.
+pub const METER_WATER_CUBIC_METERS_TOTAL: &str = "dcwatt_meter_water_cubic_meters_total";
 /// Carbon usage effectiveness, kg CO2e per kWh of IT energy.
 pub const CUE: &str = "dcwatt_cue_kilograms_per_kilowatt_hour";
 /// A meter's residual against its sub-meters.

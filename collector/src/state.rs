@@ -28,7 +28,10 @@ pub struct MeterAccount {
     pub counter: Counter,
     /// Power integration, for a meter without a counter.
     pub integrator: Integrator,
-    /// Energy counted since the collector first saw the meter, J.
+    /// Energy counted since the collector first saw the meter, J; for a
+    /// `water` meter, the volume counted, m³ (its counter is cut and stored by
+    /// the same code: see [`MeterState::energy_joules`] and
+    /// [`MeterState::water_cubic_meters`]).
     pub energy_joules: f64,
     /// The instant energy counting started from (the first counter or power reading).
     pub energy_from_ms: Option<i64>,
@@ -72,6 +75,8 @@ pub struct MeterState {
     pub it_point: Option<ItPoint>,
     /// The most this meter can measure, W, if configured: bigger counter jumps are glitches.
     pub nominal_max_watts: Option<f64>,
+    /// A water meter's largest flow, m³/h, if configured: bigger volume jumps are glitches.
+    pub nominal_max_cubic_meters_per_hour: Option<f64>,
     /// The meter it is a sub-meter of, if any: then it does not count in the
     /// role's totals (its parent does).
     pub parent: Option<String>,
@@ -82,6 +87,42 @@ pub struct MeterState {
     /// Counted energy over time (cumulative J) for the trailing windows, cut at
     /// the same instants for every meter. Flat across a gap: no energy is invented.
     pub curve: Curve,
+}
+
+impl MeterState {
+    /// The counter quantity this meter counts: a volume for a `water` meter,
+    /// energy otherwise.
+    pub fn counter_quantity(&self) -> Quantity {
+        if self.role == Role::Water {
+            Quantity::WaterVolumeCubicMeters
+        } else {
+            Quantity::EnergyJoules
+        }
+    }
+
+    /// Energy counted, J (0 for a `water` meter: it counts volume).
+    pub fn energy_joules(&self) -> f64 {
+        if self.role == Role::Water {
+            0.0
+        } else {
+            self.acc.energy_joules
+        }
+    }
+
+    /// Volume counted, m³, for a `water` meter.
+    pub fn water_cubic_meters(&self) -> Option<f64> {
+        (self.role == Role::Water).then_some(self.acc.energy_joules)
+    }
+
+    /// The largest believable counter increase per second, in the counter's
+    /// unit (J/s = W, or m³/s), if a rating is configured.
+    fn max_counter_rate(&self) -> Option<f64> {
+        if self.role == Role::Water {
+            self.nominal_max_cubic_meters_per_hour.map(|q| q / 3600.0)
+        } else {
+            self.nominal_max_watts
+        }
+    }
 }
 
 /// One GPU's latest values, as its agent reported them.
@@ -184,6 +225,8 @@ pub enum Ignored {
     UnusedEntity,
     /// A counter jump bigger than the meter can measure.
     Glitch,
+    /// Energy or power of a `water` meter, or a water volume of any other meter.
+    NotForRole,
 }
 
 impl Ignored {
@@ -195,6 +238,7 @@ impl Ignored {
             Ignored::OutOfOrder => "out_of_order",
             Ignored::UnusedEntity => "unused_entity",
             Ignored::Glitch => "glitch",
+            Ignored::NotForRole => "not_for_role",
         }
     }
 }
@@ -263,6 +307,7 @@ impl State {
                     zone: m.zone.clone(),
                     it_point: m.it_point,
                     nominal_max_watts: m.nominal_max_watts,
+                    nominal_max_cubic_meters_per_hour: m.nominal_max_cubic_meters_per_hour,
                     parent: m.parent.clone(),
                     node: m.node.clone(),
                     acc: MeterAccount::default(),
@@ -279,10 +324,15 @@ impl State {
     }
 
     /// Energy since start per (role, zone), J: the sum over the meters that are
-    /// not sub-meters. Every such (role, zone) is present.
+    /// not sub-meters. Every such (role, zone) is present; water meters are not
+    /// (they count volume).
     pub fn energy_by_role_zone(&self) -> BTreeMap<(Role, &str), f64> {
         let mut out = BTreeMap::new();
-        for m in self.meters.values().filter(|m| m.parent.is_none()) {
+        for m in self
+            .meters
+            .values()
+            .filter(|m| m.parent.is_none() && m.role != Role::Water)
+        {
             *out.entry((m.role, m.zone.as_str())).or_default() += m.acc.energy_joules;
         }
         out
@@ -665,7 +715,10 @@ impl Outputs {
 }
 
 /// One reading of one meter: counters (with glitch and reset handling) and
-/// power integration, then its energy, curve and minutes.
+/// power integration, then its energy, curve and minutes. A `water` meter's
+/// volume counter takes the energy counter's path (resets, glitches, minutes),
+/// in m³; its energy and power readings, and any other meter's volume, are
+/// ignored.
 fn meter_reading(
     m: &mut MeterState,
     q: Quantity,
@@ -674,14 +727,24 @@ fn meter_reading(
     site: &Site,
     out: &mut Outputs,
 ) -> Result<(), Ignored> {
+    let counter = m.counter_quantity();
+    let max_rate = m.max_counter_rate();
+    let misplaced = match q {
+        Quantity::EnergyJoules | Quantity::PowerWatts => m.role == Role::Water,
+        Quantity::WaterVolumeCubicMeters => m.role != Role::Water,
+        _ => false,
+    };
+    if misplaced {
+        return Err(Ignored::NotForRole);
+    }
     let acc = &mut m.acc;
     if acc.last_ms.is_none_or(|l| ts > l) {
         acc.last_ms = Some(ts);
     }
     let (span, clean) = match q {
-        Quantity::EnergyJoules => {
-            if let (Some(max_w), Some((t0, v0))) = (m.nominal_max_watts, acc.counter.last()) {
-                let limit = max_w * (ts - t0) as f64 / 1000.0 * 1.1;
+        q if q == counter => {
+            if let (Some(max_rate), Some((t0, v0))) = (max_rate, acc.counter.last()) {
+                let limit = max_rate * (ts - t0) as f64 / 1000.0 * 1.1;
                 if ts > t0 && v - v0 > limit {
                     acc.glitches += 1;
                     acc.glitch_streak += 1;

@@ -41,7 +41,8 @@ CREATE TABLE IF NOT EXISTS meter_curve (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS gpus (uuid TEXT PRIMARY KEY, state TEXT NOT NULL);
 -- Energy per fixed UTC period, zone and role (J); every meter-minute is added
--- once, to its minute, hour and day.
+-- once, to its minute, hour and day. Role 'water' holds a volume: its `joules`
+-- are cubic metres (the same counter machinery, another unit).
 CREATE TABLE IF NOT EXISTS energy (
     resolution TEXT NOT NULL,
     start_ms INTEGER NOT NULL,
@@ -52,7 +53,9 @@ CREATE TABLE IF NOT EXISTS energy (
 ) WITHOUT ROWID;
 -- Coverage: `meters` counts the facility and IT meters complete in a minute of
 -- a zone; `minute`/`hour`/`day` count the complete minutes of a period, per zone
--- and for the whole site (zone '*').
+-- and for the whole site (zone '*'). `water_meters` counts the water meters
+-- complete in a minute (zone '*'); `water_minute`/`water_hour`/`water_day` the
+-- minutes of a period in which every water meter was complete.
 CREATE TABLE IF NOT EXISTS coverage (
     kind TEXT NOT NULL,
     start_ms INTEGER NOT NULL,
@@ -103,6 +106,15 @@ impl Resolution {
             Resolution::Minute => "minute",
             Resolution::Hour => "hour",
             Resolution::Day => "day",
+        }
+    }
+
+    /// The coverage kind counting the minutes every water meter completed.
+    fn water_key(self) -> &'static str {
+        match self {
+            Resolution::Minute => "water_minute",
+            Resolution::Hour => "water_hour",
+            Resolution::Day => "water_day",
         }
     }
 
@@ -624,6 +636,21 @@ impl Store {
         Ok(n.unwrap_or(0))
     }
 
+    /// Minutes in the periods of `resolution` that start in `[from_ms, to_ms)`
+    /// in which every water meter was complete.
+    pub fn complete_water_minutes(
+        &self,
+        resolution: Resolution,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<i64, StoreError> {
+        let n: Option<i64> = self.conn.prepare_cached(
+            "SELECT SUM(complete) FROM coverage WHERE kind = ?1 AND zone = '*' AND start_ms >= ?2 AND start_ms < ?3",
+        )?
+        .query_row(params![resolution.water_key(), from_ms, to_ms], |r| r.get(0))?;
+        Ok(n.unwrap_or(0))
+    }
+
     /// Complete minutes whose PUE was invalid (below 1 or above the maximum), ever.
     pub fn invalid_pue_minutes(&self) -> Result<i64, StoreError> {
         let n: Option<i64> = self
@@ -647,7 +674,7 @@ impl Store {
             params![minutes],
         )?;
         tx.execute(
-            "DELETE FROM coverage WHERE kind IN ('minute', 'meters') AND start_ms < ?1",
+            "DELETE FROM coverage WHERE kind IN ('minute', 'meters', 'water_minute', 'water_meters') AND start_ms < ?1",
             params![minutes],
         )?;
         tx.execute(
@@ -655,7 +682,7 @@ impl Store {
             params![hours],
         )?;
         tx.execute(
-            "DELETE FROM coverage WHERE kind = 'hour' AND start_ms < ?1",
+            "DELETE FROM coverage WHERE kind IN ('hour', 'water_hour') AND start_ms < ?1",
             params![hours],
         )?;
         tx.commit()?;
@@ -684,7 +711,8 @@ fn bump(
 
 /// Adds one meter-minute to its minute, hour and day, and when it completes
 /// the zone's or the site's set of facility and IT meters for that minute,
-/// counts a complete minute.
+/// counts a complete minute; when it completes the site's set of water
+/// meters, a complete water minute.
 fn add_minute(
     tx: &rusqlite::Transaction<'_>,
     site: &Site,
@@ -699,6 +727,14 @@ fn add_minute(
              ON CONFLICT (resolution, start_ms, zone, role) DO UPDATE SET joules = joules + excluded.joules",
         )?
         .execute(params![r.key(), r.floor(w.minute_ms), zone, role.as_str(), w.joules])?;
+    }
+    if w.complete && role == Role::Water {
+        if bump(tx, "water_meters", w.minute_ms, "*")? == site.water_meters as i64 {
+            for r in periods {
+                bump(tx, r.water_key(), r.floor(w.minute_ms), "*")?;
+            }
+        }
+        return Ok(());
     }
     if !(w.complete && matches!(role, Role::Facility | Role::It)) {
         return Ok(());

@@ -2,6 +2,17 @@
 //! the trailing windows exported as `dcwatt_pue_ratio{window}` and any
 //! `[from, to)` asked through `GET /v1/pue`.
 //!
+//! The windows ([`TRAILING`]): `15m` is the last closed UTC quarter hour;
+//! `1h` and `24h` end at the last closed minute, `7d`, `30d` and `365d` at the
+//! last closed hour; `month` is the UTC calendar month to date, from its first
+//! instant to the last closed hour (its coverage is that of the elapsed part),
+//! and `previous_month` the last whole UTC calendar month.
+//!
+//! WUE (ISO/IEC 30134-9) = site water (L) / IT energy (kWh) over the same
+//! minutes, from the `water` meters' volumes, stored beside the energies under
+//! role `water` (in m³, never counted as energy). It is complete when the
+//! period is and every water meter completed every minute.
+//!
 //! A period's PUE is Σ facility energy / Σ IT energy over its minutes, a ratio
 //! of sums. Its coverage is the share of its minutes that are complete (every
 //! facility and IT meter measured both edges); only a fully covered period is
@@ -18,17 +29,124 @@ use serde::Serialize;
 
 use crate::config::{Role, Site};
 use crate::pue::{self, NoPue};
+use crate::statement::{civil_from_days, days_from_civil};
 use crate::store::{Resolution, Store, StoreError};
 
-/// The trailing windows: label, length, resolution. The minute-resolution ones
-/// end at the last closed minute, the hour-resolution ones at the last closed hour.
-pub const TRAILING: [(&str, i64, Resolution); 5] = [
-    ("1h", 3_600_000, Resolution::Minute),
-    ("24h", 86_400_000, Resolution::Minute),
-    ("7d", 7 * 86_400_000, Resolution::Hour),
-    ("30d", 30 * 86_400_000, Resolution::Hour),
-    ("365d", 365 * 86_400_000, Resolution::Hour),
+const MINUTE_MS: i64 = 60_000;
+const HOUR_MS: i64 = 3_600_000;
+const DAY_MS: i64 = 86_400_000;
+
+/// How a trailing window's edges follow from the last closed instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Span {
+    /// This many ms up to the last closed period of the window's resolution.
+    Last(i64),
+    /// The last closed block of this many ms, blocks aligned to the Unix epoch
+    /// (UTC quarter hours for 15 minutes).
+    Aligned(i64),
+    /// From the start of the UTC calendar month holding the last closed hour to
+    /// that hour: the elapsed part of the month, empty in its first hour.
+    MonthToDate,
+    /// The last UTC calendar month whose every hour is closed.
+    PreviousMonth,
+}
+
+/// One trailing window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    /// The `window` label.
+    pub label: &'static str,
+    /// Its edges.
+    pub span: Span,
+    /// The stored periods it sums.
+    pub resolution: Resolution,
+}
+
+/// The trailing windows, refreshed off the scrape path and exported.
+pub const TRAILING: [Window; 8] = [
+    Window {
+        label: "15m",
+        span: Span::Aligned(15 * MINUTE_MS),
+        resolution: Resolution::Minute,
+    },
+    Window {
+        label: "1h",
+        span: Span::Last(HOUR_MS),
+        resolution: Resolution::Minute,
+    },
+    Window {
+        label: "24h",
+        span: Span::Last(DAY_MS),
+        resolution: Resolution::Minute,
+    },
+    Window {
+        label: "7d",
+        span: Span::Last(7 * DAY_MS),
+        resolution: Resolution::Hour,
+    },
+    Window {
+        label: "30d",
+        span: Span::Last(30 * DAY_MS),
+        resolution: Resolution::Hour,
+    },
+    Window {
+        label: "365d",
+        span: Span::Last(365 * DAY_MS),
+        resolution: Resolution::Hour,
+    },
+    Window {
+        label: "month",
+        span: Span::MonthToDate,
+        resolution: Resolution::Hour,
+    },
+    // Day rows are kept for good and months start at UTC midnight.
+    Window {
+        label: "previous_month",
+        span: Span::PreviousMonth,
+        resolution: Resolution::Day,
+    },
 ];
+
+impl Window {
+    /// `[from, to)` of the window when everything before `closed_ms` is closed.
+    pub fn edges(&self, closed_ms: i64) -> (i64, i64) {
+        match self.span {
+            Span::Last(len) => {
+                let to = self.resolution.floor(closed_ms);
+                (to - len, to)
+            }
+            Span::Aligned(len) => {
+                let to = closed_ms.div_euclid(len) * len;
+                (to - len, to)
+            }
+            Span::MonthToDate => {
+                let to = Resolution::Hour.floor(closed_ms);
+                (month_start(to), to)
+            }
+            Span::PreviousMonth => {
+                let this = month_start(Resolution::Hour.floor(closed_ms));
+                (month_start(this - 1), this)
+            }
+        }
+    }
+}
+
+/// The first instant (Unix ms) of the UTC calendar month holding `ts_ms`.
+pub fn month_start(ts_ms: i64) -> i64 {
+    let (y, m, _) = civil_from_days(ts_ms.div_euclid(DAY_MS));
+    days_from_civil(y, m, 1) * DAY_MS
+}
+
+/// The first instant (Unix ms) of the UTC calendar month after the one holding `ts_ms`.
+pub fn next_month_start(ts_ms: i64) -> i64 {
+    let (y, m, _) = civil_from_days(ts_ms.div_euclid(DAY_MS));
+    let (y, m) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+    days_from_civil(y, m, 1) * DAY_MS
+}
+
+/// Litres in a cubic metre, joules in a kilowatt-hour: WUE's units.
+const LITRES_PER_CUBIC_METER: f64 = 1000.0;
+const JOULES_PER_KWH: f64 = 3.6e6;
 
 /// Energies and PUE of one zone over a period.
 #[derive(Debug, Clone, Serialize)]
@@ -60,7 +178,8 @@ pub struct Period {
     pub to_ms: i64,
     /// The stored periods summed.
     pub resolution: Resolution,
-    /// Energy by role over all zones, J.
+    /// Energy by role over all zones, J (water meters are not energy: see
+    /// `water_cubic_meters`).
     pub energy_joules: BTreeMap<&'static str, f64>,
     /// Complete minutes / minutes in the period.
     pub coverage_ratio: f64,
@@ -82,6 +201,19 @@ pub struct Period {
     pub cue_kg_per_kwh: Option<f64>,
     /// Why there is no PUE, or why it is not the period's.
     pub missing_reason: Option<String>,
+    /// Site water input over the period, m³ (every `water` meter that is not a
+    /// sub-meter), where a water meter is configured.
+    pub water_cubic_meters: Option<f64>,
+    /// Minutes in which every water meter was complete / minutes in the
+    /// period, where a water meter is configured.
+    pub water_coverage_ratio: Option<f64>,
+    /// WUE (ISO/IEC 30134-9) = water (L) / IT energy (kWh), where a water
+    /// meter is configured and IT energy is above the floor (also for an
+    /// incomplete period: then see `wue_complete`).
+    pub wue_litres_per_kwh: Option<f64>,
+    /// The period is complete and so is every water meter's every minute:
+    /// only then is the WUE the period's.
+    pub wue_complete: bool,
     /// Per zone with IT meters.
     pub zones: Vec<ZonePeriod>,
 }
@@ -107,8 +239,13 @@ pub fn period(
     let mut zone_it: BTreeMap<&str, f64> = it_zones.iter().map(|z| (*z, 0.0)).collect();
     let mut zone_infra: BTreeMap<&str, f64> = BTreeMap::new();
     let mut shared = 0.0;
+    let mut water = 0.0;
     for (zone, role, joules) in &rows {
         let Some(role) = role_of(role) else { continue };
+        if role == Role::Water {
+            water += joules; // m³
+            continue;
+        }
         *energy_joules.entry(role.as_str()).or_default() += joules;
         match (role, it_zones.get(zone.as_str())) {
             (Role::It, Some(z)) => *zone_it.entry(z).or_default() += joules,
@@ -160,6 +297,15 @@ pub fn period(
             .then(|| energy_joules.get(role).copied().unwrap_or(0.0) / facility)
     };
     let (erf_ratio, ref_ratio) = (share("reused"), share("renewable"));
+    let has_water = site.water_meters > 0;
+    let water_minutes = if has_water {
+        store.complete_water_minutes(resolution, from_ms, to_ms)?
+    } else {
+        0
+    };
+    let it_above_floor = it >= floor && it > 0.0;
+    let wue_litres_per_kwh = (has_water && it_above_floor)
+        .then(|| water * LITRES_PER_CUBIC_METER / (it / JOULES_PER_KWH));
     let total_it: f64 = zone_it.values().sum();
     let mut zones = Vec::new();
     for (zone, zit) in &zone_it {
@@ -191,6 +337,10 @@ pub fn period(
         ref_ratio,
         cue_kg_per_kwh: pue.and_then(|p| Some(p * site.carbon_intensity_kg_per_kwh?)),
         missing_reason,
+        water_cubic_meters: has_water.then_some(water),
+        water_coverage_ratio: has_water.then(|| (water_minutes as f64 / minutes).clamp(0.0, 1.0)),
+        wue_complete: wue_litres_per_kwh.is_some() && complete && water_minutes as f64 >= minutes,
+        wue_litres_per_kwh,
         zones,
     })
 }
@@ -201,11 +351,111 @@ pub fn trailing(store: &Store, site: &Site, now_ms: i64) -> Result<Vec<Period>, 
     let closed = now_ms - site.stale_after_ms;
     TRAILING
         .iter()
-        .map(|&(label, len_ms, resolution)| {
-            let to = resolution.floor(closed);
-            let mut p = period(store, site, to - len_ms, to, resolution)?;
-            p.window = Some(label);
+        .map(|w| {
+            let (from, to) = w.edges(closed);
+            let mut p = period(store, site, from, to, w.resolution)?;
+            p.window = Some(w.label);
             Ok(p)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Unix ms of a UTC date and time.
+    fn utc(y: i64, mo: i64, d: i64, h: i64, mi: i64) -> i64 {
+        days_from_civil(y, mo, d) * DAY_MS + h * HOUR_MS + mi * MINUTE_MS
+    }
+
+    fn window(label: &str) -> Window {
+        *TRAILING.iter().find(|w| w.label == label).unwrap()
+    }
+
+    #[test]
+    fn month_edges_follow_the_calendar() {
+        // Anchors computed independently (Python's calendar.timegm).
+        assert_eq!(utc(2028, 2, 1, 0, 0), 1_832_976_000_000);
+        assert_eq!(utc(2028, 3, 1, 0, 0), 1_835_481_600_000);
+        assert_eq!(utc(2026, 12, 1, 0, 0), 1_796_083_200_000);
+        assert_eq!(utc(2027, 1, 1, 0, 0), 1_798_761_600_000);
+        // Leap years: 2028 (divisible by 4), 2000 (by 400); not 2100 (by 100).
+        for (y, feb_days) in [(2028, 29), (2000, 29), (2100, 28), (2026, 28)] {
+            let feb = utc(y, 2, 1, 0, 0);
+            assert_eq!(month_start(utc(y, 2, 17, 13, 5)), feb);
+            assert_eq!(next_month_start(feb), utc(y, 3, 1, 0, 0));
+            assert_eq!((next_month_start(feb) - feb) / DAY_MS, feb_days, "{y}");
+            // The last millisecond of February is still February.
+            assert_eq!(month_start(utc(y, 3, 1, 0, 0) - 1), feb);
+        }
+        // December → January crosses the year.
+        let dec = utc(2026, 12, 1, 0, 0);
+        assert_eq!(month_start(utc(2026, 12, 31, 23, 59)), dec);
+        assert_eq!(next_month_start(dec), utc(2027, 1, 1, 0, 0));
+        assert_eq!(month_start(utc(2027, 1, 1, 0, 0) - 1), dec);
+        assert_eq!(utc(2027, 1, 1, 0, 0) - dec, 31 * DAY_MS);
+        // Before 1970 too (the arithmetic is proleptic Gregorian).
+        assert_eq!(month_start(-1), utc(1969, 12, 1, 0, 0));
+    }
+
+    #[test]
+    fn calendar_windows_end_at_the_last_closed_hour() {
+        let (month, previous) = (window("month"), window("previous_month"));
+        // 29 Feb 2028, 13:47: February to 13:00, and all of January.
+        let closed = utc(2028, 2, 29, 13, 47);
+        assert_eq!(
+            month.edges(closed),
+            (utc(2028, 2, 1, 0, 0), utc(2028, 2, 29, 13, 0))
+        );
+        assert_eq!(
+            previous.edges(closed),
+            (utc(2028, 1, 1, 0, 0), utc(2028, 2, 1, 0, 0))
+        );
+        // The last hour of February is not closed yet: still February to date.
+        let closed = utc(2028, 2, 29, 23, 59);
+        assert_eq!(
+            month.edges(closed),
+            (utc(2028, 2, 1, 0, 0), utc(2028, 2, 29, 23, 0))
+        );
+        assert_eq!(previous.edges(closed).1, utc(2028, 2, 1, 0, 0));
+        // Once it is, March to date is empty and February is the whole month.
+        let closed = utc(2028, 3, 1, 0, 0);
+        assert_eq!(month.edges(closed), (closed, closed));
+        assert_eq!(
+            previous.edges(closed),
+            (utc(2028, 2, 1, 0, 0), utc(2028, 3, 1, 0, 0))
+        );
+        // New year: December is the previous month.
+        let closed = utc(2027, 1, 1, 5, 30);
+        assert_eq!(
+            previous.edges(closed),
+            (utc(2026, 12, 1, 0, 0), utc(2027, 1, 1, 0, 0))
+        );
+        assert_eq!(
+            month.edges(closed),
+            (utc(2027, 1, 1, 0, 0), utc(2027, 1, 1, 5, 0))
+        );
+    }
+
+    #[test]
+    fn fifteen_minutes_are_utc_quarter_hours() {
+        let q = window("15m");
+        assert_eq!(q.resolution, Resolution::Minute);
+        let closed = utc(2026, 11, 5, 10, 44) + 59_999;
+        assert_eq!(
+            q.edges(closed),
+            (utc(2026, 11, 5, 10, 15), utc(2026, 11, 5, 10, 30))
+        );
+        let closed = utc(2026, 11, 5, 10, 45);
+        assert_eq!(
+            q.edges(closed),
+            (utc(2026, 11, 5, 10, 30), utc(2026, 11, 5, 10, 45))
+        );
+        // 1h is not aligned: the last sixty closed minutes.
+        assert_eq!(
+            window("1h").edges(utc(2026, 11, 5, 10, 44) + 30_000),
+            (utc(2026, 11, 5, 9, 44), utc(2026, 11, 5, 10, 44))
+        );
+    }
 }

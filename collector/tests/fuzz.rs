@@ -96,6 +96,7 @@ fn quantity() -> impl Strategy<Value = Quantity> {
         Just(Quantity::ThrottleHwThermalSlowdown),
         Just(Quantity::CoolantSupplyTemperatureCelsius),
         Just(Quantity::CoolantFlowCubicMetersPerSecond),
+        Just(Quantity::WaterVolumeCubicMeters),
         Just(Quantity::Other),
     ]
 }

@@ -40,6 +40,11 @@ fn batch(seq: u64, ts: i64, k: f64) -> Batch {
             meter("pdu-r1", Quantity::PowerWatts, 20_000.0),
             meter("pdu-r1", Quantity::EnergyJoules, 2.0e9 + k * 20_000.0),
             meter("cooling-1", Quantity::PowerWatts, 2_500.0),
+            meter(
+                "water-1",
+                Quantity::WaterVolumeCubicMeters,
+                300.0 + k / 1024.0,
+            ),
             gpu(Quantity::PowerWatts, 1_000.0),
             gpu(Quantity::TemperatureCelsius, 70.0),
             gpu(Quantity::EnergyJoules, 5.0e6 + k * 1_000.0),
@@ -74,6 +79,10 @@ fn metrics_match_golden() {
         [[meters]]
         id = "cooling-1"
         role = "cooling"
+        zone = "hall-1"
+        [[meters]]
+        id = "water-1"
+        role = "water"
         zone = "hall-1"
         "#,
         hex::encode(token_hash("t")),
@@ -119,6 +128,10 @@ fn metrics_match_golden() {
         "dcwatt_pue_ratio{window=\"5m\",category=\"2\"} 1.2\n",
         // Five whole UTC minutes of the hour are stored.
         "dcwatt_pue_coverage_ratio{window=\"1h\"} 0.08333333333333333\n",
+        // Water: 1/1024 m³ a second, 360 s; over 20 kW of IT, 1000/(1024 × 20 / 3600) L/kWh.
+        "dcwatt_water_cubic_meters_total{zone=\"hall-1\"} 0.3515625\n",
+        "dcwatt_meter_water_cubic_meters_total{meter=\"water-1\",role=\"water\",zone=\"hall-1\"} 0.3515625\n",
+        "dcwatt_wue_litres_per_kilowatt_hour{window=\"5m\"} 175.78125\n",
     ] {
         assert!(text.contains(line), "missing {line}");
     }

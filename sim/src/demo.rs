@@ -128,7 +128,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One line of the live view: facility, IT and cooling power, PUE, hottest GPU.
+/// One line of the live view: facility, IT and cooling power, PUE, WUE,
+/// hottest GPU.
 pub fn live_line(s: &Value) -> String {
     let kw = |role: &str| {
         s["power_watts"][role]
@@ -161,8 +162,12 @@ pub fn live_line(s: &Value) -> String {
         .map_or("--:--:--".into(), |t| {
             format!("{:02}:{:02}:{:02}", t / 3600, t / 60 % 60, t % 60)
         });
+    // WUE over the same span, litres of site water per kWh of IT energy.
+    let wue = hour["wue_litres_per_kwh"]
+        .as_f64()
+        .map_or(" -  ".into(), |w| format!("{w:.3}"));
     format!(
-        "{time} UTC  facility {} kW  IT {} kW  cooling {} kW  PUE {} ({window}, cat. {category}; instant {})  hottest {hottest}",
+        "{time} UTC  facility {} kW  IT {} kW  cooling {} kW  PUE {} ({window}, cat. {category}; instant {})  WUE {wue} L/kWh  hottest {hottest}",
         kw("facility"),
         kw("it"),
         kw("cooling"),

@@ -12,8 +12,13 @@
 //! - Node power = its GPUs + ~700 W of CPUs, NICs and fans. Rack PDU (IT) = its
 //!   nodes. Cooling = 0.06 × IT + 0.02 × IT nominal; power-infrastructure
 //!   losses = 0.03 × IT + 0.01 × IT nominal; facility = IT + cooling + losses.
-//! - A counter reset subtracts the cumulative energy at the reset instant from
-//!   what is served; the truth never resets.
+//! - Site water (`water-1`): make-up water of the dry coolers' adiabatic
+//!   pre-cooling, 0.18 L per kWh of IT energy plus 0.02 L per kWh of nominal IT
+//!   load (evaporation and blow-down that go on at idle): a WUE of about
+//!   0.2 L/kWh, as liquid-cooled halls with dry coolers run. Its flow is constant
+//!   during a tick, like the powers, so its volume is exact too.
+//! - A counter reset subtracts the cumulative energy (or volume) at the reset
+//!   instant from what is served; the truth never resets.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -23,7 +28,9 @@ use crate::load::{self, NodeLoad, Phase, Prng};
 use crate::SimConfig;
 
 mod types;
-pub use types::{Entity, HallError, MeterInfo, MeterReading, MeterRole, NodeInfo, PowerSummary};
+pub use types::{
+    Entity, HallError, MeterInfo, MeterReading, MeterRole, NodeInfo, PowerSummary, WaterReading,
+};
 
 /// The nominal tick, ms.
 pub const TICK_MS: i64 = 100;
@@ -44,6 +51,13 @@ const NVML_HW_THERMAL_SLOWDOWN: u64 = 0x40;
 pub const FACILITY_METER: &str = "utility-a";
 /// The cooling meter's id.
 pub const COOLING_METER: &str = "cooling-1";
+/// The site water meter's id (served as JSON, not Redfish: Redfish has no
+/// water-volume sensor).
+pub const WATER_METER: &str = "water-1";
+/// Make-up water per kWh of IT energy, L.
+const WATER_L_PER_IT_KWH: f64 = 0.18;
+/// Make-up water per kWh of nominal IT load, L (goes on at idle).
+const WATER_L_PER_NOMINAL_KWH: f64 = 0.02;
 /// GPU memory installed, bytes.
 pub const GPU_MEM_TOTAL_BYTES: u64 = 288_000_000_000;
 /// The most GPUs a node can have (the fake NVML library's limit).
@@ -64,14 +78,17 @@ const NODE_LOAD_W: f64 = 60.0;
 const GPU_NOMINAL_W: f64 = 1100.0;
 const NODE_NOMINAL_OVERHEAD_W: f64 = 700.0;
 
-// Internal energy channels; rack PDUs follow from `CH_RACK0`.
+// Internal channels; rack PDUs follow from `CH_RACK0`. Each holds a cumulative
+// quantity and its rate: J and W, except `CH_WATER`: m³ and m³/s.
 const CH_FACILITY: usize = 0;
 const CH_COOLING: usize = 1;
 const CH_LOSSES: usize = 2;
 const CH_IT: usize = 3;
-const CH_RACK0: usize = 4;
+const CH_WATER: usize = 4;
+const CH_RACK0: usize = 5;
 
-/// One recorded tick: cumulative energies at its start and powers during it.
+/// One recorded tick: cumulative energies (water: volume) at its start and
+/// powers (water: flow) during it.
 #[derive(Debug, Clone)]
 struct Tick {
     start_ms: i64,
@@ -114,6 +131,7 @@ pub struct Hall {
     history: VecDeque<Tick>,
     history_cap: usize,
     meter_offset_j: Vec<f64>,
+    water_offset_m3: f64,
     gpu_offset_mj: Vec<u64>,
     gpu_reset_pending: Vec<bool>,
     gpu_reset_ms: Vec<Option<i64>>,
@@ -201,6 +219,7 @@ impl Hall {
         let mut hall = Self {
             nodes,
             meter_offset_j: vec![0.0; meters.len()],
+            water_offset_m3: 0.0,
             meters,
             meter_channel,
             meter_by_id,
@@ -255,6 +274,9 @@ impl Hall {
         channel_w[CH_COOLING] = cooling;
         channel_w[CH_LOSSES] = losses;
         channel_w[CH_FACILITY] = it + cooling + losses;
+        // L/kWh × W / (3.6e6 J/kWh) = L/s; × 1e-3 = m³/s.
+        channel_w[CH_WATER] =
+            (WATER_L_PER_IT_KWH * it + WATER_L_PER_NOMINAL_KWH * self.it_nominal_w) * 1e-3 / 3.6e6;
         (channel_w.into(), gpu_w.into())
     }
 
@@ -369,9 +391,20 @@ impl Hall {
         })
     }
 
-    /// The energy `entity` really spent from `from_ms` to `to_ms`, J,
-    /// whatever its counter did. Instants after the latest tick's start
-    /// extrapolate its power, which holds until the next tick.
+    /// The site water meter as it reads at `at_ms`: its flow and its counter
+    /// (true cumulative volume less the volume at its last reset).
+    pub fn water_reading(&self, at_ms: i64) -> Result<WaterReading, HallError> {
+        let tick = self.tick_at(at_ms)?;
+        Ok(WaterReading {
+            flow_cubic_meters_per_second: tick.channel_w[CH_WATER],
+            volume_cubic_meters: (tick.channel_at(CH_WATER, at_ms) - self.water_offset_m3).max(0.0),
+        })
+    }
+
+    /// What `entity` really spent from `from_ms` to `to_ms`, whatever its
+    /// counter did: energy in J, or for [`Entity::Water`] volume in m³.
+    /// Instants after the latest tick's start extrapolate its power (flow),
+    /// which holds until the next tick.
     pub fn truth(&self, entity: &Entity, from_ms: i64, to_ms: i64) -> Result<f64, HallError> {
         if from_ms > to_ms {
             return Err(HallError::Reversed { from_ms, to_ms });
@@ -386,6 +419,10 @@ impl Hall {
                 let g = self.gpu_index(uuid)?;
                 Ok((to.gpu_mj_at(g, to_ms) - from.gpu_mj_at(g, from_ms)) as f64 / 1000.0)
             }
+            Entity::Water(id) if id == WATER_METER => {
+                Ok(to.channel_at(CH_WATER, to_ms) - from.channel_at(CH_WATER, from_ms))
+            }
+            Entity::Water(id) => Err(HallError::UnknownMeter(id.clone())),
         }
     }
 
@@ -411,8 +448,13 @@ impl Hall {
         })
     }
 
-    /// Restarts a meter's served counter from zero at `at_ms`; returns `at_ms`.
+    /// Restarts a meter's served counter (the water meter's too) from zero at
+    /// `at_ms`; returns `at_ms`.
     pub fn reset_meter_counter(&mut self, id: &str, at_ms: i64) -> Result<i64, HallError> {
+        if id == WATER_METER {
+            self.water_offset_m3 = self.tick_at(at_ms)?.channel_at(CH_WATER, at_ms);
+            return Ok(at_ms);
+        }
         let m = self.meter_index(id)?;
         let c = self.meter_channel[m];
         self.meter_offset_j[m] = self.tick_at(at_ms)?.channel_at(c, at_ms);

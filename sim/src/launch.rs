@@ -2,7 +2,8 @@
 //! processes on 127.0.0.1: one collector (and optionally a mirror collector with
 //! the same site config), one agent per simulated node (NVML
 //! through the fake library, its rack's PDU over Redfish on the first node of
-//! each rack) and one facility gateway agent (utility feed and cooling meters).
+//! each rack) and one facility gateway agent (utility feed and cooling meters
+//! over Redfish, the site water meter as `http_json`).
 //! The demo and the end-to-end tests both start their world through here.
 //!
 //! Writes, under the deployment's directory: `tokens/*.token`,
@@ -190,6 +191,20 @@ pub struct SiteView {
     pub nodes: Vec<NodeView>,
     /// Simulated meters.
     pub meters: Vec<MeterView>,
+    /// Simulated water meters (JSON, read by `http_json`).
+    #[serde(default)]
+    pub water_meters: Vec<WaterMeterView>,
+}
+
+/// One simulated water meter.
+#[derive(Debug, Clone, Deserialize)]
+pub struct WaterMeterView {
+    /// Meter id.
+    pub id: String,
+    /// Zone.
+    pub zone: String,
+    /// Its JSON URL: `total_litres`, `ts_ms`.
+    pub url: String,
 }
 
 /// One simulated node.
@@ -343,6 +358,13 @@ pub async fn launch(sim_url: &str, opts: &LaunchOptions) -> anyhow::Result<Deplo
             collector_toml += &format!("it_point = {}\n", toml_str(p));
         }
     }
+    for w in &site.water_meters {
+        collector_toml += &format!(
+            "\n[[meters]]\nid = {}\nrole = \"water\"\nzone = {}\nnominal_max_cubic_meters_per_hour = 10.0\n",
+            toml_str(&w.id),
+            toml_str(&w.zone)
+        );
+    }
     // Each collector keeps its state in its own database.
     let collector_conf = opts.dir.join("collector.toml");
     let ledger = |name: &str| {
@@ -435,6 +457,15 @@ pub async fn launch(sim_url: &str, opts: &LaunchOptions) -> anyhow::Result<Deplo
         } else {
             for m in site.meters.iter().filter(|m| m.role != "it") {
                 toml += &redfish(m);
+            }
+            for w in &site.water_meters {
+                toml += &format!(
+                    "\n[[sources]]\ntype = \"http_json\"\nmeter = {}\nurl = {}\n\
+                     water_volume = {{ pointer = \"/total_litres\", unit = \"L\" }}\n\
+                     timestamp = {{ pointer = \"/ts_ms\", format = \"unix_ms\" }}\n",
+                    toml_str(&w.id),
+                    toml_str(&w.url)
+                );
             }
         }
         let conf = opts.dir.join(format!("agent-{id}.toml"));

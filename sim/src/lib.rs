@@ -38,6 +38,7 @@ mod server;
 
 pub use hall::{
     Entity, Hall, HallError, MeterInfo, MeterReading, MeterRole, NodeInfo, PowerSummary,
+    WaterReading,
 };
 pub use load::Phase;
 pub use server::{serve, Sim, SimError};

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -32,7 +32,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::hall::{Entity, Hall, HallError, MeterRole, TICK_MS, ZONE};
+use crate::hall::{Entity, Hall, HallError, MeterRole, TICK_MS, WATER_METER, ZONE};
 use crate::{now_ms, redfish, SimConfig};
 
 /// Shortest and longest publication lead, ms.
@@ -203,6 +203,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/sim/site", get(site))
         .route("/sim/truth", get(truth))
         .route("/sim/power", get(power))
+        .route("/sim/water/{id}", get(water))
         .route("/sim/fault", post(fault))
         .with_state(shared)
 }
@@ -320,10 +321,19 @@ struct SiteMeter {
     it_point: Option<&'static str>,
 }
 
+/// A water meter: JSON at `url` (`/sim/water/{id}`), for an `http_json` source.
+#[derive(Serialize)]
+struct SiteWaterMeter {
+    id: &'static str,
+    zone: &'static str,
+    url: String,
+}
+
 #[derive(Serialize)]
 struct Site {
     nodes: Vec<SiteNode>,
     meters: Vec<SiteMeter>,
+    water_meters: Vec<SiteWaterMeter>,
 }
 
 /// `GET /sim/site`: nodes, their state files and GPUs; meters and their URLs.
@@ -350,7 +360,35 @@ async fn site(State(shared): State<Arc<Shared>>) -> Json<Site> {
             it_point: (m.role == MeterRole::It).then_some("pdu_output"),
         })
         .collect();
-    Json(Site { nodes, meters })
+    let water_meters = vec![SiteWaterMeter {
+        id: WATER_METER,
+        zone: ZONE,
+        url: format!("{}/sim/water/{WATER_METER}", shared.base_url),
+    }];
+    Json(Site {
+        nodes,
+        meters,
+        water_meters,
+    })
+}
+
+/// `GET /sim/water/{id}`: the water meter as a BMS gateway would answer —
+/// `{"id", "total_litres", "flow_litres_per_minute", "ts_ms"}`, exact at `ts_ms`.
+async fn water(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
+    if id != WATER_METER {
+        return error_response(StatusCode::NOT_FOUND, &format!("no water meter {id:?}"));
+    }
+    let now = now_ms();
+    match shared.hall().water_reading(now) {
+        Ok(r) => Json(json!({
+            "id": id,
+            "total_litres": r.volume_cubic_meters * 1000.0,
+            "flow_litres_per_minute": r.flow_cubic_meters_per_second * 60_000.0,
+            "ts_ms": now,
+        }))
+        .into_response(),
+        Err(e) => hall_error(&e),
+    }
 }
 
 #[derive(Deserialize)]
@@ -360,7 +398,8 @@ struct TruthQuery {
     to_ms: i64,
 }
 
-/// `GET /sim/truth?entity=meter:ID|gpu:UUID&from_ms=…&to_ms=…` → `{"joules": f64}`.
+/// `GET /sim/truth?entity=meter:ID|gpu:UUID&from_ms=…&to_ms=…` → `{"joules": f64}`;
+/// `entity=water:ID` → `{"cubic_meters": f64}`.
 async fn truth(
     State(shared): State<Arc<Shared>>,
     query: Result<Query<TruthQuery>, QueryRejection>,
@@ -380,8 +419,12 @@ async fn truth(
             &format!("to_ms {} is after the current instant {now}", q.to_ms),
         );
     }
+    let key = match entity {
+        Entity::Water(_) => "cubic_meters",
+        Entity::Meter(_) | Entity::Gpu(_) => "joules",
+    };
     match shared.hall().truth(&entity, q.from_ms, q.to_ms) {
-        Ok(joules) => Json(json!({ "joules": joules })).into_response(),
+        Ok(v) => Json(json!({ key: v })).into_response(),
         Err(e) => hall_error(&e),
     }
 }

@@ -155,6 +155,34 @@ async fn serves_meters_truth_and_faults() {
         e2 - e1
     );
 
+    // The water meter: JSON in litres, the truth in m³.
+    let water = &site["water_meters"][0];
+    assert_eq!(
+        (water["id"].as_str(), water["zone"].as_str()),
+        (Some("water-1"), Some("hall-1"))
+    );
+    let water_url = water["url"].as_str().unwrap().to_owned();
+    assert_eq!(water_url, format!("{base}/sim/water/water-1"));
+    let (status, w1) = get(&client, &water_url).await;
+    assert_eq!(status, 200, "{w1}");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let (_, w2) = get(&client, &water_url).await;
+    let (t1, t2) = (w1["ts_ms"].as_i64().unwrap(), w2["ts_ms"].as_i64().unwrap());
+    let litres = w2["total_litres"].as_f64().unwrap() - w1["total_litres"].as_f64().unwrap();
+    let (_, t) = get(
+        &client,
+        &format!("{base}/sim/truth?entity=water:water-1&from_ms={t1}&to_ms={t2}"),
+    )
+    .await;
+    let want = t["cubic_meters"].as_f64().unwrap() * 1000.0;
+    assert!(
+        want > 0.0 && (litres - want).abs() <= 1e-9 * want.max(1.0),
+        "{litres} L vs {want} L"
+    );
+    assert!(w2["flow_litres_per_minute"].as_f64().unwrap() > 0.0, "{w2}");
+    let (status, _) = get(&client, &format!("{base}/sim/water/water-2")).await;
+    assert_eq!(status, 404);
+
     let (_, power) = get(&client, &format!("{base}/sim/power")).await;
     let f = power["facility_watts"].as_f64().unwrap();
     let it = power["it_watts"].as_f64().unwrap();

@@ -10,6 +10,9 @@
 //! (that is the integration's accuracy), and the whole day, where a skew of
 //! seconds no longer matters, against the true day. Every hour touched by the
 //! gap or the reset is flagged incomplete.
+//!
+//! The site water meter is read the same way (its own skew, a counter reset of
+//! its own): the WUE of every complete hour is checked against the truth too.
 
 use std::collections::BTreeMap;
 
@@ -17,7 +20,7 @@ use dcwatt_collector::config::{Config, Site};
 use dcwatt_collector::state::State;
 use dcwatt_collector::store::{Resolution, Store};
 use dcwatt_collector::windows;
-use dcwatt_sim::hall::{Entity as SimEntity, Hall, MeterRole};
+use dcwatt_sim::hall::{Entity as SimEntity, Hall, MeterRole, WATER_METER};
 use dcwatt_sim::SimConfig;
 use dcwatt_wire::{Batch, Entity, Quantity, Reading, VERSION};
 
@@ -45,6 +48,7 @@ fn site(hall: &Hall) -> Site {
             toml += "it_point = \"pdu_output\"\n";
         }
     }
+    toml += &format!("[[meters]]\nid = \"{WATER_METER}\"\nrole = \"water\"\nzone = \"hall-1\"\n");
     Config::from_toml(&toml).unwrap().build().unwrap()
 }
 
@@ -73,11 +77,15 @@ fn a_simulated_day_matches_ground_truth_hour_by_hour() {
         .map(|m| (m.id.clone(), role(m.role)))
         .collect();
     // Fixed clock skew per meter's agent, -2 s ..= +2 s.
-    let skew: BTreeMap<String, i64> = meters
+    let mut skew: BTreeMap<String, i64> = meters
         .iter()
         .enumerate()
         .map(|(i, (id, _))| (id.clone(), (i as i64 * 1_337) % 4_001 - 2_000))
         .collect();
+    skew.insert(WATER_METER.to_owned(), 1_750);
+    let water_entity = SimEntity::Water(WATER_METER.into());
+    // The water meter restarts from zero in hour 17.
+    let water_reset_at = start + 17 * HOUR + 2_345_678;
     let it_meter = meters.iter().find(|(_, r)| *r == "it").unwrap().0.clone();
     let facility_meter = meters
         .iter()
@@ -94,6 +102,7 @@ fn a_simulated_day_matches_ground_truth_hour_by_hour() {
     // while the simulator still holds it.
     let mut truth: BTreeMap<i64, BTreeMap<&'static str, f64>> = BTreeMap::new();
     let mut true_day: BTreeMap<&'static str, f64> = BTreeMap::new();
+    let mut water_reset_done = false;
     let end = start + HOURS * HOUR + 10 * READ_EVERY_MS;
     let mut t = start - 10_000;
     let mut reset_done = false;
@@ -105,6 +114,11 @@ fn a_simulated_day_matches_ground_truth_hour_by_hour() {
             hall.reset_meter_counter(&it_meter, reset_at).unwrap();
             reset_done = true;
         }
+        if !water_reset_done && t >= water_reset_at {
+            hall.reset_meter_counter(WATER_METER, water_reset_at)
+                .unwrap();
+            water_reset_done = true;
+        }
         // 4 s past each hour: the hour as every meter's clock saw it has ended.
         if t % HOUR == 4_000 && t > start + HOUR {
             let h = t - 4_000;
@@ -115,6 +129,13 @@ fn a_simulated_day_matches_ground_truth_hour_by_hour() {
                 *by_role.entry(r).or_default() += hall.truth(&m, h - HOUR - s, h - s).unwrap();
                 *true_day.entry(r).or_default() += hall.truth(&m, h - HOUR, h).unwrap();
             }
+            let s = skew[WATER_METER];
+            by_role.insert(
+                "water",
+                hall.truth(&water_entity, h - HOUR - s, h - s).unwrap(),
+            );
+            *true_day.entry("water").or_default() +=
+                hall.truth(&water_entity, h - HOUR, h).unwrap();
             truth.insert(h - HOUR, by_role);
         }
         for (id, _) in &meters {
@@ -151,15 +172,58 @@ fn a_simulated_day_matches_ground_truth_hour_by_hour() {
                 store.commit(&b.agent, &state, &changes, &site).unwrap();
             }
         }
+        // The water meter's own agent, on time.
+        let stamp = t + skew[WATER_METER];
+        let n = seq.entry(WATER_METER.to_owned()).or_default();
+        *n += 1;
+        let batch = Batch {
+            version: VERSION,
+            agent: WATER_METER.into(),
+            seq: *n,
+            first_seq: None,
+            node: WATER_METER.into(),
+            created_ms: stamp,
+            gpus: vec![],
+            readings: vec![Reading {
+                ts_ms: stamp,
+                entity: Entity::Meter(WATER_METER.into()),
+                quantity: Quantity::WaterVolumeCubicMeters,
+                value: hall.water_reading(t).unwrap().volume_cubic_meters,
+            }],
+        };
+        let (_, changes) = state.apply(&batch, &site, stamp);
+        store.commit(WATER_METER, &state, &changes, &site).unwrap();
         t += READ_EVERY_MS;
     }
 
     let mut worst: f64 = 0.0;
+    let mut worst_wue: f64 = 0.0;
     let mut incomplete = Vec::new();
+    let mut wue_incomplete = Vec::new();
     for (hour, want) in &truth {
         let p = windows::period(&store, &site, *hour, hour + HOUR, Resolution::Minute).unwrap();
+        let n = (hour - start) / HOUR;
+        if p.wue_complete {
+            // Water within 0.01 % of the truth as the water meter's clock cut
+            // the hour; WUE = litres / kWh of IT energy, each as its meter cut it.
+            let water = p.water_cubic_meters.unwrap();
+            let err = (water - want["water"]).abs() / want["water"];
+            assert!(
+                err < 1e-4,
+                "hour {n}: water {water} m³, truth {} m³",
+                want["water"]
+            );
+            let true_wue = want["water"] * 1000.0 / (want["it"] / 3.6e6);
+            let wue = p.wue_litres_per_kwh.unwrap();
+            let err = (wue - true_wue).abs() / true_wue;
+            worst_wue = worst_wue.max(err);
+            assert!(err < 1e-4, "hour {n}: WUE {wue}, truth {true_wue}");
+            assert!((0.18..0.3).contains(&wue), "hour {n}: WUE {wue} L/kWh");
+        } else {
+            wue_incomplete.push(n);
+        }
         if !p.complete {
-            incomplete.push((hour - start) / HOUR);
+            incomplete.push(n);
             continue;
         }
         for r in ["facility", "it"] {
@@ -185,12 +249,23 @@ fn a_simulated_day_matches_ground_truth_hour_by_hour() {
     // Exactly the hours holding the reset (hour 5) and the gap (hour 9) are
     // incomplete; the late delivery (hour 14) completed once it arrived.
     assert_eq!(incomplete, vec![5, 9], "worst relative error {worst:e}");
+    // WUE needs the PUE's meters and the water meter: its reset (hour 17) too.
+    assert_eq!(wue_incomplete, vec![5, 9, 17]);
     assert_eq!(truth.len() as i64, HOURS);
     // The whole day against true time, gap and reset included: the counter
     // carries the energy across the gap, and only the few seconds before the
     // reset are unknowable.
     let day =
         windows::period(&store, &site, start, start + HOURS * HOUR, Resolution::Hour).unwrap();
+    let err = (day.water_cubic_meters.unwrap() - true_day["water"]).abs() / true_day["water"];
+    assert!(
+        err < 1e-4,
+        "day water: collector {:?} m³, truth {} m³",
+        day.water_cubic_meters,
+        true_day["water"]
+    );
+    eprintln!("day water: relative error {err:e}");
+    assert_eq!(day.energy_joules.get("water"), None);
     for r in ["facility", "it"] {
         let err = (day.energy_joules[r] - true_day[r]).abs() / true_day[r];
         assert!(
@@ -202,4 +277,5 @@ fn a_simulated_day_matches_ground_truth_hour_by_hour() {
         eprintln!("day {r}: relative error {err:e}");
     }
     eprintln!("worst relative error over complete hours: {worst:e}");
+    eprintln!("worst relative WUE error over complete hours: {worst_wue:e}");
 }

@@ -87,7 +87,13 @@ async fn a_crashed_collector_loses_and_doubles_nothing() {
     let s = summary(url.clone()).await;
     for m in s["meters"].as_array().unwrap() {
         let id = m["id"].as_str().unwrap();
-        let got = m["energy_joules"].as_f64().unwrap();
+        // The water meter counts m³: its truth is a volume.
+        let water = m["role"] == "water";
+        let got = if water {
+            m["water_cubic_meters"].as_f64().unwrap()
+        } else {
+            m["energy_joules"].as_f64().unwrap()
+        };
         let (from, to) = (
             m["energy_from_ms"].as_i64().unwrap(),
             m["energy_to_ms"].as_i64().unwrap(),
@@ -97,11 +103,14 @@ async fn a_crashed_collector_loses_and_doubles_nothing() {
             from < crashed_at - 1_000 && to > crashed_at + 4_000,
             "{id}: counted over {from}..{to}, crash at {crashed_at}"
         );
+        let kind = if water { "water" } else { "meter" };
         let truth = get_json(&format!(
-            "{sim_url}/sim/truth?entity=meter:{id}&from_ms={from}&to_ms={to}"
+            "{sim_url}/sim/truth?entity={kind}:{id}&from_ms={from}&to_ms={to}"
         ))
         .await;
-        let want = truth["joules"].as_f64().unwrap();
+        let want = truth[if water { "cubic_meters" } else { "joules" }]
+            .as_f64()
+            .unwrap();
         assert!(
             ((got - want) / want).abs() < 0.002,
             "{id}: collector {got} J, truth {want} J"

@@ -1,6 +1,6 @@
 //! README's first command works: `dcwatt-sim demo` starts the hall, the
-//! collector and the agents, prints live lines with a PUE, and stops everything
-//! it started.
+//! collector and the agents, prints live lines with a PUE and a WUE, and stops
+//! everything it started.
 
 use std::process::Command;
 
@@ -34,6 +34,11 @@ fn demo_prints_a_live_pue_line_and_cleans_up() {
         .lines()
         .find(|l| l.contains("PUE 1.") && l.contains("facility") && l.contains("hottest r1-n"));
     assert!(pue_line.is_some(), "no live PUE line:\n{stdout}");
+    // The site water meter (JSON, litres) gives a live WUE of about 0.2 L/kWh.
+    assert!(
+        stdout.lines().any(|l| l.contains("WUE 0.")),
+        "no live WUE:\n{stdout}"
+    );
     // Every process it started is gone: their ports no longer answer.
     for line in stdout.lines().filter(|l| l.contains("/metrics")) {
         let url = line.split_whitespace().last().unwrap();

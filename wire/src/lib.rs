@@ -7,7 +7,7 @@
 //!
 //! # Units
 //! Every value is in an SI base unit, named by its [`Quantity`]: watts, joules,
-//! degrees Celsius, ratio 0..=1, bytes. Timestamps are Unix milliseconds (UTC).
+//! degrees Celsius, ratio 0..=1, bytes, cubic metres. Timestamps are Unix milliseconds (UTC).
 //!
 //! # Layout
 //! - [`Batch`]: one agent's readings from one or more collection ticks.
@@ -139,6 +139,11 @@ pub enum Quantity {
     CoolantFlowCubicMetersPerSecond,
     /// Heat carried away by the coolant, watts.
     HeatRemovedWatts,
+    /// A water volume counter (site water input: make-up, humidification,
+    /// adiabatic cooling), cubic metres since the counter's own zero. It may
+    /// reset like an energy counter: a decrease is a reset, the new value the
+    /// volume since it.
+    WaterVolumeCubicMeters,
     /// A quantity this version does not know (sent by a newer agent): kept
     /// decodable so that one new quantity does not reject a whole batch.
     #[serde(other)]
@@ -190,6 +195,16 @@ mod tests {
             r#"{"ts_ms":1700000000123,"entity":{"gpu":"GPU-1"},"quantity":"energy_joules","value":12.5}"#
         );
         assert_eq!(serde_json::from_str::<Reading>(&json).unwrap(), r);
+    }
+
+    #[test]
+    fn water_volume_is_snake_case_like_the_others() {
+        let json = serde_json::to_string(&Quantity::WaterVolumeCubicMeters).unwrap();
+        assert_eq!(json, r#""water_volume_cubic_meters""#);
+        assert_eq!(
+            serde_json::from_str::<Quantity>(&json).unwrap(),
+            Quantity::WaterVolumeCubicMeters
+        );
     }
 
     #[test]

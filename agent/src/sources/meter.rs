@@ -290,7 +290,7 @@ fn request_error(what: &str, e: reqwest::Error) -> MeterError {
 pub struct Unit {
     /// The dimension, which decides the wire quantity.
     pub dimension: Dimension,
-    /// Multiply by this to get SI (W, J, m³/s); `offset` is added after (K → °C).
+    /// Multiply by this to get SI (W, J, m³/s, m³); `offset` is added after (K → °C).
     pub factor: f64,
     /// Added after `factor` (only temperature).
     pub offset: f64,
@@ -307,6 +307,8 @@ pub enum Dimension {
     Temperature,
     /// Cubic metres per second.
     Flow,
+    /// Cubic metres.
+    Volume,
 }
 
 impl Dimension {
@@ -317,6 +319,7 @@ impl Dimension {
             Self::Energy => "J",
             Self::Temperature => "Cel",
             Self::Flow => "m3/s",
+            Self::Volume => "m3",
         }
     }
 }
@@ -344,7 +347,16 @@ pub const UNITS: &[(&str, Dimension, f64, f64)] = &[
     ("L/s", Dimension::Flow, 1e-3, 0.0),
     ("m3/h", Dimension::Flow, 1.0 / 3600.0, 0.0),
     ("m3/s", Dimension::Flow, 1.0, 0.0),
+    ("L", Dimension::Volume, 1e-3, 0.0),
+    ("m3", Dimension::Volume, 1.0, 0.0),
+    // The US liquid gallon, exactly 231 cubic inches; `gal` means it too
+    // (an imperial gallon is `L` with scale = 4.54609).
+    ("[gal_us]", Dimension::Volume, US_GALLON_M3, 0.0),
+    ("gal", Dimension::Volume, US_GALLON_M3, 0.0),
 ];
+
+/// Cubic metres in a US liquid gallon (231 in³).
+pub const US_GALLON_M3: f64 = 3.785_411_784e-3;
 
 impl Unit {
     /// Looks a unit up by name (case-sensitive: `mW` is not `MW`).
@@ -555,6 +567,11 @@ mod tests {
         assert_eq!(u("mJ").to_si(1500.0), 1.5);
         assert!((u("L/min").to_si(60.0) - 1e-3).abs() < 1e-15);
         assert!((u("K").to_si(300.0) - 26.85).abs() < 1e-9);
+        assert_eq!(u("L").to_si(2500.0), 2.5);
+        assert_eq!(u("m3").to_si(7.0), 7.0);
+        assert!((u("gal").to_si(1000.0) - 3.785_411_784).abs() < 1e-12);
+        assert_eq!(u("[gal_us]"), u("gal"));
+        assert_eq!(u("L").dimension, Dimension::Volume);
         assert_eq!(Unit::parse("kwh"), None);
     }
 

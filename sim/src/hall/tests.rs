@@ -205,6 +205,12 @@ fn pue_stays_in_range_over_a_minute() {
             .sum();
         let pue = facility / it;
         assert!((1.1..1.4).contains(&pue), "seed {seed}: PUE {pue}");
+        // WUE: litres of site water per kWh of IT energy, as dry coolers run.
+        let water = h
+            .truth(&Entity::Water(WATER_METER.into()), START, to)
+            .unwrap();
+        let wue = water * 1000.0 / (it / 3.6e6);
+        assert!((0.18..0.3).contains(&wue), "seed {seed}: WUE {wue}");
         // Also every instant.
         for t in (START..to).step_by(1000) {
             let p = h.power(t).unwrap();
@@ -278,4 +284,49 @@ fn history_is_bounded() {
     assert!(h
         .truth(&Entity::Meter("pdu-r1".into()), START, START + 1)
         .is_err());
+}
+
+#[test]
+fn the_water_meter_serves_its_volume_exactly_and_restarts_at_a_reset() {
+    let mut h = hall(7);
+    for _ in 0..50 {
+        h.step();
+    }
+    let water = Entity::Water(WATER_METER.into());
+    // The served counter is the truth since the start, at any instant.
+    let r = h.water_reading(START + 4_321).unwrap();
+    assert!(close(
+        r.volume_cubic_meters,
+        h.truth(&water, START, START + 4_321).unwrap(),
+        1e-12
+    ));
+    let tick = h.tick_at(START + 4_321).unwrap();
+    assert_eq!(r.flow_cubic_meters_per_second, tick.channel_w[CH_WATER]);
+    // Flow × time inside one tick, exactly.
+    let got = h.truth(&water, START + 4_300, START + 4_337).unwrap();
+    assert!(close(got, r.flow_cubic_meters_per_second * 0.037, 1e-12));
+    // The flow follows the IT load: 0.18 L/kWh of it, 0.02 L/kWh of nominal.
+    let it = tick.channel_w[CH_IT];
+    let want = (0.18 * it + 0.02 * h.it_nominal_w) * 1e-3 / 3.6e6;
+    assert!(close(r.flow_cubic_meters_per_second, want, 1e-12));
+    // A reset restarts the served volume; the truth goes on.
+    let at = START + 4_500;
+    assert_eq!(h.reset_meter_counter(WATER_METER, at).unwrap(), at);
+    for _ in 0..20 {
+        h.step();
+    }
+    let now = START + 6_789;
+    let served = h.water_reading(now).unwrap().volume_cubic_meters;
+    assert!(close(served, h.truth(&water, at, now).unwrap(), 1e-9));
+    assert!(h.truth(&water, START, now).unwrap() > served);
+    // Not an energy meter, and no other water meter.
+    assert!(h.meter(WATER_METER).is_none());
+    assert!(matches!(
+        h.truth(&Entity::Water("water-9".into()), START, now),
+        Err(HallError::UnknownMeter(_))
+    ));
+    assert_eq!(
+        "water:water-1".parse::<Entity>().unwrap().to_string(),
+        "water:water-1"
+    );
 }

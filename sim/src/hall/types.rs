@@ -40,13 +40,16 @@ pub struct NodeInfo {
     pub gpus: Vec<String>,
 }
 
-/// Something whose energy the truth knows: `meter:ID` or `gpu:UUID`.
+/// Something whose energy (or water) the truth knows: `meter:ID`,
+/// `gpu:UUID` or `water:ID`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Entity {
     /// A served meter, by id.
     Meter(String),
     /// A GPU, by UUID.
     Gpu(String),
+    /// A water meter, by id: its truth is a volume, m³.
+    Water(String),
 }
 
 impl FromStr for Entity {
@@ -56,6 +59,7 @@ impl FromStr for Entity {
         match s.split_once(':') {
             Some(("meter", id)) if !id.is_empty() => Ok(Self::Meter(id.to_owned())),
             Some(("gpu", uuid)) if !uuid.is_empty() => Ok(Self::Gpu(uuid.to_owned())),
+            Some(("water", id)) if !id.is_empty() => Ok(Self::Water(id.to_owned())),
             _ => Err(HallError::BadEntity(s.to_owned())),
         }
     }
@@ -66,6 +70,7 @@ impl fmt::Display for Entity {
         match self {
             Self::Meter(id) => write!(f, "meter:{id}"),
             Self::Gpu(uuid) => write!(f, "gpu:{uuid}"),
+            Self::Water(id) => write!(f, "water:{id}"),
         }
     }
 }
@@ -82,8 +87,8 @@ pub enum HallError {
     /// No GPU has this UUID.
     #[error("unknown gpu {0:?}")]
     UnknownGpu(String),
-    /// Neither `meter:ID` nor `gpu:UUID`.
-    #[error("entity {0:?} is neither meter:ID nor gpu:UUID")]
+    /// Neither `meter:ID`, `gpu:UUID` nor `water:ID`.
+    #[error("entity {0:?} is neither meter:ID, gpu:UUID nor water:ID")]
     BadEntity(String),
     /// `from_ms` after `to_ms`.
     #[error("from_ms {from_ms} is after to_ms {to_ms}")]
@@ -123,4 +128,13 @@ pub struct MeterReading {
     pub power_watts: f64,
     /// The served energy counter (since its last reset), J.
     pub energy_joules: f64,
+}
+
+/// The water meter as served at one instant.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WaterReading {
+    /// Flow, m³/s.
+    pub flow_cubic_meters_per_second: f64,
+    /// The served volume counter (since its last reset), m³.
+    pub volume_cubic_meters: f64,
 }
