@@ -169,6 +169,23 @@ pub struct LedgerConfig {
     /// later is booked as a late row for the same minute). Default `2m`.
     #[serde(default = "default_close_after", with = "humantime_serde")]
     pub close_after: Duration,
+    /// When a batch is acknowledged: `full` (default) once its transaction is
+    /// synced to disk, so an acknowledged batch survives a power cut; `normal`
+    /// once it is written, which survives a killed process but not a power cut.
+    #[serde(default)]
+    pub synchronous: Synchronous,
+}
+
+/// SQLite's `synchronous` setting for the store (WAL mode).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    /// Every transaction synced before it counts as committed (one fsync per
+    /// group commit, shared by every batch in the group).
+    #[default]
+    Full,
+    /// Synced at checkpoints only.
+    Normal,
 }
 
 /// The operator principal.
@@ -426,6 +443,8 @@ pub struct Site {
     pub water_meters: usize,
     /// The SQLite database, if state is kept.
     pub ledger_path: Option<std::path::PathBuf>,
+    /// See [`LedgerConfig::synchronous`].
+    pub ledger_synchronous: Synchronous,
     /// See [`LedgerConfig::close_after`], in ms.
     pub close_after_ms: i64,
     /// SHA-256 of each tenant's token → tenant id.
@@ -785,6 +804,10 @@ impl Config {
                 .ledger
                 .as_ref()
                 .map_or(120_000, |l| millis(l.close_after)),
+            ledger_synchronous: self
+                .ledger
+                .as_ref()
+                .map_or_else(Synchronous::default, |l| l.synchronous),
             ledger_path: self.ledger.map(|l| l.path),
             tenant_tokens,
             agent_meters,
@@ -916,6 +939,10 @@ mod tests {
             ("stale_after = \"soon\"", &["stale_after"]),
             ("stale_after = \"0s\"", &["stale_after", "longer than zero"]),
             ("bogus = 1", &["bogus", "unknown field"]),
+            (
+                "[ledger]\npath = \"c.sqlite\"\nsynchronous = \"sometimes\"",
+                &["synchronous", "unknown variant"],
+            ),
             ("[[agents]]\nid = \"a\"\ntoken_sha256 = \"xyz\"", &["agents[0].token_sha256", "64 hex"]),
             (
                 &format!("[[agents]]\nid = \"a\"\ntoken_sha256 = \"{H}\"\n[[agents]]\nid = \"a\"\ntoken_sha256 = \"{H}\""),

@@ -69,6 +69,7 @@ pub async fn run(
     let store = match &site.ledger_path {
         Some(path) => {
             let store = store::Store::open(path)?;
+            store.set_synchronous(site.ledger_synchronous)?;
             store.load(&mut state)?;
             tracing::info!(path = %path.display(), agents = state.agents.len(), "State loaded.");
             store

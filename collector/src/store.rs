@@ -7,11 +7,14 @@
 //! moment restarts from the last committed batch; the agent re-sends what was
 //! not acknowledged, and whatever was committed answers as a duplicate.
 //!
-//! Durability: `journal_mode = WAL`, `synchronous = NORMAL`. A committed
-//! transaction survives the process being killed (kill -9, OOM, panic). A power
-//! loss of the whole machine may lose the transactions since the last WAL sync,
-//! batches the agents were already told were applied; `synchronous = FULL`
-//! closes that at the cost of one fsync per batch (docs/status.md).
+//! Durability: `journal_mode = WAL`. With `[ledger] synchronous = "full"` (the
+//! default) a transaction is synced to disk before its batches are
+//! acknowledged, so an acknowledged batch survives a power cut; the group
+//! commit shares that one sync among every batch in the group. With
+//! `"normal"` a committed transaction survives the process being killed
+//! (kill -9, OOM, panic) but a power cut may lose the last ones. WAL
+//! checkpoints (copying the WAL into the database file, and syncing it) run on
+//! their own thread and connection, never inside a commit.
 
 use std::path::{Path, PathBuf};
 
@@ -323,6 +326,16 @@ impl Store {
     ) -> Result<(), StoreError> {
         let prepared = prepare(agent, state, changes)?;
         self.commit_group(std::slice::from_ref(&prepared), site)
+    }
+
+    /// Sets when a transaction counts as committed (see [`Synchronous`]).
+    pub fn set_synchronous(&self, sync: crate::config::Synchronous) -> Result<(), StoreError> {
+        let value = match sync {
+            crate::config::Synchronous::Full => "FULL",
+            crate::config::Synchronous::Normal => "NORMAL",
+        };
+        self.conn.pragma_update(None, "synchronous", value)?;
+        Ok(())
     }
 
     /// Moves WAL checkpoints off this connection: automatic checkpoints stop

@@ -48,6 +48,10 @@ pub struct LoadArgs {
     /// Prometheus would (0: never); the slowest scrape is reported.
     #[arg(long, default_value_t = 15.0)]
     pub scrape_interval_s: f64,
+    /// The collector's `[ledger] synchronous`: `full` (its default: every
+    /// transaction synced before the acknowledgement) or `normal`.
+    #[arg(long, default_value = "full", value_parser = ["full", "normal"])]
+    pub synchronous: String,
 }
 
 /// What a run measured.
@@ -203,8 +207,9 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<LoadReport> {
     std::fs::create_dir_all(&dir)?;
     let token = |i: usize| format!("load-agent-{i}");
     let mut config = format!(
-        "listen = \"127.0.0.1:0\"\n[ledger]\npath = {:?}\n",
-        dir.join("collector.sqlite").display().to_string()
+        "listen = \"127.0.0.1:0\"\n[ledger]\npath = {:?}\nsynchronous = {:?}\n",
+        dir.join("collector.sqlite").display().to_string(),
+        args.synchronous
     );
     for i in 0..args.agents {
         config += &format!(
