@@ -7,7 +7,7 @@
 //! see, such as two globs matching one node) is *unattributed*. The parts add
 //! up to the GPU-minute's energy exactly: the last part takes the remainder.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crate::config::{check_id, invalid, ConfigError, LeaseConfig};
 
@@ -37,10 +37,18 @@ impl Lease {
     }
 }
 
-/// All leases.
+/// All leases, indexed so that finding a GPU's leases does not scan them all
+/// (a hall has ~20,000 GPUs, each looked up per minute and per scrape; a lease
+/// may list thousands of UUIDs).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Leases {
     leases: Vec<Lease>,
+    /// Lease indices by listed GPU UUID.
+    by_gpu: HashMap<String, Vec<usize>>,
+    /// Lease indices by listed node name (entries without `*` or `?`).
+    by_node: HashMap<String, Vec<usize>>,
+    /// Leases with at least one node glob: checked against every node.
+    with_globs: Vec<usize>,
 }
 
 fn parse_time(key: &str, text: &str) -> Result<i64, ConfigError> {
@@ -61,6 +69,8 @@ impl Leases {
     /// the same node name are refused, naming both.
     pub fn build(config: &[LeaseConfig], tenants: &HashSet<&str>) -> Result<Leases, ConfigError> {
         let mut leases: Vec<Lease> = Vec::with_capacity(config.len());
+        let mut gpu_index: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut node_index: HashMap<String, Vec<usize>> = HashMap::new();
         for (i, l) in config.iter().enumerate() {
             if !tenants.contains(l.tenant.as_str()) {
                 return Err(invalid(
@@ -90,35 +100,81 @@ impl Leases {
                 from_ms,
                 to_ms,
             };
-            for (k, other) in leases.iter().enumerate() {
-                if other.from_ms >= lease.to_ms || lease.from_ms >= other.to_ms {
-                    continue;
-                }
-                let shared = lease
-                    .gpus
-                    .iter()
-                    .find(|g| other.gpus.contains(g))
-                    .map(|g| format!("GPU {g}"))
-                    .or_else(|| {
-                        lease
-                            .nodes
-                            .iter()
-                            .find(|n| other.nodes.contains(n))
-                            .map(|n| format!("nodes {n:?}"))
-                    });
-                if let Some(what) = shared {
-                    return Err(invalid(
-                        format!("leases[{i}]"),
-                        format!(
-                            "overlaps leases[{k}] (tenant {:?}) on {what} in time",
-                            other.tenant
-                        ),
-                    ));
-                }
+            // Another lease of one of its GPUs or node entries, overlapping in time.
+            let overlapping = |k: &usize| {
+                let other: &Lease = &leases[*k];
+                other.from_ms < to_ms && from_ms < other.to_ms
+            };
+            let shared = lease
+                .gpus
+                .iter()
+                .find_map(|g| {
+                    let k = gpu_index.get(g)?.iter().find(|k| overlapping(k))?;
+                    Some((*k, format!("GPU {g}")))
+                })
+                .or_else(|| {
+                    lease.nodes.iter().find_map(|n| {
+                        let k = node_index.get(n)?.iter().find(|k| overlapping(k))?;
+                        Some((*k, format!("nodes {n:?}")))
+                    })
+                });
+            if let Some((k, what)) = shared {
+                return Err(invalid(
+                    format!("leases[{i}]"),
+                    format!(
+                        "overlaps leases[{k}] (tenant {:?}) on {what} in time",
+                        leases[k].tenant
+                    ),
+                ));
+            }
+            for g in &lease.gpus {
+                gpu_index.entry(g.clone()).or_default().push(leases.len());
+            }
+            for n in &lease.nodes {
+                node_index.entry(n.clone()).or_default().push(leases.len());
             }
             leases.push(lease);
         }
-        Ok(Leases { leases })
+        Ok(Leases::from_leases(leases))
+    }
+
+    /// The leases, indexed (no validation: [`Leases::build`] validates).
+    pub fn from_leases(leases: Vec<Lease>) -> Leases {
+        let mut index = Leases {
+            leases,
+            ..Leases::default()
+        };
+        for (k, l) in index.leases.iter().enumerate() {
+            for g in &l.gpus {
+                index.by_gpu.entry(g.clone()).or_default().push(k);
+            }
+            for n in &l.nodes {
+                if n.contains(['*', '?']) {
+                    if index.with_globs.last() != Some(&k) {
+                        index.with_globs.push(k);
+                    }
+                } else {
+                    index.by_node.entry(n.clone()).or_default().push(k);
+                }
+            }
+        }
+        index
+    }
+
+    /// The leases that may cover this GPU (each checked with `covers` after).
+    fn candidates(&self, node: &str, uuid: &str) -> Vec<&Lease> {
+        let mut ks: Vec<usize> = self
+            .by_gpu
+            .get(uuid)
+            .into_iter()
+            .chain(self.by_node.get(node))
+            .flatten()
+            .chain(&self.with_globs)
+            .copied()
+            .collect();
+        ks.sort_unstable();
+        ks.dedup();
+        ks.into_iter().map(|k| &self.leases[k]).collect()
     }
 
     /// The leases.
@@ -131,8 +187,8 @@ impl Leases {
     /// appearance. The parts add up to `to_ms - from_ms`.
     pub fn split(&self, node: &str, uuid: &str, from_ms: i64, to_ms: i64) -> Vec<(String, i64)> {
         let covering: Vec<&Lease> = self
-            .leases
-            .iter()
+            .candidates(node, uuid)
+            .into_iter()
             .filter(|l| l.from_ms < to_ms && from_ms < l.to_ms && l.covers(node, uuid))
             .collect();
         let mut edges = vec![from_ms, to_ms];
@@ -424,26 +480,61 @@ mod tests {
         assert_eq!(t[UNLEASED], (200.0, 20_000)); // 15–30 s and 40–45 s
         assert_eq!(parts.iter().map(|p| p.1).sum::<f64>(), 600.0);
         // Two leases of the same node at once: unattributed.
-        let both = Leases {
-            leases: vec![
-                Lease {
-                    tenant: "a".into(),
-                    nodes: vec!["r1-*".into()],
-                    gpus: vec![],
-                    from_ms: m,
-                    to_ms: m + 60_000,
-                },
-                Lease {
-                    tenant: "b".into(),
-                    nodes: vec!["r1-n1".into()],
-                    gpus: vec![],
-                    from_ms: m,
-                    to_ms: m + 30_000,
-                },
-            ],
-        };
+        let both = Leases::from_leases(vec![
+            Lease {
+                tenant: "a".into(),
+                nodes: vec!["r1-*".into()],
+                gpus: vec![],
+                from_ms: m,
+                to_ms: m + 60_000,
+            },
+            Lease {
+                tenant: "b".into(),
+                nodes: vec!["r1-n1".into()],
+                gpus: vec![],
+                from_ms: m,
+                to_ms: m + 30_000,
+            },
+        ]);
         let t = totals(both.attribute("r1-n1", "GPU-1", m, m + 60_000, 60.0));
         assert_eq!(t[UNATTRIBUTED], (30.0, 30_000));
         assert_eq!(t["a"], (30.0, 30_000));
+    }
+
+    #[test]
+    fn the_index_finds_the_same_leases_as_a_scan() {
+        let m = 1_800_000_000_000;
+        let lease = |t: &str, nodes: &[&str], gpus: &[&str], from_ms: i64, to_ms: i64| Lease {
+            tenant: t.into(),
+            nodes: nodes.iter().map(|n| (*n).into()).collect(),
+            gpus: gpus.iter().map(|g| (*g).into()).collect(),
+            from_ms,
+            to_ms,
+        };
+        let leases = Leases::from_leases(vec![
+            lease("a", &["r1-*"], &[], m, m + 60_000),
+            lease("b", &["r2-n1", "r2-n2"], &[], m, m + 60_000),
+            lease("c", &[], &["GPU-9", "GPU-7"], m + 10_000, m + 50_000),
+            lease("d", &["r?-n3"], &["GPU-1"], m + 20_000, m + 40_000),
+        ]);
+        for node in ["r1-n1", "r2-n1", "r2-n2", "r3-n3", "r9-n9"] {
+            for uuid in ["GPU-1", "GPU-7", "GPU-9", "GPU-0"] {
+                let scan: Vec<&Lease> = leases
+                    .all()
+                    .iter()
+                    .filter(|l| l.covers(node, uuid))
+                    .collect();
+                let found: Vec<&Lease> = leases
+                    .candidates(node, uuid)
+                    .into_iter()
+                    .filter(|l| l.covers(node, uuid))
+                    .collect();
+                assert_eq!(found, scan, "{node} {uuid}");
+            }
+        }
+        // r2-n1's GPU-9: b's for the minute, c's from 10 to 50 s as well.
+        let t = totals(leases.attribute("r2-n1", "GPU-9", m, m + 60_000, 60.0));
+        assert_eq!(t["b"], (20.0, 20_000));
+        assert_eq!(t[UNATTRIBUTED], (40.0, 40_000));
     }
 }
