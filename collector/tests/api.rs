@@ -3,9 +3,12 @@
 //! nothing.
 
 use dcwatt_collector::api::now_ms;
-use dcwatt_collector::config::{token_hash, Config};
+use dcwatt_collector::config::token_hash;
 use dcwatt_wire::{Batch, Entity, Quantity, Reading, VERSION};
 use serde_json::Value;
+
+mod common;
+use common::sample;
 
 const TOKEN: &str = "agent-one-token";
 const OTHER_TOKEN: &str = "agent-two-token";
@@ -59,13 +62,7 @@ async fn start_with(extra: &str) -> Collector {
         hex::encode(token_hash(TOKEN)),
         hex::encode(token_hash(OTHER_TOKEN))
     );
-    let site = Config::from_toml(&config).unwrap().build().unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(dcwatt_collector::run(site, listener, async {
-        let _ = rx.await;
-    }));
+    let (url, tx) = common::start(&config).await;
     Collector {
         url,
         http: reqwest::Client::new(),
@@ -166,14 +163,6 @@ impl Collector {
             .await
             .unwrap()
     }
-}
-
-fn sample(metrics: &str, series: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
 }
 
 #[tokio::test]

@@ -11,6 +11,9 @@ use dcwatt_collector::config::{token_hash, Config};
 use dcwatt_wire::{Batch, Entity, GpuInfo, Quantity, Reading, VERSION};
 use serde_json::Value;
 
+mod common;
+use common::start_at as start;
+
 const TOKEN: &str = "agent-token";
 const OPERATOR: &str = "operator-token";
 
@@ -20,23 +23,6 @@ fn base_config(extra: &str) -> String {
         hex::encode(token_hash(OPERATOR)),
         hex::encode(token_hash(TOKEN))
     )
-}
-
-async fn start(config: &str) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
-    let site = Config::from_toml(config).unwrap().build().unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        if let Err(e) = dcwatt_collector::run(site, listener, async {
-            let _ = rx.await;
-        })
-        .await
-        {
-            panic!("collector: {e}");
-        }
-    });
-    (addr, tx)
 }
 
 fn batch(seq: u64, gpus: &[&str]) -> Batch {

@@ -10,6 +10,9 @@ use dcwatt_wire::{Batch, Entity, GpuInfo, Quantity, Reading, VERSION};
 use proptest::prelude::*;
 use serde_json::Value;
 
+mod common;
+use common::sample;
+
 const OPERATOR: &str = "operator-token";
 const LAB_A: &str = "lab-a-token";
 const LAB_B: &str = "lab-b-token";
@@ -48,21 +51,7 @@ fn config(db: &std::path::Path) -> String {
 }
 
 async fn start(db: &std::path::Path) -> (String, tokio::sync::oneshot::Sender<()>) {
-    let site = Config::from_toml(&config(db)).unwrap().build().unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(dcwatt_collector::run(site, listener, async {
-        let _ = rx.await;
-    }));
-    (url, tx)
-}
-
-fn sample(metrics: &str, series: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    common::start(&config(db)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,6 +7,8 @@ use dcwatt_collector::config::{token_hash, Config};
 use dcwatt_wire::{Batch, Entity, Quantity, Reading, VERSION};
 use serde_json::Value;
 
+mod common;
+
 const TOKEN: &str = "gateway-token";
 const HOUR: i64 = 3_600_000;
 
@@ -69,14 +71,7 @@ async fn start() -> (String, tokio::sync::oneshot::Sender<()>) {
         }
     }
     config += "[[meters]]\nid = \"water-1\"\nrole = \"water\"\nzone = \"site\"\n";
-    let site = Config::from_toml(&config).unwrap().build().unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(dcwatt_collector::run(site, listener, async {
-        let _ = rx.await;
-    }));
-    (url, tx)
+    common::start(&config).await
 }
 
 #[tokio::test]
