@@ -6,23 +6,20 @@
 //! error (a wrong pointer should not look like a quiet meter). Numbers given as
 //! strings (`"123.4"`) are accepted; anything else is a value error.
 
-use std::time::Duration;
-
-use dcwatt_wire::{Entity, Quantity, Reading};
 use serde_json::Value;
 
-use super::meter::{
-    self, check_value, ErrorKind, Extracted, MeterError, MeterStatus, ResetTracker,
-};
-use super::{now_ms, Collected};
+use super::http_meter::HttpMeter;
+use super::meter::{self, check_value, ErrorKind, Extracted, MeterError};
+use super::Collected;
 use crate::config::{HttpJsonSpec, QuantitySpec, TimestampFormat, TimestampSpec};
 
 /// One configured `type = "http_json"` meter.
 #[derive(Debug)]
 pub struct HttpJsonSource {
-    spec: HttpJsonSpec,
-    client: reqwest::Client,
-    resets: ResetTracker,
+    /// The request and the meter.
+    pub http: HttpMeter,
+    quantities: Vec<QuantitySpec>,
+    timestamp: Option<TimestampSpec>,
 }
 
 /// Extracts the configured quantities from a body; pure. Returns SI values and
@@ -100,93 +97,19 @@ fn timestamp_ms(v: &Value, t: &TimestampSpec) -> Option<i64> {
 impl HttpJsonSource {
     /// A source for one configured meter.
     pub fn new(spec: HttpJsonSpec) -> Result<Self, meter::ClientError> {
-        let client = meter::client(spec.http.timeout, &spec.http.tls)?;
         Ok(Self {
-            spec,
-            client,
-            resets: ResetTracker::default(),
+            http: HttpMeter::new(&spec.meter, &spec.http)?,
+            quantities: spec.quantities,
+            timestamp: spec.timestamp,
         })
-    }
-
-    /// The meter id.
-    pub fn meter(&self) -> &str {
-        &self.spec.meter
-    }
-
-    /// The time one read may take.
-    pub fn timeout(&self) -> Duration {
-        self.spec.http.timeout
-    }
-
-    /// This meter's own interval, if configured.
-    pub fn interval(&self) -> Option<Duration> {
-        self.spec.http.interval
     }
 
     /// Reads the meter once.
     pub async fn collect(&self) -> Collected {
-        let h = &self.spec.http;
-        let start = now_ms();
-        let answer = meter::fetch(
-            &self.client,
-            meter::Request {
-                method: h.method.clone(),
-                url: &h.url,
-                headers: &h.headers,
-                body: h.body.as_deref(),
-                accept: "application/json",
-            },
-            None,
-            false,
-        )
-        .await;
-        let mid = start + (now_ms() - start) / 2;
-        let result = answer.and_then(|a| {
-            extract(&a.body, &self.spec.quantities, self.spec.timestamp.as_ref()).map_err(|e| {
-                MeterError::new(
-                    e.kind,
-                    format!("{} {}: {e}", h.method.as_str().to_lowercase(), h.url),
-                )
+        self.http
+            .read("application/json", true, |body| {
+                extract(&body, &self.quantities, self.timestamp.as_ref())
             })
-        });
-        meter_result(&self.spec.meter, &self.resets, result, mid)
-    }
-}
-
-/// Turns one meter's extracted values into a [`Collected`].
-pub fn meter_result(
-    meter: &str,
-    resets: &ResetTracker,
-    result: Result<Extracted, MeterError>,
-    mid_ms: i64,
-) -> Collected {
-    match result {
-        Err(e) => Collected {
-            error: Some(e.to_string()),
-            meters: vec![MeterStatus::down(meter, e)],
-            ..Collected::default()
-        },
-        Ok((values, device_ts)) => {
-            let ts_ms = meter::pick_ts(device_ts, mid_ms);
-            let energy = values
-                .iter()
-                .find(|(q, _)| *q == Quantity::EnergyJoules)
-                .map(|(_, v)| *v);
-            let n = resets.observe(meter, energy, None);
-            let readings = values
-                .into_iter()
-                .map(|(quantity, value)| Reading {
-                    ts_ms,
-                    entity: Entity::Meter(meter.to_owned()),
-                    quantity,
-                    value,
-                })
-                .collect();
-            Collected {
-                readings,
-                meters: vec![MeterStatus::up(meter, n)],
-                ..Collected::default()
-            }
-        }
+            .await
     }
 }

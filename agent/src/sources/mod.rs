@@ -5,6 +5,7 @@
 //! [`Collected::gpus`] for the GPUs an NVML source enumerated.
 
 pub mod http_json;
+pub mod http_meter;
 pub mod meter;
 pub mod nvml;
 pub mod prometheus_text;
@@ -137,8 +138,8 @@ impl Source {
         match self {
             Self::Nvml(_) => "nvml".to_owned(),
             Self::Redfish(r) => format!("redfish:{}", r.meter()),
-            Self::HttpJson(r) => format!("http_json:{}", r.meter()),
-            Self::PrometheusText(r) => format!("prometheus_text:{}", r.meter()),
+            Self::HttpJson(r) => format!("http_json:{}", r.http.meter()),
+            Self::PrometheusText(r) => format!("prometheus_text:{}", r.http.meter()),
         }
     }
 
@@ -148,8 +149,8 @@ impl Source {
             Self::Nvml(_) => None,
             Self::Redfish(r) if r.discovers() => None,
             Self::Redfish(r) => Some(r.meter()),
-            Self::HttpJson(r) => Some(r.meter()),
-            Self::PrometheusText(r) => Some(r.meter()),
+            Self::HttpJson(HttpJsonSource { http, .. })
+            | Self::PrometheusText(PrometheusTextSource { http, .. }) => Some(http.meter()),
         }
     }
 
@@ -163,8 +164,10 @@ impl Source {
         match self {
             Self::Nvml(_) => Vec::new(),
             Self::Redfish(r) => r.meters(),
-            Self::HttpJson(r) => vec![r.meter().to_owned()],
-            Self::PrometheusText(r) => vec![r.meter().to_owned()],
+            Self::HttpJson(HttpJsonSource { http, .. })
+            | Self::PrometheusText(PrometheusTextSource { http, .. }) => {
+                vec![http.meter().to_owned()]
+            }
         }
     }
 
@@ -173,8 +176,8 @@ impl Source {
         match self {
             Self::Nvml(_) => None,
             Self::Redfish(r) => r.interval(),
-            Self::HttpJson(r) => r.interval(),
-            Self::PrometheusText(r) => r.interval(),
+            Self::HttpJson(HttpJsonSource { http, .. })
+            | Self::PrometheusText(PrometheusTextSource { http, .. }) => http.interval(),
         }
     }
 
@@ -183,8 +186,8 @@ impl Source {
         match self {
             Self::Nvml(n) => n.timeout(),
             Self::Redfish(r) => r.timeout(),
-            Self::HttpJson(r) => r.timeout(),
-            Self::PrometheusText(r) => r.timeout(),
+            Self::HttpJson(HttpJsonSource { http, .. })
+            | Self::PrometheusText(PrometheusTextSource { http, .. }) => http.timeout(),
         }
     }
 

@@ -7,11 +7,9 @@
 //! millisecond timestamps. A malformed line fails the whole read, as it would
 //! fail a Prometheus scrape.
 
-use std::time::Duration;
-
-use super::http_json::meter_result;
-use super::meter::{self, check_value, ErrorKind, Extracted, MeterError, ResetTracker};
-use super::{now_ms, Collected};
+use super::http_meter::HttpMeter;
+use super::meter::{self, check_value, ErrorKind, Extracted, MeterError};
+use super::Collected;
 use crate::config::{PrometheusTextSpec, QuantitySpec};
 
 /// One sample of an exposition.
@@ -228,69 +226,31 @@ fn series_text<'a>(name: &str, labels: impl Iterator<Item = (&'a String, &'a Str
 /// One configured `type = "prometheus_text"` meter.
 #[derive(Debug)]
 pub struct PrometheusTextSource {
-    spec: PrometheusTextSpec,
-    client: reqwest::Client,
-    resets: ResetTracker,
+    /// The request and the meter.
+    pub http: HttpMeter,
+    quantities: Vec<QuantitySpec>,
 }
 
 impl PrometheusTextSource {
     /// A source for one configured meter.
     pub fn new(spec: PrometheusTextSpec) -> Result<Self, meter::ClientError> {
-        let client = meter::client(spec.http.timeout, &spec.http.tls)?;
         Ok(Self {
-            spec,
-            client,
-            resets: ResetTracker::default(),
+            http: HttpMeter::new(&spec.meter, &spec.http)?,
+            quantities: spec.quantities,
         })
-    }
-
-    /// The meter id.
-    pub fn meter(&self) -> &str {
-        &self.spec.meter
-    }
-
-    /// The time one read may take.
-    pub fn timeout(&self) -> Duration {
-        self.spec.http.timeout
-    }
-
-    /// This meter's own interval, if configured.
-    pub fn interval(&self) -> Option<Duration> {
-        self.spec.http.interval
     }
 
     /// Scrapes once.
     pub async fn collect(&self) -> Collected {
-        let h = &self.spec.http;
-        let start = now_ms();
-        let answer = meter::fetch(
-            &self.client,
-            meter::Request {
-                method: h.method.clone(),
-                url: &h.url,
-                headers: &h.headers,
-                body: None,
-                accept: "text/plain;version=0.0.4",
-            },
-            None,
-            false,
-        )
-        .await;
-        let mid = start + (now_ms() - start) / 2;
-        let result = answer.and_then(|a| {
-            let text = String::from_utf8(a.body).map_err(|_| {
-                MeterError::new(
-                    ErrorKind::Parse,
-                    format!("get {}: body is not utf-8", h.url),
-                )
-            })?;
-            let samples = parse(&text).map_err(|e| {
-                MeterError::new(ErrorKind::Parse, format!("get {}: exposition {e}", h.url))
-            })?;
-            extract(&samples, &self.spec.quantities)
-                .map_err(|e| MeterError::new(e.kind, format!("get {}: {e}", h.url)))
-        });
-        meter_result(&self.spec.meter, &self.resets, result, mid)
+        self.http
+            .read("text/plain;version=0.0.4", false, |body| {
+                let text = String::from_utf8(body)
+                    .map_err(|_| MeterError::new(ErrorKind::Parse, "body is not utf-8"))?;
+                let samples = parse(&text)
+                    .map_err(|e| MeterError::new(ErrorKind::Parse, format!("exposition {e}")))?;
+                extract(&samples, &self.quantities)
+            })
+            .await
     }
 }
 
