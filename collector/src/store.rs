@@ -584,32 +584,28 @@ impl Store {
              ORDER BY opened_ms, entity, kind",
         )?;
         let rows = stmt.query_map(params![from_ms, to_ms, tenant], |r| {
-            let entity_kind: String = r.get(0)?;
             let kind: String = r.get(3)?;
-            Ok((
-                entity_kind,
+            let Some(kind) = Kind::parse(&kind) else {
+                return Ok(None);
+            };
+            let entity_kind: String = r.get(0)?;
+            Ok(Some(Excursion {
+                entity_kind: if entity_kind == "gpu" { "gpu" } else { "meter" },
+                entity: r.get(1)?,
+                node: r.get(2)?,
                 kind,
-                Excursion {
-                    entity_kind: "",
-                    entity: r.get(1)?,
-                    node: r.get(2)?,
-                    kind: Kind::GpuTemperature,
-                    zone: r.get(4)?,
-                    tenant: r.get(5)?,
-                    opened_ms: r.get(6)?,
-                    closed_ms: r.get(7)?,
-                },
-            ))
+                zone: r.get(4)?,
+                tenant: r.get(5)?,
+                opened_ms: r.get(6)?,
+                closed_ms: r.get(7)?,
+            }))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (entity_kind, kind, mut e) = row?;
-            let Some(kind) = Kind::parse(&kind) else {
-                continue;
-            };
-            e.kind = kind;
-            e.entity_kind = if entity_kind == "gpu" { "gpu" } else { "meter" };
-            out.push(e);
+            // A kind this collector does not know (a newer one wrote it) is left out.
+            if let Some(e) = row? {
+                out.push(e);
+            }
         }
         Ok(out)
     }
