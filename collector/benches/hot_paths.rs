@@ -383,7 +383,14 @@ pub fn run(plan: Plan) -> Vec<Row> {
         ts += step_ms;
     }
     rows.push(time(
-        &format!("window rollup: trailing 1h/24h/7d/30d/365d ({minutes} min stored)"),
+        &format!(
+            "window rollup: {} ({minutes} min stored)",
+            windows::TRAILING
+                .iter()
+                .map(|w| w.label)
+                .collect::<Vec<_>>()
+                .join("/")
+        ),
         plan,
         1,
         || {
