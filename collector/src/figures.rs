@@ -286,9 +286,7 @@ fn live_wue(
     };
     out.water_cubic_meters = Some(volume);
     let floor = site.pue_it_floor_watts * (wb - wa) as f64 / 1000.0;
-    if it >= floor && it > 0.0 {
-        out.wue_litres_per_kwh = Some(volume * 1000.0 / (it / 3.6e6));
-    }
+    out.wue_litres_per_kwh = pue::wue(volume, it, floor);
     let fresh = |m: &&MeterState| {
         m.acc
             .last_ms

@@ -426,10 +426,9 @@ impl Store {
 
     /// Walks the whole chain and says where it first breaks.
     pub fn verify_ledger(&self) -> Result<Verification, StoreError> {
-        let mut stmt = self.conn.prepare(
-            "SELECT id, minute_ms, tenant, it_joules, facility_joules, pue, pue_basis, gpu_ms, late, prev_hash, hash, util_mean, peak_watts, excursions, node_joules
-             FROM ledger ORDER BY id",
-        )?;
+        let mut stmt = self
+            .conn
+            .prepare(&format!("SELECT {ROW_COLUMNS} FROM ledger ORDER BY id"))?;
         let rows = stmt.query_map([], read_row)?;
         let (mut expected_prev, mut expected_id, mut n) = (GENESIS.to_owned(), 1i64, 0i64);
         for row in rows {
@@ -478,10 +477,9 @@ impl Store {
         from_ms: i64,
         to_ms: i64,
     ) -> Result<Vec<Row>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT id, minute_ms, tenant, it_joules, facility_joules, pue, pue_basis, gpu_ms, late, prev_hash, hash, util_mean, peak_watts, excursions, node_joules
-             FROM ledger WHERE tenant = ?1 AND minute_ms >= ?2 AND minute_ms < ?3 ORDER BY id",
-        )?;
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {ROW_COLUMNS} FROM ledger WHERE tenant = ?1 AND minute_ms >= ?2 AND minute_ms < ?3 ORDER BY id"
+        ))?;
         let rows = stmt
             .query_map(params![tenant, from_ms, to_ms], read_row)?
             .collect::<Result<_, _>>()?;
@@ -512,6 +510,10 @@ impl Store {
             .unwrap_or_else(|| GENESIS.to_owned()))
     }
 }
+
+/// The ledger columns [`read_row`] reads, in its order.
+const ROW_COLUMNS: &str =
+    "id, minute_ms, tenant, it_joules, facility_joules, pue, pue_basis, gpu_ms, late, prev_hash, hash, util_mean, peak_watts, excursions, node_joules";
 
 fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
     Ok(Row {

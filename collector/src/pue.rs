@@ -36,6 +36,15 @@ pub fn pue(
     Ok(ratio)
 }
 
+/// WUE (ISO/IEC 30134-9) of one interval: site water (m³) as litres per kWh
+/// of IT energy (J). None below the IT floor, as for PUE.
+pub fn wue(water_cubic_meters: f64, it_joules: f64, it_floor_joules: f64) -> Option<f64> {
+    const LITRES_PER_CUBIC_METER: f64 = 1000.0;
+    const JOULES_PER_KWH: f64 = 3.6e6;
+    (it_joules >= it_floor_joules && it_joules > 0.0)
+        .then(|| water_cubic_meters * LITRES_PER_CUBIC_METER / (it_joules / JOULES_PER_KWH))
+}
+
 /// Partial PUE of a zone: (zone IT + zone infrastructure + the zone's share of
 /// shared infrastructure) / zone IT, the shared part allocated in proportion to
 /// IT energy (`it_share` = zone IT / all IT). None below the IT floor.
@@ -69,6 +78,14 @@ mod tests {
         assert_eq!(pue(1200.0, 0.0, 0.0, 3.0), Err(NoPue::ItBelowFloor));
         assert_eq!(pue(900.0, 1000.0, 10.0, 3.0), Err(NoPue::Invalid(0.9)));
         assert_eq!(pue(4000.0, 1000.0, 10.0, 3.0), Err(NoPue::Invalid(4.0)));
+    }
+
+    #[test]
+    fn wue_is_litres_per_kilowatt_hour() {
+        // 0.5 m³ of water for 2,500 kWh (9 GJ) of IT energy: 0.2 L/kWh.
+        assert_eq!(wue(0.5, 9.0e9, 1.0), Some(0.2));
+        assert_eq!(wue(0.5, 9.0e9, 1.0e10), None);
+        assert_eq!(wue(0.5, 0.0, 0.0), None);
     }
 
     #[test]

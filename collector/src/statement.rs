@@ -36,6 +36,17 @@ pub fn civil_from_days(days: i64) -> (i64, i64, i64) {
     (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
+/// The UTC calendar month holding `ts_ms`: `[its first instant, the next
+/// month's first instant)`, Unix ms.
+pub fn month_of(ts_ms: i64) -> (i64, i64) {
+    let (y, m, _) = civil_from_days(ts_ms.div_euclid(DAY_MS));
+    let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+    (
+        days_from_civil(y, m, 1) * DAY_MS,
+        days_from_civil(ny, nm, 1) * DAY_MS,
+    )
+}
+
 /// `YYYY-MM` → the month's `[from, to)` in Unix ms, UTC.
 pub fn month_range(month: &str) -> Option<(i64, i64)> {
     let (y, m) = month.split_once('-')?;
@@ -46,11 +57,7 @@ pub fn month_range(month: &str) -> Option<(i64, i64)> {
     if !(1970..=9999).contains(&y) || !(1..=12).contains(&m) {
         return None;
     }
-    let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
-    Some((
-        days_from_civil(y, m, 1) * DAY_MS,
-        days_from_civil(ny, nm, 1) * DAY_MS,
-    ))
+    Some(month_of(days_from_civil(y, m, 1) * DAY_MS))
 }
 
 /// One day of a statement.

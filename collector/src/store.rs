@@ -638,10 +638,15 @@ impl Store {
         from_ms: i64,
         to_ms: i64,
     ) -> Result<i64, StoreError> {
+        self.covered(resolution.key(), zone, from_ms, to_ms)
+    }
+
+    /// Σ `complete` of the coverage rows of `kind` and `zone` starting in `[from_ms, to_ms)`.
+    fn covered(&self, kind: &str, zone: &str, from_ms: i64, to_ms: i64) -> Result<i64, StoreError> {
         let n: Option<i64> = self.conn.prepare_cached(
             "SELECT SUM(complete) FROM coverage WHERE kind = ?1 AND zone = ?2 AND start_ms >= ?3 AND start_ms < ?4",
         )?
-        .query_row(params![resolution.key(), zone, from_ms, to_ms], |r| r.get(0))?;
+        .query_row(params![kind, zone, from_ms, to_ms], |r| r.get(0))?;
         Ok(n.unwrap_or(0))
     }
 
@@ -653,11 +658,7 @@ impl Store {
         from_ms: i64,
         to_ms: i64,
     ) -> Result<i64, StoreError> {
-        let n: Option<i64> = self.conn.prepare_cached(
-            "SELECT SUM(complete) FROM coverage WHERE kind = ?1 AND zone = '*' AND start_ms >= ?2 AND start_ms < ?3",
-        )?
-        .query_row(params![resolution.water_key(), from_ms, to_ms], |r| r.get(0))?;
-        Ok(n.unwrap_or(0))
+        self.covered(resolution.water_key(), "*", from_ms, to_ms)
     }
 
     /// Complete minutes whose PUE was invalid (below 1 or above the maximum), ever.

@@ -29,7 +29,7 @@ use serde::Serialize;
 
 use crate::config::{Role, Site};
 use crate::pue::{self, NoPue};
-use crate::statement::{civil_from_days, days_from_civil};
+use crate::statement::month_of;
 use crate::store::{Resolution, Store, StoreError};
 
 const MINUTE_MS: i64 = 60_000;
@@ -132,21 +132,9 @@ impl Window {
 }
 
 /// The first instant (Unix ms) of the UTC calendar month holding `ts_ms`.
-pub fn month_start(ts_ms: i64) -> i64 {
-    let (y, m, _) = civil_from_days(ts_ms.div_euclid(DAY_MS));
-    days_from_civil(y, m, 1) * DAY_MS
+fn month_start(ts_ms: i64) -> i64 {
+    month_of(ts_ms).0
 }
-
-/// The first instant (Unix ms) of the UTC calendar month after the one holding `ts_ms`.
-pub fn next_month_start(ts_ms: i64) -> i64 {
-    let (y, m, _) = civil_from_days(ts_ms.div_euclid(DAY_MS));
-    let (y, m) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
-    days_from_civil(y, m, 1) * DAY_MS
-}
-
-/// Litres in a cubic metre, joules in a kilowatt-hour: WUE's units.
-const LITRES_PER_CUBIC_METER: f64 = 1000.0;
-const JOULES_PER_KWH: f64 = 3.6e6;
 
 /// Energies and PUE of one zone over a period.
 #[derive(Debug, Clone, Serialize)]
@@ -303,9 +291,7 @@ pub fn period(
     } else {
         0
     };
-    let it_above_floor = it >= floor && it > 0.0;
-    let wue_litres_per_kwh = (has_water && it_above_floor)
-        .then(|| water * LITRES_PER_CUBIC_METER / (it / JOULES_PER_KWH));
+    let wue_litres_per_kwh = pue::wue(water, it, floor).filter(|_| has_water);
     let total_it: f64 = zone_it.values().sum();
     let mut zones = Vec::new();
     for (zone, zit) in &zone_it {
@@ -363,6 +349,7 @@ pub fn trailing(store: &Store, site: &Site, now_ms: i64) -> Result<Vec<Period>, 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::statement::days_from_civil;
 
     /// Unix ms of a UTC date and time.
     fn utc(y: i64, mo: i64, d: i64, h: i64, mi: i64) -> i64 {
@@ -384,15 +371,15 @@ mod tests {
         for (y, feb_days) in [(2028, 29), (2000, 29), (2100, 28), (2026, 28)] {
             let feb = utc(y, 2, 1, 0, 0);
             assert_eq!(month_start(utc(y, 2, 17, 13, 5)), feb);
-            assert_eq!(next_month_start(feb), utc(y, 3, 1, 0, 0));
-            assert_eq!((next_month_start(feb) - feb) / DAY_MS, feb_days, "{y}");
+            assert_eq!(month_of(feb).1, utc(y, 3, 1, 0, 0));
+            assert_eq!((month_of(feb).1 - feb) / DAY_MS, feb_days, "{y}");
             // The last millisecond of February is still February.
             assert_eq!(month_start(utc(y, 3, 1, 0, 0) - 1), feb);
         }
         // December → January crosses the year.
         let dec = utc(2026, 12, 1, 0, 0);
         assert_eq!(month_start(utc(2026, 12, 31, 23, 59)), dec);
-        assert_eq!(next_month_start(dec), utc(2027, 1, 1, 0, 0));
+        assert_eq!(month_of(dec).1, utc(2027, 1, 1, 0, 0));
         assert_eq!(month_start(utc(2027, 1, 1, 0, 0) - 1), dec);
         assert_eq!(utc(2027, 1, 1, 0, 0) - dec, 31 * DAY_MS);
         // Before 1970 too (the arithmetic is proleptic Gregorian).

@@ -56,15 +56,7 @@ fn batch(seq: u64, gpus: &[&str]) -> Batch {
 }
 
 async fn agents(http: &reqwest::Client, base: &str) -> Value {
-    let s: Value = http
-        .get(format!("{base}/v1/summary"))
-        .bearer_auth(OPERATOR)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let s: Value = common::get_json_as(http, &format!("{base}/v1/summary"), OPERATOR).await;
     serde_json::json!({"agents": s["agents"], "gpus": s["gpus"]})
 }
 

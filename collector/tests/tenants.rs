@@ -185,15 +185,12 @@ async fn leases_book_gpu_energy_and_only_the_right_caller_reads_it() {
             resp.text().await.unwrap_or_default()
         );
     }
-    let body: Value = http
-        .get(format!("{url}/v1/tenants/lab-a/energy?{range}&step=5m"))
-        .bearer_auth(LAB_A)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body: Value = common::get_json_as(
+        &http,
+        &format!("{url}/v1/tenants/lab-a/energy?{range}&step=5m"),
+        LAB_A,
+    )
+    .await;
     let steps = body["steps"].as_array().unwrap();
     assert_eq!(steps.len(), 3);
     let total: f64 = steps.iter().map(|s| s["it_joules"].as_f64().unwrap()).sum();
@@ -206,15 +203,12 @@ async fn leases_book_gpu_energy_and_only_the_right_caller_reads_it() {
         assert_eq!(s["peak_watts"].as_f64(), Some(1100.0), "{s}");
         assert_eq!(s["thermal_excursions"].as_i64(), Some(0), "{s}");
     }
-    let csv = http
-        .get(format!("{url}/v1/tenants/lab-b/energy?{range}&format=csv"))
-        .bearer_auth(LAB_B)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let (_, csv) = common::get_as(
+        &http,
+        &format!("{url}/v1/tenants/lab-b/energy?{range}&format=csv"),
+        LAB_B,
+    )
+    .await;
     assert!(csv.starts_with("from_ms,to_ms,it_joules,"), "{csv}");
     assert!(csv.contains(",240000,"), "{csv}");
     // The monthly statement, online and offline, agree.
@@ -222,15 +216,12 @@ async fn leases_book_gpu_energy_and_only_the_right_caller_reads_it() {
         let (y, m, _) = dcwatt_collector::statement::civil_from_days(t0 / 86_400_000);
         format!("{y:04}-{m:02}")
     };
-    let statement: Value = http
-        .get(format!("{url}/v1/tenants/lab-a/statement?month={month}"))
-        .bearer_auth(LAB_A)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let statement: Value = common::get_json_as(
+        &http,
+        &format!("{url}/v1/tenants/lab-a/statement?month={month}"),
+        LAB_A,
+    )
+    .await;
     assert!(
         (statement["it_kwh"].as_f64().unwrap() - 8.0 * 60_000.0 / 3.6e6).abs() < 1e-12,
         "{statement}"
@@ -244,24 +235,17 @@ async fn leases_book_gpu_energy_and_only_the_right_caller_reads_it() {
                 || g["from_ms"].as_i64().unwrap() >= booked.end),
         "a booked minute reported as a gap: {gaps:?}"
     );
-    let b_statement = http
-        .get(format!("{url}/v1/tenants/lab-a/statement?month={month}"))
-        .bearer_auth(LAB_B)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(b_statement.status(), 403);
+    let (b_statement, _) = common::get_as(
+        &http,
+        &format!("{url}/v1/tenants/lab-a/statement?month={month}"),
+        LAB_B,
+    )
+    .await;
+    assert_eq!(b_statement, 403);
     let conf = dir.path().join("collector.toml");
     std::fs::write(&conf, config(&db)).unwrap();
-    let verify: Value = http
-        .get(format!("{url}/v1/ledger/verify"))
-        .bearer_auth(OPERATOR)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let verify: Value =
+        common::get_json_as(&http, &format!("{url}/v1/ledger/verify"), OPERATOR).await;
     assert_eq!(verify["broken"], Value::Null, "{verify}");
     let _ = stop.send(());
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -561,15 +545,12 @@ async fn a_metered_nodes_energy_beyond_its_gpus_is_shared_by_gpu_time() {
     let range = format!("from={t0}&to={}", t0 + 15 * 60_000);
     let deadline = Instant::now() + Duration::from_secs(30);
     let body = loop {
-        let body: Value = http
-            .get(format!("{url}/v1/tenants/lab-a/energy?{range}"))
-            .bearer_auth(LAB_A)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let body: Value = common::get_json_as(
+            &http,
+            &format!("{url}/v1/tenants/lab-a/energy?{range}"),
+            LAB_A,
+        )
+        .await;
         if body["steps"][0]["rows"].as_u64() == Some(8) {
             break body;
         }
@@ -594,15 +575,7 @@ async fn a_metered_nodes_energy_beyond_its_gpus_is_shared_by_gpu_time() {
         Some(8.0 * 39_000.0),
         "{m}"
     );
-    let v: Value = http
-        .get(format!("{url}/v1/ledger/verify"))
-        .bearer_auth(OPERATOR)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = common::get_json_as(&http, &format!("{url}/v1/ledger/verify"), OPERATOR).await;
     assert_eq!(v["broken"], Value::Null, "{v}");
     let _ = stop.send(());
 }

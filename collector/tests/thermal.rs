@@ -128,13 +128,7 @@ async fn post(http: &reqwest::Client, url: &str, agent: usize, k: i64, ts: i64) 
 }
 
 async fn get(http: &reqwest::Client, url: &str, path: &str, token: &str) -> (u16, String) {
-    let resp = http
-        .get(format!("{url}{path}"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
-    (resp.status().as_u16(), resp.text().await.unwrap())
+    common::get_as(http, &format!("{url}{path}"), token).await
 }
 
 fn check_final_metrics(m: &str) {

@@ -22,6 +22,7 @@ use anyhow::{bail, Context};
 use sha2::{Digest, Sha256};
 
 use crate::launch::{fetch_site, Proc};
+use crate::measure::{percentile, proc_usage};
 
 /// Options of the agent benchmark.
 #[derive(Debug, Clone, clap::Args)]
@@ -93,31 +94,6 @@ pub struct AgentBenchReport {
     pub rows: Vec<ProcessRow>,
     /// Why node_exporter is not in the table, when it is not.
     pub node_exporter_missing: Option<String>,
-}
-
-/// (user + system CPU seconds, peak RSS bytes, threads) of a process, from `/proc`.
-pub fn proc_usage(pid: u32) -> Option<(f64, u64, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let field = |name: &str| -> Option<u64> {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))?
-            .split_whitespace()
-            .nth(1)?
-            .parse()
-            .ok()
-    };
-    Some((
-        ticks / hz.max(1.0),
-        field("VmHWM:")? * 1024,
-        field("Threads:")?,
-    ))
 }
 
 /// A child that is not a dcwatt binary (node_exporter): killed when dropped.
@@ -425,12 +401,7 @@ pub async fn run(args: &AgentBenchArgs) -> anyhow::Result<AgentBenchReport> {
         let (n, failed, p50, p99, max, bytes) = match scrapes {
             Some(s) => {
                 s.latencies_ms.sort_by(f64::total_cmp);
-                let pct = |p: f64| {
-                    s.latencies_ms
-                        .get(((s.latencies_ms.len() as f64 - 1.0) * p).round() as usize)
-                        .copied()
-                        .unwrap_or(f64::NAN)
-                };
+                let pct = |p: f64| percentile(&s.latencies_ms, p);
                 (
                     s.latencies_ms.len(),
                     s.failed,

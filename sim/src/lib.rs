@@ -20,7 +20,7 @@
 //! - [`launch`]: configs, tokens and processes of a deployment against the simulator.
 //! - [`loadgen`]: `dcwatt-sim load`, a hall's worth of agents against one collector.
 //! - [`agentbench`]: `dcwatt-sim agent-bench`, one agent's CPU, RSS and scrape
-//!   latency beside node_exporter.
+//!   latency beside node_exporter; [`measure`]: CPU, RSS and percentiles of both.
 //! - [`demo`]: `dcwatt-sim demo`, the whole pipeline with a live line per second.
 //! - `server`: [`Sim`], [`serve`], wall-clock ticks, fake NVML state files, `/sim/*`.
 
@@ -33,6 +33,7 @@ pub mod hall;
 pub mod launch;
 mod load;
 pub mod loadgen;
+pub mod measure;
 pub mod redfish;
 mod server;
 

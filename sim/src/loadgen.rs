@@ -175,23 +175,9 @@ fn now_ms() -> i64 {
     crate::now_ms()
 }
 
-/// (user + system CPU seconds, peak RSS bytes) of a process, from `/proc`.
+/// (user + system CPU seconds, peak RSS bytes) of a process.
 fn proc_usage(pid: u32) -> Option<(f64, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let hwm_kb: u64 = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()?;
-    Some((ticks / hz.max(1.0), hwm_kb * 1024))
+    crate::measure::proc_usage(pid).map(|(cpu, rss, _threads)| (cpu, rss))
 }
 
 /// Runs the load and returns what it measured.
@@ -373,12 +359,7 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<LoadReport> {
         }
     }
     latencies.sort_by(f64::total_cmp);
-    let pct = |p: f64| {
-        latencies
-            .get(((latencies.len() as f64 - 1.0) * p).round() as usize)
-            .copied()
-            .unwrap_or(f64::NAN)
-    };
+    let pct = |p: f64| crate::measure::percentile(&latencies, p);
     let total_for = measured_for;
     let render = Instant::now();
     let exposition = reqwest::get(format!("{}/metrics", collector.url()))

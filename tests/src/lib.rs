@@ -216,3 +216,33 @@ pub fn make_certs(dir: &std::path::Path) {
     ]);
     openssl(&other);
 }
+
+/// Starts the simulator (`dcwatt-sim serve` on 127.0.0.1:0) for a hall of
+/// `racks` × `nodes_per_rack` nodes with `gpus_per_node` GPUs each, writing
+/// the fake NVML state files into `dir/nvml` (returned) and its log to
+/// `dir/sim.log`. The process is killed when the returned `Proc` is dropped.
+pub fn spawn_sim(
+    dir: &std::path::Path,
+    racks: u32,
+    nodes_per_rack: u32,
+    gpus_per_node: u32,
+    seed: u64,
+) -> (dcwatt_sim::launch::Proc, std::path::PathBuf) {
+    let state_dir = dir.join("nvml");
+    std::fs::create_dir_all(&state_dir).expect("the NVML state directory");
+    let mut args: Vec<std::ffi::OsString> = vec!["serve".into()];
+    for (flag, value) in [
+        ("--racks", racks.to_string()),
+        ("--nodes-per-rack", nodes_per_rack.to_string()),
+        ("--gpus-per-node", gpus_per_node.to_string()),
+        ("--seed", seed.to_string()),
+        ("--listen", "127.0.0.1:0".to_owned()),
+    ] {
+        args.extend([flag.into(), value.into()]);
+    }
+    args.extend(["--state-dir".into(), state_dir.clone().into_os_string()]);
+    let sim =
+        dcwatt_sim::launch::Proc::spawn("sim", "dcwatt-sim", &args, &[], &dir.join("sim.log"))
+            .expect("dcwatt-sim (build the workspace first)");
+    (sim, state_dir)
+}

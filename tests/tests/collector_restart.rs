@@ -8,32 +8,12 @@
 use std::time::Duration;
 
 use dcwatt_sim::launch::{launch, LaunchOptions, Proc};
-use dcwatt_tests::{get_json, get_text, sample, wait_for};
+use dcwatt_tests::{get_json, get_text, sample, spawn_sim, wait_for};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crashed_collector_loses_and_doubles_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let state_dir = dir.path().join("nvml");
-    std::fs::create_dir_all(&state_dir).unwrap();
-    let args: Vec<std::ffi::OsString> = [
-        "serve",
-        "--racks",
-        "2",
-        "--nodes-per-rack",
-        "1",
-        "--gpus-per-node",
-        "2",
-        "--seed",
-        "3",
-        "--listen",
-        "127.0.0.1:0",
-        "--state-dir",
-    ]
-    .iter()
-    .map(Into::into)
-    .chain([state_dir.into_os_string()])
-    .collect();
-    let sim = Proc::spawn("sim", "dcwatt-sim", &args, &[], &dir.path().join("sim.log")).unwrap();
+    let (sim, _) = spawn_sim(dir.path(), 2, 1, 2, 3);
     let sim_url = sim.url();
     let opts = LaunchOptions {
         dir: dir.path().to_path_buf(),

@@ -7,8 +7,8 @@
 
 use std::time::Duration;
 
-use dcwatt_sim::launch::{launch, LaunchOptions, Proc};
-use dcwatt_tests::{get_json, get_text, promtool_check_metrics, wait_for};
+use dcwatt_sim::launch::{launch, LaunchOptions};
+use dcwatt_tests::{get_json, get_text, promtool_check_metrics, spawn_sim, wait_for};
 use serde_json::{json, Value};
 
 async fn truth(sim: &str, entity: &str, from_ms: i64, to_ms: i64) -> f64 {
@@ -45,27 +45,7 @@ fn rel_err(got: f64, want: f64) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hall_energy_and_pue_match_ground_truth() {
     let dir = tempfile::tempdir().unwrap();
-    let state_dir = dir.path().join("nvml");
-    std::fs::create_dir_all(&state_dir).unwrap();
-    let args: Vec<std::ffi::OsString> = [
-        "serve",
-        "--racks",
-        "2",
-        "--nodes-per-rack",
-        "1",
-        "--gpus-per-node",
-        "4",
-        "--seed",
-        "7",
-        "--listen",
-        "127.0.0.1:0",
-        "--state-dir",
-    ]
-    .iter()
-    .map(Into::into)
-    .chain([state_dir.clone().into_os_string()])
-    .collect();
-    let sim = Proc::spawn("sim", "dcwatt-sim", &args, &[], &dir.path().join("sim.log")).unwrap();
+    let (sim, _) = spawn_sim(dir.path(), 2, 1, 4, 7);
     let sim_url = sim.url();
     let opts = LaunchOptions {
         dir: dir.path().to_path_buf(),

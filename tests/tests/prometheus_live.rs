@@ -10,8 +10,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use dcwatt_sim::launch::{launch, LaunchOptions, Proc};
-use dcwatt_tests::{dashboard_exprs, get_json, wait_for};
+use dcwatt_sim::launch::{launch, LaunchOptions};
+use dcwatt_tests::{dashboard_exprs, get_json, spawn_sim, wait_for};
 use serde_json::Value;
 
 /// Kills the Prometheus server when the test ends, however it ends.
@@ -66,27 +66,7 @@ fn url_escape(s: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shipped_rules_run_in_prometheus_against_a_live_hall() {
     let dir = tempfile::tempdir().unwrap();
-    let state_dir = dir.path().join("nvml");
-    std::fs::create_dir_all(&state_dir).unwrap();
-    let args: Vec<std::ffi::OsString> = [
-        "serve",
-        "--racks",
-        "2",
-        "--nodes-per-rack",
-        "1",
-        "--gpus-per-node",
-        "4",
-        "--seed",
-        "11",
-        "--listen",
-        "127.0.0.1:0",
-        "--state-dir",
-    ]
-    .iter()
-    .map(Into::into)
-    .chain([state_dir.into_os_string()])
-    .collect();
-    let sim = Proc::spawn("sim", "dcwatt-sim", &args, &[], &dir.path().join("sim.log")).unwrap();
+    let (sim, _) = spawn_sim(dir.path(), 2, 1, 4, 11);
     let opts = LaunchOptions {
         dir: dir.path().to_path_buf(),
         interval: "500ms".into(),

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use dcwatt_agent::spool::{Fsync, Spool, SpoolSpec, Storage};
 use dcwatt_sim::launch::{launch, LaunchOptions, Proc};
-use dcwatt_tests::{get_json, get_text, sample, wait_for};
+use dcwatt_tests::{get_json, get_text, sample, spawn_sim, wait_for};
 use serde_json::Value;
 
 async fn truth(sim: &str, entity: &str, from_ms: i64, to_ms: i64) -> f64 {
@@ -61,27 +61,7 @@ fn last_seqs(summary: &Value) -> std::collections::BTreeMap<String, u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outages_lose_nothing_and_the_mirror_catches_up() {
     let dir = tempfile::tempdir().unwrap();
-    let state_dir = dir.path().join("nvml");
-    std::fs::create_dir_all(&state_dir).unwrap();
-    let args: Vec<std::ffi::OsString> = [
-        "serve",
-        "--racks",
-        "2",
-        "--nodes-per-rack",
-        "1",
-        "--gpus-per-node",
-        "2",
-        "--seed",
-        "11",
-        "--listen",
-        "127.0.0.1:0",
-        "--state-dir",
-    ]
-    .iter()
-    .map(Into::into)
-    .chain([state_dir.clone().into_os_string()])
-    .collect();
-    let sim = Proc::spawn("sim", "dcwatt-sim", &args, &[], &dir.path().join("sim.log")).unwrap();
+    let (sim, _) = spawn_sim(dir.path(), 2, 1, 2, 11);
     let sim_url = sim.url();
     let opts = LaunchOptions {
         dir: dir.path().to_path_buf(),

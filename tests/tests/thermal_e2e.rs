@@ -7,8 +7,8 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use dcwatt_sim::launch::{launch, LaunchOptions, Proc};
-use dcwatt_tests::{get_json, get_text, sample, wait_for};
+use dcwatt_sim::launch::{launch, LaunchOptions};
+use dcwatt_tests::{get_json, get_text, sample, spawn_sim, wait_for};
 use serde_json::{json, Value};
 
 async fn heat(sim: &str, gpu: &str, celsius: f64) {
@@ -39,27 +39,7 @@ fn open(summary: &Value) -> BTreeSet<(String, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hot_gpu_opens_and_closes_excursions_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
-    let state_dir = dir.path().join("nvml");
-    std::fs::create_dir_all(&state_dir).unwrap();
-    let args: Vec<std::ffi::OsString> = [
-        "serve",
-        "--racks",
-        "1",
-        "--nodes-per-rack",
-        "2",
-        "--gpus-per-node",
-        "4",
-        "--seed",
-        "3",
-        "--listen",
-        "127.0.0.1:0",
-        "--state-dir",
-    ]
-    .iter()
-    .map(Into::into)
-    .chain([state_dir.into_os_string()])
-    .collect();
-    let sim = Proc::spawn("sim", "dcwatt-sim", &args, &[], &dir.path().join("sim.log")).unwrap();
+    let (sim, _) = spawn_sim(dir.path(), 1, 2, 4, 3);
     let opts = LaunchOptions {
         dir: dir.path().to_path_buf(),
         interval: "500ms".into(),

@@ -37,3 +37,15 @@ pub fn sample(metrics: &str, series: &str) -> Option<f64> {
         .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
+
+/// `GET url` with `token` as the bearer: the status and the body.
+pub async fn get_as(http: &reqwest::Client, url: &str, token: &str) -> (u16, String) {
+    let resp = http.get(url).bearer_auth(token).send().await.unwrap();
+    (resp.status().as_u16(), resp.text().await.unwrap())
+}
+
+/// `GET url` with `token` as the bearer, its body as JSON (any status).
+pub async fn get_json_as(http: &reqwest::Client, url: &str, token: &str) -> serde_json::Value {
+    let (status, body) = get_as(http, url, token).await;
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{url} ({status}): {e}: {body}"))
+}
