@@ -62,12 +62,12 @@ fn main() -> ExitCode {
 }
 
 fn serve(config: dcwatt_agent::config::RuntimeConfig) -> anyhow::Result<()> {
-    // Two workers whatever the node's core count: the agent's work is small
-    // (NVML calls run on their own threads) and must not spread over the cores
-    // a training job uses; one worker per core of a 144-core node costs memory
-    // for nothing.
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread for all async work, whatever the node's core count: the
+    // agent's async work is a few requests a second (NVML calls run on their
+    // own threads, spool writes on the blocking pool) and must not spread over
+    // the cores a training job uses. A multi-thread runtime spent more CPU
+    // waking its idle second worker than on that work (docs/benchmarks.md).
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;

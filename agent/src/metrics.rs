@@ -190,16 +190,12 @@ impl State {
         f(&mut guard)
     }
 
-    /// A copy of the current snapshot.
-    pub fn snapshot(&self) -> Snapshot {
-        self.update(|s| s.clone())
-    }
-
     /// The text exposition of the current state.
     pub fn render(&self) -> String {
-        let snap = self.snapshot();
         let ship = self.ship.as_ref().map(|s| s.status());
-        render(&self.node, &snap, ship.as_ref())
+        // Rendered under the lock rather than from a copy: the copy cost more
+        // than the render, and a collection waits at most one render.
+        self.update(|snap| render(&self.node, snap, ship.as_ref()))
     }
 }
 

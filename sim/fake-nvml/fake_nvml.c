@@ -7,7 +7,7 @@
  * is dcwatt_fake_nvml::write_state) and answers the NVML calls that
  * nvml-wrapper 0.13 makes for dcwatt's agent. Writes nothing.
  *
- * - The file is re-read (under one mutex) whenever its mtime, ctime, size or
+ * - The file is re-read (under a write lock; calls read under a read lock) whenever its mtime, ctime, size or
  *   inode changes (each tmp + rename brings a new inode). A file that does not parse keeps the last good state (zero GPUs
  *   if there never was one). A file that vanishes after init keeps the last
  *   good state too; a missing file at init answers DRIVER_NOT_LOADED (9).
@@ -237,10 +237,20 @@ typedef struct {
     char busId[32];
 } nvmlPciInfo_t;
 
-static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
+/* Calls read the state under the read lock, so the GPU threads of an agent
+ * do not queue behind one another (each queueing is a futex wake-up, which a
+ * benchmark would charge to the agent); init, shutdown and re-reading the file
+ * take the write lock. */
+static pthread_rwlock_t g_lock = PTHREAD_RWLOCK_INITIALIZER;
+/* Bumped (under g_xid_mu) and broadcast when a re-read brings a new XID event. */
+static pthread_mutex_t g_xid_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t g_xid_changed = PTHREAD_COND_INITIALIZER;
+static unsigned long long g_xid_gen;
 static unsigned int g_init_count;
 static char g_path[4096];
-static struct state g_state;
+/* The current state and a spare to parse into; swapped under g_lock. */
+static struct state g_states[2];
+static struct state *g_st = &g_states[0];
 static int g_have_stat;
 static struct stat g_stat;
 static struct nvmlDevice_st g_handles[MAX_GPUS];
@@ -414,8 +424,26 @@ static int parse_state(char *text, struct state *st) {
     return 0;
 }
 
+/* The highest XID event id in a state (0: none). */
+static unsigned long long max_xid_id(const struct state *st) {
+    unsigned long long max = 0;
+    for (unsigned int i = 0; i < st->count; i++) {
+        for (unsigned int j = 0; j < st->gpus[i].xid_count; j++) {
+            if (st->gpus[i].xid_id[j] > max) max = st->gpus[i].xid_id[j];
+        }
+    }
+    return max;
+}
+
+/* Whether `sb` is the file last read. Caller holds g_lock (either way). */
+static int same_file_locked(const struct stat *sb) {
+    return g_have_stat && sb->st_ino == g_stat.st_ino && sb->st_size == g_stat.st_size &&
+           sb->st_mtim.tv_sec == g_stat.st_mtim.tv_sec && sb->st_mtim.tv_nsec == g_stat.st_mtim.tv_nsec &&
+           sb->st_ctim.tv_sec == g_stat.st_ctim.tv_sec && sb->st_ctim.tv_nsec == g_stat.st_ctim.tv_nsec;
+}
+
 /*
- * Re-reads the state file if it changed. Caller holds g_lock.
+ * Re-reads the state file if it changed. Caller holds g_lock for writing.
  * Returns 0 when a state is available (fresh or last good), -1 when the file
  * is missing and no state was ever loaded.
  */
@@ -424,16 +452,17 @@ static int refresh_locked(void) {
     if (stat(g_path, &sb) != 0) {
         return g_have_stat ? 0 : -1;
     }
-    if (g_have_stat && sb.st_ino == g_stat.st_ino && sb.st_size == g_stat.st_size &&
-        sb.st_mtim.tv_sec == g_stat.st_mtim.tv_sec && sb.st_mtim.tv_nsec == g_stat.st_mtim.tv_nsec &&
-        sb.st_ctim.tv_sec == g_stat.st_ctim.tv_sec && sb.st_ctim.tv_nsec == g_stat.st_ctim.tv_nsec) {
+    if (same_file_locked(&sb)) {
         return 0;
     }
     FILE *f = fopen(g_path, "rb");
     if (f == NULL) {
         return g_have_stat ? 0 : -1;
     }
-    char *buf = malloc(MAX_FILE_BYTES + 1);
+    /* One buffer for the life of the process: only the pages a file fills
+     * are touched. */
+    static char *buf; /* under g_lock */
+    if (buf == NULL) buf = malloc(MAX_FILE_BYTES + 1);
     if (buf == NULL) {
         fclose(f);
         return g_have_stat ? 0 : -1;
@@ -445,15 +474,21 @@ static int refresh_locked(void) {
     int first = !g_have_stat;
     g_stat = sb;
     g_have_stat = 1;
-    static struct state parsed; /* under g_lock */
-    if (!too_big && memchr(buf, '\0', n) == NULL && parse_state(buf, &parsed) == 0) {
-        g_state = parsed;
+    struct state *spare = g_st == &g_states[0] ? &g_states[1] : &g_states[0];
+    if (!too_big && memchr(buf, '\0', n) == NULL && parse_state(buf, spare) == 0) {
+        unsigned long long before = max_xid_id(g_st);
+        g_st = spare;
+        if (max_xid_id(g_st) != before) {
+            pthread_mutex_lock(&g_xid_mu);
+            g_xid_gen++;
+            pthread_cond_broadcast(&g_xid_changed);
+            pthread_mutex_unlock(&g_xid_mu);
+        }
     } else if (first) {
         /* Never had a good state: zero GPUs. */
-        memset(&g_state, 0, sizeof g_state);
-        snprintf(g_state.driver, sizeof g_state.driver, "%s", "0.0.0");
+        memset(g_st, 0, sizeof *g_st);
+        snprintf(g_st->driver, sizeof g_st->driver, "%s", "0.0.0");
     }
-    free(buf);
     return 0;
 }
 
@@ -462,19 +497,22 @@ static nvmlReturn_t do_init(void) {
     if (path == NULL || path[0] == '\0' || strlen(path) >= sizeof g_path) {
         return NVML_ERROR_DRIVER_NOT_LOADED;
     }
-    pthread_mutex_lock(&g_lock);
+    pthread_rwlock_wrlock(&g_lock);
     nvmlReturn_t ret = NVML_SUCCESS;
     if (g_init_count == 0) {
+        /* Handles carry their index; set once here, read without writes. */
+        for (unsigned int i = 0; i < MAX_GPUS; i++) g_handles[i].index = i;
+        for (unsigned int i = 0; i < MAX_GPUS * MAX_MIG; i++) g_mig_handles[i].index = i;
         snprintf(g_path, sizeof g_path, "%s", path);
         g_have_stat = 0;
-        memset(&g_state, 0, sizeof g_state);
-        if (refresh_locked() != 0 || g_state.init_fail) {
+        memset(g_st, 0, sizeof *g_st);
+        if (refresh_locked() != 0 || g_st->init_fail) {
             ret = NVML_ERROR_DRIVER_NOT_LOADED;
             g_have_stat = 0; /* read the file afresh at the next init */
         }
     }
     if (ret == NVML_SUCCESS) g_init_count++;
-    pthread_mutex_unlock(&g_lock);
+    pthread_rwlock_unlock(&g_lock);
     return ret;
 }
 
@@ -488,14 +526,14 @@ EXPORT nvmlReturn_t nvmlInitWithFlags(unsigned int flags) {
 }
 
 EXPORT nvmlReturn_t nvmlShutdown(void) {
-    pthread_mutex_lock(&g_lock);
+    pthread_rwlock_wrlock(&g_lock);
     nvmlReturn_t ret = NVML_SUCCESS;
     if (g_init_count == 0) {
         ret = NVML_ERROR_UNINITIALIZED;
     } else {
         g_init_count--;
     }
-    pthread_mutex_unlock(&g_lock);
+    pthread_rwlock_unlock(&g_lock);
     return ret;
 }
 
@@ -524,23 +562,37 @@ static nvmlReturn_t copy_out(const char *src, char *dst, unsigned int length) {
     return NVML_SUCCESS;
 }
 
-/* Refreshes the state under the lock, checking initialization. */
+/*
+ * Checks initialization and re-reads the state file if it changed (under the
+ * write lock); on success returns holding the read lock.
+ */
 static nvmlReturn_t enter(void) {
-    pthread_mutex_lock(&g_lock);
+    pthread_rwlock_rdlock(&g_lock);
     if (g_init_count == 0) {
-        pthread_mutex_unlock(&g_lock);
+        pthread_rwlock_unlock(&g_lock);
         return NVML_ERROR_UNINITIALIZED;
     }
-    (void)refresh_locked();
+    struct stat sb;
+    if (stat(g_path, &sb) == 0 && !same_file_locked(&sb)) {
+        pthread_rwlock_unlock(&g_lock);
+        pthread_rwlock_wrlock(&g_lock);
+        if (g_init_count > 0) (void)refresh_locked();
+        pthread_rwlock_unlock(&g_lock);
+        pthread_rwlock_rdlock(&g_lock);
+        if (g_init_count == 0) {
+            pthread_rwlock_unlock(&g_lock);
+            return NVML_ERROR_UNINITIALIZED;
+        }
+    }
     return NVML_SUCCESS;
 }
 
-static void leave(void) { pthread_mutex_unlock(&g_lock); }
+static void leave(void) { pthread_rwlock_unlock(&g_lock); }
 
 EXPORT nvmlReturn_t nvmlSystemGetDriverVersion(char *version, unsigned int length) {
     nvmlReturn_t ret = enter();
     if (ret != NVML_SUCCESS) return ret;
-    ret = copy_out(g_state.driver, version, length);
+    ret = copy_out(g_st->driver, version, length);
     leave();
     return ret;
 }
@@ -549,7 +601,7 @@ EXPORT nvmlReturn_t nvmlSystemGetNVMLVersion(char *version, unsigned int length)
     nvmlReturn_t ret = enter();
     if (ret != NVML_SUCCESS) return ret;
     char buf[DRIVER_LEN + 8];
-    snprintf(buf, sizeof buf, "13.%s", g_state.driver);
+    snprintf(buf, sizeof buf, "13.%s", g_st->driver);
     ret = copy_out(buf, version, length);
     leave();
     return ret;
@@ -569,7 +621,7 @@ EXPORT nvmlReturn_t nvmlDeviceGetCount_v2(unsigned int *count) {
     if (count == NULL) return NVML_ERROR_INVALID_ARGUMENT;
     nvmlReturn_t ret = enter();
     if (ret != NVML_SUCCESS) return ret;
-    *count = g_state.count;
+    *count = g_st->count;
     leave();
     return NVML_SUCCESS;
 }
@@ -580,10 +632,9 @@ EXPORT nvmlReturn_t nvmlDeviceGetHandleByIndex_v2(unsigned int index, nvmlDevice
     if (device == NULL) return NVML_ERROR_INVALID_ARGUMENT;
     nvmlReturn_t ret = enter();
     if (ret != NVML_SUCCESS) return ret;
-    if (index >= g_state.count) {
+    if (index >= g_st->count) {
         ret = NVML_ERROR_INVALID_ARGUMENT;
     } else {
-        g_handles[index].index = index;
         *device = &g_handles[index];
     }
     leave();
@@ -599,11 +650,10 @@ EXPORT nvmlReturn_t nvmlDeviceGetHandleByUUID(const char *uuid, nvmlDevice_t *de
     nvmlReturn_t ret = enter();
     if (ret != NVML_SUCCESS) return ret;
     ret = NVML_ERROR_NOT_FOUND;
-    for (unsigned int i = 0; i < g_state.count; i++) {
-        if (strcmp(g_state.gpus[i].uuid, uuid) == 0) {
-            g_handles[i].index = i;
+    for (unsigned int i = 0; i < g_st->count; i++) {
+        if (strcmp(g_st->gpus[i].uuid, uuid) == 0) {
             *device = &g_handles[i];
-            ret = g_state.gpus[i].lost ? NVML_ERROR_GPU_IS_LOST : NVML_SUCCESS;
+            ret = g_st->gpus[i].lost ? NVML_ERROR_GPU_IS_LOST : NVML_SUCCESS;
             break;
         }
     }
@@ -617,6 +667,28 @@ static int is_unsupported(const struct gpu *g, const char *name) {
     char pat[160];
     snprintf(pat, sizeof pat, "|%s|", name);
     return strstr(g->unsupported, pat) != NULL;
+}
+
+/* The XID generation now. Caller holds g_lock, so no re-read runs meanwhile. */
+static unsigned long long xid_gen_locked(void) {
+    pthread_mutex_lock(&g_xid_mu);
+    unsigned long long gen = g_xid_gen;
+    pthread_mutex_unlock(&g_xid_mu);
+    return gen;
+}
+
+/* Waits at most `ms` for a re-read that brings a new XID (generation past `seen`). */
+static void wait_xid_change(unsigned long long seen, double ms) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    long long ns = (long long)ts.tv_nsec + (long long)(ms * 1e6);
+    ts.tv_sec += (time_t)(ns / 1000000000LL);
+    ts.tv_nsec = (long)(ns % 1000000000LL);
+    pthread_mutex_lock(&g_xid_mu);
+    while (g_xid_gen == seen) {
+        if (pthread_cond_timedwait(&g_xid_changed, &g_xid_mu, &ts) != 0) break;
+    }
+    pthread_mutex_unlock(&g_xid_mu);
 }
 
 static void sleep_ms(unsigned long long ms) {
@@ -640,19 +712,19 @@ static nvmlReturn_t resolve_locked(nvmlDevice_t device, const struct gpu **out, 
     } else {
         return NVML_ERROR_INVALID_ARGUMENT;
     }
-    if (index >= g_state.count || !g_state.gpus[index].present || g_state.gpus[index].lost) {
+    if (index >= g_st->count || !g_st->gpus[index].present || g_st->gpus[index].lost) {
         /* Gone from the file, or marked lost: fallen off the bus. */
         return NVML_ERROR_GPU_IS_LOST;
     }
-    if (*mig >= 0 && (unsigned int)*mig >= g_state.gpus[index].mig_count) return NVML_ERROR_INVALID_ARGUMENT;
-    *out = &g_state.gpus[index];
+    if (*mig >= 0 && (unsigned int)*mig >= g_st->gpus[index].mig_count) return NVML_ERROR_INVALID_ARGUMENT;
+    *out = &g_st->gpus[index];
     return NVML_SUCCESS;
 }
 
 /*
  * Enters, then resolves a handle to its GPU for the call `name`. A GPU with
  * `hang_ms` sleeps that long first, outside the lock (other GPUs keep
- * answering). On success the lock is held and *out points into g_state; on
+ * answering). On success the lock is held and *out points into *g_st; on
  * failure the lock is released. MIG handles are accepted only when allow_mig.
  */
 static nvmlReturn_t enter_call(nvmlDevice_t device, const struct gpu **out, const char *name, int allow_mig,
@@ -744,11 +816,11 @@ EXPORT nvmlReturn_t nvmlDeviceGetTotalEnergyConsumption(nvmlDevice_t device, uns
     const struct gpu *g;
     nvmlReturn_t ret = enter_device(device, &g);
     if (ret != NVML_SUCCESS) return ret;
-    double dt_ms = now_ms() - (double)g_state.time_ms;
+    double dt_ms = now_ms() - (double)g_st->time_ms;
     if (dt_ms < 0.0) dt_ms = 0.0;
     /* A writer that fell behind must not make the counter step back when its
      * next file (with a lower power) arrives: hold it at the horizon instead. */
-    if (g_state.horizon_ms >= 0 && dt_ms > (double)g_state.horizon_ms) dt_ms = (double)g_state.horizon_ms;
+    if (g_st->horizon_ms >= 0 && dt_ms > (double)g_st->horizon_ms) dt_ms = (double)g_st->horizon_ms;
     /* mW * ms / 1000 = mJ; floor keeps the counter an integer that never overshoots. */
     unsigned long long extra = (unsigned long long)((double)g->power_mw * dt_ms / 1000.0);
     *energy = g->energy_mj + extra;
@@ -971,7 +1043,6 @@ EXPORT nvmlReturn_t nvmlDeviceGetMigDeviceHandleByIndex(nvmlDevice_t device, uns
         ret = NVML_ERROR_NOT_FOUND;
     } else {
         unsigned int slot = g->index * MAX_MIG + index;
-        g_mig_handles[slot].index = slot;
         *mig = &g_mig_handles[slot];
     }
     leave();
@@ -987,15 +1058,7 @@ EXPORT nvmlReturn_t nvmlDeviceIsMigDeviceHandle(nvmlDevice_t device, unsigned in
 /* ---- Events: XIDs from `set <i> xid <id> <code>` lines, each delivered once per set. ---- */
 
 /* The highest event id in the state. Caller holds g_lock. */
-static unsigned long long max_xid_id_locked(void) {
-    unsigned long long max = 0;
-    for (unsigned int i = 0; i < g_state.count; i++) {
-        for (unsigned int j = 0; j < g_state.gpus[i].xid_count; j++) {
-            if (g_state.gpus[i].xid_id[j] > max) max = g_state.gpus[i].xid_id[j];
-        }
-    }
-    return max;
-}
+static unsigned long long max_xid_id_locked(void) { return max_xid_id(g_st); }
 
 EXPORT nvmlReturn_t nvmlEventSetCreate(nvmlEventSet_t *set) {
     if (set == NULL) return NVML_ERROR_INVALID_ARGUMENT;
@@ -1053,9 +1116,9 @@ EXPORT nvmlReturn_t nvmlEventSetWait_v2(nvmlEventSet_t set, nvmlEventData_t *dat
         int found_gpu = -1;
         unsigned int found_j = 0;
         unsigned long long best = 0;
-        for (unsigned int i = 0; i < g_state.count && i < 64; i++) {
+        for (unsigned int i = 0; i < g_st->count && i < 64; i++) {
             if (!(set->registered & (1ULL << i))) continue;
-            const struct gpu *g = &g_state.gpus[i];
+            const struct gpu *g = &g_st->gpus[i];
             for (unsigned int j = 0; j < g->xid_count; j++) {
                 unsigned long long id = g->xid_id[j];
                 if (id > set->last_id && (found_gpu < 0 || id < best)) {
@@ -1066,9 +1129,8 @@ EXPORT nvmlReturn_t nvmlEventSetWait_v2(nvmlEventSet_t set, nvmlEventData_t *dat
             }
         }
         if (found_gpu >= 0) {
-            const struct gpu *g = &g_state.gpus[found_gpu];
+            const struct gpu *g = &g_st->gpus[found_gpu];
             set->last_id = best;
-            g_handles[found_gpu].index = (unsigned int)found_gpu;
             data->device = &g_handles[found_gpu];
             data->eventType = EVENT_TYPE_XID;
             data->eventData = g->xid_code[found_j];
@@ -1077,14 +1139,21 @@ EXPORT nvmlReturn_t nvmlEventSetWait_v2(nvmlEventSet_t set, nvmlEventData_t *dat
             leave();
             return NVML_SUCCESS;
         }
-        leave();
         double left = deadline - now_ms();
-        if (left <= 0.0) return NVML_ERROR_TIMEOUT;
-        /* A real driver blocks in the kernel until an event comes; the fake
-         * polls its state file. Every 100 ms, not faster: each poll costs a
-         * stat and a wake-up that a real agent would not pay, and at 10 ms this
-         * loop was three quarters of the agent's CPU in the benchmarks. */
-        sleep_ms(left < 100.0 ? (unsigned long long)left + 1 : 100);
+        if (left <= 0.0) {
+            leave();
+            return NVML_ERROR_TIMEOUT;
+        }
+        /* A real driver blocks in the kernel until an event comes. The fake
+         * blocks until a re-read of its state file (by any NVML call, such as
+         * the agent's next collection) brings a new XID, or the timeout ends,
+         * when it re-reads the file itself. So a waiting thread wakes only
+         * for events and timeouts: polling the file here, every 10 ms, was
+         * three quarters of the agent's CPU in the benchmarks, and waking on
+         * each rewrite (the simulator's 100 ms tick) still half of it. */
+        unsigned long long seen = xid_gen_locked();
+        leave();
+        wait_xid_change(seen, left);
     }
 }
 

@@ -36,12 +36,22 @@ pub struct AgentBenchArgs {
     /// The agent's collection interval (humantime).
     #[arg(long, default_value = "1s")]
     pub interval: String,
-    /// Seconds between two scrapes of the agent's `/metrics`.
-    #[arg(long, default_value_t = 1.0)]
+    /// Seconds between two scrapes of the agent's `/metrics` while CPU is
+    /// measured (default: node_exporter's, as one Prometheus scrapes both).
+    #[arg(long, default_value_t = 15.0)]
     pub agent_scrape_s: f64,
     /// Seconds between two scrapes of node_exporter's `/metrics`.
     #[arg(long, default_value_t = 15.0)]
     pub node_exporter_scrape_s: f64,
+    /// Requests of the latency phase, after the measured span: the agent's
+    /// `/metrics` and its `/healthz` (the floor: same server and client, a
+    /// 2-byte answer), alternately, each after a pause.
+    #[arg(long, default_value_t = 300)]
+    pub latency_requests: usize,
+    /// The pause before each request of the latency phase, milliseconds: long
+    /// enough for every thread to park again, as between two real scrapes.
+    #[arg(long, default_value_t = 100)]
+    pub latency_gap_ms: u64,
     /// Also start a collector and let the agent ship to it (with its durable
     /// spool); without it the agent is a standalone exporter.
     #[arg(long)]
@@ -85,6 +95,25 @@ pub struct ProcessRow {
     pub metrics_bytes: usize,
 }
 
+/// One endpoint of the latency phase.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LatencyRow {
+    /// `/metrics` or `/healthz`.
+    pub endpoint: String,
+    /// Successful requests.
+    pub requests: usize,
+    /// Failed requests.
+    pub failed: usize,
+    /// Latency percentiles, ms (NaN without requests).
+    pub p50_ms: f64,
+    /// 99th percentile, ms.
+    pub p99_ms: f64,
+    /// Slowest, ms.
+    pub max_ms: f64,
+    /// Size of the last body, bytes.
+    pub bytes: usize,
+}
+
 /// The whole run.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct AgentBenchReport {
@@ -92,6 +121,8 @@ pub struct AgentBenchReport {
     pub measured_s: f64,
     /// One row per process, the agent first.
     pub rows: Vec<ProcessRow>,
+    /// The agent's latency phase.
+    pub latency: Vec<LatencyRow>,
     /// Why node_exporter is not in the table, when it is not.
     pub node_exporter_missing: Option<String>,
 }
@@ -174,6 +205,22 @@ struct Scrapes {
     latencies_ms: Vec<f64>,
     failed: usize,
     last_bytes: usize,
+}
+
+impl Scrapes {
+    /// Sorts the latencies; returns (count, failed, p50, p99, max, bytes).
+    fn summary(&mut self) -> (usize, usize, f64, f64, f64, usize) {
+        self.latencies_ms.sort_by(f64::total_cmp);
+        let pct = |p: f64| percentile(&self.latencies_ms, p);
+        (
+            self.latencies_ms.len(),
+            self.failed,
+            pct(0.5),
+            pct(0.99),
+            self.latencies_ms.last().copied().unwrap_or(f64::NAN),
+            self.last_bytes,
+        )
+    }
 }
 
 async fn scrape(http: &reqwest::Client, url: &str, into: &mut Scrapes) {
@@ -399,18 +446,7 @@ pub async fn run(args: &AgentBenchArgs) -> anyhow::Result<AgentBenchReport> {
             _ => None,
         };
         let (n, failed, p50, p99, max, bytes) = match scrapes {
-            Some(s) => {
-                s.latencies_ms.sort_by(f64::total_cmp);
-                let pct = |p: f64| percentile(&s.latencies_ms, p);
-                (
-                    s.latencies_ms.len(),
-                    s.failed,
-                    pct(0.5),
-                    pct(0.99),
-                    s.latencies_ms.last().copied().unwrap_or(f64::NAN),
-                    s.last_bytes,
-                )
-            }
+            Some(s) => s.summary(),
             None => (0, 0, f64::NAN, f64::NAN, f64::NAN, 0),
         };
         rows.push(ProcessRow {
@@ -427,6 +463,36 @@ pub async fn run(args: &AgentBenchArgs) -> anyhow::Result<AgentBenchReport> {
             metrics_bytes: bytes,
         });
     }
+    // Latency phase, after the CPU figures are taken: many samples of the
+    // agent's `/metrics`, and of `/healthz`, which shows what the machine and
+    // the client alone cost (wake-ups, loopback, HTTP).
+    let healthz_url = format!("{}/healthz", agent.url());
+    let mut lat_metrics = Scrapes::default();
+    let mut lat_healthz = Scrapes::default();
+    let gap = Duration::from_millis(args.latency_gap_ms);
+    for i in 0..args.latency_requests {
+        tokio::time::sleep(gap).await;
+        if i % 2 == 0 {
+            scrape(&agent_http, &agent_url, &mut lat_metrics).await;
+        } else {
+            scrape(&agent_http, &healthz_url, &mut lat_healthz).await;
+        }
+    }
+    let latency = [("/metrics", lat_metrics), ("/healthz", lat_healthz)]
+        .into_iter()
+        .map(|(endpoint, mut s)| {
+            let (requests, failed, p50_ms, p99_ms, max_ms, bytes) = s.summary();
+            LatencyRow {
+                endpoint: endpoint.to_owned(),
+                requests,
+                failed,
+                p50_ms,
+                p99_ms,
+                max_ms,
+                bytes,
+            }
+        })
+        .collect();
     // Every child is killed on drop (agent, node_exporter, collector, simulator).
     drop(node_exporter);
     drop(agent);
@@ -435,6 +501,7 @@ pub async fn run(args: &AgentBenchArgs) -> anyhow::Result<AgentBenchReport> {
     Ok(AgentBenchReport {
         measured_s,
         rows,
+        latency,
         node_exporter_missing,
     })
 }
@@ -466,6 +533,21 @@ pub fn table(report: &AgentBenchReport) -> String {
             ms(r.p99_ms),
             ms(r.max_ms),
             r.metrics_bytes,
+        );
+    }
+    out += &format!(
+        "\nThe agent's latency after the measured span (keep-alive, a pause before each request):\n\n| endpoint | requests | failed | p50 ms | p99 ms | max ms | bytes |\n|---|---:|---:|---:|---:|---:|---:|\n"
+    );
+    for r in &report.latency {
+        out += &format!(
+            "| {} | {} | {} | {} | {} | {} | {} |\n",
+            r.endpoint,
+            r.requests,
+            r.failed,
+            ms(r.p50_ms),
+            ms(r.p99_ms),
+            ms(r.max_ms),
+            r.bytes
         );
     }
     if let Some(why) = &report.node_exporter_missing {

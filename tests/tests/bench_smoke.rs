@@ -9,7 +9,8 @@ use dcwatt_sim::launch::bin_dir;
 
 fn agent_bench(extra: &[&str]) -> String {
     let out = Command::new(bin_dir().join("dcwatt-sim"))
-        .args(["agent-bench", "--duration-s", "3"])
+        .args(["agent-bench", "--duration-s", "3", "--agent-scrape-s", "1"])
+        .args(["--latency-requests", "6", "--latency-gap-ms", "20"])
         .args(extra)
         .output()
         .expect("dcwatt-sim (build the workspace first)");
@@ -40,6 +41,11 @@ fn agent_bench_runs_and_reports() {
     let scrapes: u64 = agent[6].parse().unwrap();
     assert!(scrapes >= 2, "{stdout}");
     assert_eq!(agent[7], "0", "failed scrapes:\n{stdout}");
+    // | endpoint | requests | failed | p50 ms | …: three of each, none failed.
+    for endpoint in ["/metrics", "/healthz"] {
+        let lat = row(&stdout, endpoint);
+        assert_eq!((lat[2], lat[3]), ("3", "0"), "{stdout}");
+    }
     if which("prometheus-node-exporter") || which("node_exporter") {
         let ne = row(&stdout, "node_exporter");
         assert_eq!(ne[7], "0", "failed scrapes:\n{stdout}");

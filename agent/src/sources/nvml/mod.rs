@@ -28,7 +28,7 @@ pub mod xid;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, PoisonError};
+use std::sync::{mpsc, Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use dcwatt_wire::{Entity, Quantity, Reading};
@@ -135,11 +135,44 @@ struct Job {
     generation: u64,
     driver: Arc<str>,
     tick: u64,
-    replies: mpsc::Sender<Reply>,
+    replies: Arc<Replies>,
 }
 
-/// A GPU thread's answer: index, tick, what it read.
-type Reply = (u32, u64, GpuRead);
+/// Where the GPU threads leave this tick's answers. The control thread is
+/// woken once, by the last answer, not once per GPU: each wake-up costs more
+/// than a GPU's reads (docs/benchmarks.md).
+#[derive(Default)]
+struct Replies {
+    tick: Mutex<Tick>,
+    all_in: Condvar,
+}
+
+/// The answers of one tick, and how many are still out.
+#[derive(Default)]
+struct Tick {
+    tick: u64,
+    waiting: usize,
+    reads: BTreeMap<u32, GpuRead>,
+}
+
+impl Replies {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Tick> {
+        self.tick.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A GPU thread's answer; one from an earlier tick is stale and dropped.
+    fn answer(&self, index: u32, tick: u64, read: GpuRead) {
+        let mut t = self.lock();
+        if t.tick != tick {
+            return;
+        }
+        t.reads.insert(index, read);
+        t.waiting = t.waiting.saturating_sub(1);
+        if t.waiting == 0 {
+            self.all_in.notify_one();
+        }
+    }
+}
 
 /// State owned by the control thread.
 struct Control {
@@ -160,7 +193,7 @@ struct Control {
     /// Indexes not answering in time at the last collection (logged once).
     silent: Vec<u32>,
     tick: u64,
-    replies: (mpsc::Sender<Reply>, mpsc::Receiver<Reply>),
+    replies: Arc<Replies>,
     xid: Option<XidThread>,
     xid_count: u32,
     xid_counts: XidCounts,
@@ -181,7 +214,7 @@ impl Control {
             last: BTreeMap::new(),
             silent: Vec::new(),
             tick: 0,
-            replies: mpsc::channel(),
+            replies: Arc::default(),
             xid: None,
             xid_count: 0,
             xid_counts: XidCounts::default(),
@@ -256,20 +289,25 @@ impl Control {
             self.xid_count = count;
         }
         self.dispatch(&nvml, count);
-        let reads = self.gather(count, deadline);
+        let reads = self.gather(deadline);
         self.assemble(count, reads)
     }
 
     /// Sends a read to every GPU thread that is free.
     fn dispatch(&mut self, nvml: &Arc<Nvml>, count: u32) {
         self.tick += 1;
+        let replies = Arc::clone(&self.replies);
+        *replies.lock() = Tick {
+            tick: self.tick,
+            ..Tick::default()
+        };
         for index in 0..count {
             let job = Job {
                 nvml: Arc::clone(nvml),
                 generation: self.generation,
                 driver: Arc::clone(&self.driver),
                 tick: self.tick,
-                replies: self.replies.0.clone(),
+                replies: Arc::clone(&replies),
             };
             let Some(thread) = self.gpu_thread(index) else {
                 continue;
@@ -277,8 +315,11 @@ impl Control {
             if thread.busy.swap(true, Ordering::AcqRel) {
                 continue; // still inside a call from an earlier tick
             }
+            // Counted before it is sent, so the answer always finds it.
+            replies.lock().waiting += 1;
             if thread.jobs.send(job).is_err() {
                 thread.busy.store(false, Ordering::Release);
+                replies.lock().waiting -= 1;
             }
         }
     }
@@ -298,7 +339,7 @@ impl Control {
                         let read = state.read(&job.nvml, job.generation, &job.driver);
                         drop(job.nvml);
                         thread_busy.store(false, Ordering::Release);
-                        let _ = job.replies.send((i, job.tick, read));
+                        job.replies.answer(i, job.tick, read);
                     }
                 });
             if let Err(e) = spawned {
@@ -310,20 +351,23 @@ impl Control {
         self.gpus.get(index as usize)
     }
 
-    /// Collects this tick's answers until all came or the deadline passed.
-    fn gather(&mut self, count: u32, deadline: Instant) -> BTreeMap<u32, GpuRead> {
-        let mut reads = BTreeMap::new();
-        while reads.len() < count as usize {
+    /// This tick's answers, once all came or the deadline passed. A GPU
+    /// whose thread was still busy got no job and is not waited for.
+    fn gather(&mut self, deadline: Instant) -> BTreeMap<u32, GpuRead> {
+        let mut t = self.replies.lock();
+        while t.waiting > 0 {
             let left = deadline.saturating_duration_since(Instant::now());
-            match self.replies.1.recv_timeout(left) {
-                Ok((index, tick, read)) if tick == self.tick && index < count => {
-                    reads.insert(index, read);
-                }
-                Ok(_) => {} // a late answer from an earlier tick: stale
-                Err(_) => break,
+            if left.is_zero() {
+                break;
             }
+            t = self
+                .replies
+                .all_in
+                .wait_timeout(t, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
         }
-        reads
+        std::mem::take(&mut t.reads)
     }
 
     fn assemble(&mut self, count: u32, mut reads: BTreeMap<u32, GpuRead>) -> Collected {

@@ -18,8 +18,12 @@ use nvml_wrapper::error::NvmlError;
 use nvml_wrapper::{EventSet, Nvml};
 use tracing::{debug, info, warn};
 
-/// How long one wait for an event lasts, milliseconds.
-pub const WAIT_MS: u32 = 200;
+/// How long one wait for an event lasts, milliseconds: how late the thread
+/// notices a stop request (a re-init or a changed GPU count). A thread told to
+/// stop counts no event it receives after that, so the thread that replaces
+/// it (its event set starts after the stop) never counts one twice. Each
+/// timeout wakes the thread, so not shorter than a collection tick.
+pub const WAIT_MS: u32 = 1000;
 
 /// How long the caller waits for the thread to register its GPUs.
 const READY_WAIT: Duration = Duration::from_secs(2);
@@ -117,6 +121,7 @@ fn run(nvml: &Nvml, count: u32, counts: &XidCounts, stop: &AtomicBool, ready: &m
     let _ = ready.send(());
     while !stop.load(Ordering::Relaxed) {
         match set.wait(WAIT_MS) {
+            Ok(_) if stop.load(Ordering::Relaxed) => break,
             Ok(event) => {
                 let code = match event.event_data {
                     Some(XidError::Value(v)) => v,
