@@ -535,7 +535,7 @@ pub fn table(report: &AgentBenchReport) -> String {
             r.metrics_bytes,
         );
     }
-    out += &format!(
+    out.push_str(
         "\nThe agent's latency after the measured span (keep-alive, a pause before each request):\n\n| endpoint | requests | failed | p50 ms | p99 ms | max ms | bytes |\n|---|---:|---:|---:|---:|---:|---:|\n"
     );
     for r in &report.latency {
