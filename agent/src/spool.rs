@@ -684,7 +684,6 @@ impl Spool {
             warn!(last_seq, next_seq = self.next_seq, "A collector has applied sequence numbers above this agent's; new batches continue above them.");
             self.next_seq = last_seq + 1;
         }
-        let fsync = self.disk.as_ref().map_or(Fsync::Never, |d| d.fsync);
         let Some(c) = self.cursors.get_mut(collector) else {
             return Ok(());
         };
@@ -693,7 +692,7 @@ impl Spool {
         }
         c.acked = last_seq;
         if let Some(path) = &c.path {
-            write_cursor(path, last_seq, &c.label, fsync)?;
+            write_cursor(path, last_seq, &c.label)?;
         }
         self.gc();
         Ok(())
@@ -897,19 +896,19 @@ fn read_cursor(path: &Path) -> Option<(u64, String)> {
     Some((seq, label))
 }
 
-fn write_cursor(path: &Path, seq: u64, label: &str, fsync: Fsync) -> Result<(), SpoolError> {
+/// Replaces a cursor (a new file renamed over the old: never half-written).
+/// Not synced, whatever `fsync` says: after a power cut a cursor may be older
+/// than what its collector acknowledged, which costs one resend, answered as a
+/// duplicate with the collector's `last_seq` (the cursor then jumps there);
+/// nothing is applied twice, and sequence numbers come from the spooled
+/// batches, which are synced. Syncing it cost two of the three syncs per
+/// batch (docs/benchmarks.md).
+fn write_cursor(path: &Path, seq: u64, label: &str) -> Result<(), SpoolError> {
     let tmp = path.with_extension("tmp");
     let mut f = File::create(&tmp).map_err(io_err(&tmp, "create a cursor"))?;
     f.write_all(format!("{seq}\n{label}\n").as_bytes())
         .map_err(io_err(&tmp, "write a cursor"))?;
-    if fsync == Fsync::Always {
-        f.sync_data().map_err(io_err(&tmp, "sync a cursor"))?;
-    }
-    std::fs::rename(&tmp, path).map_err(io_err(path, "replace a cursor"))?;
-    if let Some(dir) = path.parent() {
-        sync_dir(dir, fsync);
-    }
-    Ok(())
+    std::fs::rename(&tmp, path).map_err(io_err(path, "replace a cursor"))
 }
 
 /// Appends one record (header and body) to `buf`.
