@@ -73,7 +73,12 @@ fn rewind_cursors(spool_dir: &std::path::Path, by: u64) {
         std::fs::write(&path, format!("{}\n{rest}", seq - by)).unwrap();
         found += 1;
     }
-    assert_eq!(found, 2, "one cursor per collector in {}", spool_dir.display());
+    assert_eq!(
+        found,
+        2,
+        "one cursor per collector in {}",
+        spool_dir.display()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
