@@ -450,6 +450,35 @@ library = "{LIB_PATH}"
     .await;
     assert_eq!(reading(&batch, 2, Quantity::PowerWatts), Some(1002.0));
 
+    // --- The first GPU hangs: the GPUs are read one after another, so the
+    // reader is left inside GPU 0 and another one reads GPUs 1 and 2, in the
+    // same collection (GPU 1 has no power reading: its utilization changes).
+    gpus[0].hang_ms = 3_000;
+    for (u1, p2) in [(40, 1_003_000), (50, 1_004_000)] {
+        gpus[1].util_gpu_pct = u1;
+        gpus[2].power_mw = p2;
+        publish(&state, &gpus);
+        let t = agent
+            .wait_for(Duration::from_secs(10), |t| {
+                value(t, &up(0)) == Some(0.0)
+                    && value(t, &s("dcwatt_gpu_power_watts", 2)) == Some(p2 as f64 / 1000.0)
+            })
+            .await;
+        assert_eq!(must(&t, &up(1)), 1.0, "{t}");
+        assert_eq!(must(&t, &up(2)), 1.0, "{t}");
+        assert_eq!(
+            must(&t, &s("dcwatt_gpu_utilization_ratio", 1)),
+            f64::from(u1) / 100.0,
+            "{t}"
+        );
+        assert!(must(&t, r#"dcwatt_source_duration_seconds{source="nvml"}"#) < 0.5);
+    }
+    gpus[0].hang_ms = 0;
+    publish(&state, &gpus);
+    agent
+        .wait_for(Duration::from_secs(15), |t| value(t, &up(0)) == Some(1.0))
+        .await;
+
     // --- The agent stops: so do the XID event thread, the GPU threads and
     // the control thread.
     let names = thread_names();

@@ -5,10 +5,14 @@
 //! - a control thread (`dcwatt-nvml`) initializes NVML (retrying with
 //!   backoff while the driver is missing), counts the GPUs and hands out one
 //!   collection at a time;
-//! - each GPU has its own thread (`dcwatt-nvml-gpu`, [`gpu`]), so a call that
-//!   hangs on one GPU stalls that GPU only: at the collection's deadline the
-//!   GPUs that have not answered are reported down (`dcwatt_gpu_up 0`, still
-//!   listed) and the others are reported as read;
+//! - a reader thread (`dcwatt-nvml-gpu`, [`gpu`]) reads the GPUs one after
+//!   another. If it is still inside one GPU halfway to the collection's
+//!   deadline, that GPU is left to it and a new reader takes the rest, so a
+//!   call that hangs on one GPU stalls that GPU only (and a thread, until the
+//!   call returns): at the deadline the GPUs that have not answered are
+//!   reported down (`dcwatt_gpu_up 0`, still listed) and the others as read.
+//!   One reader rather than a thread per GPU: waking 8 threads a tick cost
+//!   more CPU than their reads (docs/benchmarks.md);
 //! - XID errors arrive through NVML's event API on their own thread ([`xid`]).
 //!
 //! Failures are data: "not supported" leaves that series out (learned once,
@@ -26,9 +30,9 @@ pub mod detail;
 pub mod gpu;
 pub mod xid;
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Condvar, Mutex, PoisonError};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{mpsc, Arc, Condvar, Mutex, PoisonError, TryLockError};
 use std::time::{Duration, Instant};
 
 use dcwatt_wire::{Entity, Quantity, Reading};
@@ -123,35 +127,88 @@ impl NvmlSource {
     }
 }
 
-/// A GPU's thread: where to send it work, and whether it is still busy.
-struct GpuThread {
+/// The thread that reads the GPUs (`dcwatt-nvml-gpu`), one after another.
+struct Reader {
     jobs: mpsc::Sender<Job>,
-    busy: Arc<AtomicBool>,
 }
 
-/// One read request to a GPU thread.
+/// One tick's reads, for a reader.
 struct Job {
     nvml: Arc<Nvml>,
     generation: u64,
     driver: Arc<str>,
     tick: u64,
+    /// The GPUs to read, in this order, with their state.
+    gpus: Vec<(u32, Arc<Mutex<GpuState>>)>,
     replies: Arc<Replies>,
+    /// Set when the control thread gave up on this reader: it stops before
+    /// its next GPU, and ends.
+    abandoned: Arc<AtomicBool>,
+    /// The GPU the reader is on.
+    current: Arc<AtomicU32>,
 }
 
-/// Where the GPU threads leave this tick's answers. The control thread is
-/// woken once, by the last answer, not once per GPU: each wake-up costs more
-/// than a GPU's reads (docs/benchmarks.md).
+impl Reader {
+    /// Starts a reader thread; `None` (logged) when that fails.
+    fn start() -> Option<Self> {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let spawned = std::thread::Builder::new()
+            .name("dcwatt-nvml-gpu".to_owned())
+            .spawn(move || {
+                while let Ok(job) = rx.recv() {
+                    job.run();
+                    if job.abandoned.load(Ordering::Acquire) {
+                        break; // replaced: its work goes to another reader
+                    }
+                }
+            });
+        match spawned {
+            Ok(_) => Some(Self { jobs: tx }),
+            Err(e) => {
+                warn!(error = %e, "Cannot start a GPU reader thread; GPUs are not read this tick.");
+                None
+            }
+        }
+    }
+}
+
+impl Job {
+    fn run(&self) {
+        for (index, state) in &self.gpus {
+            if self.abandoned.load(Ordering::Acquire) {
+                return;
+            }
+            self.current.store(*index, Ordering::Release);
+            let mut state = match state.try_lock() {
+                Ok(s) => s,
+                Err(TryLockError::Poisoned(p)) => p.into_inner(),
+                // An abandoned reader is still inside a call on this GPU.
+                Err(TryLockError::WouldBlock) => {
+                    self.replies.skip(*index, self.tick);
+                    continue;
+                }
+            };
+            let read = state.read(&self.nvml, self.generation, &self.driver);
+            drop(state);
+            self.replies.answer(*index, self.tick, read);
+        }
+    }
+}
+
+/// Where a reader leaves this tick's answers. The control thread is woken
+/// once, by the last answer, not once per GPU: each wake-up costs more than a
+/// GPU's reads (docs/benchmarks.md).
 #[derive(Default)]
 struct Replies {
     tick: Mutex<Tick>,
     all_in: Condvar,
 }
 
-/// The answers of one tick, and how many are still out.
+/// The answers of one tick, and the GPUs still expected.
 #[derive(Default)]
 struct Tick {
     tick: u64,
-    waiting: usize,
+    expected: BTreeSet<u32>,
     reads: BTreeMap<u32, GpuRead>,
 }
 
@@ -160,17 +217,44 @@ impl Replies {
         self.tick.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// A GPU thread's answer; one from an earlier tick is stale and dropped.
+    /// A GPU's answer; one from an earlier tick is stale and dropped.
     fn answer(&self, index: u32, tick: u64, read: GpuRead) {
         let mut t = self.lock();
-        if t.tick != tick {
-            return;
+        if t.tick == tick {
+            t.reads.insert(index, read);
+            self.done(&mut t, index);
         }
-        t.reads.insert(index, read);
-        t.waiting = t.waiting.saturating_sub(1);
-        if t.waiting == 0 {
+    }
+
+    /// A GPU not read this tick (busy in an abandoned reader).
+    fn skip(&self, index: u32, tick: u64) {
+        let mut t = self.lock();
+        if t.tick == tick {
+            self.done(&mut t, index);
+        }
+    }
+
+    fn done(&self, t: &mut Tick, index: u32) {
+        if t.expected.remove(&index) && t.expected.is_empty() {
             self.all_in.notify_one();
         }
+    }
+
+    /// Waits until every expected GPU is done or `until`; true when all are.
+    fn wait(&self, until: Instant) -> bool {
+        let mut t = self.lock();
+        while !t.expected.is_empty() {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            t = self
+                .all_in
+                .wait_timeout(t, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        true
     }
 }
 
@@ -186,7 +270,12 @@ struct Control {
     next_init: Option<Instant>,
     first_backoff: Duration,
     last_init_error: String,
-    gpus: Vec<GpuThread>,
+    /// Per GPU index: what is learned about it; locked while it is read.
+    states: Vec<Arc<Mutex<GpuState>>>,
+    reader: Option<Reader>,
+    /// GPUs a reader was left inside at the last takeover, read last until
+    /// they answer in time again.
+    slow: BTreeSet<u32>,
     /// What each GPU said last (identity and agent-kept counters), for GPUs
     /// that do not answer in time.
     last: BTreeMap<u32, GpuRead>,
@@ -210,7 +299,9 @@ impl Control {
             next_init: None,
             first_backoff,
             last_init_error: String::new(),
-            gpus: Vec::new(),
+            states: Vec::new(),
+            reader: None,
+            slow: BTreeSet::new(),
             last: BTreeMap::new(),
             silent: Vec::new(),
             tick: 0,
@@ -288,86 +379,99 @@ impl Control {
             self.xid = XidThread::start(Arc::clone(&nvml), count, Arc::clone(&self.xid_counts));
             self.xid_count = count;
         }
-        self.dispatch(&nvml, count);
-        let reads = self.gather(deadline);
+        let reads = self.read_gpus(&nvml, count, deadline);
         self.assemble(count, reads)
     }
 
-    /// Sends a read to every GPU thread that is free.
-    fn dispatch(&mut self, nvml: &Arc<Nvml>, count: u32) {
+    /// Reads every GPU that is free, on one reader thread, in index order
+    /// with the slow GPUs last. If the reader is still inside one GPU halfway
+    /// to the deadline, that GPU is left to it (it hangs, or is slow) and a new
+    /// reader takes the GPUs not read yet: a GPU that hangs stalls only
+    /// itself, and the common tick costs one hand-off instead of one per GPU.
+    fn read_gpus(
+        &mut self,
+        nvml: &Arc<Nvml>,
+        count: u32,
+        deadline: Instant,
+    ) -> BTreeMap<u32, GpuRead> {
         self.tick += 1;
-        let replies = Arc::clone(&self.replies);
-        *replies.lock() = Tick {
+        while self.states.len() < count as usize {
+            let i = u32::try_from(self.states.len()).unwrap_or(u32::MAX);
+            self.states.push(Arc::new(Mutex::new(GpuState::new(i))));
+        }
+        // A GPU whose state is locked is inside a call in an abandoned reader.
+        let mut order: Vec<u32> = (0..count)
+            .filter(|i| {
+                !matches!(
+                    self.states[*i as usize].try_lock(),
+                    Err(TryLockError::WouldBlock)
+                )
+            })
+            .collect();
+        order.sort_by_key(|i| (self.slow.contains(i), *i));
+        *self.replies.lock() = Tick {
             tick: self.tick,
-            ..Tick::default()
+            expected: order.iter().copied().collect(),
+            reads: BTreeMap::new(),
         };
-        for index in 0..count {
-            let job = Job {
-                nvml: Arc::clone(nvml),
-                generation: self.generation,
-                driver: Arc::clone(&self.driver),
-                tick: self.tick,
-                replies: Arc::clone(&replies),
-            };
-            let Some(thread) = self.gpu_thread(index) else {
-                continue;
-            };
-            if thread.busy.swap(true, Ordering::AcqRel) {
-                continue; // still inside a call from an earlier tick
-            }
-            // Counted before it is sent, so the answer always finds it.
-            replies.lock().waiting += 1;
-            if thread.jobs.send(job).is_err() {
-                thread.busy.store(false, Ordering::Release);
-                replies.lock().waiting -= 1;
+        let now = Instant::now();
+        let takeover = now + deadline.saturating_duration_since(now) / 2;
+        if let Some((abandoned, current)) = self.send(nvml, order.clone()) {
+            if self.replies.wait(takeover) {
+                for i in &order {
+                    self.slow.remove(i);
+                }
+            } else {
+                let stuck = current.load(Ordering::Acquire);
+                abandoned.store(true, Ordering::Release);
+                self.reader = None;
+                if stuck != u32::MAX {
+                    self.slow.insert(stuck); // else it had not started: still in an older job
+                }
+                let expected = self.replies.lock().expected.clone();
+                let rest: Vec<u32> = order
+                    .into_iter()
+                    .filter(|i| *i != stuck && expected.contains(i))
+                    .collect();
+                if !rest.is_empty() {
+                    self.send(nvml, rest);
+                }
+                self.replies.wait(deadline);
             }
         }
+        std::mem::take(&mut self.replies.lock().reads)
     }
 
-    /// The thread of GPU `index`, started on first use.
-    fn gpu_thread(&mut self, index: u32) -> Option<&GpuThread> {
-        while self.gpus.len() <= index as usize {
-            let i = u32::try_from(self.gpus.len()).unwrap_or(u32::MAX);
-            let (tx, rx) = mpsc::channel::<Job>();
-            let busy = Arc::new(AtomicBool::new(false));
-            let thread_busy = Arc::clone(&busy);
-            let spawned = std::thread::Builder::new()
-                .name("dcwatt-nvml-gpu".to_owned())
-                .spawn(move || {
-                    let mut state = GpuState::new(i);
-                    while let Ok(job) = rx.recv() {
-                        let read = state.read(&job.nvml, job.generation, &job.driver);
-                        drop(job.nvml);
-                        thread_busy.store(false, Ordering::Release);
-                        job.replies.answer(i, job.tick, read);
-                    }
-                });
-            if let Err(e) = spawned {
-                warn!(gpu = i, error = %e, "Cannot start a GPU thread; the GPU is not read.");
-                return None;
-            }
-            self.gpus.push(GpuThread { jobs: tx, busy });
+    /// Gives `gpus` to the reader (started if there is none); the job's
+    /// "abandoned" flag and current GPU, or `None` when no reader runs.
+    fn send(
+        &mut self,
+        nvml: &Arc<Nvml>,
+        gpus: Vec<u32>,
+    ) -> Option<(Arc<AtomicBool>, Arc<AtomicU32>)> {
+        if self.reader.is_none() {
+            self.reader = Reader::start();
         }
-        self.gpus.get(index as usize)
-    }
-
-    /// This tick's answers, once all came or the deadline passed. A GPU
-    /// whose thread was still busy got no job and is not waited for.
-    fn gather(&mut self, deadline: Instant) -> BTreeMap<u32, GpuRead> {
-        let mut t = self.replies.lock();
-        while t.waiting > 0 {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            t = self
-                .replies
-                .all_in
-                .wait_timeout(t, left)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
+        let abandoned = Arc::new(AtomicBool::new(false));
+        let current = Arc::new(AtomicU32::new(u32::MAX));
+        let job = Job {
+            nvml: Arc::clone(nvml),
+            generation: self.generation,
+            driver: Arc::clone(&self.driver),
+            tick: self.tick,
+            gpus: gpus
+                .iter()
+                .map(|i| (*i, Arc::clone(&self.states[*i as usize])))
+                .collect(),
+            replies: Arc::clone(&self.replies),
+            abandoned: Arc::clone(&abandoned),
+            current: Arc::clone(&current),
+        };
+        if self.reader.as_ref()?.jobs.send(job).is_err() {
+            self.reader = None;
+            return None;
         }
-        std::mem::take(&mut t.reads)
+        Some((abandoned, current))
     }
 
     fn assemble(&mut self, count: u32, mut reads: BTreeMap<u32, GpuRead>) -> Collected {
