@@ -32,6 +32,7 @@
 
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -248,6 +249,17 @@ static pthread_cond_t g_xid_changed = PTHREAD_COND_INITIALIZER;
 static unsigned long long g_xid_gen;
 static unsigned int g_init_count;
 static char g_path[4096];
+/* The state file's directory (opened at init, -1 if it could not be) and name
+ * in it: each call's stat walks one path component instead of the whole path
+ * (that walk was half of a GPU read's CPU in the agent's benchmark). */
+static int g_dirfd = -1;
+static const char *g_base;
+
+/* stat() of the state file. Caller holds g_lock (either way). */
+static int stat_state(struct stat *sb) {
+    if (g_dirfd >= 0) return fstatat(g_dirfd, g_base, sb, 0);
+    return stat(g_path, sb);
+}
 /* The current state and a spare to parse into; swapped under g_lock. */
 static struct state g_states[2];
 static struct state *g_st = &g_states[0];
@@ -449,13 +461,15 @@ static int same_file_locked(const struct stat *sb) {
  */
 static int refresh_locked(void) {
     struct stat sb;
-    if (stat(g_path, &sb) != 0) {
+    if (stat_state(&sb) != 0) {
         return g_have_stat ? 0 : -1;
     }
     if (same_file_locked(&sb)) {
         return 0;
     }
-    FILE *f = fopen(g_path, "rb");
+    int fd = g_dirfd >= 0 ? openat(g_dirfd, g_base, O_RDONLY | O_CLOEXEC) : open(g_path, O_RDONLY | O_CLOEXEC);
+    FILE *f = fd >= 0 ? fdopen(fd, "rb") : NULL;
+    if (f == NULL && fd >= 0) close(fd);
     if (f == NULL) {
         return g_have_stat ? 0 : -1;
     }
@@ -504,6 +518,17 @@ static nvmlReturn_t do_init(void) {
         for (unsigned int i = 0; i < MAX_GPUS; i++) g_handles[i].index = i;
         for (unsigned int i = 0; i < MAX_GPUS * MAX_MIG; i++) g_mig_handles[i].index = i;
         snprintf(g_path, sizeof g_path, "%s", path);
+        if (g_dirfd >= 0) close(g_dirfd);
+        g_dirfd = -1;
+        const char *slash = strrchr(g_path, '/');
+        if (slash != NULL && slash[1] != '\0') {
+            char dir[sizeof g_path];
+            size_t len = slash == g_path ? 1 : (size_t)(slash - g_path);
+            memcpy(dir, g_path, len);
+            dir[len] = '\0';
+            g_dirfd = open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
+            g_base = slash + 1;
+        }
         g_have_stat = 0;
         memset(g_st, 0, sizeof *g_st);
         if (refresh_locked() != 0 || g_st->init_fail) {
@@ -573,7 +598,7 @@ static nvmlReturn_t enter(void) {
         return NVML_ERROR_UNINITIALIZED;
     }
     struct stat sb;
-    if (stat(g_path, &sb) == 0 && !same_file_locked(&sb)) {
+    if (stat_state(&sb) == 0 && !same_file_locked(&sb)) {
         pthread_rwlock_unlock(&g_lock);
         pthread_rwlock_wrlock(&g_lock);
         if (g_init_count > 0) (void)refresh_locked();
