@@ -1,5 +1,5 @@
-//! One GPU's reads, on that GPU's own thread: a call that hangs in the driver
-//! stalls this GPU only.
+//! One GPU's reads, on the reader thread ([`super`]): a call that hangs in the
+//! driver stalls this GPU only (a new reader takes the others).
 //!
 //! Units are converted here, at the edge: mW → W, mJ → J, percent → ratio,
 //! MHz → Hz, ns → s. A call that answers "not supported" is learned once per
