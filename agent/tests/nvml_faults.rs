@@ -454,6 +454,7 @@ library = "{LIB_PATH}"
     // reader is left inside GPU 0 and another one reads GPUs 1 and 2, in the
     // same collection (GPU 1 has no power reading: its utilization changes).
     gpus[0].hang_ms = 3_000;
+    let from = received.lock().unwrap().len();
     for (u1, p2) in [(40, 1_003_000), (50, 1_004_000)] {
         gpus[1].util_gpu_pct = u1;
         gpus[2].power_mw = p2;
@@ -472,6 +473,26 @@ library = "{LIB_PATH}"
             "{t}"
         );
         assert!(must(&t, r#"dcwatt_source_duration_seconds{source="nvml"}"#) < 0.5);
+    }
+    // No collection in the batches missed GPU 1 or 2 while GPU 0 hung: the
+    // takeover happens inside the collection, not at its deadline.
+    wait_batch(&received, |b| reading(b, 0, Quantity::GpuUp) == Some(0.0)).await;
+    let shipped: Vec<Batch> = received.lock().unwrap()[from..].to_vec();
+    let ups = |gpu: usize| -> Vec<f64> {
+        shipped
+            .iter()
+            .flat_map(|b| &b.readings)
+            .filter(|r| r.entity == Entity::Gpu(UUIDS[gpu].into()) && r.quantity == Quantity::GpuUp)
+            .map(|r| r.value)
+            .collect()
+    };
+    assert!(ups(0).contains(&0.0), "GPU 0 hung in the batches");
+    for gpu in [1, 2] {
+        assert!(
+            ups(gpu).iter().all(|v| *v == 1.0),
+            "GPU {gpu}: {:?}",
+            ups(gpu)
+        );
     }
     gpus[0].hang_ms = 0;
     publish(&state, &gpus);
