@@ -12,6 +12,30 @@ mod common;
 const TOKEN: &str = "gateway-token";
 const HOUR: i64 = 3_600_000;
 
+/// The gateway agent's batch `seq` at `t`.
+fn gateway_batch(seq: u64, t: i64, readings: Vec<Reading>) -> Batch {
+    Batch {
+        version: VERSION,
+        agent: "gw".into(),
+        seq,
+        first_seq: None,
+        node: "gw".into(),
+        created_ms: t,
+        gpus: vec![],
+        readings,
+    }
+}
+
+/// Meter `id`'s reading of `quantity` at `t`.
+fn meter_reading(t: i64, id: &str, quantity: Quantity, value: f64) -> Reading {
+    Reading {
+        ts_ms: t,
+        entity: Entity::Meter(id.into()),
+        quantity,
+        value,
+    }
+}
+
 /// (meter, role, zone, it_point, watts, parent)
 type MeterSpec = (
     &'static str,
@@ -89,30 +113,20 @@ async fn fixed_periods_give_exact_energies_pue_partial_pue_and_coverage() {
         let mut readings: Vec<Reading> = METERS
             .iter()
             .filter(|(id, ..)| !(*id == "pdu-2" && gap.contains(&t)))
-            .map(|(id, _, _, _, watts, _)| Reading {
-                ts_ms: t,
-                entity: Entity::Meter((*id).into()),
-                quantity: Quantity::EnergyJoules,
-                value: 1.0e9 + watts * (t - t_start) as f64 / 1000.0,
+            .map(|(id, _, _, _, watts, _)| {
+                let joules = 1.0e9 + watts * (t - t_start) as f64 / 1000.0;
+                meter_reading(t, id, Quantity::EnergyJoules, joules)
             })
             .collect();
         // Site water: 0.5 m³ an hour.
-        readings.push(Reading {
-            ts_ms: t,
-            entity: Entity::Meter("water-1".into()),
-            quantity: Quantity::WaterVolumeCubicMeters,
-            value: 2.0 + 0.5 * (t - t_start) as f64 / HOUR as f64,
-        });
-        let batch = Batch {
-            version: VERSION,
-            agent: "gw".into(),
-            seq,
-            first_seq: None,
-            node: "gw".into(),
-            created_ms: t,
-            gpus: vec![],
-            readings,
-        };
+        let water = 2.0 + 0.5 * (t - t_start) as f64 / HOUR as f64;
+        readings.push(meter_reading(
+            t,
+            "water-1",
+            Quantity::WaterVolumeCubicMeters,
+            water,
+        ));
+        let batch = gateway_batch(seq, t, readings);
         let resp = http
             .post(format!("{url}/v1/batches"))
             .bearer_auth(TOKEN)
@@ -364,12 +378,7 @@ fn water_counters_and_calendar_windows_are_exact() {
         } else {
             1000.0 + k * SLICE
         };
-        let r = |id: &str, quantity, value| Reading {
-            ts_ms: t,
-            entity: Entity::Meter(id.into()),
-            quantity,
-            value,
-        };
+        let r = |id: &str, quantity, value| meter_reading(t, id, quantity, value);
         let mut readings = vec![
             r("utility", Quantity::EnergyJoules, 1.0e9 + k * 1.25e7),
             r("pdu", Quantity::EnergyJoules, 2.0e9 + k * 1.0e7),
@@ -385,16 +394,7 @@ fn water_counters_and_calendar_windows_are_exact() {
             readings.push(r("utility", Quantity::WaterVolumeCubicMeters, 1.0));
         }
         seq += 1;
-        let batch = Batch {
-            version: VERSION,
-            agent: "gw".into(),
-            seq,
-            first_seq: None,
-            node: "gw".into(),
-            created_ms: t,
-            gpus: vec![],
-            readings,
-        };
+        let batch = gateway_batch(seq, t, readings);
         let (_, changes) = state.apply(&batch, &site, t);
         store.commit("gw", &state, &changes, &site).unwrap();
         t += STEP;
@@ -569,12 +569,7 @@ fn live_wue_covers_what_the_water_meters_cover() {
     // 1 MW of IT, 1/1024 m³ of water a second from 60 s on.
     let feed = |state: &mut State, seq: u64, t: i64| {
         let k = ((t - t0) / 1000) as f64;
-        let r = |id: &str, quantity, value| Reading {
-            ts_ms: t,
-            entity: Entity::Meter(id.into()),
-            quantity,
-            value,
-        };
+        let r = |id: &str, quantity, value| meter_reading(t, id, quantity, value);
         let mut readings = vec![
             r("utility", Quantity::EnergyJoules, k * 1.25e6),
             r("pdu", Quantity::EnergyJoules, k * 1.0e6),
@@ -582,16 +577,7 @@ fn live_wue_covers_what_the_water_meters_cover() {
         if t >= t0 + 60_000 {
             readings.push(r("water-1", Quantity::WaterVolumeCubicMeters, k / 1024.0));
         }
-        let batch = Batch {
-            version: VERSION,
-            agent: "gw".into(),
-            seq,
-            first_seq: None,
-            node: "gw".into(),
-            created_ms: t,
-            gpus: vec![],
-            readings,
-        };
+        let batch = gateway_batch(seq, t, readings);
         state.apply(&batch, &site, t);
     };
     for (seq, s) in (1..).zip(0..=300) {

@@ -1082,9 +1082,6 @@ EXPORT nvmlReturn_t nvmlDeviceIsMigDeviceHandle(nvmlDevice_t device, unsigned in
 
 /* ---- Events: XIDs from `set <i> xid <id> <code>` lines, each delivered once per set. ---- */
 
-/* The highest event id in the state. Caller holds g_lock. */
-static unsigned long long max_xid_id_locked(void) { return max_xid_id(g_st); }
-
 EXPORT nvmlReturn_t nvmlEventSetCreate(nvmlEventSet_t *set) {
     if (set == NULL) return NVML_ERROR_INVALID_ARGUMENT;
     nvmlReturn_t ret = enter();
@@ -1094,7 +1091,7 @@ EXPORT nvmlReturn_t nvmlEventSetCreate(nvmlEventSet_t *set) {
         ret = NVML_ERROR_UNKNOWN;
     } else {
         /* Only events that happen after the set exists are delivered. */
-        s->last_id = max_xid_id_locked();
+        s->last_id = max_xid_id(g_st);
         *set = s;
     }
     leave();

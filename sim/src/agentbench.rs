@@ -81,18 +81,8 @@ pub struct ProcessRow {
     pub peak_rss_mib: f64,
     /// Threads at the end (`Threads:` in `/proc/PID/status`).
     pub threads: u64,
-    /// Successful scrapes of its `/metrics` (0 when not scraped).
-    pub scrapes: usize,
-    /// Failed scrapes (transport error or non-2xx).
-    pub failed_scrapes: usize,
-    /// Scrape latency percentiles, ms (NaN without scrapes).
-    pub p50_ms: f64,
-    /// 99th percentile, ms.
-    pub p99_ms: f64,
-    /// Slowest, ms.
-    pub max_ms: f64,
-    /// Size of the last `/metrics` body, bytes.
-    pub metrics_bytes: usize,
+    /// Its `/metrics` scrapes during the span (none when not scraped).
+    pub scrapes: Latency,
 }
 
 /// One endpoint of the latency phase.
@@ -100,9 +90,16 @@ pub struct ProcessRow {
 pub struct LatencyRow {
     /// `/metrics` or `/healthz`.
     pub endpoint: String,
+    /// Its requests.
+    pub latency: Latency,
+}
+
+/// Timed requests to one endpoint.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Latency {
     /// Successful requests.
     pub requests: usize,
-    /// Failed requests.
+    /// Failed requests (transport error or non-2xx).
     pub failed: usize,
     /// Latency percentiles, ms (NaN without requests).
     pub p50_ms: f64,
@@ -112,6 +109,28 @@ pub struct LatencyRow {
     pub max_ms: f64,
     /// Size of the last body, bytes.
     pub bytes: usize,
+}
+
+impl Latency {
+    /// The table cells: requests, failed, p50, p99, max, bytes.
+    fn cells(&self) -> String {
+        let ms = |v: f64| {
+            if v.is_nan() {
+                "-".to_owned()
+            } else {
+                format!("{v:.2}")
+            }
+        };
+        format!(
+            "{} | {} | {} | {} | {} | {}",
+            self.requests,
+            self.failed,
+            ms(self.p50_ms),
+            ms(self.p99_ms),
+            ms(self.max_ms),
+            self.bytes
+        )
+    }
 }
 
 /// The whole run.
@@ -208,18 +227,18 @@ struct Scrapes {
 }
 
 impl Scrapes {
-    /// Sorts the latencies; returns (count, failed, p50, p99, max, bytes).
-    fn summary(&mut self) -> (usize, usize, f64, f64, f64, usize) {
+    /// Sorts the latencies and sums them up.
+    fn summary(&mut self) -> Latency {
         self.latencies_ms.sort_by(f64::total_cmp);
         let pct = |p: f64| percentile(&self.latencies_ms, p);
-        (
-            self.latencies_ms.len(),
-            self.failed,
-            pct(0.5),
-            pct(0.99),
-            self.latencies_ms.last().copied().unwrap_or(f64::NAN),
-            self.last_bytes,
-        )
+        Latency {
+            requests: self.latencies_ms.len(),
+            failed: self.failed,
+            p50_ms: pct(0.5),
+            p99_ms: pct(0.99),
+            max_ms: self.latencies_ms.last().copied().unwrap_or(f64::NAN),
+            bytes: self.last_bytes,
+        }
     }
 }
 
@@ -441,13 +460,9 @@ pub async fn run(args: &AgentBenchArgs) -> anyhow::Result<AgentBenchReport> {
             _ => bail!("{name} exited during the run; logs in {}", dir.display()),
         };
         let scrapes = match name.as_str() {
-            "dcwatt-agent" => Some(&mut agent_scrapes),
-            "node_exporter" => Some(&mut ne_scrapes),
-            _ => None,
-        };
-        let (n, failed, p50, p99, max, bytes) = match scrapes {
-            Some(s) => s.summary(),
-            None => (0, 0, f64::NAN, f64::NAN, f64::NAN, 0),
+            "dcwatt-agent" => agent_scrapes.summary(),
+            "node_exporter" => ne_scrapes.summary(),
+            _ => Scrapes::default().summary(),
         };
         rows.push(ProcessRow {
             process: name.clone(),
@@ -455,12 +470,7 @@ pub async fn run(args: &AgentBenchArgs) -> anyhow::Result<AgentBenchReport> {
             cpu_pct: 100.0 * cpu_s / measured_s.max(0.001),
             peak_rss_mib: rss as f64 / (1024.0 * 1024.0),
             threads,
-            scrapes: n,
-            failed_scrapes: failed,
-            p50_ms: p50,
-            p99_ms: p99,
-            max_ms: max,
-            metrics_bytes: bytes,
+            scrapes,
         });
     }
     // Latency phase, after the CPU figures are taken: many samples of the
@@ -480,17 +490,9 @@ pub async fn run(args: &AgentBenchArgs) -> anyhow::Result<AgentBenchReport> {
     }
     let latency = [("/metrics", lat_metrics), ("/healthz", lat_healthz)]
         .into_iter()
-        .map(|(endpoint, mut s)| {
-            let (requests, failed, p50_ms, p99_ms, max_ms, bytes) = s.summary();
-            LatencyRow {
-                endpoint: endpoint.to_owned(),
-                requests,
-                failed,
-                p50_ms,
-                p99_ms,
-                max_ms,
-                bytes,
-            }
+        .map(|(endpoint, mut s)| LatencyRow {
+            endpoint: endpoint.to_owned(),
+            latency: s.summary(),
         })
         .collect();
     // Every child is killed on drop (agent, node_exporter, collector, simulator).
@@ -512,43 +514,22 @@ pub fn table(report: &AgentBenchReport) -> String {
         "measured for {:.0} s\n\n| process | CPU s | CPU % of one core | peak RSS MiB | threads | scrapes | failed | /metrics p50 ms | /metrics p99 ms | /metrics max ms | /metrics bytes |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         report.measured_s
     );
-    let ms = |v: f64| {
-        if v.is_nan() {
-            "-".to_owned()
-        } else {
-            format!("{v:.2}")
-        }
-    };
     for r in &report.rows {
         out += &format!(
-            "| {} | {:.2} | {:.2} | {:.1} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {:.2} | {:.2} | {:.1} | {} | {} |\n",
             r.process,
             r.cpu_s,
             r.cpu_pct,
             r.peak_rss_mib,
             r.threads,
-            r.scrapes,
-            r.failed_scrapes,
-            ms(r.p50_ms),
-            ms(r.p99_ms),
-            ms(r.max_ms),
-            r.metrics_bytes,
+            r.scrapes.cells(),
         );
     }
     out.push_str(
         "\nThe agent's latency after the measured span (keep-alive, a pause before each request):\n\n| endpoint | requests | failed | p50 ms | p99 ms | max ms | bytes |\n|---|---:|---:|---:|---:|---:|---:|\n"
     );
     for r in &report.latency {
-        out += &format!(
-            "| {} | {} | {} | {} | {} | {} | {} |\n",
-            r.endpoint,
-            r.requests,
-            r.failed,
-            ms(r.p50_ms),
-            ms(r.p99_ms),
-            ms(r.max_ms),
-            r.bytes
-        );
+        out += &format!("| {} | {} |\n", r.endpoint, r.latency.cells());
     }
     if let Some(why) = &report.node_exporter_missing {
         out += &format!("\nnode_exporter: {why}\n");

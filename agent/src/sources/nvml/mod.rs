@@ -200,7 +200,7 @@ impl Job {
 /// GPU's reads (docs/benchmarks.md).
 #[derive(Default)]
 struct Replies {
-    tick: Mutex<Tick>,
+    current: Mutex<Tick>,
     all_in: Condvar,
 }
 
@@ -214,7 +214,7 @@ struct Tick {
 
 impl Replies {
     fn lock(&self) -> std::sync::MutexGuard<'_, Tick> {
-        self.tick.lock().unwrap_or_else(PoisonError::into_inner)
+        self.current.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// A GPU's answer; one from an earlier tick is stale and dropped.
