@@ -583,3 +583,66 @@ fn promtool_check(text: &str) {
         "promtool: {said}\n{text}"
     );
 }
+
+/// A discovered PDU with many meters is read a few meters at a time: its
+/// embedded web server sees at most `MAX_CONCURRENT_READS` requests at once,
+/// and every meter is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovered_meters_are_read_a_few_at_a_time() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    const OUTLETS: usize = 20;
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let outlets: Vec<serde_json::Value> = (0..OUTLETS)
+        .map(|i| serde_json::json!({"@odata.id": format!("/redfish/v1/PowerEquipment/RackPDUs/1/Outlets/{i}")}))
+        .collect();
+    let (f, m) = (Arc::clone(&in_flight), Arc::clone(&most));
+    let router = Router::new()
+        .route(
+            "/redfish/v1/",
+            get(|| async { r#"{"PowerEquipment":{"@odata.id":"/redfish/v1/PowerEquipment"}}"# }),
+        )
+        .route(
+            "/redfish/v1/PowerEquipment",
+            get(|| async {
+                r#"{"RackPDUs":{"@odata.id":"/redfish/v1/PowerEquipment/RackPDUs/1"}}"#
+            }),
+        )
+        .route(
+            "/redfish/v1/PowerEquipment/RackPDUs/1",
+            get(move || {
+                let body = serde_json::json!({ "Outlets": outlets.clone() }).to_string();
+                async move { body }
+            }),
+        )
+        .route(
+            "/redfish/v1/PowerEquipment/RackPDUs/1/Outlets/{i}",
+            get(move |axum::extract::Path(i): axum::extract::Path<usize>| {
+                let (f, m) = (Arc::clone(&f), Arc::clone(&m));
+                async move {
+                    let now = f.fetch_add(1, Ordering::SeqCst) + 1;
+                    m.fetch_max(now, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    f.fetch_sub(1, Ordering::SeqCst);
+                    format!(r#"{{"PowerWatts":{{"Reading":{}}}}}"#, 100 + i)
+                }
+            }),
+        );
+    let meters = serve(router).await;
+    let source =
+        RedfishSource::new(spec("pdu", &format!("http://{meters}/redfish/v1/"), true)).unwrap();
+    // The walk reads one resource at a time; the meter reads come after it.
+    let c = source.collect().await;
+    assert_eq!(c.error, None);
+    assert_eq!(c.meters.len(), OUTLETS, "{:?}", c.meters);
+    assert!(c.meters.iter().all(|m| m.error.is_none()), "{:?}", c.meters);
+    let watts: Vec<f64> = c.readings.iter().map(|r| r.value).collect();
+    assert_eq!(watts.len(), OUTLETS);
+    let most = most.load(Ordering::SeqCst);
+    assert!(
+        (2..=dcwatt_agent::sources::redfish::MAX_CONCURRENT_READS).contains(&most),
+        "{most} requests at once"
+    );
+}

@@ -38,6 +38,14 @@ pub const REDISCOVER_AFTER: Duration = Duration::from_secs(3600);
 /// The most resources one discovery walk visits.
 pub const MAX_DISCOVERED_RESOURCES: usize = 5000;
 
+/// Meters of one source read at the same time, at most. The embedded web
+/// servers of PDUs and BMCs serve a few connections at once; a discovered
+/// PDU has a hundred meters, and reading them all at once queued requests
+/// behind each other until some passed their timeout (seen with the DMTF
+/// mockups on a loaded machine). Each request's timeout runs from when it is
+/// sent, not from when it waited for its turn.
+pub const MAX_CONCURRENT_READS: usize = 4;
+
 /// The collections discovery walks from the service root.
 pub const DISCOVERY_ROOTS: [&str; 4] = [
     "PowerEquipment",
@@ -70,6 +78,8 @@ struct Inner {
     resets: ResetTracker,
     /// Discovered meters and when they were found.
     found: Mutex<Option<(Instant, Vec<Found>)>>,
+    /// [`MAX_CONCURRENT_READS`] permits.
+    reads: tokio::sync::Semaphore,
 }
 
 impl RedfishSource {
@@ -88,6 +98,7 @@ impl RedfishSource {
                 token: tokio::sync::Mutex::new(None),
                 resets: ResetTracker::default(),
                 found: Mutex::new(None),
+                reads: tokio::sync::Semaphore::new(MAX_CONCURRENT_READS),
             }),
         })
     }
@@ -195,6 +206,8 @@ impl RedfishSource {
 impl Inner {
     /// Reads one resource as meter `id`.
     async fn read_meter(&self, id: &str, url: &Url) -> (MeterStatus, Vec<Reading>) {
+        // Never closed, so always a permit.
+        let _turn = self.reads.acquire().await.ok();
         let start = now_ms();
         let result = match self.get_doc(url).await {
             Ok(doc) if !self.discover && is_cooling_unit(&doc) => self.read_cdu(url, &doc).await,
