@@ -1,0 +1,114 @@
+//! One ledger row as the collector books it and a statement carries it, its
+//! canonical bytes and its hashes.
+//!
+//! The canonical bytes are the UTF-8 text the hash chain has always hashed
+//! (fields separated by `|`, every float as the 16 hex digits of its IEEE 754
+//! bits, an absent value as `-`):
+//!
+//! ```text
+//! dcwatt-ledger-v1|{id}|{minute_ms}|{tenant}|{it_joules}|{facility_joules}|{pue}|{pue_basis}|{gpu_ms}|{late 0/1}|{prev_hash}
+//! ```
+//!
+//! and, for a row with statistics (any of utilization, peak power, node
+//! energy present, or excursions above 0), that text wrapped as
+//!
+//! ```text
+//! dcwatt-ledger-v2|{the v1 text}|{util_mean}|{peak_watts}|{excursions}|{node_joules}
+//! ```
+//!
+//! They cover every column of the row except `hash`, which is derived from
+//! them. The chain hash is `hex(SHA-256(canonical))`; the row's Merkle leaf is
+//! `SHA-256(0x00 ‖ canonical)` ([`crate::merkle::leaf_hash`]).
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::merkle::{self, Hash};
+
+/// The previous hash of the first row.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// One booked row.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Row {
+    /// Position in the chain, from 1 (its Merkle leaf index is `id - 1`).
+    pub id: i64,
+    /// The UTC minute, Unix ms.
+    pub minute_ms: i64,
+    /// Tenant, `_unleased` or `_unattributed`.
+    pub tenant: String,
+    /// IT energy of its GPUs in the minute, J.
+    pub it_joules: f64,
+    /// IT energy × PUE, J, when a PUE was available.
+    pub facility_joules: Option<f64>,
+    /// The PUE applied.
+    pub pue: Option<f64>,
+    /// Where the PUE came from: `minute`, `24h` or `none`.
+    pub pue_basis: String,
+    /// GPU time leased in the minute, ms.
+    pub gpu_ms: i64,
+    /// Booked after an earlier row for the same minute (late data).
+    pub late: bool,
+    /// Mean utilization of its GPUs in the minute, 0..1 (time-weighted by
+    /// lease share), when they reported any.
+    pub util_mean: Option<f64>,
+    /// Σ over its GPUs of each GPU's highest power reading in the minute, W:
+    /// an upper bound of its peak power (GPUs of one job peak together).
+    pub peak_watts: Option<f64>,
+    /// Thermal excursions that started on its GPUs in the minute.
+    pub excursions: i64,
+    /// Its share of metered nodes' energy beyond their GPUs, J (part of
+    /// `it_joules`), where its GPUs' nodes are metered.
+    pub node_joules: Option<f64>,
+    /// The previous row's hash.
+    pub prev_hash: String,
+    /// This row's hash.
+    pub hash: String,
+}
+
+impl Row {
+    /// The canonical bytes (see the module documentation).
+    pub fn canonical(&self) -> String {
+        let bits = |v: Option<f64>| v.map_or("-".to_owned(), |x| format!("{:016x}", x.to_bits()));
+        let content = format!(
+            "dcwatt-ledger-v1|{}|{}|{}|{:016x}|{}|{}|{}|{}|{}|{}",
+            self.id,
+            self.minute_ms,
+            self.tenant,
+            self.it_joules.to_bits(),
+            bits(self.facility_joules),
+            bits(self.pue),
+            self.pue_basis,
+            self.gpu_ms,
+            u8::from(self.late),
+            self.prev_hash
+        );
+        // Rows with statistics (from version 2 on) cover them too; a row
+        // without any is exactly as version 1 wrote it, so older chains verify.
+        let plain = self.util_mean.is_none()
+            && self.peak_watts.is_none()
+            && self.excursions == 0
+            && self.node_joules.is_none();
+        if plain {
+            content
+        } else {
+            format!(
+                "dcwatt-ledger-v2|{content}|{}|{}|{}|{}",
+                bits(self.util_mean),
+                bits(self.peak_watts),
+                self.excursions,
+                bits(self.node_joules)
+            )
+        }
+    }
+
+    /// The hash of this row's id and content after `prev_hash` (the chain).
+    pub fn compute_hash(&self) -> String {
+        hex::encode(Sha256::digest(self.canonical().as_bytes()))
+    }
+
+    /// The row's Merkle leaf hash, `SHA-256(0x00 ‖ canonical)`.
+    pub fn leaf_hash(&self) -> Hash {
+        merkle::leaf_hash(self.canonical().as_bytes())
+    }
+}
