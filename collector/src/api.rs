@@ -43,6 +43,8 @@ pub struct Shared {
     pub rates: Mutex<std::collections::HashMap<String, (f64, std::time::Instant)>>,
     /// How long `POST /v1/batches` took, from the handler's start to its answer.
     pub ingest_latency: Latency,
+    /// The ledger tree's figures for `/metrics` (see `transparency`).
+    pub transparency: crate::transparency::Gauges,
 }
 
 /// A latency histogram with fixed buckets, updated without a lock.
@@ -182,6 +184,18 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/tenants/{tenant}/statement", get(tenant_statement))
         .route("/v1/tenants/{tenant}/excursions", get(tenant_excursions))
         .route("/v1/ledger/verify", get(ledger_verify))
+        .route(
+            "/v1/ledger/public-key",
+            get(crate::transparency::public_key),
+        )
+        .route(
+            "/v1/ledger/checkpoints",
+            get(crate::transparency::checkpoints),
+        )
+        .route(
+            "/v1/ledger/consistency",
+            get(crate::transparency::consistency),
+        )
         .route("/v1/admin/leases/reload", post(reload_leases))
         .with_state(shared)
 }
@@ -557,6 +571,7 @@ async fn metrics(Extract(shared): Extract<Arc<Shared>>) -> Response {
             batches,
             shared.ingest_latency.snapshot(),
         )));
+        text.push_str(&dcwatt_expo::encode(shared.transparency.families()));
         text
     })
     .await;

@@ -174,6 +174,15 @@ pub struct LedgerConfig {
     /// once it is written, which survives a killed process but not a power cut.
     #[serde(default)]
     pub synchronous: Synchronous,
+    /// The Ed25519 key that signs a checkpoint of the ledger's Merkle tree at
+    /// every closed UTC hour (`dcwatt-collector keygen --out FILE` writes
+    /// one). Without it nothing is signed and the collector warns at start.
+    #[serde(default)]
+    pub signing_key_file: Option<std::path::PathBuf>,
+    /// This collector's name in its signed checkpoints: 1–128 characters of
+    /// `[A-Za-z0-9._:-]`. Default: the host name, else `collector`.
+    #[serde(default)]
+    pub collector_id: Option<String>,
 }
 
 /// SQLite's `synchronous` setting for the store (WAL mode).
@@ -447,6 +456,10 @@ pub struct Site {
     pub ledger_synchronous: Synchronous,
     /// See [`LedgerConfig::close_after`], in ms.
     pub close_after_ms: i64,
+    /// The checkpoint signing key ([`LedgerConfig::signing_key_file`]), read at start.
+    pub ledger_key: Option<ed25519_dalek::SigningKey>,
+    /// See [`LedgerConfig::collector_id`].
+    pub collector_id: String,
     /// SHA-256 of each tenant's token → tenant id.
     pub tenant_tokens: HashMap<[u8; 32], String>,
     /// The leases in force (reloadable).
@@ -573,6 +586,8 @@ impl Config {
                 ));
             }
         }
+        let (ledger_key, collector_id) =
+            crate::transparency::ledger_identity(self.ledger.as_ref())?;
         if self
             .carbon_intensity_kg_per_kwh
             .is_some_and(|c| !(c.is_finite() && (0.0..=5.0).contains(&c)))
@@ -809,6 +824,8 @@ impl Config {
                 .as_ref()
                 .map_or_else(Synchronous::default, |l| l.synchronous),
             ledger_path: self.ledger.map(|l| l.path),
+            ledger_key,
+            collector_id,
             tenant_tokens,
             agent_meters,
             leases,

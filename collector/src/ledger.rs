@@ -11,6 +11,12 @@
 //!
 //! Each row's hash is SHA-256 over its id, content and the previous row's hash,
 //! so an edited, deleted or reordered row breaks the chain where it happened.
+//! The same canonical bytes ([`Row::canonical`]) are the leaves of an RFC 9162
+//! Merkle tree whose signed heads tenants keep ([`crate::transparency`]).
+//!
+//! Append-only: triggers refuse every UPDATE and DELETE of booked rows, of the
+//! tree's nodes and of the signed checkpoints, in new and existing databases
+//! alike (the schema below runs at every open). Nothing prunes them.
 //!
 //! Facility-burdened energy = IT energy × the PUE of the same minute when that
 //! minute is complete (`pue_basis = "minute"`); otherwise the trailing 24 h PUE
@@ -19,7 +25,6 @@
 
 use rusqlite::{params, OptionalExtension};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 use crate::config::Site;
 use crate::energy::MinuteEnergy;
@@ -75,91 +80,42 @@ CREATE TABLE IF NOT EXISTS node_gpu (
     PRIMARY KEY (minute_ms, node, owner)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS ledger_minute ON ledger (minute_ms);
+-- Append-only for real: booked rows are never updated nor deleted (a
+-- correction is a new row); created at every open, so an existing database
+-- gains them too. Retention never prunes the ledger.
+CREATE TRIGGER IF NOT EXISTS ledger_no_update BEFORE UPDATE ON ledger
+BEGIN SELECT RAISE(ABORT, 'the ledger is append-only: booked rows cannot be updated'); END;
+CREATE TRIGGER IF NOT EXISTS ledger_no_delete BEFORE DELETE ON ledger
+BEGIN SELECT RAISE(ABORT, 'the ledger is append-only: booked rows cannot be deleted'); END;
+-- The ledger's Merkle tree (RFC 9162): level 0 holds each row's leaf hash
+-- (index = row id - 1), and every complete node of a level that is a
+-- multiple of 4 is kept, so any subtree hash needs at most 8 reads.
+-- Append-only like the ledger.
+CREATE TABLE IF NOT EXISTS ledger_tree (
+    level INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
+    hash BLOB NOT NULL,
+    PRIMARY KEY (level, idx)
+) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS ledger_tree_no_update BEFORE UPDATE ON ledger_tree
+BEGIN SELECT RAISE(ABORT, 'the ledger tree is append-only: nodes cannot be updated'); END;
+CREATE TRIGGER IF NOT EXISTS ledger_tree_no_delete BEFORE DELETE ON ledger_tree
+BEGIN SELECT RAISE(ABORT, 'the ledger tree is append-only: nodes cannot be deleted'); END;
+-- Signed checkpoints (tree heads), one per closed UTC hour; append-only.
+CREATE TABLE IF NOT EXISTS ledger_checkpoint (
+    hour_ms INTEGER PRIMARY KEY,
+    tree_size INTEGER NOT NULL,
+    root_hash TEXT NOT NULL,
+    collector_id TEXT NOT NULL,
+    signature TEXT NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS ledger_checkpoint_no_update BEFORE UPDATE ON ledger_checkpoint
+BEGIN SELECT RAISE(ABORT, 'checkpoints are append-only: they cannot be updated'); END;
+CREATE TRIGGER IF NOT EXISTS ledger_checkpoint_no_delete BEFORE DELETE ON ledger_checkpoint
+BEGIN SELECT RAISE(ABORT, 'checkpoints are append-only: they cannot be deleted'); END;
 ";
 
-/// The previous hash of the first row.
-pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
-
-/// One booked row.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Row {
-    /// Position in the chain, from 1.
-    pub id: i64,
-    /// The UTC minute, Unix ms.
-    pub minute_ms: i64,
-    /// Tenant, `_unleased` or `_unattributed`.
-    pub tenant: String,
-    /// IT energy of its GPUs in the minute, J.
-    pub it_joules: f64,
-    /// IT energy × PUE, J, when a PUE was available.
-    pub facility_joules: Option<f64>,
-    /// The PUE applied.
-    pub pue: Option<f64>,
-    /// Where the PUE came from: `minute`, `24h` or `none`.
-    pub pue_basis: String,
-    /// GPU time leased in the minute, ms.
-    pub gpu_ms: i64,
-    /// Booked after an earlier row for the same minute (late data).
-    pub late: bool,
-    /// Mean utilization of its GPUs in the minute, 0..1 (time-weighted by
-    /// lease share), when they reported any.
-    pub util_mean: Option<f64>,
-    /// Σ over its GPUs of each GPU's highest power reading in the minute, W:
-    /// an upper bound of its peak power (GPUs of one job peak together).
-    pub peak_watts: Option<f64>,
-    /// Thermal excursions that started on its GPUs in the minute.
-    pub excursions: i64,
-    /// Its share of metered nodes' energy beyond their GPUs, J (part of
-    /// `it_joules`), where its GPUs' nodes are metered.
-    pub node_joules: Option<f64>,
-    /// The previous row's hash.
-    pub prev_hash: String,
-    /// This row's hash.
-    pub hash: String,
-}
-
-impl Row {
-    /// The hash of this row's id and content after `prev_hash`.
-    pub fn compute_hash(&self) -> String {
-        let fac = self
-            .facility_joules
-            .map_or("-".to_owned(), |f| format!("{:016x}", f.to_bits()));
-        let pue = self
-            .pue
-            .map_or("-".to_owned(), |p| format!("{:016x}", p.to_bits()));
-        let content = format!(
-            "dcwatt-ledger-v1|{}|{}|{}|{:016x}|{fac}|{pue}|{}|{}|{}|{}",
-            self.id,
-            self.minute_ms,
-            self.tenant,
-            self.it_joules.to_bits(),
-            self.pue_basis,
-            self.gpu_ms,
-            u8::from(self.late),
-            self.prev_hash
-        );
-        // Rows with statistics (from version 2 on) hash them too; a row
-        // without any hashes exactly as version 1 did, so older chains verify.
-        let plain = self.util_mean.is_none()
-            && self.peak_watts.is_none()
-            && self.excursions == 0
-            && self.node_joules.is_none();
-        let content = if plain {
-            content
-        } else {
-            let bits =
-                |v: Option<f64>| v.map_or("-".to_owned(), |x| format!("{:016x}", x.to_bits()));
-            format!(
-                "dcwatt-ledger-v2|{content}|{}|{}|{}|{}",
-                bits(self.util_mean),
-                bits(self.peak_watts),
-                self.excursions,
-                bits(self.node_joules)
-            )
-        };
-        hex::encode(Sha256::digest(content.as_bytes()))
-    }
-}
+pub use dcwatt_verify::row::{Row, GENESIS};
 
 /// The result of walking the chain.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -351,7 +307,7 @@ impl Store {
             )
             .optional()?
             .unwrap_or((0, GENESIS.to_owned()));
-        let mut booked = 0;
+        let mut booked_rows = Vec::new();
         let mut pue_of_minute: Option<(i64, Option<f64>, bool)> = None;
         for o in open {
             let OpenRow {
@@ -413,15 +369,17 @@ impl Store {
                 row.excursions,
                 row.node_joules
             ])?;
-            prev_hash = row.hash;
-            booked += 1;
+            prev_hash.clone_from(&row.hash);
+            booked_rows.push(row);
         }
         tx.execute(
             "DELETE FROM tenant_open WHERE minute_ms <= ?1",
             params![cutoff],
         )?;
+        // The Merkle tree grows with the rows, in the same transaction.
+        crate::transparency::extend_tree(&tx, &booked_rows)?;
         tx.commit()?;
-        Ok(booked)
+        Ok(booked_rows.len())
     }
 
     /// Walks the whole chain and says where it first breaks.
@@ -512,10 +470,10 @@ impl Store {
 }
 
 /// The ledger columns [`read_row`] reads, in its order.
-const ROW_COLUMNS: &str =
+pub(crate) const ROW_COLUMNS: &str =
     "id, minute_ms, tenant, it_joules, facility_joules, pue, pue_basis, gpu_ms, late, prev_hash, hash, util_mean, peak_watts, excursions, node_joules";
 
-fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
+pub(crate) fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
     Ok(Row {
         id: r.get(0)?,
         minute_ms: r.get(1)?,

@@ -12,6 +12,7 @@
 //! - [`windows`]: PUE and partial PUE over fixed UTC periods from the stored minutes.
 //! - [`tenants`]: leases and the split of each GPU-minute among owners.
 //! - [`ledger`]: the append-only, hash-chained tenant ledger.
+//! - [`transparency`]: the ledger's Merkle tree, signed checkpoints and proofs.
 //! - [`statement`]: a tenant's monthly statement (API and offline report).
 //! - [`pue`]: PUE and its ISO/IEC 30134-2 category, as pure functions.
 //! - [`figures`]: the derived figures at one instant, shared by `/metrics` and the summary.
@@ -34,6 +35,7 @@ pub mod statement;
 pub mod store;
 pub mod tenants;
 pub mod thermal;
+pub mod transparency;
 pub mod windows;
 
 use std::future::Future;
@@ -65,6 +67,9 @@ pub async fn run(
     if site.operator_token.is_none() {
         tracing::warn!("No [operator] token configured: /v1/summary is open to anyone who can reach the listener.");
     }
+    if site.ledger_key.is_none() {
+        tracing::warn!("No [ledger] signing_key_file: no checkpoint of the ledger is signed, so tenants cannot verify their statements (dcwatt-collector keygen --out FILE writes a key).");
+    }
     let mut state = state::State::new(&site);
     let store = match &site.ledger_path {
         Some(path) => {
@@ -91,6 +96,7 @@ pub async fn run(
         commit_wake: std::sync::Condvar::new(),
         rates: Mutex::new(std::collections::HashMap::new()),
         ingest_latency: api::Latency::default(),
+        transparency: transparency::Gauges::default(),
         site,
     });
     let tls = match &shared.site.tls {
@@ -172,8 +178,10 @@ async fn refresh_windows(shared: Arc<api::Shared>) {
                         .iter()
                         .find(|p| p.window == Some("24h") && p.complete)
                         .and_then(|p| p.pue);
-                    if let Err(e) = store.close_minutes(&s.site, now, fallback) {
-                        tracing::warn!(error = %e, "Booking ledger minutes failed.");
+                    match store.close_minutes(&s.site, now, fallback) {
+                        // Signed only once the hour's minutes are booked.
+                        Ok(_) => transparency::after_booking(&mut store, &s, now),
+                        Err(e) => tracing::warn!(error = %e, "Booking ledger minutes failed."),
                     }
                     if let Ok(mut cached) = s.windows.lock() {
                         *cached = w;

@@ -1,5 +1,6 @@
 //! `dcwatt-collector --config FILE` serves; `--check-config FILE` validates;
-//! `dcwatt-collector ledger verify DB` checks a ledger's hash chain offline.
+//! `dcwatt-collector ledger verify DB` checks a ledger's hash chain offline;
+//! `dcwatt-collector keygen --out FILE` writes a checkpoint signing key.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -46,6 +47,26 @@ enum Command {
         #[arg(long, default_value = "json")]
         format: String,
     },
+    /// Write a new Ed25519 key for signing ledger checkpoints (`[ledger]
+    /// signing_key_file`; mode 0600, never overwritten) and print its public key.
+    Keygen {
+        /// The key file to create.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+}
+
+fn keygen(out: &std::path::Path) -> ExitCode {
+    match dcwatt_collector::transparency::write_new_key(out) {
+        Ok(key) => {
+            println!("{}", hex::encode(key.verifying_key().to_bytes()));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("--out: {e}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 fn report(config: &std::path::Path, tenant: &str, month: &str, format: &str) -> ExitCode {
@@ -137,6 +158,7 @@ fn main() -> ExitCode {
             month,
             format,
         }) => return report(config, tenant, month, format),
+        Some(Command::Keygen { out }) => return keygen(out),
         None => {}
     }
     tracing_subscriber::fmt()

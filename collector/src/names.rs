@@ -101,3 +101,8 @@ pub const TENANT_THERMAL_EXCURSIONS_TOTAL: &str = "dcwatt_tenant_thermal_excursi
 pub const KIND: &str = "kind";
 /// Mean utilization of the GPUs a tenant leases now (fresh readings only).
 pub const TENANT_GPU_UTILIZATION_RATIO: &str = "dcwatt_tenant_gpu_utilization_ratio";
+
+/// Rows (Merkle leaves) in the ledger's tree.
+pub const LEDGER_TREE_SIZE: &str = "dcwatt_ledger_tree_size";
+/// Start of the UTC hour of the latest signed ledger checkpoint, Unix seconds.
+pub const LEDGER_CHECKPOINT_TIMESTAMP_SECONDS: &str = "dcwatt_ledger_checkpoint_timestamp_seconds";

@@ -1,7 +1,9 @@
 //! A tenant's monthly statement, from the ledger and the stored energies:
 //! totals, a daily breakdown with each day's PUE (category, coverage), the
 //! stretches of leased time with nothing booked, and the ledger head hash at
-//! the time of issue. `GET /v1/tenants/{tenant}/statement` and
+//! the time of issue, and the tenant's rows with their RFC 9162 inclusion
+//! proofs against a signed checkpoint (`proofs`; JSON only), which
+//! `dcwatt-verify` checks. `GET /v1/tenants/{tenant}/statement` and
 //! `dcwatt-collector report` both produce it, so the two agree.
 
 use serde::Serialize;
@@ -115,6 +117,10 @@ pub struct Statement {
     pub days: Vec<Day>,
     /// Leased time with no booked row (minutes not yet booked excluded).
     pub gaps: Vec<Gap>,
+    /// The month's rows, each with its leaf index and inclusion proof, and
+    /// the signed checkpoint they are proven against. Only this tenant's rows
+    /// appear; other rows enter only as hashes inside the proofs.
+    pub proofs: dcwatt_verify::check::Proofs,
 }
 
 /// Builds the statement of `tenant` for `month` (`YYYY-MM`) as of `now_ms`.
@@ -167,6 +173,7 @@ pub fn statement(
         .map(|l| (l.from_ms.max(from), l.to_ms.min(to).min(booked_until)))
         .filter(|(a, b)| a < b)
         .collect();
+    let proofs = store.statement_proofs(&rows, to)?;
     let booked: std::collections::BTreeSet<i64> = rows.iter().map(|r| r.minute_ms).collect();
     let mut gaps: Vec<Gap> = Vec::new();
     let mut minute = from;
@@ -196,6 +203,7 @@ pub fn statement(
         late_rows: rows.iter().filter(|r| r.late).count(),
         days,
         gaps,
+        proofs,
     }))
 }
 

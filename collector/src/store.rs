@@ -163,6 +163,9 @@ pub enum StoreError {
     /// A value does not fit the database's integers.
     #[error("{0} does not fit in a 64-bit signed integer")]
     Range(u64),
+    /// The ledger's Merkle tree or its checkpoints (see `transparency`).
+    #[error("ledger tree: {0}")]
+    Tree(String),
     /// A thread could not be started.
     #[error("cannot start a thread: {0}")]
     Thread(String),

@@ -250,7 +250,8 @@ async fn leases_book_gpu_energy_and_only_the_right_caller_reads_it() {
     let _ = stop.send(());
     tokio::time::sleep(Duration::from_millis(200)).await;
 
-    // Tampering: each on its own copy of the database.
+    // Tampering: each on its own copy of the database, by someone with write
+    // access, who drops the append-only triggers first.
     let source = rusqlite::Connection::open(&db).unwrap();
     let tampered = |name: &str, sql: &str| {
         let copy = dir.path().join(name);
@@ -259,7 +260,9 @@ async fn leases_book_gpu_energy_and_only_the_right_caller_reads_it() {
             .unwrap();
         rusqlite::Connection::open(&copy)
             .unwrap()
-            .execute_batch(sql)
+            .execute_batch(&format!(
+                "DROP TRIGGER ledger_no_update; DROP TRIGGER ledger_no_delete; {sql}"
+            ))
             .unwrap();
         copy
     };

@@ -1,0 +1,746 @@
+//! The ledger's transparency log: an RFC 9162 Merkle tree over the booked
+//! rows, signed checkpoints (tree heads) at every closed UTC hour, and the
+//! proofs a tenant checks with `dcwatt-verify`.
+//!
+//! - The tree grows in the transaction that books rows ([`extend_tree`]): one
+//!   leaf hash per row and the complete nodes it finishes, from the frontier
+//!   (the right edge of the tree), never re-hashing the ledger. Stored: every
+//!   leaf and the complete nodes of every fourth level (`ledger_tree`).
+//! - [`Store::checkpoint_due`], called by the background job that books
+//!   ledger minutes, signs `(tree size, root, hour, collector id)` once per
+//!   closed hour with the `[ledger] signing_key_file` key (the message is
+//!   [`dcwatt_verify::checkpoint::message`]).
+//! - HTTP: `GET /v1/ledger/public-key` (open), `GET /v1/ledger/checkpoints`
+//!   and `GET /v1/ledger/consistency` (any tenant token or the operator's);
+//!   a statement's inclusion proofs come from [`Store::statement_proofs`].
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+use axum::extract::{Query, State as Extract};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use dcwatt_verify::check::{ConsistencyProof, Proofs, ProvenRow};
+use dcwatt_verify::checkpoint::{self, Checkpoint, CheckpointError};
+use dcwatt_verify::merkle::{self, Frontier, Hash, Nodes, ProofError};
+use ed25519_dalek::SigningKey;
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Deserialize;
+
+use crate::api::Shared;
+use crate::config::{invalid, ConfigError, LedgerConfig, Site};
+use crate::ingest;
+use crate::ledger::Row;
+use crate::store::{Store, StoreError};
+
+/// Complete nodes are stored on the levels that are multiples of this (and
+/// every leaf): a subtree hash is at most 2^3 stored reads away.
+pub const STORED_EVERY: u32 = 4;
+
+/// At most this many checkpoints per answer (over a year of hours).
+pub const MAX_CHECKPOINTS: usize = 10_000;
+
+/// A failure of the tree or of signing.
+#[derive(Debug, thiserror::Error)]
+pub enum TreeError {
+    /// A statement failed.
+    #[error("database: {0}")]
+    Sql(#[from] rusqlite::Error),
+    /// A node the tree needs is not stored.
+    #[error("node {index} of level {level} is missing")]
+    Missing {
+        /// Its level.
+        level: u32,
+        /// Its index.
+        index: u64,
+    },
+    /// A stored hash is not 32 bytes.
+    #[error("node {index} of level {level} is not a 32-byte hash")]
+    Corrupt {
+        /// Its level.
+        level: u32,
+        /// Its index.
+        index: u64,
+    },
+    /// Ledger row ids are not 1, 2, 3, …: the tree cannot take them.
+    #[error("ledger row {found} where row {expected} was expected: run `dcwatt-collector ledger verify`")]
+    NotContiguous {
+        /// The id the tree needs next.
+        expected: i64,
+        /// The id found.
+        found: i64,
+    },
+    /// The ledger holds fewer rows than the latest checkpoint.
+    #[error("the ledger has {size} rows but checkpoint {hour_ms} signed {signed}: rows were removed; nothing more is signed")]
+    Shrunk {
+        /// Rows now.
+        size: u64,
+        /// Rows signed.
+        signed: u64,
+        /// The checkpoint's hour.
+        hour_ms: i64,
+    },
+    /// A proof could not be built.
+    #[error(transparent)]
+    Proof(#[from] ProofError),
+    /// Signing failed.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+}
+
+impl From<TreeError> for StoreError {
+    fn from(e: TreeError) -> StoreError {
+        match e {
+            TreeError::Sql(e) => StoreError::Sql(e),
+            other => StoreError::Tree(other.to_string()),
+        }
+    }
+}
+
+/// Complete subtree hashes read from `ledger_tree`, cached for one use.
+pub struct StoredNodes<'c> {
+    conn: &'c Connection,
+    cache: HashMap<(u32, u64), Hash>,
+}
+
+impl<'c> StoredNodes<'c> {
+    /// Reads from `conn` (a transaction derefs to one).
+    pub fn new(conn: &'c Connection) -> StoredNodes<'c> {
+        StoredNodes {
+            conn,
+            cache: HashMap::new(),
+        }
+    }
+}
+
+impl Nodes for StoredNodes<'_> {
+    type Error = TreeError;
+
+    fn node(&mut self, level: u32, index: u64) -> Result<Hash, TreeError> {
+        if let Some(h) = self.cache.get(&(level, index)) {
+            return Ok(*h);
+        }
+        let missing = TreeError::Missing { level, index };
+        let hash = if level % STORED_EVERY == 0 {
+            let idx = i64::try_from(index).map_err(|_| missing)?;
+            let blob: Option<Vec<u8>> = self
+                .conn
+                .prepare_cached("SELECT hash FROM ledger_tree WHERE level = ?1 AND idx = ?2")?
+                .query_row(params![level, idx], |r| r.get(0))
+                .optional()?;
+            let blob = blob.ok_or(TreeError::Missing { level, index })?;
+            merkle::to_hash(&blob).map_err(|_| TreeError::Corrupt { level, index })?
+        } else {
+            let left_index = index.checked_mul(2).ok_or(missing)?;
+            let left = self.node(level - 1, left_index)?;
+            let right = self.node(level - 1, left_index + 1)?;
+            merkle::node_hash(&left, &right)
+        };
+        self.cache.insert((level, index), hash);
+        Ok(hash)
+    }
+}
+
+/// Leaves in the tree.
+pub fn tree_size(conn: &Connection) -> Result<u64, TreeError> {
+    let max: Option<i64> = conn
+        .prepare_cached("SELECT MAX(idx) FROM ledger_tree WHERE level = 0")?
+        .query_row([], |r| r.get(0))?;
+    Ok(max.map_or(0, |m| u64::try_from(m).unwrap_or(0) + 1))
+}
+
+/// Appends `rows` (just booked, in id order) to the tree, after catching up
+/// with any row booked before the tree existed. Inside the booking transaction.
+pub fn extend_tree(tx: &rusqlite::Transaction<'_>, rows: &[Row]) -> Result<(), TreeError> {
+    let size = tree_size(tx)?;
+    let mut frontier = Frontier::load(&mut StoredNodes::new(tx), size)?;
+    let caught_up_to = match rows.first() {
+        Some(r) => r.id - 1,
+        None => tx.query_row("SELECT COALESCE(MAX(id), 0) FROM ledger", [], |r| {
+            r.get::<_, i64>(0)
+        })?,
+    };
+    if i64::try_from(size).is_ok_and(|s| s < caught_up_to) {
+        let older: Vec<Row> = tx
+            .prepare(&format!(
+                "SELECT {} FROM ledger WHERE id > ?1 AND id <= ?2 ORDER BY id",
+                crate::ledger::ROW_COLUMNS
+            ))?
+            .query_map(
+                params![i64::try_from(size).unwrap_or(i64::MAX), caught_up_to],
+                crate::ledger::read_row,
+            )?
+            .collect::<Result<_, _>>()?;
+        append(tx, &mut frontier, &older)?;
+    }
+    append(tx, &mut frontier, rows)
+}
+
+fn append(
+    tx: &rusqlite::Transaction<'_>,
+    frontier: &mut Frontier,
+    rows: &[Row],
+) -> Result<(), TreeError> {
+    let mut insert =
+        tx.prepare_cached("INSERT INTO ledger_tree (level, idx, hash) VALUES (?1, ?2, ?3)")?;
+    let mut made: Vec<(u32, u64, Hash)> = Vec::with_capacity(4);
+    for row in rows {
+        let expected = i64::try_from(frontier.size())
+            .ok()
+            .and_then(|s| s.checked_add(1))
+            .unwrap_or(i64::MAX);
+        if row.id != expected {
+            return Err(TreeError::NotContiguous {
+                expected,
+                found: row.id,
+            });
+        }
+        made.clear();
+        frontier.push(row.leaf_hash(), |level, index, hash| {
+            if level % STORED_EVERY == 0 {
+                made.push((level, index, *hash));
+            }
+        })?;
+        for (level, index, hash) in &made {
+            let idx = i64::try_from(*index).map_err(|_| TreeError::Missing {
+                level: *level,
+                index: *index,
+            })?;
+            insert.execute(params![level, idx, &hash[..]])?;
+        }
+    }
+    Ok(())
+}
+
+/// The UTC hour whose every minute is booked at `now_ms`, with the collector
+/// booking minutes `close_after_ms` after their end: its start, Unix ms.
+pub fn last_closed_hour(now_ms: i64, close_after_ms: i64) -> i64 {
+    let cutoff = now_ms.saturating_sub(60_000).saturating_sub(close_after_ms);
+    let booked_until = cutoff.div_euclid(60_000) * 60_000 + 60_000;
+    booked_until.div_euclid(3_600_000) * 3_600_000 - 3_600_000
+}
+
+fn read_checkpoint(r: &rusqlite::Row<'_>) -> rusqlite::Result<Checkpoint> {
+    Ok(Checkpoint {
+        hour_ms: r.get(0)?,
+        tree_size: u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0),
+        root_hash: r.get(2)?,
+        collector_id: r.get(3)?,
+        signature: r.get(4)?,
+    })
+}
+
+const CHECKPOINT_COLUMNS: &str = "hour_ms, tree_size, root_hash, collector_id, signature";
+
+fn latest_checkpoint(conn: &Connection) -> Result<Option<Checkpoint>, TreeError> {
+    Ok(conn
+        .prepare_cached(&format!(
+            "SELECT {CHECKPOINT_COLUMNS} FROM ledger_checkpoint ORDER BY hour_ms DESC LIMIT 1"
+        ))?
+        .query_row([], read_checkpoint)
+        .optional()?)
+}
+
+impl Store {
+    /// Signs the checkpoint of the last closed hour at `now_ms`, unless it
+    /// (or a later one) is signed, the tree is empty, or no key is configured.
+    /// Runs after the minutes up to `now_ms` were booked.
+    pub fn checkpoint_due(
+        &mut self,
+        site: &Site,
+        now_ms: i64,
+    ) -> Result<Option<Checkpoint>, StoreError> {
+        let Some(key) = &site.ledger_key else {
+            return Ok(None);
+        };
+        let hour = last_closed_hour(now_ms, site.close_after_ms);
+        let tx = self.conn.transaction()?;
+        let latest = latest_checkpoint(&tx)?;
+        if latest.as_ref().is_some_and(|c| c.hour_ms >= hour) {
+            return Ok(None);
+        }
+        let size = tree_size(&tx)?;
+        if let Some(c) = latest.filter(|c| c.tree_size > size) {
+            return Err(TreeError::Shrunk {
+                size,
+                signed: c.tree_size,
+                hour_ms: c.hour_ms,
+            }
+            .into());
+        }
+        if size == 0 {
+            return Ok(None);
+        }
+        let root = Frontier::load(&mut StoredNodes::new(&tx), size)?.root();
+        let cp = checkpoint::sign(key, &site.collector_id, hour, size, &root)
+            .map_err(TreeError::from)?;
+        tx.execute(
+            &format!(
+                "INSERT INTO ledger_checkpoint ({CHECKPOINT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5)"
+            ),
+            params![
+                cp.hour_ms,
+                i64::try_from(cp.tree_size).unwrap_or(i64::MAX),
+                cp.root_hash,
+                cp.collector_id,
+                cp.signature
+            ],
+        )?;
+        tx.commit()?;
+        Ok(Some(cp))
+    }
+
+    /// Checkpoints whose hour is in `[from_ms, to_ms)`, oldest first, at most
+    /// `limit`.
+    pub fn checkpoints(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<Checkpoint>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let list = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT {CHECKPOINT_COLUMNS} FROM ledger_checkpoint WHERE hour_ms >= ?1 AND hour_ms < ?2 ORDER BY hour_ms LIMIT ?3"
+            ))?
+            .query_map(params![from_ms, to_ms, limit], read_checkpoint)?
+            .collect::<Result<_, _>>()?;
+        Ok(list)
+    }
+
+    /// The tree's size and the latest checkpoint.
+    pub fn tree_head(&self) -> Result<(u64, Option<Checkpoint>), StoreError> {
+        Ok((tree_size(&self.conn)?, latest_checkpoint(&self.conn)?))
+    }
+
+    /// The consistency proof between two tree sizes, `1 ≤ from ≤ to ≤` the
+    /// tree's size (checked by the caller; out of range is an error here too).
+    pub fn consistency_proof(&self, from: u64, to: u64) -> Result<Vec<Hash>, StoreError> {
+        let size = tree_size(&self.conn)?;
+        if to > size {
+            return Err(TreeError::Proof(ProofError::Sizes {
+                from,
+                to,
+                why: "beyond the tree",
+            })
+            .into());
+        }
+        Ok(merkle::consistency_proof(
+            &mut StoredNodes::new(&self.conn),
+            from,
+            to,
+        )?)
+    }
+
+    /// A statement's proofs: each of `rows` (one tenant's, in id order) with
+    /// its inclusion proof against the checkpoint that closes the month
+    /// ending at `month_end_ms` (the first whose hour is the month's last or
+    /// later and that covers every row), else the latest checkpoint.
+    pub fn statement_proofs(&self, rows: &[Row], month_end_ms: i64) -> Result<Proofs, StoreError> {
+        let size = tree_size(&self.conn)?;
+        let size_i = i64::try_from(size).unwrap_or(i64::MAX);
+        let last_id = rows.iter().map(|r| r.id).max().unwrap_or(0);
+        let closing: Option<Checkpoint> = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT {CHECKPOINT_COLUMNS} FROM ledger_checkpoint
+                 WHERE hour_ms >= ?1 AND tree_size >= ?2 AND tree_size <= ?3 ORDER BY hour_ms LIMIT 1"
+            ))?
+            .query_row(
+                params![month_end_ms.saturating_sub(3_600_000), last_id, size_i],
+                read_checkpoint,
+            )
+            .optional()?;
+        let (choice, cp) = match closing {
+            Some(c) => ("month_closing", Some(c)),
+            None => {
+                let latest: Option<Checkpoint> = self
+                    .conn
+                    .prepare_cached(&format!(
+                        "SELECT {CHECKPOINT_COLUMNS} FROM ledger_checkpoint WHERE tree_size <= ?1 ORDER BY hour_ms DESC LIMIT 1"
+                    ))?
+                    .query_row(params![size_i], read_checkpoint)
+                    .optional()?;
+                match latest {
+                    Some(c) => ("latest", Some(c)),
+                    None => ("none", None),
+                }
+            }
+        };
+        let mut nodes = StoredNodes::new(&self.conn);
+        if let Some(c) = &cp {
+            let root = merkle::root(&mut nodes, c.tree_size)?;
+            if hex::encode(root) != c.root_hash {
+                tracing::warn!(
+                    hour_ms = c.hour_ms,
+                    tree_size = c.tree_size,
+                    "The ledger's tree does not match a signed checkpoint: the database was altered."
+                );
+            }
+        }
+        let signed = cp.as_ref().map_or(0, |c| c.tree_size);
+        let mut proven = Vec::with_capacity(rows.len());
+        let mut unproven = 0;
+        for r in rows {
+            let leaf = u64::try_from(r.id - 1).unwrap_or(u64::MAX);
+            let proof = if leaf < signed {
+                Some(
+                    merkle::inclusion_proof(&mut nodes, leaf, signed)?
+                        .iter()
+                        .map(hex::encode)
+                        .collect(),
+                )
+            } else {
+                unproven += 1;
+                None
+            };
+            proven.push(ProvenRow {
+                row: r.clone(),
+                leaf_index: leaf,
+                inclusion_proof: proof,
+            });
+        }
+        Ok(Proofs {
+            checkpoint_choice: choice.to_owned(),
+            checkpoint: cp,
+            rows: proven,
+            unproven_rows: unproven,
+        })
+    }
+}
+
+/// The signing key and collector id of `[ledger]` (start-up: the key file is
+/// read and checked here, so a bad one stops the collector naming the key).
+pub fn ledger_identity(
+    ledger: Option<&LedgerConfig>,
+) -> Result<(Option<SigningKey>, String), ConfigError> {
+    let id = match ledger.and_then(|l| l.collector_id.clone()) {
+        Some(id) => {
+            if !checkpoint::valid_collector_id(&id) {
+                return Err(invalid(
+                    "ledger.collector_id",
+                    "must be 1 to 128 characters of [A-Za-z0-9._:-]",
+                ));
+            }
+            id
+        }
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| h.trim().to_owned())
+            .filter(|h| checkpoint::valid_collector_id(h))
+            .unwrap_or_else(|| "collector".to_owned()),
+    };
+    let Some(path) = ledger.and_then(|l| l.signing_key_file.as_ref()) else {
+        return Ok((None, id));
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        invalid(
+            "ledger.signing_key_file",
+            format!("{}: {e}", path.display()),
+        )
+    })?;
+    let key = checkpoint::parse_secret_key(&text).map_err(|e| {
+        invalid(
+            "ledger.signing_key_file",
+            format!("{}: {e}", path.display()),
+        )
+    })?;
+    Ok((Some(key), id))
+}
+
+/// Why a key could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum KeygenError {
+    /// The system's random source failed.
+    #[error("reading /dev/urandom: {0}")]
+    Random(std::io::Error),
+    /// The file could not be created (it must not exist).
+    #[error("{path}: {source}")]
+    Write {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Writes a new signing key to `path` (which must not exist), readable by its
+/// owner only (0600); returns the key.
+pub fn write_new_key(path: &std::path::Path) -> Result<SigningKey, KeygenError> {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut seed = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut seed))
+        .map_err(KeygenError::Random)?;
+    let key = SigningKey::from_bytes(&seed);
+    let write_err = |source| KeygenError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(write_err)?;
+    file.write_all(checkpoint::secret_key_text(&key).as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(write_err)?;
+    Ok(key)
+}
+
+/// The tree's figures for `/metrics`, refreshed by the booking job.
+#[derive(Debug)]
+pub struct Gauges {
+    tree_size: AtomicI64,
+    checkpoint_hour_ms: AtomicI64,
+}
+
+impl Default for Gauges {
+    fn default() -> Gauges {
+        Gauges {
+            tree_size: AtomicI64::new(-1),
+            checkpoint_hour_ms: AtomicI64::new(i64::MIN),
+        }
+    }
+}
+
+impl Gauges {
+    /// Records the tree's size and the latest checkpoint.
+    pub fn set(&self, size: u64, latest: Option<&Checkpoint>) {
+        self.tree_size
+            .store(i64::try_from(size).unwrap_or(i64::MAX), Ordering::Relaxed);
+        if let Some(c) = latest {
+            self.checkpoint_hour_ms.store(c.hour_ms, Ordering::Relaxed);
+        }
+    }
+
+    /// The exposition of `dcwatt_ledger_tree_size` and
+    /// `dcwatt_ledger_checkpoint_timestamp_seconds` (each once known).
+    pub fn families(&self) -> Vec<dcwatt_expo::Family> {
+        let mut out = Vec::new();
+        let size = self.tree_size.load(Ordering::Relaxed);
+        if size >= 0 {
+            let mut f = dcwatt_expo::Family::gauge(
+                crate::names::LEDGER_TREE_SIZE,
+                "Rows (Merkle leaves) in the ledger's tree.",
+            );
+            f.add(&[], size as f64);
+            out.push(f);
+        }
+        let hour = self.checkpoint_hour_ms.load(Ordering::Relaxed);
+        if hour != i64::MIN {
+            let mut f = dcwatt_expo::Family::gauge(
+                crate::names::LEDGER_CHECKPOINT_TIMESTAMP_SECONDS,
+                "Start of the UTC hour of the latest signed checkpoint, Unix seconds.",
+            );
+            f.add(&[], hour as f64 / 1000.0);
+            out.push(f);
+        }
+        out
+    }
+}
+
+fn error(status: StatusCode, text: impl Into<String>) -> Response {
+    (status, Json(serde_json::json!({ "error": text.into() }))).into_response()
+}
+
+/// Any tenant's token or the operator's (401 otherwise).
+fn any_reader(site: &Site, headers: &HeaderMap) -> Result<(), Response> {
+    let auth = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let token = ingest::bearer(auth).map_err(|e| error(StatusCode::UNAUTHORIZED, e.to_string()))?;
+    if ingest::is_operator(site, auth)
+        || site
+            .tenant_tokens
+            .contains_key(&crate::config::token_hash(token))
+    {
+        Ok(())
+    } else {
+        Err(error(
+            StatusCode::UNAUTHORIZED,
+            "this needs a tenant's or the operator's token",
+        ))
+    }
+}
+
+/// `GET /v1/ledger/public-key`: the checkpoints' Ed25519 public key (open to
+/// anyone: it is public). 404 when the collector signs nothing.
+pub async fn public_key(Extract(shared): Extract<Arc<Shared>>) -> Response {
+    match &shared.site.ledger_key {
+        Some(key) => Json(serde_json::json!({
+            "algorithm": "ed25519",
+            "public_key": hex::encode(key.verifying_key().to_bytes()),
+            "collector_id": shared.site.collector_id,
+        }))
+        .into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            "no [ledger] signing_key_file: this collector signs no checkpoints",
+        ),
+    }
+}
+
+/// `GET /v1/ledger/checkpoints` query: both optional.
+#[derive(Deserialize)]
+pub struct CheckpointQuery {
+    from: Option<String>,
+    to: Option<String>,
+}
+
+/// An instant of a query: Unix ms or RFC 3339.
+fn instant(key: &str, text: &str) -> Result<i64, Response> {
+    if let Ok(ms) = text.parse::<i64>() {
+        return Ok(ms);
+    }
+    humantime_serde::re::humantime::parse_rfc3339(text)
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .and_then(|d| i64::try_from(d.as_millis()).ok())
+        .ok_or_else(|| {
+            error(
+                StatusCode::BAD_REQUEST,
+                format!("{key}: {text:?} is neither RFC 3339 (2026-11-01T00:00:00Z) nor Unix milliseconds"),
+            )
+        })
+}
+
+/// `GET /v1/ledger/checkpoints?from=…&to=…`: the signed checkpoints whose
+/// hour is in `[from, to)` (default: all), oldest first, at most
+/// [`MAX_CHECKPOINTS`] (`more: true` when cut: ask again from the last hour + 1).
+pub async fn checkpoints(
+    Extract(shared): Extract<Arc<Shared>>,
+    headers: HeaderMap,
+    query: Result<Query<CheckpointQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    if let Err(r) = any_reader(&shared.site, &headers) {
+        return r;
+    }
+    let Ok(Query(q)) = query else {
+        return error(StatusCode::BAD_REQUEST, "query: from and to are instants");
+    };
+    let from = match q.from.as_deref().map(|t| instant("from", t)).transpose() {
+        Ok(v) => v.unwrap_or(i64::MIN),
+        Err(r) => return r,
+    };
+    let to = match q.to.as_deref().map(|t| instant("to", t)).transpose() {
+        Ok(v) => v.unwrap_or(i64::MAX),
+        Err(r) => return r,
+    };
+    if to < from {
+        return error(StatusCode::BAD_REQUEST, "to: must not be before from");
+    }
+    let list = shared.store().checkpoints(from, to, MAX_CHECKPOINTS + 1);
+    match list {
+        Ok(mut list) => {
+            let more = list.len() > MAX_CHECKPOINTS;
+            list.truncate(MAX_CHECKPOINTS);
+            Json(serde_json::json!({
+                "collector_id": shared.site.collector_id,
+                "public_key": shared.site.ledger_key.as_ref().map(|k| hex::encode(k.verifying_key().to_bytes())),
+                "checkpoints": list,
+                "more": more,
+            }))
+            .into_response()
+        }
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}")),
+    }
+}
+
+/// `GET /v1/ledger/consistency` query.
+#[derive(Deserialize)]
+pub struct ConsistencyQuery {
+    from_size: Option<String>,
+    to_size: Option<String>,
+}
+
+/// A size of the query: a whole number (400 naming the parameter otherwise).
+fn size_param(key: &str, text: Option<&str>) -> Result<u64, Response> {
+    let text = text.ok_or_else(|| error(StatusCode::BAD_REQUEST, format!("{key}: missing")))?;
+    text.parse::<u64>().map_err(|_| {
+        error(
+            StatusCode::BAD_REQUEST,
+            format!("{key}: {text:?} is not a whole number"),
+        )
+    })
+}
+
+/// `GET /v1/ledger/consistency?from_size=M&to_size=N`: the RFC 9162
+/// consistency proof from the tree of M rows to the tree of N rows
+/// (`1 ≤ M ≤ N ≤` the tree's size), as [`ConsistencyProof`].
+pub async fn consistency(
+    Extract(shared): Extract<Arc<Shared>>,
+    headers: HeaderMap,
+    query: Result<Query<ConsistencyQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    if let Err(r) = any_reader(&shared.site, &headers) {
+        return r;
+    }
+    let Ok(Query(q)) = query else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "query: from_size and to_size are whole numbers",
+        );
+    };
+    let (from, to) = match (
+        size_param("from_size", q.from_size.as_deref()),
+        size_param("to_size", q.to_size.as_deref()),
+    ) {
+        (Ok(f), Ok(t)) => (f, t),
+        (Err(r), _) | (_, Err(r)) => return r,
+    };
+    let store = shared.store();
+    let size = match tree_size(&store.conn) {
+        Ok(s) => s,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}")),
+    };
+    if from == 0 {
+        return error(StatusCode::BAD_REQUEST, "from_size: must be at least 1");
+    }
+    if to > size {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("to_size: must be at most the tree's size, {size}"),
+        );
+    }
+    if from > to {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "from_size: must be at most to_size",
+        );
+    }
+    match store.consistency_proof(from, to) {
+        Ok(proof) => Json(ConsistencyProof {
+            from_size: from,
+            to_size: to,
+            proof: proof.iter().map(hex::encode).collect(),
+        })
+        .into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}")),
+    }
+}
+
+/// The booking job's step after each booking pass: signs the checkpoint of
+/// the last closed hour when due and refreshes the gauges. Failures are
+/// logged; booking goes on.
+pub fn after_booking(store: &mut Store, shared: &Shared, now_ms: i64) {
+    match store.checkpoint_due(&shared.site, now_ms) {
+        Ok(Some(c)) => tracing::info!(
+            hour_ms = c.hour_ms,
+            tree_size = c.tree_size,
+            root = %c.root_hash,
+            "Ledger checkpoint signed."
+        ),
+        Ok(None) => {}
+        Err(e) => tracing::warn!(error = %e, "Signing the ledger checkpoint failed."),
+    }
+    match store.tree_head() {
+        Ok((size, latest)) => shared.transparency.set(size, latest.as_ref()),
+        Err(e) => tracing::warn!(error = %e, "Reading the ledger tree failed."),
+    }
+}
