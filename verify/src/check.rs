@@ -279,7 +279,7 @@ pub fn verify(inputs: &Inputs, said: &mut Vec<String>) -> Result<(), String> {
         )
         .map_err(|e| {
             format!(
-                "row {} (minute {}): inclusion proof against {}: {e}: the row is not what was signed",
+                "row {} (minute {}): inclusion proof against {}: {e}: this row, or the ledger around it, is not what was signed",
                 r.id,
                 r.minute_ms,
                 describe(statement_cp)
