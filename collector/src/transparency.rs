@@ -39,6 +39,13 @@ use crate::store::{Store, StoreError};
 /// every leaf): a subtree hash is at most 2^3 stored reads away.
 pub const STORED_EVERY: u32 = 4;
 
+const _: () = assert!(STORED_EVERY.is_power_of_two());
+
+/// Whether complete nodes of `level` are stored.
+fn stored(level: u32) -> bool {
+    level & (STORED_EVERY - 1) == 0
+}
+
 /// At most this many checkpoints per answer (over a year of hours).
 pub const MAX_CHECKPOINTS: usize = 10_000;
 
@@ -123,7 +130,7 @@ impl Nodes for StoredNodes<'_> {
             return Ok(*h);
         }
         let missing = TreeError::Missing { level, index };
-        let hash = if level % STORED_EVERY == 0 {
+        let hash = if stored(level) {
             let idx = i64::try_from(index).map_err(|_| missing)?;
             let blob: Option<Vec<u8>> = self
                 .conn
@@ -199,7 +206,7 @@ fn append(
         }
         made.clear();
         frontier.push(row.leaf_hash(), |level, index, hash| {
-            if level % STORED_EVERY == 0 {
+            if stored(level) {
                 made.push((level, index, *hash));
             }
         })?;
@@ -549,12 +556,24 @@ fn error(status: StatusCode, text: impl Into<String>) -> Response {
     (status, Json(serde_json::json!({ "error": text.into() }))).into_response()
 }
 
+/// A refused request: its status and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{1}")]
+pub struct HttpError(StatusCode, String);
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        error(self.0, self.1)
+    }
+}
+
 /// Any tenant's token or the operator's (401 otherwise).
-fn any_reader(site: &Site, headers: &HeaderMap) -> Result<(), Response> {
+fn any_reader(site: &Site, headers: &HeaderMap) -> Result<(), HttpError> {
     let auth = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    let token = ingest::bearer(auth).map_err(|e| error(StatusCode::UNAUTHORIZED, e.to_string()))?;
+    let token =
+        ingest::bearer(auth).map_err(|e| HttpError(StatusCode::UNAUTHORIZED, e.to_string()))?;
     if ingest::is_operator(site, auth)
         || site
             .tenant_tokens
@@ -562,9 +581,9 @@ fn any_reader(site: &Site, headers: &HeaderMap) -> Result<(), Response> {
     {
         Ok(())
     } else {
-        Err(error(
+        Err(HttpError(
             StatusCode::UNAUTHORIZED,
-            "this needs a tenant's or the operator's token",
+            "this needs a tenant's or the operator's token".into(),
         ))
     }
 }
@@ -594,7 +613,7 @@ pub struct CheckpointQuery {
 }
 
 /// An instant of a query: Unix ms or RFC 3339.
-fn instant(key: &str, text: &str) -> Result<i64, Response> {
+fn instant(key: &str, text: &str) -> Result<i64, HttpError> {
     if let Ok(ms) = text.parse::<i64>() {
         return Ok(ms);
     }
@@ -603,7 +622,7 @@ fn instant(key: &str, text: &str) -> Result<i64, Response> {
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .and_then(|d| i64::try_from(d.as_millis()).ok())
         .ok_or_else(|| {
-            error(
+            HttpError(
                 StatusCode::BAD_REQUEST,
                 format!("{key}: {text:?} is neither RFC 3339 (2026-11-01T00:00:00Z) nor Unix milliseconds"),
             )
@@ -619,18 +638,18 @@ pub async fn checkpoints(
     query: Result<Query<CheckpointQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     if let Err(r) = any_reader(&shared.site, &headers) {
-        return r;
+        return r.into_response();
     }
     let Ok(Query(q)) = query else {
         return error(StatusCode::BAD_REQUEST, "query: from and to are instants");
     };
     let from = match q.from.as_deref().map(|t| instant("from", t)).transpose() {
         Ok(v) => v.unwrap_or(i64::MIN),
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let to = match q.to.as_deref().map(|t| instant("to", t)).transpose() {
         Ok(v) => v.unwrap_or(i64::MAX),
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     if to < from {
         return error(StatusCode::BAD_REQUEST, "to: must not be before from");
@@ -660,10 +679,10 @@ pub struct ConsistencyQuery {
 }
 
 /// A size of the query: a whole number (400 naming the parameter otherwise).
-fn size_param(key: &str, text: Option<&str>) -> Result<u64, Response> {
-    let text = text.ok_or_else(|| error(StatusCode::BAD_REQUEST, format!("{key}: missing")))?;
+fn size_param(key: &str, text: Option<&str>) -> Result<u64, HttpError> {
+    let text = text.ok_or_else(|| HttpError(StatusCode::BAD_REQUEST, format!("{key}: missing")))?;
     text.parse::<u64>().map_err(|_| {
-        error(
+        HttpError(
             StatusCode::BAD_REQUEST,
             format!("{key}: {text:?} is not a whole number"),
         )
@@ -679,7 +698,7 @@ pub async fn consistency(
     query: Result<Query<ConsistencyQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     if let Err(r) = any_reader(&shared.site, &headers) {
-        return r;
+        return r.into_response();
     }
     let Ok(Query(q)) = query else {
         return error(
@@ -692,7 +711,7 @@ pub async fn consistency(
         size_param("to_size", q.to_size.as_deref()),
     ) {
         (Ok(f), Ok(t)) => (f, t),
-        (Err(r), _) | (_, Err(r)) => return r,
+        (Err(r), _) | (_, Err(r)) => return r.into_response(),
     };
     let store = shared.store();
     let size = match tree_size(&store.conn) {

@@ -206,7 +206,7 @@ pub trait Nodes {
 /// The hash of leaves `[start, end)` (MTH of RFC 9162), from complete subtrees.
 fn range_hash<N: Nodes>(nodes: &mut N, start: u64, end: u64) -> Result<Hash, N::Error> {
     let n = end - start;
-    if n.is_power_of_two() && start % n == 0 {
+    if n.is_power_of_two() && start & (n - 1) == 0 {
         return nodes.node(n.trailing_zeros(), start >> n.trailing_zeros());
     }
     let k = split(n);
