@@ -24,3 +24,16 @@ fn bench_batches_pass_validation() {
     let batch = dcwatt_collector::ingest::decode(&body, "n00002", &site, now).unwrap();
     assert_eq!(batch.readings.len(), 4 * 19 + 2);
 }
+
+#[path = "../benches/ledger_booking.rs"]
+mod booking;
+
+#[test]
+fn ledger_booking_benchmark_runs() {
+    let rows = booking::run(booking::Plan::quick());
+    assert_eq!(rows.len(), 4);
+    for r in &rows {
+        assert!(r.min_ms > 0.0 && r.min_ms <= r.median_ms, "{}", r.what);
+    }
+    assert_eq!(booking::table(&rows).lines().count(), 2 + rows.len());
+}
