@@ -87,9 +87,9 @@ CREATE TRIGGER IF NOT EXISTS ledger_no_update BEFORE UPDATE ON ledger
 BEGIN SELECT RAISE(ABORT, 'the ledger is append-only: booked rows cannot be updated'); END;
 CREATE TRIGGER IF NOT EXISTS ledger_no_delete BEFORE DELETE ON ledger
 BEGIN SELECT RAISE(ABORT, 'the ledger is append-only: booked rows cannot be deleted'); END;
--- The ledger's Merkle tree (RFC 9162): level 0 holds each row's leaf hash
--- (index = row id - 1), and every complete node of a level that is a
--- multiple of 4 is kept, so any subtree hash needs at most 8 reads.
+-- The ledger's Merkle tree (RFC 9162) over the rows (leaf index = row id -
+-- 1): every complete node of levels 4, 8, 12, ... (one per 16 rows, fewer
+-- above); leaves and the levels between come from the rows themselves.
 -- Append-only like the ledger.
 CREATE TABLE IF NOT EXISTS ledger_tree (
     level INTEGER NOT NULL,
@@ -307,7 +307,7 @@ impl Store {
             )
             .optional()?
             .unwrap_or((0, GENESIS.to_owned()));
-        let mut booked_rows = Vec::new();
+        let mut leaves = Vec::new();
         let mut pue_of_minute: Option<(i64, Option<f64>, bool)> = None;
         for o in open {
             let OpenRow {
@@ -347,7 +347,9 @@ impl Store {
                 excursions: o.excursions,
                 node_joules: o.node_joules,
             };
-            row.hash = row.compute_hash();
+            let (hash, leaf) = row.hashes();
+            row.hash = hash;
+            leaves.push((row.id, leaf));
             tx.prepare_cached(
                 "INSERT INTO ledger (id, minute_ms, tenant, it_joules, facility_joules, pue, pue_basis, gpu_ms, late, prev_hash, hash, util_mean, peak_watts, excursions, node_joules)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
@@ -369,17 +371,16 @@ impl Store {
                 row.excursions,
                 row.node_joules
             ])?;
-            prev_hash.clone_from(&row.hash);
-            booked_rows.push(row);
+            prev_hash = row.hash;
         }
         tx.execute(
             "DELETE FROM tenant_open WHERE minute_ms <= ?1",
             params![cutoff],
         )?;
         // The Merkle tree grows with the rows, in the same transaction.
-        crate::transparency::extend_tree(&tx, &booked_rows)?;
+        crate::transparency::extend_tree(&tx, &leaves)?;
         tx.commit()?;
-        Ok(booked_rows.len())
+        Ok(leaves.len())
     }
 
     /// Walks the whole chain and says where it first breaks.

@@ -4,8 +4,10 @@
 //!
 //! - The tree grows in the transaction that books rows ([`extend_tree`]): one
 //!   leaf hash per row and the complete nodes it finishes, from the frontier
-//!   (the right edge of the tree), never re-hashing the ledger. Stored: every
-//!   leaf and the complete nodes of every fourth level (`ledger_tree`).
+//!   (the right edge of the tree), never re-hashing the ledger. Stored: the
+//!   complete nodes of levels 4, 8, 12, … (`ledger_tree`, one per 16 rows and
+//!   fewer above); the leaves and the levels between are computed from the
+//!   rows themselves when a proof needs them.
 //! - [`Store::checkpoint_due`], called by the background job that books
 //!   ledger minutes, signs `(tree size, root, hour, collector id)` once per
 //!   closed hour with the `[ledger] signing_key_file` key (the message is
@@ -35,15 +37,18 @@ use crate::ingest;
 use crate::ledger::Row;
 use crate::store::{Store, StoreError};
 
-/// Complete nodes are stored on the levels that are multiples of this (and
-/// every leaf): a subtree hash is at most 2^3 stored reads away.
+/// Complete nodes are stored on the levels that are multiples of this (not
+/// the leaves, which are the rows' own hashes): a subtree hash below the
+/// first stored level is one read of at most 16 rows, above it at most 8
+/// stored reads.
 pub const STORED_EVERY: u32 = 4;
 
 const _: () = assert!(STORED_EVERY.is_power_of_two());
 
-/// Whether complete nodes of `level` are stored.
+/// Whether complete nodes of `level` are stored (levels 4, 8, 12, …; the
+/// leaves and the levels between are computed from the ledger's rows).
 fn stored(level: u32) -> bool {
-    level & (STORED_EVERY - 1) == 0
+    level != 0 && level & (STORED_EVERY - 1) == 0
 }
 
 /// At most this many checkpoints per answer (over a year of hours).
@@ -106,7 +111,9 @@ impl From<TreeError> for StoreError {
     }
 }
 
-/// Complete subtree hashes read from `ledger_tree`, cached for one use.
+/// Complete subtree hashes: levels below [`STORED_EVERY`] computed from the
+/// ledger's rows (read a block of `2^STORED_EVERY` at a time), the others
+/// read from `ledger_tree`; cached for one use.
 pub struct StoredNodes<'c> {
     conn: &'c Connection,
     cache: HashMap<(u32, u64), Hash>,
@@ -120,6 +127,35 @@ impl<'c> StoredNodes<'c> {
             cache: HashMap::new(),
         }
     }
+
+    /// Caches the leaf hashes of the block of rows holding leaf `index`.
+    fn load_block(&mut self, index: u64) -> Result<(), TreeError> {
+        let first = index >> STORED_EVERY << STORED_EVERY;
+        let missing = TreeError::Missing { level: 0, index };
+        let first_id = i64::try_from(first).map_err(|_| missing)?;
+        let rows: Vec<Row> = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT {} FROM ledger WHERE id > ?1 AND id <= ?2 ORDER BY id",
+                crate::ledger::ROW_COLUMNS
+            ))?
+            .query_map(
+                params![first_id, first_id.saturating_add(1 << STORED_EVERY)],
+                crate::ledger::read_row,
+            )?
+            .collect::<Result<_, _>>()?;
+        for (k, row) in rows.iter().enumerate() {
+            let expected = first_id + k as i64 + 1;
+            if row.id != expected {
+                return Err(TreeError::NotContiguous {
+                    expected,
+                    found: row.id,
+                });
+            }
+            self.cache.insert((0, first + k as u64), row.leaf_hash());
+        }
+        Ok(())
+    }
 }
 
 impl Nodes for StoredNodes<'_> {
@@ -130,7 +166,10 @@ impl Nodes for StoredNodes<'_> {
             return Ok(*h);
         }
         let missing = TreeError::Missing { level, index };
-        let hash = if stored(level) {
+        let hash = if level == 0 {
+            self.load_block(index)?;
+            *self.cache.get(&(0, index)).ok_or(missing)?
+        } else if stored(level) {
             let idx = i64::try_from(index).map_err(|_| missing)?;
             let blob: Option<Vec<u8>> = self
                 .conn
@@ -150,62 +189,74 @@ impl Nodes for StoredNodes<'_> {
     }
 }
 
-/// Leaves in the tree.
+/// Leaves in the tree: the ledger's rows (ids 1 to the last).
 pub fn tree_size(conn: &Connection) -> Result<u64, TreeError> {
-    let max: Option<i64> = conn
-        .prepare_cached("SELECT MAX(idx) FROM ledger_tree WHERE level = 0")?
+    let max: i64 = conn
+        .prepare_cached("SELECT COALESCE(MAX(id), 0) FROM ledger")?
         .query_row([], |r| r.get(0))?;
-    Ok(max.map_or(0, |m| u64::try_from(m).unwrap_or(0) + 1))
+    Ok(u64::try_from(max).unwrap_or(0))
 }
 
-/// Appends `rows` (just booked, in id order) to the tree, after catching up
-/// with any row booked before the tree existed. Inside the booking transaction.
-pub fn extend_tree(tx: &rusqlite::Transaction<'_>, rows: &[Row]) -> Result<(), TreeError> {
-    let size = tree_size(tx)?;
-    let mut frontier = Frontier::load(&mut StoredNodes::new(tx), size)?;
-    let caught_up_to = match rows.first() {
-        Some(r) => r.id - 1,
-        None => tx.query_row("SELECT COALESCE(MAX(id), 0) FROM ledger", [], |r| {
-            r.get::<_, i64>(0)
-        })?,
+/// Leaves covered by the stored nodes of level [`STORED_EVERY`] (a multiple
+/// of `2^STORED_EVERY`).
+fn stored_leaves(conn: &Connection) -> Result<u64, TreeError> {
+    let max: Option<i64> = conn
+        .prepare_cached("SELECT MAX(idx) FROM ledger_tree WHERE level = ?1")?
+        .query_row(params![STORED_EVERY], |r| r.get(0))?;
+    Ok(max.map_or(0, |m| (u64::try_from(m).unwrap_or(0) + 1) << STORED_EVERY))
+}
+
+/// Adds the nodes that `leaves` (the rows just booked, in id order: id and
+/// leaf hash) complete to the stored tree, after the rows booked before them
+/// whose nodes are not stored yet: the last incomplete block (fewer than
+/// `2^STORED_EVERY` rows), or every row of a database from before the tree.
+/// Inside the booking transaction.
+pub fn extend_tree(
+    tx: &rusqlite::Transaction<'_>,
+    leaves: &[(i64, Hash)],
+) -> Result<(), TreeError> {
+    let start = stored_leaves(tx)?;
+    let mut frontier = Frontier::load(&mut StoredNodes::new(tx), start)?;
+    let before_new = match leaves.first() {
+        Some((id, _)) => id - 1,
+        None => i64::try_from(tree_size(tx)?).unwrap_or(i64::MAX),
     };
-    if i64::try_from(size).is_ok_and(|s| s < caught_up_to) {
-        let older: Vec<Row> = tx
-            .prepare(&format!(
+    let start_id = i64::try_from(start).unwrap_or(i64::MAX);
+    if start_id < before_new {
+        let older: Vec<(i64, Hash)> = tx
+            .prepare_cached(&format!(
                 "SELECT {} FROM ledger WHERE id > ?1 AND id <= ?2 ORDER BY id",
                 crate::ledger::ROW_COLUMNS
             ))?
-            .query_map(
-                params![i64::try_from(size).unwrap_or(i64::MAX), caught_up_to],
-                crate::ledger::read_row,
-            )?
+            .query_map(params![start_id, before_new], crate::ledger::read_row)?
+            .map(|r| r.map(|row| (row.id, row.leaf_hash())))
             .collect::<Result<_, _>>()?;
         append(tx, &mut frontier, &older)?;
     }
-    append(tx, &mut frontier, rows)
+    append(tx, &mut frontier, leaves)
 }
 
 fn append(
     tx: &rusqlite::Transaction<'_>,
     frontier: &mut Frontier,
-    rows: &[Row],
+    leaves: &[(i64, Hash)],
 ) -> Result<(), TreeError> {
     let mut insert =
         tx.prepare_cached("INSERT INTO ledger_tree (level, idx, hash) VALUES (?1, ?2, ?3)")?;
     let mut made: Vec<(u32, u64, Hash)> = Vec::with_capacity(4);
-    for row in rows {
+    for (id, leaf) in leaves {
         let expected = i64::try_from(frontier.size())
             .ok()
             .and_then(|s| s.checked_add(1))
             .unwrap_or(i64::MAX);
-        if row.id != expected {
+        if *id != expected {
             return Err(TreeError::NotContiguous {
                 expected,
-                found: row.id,
+                found: *id,
             });
         }
         made.clear();
-        frontier.push(row.leaf_hash(), |level, index, hash| {
+        frontier.push(*leaf, |level, index, hash| {
             if stored(level) {
                 made.push((level, index, *hash));
             }

@@ -99,10 +99,19 @@ fn booked_rows_cannot_be_updated_or_deleted_and_pruning_keeps_them() {
     let db = dir.path().join("c.sqlite");
     let mut store = Store::open(&db).unwrap();
     let t0 = 1_788_000_000_000i64.div_euclid(HOUR) * HOUR;
-    attribute(&db, &[(t0, "lab-a", 10.0), (t0, "lab-b", 20.0)]);
+    // Ten minutes of two tenants: 20 rows, one stored node (16 leaves).
+    let rows: Vec<(i64, &str, f64)> = (0..10)
+        .flat_map(|m| {
+            [
+                (t0 + m * 60_000, "lab-a", 10.0),
+                (t0 + m * 60_000, "lab-b", 20.0),
+            ]
+        })
+        .collect();
+    attribute(&db, &rows);
     assert_eq!(
-        store.close_minutes(&site, t0 + 10 * 60_000, None).unwrap(),
-        2
+        store.close_minutes(&site, t0 + 20 * 60_000, None).unwrap(),
+        20
     );
     assert!(store
         .checkpoint_due(&site, t0 + HOUR + 10 * 60_000)
@@ -112,7 +121,7 @@ fn booked_rows_cannot_be_updated_or_deleted_and_pruning_keeps_them() {
     for sql in [
         "UPDATE ledger SET it_joules = 1 WHERE id = 1",
         "DELETE FROM ledger WHERE id = 2",
-        "UPDATE ledger_tree SET hash = x'00' WHERE level = 0",
+        "UPDATE ledger_tree SET hash = x'00' WHERE level = 4",
         "DELETE FROM ledger_tree",
         "UPDATE ledger_checkpoint SET tree_size = 1",
         "DELETE FROM ledger_checkpoint",
@@ -125,7 +134,7 @@ fn booked_rows_cannot_be_updated_or_deleted_and_pruning_keeps_them() {
     let n: i64 = c
         .query_row("SELECT COUNT(*) FROM ledger", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(n, 2);
+    assert_eq!(n, 20);
     assert_eq!(store.verify_ledger().unwrap().broken, None);
 }
 
@@ -223,10 +232,8 @@ fn hourly_checkpoints_are_signed_once_and_every_pair_is_consistent() {
     assert!(forged.verify(&key).is_err());
     // Signing refuses a ledger that shrank below a signed checkpoint.
     let c = rusqlite::Connection::open(&db).unwrap();
-    c.execute_batch(
-        "DROP TRIGGER ledger_tree_no_delete; DELETE FROM ledger_tree WHERE level = 0 AND idx >= 50;",
-    )
-    .unwrap();
+    c.execute_batch("DROP TRIGGER ledger_no_delete; DELETE FROM ledger WHERE id > 50;")
+        .unwrap();
     let e = store
         .checkpoint_due(&site, t0 + 9 * HOUR)
         .unwrap_err()

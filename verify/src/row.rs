@@ -107,6 +107,16 @@ impl Row {
         hex::encode(Sha256::digest(self.canonical().as_bytes()))
     }
 
+    /// The chain hash and the Merkle leaf hash at once (the canonical bytes
+    /// written once: the booking path's cost).
+    pub fn hashes(&self) -> (String, Hash) {
+        let canonical = self.canonical();
+        (
+            hex::encode(Sha256::digest(canonical.as_bytes())),
+            merkle::leaf_hash(canonical.as_bytes()),
+        )
+    }
+
     /// The row's Merkle leaf hash, `SHA-256(0x00 ‖ canonical)`.
     pub fn leaf_hash(&self) -> Hash {
         merkle::leaf_hash(self.canonical().as_bytes())
