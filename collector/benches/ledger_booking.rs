@@ -9,7 +9,9 @@
 //!   hashes, node inserts) on a tree of `--prefill` leaves, in a transaction
 //!   rolled back after each run; their sum; and the node hashing alone;
 //! - `checkpoint`: `Store::checkpoint_due` (frontier read back, Ed25519
-//!   signature, insert): once an hour, so 1/60 of it per minute.
+//!   signature, insert): once an hour, so 1/60 of it per minute;
+//! - `statement proofs`: inclusion proofs of 1,000 rows spread over the tree
+//!   (a statement's cost, not booking's).
 //!
 //! `cargo bench -p dcwatt-collector --bench ledger_booking [-- --quick]`
 //! prints, per step, the fastest and the median of several runs, in ms.
@@ -237,6 +239,22 @@ pub fn run(plan: Plan) -> Vec<Timing> {
         assert!(cp.is_some());
     }
     out.push(timing("checkpoint (once an hour)", ms));
+
+    // A statement's proofs: 1,000 rows of one tenant spread over the tree.
+    let size = plan.prefill as i64 + plan.rows as i64 * plan.runs as i64;
+    let tenant_rows: Vec<Row> = (0..1000i64)
+        .map(|k| row(1 + k * (size / 1000), hour))
+        .collect();
+    let mut ms = Vec::new();
+    for _ in 0..plan.runs {
+        let start = Instant::now();
+        let p = store
+            .statement_proofs(&tenant_rows, hour + 100 * 3_600_000)
+            .unwrap();
+        ms.push(start.elapsed().as_secs_f64() * 1e3);
+        assert_eq!(p.unproven_rows, 0);
+    }
+    out.push(timing("statement proofs, 1,000 rows", ms));
     out
 }
 

@@ -31,7 +31,7 @@ mod booking;
 #[test]
 fn ledger_booking_benchmark_runs() {
     let rows = booking::run(booking::Plan::quick());
-    assert_eq!(rows.len(), 6);
+    assert_eq!(rows.len(), 7);
     for r in &rows {
         assert!(r.min_ms > 0.0 && r.min_ms <= r.median_ms, "{}", r.what);
     }

@@ -468,3 +468,55 @@ async fn tenants_read_checkpoints_and_proofs_of_their_own_rows_only() {
     assert!(e.starts_with("it_kwh"), "{e}");
     let _ = stop.send(());
 }
+
+#[test]
+fn a_bad_signing_key_or_collector_id_is_refused_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("c.sqlite");
+    let bad_key = dir.path().join("bad.key");
+    std::fs::write(&bad_key, "not a key\n").unwrap();
+    let cases = [
+        (
+            format!(
+                "signing_key_file = \"{}\"",
+                dir.path().join("none.key").display()
+            ),
+            "ledger.signing_key_file",
+        ),
+        (
+            format!("signing_key_file = \"{}\"", bad_key.display()),
+            "ledger.signing_key_file",
+        ),
+        (
+            "collector_id = \"two words\"".to_owned(),
+            "ledger.collector_id",
+        ),
+        ("collector_id = \"\"".to_owned(), "ledger.collector_id"),
+    ];
+    for (line, key) in cases {
+        let text = format!("[ledger]\npath = \"{}\"\n{line}\n", db.display());
+        let e = Config::from_toml(&text)
+            .unwrap()
+            .build()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(key), "{line}: {e}");
+    }
+    // keygen never overwrites a key.
+    let key = dir.path().join("ledger.key");
+    dcwatt_collector::transparency::write_new_key(&key).unwrap();
+    assert!(dcwatt_collector::transparency::write_new_key(&key).is_err());
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let text = format!(
+        "[ledger]\npath = \"{}\"\nsigning_key_file = \"{}\"\n",
+        db.display(),
+        key.display()
+    );
+    let site = Config::from_toml(&text).unwrap().build().unwrap();
+    assert!(site.ledger_key.is_some());
+    assert!(dcwatt_verify::checkpoint::valid_collector_id(
+        &site.collector_id
+    ));
+}
