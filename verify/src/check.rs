@@ -315,7 +315,8 @@ pub fn verify(inputs: &Inputs, said: &mut Vec<String>) -> Result<(), String> {
     let rows = st.proofs.rows.iter().map(|p| &p.row);
     let it: f64 = rows.clone().map(|r| r.it_joules).sum();
     let fac: f64 = rows.clone().map(|r| r.facility_joules.unwrap_or(0.0)).sum();
-    let gpu_ms: i64 = rows.clone().map(|r| r.gpu_ms).sum();
+    // Summed as f64: hostile values must not overflow.
+    let gpu_ms: f64 = rows.clone().map(|r| r.gpu_ms as f64).sum();
     let late = rows.clone().filter(|r| r.late).count();
     let day_it: f64 = st.days.iter().map(|d| d.it_joules).sum();
     let day_fac: f64 = st.days.iter().map(|d| d.facility_joules).sum();
@@ -323,10 +324,10 @@ pub fn verify(inputs: &Inputs, said: &mut Vec<String>) -> Result<(), String> {
     let checks = [
         ("it_kwh", st.it_kwh, it / 3.6e6),
         ("facility_kwh", st.facility_kwh, fac / 3.6e6),
-        ("gpu_hours", st.gpu_hours, gpu_ms as f64 / 3_600_000.0),
+        ("gpu_hours", st.gpu_hours, gpu_ms / 3_600_000.0),
         ("the days' it_joules", day_it, it),
         ("the days' facility_joules", day_fac, fac),
-        ("the days' gpu_hours", day_gpu, gpu_ms as f64 / 3_600_000.0),
+        ("the days' gpu_hours", day_gpu, gpu_ms / 3_600_000.0),
     ];
     for (what, stated, summed) in checks {
         if !close(stated, summed) {

@@ -1,0 +1,109 @@
+//! The verifier on hostile inputs: checkpoints signed with the right key but
+//! with any hour and size, rows with any ids, indices, values and proofs of
+//! any length. It never panics, and it accepts none of them.
+
+use dcwatt_verify::check::{self, ConsistencyProof, Inputs, Proofs, ProvenRow, StatementView};
+use dcwatt_verify::checkpoint;
+use dcwatt_verify::row::{Row, GENESIS};
+use ed25519_dalek::SigningKey;
+use proptest::prelude::*;
+
+fn hex_hash() -> impl Strategy<Value = String> {
+    prop_oneof![
+        prop::collection::vec(any::<u8>(), 32).prop_map(hex::encode),
+        prop::collection::vec(any::<u8>(), 0..40).prop_map(hex::encode),
+        "[0-9a-zA-Z]{0,70}",
+    ]
+}
+
+fn row() -> impl Strategy<Value = (Row, u64, Option<Vec<String>>)> {
+    (
+        any::<i64>(),
+        any::<i64>(),
+        prop_oneof![
+            Just(1.0f64),
+            any::<f64>().prop_filter("finite", |f| f.is_finite())
+        ],
+        any::<i64>(),
+        any::<bool>(),
+        any::<u64>(),
+        prop::option::of(prop::collection::vec(hex_hash(), 0..70)),
+    )
+        .prop_map(
+            |(id, minute_ms, it_joules, gpu_ms, late, leaf_index, proof)| {
+                let mut r = Row {
+                    id,
+                    minute_ms,
+                    tenant: "lab-a".into(),
+                    it_joules,
+                    facility_joules: None,
+                    pue: None,
+                    pue_basis: "none".into(),
+                    gpu_ms,
+                    late,
+                    util_mean: None,
+                    peak_watts: None,
+                    excursions: 0,
+                    node_joules: None,
+                    prev_hash: GENESIS.into(),
+                    hash: String::new(),
+                };
+                r.hash = r.compute_hash();
+                (r, leaf_index, proof)
+            },
+        )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    #[test]
+    fn hostile_statements_are_refused_without_panicking(
+        hour_ms in any::<i64>(),
+        tree_size in any::<u64>(),
+        root in prop::collection::vec(any::<u8>(), 32),
+        saved in prop::collection::vec((any::<i64>(), any::<u64>()), 0..4),
+        rows in prop::collection::vec(row(), 1..6),
+        consistency in prop::collection::vec((any::<u64>(), any::<u64>(), prop::collection::vec(hex_hash(), 0..70)), 0..4),
+        totals in (any::<f64>(), any::<f64>(), any::<usize>()),
+    ) {
+        let key = SigningKey::from_bytes(&[7u8; 32]);
+        let root: [u8; 32] = root.try_into().unwrap();
+        let cp = checkpoint::sign(&key, "c", hour_ms, tree_size, &root).unwrap();
+        let saved = saved
+            .into_iter()
+            .map(|(h, n)| ("saved".to_owned(), checkpoint::sign(&key, "c", h, n, &root).unwrap()))
+            .collect();
+        let statement = StatementView {
+            tenant: "lab-a".into(),
+            month: "2026-11".into(),
+            it_kwh: totals.0,
+            facility_kwh: 0.0,
+            gpu_hours: totals.1,
+            late_rows: totals.2,
+            days: vec![],
+            proofs: Proofs {
+                checkpoint_choice: "latest".into(),
+                checkpoint: Some(cp),
+                rows: rows
+                    .into_iter()
+                    .map(|(row, leaf_index, inclusion_proof)| ProvenRow { row, leaf_index, inclusion_proof })
+                    .collect(),
+                unproven_rows: 0,
+            },
+        };
+        let inputs = Inputs {
+            public_key: key.verifying_key(),
+            checkpoints: saved,
+            statement,
+            consistency: consistency
+                .into_iter()
+                .map(|(from_size, to_size, proof)| ("c.json".to_owned(), ConsistencyProof { from_size, to_size, proof }))
+                .collect(),
+            allow_unproven: false,
+        };
+        let mut said = Vec::new();
+        // A random root never has a valid inclusion proof for these rows.
+        prop_assert!(check::verify(&inputs, &mut said).is_err());
+    }
+}
