@@ -378,6 +378,14 @@ async fn tampering_is_caught_by_the_tenants_verifier() {
         }
         c.terminate();
     }
+    // An unreadable input exits 2, naming the file.
+    let (code, said) = verify(d, &["--statement".into(), d.join("none.json").into()]);
+    assert_eq!(code, 2, "{said}");
+    assert!(said.contains("none.json"), "{said}");
+    std::fs::write(d.join("garbled.json"), "{\"proofs\": 1}").unwrap();
+    let (code, said) = verify(d, &["--statement".into(), d.join("garbled.json").into()]);
+    assert_eq!(code, 2, "{said}");
+    assert!(said.contains("garbled.json"), "{said}");
     // With the triggers in place, the database itself refuses.
     let conn = rusqlite::Connection::open(&db).unwrap();
     for sql in [
