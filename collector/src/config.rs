@@ -113,6 +113,11 @@ pub struct Config {
     /// The operator: reads `/v1/summary`. Without it, `/v1/summary` is open
     /// (a lab setup; a warning is logged at start).
     pub operator: Option<OperatorConfig>,
+    /// `[metrics]`: who may scrape `/metrics`. With an `[operator]`,
+    /// `/metrics` needs the operator's token or this scrape token (it carries
+    /// every tenant's figures, and agents on tenants' nodes reach the same
+    /// port); without an `[operator]` it is open (a lab setup).
+    pub metrics: Option<MetricsConfig>,
     /// The agents allowed to post batches.
     #[serde(default)]
     pub agents: Vec<AgentConfig>,
@@ -193,6 +198,15 @@ pub enum Synchronous {
 #[serde(deny_unknown_fields)]
 pub struct OperatorConfig {
     /// SHA-256 of the operator's bearer token, 64 hex digits.
+    pub token_sha256: String,
+}
+
+/// `[metrics]`: the scrape token.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// SHA-256 of the bearer token Prometheus presents (its `authorization`
+    /// setting), 64 hex digits. It reads `/metrics` only.
     pub token_sha256: String,
 }
 
@@ -455,6 +469,8 @@ pub struct Site {
     pub config_path: Option<std::path::PathBuf>,
     /// SHA-256 of the operator token, if one is configured.
     pub operator_token: Option<[u8; 32]>,
+    /// SHA-256 of the scrape token (`[metrics]`), if one is configured.
+    pub metrics_token: Option<[u8; 32]>,
     /// SHA-256 of each agent's token → agent id.
     pub agent_tokens: HashMap<[u8; 32], String>,
     /// Agent id → the meters it may report, where restricted.
@@ -597,6 +613,19 @@ impl Config {
             Some(op) => Some(parse_sha256("operator.token_sha256", &op.token_sha256)?),
             None => None,
         };
+        let metrics_token = match &self.metrics {
+            Some(m) => {
+                let hash = parse_sha256("metrics.token_sha256", &m.token_sha256)?;
+                if Some(hash) == operator_token {
+                    return Err(invalid(
+                        "metrics.token_sha256",
+                        "the same token is configured twice",
+                    ));
+                }
+                Some(hash)
+            }
+            None => None,
+        };
         let mut agent_tokens = HashMap::new();
         let mut agent_ids = HashSet::new();
         if let Err((key, why)) = self.thermal.validate() {
@@ -615,7 +644,10 @@ impl Config {
             }
             let key = format!("agents[{i}].token_sha256");
             let hash = parse_sha256(&key, &a.token_sha256)?;
-            if Some(hash) == operator_token || agent_tokens.insert(hash, a.id.clone()).is_some() {
+            if Some(hash) == operator_token
+                || Some(hash) == metrics_token
+                || agent_tokens.insert(hash, a.id.clone()).is_some()
+            {
                 return Err(invalid(key, "the same token is configured twice"));
             }
         }
@@ -724,6 +756,7 @@ impl Config {
             let key = format!("tenants[{i}].token_sha256");
             let hash = parse_sha256(&key, &t.token_sha256)?;
             if Some(hash) == operator_token
+                || Some(hash) == metrics_token
                 || agent_tokens.contains_key(&hash)
                 || tenant_tokens.insert(hash, t.id.clone()).is_some()
             {
@@ -813,6 +846,7 @@ impl Config {
             agent_meters,
             leases,
             operator_token,
+            metrics_token,
             agent_tokens,
             meters,
         })

@@ -39,13 +39,12 @@ pub fn self_families(
     vec![c, b, l]
 }
 
-/// Renders `/metrics`. `tenant_totals` are the ledger's totals per owner
-/// (owner, IT J, facility J, GPU ms).
+/// Renders `/metrics`. `tenant_totals` are the ledger's totals per owner.
 pub fn render(
     state: &State,
     site: &Site,
     figures: &Figures,
-    tenant_totals: &[(String, f64, f64, i64)],
+    tenant_totals: &[crate::ledger::TenantTotal],
 ) -> String {
     let mut tenant_energy = Family::counter(
         n::TENANT_ENERGY_JOULES_TOTAL,
@@ -63,8 +62,9 @@ pub fn render(
         n::UNLEASED_ENERGY_JOULES_TOTAL,
         "GPU energy of time no lease covers, joules.",
     );
-    for (owner, it, facility, gpu_ms) in tenant_totals {
-        match owner.as_str() {
+    for t in tenant_totals {
+        let (it, facility, gpu_ms) = (&t.it_joules, &t.facility_joules, &t.gpu_ms);
+        match t.owner.as_str() {
             crate::tenants::UNATTRIBUTED => {
                 unattributed.add(&[], *it);
             }
@@ -254,6 +254,11 @@ pub fn render(
         "GPU energy counter resets seen.",
     );
     gpu_resets.add(&[], gpu_resets_seen as f64);
+    let mut gpu_glitches = Family::counter(
+        n::GPU_COUNTER_GLITCHES_TOTAL,
+        "GPU energy counter readings refused as glitches (a jump beyond the GPU's power limit, or a decrease no reset explains).",
+    );
+    gpu_glitches.add(&[], state.gpus.values().map(|g| g.glitches as f64).sum());
 
     let mut last_seen = Family::gauge(
         n::AGENT_LAST_SEEN,
@@ -311,6 +316,7 @@ pub fn render(
         gpu_power,
         gpu_energy,
         gpu_resets,
+        gpu_glitches,
         last_seen,
         batches,
         readings,

@@ -486,15 +486,62 @@ impl Store {
         Ok(rows)
     }
 
-    /// Totals per owner over the whole ledger: (owner, IT J, facility J, GPU ms).
-    pub fn ledger_totals(&self) -> Result<Vec<(String, f64, f64, i64)>, StoreError> {
+    /// Calls `f` with each of a tenant's rows booked for minutes in
+    /// `[from_ms, to_ms)`, in booking order, one at a time (nothing is
+    /// collected: a 400-day query holds one row in memory).
+    pub fn for_each_tenant_row(
+        &self,
+        tenant: &str,
+        from_ms: i64,
+        to_ms: i64,
+        mut f: impl FnMut(Row),
+    ) -> Result<(), StoreError> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {ROW_COLUMNS} FROM ledger WHERE tenant = ?1 AND minute_ms >= ?2 AND minute_ms < ?3 ORDER BY id"
+        ))?;
+        for row in stmt.query_map(params![tenant, from_ms, to_ms], read_row)? {
+            f(row?);
+        }
+        Ok(())
+    }
+
+    /// Totals per owner over the whole ledger.
+    pub fn ledger_totals(&self) -> Result<Vec<TenantTotal>, StoreError> {
+        Ok(self.ledger_totals_after(0)?.0)
+    }
+
+    /// Totals per owner of the rows after row `after_id`, and the last row's
+    /// id (`after_id` when there is none). The ledger is append-only, so a
+    /// reader keeps running totals by adding what was booked since.
+    pub fn ledger_totals_after(
+        &self,
+        after_id: i64,
+    ) -> Result<(Vec<TenantTotal>, i64), StoreError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT tenant, SUM(it_joules), COALESCE(SUM(facility_joules), 0), SUM(gpu_ms) FROM ledger GROUP BY tenant",
+            "SELECT tenant, SUM(it_joules), COALESCE(SUM(facility_joules), 0), SUM(gpu_ms), MAX(id)
+             FROM ledger WHERE id > ?1 GROUP BY tenant",
         )?;
+        let mut last = after_id;
         let rows = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
-            .collect::<Result<_, _>>()?;
-        Ok(rows)
+            .query_map(params![after_id], |r| {
+                Ok((
+                    TenantTotal {
+                        owner: r.get(0)?,
+                        it_joules: r.get(1)?,
+                        facility_joules: r.get(2)?,
+                        gpu_ms: r.get(3)?,
+                    },
+                    r.get::<_, i64>(4)?,
+                ))
+            })?
+            .map(|row| {
+                row.map(|(t, id)| {
+                    last = last.max(id);
+                    t
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((rows, last))
     }
 
     /// The hash of the last row (the head), or the genesis hash.
@@ -508,6 +555,28 @@ impl Store {
             )
             .optional()?
             .unwrap_or_else(|| GENESIS.to_owned()))
+    }
+}
+
+/// What the ledger booked to one owner: the running totals `/metrics` exports.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TenantTotal {
+    /// Tenant, `_unleased` or `_unattributed`.
+    pub owner: String,
+    /// IT energy, J.
+    pub it_joules: f64,
+    /// Facility energy (IT × PUE where a PUE was known), J.
+    pub facility_joules: f64,
+    /// Leased GPU time, ms.
+    pub gpu_ms: i64,
+}
+
+impl TenantTotal {
+    /// Adds another total of the same owner.
+    pub fn add(&mut self, other: &TenantTotal) {
+        self.it_joules += other.it_joules;
+        self.facility_joules += other.facility_joules;
+        self.gpu_ms = self.gpu_ms.saturating_add(other.gpu_ms);
     }
 }
 

@@ -171,6 +171,8 @@ pub enum StoreError {
 /// The open database.
 pub struct Store {
     pub(crate) conn: Connection,
+    /// The database file; `None` in memory.
+    path: Option<PathBuf>,
 }
 
 impl Store {
@@ -214,7 +216,37 @@ impl Store {
                 )?;
             }
         }
-        Ok(Store { conn })
+        Ok(Store {
+            conn,
+            path: Some(path.to_path_buf()),
+        })
+    }
+
+    /// A read-only connection to the same database file, for readers that
+    /// must not wait for (or hold up) the writer: in WAL mode a reader sees
+    /// the last committed transaction and blocks nobody. `None` for an
+    /// in-memory store, whose only connection is this one.
+    pub fn reader(&self) -> Result<Option<Store>, StoreError> {
+        let Some(path) = &self.path else {
+            return Ok(None);
+        };
+        Self::open_reader(path).map(Some)
+    }
+
+    /// Opens a read-only connection to the database at `path` (see [`Store::reader`]).
+    pub fn open_reader(path: &Path) -> Result<Store, StoreError> {
+        let open_err = |source| StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        let conn = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(open_err)?;
+        Ok(Store { conn, path: None })
     }
 
     /// Fills a fresh state (from [`State::new`]) with what was stored. Meters no
@@ -313,7 +345,7 @@ impl Store {
         })?;
         conn.execute_batch(SCHEMA)?;
         conn.execute_batch(crate::ledger::SCHEMA)?;
-        Ok(Store { conn })
+        Ok(Store { conn, path: None })
     }
 
     /// Writes one applied batch's effects and its agent's state, atomically.
@@ -325,7 +357,7 @@ impl Store {
         site: &Site,
     ) -> Result<(), StoreError> {
         let prepared = prepare(agent, state, changes)?;
-        self.commit_group(std::slice::from_ref(&prepared), site)
+        self.commit_group([&prepared], site)
     }
 
     /// Sets when a transaction counts as committed (see [`Synchronous`]).
@@ -394,7 +426,11 @@ impl Store {
     }
 
     /// Writes several prepared batches, in order, in one transaction: all or none.
-    pub fn commit_group(&mut self, group: &[Prepared], site: &Site) -> Result<(), StoreError> {
+    pub fn commit_group<'a>(
+        &mut self,
+        group: impl IntoIterator<Item = &'a Prepared>,
+        site: &Site,
+    ) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
         for p in group {
             write_prepared(&tx, p, site)?;
@@ -572,11 +608,13 @@ fn write_prepared(
 impl Store {
     /// The excursions that started in `[from_ms, to_ms)`, oldest first; only
     /// one tenant's when `tenant` is given.
+    /// At most `limit` are read: a caller that gets `limit` back may be missing some.
     pub fn excursions(
         &self,
         tenant: Option<&str>,
         from_ms: i64,
         to_ms: i64,
+        limit: usize,
     ) -> Result<Vec<Excursion>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT entity_kind, entity, node, kind, zone, tenant, opened_ms, closed_ms FROM excursions
@@ -604,6 +642,9 @@ impl Store {
         for row in rows {
             // A kind this collector does not know (a newer one wrote it) is left out.
             if let Some(e) = row? {
+                if out.len() == limit {
+                    break;
+                }
                 out.push(e);
             }
         }

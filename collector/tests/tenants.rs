@@ -123,6 +123,7 @@ async fn leases_book_gpu_energy_and_only_the_right_caller_reads_it() {
     let metrics = loop {
         let m = http
             .get(format!("{url}/metrics"))
+            .bearer_auth(OPERATOR)
             .send()
             .await
             .unwrap()
@@ -415,6 +416,7 @@ async fn leases_reload_without_a_restart_and_a_bad_file_changes_nothing() {
     };
     let metrics = || async {
         http.get(format!("{url}/metrics"))
+            .bearer_auth(OPERATOR)
             .send()
             .await
             .unwrap()
@@ -563,6 +565,7 @@ async fn a_metered_nodes_energy_beyond_its_gpus_is_shared_by_gpu_time() {
     assert_eq!(step["it_joules"].as_f64(), Some(8.0 * 69_000.0), "{step}");
     let m = http
         .get(format!("{url}/metrics"))
+        .bearer_auth(OPERATOR)
         .send()
         .await
         .unwrap()
