@@ -231,8 +231,9 @@ pub struct AgentConfig {
     /// SHA-256 of its bearer token, 64 hex digits (`sha256sum` of the token file,
     /// without a trailing newline in the file).
     pub token_sha256: String,
-    /// The meters this agent may report; readings of any other meter are refused
-    /// (403). Absent: any configured meter (a lab setup).
+    /// The meters this agent may report; readings of any other meter are
+    /// refused (403). Absent: none (deny by default: a meter's readings are
+    /// billed and published, so only the agents named for it may send them).
     pub meters: Option<Vec<String>>,
     /// The zone (hall) its node is in, for its GPUs' figures. Default `default`.
     #[serde(default = "default_zone")]
@@ -473,7 +474,7 @@ pub struct Site {
     pub metrics_token: Option<[u8; 32]>,
     /// SHA-256 of each agent's token → agent id.
     pub agent_tokens: HashMap<[u8; 32], String>,
-    /// Agent id → the meters it may report, where restricted.
+    /// Agent id → the meters it may report (empty: none).
     pub agent_meters: HashMap<String, HashSet<String>>,
     /// Meters by id.
     pub meters: HashMap<String, Meter>,
@@ -497,6 +498,21 @@ pub struct Site {
     pub agent_burst: u32,
     /// See [`Config::max_gpus_per_agent`].
     pub max_gpus_per_agent: usize,
+}
+
+impl Site {
+    /// The configured meters that no agent may report (no `[[agents]]`
+    /// lists them): they will never count, which is likely a mistake.
+    pub fn unreported_meters(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = self
+            .meters
+            .keys()
+            .filter(|m| !self.agent_meters.values().any(|a| a.contains(*m)))
+            .map(String::as_str)
+            .collect();
+        out.sort_unstable();
+        out
+    }
 }
 
 impl Config {
@@ -662,11 +678,15 @@ impl Config {
                         ));
                     }
                 }
-                agent_meters.insert(
-                    a.id.clone(),
-                    list.iter().cloned().collect::<HashSet<String>>(),
-                );
             }
+            agent_meters.insert(
+                a.id.clone(),
+                a.meters
+                    .iter()
+                    .flatten()
+                    .cloned()
+                    .collect::<HashSet<String>>(),
+            );
         }
         let mut meters = HashMap::new();
         for (i, m) in self.meters.iter().enumerate() {

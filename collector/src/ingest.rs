@@ -167,17 +167,20 @@ pub fn validate(batch: &Batch, agent: &str, site: &Site, now_ms: i64) -> Result<
                 &format!("{} is outside the accepted range [{oldest}, {newest}] (collector clock {now_ms})", r.ts_ms),
             ));
         }
-        if let (Entity::Meter(m), Some(allowed)) = (&r.entity, site.agent_meters.get(agent)) {
-            if !allowed.contains(m) {
+        let (Entity::Gpu(id) | Entity::Meter(id) | Entity::Node(id)) = &r.entity;
+        check_id(id).map_err(|why| bad(format!("readings[{i}].entity"), why))?;
+        check_value(r.quantity, r.value)
+            .map_err(|why| bad(format!("readings[{i}].value"), &why))?;
+    }
+    // Well formed: now, may this agent speak for each meter it names?
+    for (i, r) in batch.readings.iter().enumerate() {
+        if let Entity::Meter(m) = &r.entity {
+            if !site.agent_meters.get(agent).is_some_and(|a| a.contains(m)) {
                 return Err(Rejection::Forbidden(format!(
                     "readings[{i}].entity: meter {m:?} is not one of agent {agent:?}'s meters"
                 )));
             }
         }
-        let (Entity::Gpu(id) | Entity::Meter(id) | Entity::Node(id)) = &r.entity;
-        check_id(id).map_err(|why| bad(format!("readings[{i}].entity"), why))?;
-        check_value(r.quantity, r.value)
-            .map_err(|why| bad(format!("readings[{i}].value"), &why))?;
     }
     if batch.created_ms < oldest || batch.created_ms > newest {
         return Err(bad(
@@ -256,7 +259,7 @@ mod tests {
 
     fn site() -> Site {
         Config::from_toml(&format!(
-            "[[agents]]\nid = \"a1\"\ntoken_sha256 = \"{}\"",
+            "[[agents]]\nid = \"a1\"\ntoken_sha256 = \"{}\"\nmeters = [\"m\"]\n[[meters]]\nid = \"m\"\nrole = \"facility\"",
             hex::encode(token_hash("secret"))
         ))
         .unwrap()
@@ -319,6 +322,13 @@ mod tests {
         assert!(matches!(
             validate(&batch(1.0, now), "other", &s, now),
             Err(Rejection::Forbidden(_))
+        ));
+        // A meter the config does not name for this agent: refused.
+        let mut b = batch(1.0, now);
+        b.readings[0].entity = Entity::Meter("n".into());
+        assert!(matches!(
+            validate(&b, "a1", &s, now),
+            Err(Rejection::Forbidden(e)) if e.contains("readings[0].entity")
         ));
     }
 

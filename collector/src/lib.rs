@@ -65,6 +65,12 @@ pub async fn run(
     if site.operator_token.is_none() {
         tracing::warn!("No [operator] token configured: /v1/summary is open to anyone who can reach the listener.");
     }
+    for m in site.unreported_meters() {
+        tracing::warn!(
+            meter = m,
+            "No agent may report this meter (it is in no agent's `meters`): it will not count."
+        );
+    }
     let mut state = state::State::new(&site);
     let store = match &site.ledger_path {
         Some(path) => {

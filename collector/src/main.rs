@@ -147,7 +147,10 @@ fn main() -> ExitCode {
         .init();
     if let Some(path) = cli.check_config {
         return match Config::from_file(&path).and_then(Config::build) {
-            Ok(_) => {
+            Ok(site) => {
+                for m in site.unreported_meters() {
+                    eprintln!("warning: meter {m:?} is listed in no agent's `meters`: no agent may report it");
+                }
                 println!("ok");
                 ExitCode::SUCCESS
             }

@@ -344,6 +344,16 @@ pub async fn launch(sim_url: &str, opts: &LaunchOptions) -> anyhow::Result<Deplo
             toml_str(id),
             hex::encode(Sha256::digest(token.as_bytes()))
         );
+        // The gateway reads every facility and water meter; nodes read none.
+        if id == GATEWAY {
+            let ids: Vec<String> = site
+                .meters
+                .iter()
+                .map(|m| toml_str(&m.id))
+                .chain(site.water_meters.iter().map(|w| toml_str(&w.id)))
+                .collect();
+            collector_toml += &format!("meters = [{}]\n", ids.join(", "));
+        }
         tokens.push((id.clone(), token));
         token_files.push(path);
     }
