@@ -263,6 +263,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/tenants/{tenant}/excursions", get(tenant_excursions))
         .route("/v1/ledger/verify", get(ledger_verify))
         .route("/v1/admin/leases/reload", post(reload_leases))
+        .route("/v1/admin/gpus/{uuid}/release", post(release_gpu))
         .with_state(shared)
 }
 
@@ -486,8 +487,7 @@ fn apply_and_queue(shared: &Shared, batch: &dcwatt_wire::Batch, agent: &str, now
             accepted,
             written: shared.queue_commit(Queued {
                 prepared: p,
-                agent: agent.to_owned(),
-                seq: batch.seq,
+                batch: Some((agent.to_owned(), batch.seq)),
             }),
         },
         Err(e) => {
@@ -527,11 +527,11 @@ pub struct CommitQueue {
 /// Where a queued batch's outcome goes: written, or why not.
 type Written = tokio::sync::oneshot::Sender<Result<(), String>>;
 
-/// One applied batch waiting for the group commit.
+/// One applied change waiting for the group commit.
 struct Queued {
     prepared: crate::store::Prepared,
-    agent: String,
-    seq: u64,
+    /// The agent and seq of a batch (`None` for an operator's change).
+    batch: Option<(String, u64)>,
 }
 
 /// How long the committer lets batches gather before writing them in one
@@ -548,8 +548,10 @@ impl Shared {
     fn queue_commit(&self, queued: Queued) -> tokio::sync::oneshot::Receiver<Result<(), String>> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let mut q = self.commits.lock().unwrap_or_else(|p| p.into_inner());
-        let top = q.uncommitted.entry(queued.agent.clone()).or_default();
-        *top = (*top).max(queued.seq);
+        if let Some((agent, seq)) = &queued.batch {
+            let top = q.uncommitted.entry(agent.clone()).or_default();
+            *top = (*top).max(*seq);
+        }
         q.pending.push((queued, tx));
         let n = q.pending.len();
         if n == 1 {
@@ -613,9 +615,9 @@ impl Shared {
                         let mut q = self.commits.lock().unwrap_or_else(|p| p.into_inner());
                         q.commits += 1;
                         q.committed_batches += items.len() as u64;
-                        for i in &items {
-                            if q.uncommitted.get(&i.agent).is_some_and(|top| *top <= i.seq) {
-                                q.uncommitted.remove(&i.agent);
+                        for (agent, seq) in items.iter().filter_map(|i| i.batch.as_ref()) {
+                            if q.uncommitted.get(agent).is_some_and(|top| top <= seq) {
+                                q.uncommitted.remove(agent);
                             }
                         }
                     }
@@ -1241,6 +1243,59 @@ async fn reload_leases(Extract(shared): Extract<Arc<Shared>>, headers: HeaderMap
     match shared.reload_leases() {
         Ok(n) => Json(serde_json::json!({ "leases": n })).into_response(),
         Err(e) => error(StatusCode::BAD_REQUEST, e),
+    }
+}
+
+/// `POST /v1/admin/gpus/{uuid}/release` (operator only): the GPU moved to
+/// another node; the next agent to report it owns it. Its energy stays.
+async fn release_gpu(
+    Extract(shared): Extract<Arc<Shared>>,
+    Path(uuid): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let auth = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if !ingest::is_operator(&shared.site, auth) {
+        return error(StatusCode::UNAUTHORIZED, "this needs the operator token");
+    }
+    if let Err(why) = ingest::check_id(&uuid) {
+        return error(StatusCode::BAD_REQUEST, format!("uuid: {why}"));
+    }
+    let (owner, written) = {
+        let mut state = shared.lock();
+        let Some(owner) = state.release_gpu(&uuid) else {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!("uuid: no agent owns GPU {uuid:?}"),
+            );
+        };
+        let mut changes = crate::state::Changes::default();
+        changes.gpus.insert(uuid.clone());
+        // No agent's row changes: only the GPU's.
+        match crate::store::prepare("", &state, &changes) {
+            Ok(p) => (
+                owner,
+                shared.queue_commit(Queued {
+                    prepared: p,
+                    batch: None,
+                }),
+            ),
+            Err(e) => {
+                drop(state);
+                let store = shared.store();
+                shared.fail_and_reload(&store, Vec::new(), &format!("a release failed: {e}"));
+                return error(StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}"));
+            }
+        }
+    };
+    match written.await {
+        Ok(Ok(())) => {
+            tracing::info!(gpu = %uuid, agent = %owner, "GPU released by the operator.");
+            Json(serde_json::json!({ "gpu": uuid, "released_from": owner })).into_response()
+        }
+        Ok(Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}")),
+        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "the collector is stopping"),
     }
 }
 

@@ -197,7 +197,9 @@ pub fn validate(batch: &Batch, agent: &str, site: &Site, now_ms: i64) -> Result<
 /// The largest sequence number accepted: SQLite stores it as a signed 64-bit integer.
 pub const MAX_SEQ: u64 = i64::MAX as u64;
 
-fn check_id(id: &str) -> Result<(), &'static str> {
+/// Checks an id from a batch or a request path: 1–128 characters of
+/// `[A-Za-z0-9._:-]`, the config's alphabet.
+pub fn check_id(id: &str) -> Result<(), &'static str> {
     if id.is_empty() || id.len() > 128 {
         return Err("must be 1 to 128 characters");
     }

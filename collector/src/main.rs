@@ -1,5 +1,7 @@
 //! `dcwatt-collector --config FILE` serves; `--check-config FILE` validates;
-//! `dcwatt-collector ledger verify DB` checks a ledger's hash chain offline.
+//! `dcwatt-collector ledger verify DB` checks a ledger's hash chain offline;
+//! `dcwatt-collector gpu release UUID` asks a running collector to release a
+//! GPU that moved to another node.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -31,6 +33,9 @@ enum Command {
     /// The tenant ledger.
     #[command(subcommand)]
     Ledger(LedgerCommand),
+    /// GPUs a running collector knows.
+    #[command(subcommand)]
+    Gpu(GpuCommand),
     /// Write a tenant's monthly statement from the collector's database, offline.
     Report {
         /// The collector's configuration (for the database, leases and site).
@@ -94,6 +99,77 @@ fn report(config: &std::path::Path, tenant: &str, month: &str, format: &str) -> 
 }
 
 #[derive(clap::Subcommand)]
+enum GpuCommand {
+    /// Release a GPU that moved to another node: the next agent to report it
+    /// owns it (its energy so far stays). Calls
+    /// `POST /v1/admin/gpus/{uuid}/release` with the operator token.
+    Release {
+        /// The collector's URL, e.g. `https://collector-a:9400`.
+        #[arg(long)]
+        url: String,
+        /// A file holding the operator's token.
+        #[arg(long, value_name = "FILE")]
+        token_file: PathBuf,
+        /// The site CA to trust (PEM), for HTTPS.
+        #[arg(long, value_name = "FILE")]
+        ca_file: Option<PathBuf>,
+        /// The GPU's UUID.
+        uuid: String,
+    },
+}
+
+/// `gpu release`: 0 released, 1 refused by the collector, 2 not sent.
+fn release_gpu(
+    url: &str,
+    token_file: &std::path::Path,
+    ca_file: Option<&std::path::Path>,
+    uuid: &str,
+) -> ExitCode {
+    let run = || -> anyhow::Result<(u16, String)> {
+        let token = std::fs::read_to_string(token_file)
+            .with_context(|| format!("--token-file {}", token_file.display()))?;
+        let mut client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30));
+        if let Some(ca) = ca_file {
+            let pem = std::fs::read(ca).with_context(|| format!("--ca-file {}", ca.display()))?;
+            let cert = reqwest::Certificate::from_pem(&pem)
+                .with_context(|| format!("--ca-file {}", ca.display()))?;
+            client = client.add_root_certificate(cert);
+        }
+        let client = client.build()?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async {
+            let resp = client
+                .post(format!(
+                    "{}/v1/admin/gpus/{uuid}/release",
+                    url.trim_end_matches('/')
+                ))
+                .bearer_auth(token.trim())
+                .send()
+                .await
+                .with_context(|| format!("--url {url}"))?;
+            let status = resp.status().as_u16();
+            Ok((status, resp.text().await.unwrap_or_default()))
+        })
+    };
+    match run() {
+        Ok((200, body)) => {
+            println!("{}", body.trim());
+            ExitCode::SUCCESS
+        }
+        Ok((status, body)) => {
+            eprintln!("{status}: {}", body.trim());
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("{e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+#[derive(clap::Subcommand)]
 enum LedgerCommand {
     /// Walk the hash chain of a collector's database and say where it breaks
     /// (exit 0: intact, 1: broken, 2: unreadable).
@@ -131,6 +207,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match &cli.command {
         Some(Command::Ledger(LedgerCommand::Verify { db })) => return verify(db),
+        Some(Command::Gpu(GpuCommand::Release {
+            url,
+            token_file,
+            ca_file,
+            uuid,
+        })) => return release_gpu(url, token_file, ca_file.as_deref(), uuid),
         Some(Command::Report {
             config,
             tenant,

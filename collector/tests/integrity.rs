@@ -495,4 +495,57 @@ async fn a_gpu_listed_by_another_agent_is_refused() {
     assert_eq!(s["hottest_gpus"].as_array().map(Vec::len), Some(0));
     assert_eq!(s["gpus"]["count"], 1);
     assert!(!s.to_string().contains("renamed"), "{s}");
+
+    // The GPU really moved: only the operator releases it, then n2 owns it.
+    let release = |token: &'static str, uuid: &'static str| {
+        let http = http.clone();
+        let url = url.clone();
+        async move {
+            let r = http
+                .post(format!("{url}/v1/admin/gpus/{uuid}/release"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    for (token, uuid, want) in [
+        (OTHER, "GPU-a", 401),
+        (LAB_A, "GPU-a", 401),
+        (OPERATOR, "GPU-zz", 404),
+        (OPERATOR, "GPU%20a", 400),
+    ] {
+        let (status, body) = release(token, uuid).await;
+        assert_eq!(status, want, "{token} {uuid}: {body}");
+    }
+    assert_eq!(post(&http, &url, OTHER, &theirs).await.0, 403);
+    // The command-line client, against the running collector.
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("operator.token");
+    std::fs::write(&token_file, format!("{OPERATOR}\n")).unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_dcwatt-collector"))
+        .args(["gpu", "release", "--url", &url, "--token-file"])
+        .arg(&token_file)
+        .arg("GPU-a")
+        .output()
+        .await
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains(r#""released_from":"n1""#), "{said}");
+    let (status, body) = post(&http, &url, OTHER, &theirs).await;
+    assert_eq!(status, 200, "{body}");
+    // Now n1 may no longer report it.
+    let mut again = batch("n1", 2, vec![gpu(t + 1000, Quantity::PowerWatts, 500.0)]);
+    again.gpus = mine.gpus.clone();
+    assert_eq!(post(&http, &url, TOKEN, &again).await.0, 403);
+    // n2 owns it now: releasing it again names n2.
+    let (status, body) = release(OPERATOR, "GPU-a").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(r#""released_from":"n2""#), "{body}");
 }
