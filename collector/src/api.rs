@@ -44,6 +44,8 @@ pub struct Shared {
     pub commits: Mutex<CommitQueue>,
     /// Wakes the committer thread when a batch is queued.
     pub commit_wake: std::sync::Condvar,
+    /// [`Figures::unbooked_node_joules`] as `f64` bits, as last read.
+    pub unbooked_node_joules: std::sync::atomic::AtomicU64,
     /// Complete minutes with an invalid PUE, as last read.
     pub invalid_pue_minutes: std::sync::atomic::AtomicI64,
     /// Each agent's token bucket: (tokens, when last filled).
@@ -245,6 +247,10 @@ impl Shared {
         f.invalid_pue_minutes = self
             .invalid_pue_minutes
             .load(std::sync::atomic::Ordering::Relaxed);
+        f.unbooked_node_joules = f64::from_bits(
+            self.unbooked_node_joules
+                .load(std::sync::atomic::Ordering::Relaxed),
+        );
         f
     }
 }

@@ -157,6 +157,11 @@ pub fn render(
         "Complete minutes whose PUE was below 1 or above pue_max_ratio.",
     );
     invalid.add(&[], figures.invalid_pue_minutes as f64);
+    let mut unbooked = Family::counter(
+        n::UNBOOKED_ENERGY_JOULES_TOTAL,
+        "Metered nodes' energy beyond their GPUs that could not be booked to any owner (no GPU time in the minute to share it by), joules.",
+    );
+    unbooked.add(&[], figures.unbooked_node_joules);
     for w in &figures.windows {
         let label = w.window.unwrap_or_default();
         if let (Some(p), true) = (w.pue, w.complete) {
@@ -296,6 +301,7 @@ pub fn render(
         wue,
         residual,
         invalid,
+        unbooked,
         tenant_energy,
         tenant_seconds,
         unattributed,

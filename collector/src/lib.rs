@@ -96,6 +96,7 @@ pub async fn run(
         readers: Mutex::new(Vec::new()),
         committed: tokio::sync::Notify::new(),
         invalid_pue_minutes: std::sync::atomic::AtomicI64::new(0),
+        unbooked_node_joules: std::sync::atomic::AtomicU64::new(0),
         commits: Mutex::new(api::CommitQueue::default()),
         commit_wake: std::sync::Condvar::new(),
         rates: Mutex::new(std::collections::HashMap::new()),
@@ -193,6 +194,10 @@ async fn refresh_windows(shared: Arc<api::Shared>) {
             if let Ok(n) = s.with_reader(|r| r.invalid_pue_minutes()) {
                 s.invalid_pue_minutes
                     .store(n, std::sync::atomic::Ordering::Relaxed);
+            }
+            if let Ok(j) = s.with_reader(|r| r.unbooked_node_joules()) {
+                s.unbooked_node_joules
+                    .store(j.to_bits(), std::sync::atomic::Ordering::Relaxed);
             }
             // Only the rows booked since the last refresh: the ledger is append-only.
             let after = s

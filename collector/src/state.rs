@@ -391,6 +391,11 @@ impl State {
         })
     }
 
+    /// How many GPUs the agent `id` reports (for a node's agent: the node's GPUs).
+    pub fn gpus_of(&self, id: &str) -> usize {
+        self.agent_gpus.get(id).copied().unwrap_or(0)
+    }
+
     /// Forgets which agent owns a GPU (the operator moved it to another node):
     /// the next agent to report it owns it. Its energy and minutes stay.
     /// Returns the agent that owned it, or `None` when no agent did.

@@ -483,7 +483,8 @@ pub struct Prepared {
     gpu_minutes: Vec<(String, String, MinuteEnergy)>,
     gpu_stats: Vec<(String, String, crate::state::GpuMinuteStats)>,
     excursions: Vec<ExcursionEdit>,
-    node_minutes: Vec<(String, MinuteEnergy)>,
+    /// (node, minute, the GPUs its agent reports).
+    node_minutes: Vec<(String, MinuteEnergy, i64)>,
 }
 
 /// Serializes what one applied batch changed (call right after applying it).
@@ -508,7 +509,8 @@ pub fn prepare(agent: &str, state: &State, changes: &Changes) -> Result<Prepared
         }
         if let Some(node) = state.meters.get(id).and_then(|m| m.node.as_ref()) {
             if w.complete {
-                p.node_minutes.push((node.clone(), *w));
+                let gpus = i64::try_from(state.gpus_of(node)).unwrap_or(i64::MAX);
+                p.node_minutes.push((node.clone(), *w, gpus));
             }
         }
     }
@@ -538,12 +540,14 @@ fn write_prepared(
     }
     crate::ledger::attribute(tx, site, &p.gpu_minutes)?;
     crate::ledger::attribute_stats(tx, site, &p.gpu_stats)?;
-    for (node, w) in &p.node_minutes {
+    for (node, w, gpus) in &p.node_minutes {
+        // A change to a minute already shared marks it for an adjustment.
         tx.prepare_cached(
-            "INSERT INTO node_open (minute_ms, node, meter_joules) VALUES (?1, ?2, ?3)
-             ON CONFLICT (minute_ms, node) DO UPDATE SET meter_joules = meter_joules + excluded.meter_joules",
+            "INSERT INTO node_open (minute_ms, node, meter_joules, gpus_expected) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (minute_ms, node) DO UPDATE SET meter_joules = meter_joules + excluded.meter_joules,
+             shared = CASE WHEN shared = 1 THEN 2 ELSE shared END",
         )?
-        .execute(params![w.minute_ms, node, w.joules])?;
+        .execute(params![w.minute_ms, node, w.joules, gpus])?;
     }
     if let Some((agent, seq, seen)) = &p.agent {
         tx.prepare_cached(
@@ -713,6 +717,20 @@ impl Store {
             )
             .optional()?;
         Ok(n.unwrap_or(0))
+    }
+
+    /// Metered nodes' energy beyond their GPUs that could not be booked to
+    /// anyone (no GPU time to share it by), J, since the database began.
+    pub fn unbooked_node_joules(&self) -> Result<f64, StoreError> {
+        let v: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'unbooked_node_joules'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(v.and_then(|v| v.parse().ok()).unwrap_or(0.0))
     }
 
     /// Drops minute rows older than [`MINUTE_RETENTION_MS`] and hour rows older
