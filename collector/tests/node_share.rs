@@ -114,7 +114,7 @@ fn late_gpu_minutes_adjust_the_node_share_and_energy_is_conserved() {
     let mut state = State::new(&site);
     let mut store = Store::in_memory().unwrap();
     let mut seq = 0;
-    let mut apply = |state: &mut State, store: &mut Store, b: Batch| {
+    let apply = |state: &mut State, store: &mut Store, b: Batch| {
         let (_, changes) = state.apply(&b, &site, T0);
         store.commit(&b.agent, state, &changes, &site).unwrap();
     };
