@@ -549,3 +549,108 @@ async fn a_gpu_listed_by_another_agent_is_refused() {
     assert_eq!(status, 200, "{body}");
     assert!(body.contains(r#""released_from":"n2""#), "{body}");
 }
+
+/// The ingest latency histogram's cumulative `(le, count)` buckets.
+fn latency_buckets(m: &str) -> Vec<(String, f64)> {
+    m.lines()
+        .filter_map(|l| l.strip_prefix("dcwatt_ingest_request_duration_seconds_bucket{le=\""))
+        .filter_map(|l| {
+            let (le, rest) = l.split_once("\"}")?;
+            Some((le.to_owned(), rest.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// Eight 400-day tenant queries and a ledger verification, over and over,
+/// while an agent posts: every batch is acknowledged and counted exactly.
+/// Reads run on read connections of their own, outside the committer's lock.
+/// The acknowledgement latency is printed (the collector's own histogram) and
+/// recorded in `docs/benchmarks.md`; a test asserts no timing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_queries_do_not_hold_up_acknowledgements() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("c.sqlite");
+    let ledger = format!("[ledger]\npath = {:?}", db.to_str().unwrap());
+    let site = dcwatt_collector::config::Config::from_toml(&config(&ledger))
+        .unwrap()
+        .build()
+        .unwrap();
+    // 60 days of booked minutes for lab-a, through the collector's own
+    // booking (tenant_open rows, then close_minutes).
+    let days = 60i64;
+    let start = (now_ms() - (days + 1) * 86_400_000).div_euclid(60_000) * 60_000;
+    {
+        let mut store = dcwatt_collector::store::Store::open(&db).unwrap();
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.execute_batch("BEGIN").unwrap();
+        {
+            let mut ins = conn
+                .prepare("INSERT INTO tenant_open (minute_ms, tenant, it_joules, gpu_ms) VALUES (?1, 'lab-a', 60000.0, 60000)")
+                .unwrap();
+            for m in 0..days * 1440 {
+                ins.execute([start + m * 60_000]).unwrap();
+            }
+        }
+        conn.execute_batch("COMMIT").unwrap();
+        let booked = store.close_minutes(&site, now_ms(), None).unwrap();
+        assert_eq!(booked, usize::try_from(days * 1440).unwrap());
+    }
+    let (url, _stop) = common::start(&config(&ledger)).await;
+    let http = reqwest::Client::new();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for i in 0..9 {
+        let (http, url, stop) = (http.clone(), url.clone(), stop.clone());
+        readers.push(tokio::spawn(async move {
+            let mut n = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let (path, token) = if i == 8 {
+                    ("/v1/ledger/verify".to_owned(), OPERATOR)
+                } else {
+                    (
+                        format!(
+                            "/v1/tenants/lab-a/energy?from={}&to={}&step=1d",
+                            now_ms() - 400 * 86_400_000,
+                            now_ms()
+                        ),
+                        LAB_A,
+                    )
+                };
+                let (status, body) = get_as(&http, &format!("{url}{path}"), token).await;
+                assert_eq!(status, 200, "{path}: {body}");
+                n += 1;
+            }
+            n
+        }));
+    }
+    let t = now_ms() - 200_000;
+    // Under the agent's rate limit (10 batches/s).
+    let batches = 100u64;
+    for i in 0..=batches {
+        let b = batch(
+            "n1",
+            i + 1,
+            vec![meter(t + i as i64 * 1000, 1e6 + 100.0 * i as f64)],
+        );
+        let (status, body) = post(&http, &url, TOKEN, &b).await;
+        assert_eq!(status, 200, "{body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut reads = 0;
+    for r in readers {
+        reads += r.await.unwrap();
+    }
+    let m = metrics(&http, &url).await;
+    assert_eq!(facility(&m), Some(100.0 * batches as f64), "{m}");
+    let buckets = latency_buckets(&m);
+    let total = buckets.last().map_or(0.0, |b| b.1);
+    let p99 = buckets
+        .iter()
+        .find(|(_, n)| *n >= 0.99 * total)
+        .map_or("+Inf".to_owned(), |(le, _)| le.clone());
+    println!(
+        "{} batches acknowledged during {reads} long reads: p99 ≤ {p99} s (collector histogram: {buckets:?})",
+        batches + 1
+    );
+}
