@@ -544,8 +544,17 @@ impl Config {
             ("max_reading_age", self.max_reading_age),
             ("max_clock_skew", self.max_clock_skew),
         ] {
-            if d.is_zero() {
-                return Err(invalid(key, "must be longer than zero"));
+            // Bounded, so that no sum of an instant and a duration overflows.
+            if d.is_zero() || d > MAX_DURATION {
+                return Err(invalid(
+                    key,
+                    "must be longer than zero and at most 400 days",
+                ));
+            }
+        }
+        if let Some(l) = &self.ledger {
+            if l.close_after > MAX_DURATION {
+                return Err(invalid("ledger.close_after", "must be at most 400 days"));
             }
         }
         if self.max_body_bytes < 1024 {
@@ -873,6 +882,9 @@ impl Config {
     }
 }
 
+/// The longest duration a config key may set: 400 days.
+const MAX_DURATION: Duration = Duration::from_secs(400 * 86_400);
+
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
@@ -998,6 +1010,10 @@ mod tests {
                 &["synchronous", "unknown variant"],
             ),
             ("[[agents]]\nid = \"a\"\ntoken_sha256 = \"xyz\"", &["agents[0].token_sha256", "64 hex"]),
+            ("stale_after = \"1000000y\"", &["stale_after", "400 days"]),
+            ("max_reading_age = \"401d\"", &["max_reading_age", "400 days"]),
+            ("[ledger]\npath = \"x\"\nclose_after = \"500d\"", &["ledger.close_after", "400 days"]),
+            ("[metrics]\ntoken_sha256 = \"xyz\"", &["metrics.token_sha256", "64 hex"]),
             (
                 &format!("[[agents]]\nid = \"a\"\ntoken_sha256 = \"{H}\"\n[[agents]]\nid = \"a\"\ntoken_sha256 = \"{H}\""),
                 &["agents[1].id", "duplicate"],
