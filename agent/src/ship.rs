@@ -17,7 +17,8 @@
 //! `first_seq..=seq`, and merged requests are at least [`CATCHUP_INTERVAL`] apart,
 //! so a recovering collector is not flattened. A `409` (the range overlaps what
 //! the collector applied) moves the cursor to its `last_seq` and re-merges from
-//! there. A merged batch the collector refuses is re-sent one batch at a time.
+//! there. A merged batch the collector refuses with a 400 or another final 4xx
+//! is re-sent one batch at a time (see below).
 //!
 //! # What a collector's answer is trusted for
 //! A collector cannot acknowledge what this agent never sent it. Per collector,
@@ -58,8 +59,9 @@
 //!   same bytes would be refused again; given up at once (`dropped_rejected`).
 //!
 //! A merged batch refused with a 400 or another final 4xx is re-sent one batch
-//! at a time first, so that only the refused batch is held or given up. Each
-//! refused or protocol-breaking try counts the batches it carried.
+//! at a time first, so that only the refused batch is held or given up (one
+//! refused with 401, 403 or 404 is held as it is). Each refused or
+//! protocol-breaking try counts the batches it carried.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -962,6 +964,31 @@ mod tests {
         assert_eq!(values, vec![1.0, 2.0, 3.0]);
         let uuids: Vec<&str> = m.gpus.iter().map(|g| g.uuid.as_str()).collect();
         assert_eq!(uuids, vec!["GPU-a", "GPU-b"]);
+    }
+
+    #[test]
+    fn refusals_are_classified_by_status_and_field() {
+        let skew = "readings[12].ts_ms: 1 is outside the accepted range [2, 3]";
+        assert_eq!(refusal(StatusCode::BAD_REQUEST, skew), Refusal::Held);
+        for held in [
+            "created_ms: in the future",
+            "version: unsupported version 9",
+        ] {
+            assert_eq!(refusal(StatusCode::BAD_REQUEST, held), Refusal::Held);
+        }
+        for final_ in [
+            "readings[0].value: -1 is out of range",
+            "node: must be 1 to 128 characters",
+            "malformed batch: expected value at line 1 column 1",
+            "the ts_ms field is fine: readings",
+            "",
+        ] {
+            assert_eq!(refusal(StatusCode::BAD_REQUEST, final_), Refusal::Final);
+        }
+        assert_eq!(refusal(StatusCode::PAYLOAD_TOO_LARGE, skew), Refusal::Final);
+        assert_eq!(refusal(StatusCode::FORBIDDEN, skew), Refusal::Forbidden);
+        assert_eq!(refusal(StatusCode::UNAUTHORIZED, ""), Refusal::Forbidden);
+        assert_eq!(refusal(StatusCode::NOT_FOUND, ""), Refusal::NotFound);
     }
 
     #[test]

@@ -1292,20 +1292,21 @@ mod tests {
             .sum()
     }
 
-    /// A sync that fails on batch 4 (`EIO` from the failpoint, after the
+    /// A sync that fails on batch `k` (`EIO` from the failpoint, after the
     /// record reached the page cache): the record is cut and written again, so
     /// every batch reads back once, in order, in-process and after a reopen.
-    /// Also when the cut itself fails (the batch goes to a new segment and the
-    /// stale copy, out of its segment's range, is skipped on reopen).
+    /// Also when the cut itself fails: the batch goes to a new segment and the
+    /// stale copy, out of its segment's range, is skipped on reopen (or, when it
+    /// was its segment's first record, the segment is created anew).
     #[test]
     fn a_failed_sync_is_cut_and_the_batch_written_again() {
-        for cut_fails in [false, true] {
+        for (k, cut_fails) in [(4, false), (4, true), (0, false), (0, true)] {
             let dir = tempfile::tempdir().unwrap();
             let mut s = Spool::open(&synced(dir.path()), &["a".to_owned()]).unwrap();
             let first = s.next_seq();
             let mut want = Vec::new();
             for i in 0..10u64 {
-                if i == 4 {
+                if i == k {
                     s.fail_next_syncs(1);
                     if cut_fails {
                         s.fail_next_truncates(1);
@@ -1319,7 +1320,7 @@ mod tests {
             }
             let seqs: Vec<u64> = want.iter().map(|(q, _)| *q).collect();
             assert_eq!(seqs, (first..first + 10).collect::<Vec<_>>());
-            assert_eq!(all(&mut s, 0), want, "cut_fails {cut_fails}");
+            assert_eq!(all(&mut s, 0), want, "k {k} cut_fails {cut_fails}");
             assert_eq!(s.stats().dropped_batches, 0);
             assert_eq!(s.stats().batches, 10);
             if !cut_fails {
@@ -1330,11 +1331,19 @@ mod tests {
             }
             drop(s);
             let mut s = Spool::open(&synced(dir.path()), &["a".to_owned()]).unwrap();
-            assert_eq!(all(&mut s, 0), want, "cut_fails {cut_fails}, reopened");
+            assert_eq!(
+                all(&mut s, 0),
+                want,
+                "k {k} cut_fails {cut_fails}, reopened"
+            );
             assert_eq!(s.next_seq(), first + 10);
             // The stale copy left behind an uncut tail is counted, never read.
-            let stale = u64::from(cut_fails);
-            assert_eq!(s.stats().corrupt_records, stale, "cut_fails {cut_fails}");
+            let stale = u64::from(cut_fails && k > 0);
+            assert_eq!(
+                s.stats().corrupt_records,
+                stale,
+                "k {k} cut_fails {cut_fails}"
+            );
             assert_eq!(s.append(0, b"next").unwrap(), first + 10);
         }
     }
