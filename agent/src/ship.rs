@@ -27,8 +27,9 @@
 //! when it was opened (an earlier run may have sent any of those, and a cursor
 //! may lag behind a power cut). A `BatchAck.last_seq` or a 409's `last_seq`
 //! above that is a protocol error (`kind="last_seq_beyond_sent"`), as is a 2xx
-//! whose body is not a complete `BatchAck` (all three fields; a missing
-//! `last_seq` would read as 0) or a 409 without `last_seq`
+//! whose body does not decode as a `BatchAck` (not JSON, `accepted` or
+//! `duplicate` missing; `last_seq` may be absent, as the wire type allows, and
+//! then only the batch sent counts as acknowledged) or a 409 without `last_seq`
 //! (`kind="invalid_ack"`): never applied to the cursor, counted
 //! (`dcwatt_ship_protocol_errors_total{kind}`, and the request's batches as
 //! `result="protocol_error"`), logged at most once a minute, and the request
@@ -68,7 +69,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use dcwatt_wire::{Batch, ErrorBody, GpuInfo, Reading, BATCHES_PATH, VERSION};
+use dcwatt_wire::{Batch, BatchAck, ErrorBody, GpuInfo, Reading, BATCHES_PATH, VERSION};
 use reqwest::StatusCode;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
@@ -168,7 +169,7 @@ pub enum ProtocolError {
     /// A `BatchAck.last_seq` (2xx) or a 409's `last_seq` above the highest seq
     /// this collector can have been sent (see the module docs).
     LastSeqBeyondSent,
-    /// A 2xx whose body is not a complete `BatchAck`, or a 409 without `last_seq`.
+    /// A 2xx whose body does not decode as a `BatchAck`, or a 409 without `last_seq`.
     InvalidAck,
 }
 
@@ -460,11 +461,11 @@ impl Shipper {
 
 /// What one POST came to.
 enum Outcome {
-    /// 2xx with a valid `BatchAck`.
+    /// 2xx with a `BatchAck`.
     Accepted { duplicate: bool, last_seq: u64 },
     /// 409 with the collector's `last_seq`.
     Conflict { last_seq: u64 },
-    /// 2xx without a valid `BatchAck`, or 409 without `last_seq`: no answer.
+    /// 2xx without a `BatchAck`, or 409 without `last_seq`: no answer.
     InvalidAck { status: StatusCode, error: String },
     /// A 4xx other than 408, 409 and 429.
     Refused {
@@ -513,15 +514,6 @@ fn names_clock_or_version(error: &str) -> bool {
     let last = field.trim().rsplit('.').next().unwrap_or_default();
     let last = last.split('[').next().unwrap_or_default();
     matches!(last, "ts_ms" | "created_ms" | "version")
-}
-
-/// A 2xx body: every field of `BatchAck` required (its `last_seq` defaults
-/// to 0 when decoded as the wire type, which would read as "nothing applied").
-#[derive(serde::Deserialize)]
-struct StrictAck {
-    accepted: u64,
-    duplicate: bool,
-    last_seq: u64,
 }
 
 /// At most one warning per [`WARN_EVERY`] per kind of trouble; the rest at debug.
@@ -799,7 +791,7 @@ impl Sender {
             .and_then(parse_retry_after);
         let body = resp.bytes().await.unwrap_or_default();
         if status.is_success() {
-            return match serde_json::from_slice::<StrictAck>(&body) {
+            return match serde_json::from_slice::<BatchAck>(&body) {
                 Ok(a) => {
                     debug!(collector = %self.label, accepted = a.accepted, duplicate = a.duplicate, last_seq = a.last_seq, "Batch acknowledged.");
                     Outcome::Accepted {

@@ -35,8 +35,8 @@ enum Scripted {
     AckBeyond,
     /// 200 with a body that is not a `BatchAck`.
     NotAnAck,
-    /// 200 with an acknowledgement that lacks `last_seq`.
-    AckWithoutLastSeq,
+    /// 200 with an acknowledgement that lacks `duplicate`.
+    AckWithoutDuplicate,
     /// 409 naming `last_seq = u64::MAX - 1`.
     ConflictBeyond,
     /// 400: a reading's `ts_ms` outside the collector's accepted range.
@@ -113,8 +113,8 @@ async fn batches(State(c): State<Arc<Fake>>, headers: HeaderMap, body: String) -
     match scripted {
         None | Some(Scripted::AckBeyond) => {}
         Some(Scripted::NotAnAck) => return (StatusCode::OK, "ok").into_response(),
-        Some(Scripted::AckWithoutLastSeq) => {
-            return (StatusCode::OK, r#"{"accepted":1,"duplicate":false}"#).into_response()
+        Some(Scripted::AckWithoutDuplicate) => {
+            return (StatusCode::OK, r#"{"accepted":1,"last_seq":1}"#).into_response()
         }
         Some(Scripted::ConflictBeyond) => {
             return error(
@@ -295,7 +295,7 @@ async fn a_lying_or_refusing_collector_loses_and_doubles_nothing() {
     let script = [
         AckBeyond,
         NotAnAck,
-        AckWithoutLastSeq,
+        AckWithoutDuplicate,
         ConflictBeyond,
         Skew,
         Skew,
