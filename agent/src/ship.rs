@@ -34,7 +34,11 @@
 //! (`dcwatt_ship_protocol_errors_total{kind}`, and the request's batches as
 //! `result="protocol_error"`), logged at most once a minute, and the request
 //! retried after the backoff. A collector that keeps doing so holds its queue
-//! (the spool's bound then drops the oldest, counted `dropped`).
+//! (the spool's bound then drops the oldest, counted `dropped`). That includes a
+//! collector that applied higher seqs of this agent from elsewhere (a run
+//! without a spool, or with a wiped one, whose clock was ahead): the agent does
+//! not jump its seqs above such a `last_seq` (the batches sent meanwhile were
+//! answered as duplicates without being applied); an operator resolves it.
 //!
 //! # Failures
 //! Network errors, timeouts, 5xx, 408 and 429 are retried after a capped

@@ -828,7 +828,9 @@ impl Spool {
     /// (a cursor never moves back), persists its cursor and deletes segments
     /// every collector is past. A `last_seq` at or above [`Spool::next_seq`]
     /// (the collector saw numbers from elsewhere) moves `next_seq` above it, so
-    /// that new batches are not taken for duplicates.
+    /// that new batches are not taken for duplicates. (The senders never pass
+    /// one: a collector's `last_seq` above what it was sent is a protocol
+    /// error, see `ship`.)
     pub fn ack(&mut self, collector: usize, last_seq: u64) -> Result<(), SpoolError> {
         if last_seq >= self.next_seq {
             warn!(last_seq, next_seq = self.next_seq, "A collector has applied sequence numbers above this agent's; new batches continue above them.");
