@@ -476,15 +476,42 @@ fn ship_families(ship: &Status) -> Vec<Family> {
         n::SHIP_LAG_SECONDS,
         "Age of the oldest batch waiting for the collector, seconds; 0 when caught up.",
     );
+    let mut refusals = Family::counter(
+        n::SHIP_REFUSALS_TOTAL,
+        "Requests the collector refused (4xx but 408, 409, 429), by HTTP status.",
+    );
+    let mut protocol = Family::counter(
+        n::SHIP_PROTOCOL_ERRORS_TOTAL,
+        "Collector answers against the protocol, by kind; never applied, retried.",
+    );
     for c in &ship.collectors {
         for (result, v) in [
             (n::RESULT_OK, c.ok),
             (n::RESULT_DUPLICATE, c.duplicate),
             (n::RESULT_REJECTED, c.rejected),
+            (n::RESULT_FORBIDDEN, c.forbidden),
+            (n::RESULT_PROTOCOL_ERROR, c.protocol_error),
+            (n::RESULT_DROPPED_REJECTED, c.dropped_rejected),
             (n::RESULT_DROPPED, c.dropped),
         ] {
             batches.add(
                 &[(n::COLLECTOR, c.collector.as_str()), (n::RESULT, result)],
+                v as f64,
+            );
+        }
+        for (status, v) in &c.refusals {
+            let status = status.to_string();
+            refusals.add(
+                &[(n::COLLECTOR, c.collector.as_str()), (n::STATUS, &status)],
+                *v as f64,
+            );
+        }
+        for (kind, v) in ship::ProtocolError::ALL.iter().zip(c.protocol_errors) {
+            protocol.add(
+                &[
+                    (n::COLLECTOR, c.collector.as_str()),
+                    (n::KIND, kind.as_str()),
+                ],
                 v as f64,
             );
         }
@@ -511,7 +538,9 @@ fn ship_families(ship: &Status) -> Vec<Family> {
         "Batches dropped unsent: the spool was full, or a write failed.",
     );
     dropped.add(&[], ship.spool.dropped_batches as f64);
-    vec![batches, queue, lag, bytes, held, corrupt, dropped]
+    vec![
+        batches, refusals, protocol, queue, lag, bytes, held, corrupt, dropped,
+    ]
 }
 
 /// The HTTP routes: `GET /metrics`, `GET /healthz`.

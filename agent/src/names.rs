@@ -92,6 +92,10 @@ pub const SOURCE_DURATION_SECONDS: &str = "dcwatt_source_duration_seconds";
 
 /// Batches handled per collector, by [`RESULT`] (counter).
 pub const SHIP_BATCHES_TOTAL: &str = "dcwatt_ship_batches_total";
+/// Requests a collector refused (4xx but 408, 409, 429), by [`STATUS`] (counter).
+pub const SHIP_REFUSALS_TOTAL: &str = "dcwatt_ship_refusals_total";
+/// Answers against the protocol per collector, by [`KIND`] (counter).
+pub const SHIP_PROTOCOL_ERRORS_TOTAL: &str = "dcwatt_ship_protocol_errors_total";
 /// Batches in the spool waiting for a collector (gauge).
 pub const SHIP_QUEUE_BATCHES: &str = "dcwatt_ship_queue_batches";
 
@@ -156,6 +160,8 @@ pub const SOURCE: &str = "source";
 pub const COLLECTOR: &str = "collector";
 /// Label: what became of a batch, one of the `RESULT_*` values.
 pub const RESULT: &str = "result";
+/// Label: an HTTP status code (`403`).
+pub const STATUS: &str = "status";
 
 /// [`SENSOR`] value: the GPU core.
 pub const SENSOR_GPU: &str = "gpu";
@@ -165,7 +171,18 @@ pub const SENSOR_MEMORY: &str = "memory";
 pub const RESULT_OK: &str = "ok";
 /// [`RESULT`] value: the collector had applied the batch before.
 pub const RESULT_DUPLICATE: &str = "duplicate";
-/// [`RESULT`] value: the collector refused the batch (4xx); it was dropped.
+/// [`RESULT`] value: the collector refused the batch (a 4xx but 401, 403, 408,
+/// 409, 429), each try counted; what became of it is `dropped_rejected` or a
+/// later result.
 pub const RESULT_REJECTED: &str = "rejected";
+/// [`RESULT`] value: the collector refused the batch with 401 or 403, each try
+/// counted; it is held and retried.
+pub const RESULT_FORBIDDEN: &str = "forbidden";
+/// [`RESULT`] value: the collector's answer broke the protocol (an
+/// acknowledgement of a seq never sent, no acknowledgement), each try counted;
+/// the batch is retried.
+pub const RESULT_PROTOCOL_ERROR: &str = "protocol_error";
+/// [`RESULT`] value: the collector refused the batch for good; it was given up.
+pub const RESULT_DROPPED_REJECTED: &str = "dropped_rejected";
 /// [`RESULT`] value: the spool was full; the batch was dropped before this collector got it.
 pub const RESULT_DROPPED: &str = "dropped";

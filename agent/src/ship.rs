@@ -17,17 +17,56 @@
 //! `first_seq..=seq`, and merged requests are at least [`CATCHUP_INTERVAL`] apart,
 //! so a recovering collector is not flattened. A `409` (the range overlaps what
 //! the collector applied) moves the cursor to its `last_seq` and re-merges from
-//! there. A merged batch the collector refuses is re-sent one batch at a time.
+//! there. A merged batch the collector refuses with a 400 or another final 4xx
+//! is re-sent one batch at a time (see below).
+//!
+//! # What a collector's answer is trusted for
+//! A collector cannot acknowledge what this agent never sent it. Per collector,
+//! the sender keeps the highest seq it can have been sent: the highest posted to
+//! it by this process, or, for what came before, the highest seq the spool held
+//! when it was opened (an earlier run may have sent any of those, and a cursor
+//! may lag behind a power cut). A `BatchAck.last_seq` or a 409's `last_seq`
+//! above that is a protocol error (`kind="last_seq_beyond_sent"`), as is a 2xx
+//! whose body does not decode as a `BatchAck` (not JSON, `accepted` or
+//! `duplicate` missing; `last_seq` may be absent, as the wire type allows, and
+//! then only the batch sent counts as acknowledged) or a 409 without `last_seq`
+//! (`kind="invalid_ack"`): never applied to the cursor, counted
+//! (`dcwatt_ship_protocol_errors_total{kind}`, and the request's batches as
+//! `result="protocol_error"`), logged at most once a minute, and the request
+//! retried after the backoff. A collector that keeps doing so holds its queue
+//! (the spool's bound then drops the oldest, counted `dropped`). That includes a
+//! collector that applied higher seqs of this agent from elsewhere (a run
+//! without a spool, or with a wiped one, whose clock was ahead): the agent does
+//! not jump its seqs above such a `last_seq` (the batches sent meanwhile were
+//! answered as duplicates without being applied); an operator resolves it.
 //!
 //! # Failures
 //! Network errors, timeouts, 5xx, 408 and 429 are retried after a capped
 //! exponential backoff with jitter (half fixed, half random); a `Retry-After` in
-//! seconds on 429/503 is honoured instead (up to [`RETRY_AFTER_MAX`]). So are
-//! 401, 403 and 404: a token or URL the collector does not know yet is a
-//! configuration to fix on one side, and the batches wait in the spool until it
-//! is (dropping them would lose data to a typo). Any other 4xx (a batch the
-//! collector finds malformed or too large) can never succeed: that batch is
-//! skipped and counted `rejected`.
+//! seconds on 429/503 is honoured instead (up to [`RETRY_AFTER_MAX`]). A 4xx
+//! other than 408, 409 and 429 is a refusal, counted per status
+//! (`dcwatt_ship_refusals_total{status}`):
+//! - 401, 403 (`result="forbidden"`) and 404 (`result="rejected"`): a token,
+//!   binding or URL to fix on one side; the batch is held and retried with the
+//!   same capped backoff, never given up (dropping would lose data to a typo),
+//!   nothing in the body honoured: never a hot loop.
+//! - 400 whose error names `ts_ms`, `created_ms` or `version` (`field: why`,
+//!   as the collector writes it; `result="rejected"`): clock skew, or a version
+//!   the collector does not read yet. Held and retried with backoff: it may
+//!   succeed once the clocks or the collector are fixed. Once the collector has
+//!   refused batches so for [`Tuning::reject_hold`] ([`REJECT_HOLD`], 6 h) and
+//!   acknowledged nothing since, a batch it refuses so is given up (the cursor
+//!   moves past it; `result="dropped_rejected"`), and so is every next one it
+//!   refuses until it acknowledges one again: a batch that will never be
+//!   accepted (older than the collector's `max_reading_age`, a meter's clock
+//!   far off) must not hold the queue for good.
+//! - Any other 4xx (a batch the collector finds malformed or too large): the
+//!   same bytes would be refused again; given up at once (`dropped_rejected`).
+//!
+//! A merged batch refused with a 400 or another final 4xx is re-sent one batch
+//! at a time first, so that only the refused batch is held or given up (one
+//! refused with 401, 403 or 404 is held as it is). Each refused or
+//! protocol-breaking try counts the batches it carried.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -57,8 +96,36 @@ pub const MAX_MERGE_BATCHES: usize = 600;
 pub const MAX_MERGE_BYTES: usize = 1 << 20;
 /// Shortest time between two merged (catch-up) requests to one collector.
 pub const CATCHUP_INTERVAL: Duration = Duration::from_millis(200);
+/// How long a collector may refuse every batch for clock skew or version
+/// before the batches it refuses are given up (`dropped_rejected`).
+pub const REJECT_HOLD: Duration = Duration::from_secs(6 * 3600);
 /// Longest error body kept for a log line.
 const MAX_ERROR_TEXT: usize = 512;
+
+/// A sender's timings: [`Tuning::default`] in the agent; tests shorten them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tuning {
+    /// First retry delay after a failed POST ([`BACKOFF_INITIAL`]).
+    pub backoff_initial: Duration,
+    /// Longest retry delay ([`BACKOFF_MAX`]).
+    pub backoff_max: Duration,
+    /// Shortest time between two merged requests ([`CATCHUP_INTERVAL`]).
+    pub catchup_interval: Duration,
+    /// How long a collector may refuse every batch for clock skew or version
+    /// before refused batches are given up ([`REJECT_HOLD`]).
+    pub reject_hold: Duration,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            backoff_initial: BACKOFF_INITIAL,
+            backoff_max: BACKOFF_MAX,
+            catchup_interval: CATCHUP_INTERVAL,
+            reject_hold: REJECT_HOLD,
+        }
+    }
+}
 
 /// Why shipping could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -85,12 +152,62 @@ pub struct Shared {
 }
 
 /// One collector's counters.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct CollectorStats {
     label: String,
     ok: AtomicU64,
     duplicate: AtomicU64,
     rejected: AtomicU64,
+    forbidden: AtomicU64,
+    protocol_error: AtomicU64,
+    dropped_rejected: AtomicU64,
+    /// Per [`ProtocolError`], in its order.
+    protocol_errors: [AtomicU64; ProtocolError::ALL.len()],
+    /// Refused requests by HTTP status.
+    refusals: Mutex<BTreeMap<u16, u64>>,
+}
+
+/// An answer that breaks the protocol: counted, never applied, retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProtocolError {
+    /// A `BatchAck.last_seq` (2xx) or a 409's `last_seq` above the highest seq
+    /// this collector can have been sent (see the module docs).
+    LastSeqBeyondSent,
+    /// A 2xx whose body does not decode as a `BatchAck`, or a 409 without `last_seq`.
+    InvalidAck,
+}
+
+impl ProtocolError {
+    /// Every kind, in the order of [`CollectorStatus::protocol_errors`].
+    pub const ALL: [ProtocolError; 2] =
+        [ProtocolError::LastSeqBeyondSent, ProtocolError::InvalidAck];
+
+    /// The `kind` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProtocolError::LastSeqBeyondSent => "last_seq_beyond_sent",
+            ProtocolError::InvalidAck => "invalid_ack",
+        }
+    }
+}
+
+impl CollectorStats {
+    /// A protocol error on a request carrying `n` batches.
+    fn protocol(&self, kind: ProtocolError, n: u64) {
+        self.protocol_error.fetch_add(n, Ordering::Relaxed);
+        self.protocol_errors[kind as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A refusal of a request carrying `n` batches.
+    fn refused(&self, status: StatusCode, kind: Refusal, n: u64) {
+        let counter = match kind {
+            Refusal::Forbidden => &self.forbidden,
+            Refusal::NotFound | Refusal::Held | Refusal::Final => &self.rejected,
+        };
+        counter.fetch_add(n, Ordering::Relaxed);
+        let mut refusals = self.refusals.lock().unwrap_or_else(PoisonError::into_inner);
+        *refusals.entry(status.as_u16()).or_default() += 1;
+    }
 }
 
 /// A copy of one collector's counters and levels, for `/metrics`.
@@ -102,8 +219,19 @@ pub struct CollectorStatus {
     pub ok: u64,
     /// Batches the collector had applied before.
     pub duplicate: u64,
-    /// Batches the collector refused (4xx), skipped.
+    /// Batches in requests the collector refused with a 4xx other than 401,
+    /// 403, 408, 409, 429 (each try counts).
     pub rejected: u64,
+    /// Batches in requests refused with 401 or 403 (each try counts).
+    pub forbidden: u64,
+    /// Batches in requests answered against the protocol (each try counts).
+    pub protocol_error: u64,
+    /// Batches given up because the collector refused them for good.
+    pub dropped_rejected: u64,
+    /// Requests answered against the protocol, per [`ProtocolError::ALL`].
+    pub protocol_errors: [u64; ProtocolError::ALL.len()],
+    /// Refused requests (4xx but 408, 409, 429) by HTTP status, ascending.
+    pub refusals: Vec<(u16, u64)>,
     /// Batches dropped from the full spool before this collector got them.
     pub dropped: u64,
     /// Batches waiting for this collector.
@@ -139,6 +267,19 @@ impl Shared {
                 ok: c.ok.load(Ordering::Relaxed),
                 duplicate: c.duplicate.load(Ordering::Relaxed),
                 rejected: c.rejected.load(Ordering::Relaxed),
+                forbidden: c.forbidden.load(Ordering::Relaxed),
+                protocol_error: c.protocol_error.load(Ordering::Relaxed),
+                dropped_rejected: c.dropped_rejected.load(Ordering::Relaxed),
+                protocol_errors: std::array::from_fn(|k| {
+                    c.protocol_errors[k].load(Ordering::Relaxed)
+                }),
+                refusals: c
+                    .refusals
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .iter()
+                    .map(|(s, n)| (*s, *n))
+                    .collect(),
                 dropped: spool.dropped_for(i),
                 queued: spool.pending(i),
                 lag_seconds: spool.lag_ms(i, now) as f64 / 1000.0,
@@ -191,6 +332,17 @@ impl Shipper {
         spool: &SpoolSpec,
         stop: watch::Receiver<bool>,
     ) -> Result<Started, ShipError> {
+        Self::start_with(node, collectors, spool, stop, Tuning::default())
+    }
+
+    /// [`Shipper::start`] with the senders' timings given.
+    pub fn start_with(
+        node: String,
+        collectors: Vec<Collector>,
+        spool: &SpoolSpec,
+        stop: watch::Receiver<bool>,
+        tuning: Tuning,
+    ) -> Result<Started, ShipError> {
         let labels: Vec<String> = collectors
             .iter()
             .map(|c| c.url.as_str().trim_end_matches('/').to_owned())
@@ -224,15 +376,15 @@ impl Shipper {
             clients.push(client);
         }
         let spool = Spool::open(spool, &labels)?;
+        // Every seq up to here may have been sent by an earlier run.
+        let sent_before = spool.next_seq().saturating_sub(1);
         let shared = Arc::new(Shared {
             spool: Mutex::new(spool),
             collectors: labels
                 .iter()
                 .map(|label| CollectorStats {
                     label: label.clone(),
-                    ok: AtomicU64::new(0),
-                    duplicate: AtomicU64::new(0),
-                    rejected: AtomicU64::new(0),
+                    ..CollectorStats::default()
                 })
                 .collect(),
             wake: labels.iter().map(|_| Notify::new()).collect(),
@@ -246,6 +398,11 @@ impl Shipper {
                 endpoint: format!("{}{BATCHES_PATH}", labels[index]),
                 label: labels[index].clone(),
                 token: c.token,
+                tuning,
+                sent_max: sent_before,
+                warn_protocol: Warner::default(),
+                warn_refused: Warner::default(),
+                warn_dropped: Warner::default(),
             };
             tasks.push(tokio::spawn(sender.run(stop.clone())));
         }
@@ -308,17 +465,81 @@ impl Shipper {
 
 /// What one POST came to.
 enum Outcome {
-    /// 2xx.
+    /// 2xx with a `BatchAck`.
     Accepted { duplicate: bool, last_seq: u64 },
     /// 409 with the collector's `last_seq`.
     Conflict { last_seq: u64 },
-    /// A 4xx other than 401/403/404/408/429: this batch can never succeed.
-    Rejected { status: StatusCode, error: String },
-    /// Worth retrying: network error, timeout, 5xx, 401, 403, 404, 408, 429.
+    /// 2xx without a `BatchAck`, or 409 without `last_seq`: no answer.
+    InvalidAck { status: StatusCode, error: String },
+    /// A 4xx other than 408, 409 and 429.
+    Refused {
+        status: StatusCode,
+        error: String,
+        kind: Refusal,
+    },
+    /// Worth retrying: network error, timeout, 5xx, 408, 429.
     Retry {
         error: String,
         after: Option<Duration>,
     },
+}
+
+/// What a refusal (4xx) means for the batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// 401, 403: a token or binding to fix; held, backoff, never given up.
+    Forbidden,
+    /// 404: a URL to fix; held, backoff, never given up.
+    NotFound,
+    /// 400 naming `ts_ms`, `created_ms` or `version`: clock skew or a version
+    /// the collector does not read yet; held, backoff, given up after
+    /// [`Tuning::reject_hold`].
+    Held,
+    /// Any other 4xx: the same bytes will be refused again; given up at once.
+    Final,
+}
+
+/// The classification of a refusal by its status and error text.
+fn refusal(status: StatusCode, error: &str) -> Refusal {
+    match status {
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Refusal::Forbidden,
+        StatusCode::NOT_FOUND => Refusal::NotFound,
+        StatusCode::BAD_REQUEST if names_clock_or_version(error) => Refusal::Held,
+        _ => Refusal::Final,
+    }
+}
+
+/// True when a collector's error names (`field: why`) a timestamp or the
+/// version: `readings[3].ts_ms: …`, `created_ms: …`, `version: …`.
+fn names_clock_or_version(error: &str) -> bool {
+    let Some((field, _)) = error.split_once(':') else {
+        return false;
+    };
+    let last = field.trim().rsplit('.').next().unwrap_or_default();
+    let last = last.split('[').next().unwrap_or_default();
+    matches!(last, "ts_ms" | "created_ms" | "version")
+}
+
+/// At most one warning per [`WARN_EVERY`] per kind of trouble; the rest at debug.
+#[derive(Debug, Default)]
+struct Warner {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+/// The shortest time between two warnings of one kind from one sender.
+const WARN_EVERY: Duration = Duration::from_secs(60);
+
+impl Warner {
+    /// `Some(warnings suppressed since the last one)` when one may be logged now.
+    fn ready(&mut self) -> Option<u64> {
+        if self.last.is_some_and(|t| t.elapsed() < WARN_EVERY) {
+            self.suppressed += 1;
+            return None;
+        }
+        self.last = Some(Instant::now());
+        Some(std::mem::take(&mut self.suppressed))
+    }
 }
 
 /// One collector's sender task.
@@ -329,15 +550,25 @@ struct Sender {
     endpoint: String,
     label: String,
     token: String,
+    tuning: Tuning,
+    /// The highest seq this collector can have been sent: the highest posted
+    /// to it by this process, or any seq spooled before it started.
+    sent_max: u64,
+    warn_protocol: Warner,
+    warn_refused: Warner,
+    warn_dropped: Warner,
 }
 
 impl Sender {
-    async fn run(self, mut stop: watch::Receiver<bool>) {
-        let mut backoff = BACKOFF_INITIAL;
+    async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        let mut backoff = self.tuning.backoff_initial;
         let mut failing = false;
         // Send unmerged up to this seq (after a merged batch was refused).
         let mut single_until = 0u64;
         let mut last_merged: Option<Instant> = None;
+        // Since when every batch was refused for clock skew or version, with
+        // nothing acknowledged since.
+        let mut refused_since: Option<Instant> = None;
         loop {
             let Some((after, records)) = self.next(single_until, &mut stop).await else {
                 return;
@@ -348,7 +579,7 @@ impl Sender {
             let (first, last, n) = (first.seq, last.seq, records.len() as u64);
             if n > 1 {
                 if let Some(wait) = last_merged
-                    .map(|t| CATCHUP_INTERVAL.saturating_sub(t.elapsed()))
+                    .map(|t| self.tuning.catchup_interval.saturating_sub(t.elapsed()))
                     .filter(|w| !w.is_zero())
                 {
                     tokio::select! {
@@ -366,12 +597,29 @@ impl Sender {
                     continue;
                 }
             };
+            // From here on the collector may have seen up to `last`.
+            self.sent_max = self.sent_max.max(last);
             let outcome = tokio::select! {
                 o = self.post(body) => o,
                 _ = stopped(&mut stop) => return,
             };
             let stats = &self.shared.collectors[self.index];
+            let sent_max = self.sent_max;
+            // What to do after counting: wait (with a `Retry-After`, if any)
+            // before the next try, or go on at once.
+            let mut wait: Option<Option<Duration>> = None;
             match outcome {
+                Outcome::Accepted { last_seq, .. } | Outcome::Conflict { last_seq }
+                    if last_seq > sent_max =>
+                {
+                    stats.protocol(ProtocolError::LastSeqBeyondSent, n);
+                    if let Some(suppressed) = self.warn_protocol.ready() {
+                        warn!(collector = %self.label, first, last, last_seq, sent_max, suppressed, "Collector acknowledged a sequence number never sent to it; not applied, retrying with backoff.");
+                    } else {
+                        debug!(collector = %self.label, first, last, last_seq, sent_max, "Collector acknowledged a sequence number never sent to it.");
+                    }
+                    wait = Some(None);
+                }
                 Outcome::Accepted {
                     duplicate,
                     last_seq,
@@ -387,27 +635,62 @@ impl Sender {
                         info!(collector = %self.label, "Collector reachable again.");
                     }
                     failing = false;
-                    backoff = BACKOFF_INITIAL;
+                    refused_since = None;
+                    backoff = self.tuning.backoff_initial;
                 }
                 Outcome::Conflict { last_seq } if last_seq > after => {
                     debug!(collector = %self.label, first, last, last_seq, "Merged batch overlaps what the collector applied; re-merging.");
                     self.ack(last_seq).await;
                 }
                 Outcome::Conflict { last_seq } => {
-                    warn!(collector = %self.label, first, last, last_seq, "Collector answered 409 without progress; retrying with backoff.");
-                    if !self.sleep(&mut backoff, None, &mut stop).await {
-                        return;
+                    if let Some(suppressed) = self.warn_protocol.ready() {
+                        warn!(collector = %self.label, first, last, last_seq, suppressed, "Collector answered 409 without progress; retrying with backoff.");
                     }
+                    wait = Some(None);
                 }
-                Outcome::Rejected { status, error } if n > 1 => {
-                    warn!(collector = %self.label, first, last, status = %status, error = %error, "Collector refused a merged batch; re-sending one by one.");
-                    single_until = last;
+                Outcome::InvalidAck { status, error } => {
+                    stats.protocol(ProtocolError::InvalidAck, n);
+                    if let Some(suppressed) = self.warn_protocol.ready() {
+                        warn!(collector = %self.label, first, last, status = %status, error = %error, suppressed, "Collector answer is no acknowledgement; retrying with backoff.");
+                    } else {
+                        debug!(collector = %self.label, first, last, status = %status, error = %error, "Collector answer is no acknowledgement.");
+                    }
+                    wait = Some(None);
                 }
-                Outcome::Rejected { status, error } => {
-                    warn!(collector = %self.label, seq = last, status = %status, error = %error, "Collector rejected a batch; batch skipped.");
-                    stats.rejected.fetch_add(1, Ordering::Relaxed);
-                    self.ack(last).await;
-                    backoff = BACKOFF_INITIAL;
+                Outcome::Refused {
+                    status,
+                    error,
+                    kind,
+                } => {
+                    stats.refused(status, kind, n);
+                    let held = match kind {
+                        Refusal::Forbidden | Refusal::NotFound => true,
+                        Refusal::Held => {
+                            let since = *refused_since.get_or_insert_with(Instant::now);
+                            n > 1 || since.elapsed() < self.tuning.reject_hold
+                        }
+                        Refusal::Final => false,
+                    };
+                    if n > 1 && matches!(kind, Refusal::Held | Refusal::Final) {
+                        // One of them may be the one refused: isolate it.
+                        debug!(collector = %self.label, first, last, status = %status, error = %error, "Collector refused a merged batch; re-sending one by one.");
+                        single_until = last;
+                    } else if held {
+                        if let Some(suppressed) = self.warn_refused.ready() {
+                            warn!(collector = %self.label, first, last, status = %status, error = %error, suppressed, "Collector refused a batch; held, retrying with backoff.");
+                        } else {
+                            debug!(collector = %self.label, first, last, status = %status, error = %error, "Collector refused a batch; held.");
+                        }
+                        wait = Some(None);
+                    } else {
+                        stats.dropped_rejected.fetch_add(n, Ordering::Relaxed);
+                        if let Some(suppressed) = self.warn_dropped.ready() {
+                            warn!(collector = %self.label, seq = last, status = %status, error = %error, suppressed, "Collector refused a batch for good; batch given up.");
+                        } else {
+                            debug!(collector = %self.label, seq = last, status = %status, error = %error, "Collector refused a batch for good; batch given up.");
+                        }
+                        self.ack(last).await;
+                    }
                 }
                 Outcome::Retry { error, after } => {
                     if failing {
@@ -416,9 +699,12 @@ impl Sender {
                         warn!(collector = %self.label, error = %error, "Batch send failed; retrying with backoff.");
                     }
                     failing = true;
-                    if !self.sleep(&mut backoff, after, &mut stop).await {
-                        return;
-                    }
+                    wait = Some(after);
+                }
+            }
+            if let Some(after) = wait {
+                if !self.sleep(&mut backoff, after, &mut stop).await {
+                    return;
                 }
             }
         }
@@ -433,7 +719,7 @@ impl Sender {
         stop: &mut watch::Receiver<bool>,
     ) -> bool {
         let wait = after.unwrap_or_else(|| jitter(*backoff));
-        *backoff = (*backoff * 2).min(BACKOFF_MAX);
+        *backoff = (*backoff * 2).min(self.tuning.backoff_max);
         tokio::select! {
             _ = tokio::time::sleep(wait) => true,
             _ = stopped(stop) => false,
@@ -510,42 +796,50 @@ impl Sender {
         let body = resp.bytes().await.unwrap_or_default();
         if status.is_success() {
             return match serde_json::from_slice::<BatchAck>(&body) {
-                Ok(a) => Outcome::Accepted {
-                    duplicate: a.duplicate,
-                    last_seq: a.last_seq,
-                },
-                Err(_) => Outcome::Accepted {
-                    duplicate: false,
-                    last_seq: 0,
+                Ok(a) => {
+                    debug!(collector = %self.label, accepted = a.accepted, duplicate = a.duplicate, last_seq = a.last_seq, "Batch acknowledged.");
+                    Outcome::Accepted {
+                        duplicate: a.duplicate,
+                        last_seq: a.last_seq,
+                    }
+                }
+                Err(e) => Outcome::InvalidAck {
+                    status,
+                    error: e.to_string(),
                 },
             };
         }
         let parsed = serde_json::from_slice::<ErrorBody>(&body).ok();
         if status == StatusCode::CONFLICT {
-            if let Some(last_seq) = parsed.as_ref().and_then(|e| e.last_seq) {
-                return Outcome::Conflict { last_seq };
-            }
+            return match parsed.as_ref().and_then(|e| e.last_seq) {
+                Some(last_seq) => Outcome::Conflict { last_seq },
+                None => Outcome::InvalidAck {
+                    status,
+                    error: "409 without last_seq".into(),
+                },
+            };
         }
         let error = parsed.map(|e| e.error).unwrap_or_else(|| {
             String::from_utf8_lossy(&body[..body.len().min(MAX_ERROR_TEXT)]).into_owned()
         });
-        if status.is_server_error()
-            || status == StatusCode::TOO_MANY_REQUESTS
-            || status == StatusCode::REQUEST_TIMEOUT
-            || status == StatusCode::UNAUTHORIZED
-            || status == StatusCode::FORBIDDEN
-            || status == StatusCode::NOT_FOUND
+        if status.is_client_error()
+            && status != StatusCode::TOO_MANY_REQUESTS
+            && status != StatusCode::REQUEST_TIMEOUT
         {
-            let honoured = matches!(
+            // Nothing from the body is honoured but the error text for logs.
+            return Outcome::Refused {
                 status,
-                StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
-            );
-            Outcome::Retry {
-                error: format!("post {}: http status {status}: {error}", self.endpoint),
-                after: retry_after.filter(|_| honoured),
-            }
-        } else {
-            Outcome::Rejected { status, error }
+                kind: refusal(status, &error),
+                error,
+            };
+        }
+        let honoured = matches!(
+            status,
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+        );
+        Outcome::Retry {
+            error: format!("post {}: http status {status}: {error}", self.endpoint),
+            after: retry_after.filter(|_| honoured),
         }
     }
 }
@@ -666,6 +960,31 @@ mod tests {
         assert_eq!(values, vec![1.0, 2.0, 3.0]);
         let uuids: Vec<&str> = m.gpus.iter().map(|g| g.uuid.as_str()).collect();
         assert_eq!(uuids, vec!["GPU-a", "GPU-b"]);
+    }
+
+    #[test]
+    fn refusals_are_classified_by_status_and_field() {
+        let skew = "readings[12].ts_ms: 1 is outside the accepted range [2, 3]";
+        assert_eq!(refusal(StatusCode::BAD_REQUEST, skew), Refusal::Held);
+        for held in [
+            "created_ms: in the future",
+            "version: unsupported version 9",
+        ] {
+            assert_eq!(refusal(StatusCode::BAD_REQUEST, held), Refusal::Held);
+        }
+        for final_ in [
+            "readings[0].value: -1 is out of range",
+            "node: must be 1 to 128 characters",
+            "malformed batch: expected value at line 1 column 1",
+            "the ts_ms field is fine: readings",
+            "",
+        ] {
+            assert_eq!(refusal(StatusCode::BAD_REQUEST, final_), Refusal::Final);
+        }
+        assert_eq!(refusal(StatusCode::PAYLOAD_TOO_LARGE, skew), Refusal::Final);
+        assert_eq!(refusal(StatusCode::FORBIDDEN, skew), Refusal::Forbidden);
+        assert_eq!(refusal(StatusCode::UNAUTHORIZED, ""), Refusal::Forbidden);
+        assert_eq!(refusal(StatusCode::NOT_FOUND, ""), Refusal::NotFound);
     }
 
     #[test]

@@ -28,6 +28,22 @@
 //! - `never`: writes go to the page cache only. A killed agent loses nothing (the
 //!   kernel keeps the writes); a power cut may lose the last seconds.
 //!
+//! # A failed sync
+//! After a failed `fdatasync` nothing is known of the record: the kernel may
+//! have dropped its pages or kept them (and may report the next sync as a
+//! success), so the record may or may not reach the disk. Such a record is
+//! never handed to a sender: the segment is cut back to its length before the
+//! record and the cut synced, then the same batch is written again under the
+//! same sequence number, up to [`SYNC_ATTEMPTS`] writes in all. If the cut (or
+//! its sync) fails too, the record's bytes may stay in that segment, so the next
+//! record starts a new segment named after the failed record's seq: a segment
+//! holds only seqs below the next segment's name, so recovery skips the stale
+//! copy (counted as corrupt) and no record is ever read twice. When every
+//! attempt fails, the batch is counted as dropped and its seq is used up; a
+//! failed write (a full disk) is cut back the same way. The failpoints of
+//! `Spool::fail_next_syncs` and `Spool::fail_next_truncates` inject `EIO`
+//! there, in tests and with the cargo feature `failpoints` only.
+//!
 //! # Recovery
 //! Opening scans every segment. A record whose header or checksum is wrong, or
 //! whose sequence number is out of order, is counted ([`Stats::corrupt_records`])
@@ -75,6 +91,8 @@ pub const MIN_MAX_BYTES: u64 = 16 << 10;
 pub const DEFAULT_MAX_BYTES: u64 = 1 << 30;
 /// The default `max_bytes` of the in-memory queue (no `[spool]`): 64 MiB.
 pub const DEFAULT_MEMORY_MAX_BYTES: u64 = 64 << 20;
+/// Writes of one record whose sync failed, before the batch is given up.
+pub const SYNC_ATTEMPTS: u32 = 3;
 /// Largest segment file.
 const MAX_SEGMENT_BYTES: u64 = 64 << 20;
 /// Segments a full spool is cut into (the granularity of dropping).
@@ -137,6 +155,22 @@ pub enum SpoolError {
         /// `max_bytes`.
         max: u64,
     },
+}
+
+/// Why one write of a record failed.
+#[derive(Debug)]
+enum Failed {
+    /// Written, but its sync failed; the record was removed again, so it may be
+    /// written again.
+    Unsynced(SpoolError),
+    /// Anything else.
+    Other(SpoolError),
+}
+
+impl From<SpoolError> for Failed {
+    fn from(e: SpoolError) -> Self {
+        Failed::Other(e)
+    }
 }
 
 fn io_err<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(io::Error) -> SpoolError + 'a {
@@ -206,6 +240,52 @@ struct Disk {
     segments: BTreeMap<u64, Segment>,
     /// Append handle of the active segment.
     active: File,
+    /// A record (this seq) whose sync failed could not be cut off the active
+    /// segment: the next record goes to a new segment named after it.
+    stale: Option<u64>,
+    /// Injected failures (tests and the `failpoints` feature only).
+    #[cfg(any(test, feature = "failpoints"))]
+    failpoints: Failpoints,
+}
+
+/// Failures injected at the boundary with the kernel: the next `syncs` record
+/// syncs and the next `truncates` truncations of the active segment fail with
+/// `EIO` (after the real write, so the bytes are in the page cache as after a
+/// real failed `fdatasync`). Compiled in for tests and with the cargo feature
+/// `failpoints` only.
+#[cfg(any(test, feature = "failpoints"))]
+#[derive(Debug, Default, Clone, Copy)]
+struct Failpoints {
+    syncs: u32,
+    truncates: u32,
+}
+
+/// `EIO`, the error of a failed `fsync` (5 on every Unix).
+#[cfg(any(test, feature = "failpoints"))]
+fn eio() -> io::Error {
+    io::Error::from_raw_os_error(5)
+}
+
+impl Disk {
+    /// `fdatasync` of the active segment.
+    fn sync_active(&mut self) -> io::Result<()> {
+        #[cfg(any(test, feature = "failpoints"))]
+        if self.failpoints.syncs > 0 {
+            self.failpoints.syncs -= 1;
+            return Err(eio());
+        }
+        self.active.sync_data()
+    }
+
+    /// Cuts the active segment to `len` bytes.
+    fn truncate_active(&mut self, len: u64) -> io::Result<()> {
+        #[cfg(any(test, feature = "failpoints"))]
+        if self.failpoints.truncates > 0 {
+            self.failpoints.truncates -= 1;
+            return Err(eio());
+        }
+        self.active.set_len(len)
+    }
 }
 
 #[derive(Debug)]
@@ -393,6 +473,9 @@ impl Spool {
             fsync,
             segments,
             active,
+            stale: None,
+            #[cfg(any(test, feature = "failpoints"))]
+            failpoints: Failpoints::default(),
         });
         self.gc();
         Ok(())
@@ -499,22 +582,71 @@ impl Spool {
 
     /// Appends one encoded batch as sequence number [`Spool::next_seq`], making
     /// room by dropping the oldest segments if needed, and (with
-    /// [`Fsync::Always`]) syncs it. Returns its sequence number. On an error the
-    /// number is used up and the batch is counted as dropped.
+    /// [`Fsync::Always`]) syncs it. Returns its sequence number. A record whose
+    /// sync failed is cut off and written again, up to [`SYNC_ATTEMPTS`] times
+    /// (see the module docs). On an error the number is used up and the batch is
+    /// counted as dropped; nothing of it is left to be read back.
     pub fn append(&mut self, created_ms: i64, body: &[u8]) -> Result<u64, SpoolError> {
         let seq = self.next_seq;
-        self.next_seq += 1;
-        let result = self.write(seq, created_ms, body);
+        self.next_seq = seq.saturating_add(1);
+        let mut attempt = 1;
+        let result = loop {
+            match self.write(seq, created_ms, body) {
+                Ok(()) => break Ok(seq),
+                Err(Failed::Unsynced(e)) if attempt < SYNC_ATTEMPTS => {
+                    warn!(seq, attempt, error = %e, "Spool record not synced; cut off and written again.");
+                    attempt += 1;
+                }
+                Err(Failed::Unsynced(e) | Failed::Other(e)) => break Err(e),
+            }
+        };
         if result.is_err() {
             self.dropped += 1;
             for c in &mut self.cursors {
                 c.dropped += 1;
             }
         }
-        result.map(|()| seq)
+        result
     }
 
-    fn write(&mut self, seq: u64, created_ms: i64, body: &[u8]) -> Result<(), SpoolError> {
+    /// Removes a record that was written at `offset` of the active segment but
+    /// not synced: cuts the segment back to `offset` and syncs the cut. If that
+    /// fails, the record's bytes may stay in that segment, so the next record
+    /// (`seq` again) goes to a new segment named `seq`, whose range the stale copy
+    /// is outside of (a segment holds seqs below the next one's name): recovery
+    /// skips it and counts it as corrupt.
+    fn discard_unsynced(&mut self, seq: u64, offset: u64) -> Result<(), SpoolError> {
+        let Some(disk) = self.disk.as_mut() else {
+            return Ok(());
+        };
+        let cut = disk.truncate_active(offset).and_then(|()| {
+            if disk.fsync == Fsync::Always {
+                disk.active.sync_all()?;
+            }
+            Ok(())
+        });
+        let Err(e) = cut else {
+            return Ok(());
+        };
+        warn!(dir = %disk.dir.display(), seq, error = %e, "Unsynced spool record could not be cut off; a new segment starts.");
+        disk.stale = Some(seq);
+        self.leave_stale()
+    }
+
+    /// If the active segment may end in a record that was never synced (see
+    /// [`Spool::discard_unsynced`]), starts a new segment named after it.
+    fn leave_stale(&mut self) -> Result<(), SpoolError> {
+        let Some(seq) = self.disk.as_ref().and_then(|d| d.stale) else {
+            return Ok(());
+        };
+        self.rotate(seq)?;
+        if let Some(d) = self.disk.as_mut() {
+            d.stale = None;
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, seq: u64, created_ms: i64, body: &[u8]) -> Result<(), Failed> {
         let len = u32::try_from(body.len())
             .ok()
             .filter(|l| *l <= MAX_RECORD_BYTES);
@@ -525,11 +657,12 @@ impl Spool {
             0
         };
         let Some(len) = len.filter(|_| size + overhead <= self.max_bytes) else {
-            return Err(SpoolError::TooLarge {
+            return Err(Failed::Other(SpoolError::TooLarge {
                 len: size,
                 max: self.max_bytes,
-            });
+            }));
         };
+        self.leave_stale()?;
         let rotate = self.disk.as_ref().is_some_and(|d| {
             d.segments.values().next_back().is_some_and(|s| {
                 s.bytes > SEGMENT_MAGIC.len() as u64 && s.bytes + size > self.segment_bytes
@@ -540,10 +673,10 @@ impl Spool {
         }
         while self.bytes + size > self.max_bytes {
             if !self.drop_oldest(seq)? {
-                return Err(SpoolError::TooLarge {
+                return Err(Failed::Other(SpoolError::TooLarge {
                     len: size,
                     max: self.max_bytes,
-                });
+                }));
             }
         }
         let Some(disk) = self.disk.as_mut() else {
@@ -558,35 +691,47 @@ impl Spool {
             self.bytes += size;
             return Ok(());
         };
-        let Some((&id, segment)) = disk.segments.iter_mut().next_back() else {
-            return Err(SpoolError::Io {
+        let Some((&id, segment)) = disk.segments.iter().next_back() else {
+            return Err(Failed::Other(SpoolError::Io {
                 path: disk.dir.clone(),
                 op: "find the active segment",
                 source: io::Error::other("no segment"),
-            });
+            }));
         };
+        let (path, offset) = (segment.path.clone(), segment.bytes);
         let mut buf = Vec::with_capacity(RECORD_HEADER + body.len());
         encode_record(&mut buf, seq, created_ms, body);
-        let path = &segment.path;
         if let Err(e) = disk.active.write_all(&buf) {
             // Leave no half record behind.
-            let _ = disk.active.set_len(segment.bytes);
-            return Err(io_err(path, "write a record")(e));
+            let err = io_err(&path, "write a record")(e);
+            return Err(match self.discard_unsynced(seq, offset) {
+                Ok(()) => Failed::Other(err),
+                Err(e) => Failed::Other(e),
+            });
         }
         if disk.fsync == Fsync::Always {
-            disk.active
-                .sync_data()
-                .map_err(io_err(path, "sync a record"))?;
+            if let Err(e) = disk.sync_active() {
+                // After a failed fsync the kernel may have dropped the pages
+                // or kept them; either way this record is not known to be on
+                // disk: it must go, and be written again.
+                let err = io_err(&path, "sync a record")(e);
+                return Err(match self.discard_unsynced(seq, offset) {
+                    Ok(()) => Failed::Unsynced(err),
+                    Err(e) => Failed::Other(e),
+                });
+            }
+        }
+        if let Some(segment) = disk.segments.get_mut(&id) {
+            segment.bytes += size;
         }
         self.entries.push_back(Entry {
             seq,
             created_ms,
             segment: id,
-            offset: segment.bytes,
+            offset,
             len,
             body: None,
         });
-        segment.bytes += size;
         self.bytes += size;
         Ok(())
     }
@@ -600,6 +745,11 @@ impl Spool {
         let active = create_segment(&path, disk.fsync)?;
         sync_dir(&disk.dir, disk.fsync);
         disk.active = active;
+        // A segment of this name (the active one, holding at most a stale
+        // record of `seq`) was created anew, empty.
+        if let Some(old) = disk.segments.remove(&seq) {
+            self.bytes -= old.bytes;
+        }
         disk.segments.insert(
             seq,
             Segment {
@@ -678,11 +828,13 @@ impl Spool {
     /// (a cursor never moves back), persists its cursor and deletes segments
     /// every collector is past. A `last_seq` at or above [`Spool::next_seq`]
     /// (the collector saw numbers from elsewhere) moves `next_seq` above it, so
-    /// that new batches are not taken for duplicates.
+    /// that new batches are not taken for duplicates. (The senders never pass
+    /// one: a collector's `last_seq` above what it was sent is a protocol
+    /// error, see `ship`.)
     pub fn ack(&mut self, collector: usize, last_seq: u64) -> Result<(), SpoolError> {
         if last_seq >= self.next_seq {
             warn!(last_seq, next_seq = self.next_seq, "A collector has applied sequence numbers above this agent's; new batches continue above them.");
-            self.next_seq = last_seq + 1;
+            self.next_seq = last_seq.saturating_add(1);
         }
         let Some(c) = self.cursors.get_mut(collector) else {
             return Ok(());
@@ -742,6 +894,23 @@ impl Spool {
                     sync_dir(&disk.dir, disk.fsync);
                 }
             }
+        }
+    }
+
+    /// Failpoint: the next `n` record syncs fail with `EIO` (with
+    /// [`Fsync::Always`]; the record is written first).
+    #[cfg(any(test, feature = "failpoints"))]
+    pub fn fail_next_syncs(&mut self, n: u32) {
+        if let Some(d) = self.disk.as_mut() {
+            d.failpoints.syncs = n;
+        }
+    }
+
+    /// Failpoint: the next `n` truncations of the active segment fail with `EIO`.
+    #[cfg(any(test, feature = "failpoints"))]
+    pub fn fail_next_truncates(&mut self, n: u32) {
+        if let Some(d) = self.disk.as_mut() {
+            d.failpoints.truncates = n;
         }
     }
 
@@ -1106,6 +1275,102 @@ mod tests {
         let got = all(&mut s, 0);
         assert_eq!(got.len(), 3);
         assert_eq!(got[2], (first + 2, b"after".to_vec()));
+    }
+
+    fn synced(dir: &Path) -> SpoolSpec {
+        SpoolSpec {
+            storage: Storage::Disk {
+                dir: dir.to_owned(),
+                fsync: Fsync::Always,
+            },
+            max_bytes: 1 << 20,
+        }
+    }
+
+    fn on_disk(dir: &Path) -> u64 {
+        segments(dir)
+            .iter()
+            .map(|p| std::fs::metadata(p).unwrap().len())
+            .sum()
+    }
+
+    /// A sync that fails on batch `k` (`EIO` from the failpoint, after the
+    /// record reached the page cache): the record is cut and written again, so
+    /// every batch reads back once, in order, in-process and after a reopen.
+    /// Also when the cut itself fails: the batch goes to a new segment and the
+    /// stale copy, out of its segment's range, is skipped on reopen (or, when it
+    /// was its segment's first record, the segment is created anew).
+    #[test]
+    fn a_failed_sync_is_cut_and_the_batch_written_again() {
+        for (k, cut_fails) in [(4, false), (4, true), (0, false), (0, true)] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut s = Spool::open(&synced(dir.path()), &["a".to_owned()]).unwrap();
+            let first = s.next_seq();
+            let mut want = Vec::new();
+            for i in 0..10u64 {
+                if i == k {
+                    s.fail_next_syncs(1);
+                    if cut_fails {
+                        s.fail_next_truncates(1);
+                    }
+                }
+                let b = body(i, 100);
+                let seq = s.append(i as i64, &b).unwrap_or_else(|e| {
+                    panic!("cut_fails {cut_fails}: batch {i} not spooled: {e}")
+                });
+                want.push((seq, b));
+            }
+            let seqs: Vec<u64> = want.iter().map(|(q, _)| *q).collect();
+            assert_eq!(seqs, (first..first + 10).collect::<Vec<_>>());
+            assert_eq!(all(&mut s, 0), want, "k {k} cut_fails {cut_fails}");
+            assert_eq!(s.stats().dropped_batches, 0);
+            assert_eq!(s.stats().batches, 10);
+            if !cut_fails {
+                // The failed copy is gone from the file.
+                let records = 10 * (RECORD_HEADER as u64 + 100);
+                assert_eq!(on_disk(dir.path()), SEGMENT_MAGIC.len() as u64 + records);
+                assert_eq!(s.stats().bytes, on_disk(dir.path()));
+            }
+            drop(s);
+            let mut s = Spool::open(&synced(dir.path()), &["a".to_owned()]).unwrap();
+            assert_eq!(
+                all(&mut s, 0),
+                want,
+                "k {k} cut_fails {cut_fails}, reopened"
+            );
+            assert_eq!(s.next_seq(), first + 10);
+            // The stale copy left behind an uncut tail is counted, never read.
+            let stale = u64::from(cut_fails && k > 0);
+            assert_eq!(
+                s.stats().corrupt_records,
+                stale,
+                "k {k} cut_fails {cut_fails}"
+            );
+            assert_eq!(s.append(0, b"next").unwrap(), first + 10);
+        }
+    }
+
+    /// Syncs that keep failing: the append gives up (bounded), the batch is
+    /// counted as dropped and leaves nothing behind, not even after a reopen;
+    /// its seq is never reused; appends work again once syncs do.
+    #[test]
+    fn a_sync_that_keeps_failing_drops_the_batch_without_a_trace() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(&synced(dir.path()), &["a".to_owned()]).unwrap();
+        let first = s.append(0, &body(0, 100)).unwrap();
+        s.fail_next_syncs(100);
+        assert!(s.append(1, &body(1, 100)).is_err());
+        assert_eq!(s.stats().dropped_batches, 1);
+        s.fail_next_syncs(0);
+        let third = s.append(2, &body(2, 100)).unwrap();
+        assert_eq!(third, first + 2, "the failed batch's seq is not reused");
+        let want = vec![(first, body(0, 100)), (third, body(2, 100))];
+        assert_eq!(all(&mut s, 0), want);
+        drop(s);
+        let mut s = Spool::open(&synced(dir.path()), &["a".to_owned()]).unwrap();
+        assert_eq!(all(&mut s, 0), want);
+        assert_eq!(s.stats().corrupt_records, 0);
+        assert_eq!(s.next_seq(), first + 3);
     }
 
     #[test]

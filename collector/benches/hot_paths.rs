@@ -101,8 +101,10 @@ pub fn site(agents: usize) -> Site {
     let mut toml = String::new();
     for i in 0..agents {
         toml += &format!(
-            "[[agents]]\nid = \"n{i:05}\"\ntoken_sha256 = \"{}\"\n[[meters]]\nid = \"pdu-{i:05}\"\nrole = \"it\"\nzone = \"hall-1\"\nit_point = \"pdu_output\"\n",
-            hex::encode(token_hash(&format!("token-{i}")))
+            "[[agents]]\nid = \"n{i:05}\"\ntoken_sha256 = \"{}\"\nmeters = [\"pdu-{i:05}\"{}]\n[[meters]]\nid = \"pdu-{i:05}\"\nrole = \"it\"\nzone = \"hall-1\"\nit_point = \"pdu_output\"\n",
+            hex::encode(token_hash(&format!("token-{i}"))),
+            // The first agent also reads the utility meter.
+            if i == 0 { ", \"utility\"" } else { "" }
         );
     }
     toml += "[[meters]]\nid = \"utility\"\nrole = \"facility\"\nzone = \"hall-1\"\n";

@@ -31,12 +31,21 @@ pub struct Shared {
     pub store: Mutex<Store>,
     /// The stored trailing windows, as last computed by the refresher.
     pub windows: Mutex<Vec<Period>>,
-    /// Ledger totals per owner (owner, IT J, facility J, GPU ms), as last read.
-    pub tenant_totals: Mutex<Vec<(String, f64, f64, i64)>>,
+    /// Ledger totals per owner, kept up to date by the refresher.
+    pub tenant_totals: Mutex<LedgerTotals>,
+    /// The database file, for read connections; `None` in memory.
+    pub db_path: Option<std::path::PathBuf>,
+    /// Idle read connections (see [`Shared::read_store`]).
+    pub readers: Mutex<Vec<Store>>,
+    /// Agents that may be waiting for a pending batch's outcome: notified
+    /// after each group commit and each failure.
+    pub committed: tokio::sync::Notify,
     /// Batches waiting for the group commit.
     pub commits: Mutex<CommitQueue>,
     /// Wakes the committer thread when a batch is queued.
     pub commit_wake: std::sync::Condvar,
+    /// [`Figures::unbooked_node_joules`] as `f64` bits, as last read.
+    pub unbooked_node_joules: std::sync::atomic::AtomicU64,
     /// Complete minutes with an invalid PUE, as last read.
     pub invalid_pue_minutes: std::sync::atomic::AtomicI64,
     /// Each agent's token bucket: (tokens, when last filled).
@@ -46,6 +55,35 @@ pub struct Shared {
     /// The ledger tree's figures for `/metrics` (see `transparency`).
     pub transparency: crate::transparency::Gauges,
 }
+
+/// The ledger's totals per owner, kept by adding what was booked after
+/// `after_id` (the ledger is append-only): the refresher never re-reads it whole.
+#[derive(Debug, Default)]
+pub struct LedgerTotals {
+    /// Per owner, sorted by owner.
+    pub by_owner: Vec<crate::ledger::TenantTotal>,
+    /// The last ledger row counted.
+    pub after_id: i64,
+}
+
+impl LedgerTotals {
+    /// Adds the totals of the rows up to `last_id`.
+    pub fn add(&mut self, new: &[crate::ledger::TenantTotal], last_id: i64) {
+        for t in new {
+            match self
+                .by_owner
+                .binary_search_by(|o| o.owner.as_str().cmp(&t.owner))
+            {
+                Ok(i) => self.by_owner[i].add(t),
+                Err(i) => self.by_owner.insert(i, t.clone()),
+            }
+        }
+        self.after_id = self.after_id.max(last_id);
+    }
+}
+
+/// The most idle read connections kept open.
+const IDLE_READERS: usize = 4;
 
 /// A latency histogram with fixed buckets, updated without a lock.
 #[derive(Default)]
@@ -160,6 +198,50 @@ impl Shared {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Runs `f` on a read connection of its own when the store is a file (a
+    /// WAL reader neither waits for the committer nor holds it up), else on
+    /// the store under its lock (in memory there is one connection). Call it
+    /// off the async workers: it blocks.
+    pub fn with_reader<T>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T, crate::store::StoreError>,
+    ) -> Result<T, crate::store::StoreError> {
+        let Some(path) = &self.db_path else {
+            return f(&self.store());
+        };
+        let pooled = self.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let reader = match pooled {
+            Some(r) => r,
+            None => Store::open_reader(path)?,
+        };
+        let out = f(&reader);
+        let mut idle = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < IDLE_READERS {
+            idle.push(reader);
+        }
+        out
+    }
+
+    /// [`Shared::with_reader`] on a blocking thread, for a handler: a store
+    /// error is a 503.
+    async fn read_store<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&Store) -> Result<T, crate::store::StoreError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let shared = Arc::clone(self);
+        match tokio::task::spawn_blocking(move || shared.with_reader(f)).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("store: {e}"),
+            )),
+            Err(e) => Err(ApiError(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("reading the store failed: {e}"),
+            )),
+        }
+    }
+
     /// The figures at `now`, with the last computed stored windows.
     fn figures(&self, state: &State, now: i64) -> Figures {
         let windows = self.windows.lock().map(|w| w.clone()).unwrap_or_default();
@@ -167,6 +249,10 @@ impl Shared {
         f.invalid_pue_minutes = self
             .invalid_pue_minutes
             .load(std::sync::atomic::Ordering::Relaxed);
+        f.unbooked_node_joules = f64::from_bits(
+            self.unbooked_node_joules
+                .load(std::sync::atomic::Ordering::Relaxed),
+        );
         f
     }
 }
@@ -197,6 +283,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
             get(crate::transparency::consistency),
         )
         .route("/v1/admin/leases/reload", post(reload_leases))
+        .route("/v1/admin/gpus/{uuid}/release", post(release_gpu))
         .with_state(shared)
 }
 
@@ -326,9 +413,22 @@ async fn accept_batch(
         })?;
     let now = now_ms();
     let batch = ingest::decode(&bytes, agent, site, now)?;
-    let (accepted, written) = match apply_and_queue(shared, &batch, agent, now) {
-        Applied::Queued { accepted, written } => (accepted, written),
-        Applied::Answer(a) => return a,
+    // A resend of a batch that is applied but not yet committed waits for its
+    // group's outcome: a duplicate is answered only for what is durable.
+    let deadline = tokio::time::Instant::now() + site.request_timeout;
+    let (accepted, written) = loop {
+        let committed = shared.committed.notified();
+        match apply_and_queue(shared, &batch, agent, now) {
+            Applied::Queued { accepted, written } => break (accepted, written),
+            Applied::Answer(a) => return a,
+            Applied::Wait => {
+                if tokio::time::timeout_at(deadline, committed).await.is_err() {
+                    return Err(Rejection::Unavailable(format!(
+                        "agent {agent:?}'s earlier batches are still being written; send again"
+                    )));
+                }
+            }
+        }
     };
     // Acknowledged only once the transaction that holds it committed.
     let written = written
@@ -355,6 +455,9 @@ enum Applied {
     },
     /// Answered without a commit (duplicate, conflict, failure).
     Answer(Result<BatchAck, Rejection>),
+    /// It overlaps a batch of its agent that is applied but not committed:
+    /// ask again once that batch's group is written (or failed).
+    Wait,
 }
 
 /// Under the state lock: dedup, apply, serialize, queue. The lock is released
@@ -363,6 +466,10 @@ fn apply_and_queue(shared: &Shared, batch: &dcwatt_wire::Batch, agent: &str, now
     let site = &shared.site;
     let mut state = shared.lock();
     let last_seq = state.agents.get(agent).map_or(0, |a| a.last_seq);
+    let first_seq = batch.first_seq.unwrap_or(batch.seq);
+    if first_seq <= last_seq && shared.has_uncommitted(agent) {
+        return Applied::Wait;
+    }
     if batch.seq <= last_seq {
         state.count_batch("duplicate");
         return Applied::Answer(Ok(BatchAck {
@@ -371,7 +478,6 @@ fn apply_and_queue(shared: &Shared, batch: &dcwatt_wire::Batch, agent: &str, now
             last_seq,
         }));
     }
-    let first_seq = batch.first_seq.unwrap_or(batch.seq);
     if first_seq <= last_seq {
         return Applied::Answer(Err(Rejection::Conflict {
             error: format!(
@@ -388,9 +494,9 @@ fn apply_and_queue(shared: &Shared, batch: &dcwatt_wire::Batch, agent: &str, now
             site.max_gpus_per_agent
         ))));
     }
-    if let Some((i, uuid, owner)) = state.foreign_gpu(batch) {
+    if let Some((field, uuid, owner)) = state.foreign_gpu(batch) {
         return Applied::Answer(Err(Rejection::Forbidden(format!(
-            "readings[{i}].entity: GPU {uuid} is reported by agent {owner:?}, not {agent:?}"
+            "{field}: GPU {uuid} is reported by agent {owner:?}, not {agent:?}; the operator releases a GPU that moved"
         ))));
     }
     let (accepted, changes) = state.apply(batch, site, now);
@@ -399,11 +505,21 @@ fn apply_and_queue(shared: &Shared, batch: &dcwatt_wire::Batch, agent: &str, now
     match crate::store::prepare(agent, &state, &changes) {
         Ok(p) => Applied::Queued {
             accepted,
-            written: shared.queue_commit(p),
+            written: shared.queue_commit(Queued {
+                prepared: p,
+                batch: Some((agent.to_owned(), batch.seq)),
+            }),
         },
         Err(e) => {
+            // The one failure path: this batch and every batch queued after
+            // it fail, and the state goes back to what the store holds.
             drop(state);
-            shared.reload_state();
+            let store = shared.store();
+            shared.fail_and_reload(
+                &store,
+                Vec::new(),
+                &format!("a batch applied before it failed: {e}"),
+            );
             Applied::Answer(Err(Rejection::Unavailable(format!(
                 "the collector could not store the batch: {e}"
             ))))
@@ -416,7 +532,10 @@ fn apply_and_queue(shared: &Shared, batch: &dcwatt_wire::Batch, agent: &str, now
 /// tells each request how its batch fared).
 #[derive(Default)]
 pub struct CommitQueue {
-    pending: Vec<(crate::store::Prepared, Written)>,
+    pending: Vec<(Queued, Written)>,
+    /// Per agent, the highest seq applied in memory and not yet committed
+    /// (pending here, or in the group being written).
+    uncommitted: std::collections::HashMap<String, u64>,
     /// When the oldest pending batch was queued.
     oldest: Option<std::time::Instant>,
     /// Transactions written (for the metrics).
@@ -427,6 +546,13 @@ pub struct CommitQueue {
 
 /// Where a queued batch's outcome goes: written, or why not.
 type Written = tokio::sync::oneshot::Sender<Result<(), String>>;
+
+/// One applied change waiting for the group commit.
+struct Queued {
+    prepared: crate::store::Prepared,
+    /// The agent and seq of a batch (`None` for an operator's change).
+    batch: Option<(String, u64)>,
+}
 
 /// How long the committer lets batches gather before writing them in one
 /// transaction, counted from the oldest one queued. Each transaction costs
@@ -439,13 +565,14 @@ pub const COMMIT_GROUP_MAX: usize = 256;
 
 impl Shared {
     /// Queues an applied batch's rows; the receiver says when they are written.
-    fn queue_commit(
-        &self,
-        prepared: crate::store::Prepared,
-    ) -> tokio::sync::oneshot::Receiver<Result<(), String>> {
+    fn queue_commit(&self, queued: Queued) -> tokio::sync::oneshot::Receiver<Result<(), String>> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let mut q = self.commits.lock().unwrap_or_else(|p| p.into_inner());
-        q.pending.push((prepared, tx));
+        if let Some((agent, seq)) = &queued.batch {
+            let top = q.uncommitted.entry(agent.clone()).or_default();
+            *top = (*top).max(*seq);
+        }
+        q.pending.push((queued, tx));
         let n = q.pending.len();
         if n == 1 {
             q.oldest = Some(std::time::Instant::now());
@@ -462,7 +589,7 @@ impl Shared {
     pub fn run_committer(&self, stop: &std::sync::atomic::AtomicBool) {
         let stopping = || stop.load(std::sync::atomic::Ordering::Relaxed);
         loop {
-            let group = {
+            {
                 let mut q = self.commits.lock().unwrap_or_else(|p| p.into_inner());
                 while q.pending.is_empty() {
                     if stopping() {
@@ -486,54 +613,84 @@ impl Shared {
                         .map_or_else(|p| p.into_inner().0, |(q, _)| q);
                 }
                 q.oldest = None;
-                std::mem::take(&mut q.pending)
-            };
-            let (items, written): (Vec<crate::store::Prepared>, Vec<Written>) =
-                group.into_iter().unzip();
+            }
+            // The group is taken only under the store's lock: whoever reloads
+            // the state (holding that lock) never misses a group in flight.
             let mut store = self.store();
-            match store.commit_group(&items, &self.site) {
+            let group = std::mem::take(
+                &mut self
+                    .commits
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .pending,
+            );
+            if group.is_empty() {
+                continue; // failed and reloaded meanwhile
+            }
+            let (items, written): (Vec<Queued>, Vec<Written>) = group.into_iter().unzip();
+            match store.commit_group(items.iter().map(|q| &q.prepared), &self.site) {
                 Ok(()) => {
                     drop(store);
                     {
                         let mut q = self.commits.lock().unwrap_or_else(|p| p.into_inner());
                         q.commits += 1;
                         q.committed_batches += items.len() as u64;
+                        for (agent, seq) in items.iter().filter_map(|i| i.batch.as_ref()) {
+                            if q.uncommitted.get(agent).is_some_and(|top| top <= seq) {
+                                q.uncommitted.remove(agent);
+                            }
+                        }
                     }
                     *self.lock().batches.entry("ok").or_default() += items.len() as u64;
                     for w in written {
                         let _ = w.send(Ok(()));
                     }
+                    self.committed.notify_waiters();
                 }
                 Err(e) => {
-                    // Not durable, so not applied. Batches applied in memory
-                    // after these build on them: they fail too, and the state
-                    // goes back to what the store holds, all under the state
-                    // lock so that no batch is applied in between.
-                    let mut state = self.lock();
-                    let later = std::mem::take(
-                        &mut self
-                            .commits
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .pending,
+                    tracing::error!(error = %e, batches = items.len(), "Batch commit failed; state reloaded from the store.");
+                    self.fail_and_reload(
+                        &store,
+                        written,
+                        &format!("the group it was written with failed: {e}"),
                     );
-                    tracing::error!(error = %e, batches = items.len() + later.len(), "Batch commit failed; state reloaded from the store.");
-                    self.reload_into(&store, &mut state);
-                    drop(state);
-                    drop(store);
-                    let why = format!("the group it was written with failed: {e}");
-                    for w in written.into_iter().chain(later.into_iter().map(|(_, w)| w)) {
-                        let _ = w.send(Err(why.clone()));
-                    }
                 }
             }
         }
     }
 
-    fn reload_state(&self) {
-        let store = self.store();
+    /// True while a batch of `agent` is applied in memory but not committed.
+    fn has_uncommitted(&self, agent: &str) -> bool {
+        self.commits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .uncommitted
+            .contains_key(agent)
+    }
+
+    /// The one failure path between apply and commit: `failed` (a group that
+    /// did not commit) and every batch still queued fail with `why`, and the
+    /// state goes back to what `store` holds (the caller holds the store's
+    /// lock, so no group is in flight), all under the state lock so that no
+    /// batch is applied in between. Batches applied in memory after a failed
+    /// one build on it: they cannot stand alone.
+    fn fail_and_reload(&self, store: &Store, failed: Vec<Written>, why: &str) {
         let mut state = self.lock();
-        self.reload_into(&store, &mut state);
+        let later = {
+            let mut q = self.commits.lock().unwrap_or_else(|p| p.into_inner());
+            q.uncommitted.clear();
+            q.oldest = None;
+            std::mem::take(&mut q.pending)
+        };
+        if !later.is_empty() {
+            tracing::error!(batches = later.len(), error = %why, "Queued batches failed with an earlier one; state reloaded from the store.");
+        }
+        self.reload_into(store, &mut state);
+        drop(state);
+        for w in failed.into_iter().chain(later.into_iter().map(|(_, w)| w)) {
+            let _ = w.send(Err(why.to_owned()));
+        }
+        self.committed.notify_waiters();
     }
 
     /// Replaces `state` with what the store holds, keeping the counters.
@@ -549,7 +706,21 @@ impl Shared {
     }
 }
 
-async fn metrics(Extract(shared): Extract<Arc<Shared>>) -> Response {
+async fn metrics(Extract(shared): Extract<Arc<Shared>>, headers: HeaderMap) -> Response {
+    // Every tenant's figures are in it: with an operator configured, only the
+    // operator and the scrape token read it.
+    let auth = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if shared.site.operator_token.is_some()
+        && !ingest::is_operator(&shared.site, auth)
+        && !ingest::is_scraper(&shared.site, auth)
+    {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "/metrics needs the scrape token ([metrics] token_sha256) or the operator token",
+        );
+    }
     // A hall's exposition takes tens of milliseconds to write: off the async
     // workers, so that ingest keeps being served meanwhile.
     let rendered = tokio::task::spawn_blocking(move || {
@@ -558,7 +729,7 @@ async fn metrics(Extract(shared): Extract<Arc<Shared>>) -> Response {
         let totals = shared
             .tenant_totals
             .lock()
-            .map(|t| t.clone())
+            .map(|t| t.by_owner.clone())
             .unwrap_or_default();
         let mut text = crate::export::render(&state, &shared.site, &figures, &totals);
         drop(state);
@@ -693,20 +864,79 @@ struct PeriodQuery {
     to: String,
 }
 
+/// The first instant a query may name: 1970-01-01T00:00:00Z.
+pub const MIN_INSTANT_MS: i64 = 0;
+/// The last instant a query may name: 9999-12-31T23:59:59.999Z.
+pub const MAX_INSTANT_MS: i64 = 253_402_300_799_999;
+/// The longest period a query may cover: 400 days.
+pub const MAX_SPAN_MS: i64 = 400 * 86_400_000;
+/// The most steps `GET /v1/tenants/{t}/energy` answers with.
+pub const MAX_STEPS: i64 = 10_000;
+/// The most excursions one `GET /v1/tenants/{t}/excursions` answers with.
+pub const MAX_EXCURSIONS: usize = 10_000;
+
+fn bad_request(text: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, text.into())
+}
+
+/// An instant of a query: RFC 3339 or Unix ms, within
+/// [`MIN_INSTANT_MS`]..=[`MAX_INSTANT_MS`], so that every sum and difference
+/// of two of them fits an `i64`.
 fn parse_instant(key: &str, text: &str) -> Result<i64, ApiError> {
-    if let Ok(ms) = text.parse::<i64>() {
-        return Ok(ms);
+    let ms = match text.parse::<i64>() {
+        Ok(ms) => Some(ms),
+        Err(_) => humantime_serde::re::humantime::parse_rfc3339(text)
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .and_then(|d| i64::try_from(d.as_millis()).ok()),
+    };
+    let ms = ms.ok_or_else(|| {
+        bad_request(format!(
+            "{key}: {text:?} is neither RFC 3339 (2026-11-01T00:00:00Z) nor Unix milliseconds"
+        ))
+    })?;
+    if !(MIN_INSTANT_MS..=MAX_INSTANT_MS).contains(&ms) {
+        return Err(bad_request(format!(
+            "{key}: {ms} is outside [{MIN_INSTANT_MS}, {MAX_INSTANT_MS}] (1970-01-01 to 9999-12-31)"
+        )));
     }
-    humantime_serde::re::humantime::parse_rfc3339(text)
+    Ok(ms)
+}
+
+/// `from` and `to` of a query: both instants, `to` after `from` by at most
+/// [`MAX_SPAN_MS`].
+fn parse_period(from: &str, to: &str) -> Result<(i64, i64), ApiError> {
+    let (from, to) = (parse_instant("from", from)?, parse_instant("to", to)?);
+    if to <= from || to - from > MAX_SPAN_MS {
+        return Err(bad_request("to: must be after from, by at most 400 days"));
+    }
+    Ok((from, to))
+}
+
+/// `step` of a tenant energy query, ms: whole minutes, at most the span, and
+/// at most [`MAX_STEPS`] steps over it; absent, the whole span.
+fn parse_step(step: Option<&str>, span_ms: i64) -> Result<i64, ApiError> {
+    let Some(text) = step else {
+        return Ok(span_ms);
+    };
+    let ms = humantime_serde::re::humantime::parse_duration(text)
         .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .and_then(|d| i64::try_from(d.as_millis()).ok())
-        .ok_or_else(|| {
-            ApiError(
-                StatusCode::BAD_REQUEST,
-                format!("{key}: {text:?} is neither RFC 3339 (2026-11-01T00:00:00Z) nor Unix milliseconds"),
-            )
-        })
+        .filter(|ms| *ms >= 60_000 && ms % 60_000 == 0)
+        .ok_or_else(|| bad_request("step: must be whole minutes (1m, 1h, 1d)"))?;
+    if ms > span_ms {
+        return Err(bad_request(format!(
+            "step: {text} is longer than the period ({} min)",
+            span_ms / 60_000
+        )));
+    }
+    // span ≤ MAX_SPAN_MS and ms ≥ 1 min: no overflow.
+    if (span_ms + ms - 1) / ms > MAX_STEPS {
+        return Err(bad_request(format!(
+            "step: {text} cuts the period into more than {MAX_STEPS} steps"
+        )));
+    }
+    Ok(ms)
 }
 
 async fn pue_period(
@@ -722,16 +952,10 @@ async fn pue_period(
         Ok(q) => q,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("query: {e}")),
     };
-    let (from, to) = match (parse_instant("from", &q.from), parse_instant("to", &q.to)) {
-        (Ok(f), Ok(t)) => (f, t),
-        (Err(r), _) | (_, Err(r)) => return r.into_response(),
+    let (from, to) = match parse_period(&q.from, &q.to) {
+        Ok(p) => p,
+        Err(r) => return r.into_response(),
     };
-    if to <= from || to - from > 400 * 86_400_000 {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "to: must be after from, by at most 400 days",
-        );
-    }
     // Minutes while they are kept and the span is short; hours otherwise.
     let minutes_kept = now_ms() - crate::store::MINUTE_RETENTION_MS;
     let resolution = if to - from <= 2 * 86_400_000 && from >= minutes_kept {
@@ -741,10 +965,13 @@ async fn pue_period(
     };
     let step = resolution.ms();
     let (from, to) = (resolution.floor(from), resolution.floor(to + step - 1));
-    let result = windows::period(&shared.store(), site, from, to, resolution);
-    match result {
+    let s = Arc::clone(&shared);
+    match shared
+        .read_store(move |store| windows::period(store, &s.site, from, to, resolution))
+        .await
+    {
         Ok(p) => Json(p).into_response(),
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}")),
+        Err(e) => e.into_response(),
     }
 }
 
@@ -787,10 +1014,8 @@ fn tenant_query<Q>(
     }
     let Query(q) = query.map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("query: {e}")))?;
     let (from, to) = period(&q);
-    match (parse_instant("from", from), parse_instant("to", to)) {
-        (Ok(f), Ok(t)) => Ok((q, f, t)),
-        (Err(r), _) | (_, Err(r)) => Err(r),
-    }
+    let (from, to) = parse_period(from, to)?;
+    Ok((q, from, to))
 }
 
 /// `GET /v1/tenants/{tenant}/excursions` query.
@@ -814,15 +1039,19 @@ async fn tenant_excursions(
         Ok(v) => v,
         Err(r) => return r.into_response(),
     };
-    if to <= from {
-        return error(StatusCode::BAD_REQUEST, "to: must be after from");
-    }
-    let found = shared.store().excursions(Some(&tenant), from, to);
+    let t = tenant.clone();
+    let found = shared
+        .read_store(move |store| store.excursions(Some(&t), from, to, MAX_EXCURSIONS + 1))
+        .await;
     match found {
+        Ok(list) if list.len() > MAX_EXCURSIONS => error(
+            StatusCode::BAD_REQUEST,
+            format!("to: more than {MAX_EXCURSIONS} excursions started in the period; ask for a shorter one"),
+        ),
         Ok(list) => {
             Json(serde_json::json!({ "tenant": tenant, "excursions": list })).into_response()
         }
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}")),
+        Err(e) => e.into_response(),
     }
 }
 
@@ -857,6 +1086,29 @@ struct EnergyStep {
     util_weight: (f64, f64),
 }
 
+impl EnergyStep {
+    /// Adds one ledger row.
+    fn add(&mut self, r: &crate::ledger::Row) {
+        self.it_joules += r.it_joules;
+        self.facility_joules += r.facility_joules.unwrap_or(0.0);
+        self.gpu_seconds += r.gpu_ms as f64 / 1000.0;
+        self.rows += 1;
+        self.rows_without_pue += usize::from(r.pue.is_none());
+        self.late_rows += usize::from(r.late);
+        if let Some(u) = r.util_mean {
+            let w = r.gpu_ms.max(1) as f64;
+            self.util_weight.0 += u * w;
+            self.util_weight.1 += w;
+            self.mean_utilization = Some(self.util_weight.0 / self.util_weight.1);
+        }
+        if let Some(p) = r.peak_watts {
+            self.peak_watts = Some(self.peak_watts.map_or(p, |q| q.max(p)));
+        }
+        self.thermal_excursions += r.excursions;
+        self.node_joules += r.node_joules.unwrap_or(0.0);
+    }
+}
+
 async fn tenant_energy(
     Extract(shared): Extract<Arc<Shared>>,
     Path(tenant): Path<String>,
@@ -870,31 +1122,10 @@ async fn tenant_energy(
         Ok(v) => v,
         Err(r) => return r.into_response(),
     };
-    if to <= from || to - from > 400 * 86_400_000 {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "to: must be after from, by at most 400 days",
-        );
-    }
-    let step = match q
-        .step
-        .as_deref()
-        .map(humantime_serde::re::humantime::parse_duration)
-    {
-        None => to - from,
-        Some(Ok(d)) if d.as_millis() >= 60_000 && d.as_millis() % 60_000 == 0 => {
-            i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-        }
-        Some(_) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "step: must be whole minutes (1m, 1h, 1d)",
-            )
-        }
+    let step = match parse_step(q.step.as_deref(), to - from) {
+        Ok(s) => s,
+        Err(r) => return r.into_response(),
     };
-    if (to - from) / step > 100_000 {
-        return error(StatusCode::BAD_REQUEST, "step: at most 100000 steps");
-    }
     let csv = match q.format.as_deref() {
         None | Some("json") => false,
         Some("csv") => true,
@@ -905,47 +1136,33 @@ async fn tenant_energy(
             )
         }
     };
-    let (rows, head) = {
-        let store = shared.store();
-        match (store.tenant_rows(&tenant, from, to), store.ledger_head()) {
-            (Ok(r), Ok(h)) => (r, h),
-            (Err(e), _) | (_, Err(e)) => {
-                return error(StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}"))
-            }
-        }
-    };
     let mut steps: Vec<EnergyStep> = Vec::new();
     let mut t = from;
     while t < to {
         steps.push(EnergyStep {
             from_ms: t,
-            to_ms: (t + step).min(to),
+            to_ms: t.saturating_add(step).min(to),
             ..EnergyStep::default()
         });
-        t += step;
+        t = t.saturating_add(step);
     }
-    for r in &rows {
-        let i = usize::try_from((r.minute_ms - from) / step).unwrap_or(0);
-        if let Some(s) = steps.get_mut(i) {
-            s.it_joules += r.it_joules;
-            s.facility_joules += r.facility_joules.unwrap_or(0.0);
-            s.gpu_seconds += r.gpu_ms as f64 / 1000.0;
-            s.rows += 1;
-            s.rows_without_pue += usize::from(r.pue.is_none());
-            s.late_rows += usize::from(r.late);
-            if let Some(u) = r.util_mean {
-                let w = r.gpu_ms.max(1) as f64;
-                s.util_weight.0 += u * w;
-                s.util_weight.1 += w;
-                s.mean_utilization = Some(s.util_weight.0 / s.util_weight.1);
-            }
-            if let Some(p) = r.peak_watts {
-                s.peak_watts = Some(s.peak_watts.map_or(p, |q| q.max(p)));
-            }
-            s.thermal_excursions += r.excursions;
-            s.node_joules += r.node_joules.unwrap_or(0.0);
-        }
-    }
+    // Rows are folded into their step as they are read: memory is the steps'.
+    let t = tenant.clone();
+    let read = shared
+        .read_store(move |store| {
+            store.for_each_tenant_row(&t, from, to, |r| {
+                let i = usize::try_from((r.minute_ms - from) / step).unwrap_or(0);
+                if let Some(s) = steps.get_mut(i) {
+                    s.add(&r);
+                }
+            })?;
+            Ok((steps, store.ledger_head()?))
+        })
+        .await;
+    let (steps, head) = match read {
+        Ok(v) => v,
+        Err(e) => return e.into_response(),
+    };
     if csv {
         let mut out = String::from(
             "from_ms,to_ms,it_joules,facility_joules,gpu_seconds,rows,rows_without_pue,late_rows,mean_utilization,peak_watts,thermal_excursions,node_joules\n",
@@ -1017,7 +1234,10 @@ async fn tenant_statement(
             )
         }
     };
-    let result = crate::statement::statement(&shared.store(), site, &tenant, &q.month, now_ms());
+    let (s, t, month) = (Arc::clone(&shared), tenant.clone(), q.month.clone());
+    let result = shared
+        .read_store(move |store| crate::statement::statement(store, &s.site, &t, &month, now_ms()))
+        .await;
     match result {
         Ok(Some(s)) if csv => (
             [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
@@ -1029,7 +1249,7 @@ async fn tenant_statement(
             StatusCode::BAD_REQUEST,
             format!("month: {:?} is not YYYY-MM", q.month),
         ),
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}")),
+        Err(e) => e.into_response(),
     }
 }
 
@@ -1047,6 +1267,59 @@ async fn reload_leases(Extract(shared): Extract<Arc<Shared>>, headers: HeaderMap
     }
 }
 
+/// `POST /v1/admin/gpus/{uuid}/release` (operator only): the GPU moved to
+/// another node; the next agent to report it owns it. Its energy stays.
+async fn release_gpu(
+    Extract(shared): Extract<Arc<Shared>>,
+    Path(uuid): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let auth = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if !ingest::is_operator(&shared.site, auth) {
+        return error(StatusCode::UNAUTHORIZED, "this needs the operator token");
+    }
+    if let Err(why) = ingest::check_id(&uuid) {
+        return error(StatusCode::BAD_REQUEST, format!("uuid: {why}"));
+    }
+    let (owner, written) = {
+        let mut state = shared.lock();
+        let Some(owner) = state.release_gpu(&uuid) else {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!("uuid: no agent owns GPU {uuid:?}"),
+            );
+        };
+        let mut changes = crate::state::Changes::default();
+        changes.gpus.insert(uuid.clone());
+        // No agent's row changes: only the GPU's.
+        match crate::store::prepare("", &state, &changes) {
+            Ok(p) => (
+                owner,
+                shared.queue_commit(Queued {
+                    prepared: p,
+                    batch: None,
+                }),
+            ),
+            Err(e) => {
+                drop(state);
+                let store = shared.store();
+                shared.fail_and_reload(&store, Vec::new(), &format!("a release failed: {e}"));
+                return error(StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}"));
+            }
+        }
+    };
+    match written.await {
+        Ok(Ok(())) => {
+            tracing::info!(gpu = %uuid, agent = %owner, "GPU released by the operator.");
+            Json(serde_json::json!({ "gpu": uuid, "released_from": owner })).into_response()
+        }
+        Ok(Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}")),
+        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "the collector is stopping"),
+    }
+}
+
 async fn ledger_verify(Extract(shared): Extract<Arc<Shared>>, headers: HeaderMap) -> Response {
     // The chain is the operator's to check, even in a lab setup.
     let auth = headers
@@ -1055,10 +1328,9 @@ async fn ledger_verify(Extract(shared): Extract<Arc<Shared>>, headers: HeaderMap
     if !ingest::is_operator(&shared.site, auth) {
         return error(StatusCode::UNAUTHORIZED, "this needs the operator token");
     }
-    let result = shared.store().verify_ledger();
-    match result {
+    match shared.read_store(|store| store.verify_ledger()).await {
         Ok(v) => Json(v).into_response(),
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}")),
+        Err(e) => e.into_response(),
     }
 }
 

@@ -113,6 +113,11 @@ pub struct Config {
     /// The operator: reads `/v1/summary`. Without it, `/v1/summary` is open
     /// (a lab setup; a warning is logged at start).
     pub operator: Option<OperatorConfig>,
+    /// `[metrics]`: who may scrape `/metrics`. With an `[operator]`,
+    /// `/metrics` needs the operator's token or this scrape token (it carries
+    /// every tenant's figures, and agents on tenants' nodes reach the same
+    /// port); without an `[operator]` it is open (a lab setup).
+    pub metrics: Option<MetricsConfig>,
     /// The agents allowed to post batches.
     #[serde(default)]
     pub agents: Vec<AgentConfig>,
@@ -205,6 +210,15 @@ pub struct OperatorConfig {
     pub token_sha256: String,
 }
 
+/// `[metrics]`: the scrape token.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// SHA-256 of the bearer token Prometheus presents (its `authorization`
+    /// setting), 64 hex digits. It reads `/metrics` only.
+    pub token_sha256: String,
+}
+
 /// `[tls]`: the listener's certificate, and client certificates for mutual TLS.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -226,8 +240,9 @@ pub struct AgentConfig {
     /// SHA-256 of its bearer token, 64 hex digits (`sha256sum` of the token file,
     /// without a trailing newline in the file).
     pub token_sha256: String,
-    /// The meters this agent may report; readings of any other meter are refused
-    /// (403). Absent: any configured meter (a lab setup).
+    /// The meters this agent may report; readings of any other meter are
+    /// refused (403). Absent: none (deny by default: a meter's readings are
+    /// billed and published, so only the agents named for it may send them).
     pub meters: Option<Vec<String>>,
     /// The zone (hall) its node is in, for its GPUs' figures. Default `default`.
     #[serde(default = "default_zone")]
@@ -468,9 +483,11 @@ pub struct Site {
     pub config_path: Option<std::path::PathBuf>,
     /// SHA-256 of the operator token, if one is configured.
     pub operator_token: Option<[u8; 32]>,
+    /// SHA-256 of the scrape token (`[metrics]`), if one is configured.
+    pub metrics_token: Option<[u8; 32]>,
     /// SHA-256 of each agent's token → agent id.
     pub agent_tokens: HashMap<[u8; 32], String>,
-    /// Agent id → the meters it may report, where restricted.
+    /// Agent id → the meters it may report (empty: none).
     pub agent_meters: HashMap<String, HashSet<String>>,
     /// Meters by id.
     pub meters: HashMap<String, Meter>,
@@ -494,6 +511,21 @@ pub struct Site {
     pub agent_burst: u32,
     /// See [`Config::max_gpus_per_agent`].
     pub max_gpus_per_agent: usize,
+}
+
+impl Site {
+    /// The configured meters that no agent may report (no `[[agents]]`
+    /// lists them): they will never count, which is likely a mistake.
+    pub fn unreported_meters(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = self
+            .meters
+            .keys()
+            .filter(|m| !self.agent_meters.values().any(|a| a.contains(*m)))
+            .map(String::as_str)
+            .collect();
+        out.sort_unstable();
+        out
+    }
 }
 
 impl Config {
@@ -525,8 +557,17 @@ impl Config {
             ("max_reading_age", self.max_reading_age),
             ("max_clock_skew", self.max_clock_skew),
         ] {
-            if d.is_zero() {
-                return Err(invalid(key, "must be longer than zero"));
+            // Bounded, so that no sum of an instant and a duration overflows.
+            if d.is_zero() || d > MAX_DURATION {
+                return Err(invalid(
+                    key,
+                    "must be longer than zero and at most 400 days",
+                ));
+            }
+        }
+        if let Some(l) = &self.ledger {
+            if l.close_after > MAX_DURATION {
+                return Err(invalid("ledger.close_after", "must be at most 400 days"));
             }
         }
         if self.max_body_bytes < 1024 {
@@ -612,6 +653,19 @@ impl Config {
             Some(op) => Some(parse_sha256("operator.token_sha256", &op.token_sha256)?),
             None => None,
         };
+        let metrics_token = match &self.metrics {
+            Some(m) => {
+                let hash = parse_sha256("metrics.token_sha256", &m.token_sha256)?;
+                if Some(hash) == operator_token {
+                    return Err(invalid(
+                        "metrics.token_sha256",
+                        "the same token is configured twice",
+                    ));
+                }
+                Some(hash)
+            }
+            None => None,
+        };
         let mut agent_tokens = HashMap::new();
         let mut agent_ids = HashSet::new();
         if let Err((key, why)) = self.thermal.validate() {
@@ -630,7 +684,10 @@ impl Config {
             }
             let key = format!("agents[{i}].token_sha256");
             let hash = parse_sha256(&key, &a.token_sha256)?;
-            if Some(hash) == operator_token || agent_tokens.insert(hash, a.id.clone()).is_some() {
+            if Some(hash) == operator_token
+                || Some(hash) == metrics_token
+                || agent_tokens.insert(hash, a.id.clone()).is_some()
+            {
                 return Err(invalid(key, "the same token is configured twice"));
             }
         }
@@ -645,11 +702,15 @@ impl Config {
                         ));
                     }
                 }
-                agent_meters.insert(
-                    a.id.clone(),
-                    list.iter().cloned().collect::<HashSet<String>>(),
-                );
             }
+            agent_meters.insert(
+                a.id.clone(),
+                a.meters
+                    .iter()
+                    .flatten()
+                    .cloned()
+                    .collect::<HashSet<String>>(),
+            );
         }
         let mut meters = HashMap::new();
         for (i, m) in self.meters.iter().enumerate() {
@@ -739,6 +800,7 @@ impl Config {
             let key = format!("tenants[{i}].token_sha256");
             let hash = parse_sha256(&key, &t.token_sha256)?;
             if Some(hash) == operator_token
+                || Some(hash) == metrics_token
                 || agent_tokens.contains_key(&hash)
                 || tenant_tokens.insert(hash, t.id.clone()).is_some()
             {
@@ -830,11 +892,15 @@ impl Config {
             agent_meters,
             leases,
             operator_token,
+            metrics_token,
             agent_tokens,
             meters,
         })
     }
 }
+
+/// The longest duration a config key may set: 400 days.
+const MAX_DURATION: Duration = Duration::from_secs(400 * 86_400);
 
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
@@ -961,6 +1027,10 @@ mod tests {
                 &["synchronous", "unknown variant"],
             ),
             ("[[agents]]\nid = \"a\"\ntoken_sha256 = \"xyz\"", &["agents[0].token_sha256", "64 hex"]),
+            ("stale_after = \"1000000y\"", &["stale_after", "400 days"]),
+            ("max_reading_age = \"401d\"", &["max_reading_age", "400 days"]),
+            ("[ledger]\npath = \"x\"\nclose_after = \"500d\"", &["ledger.close_after", "400 days"]),
+            ("[metrics]\ntoken_sha256 = \"xyz\"", &["metrics.token_sha256", "64 hex"]),
             (
                 &format!("[[agents]]\nid = \"a\"\ntoken_sha256 = \"{H}\"\n[[agents]]\nid = \"a\"\ntoken_sha256 = \"{H}\""),
                 &["agents[1].id", "duplicate"],

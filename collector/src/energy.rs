@@ -1,10 +1,13 @@
 //! Energy from readings: counters with resets, power integration with a gap
 //! limit, and per-minute buckets so any window's energy is a sum.
 //!
-//! Rules (DESIGN "Energy and PUE rules"): energy comes from counters where a
-//! counter exists; a decrease is a reset, and the post-reset value is the energy
-//! since the reset, counted once; power is integrated (trapezoid) only where no
-//! counter exists, and never across a gap longer than `max_gap`.
+//! Rules: energy comes from counters where a counter exists; a counter step is
+//! judged against the most the counter can have counted since the previous
+//! reading ([`Counter::observe`]): a decrease to a value it can have counted
+//! from zero is a reset (the value counted once), a tiny dip is rounding
+//! noise, anything else a glitch (nothing counted); power is integrated
+//! (trapezoid) only where no counter exists, and never across a gap longer
+//! than `max_gap`.
 
 use std::collections::VecDeque;
 
@@ -24,23 +27,65 @@ pub struct Span {
 pub enum CounterStep {
     /// The first reading: the base, no energy yet.
     Baseline,
-    /// A normal increase (or no change).
+    /// A normal increase, no change, or a dip held as noise (0 J).
     Delta(Span),
-    /// The counter went down: a reset; the span's energy is the post-reset value.
+    /// The counter went down to a value it can have counted up from zero
+    /// since the previous reading: a reset; the span's energy is that value.
     Reset(Span),
+    /// A jump up beyond the rating, or down to a value no reset explains:
+    /// nothing counted, the previous reading stays the base.
+    Glitch,
+    /// The [`GLITCH_STREAK_REBASE`]th glitch in a row at one consistent new
+    /// level: a replaced meter. Its reading is the new base; nothing is
+    /// counted across the jump.
+    Rebased,
     /// Not after the previous reading (out of order or repeated): ignored.
     OutOfOrder,
 }
 
-/// Tracks one energy counter.
+/// After this many consecutive glitches at one consistent new level (each a
+/// believable step from the one before), the level is taken as a new base.
+pub const GLITCH_STREAK_REBASE: u32 = 3;
+
+/// A decrease of at most this fraction of the counter's value is rounding
+/// noise (a gateway keeping the counter as a 32-bit float is off by up to
+/// 2⁻²³ ≈ 1.2 × 10⁻⁷ of it): held, nothing counted, not a reset.
+pub const DIP_RELATIVE: f64 = 1e-6;
+
+/// A counter step may exceed the rating × Δt by this factor (meter accuracy,
+/// averaging) ...
+pub const RATE_SLACK: f64 = 1.1;
+/// ... plus the rating over this long (readings stamped a little before or
+/// after the counter was read), ms.
+pub const STAMP_SLACK_MS: f64 = 100.0;
+
+/// Tracks one energy (or volume) counter and judges each reading against the
+/// most the counter can have moved since the previous one.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Counter {
     last: Option<(i64, f64)>,
+    /// The glitches in a row so far: (Unix ms, value) of the last, and how many.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    streak: Option<(i64, f64, u32)>,
+}
+
+/// The most a counter rated at `max_rate` (its unit per second: W, m³/s) can
+/// move in `dt_ms`.
+pub fn max_step(max_rate: f64, dt_ms: i64) -> f64 {
+    max_rate * (dt_ms as f64 * RATE_SLACK + STAMP_SLACK_MS) / 1000.0
 }
 
 impl Counter {
-    /// Feeds one reading (Unix ms, J).
-    pub fn observe(&mut self, ts_ms: i64, value: f64) -> CounterStep {
+    /// Feeds one reading (Unix ms, counter value); `max_rate` is the most the
+    /// counter can count per second (a meter's rating, a GPU's power limit,
+    /// or a documented default).
+    ///
+    /// - up by at most `max_step`: counted;
+    /// - down by at most [`DIP_RELATIVE`] of the value: noise, held (0 J);
+    /// - down to at most `max_step`: a reset, the value counted;
+    /// - anything else: a glitch, nothing counted, until
+    ///   [`GLITCH_STREAK_REBASE`] in a row hold one level ([`CounterStep::Rebased`]).
+    pub fn observe(&mut self, ts_ms: i64, value: f64, max_rate: f64) -> CounterStep {
         let Some((t0, v0)) = self.last else {
             self.last = Some((ts_ms, value));
             return CounterStep::Baseline;
@@ -48,23 +93,47 @@ impl Counter {
         if ts_ms <= t0 {
             return CounterStep::OutOfOrder;
         }
-        self.last = Some((ts_ms, value));
-        if value >= v0 {
-            CounterStep::Delta(Span {
-                from_ms: t0,
-                to_ms: ts_ms,
-                joules: value - v0,
-            })
-        } else {
-            CounterStep::Reset(Span {
-                from_ms: t0,
-                to_ms: ts_ms,
-                joules: value,
-            })
+        let limit = max_step(max_rate, ts_ms - t0);
+        let span = |joules| Span {
+            from_ms: t0,
+            to_ms: ts_ms,
+            joules,
+        };
+        if value >= v0 && value - v0 <= limit {
+            self.last = Some((ts_ms, value));
+            self.streak = None;
+            return CounterStep::Delta(span(value - v0));
         }
+        if value < v0 && v0 - value <= v0 * DIP_RELATIVE {
+            self.last = Some((ts_ms, v0));
+            self.streak = None;
+            return CounterStep::Delta(span(0.0));
+        }
+        if value < v0 && value <= limit {
+            self.last = Some((ts_ms, value));
+            self.streak = None;
+            return CounterStep::Reset(span(value));
+        }
+        // A glitch. Several in a row, each a believable step from the one
+        // before, are a new level.
+        let n = match self.streak {
+            Some((tg, vg, n))
+                if ts_ms > tg && value >= vg && value - vg <= max_step(max_rate, ts_ms - tg) =>
+            {
+                n + 1
+            }
+            _ => 1,
+        };
+        if n >= GLITCH_STREAK_REBASE {
+            self.last = Some((ts_ms, value));
+            self.streak = None;
+            return CounterStep::Rebased;
+        }
+        self.streak = Some((ts_ms, value, n));
+        CounterStep::Glitch
     }
 
-    /// The last reading, if any.
+    /// The last reading taken as the base, if any.
     pub fn last(&self) -> Option<(i64, f64)> {
         self.last
     }
@@ -274,9 +343,10 @@ mod tests {
     #[test]
     fn counter_deltas_and_reset_count_once() {
         let mut c = Counter::default();
-        assert_eq!(c.observe(1000, 500.0), CounterStep::Baseline);
+        let w = 1000.0; // rating, W
+        assert_eq!(c.observe(1000, 500.0, w), CounterStep::Baseline);
         assert_eq!(
-            c.observe(2000, 800.0),
+            c.observe(2000, 800.0, w),
             CounterStep::Delta(Span {
                 from_ms: 1000,
                 to_ms: 2000,
@@ -285,23 +355,65 @@ mod tests {
         );
         // Reset: the counter restarted from zero and counted 40 J since.
         assert_eq!(
-            c.observe(3000, 40.0),
+            c.observe(3000, 40.0, w),
             CounterStep::Reset(Span {
                 from_ms: 2000,
                 to_ms: 3000,
                 joules: 40.0
             })
         );
-        assert_eq!(c.observe(3000, 90.0), CounterStep::OutOfOrder);
-        assert_eq!(c.observe(2500, 90.0), CounterStep::OutOfOrder);
+        assert_eq!(c.observe(3000, 90.0, w), CounterStep::OutOfOrder);
+        assert_eq!(c.observe(2500, 90.0, w), CounterStep::OutOfOrder);
         assert_eq!(
-            c.observe(4000, 100.0),
+            c.observe(4000, 100.0, w),
             CounterStep::Delta(Span {
                 from_ms: 3000,
                 to_ms: 4000,
                 joules: 60.0
             })
         );
+    }
+
+    #[test]
+    fn decreases_are_judged_against_the_rating() {
+        let w = 1000.0;
+        let mut c = Counter::default();
+        c.observe(0, 1e12, w);
+        // A float32 dip: noise, held; the next reading counts from the old value.
+        let dip = CounterStep::Delta(Span {
+            from_ms: 0,
+            to_ms: 1000,
+            joules: 0.0,
+        });
+        assert_eq!(c.observe(1000, 1e12 - 1.0, w), dip);
+        assert_eq!(
+            c.observe(2000, 1e12 + 100.0, w),
+            CounterStep::Delta(Span {
+                from_ms: 1000,
+                to_ms: 2000,
+                joules: 100.0
+            })
+        );
+        // Down to far more than 1000 W × 1 s can have counted from zero: a glitch.
+        assert_eq!(c.observe(3000, 5e11, w), CounterStep::Glitch);
+        assert_eq!(c.last(), Some((2000, 1e12 + 100.0)));
+        // Down to what 1 s can have counted: a reset.
+        assert_eq!(
+            c.observe(4000, 500.0, w),
+            CounterStep::Reset(Span {
+                from_ms: 2000,
+                to_ms: 4000,
+                joules: 500.0
+            })
+        );
+        // Up beyond the rating: a glitch; three in a row, but not at one
+        // consistent level (the second is below the first): no rebase.
+        assert_eq!(c.observe(5000, 9e9, w), CounterStep::Glitch);
+        assert_eq!(c.observe(6000, 8e9, w), CounterStep::Glitch);
+        assert_eq!(c.observe(7000, 8e9 + 10.0, w), CounterStep::Glitch);
+        // The third believable step at the new level: rebased there.
+        assert_eq!(c.observe(8000, 8e9 + 20.0, w), CounterStep::Rebased);
+        assert_eq!(c.last(), Some((8000, 8e9 + 20.0)));
     }
 
     #[test]

@@ -39,13 +39,12 @@ pub fn self_families(
     vec![c, b, l]
 }
 
-/// Renders `/metrics`. `tenant_totals` are the ledger's totals per owner
-/// (owner, IT J, facility J, GPU ms).
+/// Renders `/metrics`. `tenant_totals` are the ledger's totals per owner.
 pub fn render(
     state: &State,
     site: &Site,
     figures: &Figures,
-    tenant_totals: &[(String, f64, f64, i64)],
+    tenant_totals: &[crate::ledger::TenantTotal],
 ) -> String {
     let mut tenant_energy = Family::counter(
         n::TENANT_ENERGY_JOULES_TOTAL,
@@ -63,8 +62,9 @@ pub fn render(
         n::UNLEASED_ENERGY_JOULES_TOTAL,
         "GPU energy of time no lease covers, joules.",
     );
-    for (owner, it, facility, gpu_ms) in tenant_totals {
-        match owner.as_str() {
+    for t in tenant_totals {
+        let (it, facility, gpu_ms) = (&t.it_joules, &t.facility_joules, &t.gpu_ms);
+        match t.owner.as_str() {
             crate::tenants::UNATTRIBUTED => {
                 unattributed.add(&[], *it);
             }
@@ -157,6 +157,11 @@ pub fn render(
         "Complete minutes whose PUE was below 1 or above pue_max_ratio.",
     );
     invalid.add(&[], figures.invalid_pue_minutes as f64);
+    let mut unbooked = Family::counter(
+        n::UNBOOKED_ENERGY_JOULES_TOTAL,
+        "Metered nodes' energy beyond their GPUs that could not be booked to any owner (no GPU time in the minute to share it by), joules.",
+    );
+    unbooked.add(&[], figures.unbooked_node_joules);
     for w in &figures.windows {
         let label = w.window.unwrap_or_default();
         if let (Some(p), true) = (w.pue, w.complete) {
@@ -254,6 +259,11 @@ pub fn render(
         "GPU energy counter resets seen.",
     );
     gpu_resets.add(&[], gpu_resets_seen as f64);
+    let mut gpu_glitches = Family::counter(
+        n::GPU_COUNTER_GLITCHES_TOTAL,
+        "GPU energy counter readings refused as glitches (a jump beyond the GPU's power limit, or a decrease no reset explains).",
+    );
+    gpu_glitches.add(&[], state.gpus.values().map(|g| g.glitches as f64).sum());
 
     let mut last_seen = Family::gauge(
         n::AGENT_LAST_SEEN,
@@ -291,6 +301,7 @@ pub fn render(
         wue,
         residual,
         invalid,
+        unbooked,
         tenant_energy,
         tenant_seconds,
         unattributed,
@@ -311,6 +322,7 @@ pub fn render(
         gpu_power,
         gpu_energy,
         gpu_resets,
+        gpu_glitches,
         last_seen,
         batches,
         readings,

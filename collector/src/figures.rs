@@ -81,6 +81,9 @@ pub struct Figures {
     pub warnings: Vec<String>,
     /// Complete minutes whose PUE was invalid, ever (set from the store by the caller).
     pub invalid_pue_minutes: i64,
+    /// Metered nodes' energy beyond their GPUs that could not be booked to
+    /// anyone, J (from the store, as last read).
+    pub unbooked_node_joules: f64,
 }
 
 fn required(m: &MeterState) -> bool {
@@ -139,6 +142,7 @@ pub fn compute(
         tree_residual_ratio,
         warnings,
         invalid_pue_minutes: 0,
+        unbooked_node_joules: 0.0,
         now_ms,
         power_watts,
         zone_power_watts,

@@ -84,6 +84,14 @@ pub fn is_operator(site: &Site, header: Option<&str>) -> bool {
     }
 }
 
+/// True when the header carries the scrape token (`[metrics]`).
+pub fn is_scraper(site: &Site, header: Option<&str>) -> bool {
+    match (site.metrics_token, bearer(header)) {
+        (Some(want), Ok(token)) => constant_time_eq(&want, &token_hash(token)),
+        _ => false,
+    }
+}
+
 fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
@@ -123,18 +131,21 @@ pub fn validate(batch: &Batch, agent: &str, site: &Site, now_ms: i64) -> Result<
             batch.node
         )));
     }
-    if batch.first_seq.is_some_and(|first| first > batch.seq) {
-        return Err(bad("first_seq".into(), "must not be greater than seq"));
-    }
-    if batch.readings.len() > site.max_readings {
+    // Sequence numbers are stored as SQLite integers (i64): one above that
+    // would fail at commit, after it was applied in memory.
+    if batch.seq == 0 || batch.seq > MAX_SEQ {
         return Err(bad(
-            "readings".into(),
-            &format!(
-                "{} readings, at most {} per batch",
-                batch.readings.len(),
-                site.max_readings
-            ),
+            "seq".into(),
+            &format!("{} is outside [1, {MAX_SEQ}]", batch.seq),
         ));
+    }
+    if let Some(first) = batch.first_seq {
+        if first == 0 || first > batch.seq {
+            return Err(bad(
+                "first_seq".into(),
+                &format!("{first} is outside [1, seq = {}]", batch.seq),
+            ));
+        }
     }
     for (i, g) in batch.gpus.iter().enumerate() {
         check_id(&g.uuid).map_err(|why| bad(format!("gpus[{i}].uuid"), why))?;
@@ -145,7 +156,10 @@ pub fn validate(batch: &Batch, agent: &str, site: &Site, now_ms: i64) -> Result<
             ));
         }
     }
-    let (oldest, newest) = (now_ms - site.max_age_ms, now_ms + site.max_future_ms);
+    let (oldest, newest) = (
+        now_ms.saturating_sub(site.max_age_ms),
+        now_ms.saturating_add(site.max_future_ms),
+    );
     for (i, r) in batch.readings.iter().enumerate() {
         if r.ts_ms < oldest || r.ts_ms > newest {
             return Err(bad(
@@ -153,22 +167,39 @@ pub fn validate(batch: &Batch, agent: &str, site: &Site, now_ms: i64) -> Result<
                 &format!("{} is outside the accepted range [{oldest}, {newest}] (collector clock {now_ms})", r.ts_ms),
             ));
         }
-        if let (Entity::Meter(m), Some(allowed)) = (&r.entity, site.agent_meters.get(agent)) {
-            if !allowed.contains(m) {
-                return Err(Rejection::Forbidden(format!(
-                    "readings[{i}].entity: meter {m:?} is not one of agent {agent:?}'s meters"
-                )));
-            }
-        }
         let (Entity::Gpu(id) | Entity::Meter(id) | Entity::Node(id)) = &r.entity;
         check_id(id).map_err(|why| bad(format!("readings[{i}].entity"), why))?;
         check_value(r.quantity, r.value)
             .map_err(|why| bad(format!("readings[{i}].value"), &why))?;
     }
+    // Well formed: now, may this agent speak for each meter it names?
+    for (i, r) in batch.readings.iter().enumerate() {
+        if let Entity::Meter(m) = &r.entity {
+            if !site.agent_meters.get(agent).is_some_and(|a| a.contains(m)) {
+                return Err(Rejection::Forbidden(format!(
+                    "readings[{i}].entity: meter {m:?} is not one of agent {agent:?}'s meters"
+                )));
+            }
+        }
+    }
+    if batch.created_ms < oldest || batch.created_ms > newest {
+        return Err(bad(
+            "created_ms".into(),
+            &format!(
+                "{} is outside the accepted range [{oldest}, {newest}] (collector clock {now_ms})",
+                batch.created_ms
+            ),
+        ));
+    }
     Ok(())
 }
 
-fn check_id(id: &str) -> Result<(), &'static str> {
+/// The largest sequence number accepted: SQLite stores it as a signed 64-bit integer.
+pub const MAX_SEQ: u64 = i64::MAX as u64;
+
+/// Checks an id from a batch or a request path: 1–128 characters of
+/// `[A-Za-z0-9._:-]`, the config's alphabet.
+pub fn check_id(id: &str) -> Result<(), &'static str> {
     if id.is_empty() || id.len() > 128 {
         return Err("must be 1 to 128 characters");
     }
@@ -230,7 +261,7 @@ mod tests {
 
     fn site() -> Site {
         Config::from_toml(&format!(
-            "[[agents]]\nid = \"a1\"\ntoken_sha256 = \"{}\"",
+            "[[agents]]\nid = \"a1\"\ntoken_sha256 = \"{}\"\nmeters = [\"m\"]\n[[meters]]\nid = \"m\"\nrole = \"facility\"",
             hex::encode(token_hash("secret"))
         ))
         .unwrap()
@@ -294,6 +325,44 @@ mod tests {
             validate(&batch(1.0, now), "other", &s, now),
             Err(Rejection::Forbidden(_))
         ));
+        // A meter the config does not name for this agent: refused.
+        let mut b = batch(1.0, now);
+        b.readings[0].entity = Entity::Meter("n".into());
+        assert!(matches!(
+            validate(&b, "a1", &s, now),
+            Err(Rejection::Forbidden(e)) if e.contains("readings[0].entity")
+        ));
+    }
+
+    #[test]
+    fn sequence_numbers_and_creation_time_are_checked() {
+        let s = site();
+        let now = 1_800_000_000_000;
+        let with = |f: &dyn Fn(&mut Batch)| {
+            let mut b = batch(1.0, now);
+            f(&mut b);
+            validate(&b, "a1", &s, now).map_err(|e| e.to_string())
+        };
+        assert!(with(&|_| {}).is_ok());
+        assert!(with(&|b| b.seq = MAX_SEQ).is_ok());
+        for (f, needle) in [
+            (
+                &(|b: &mut Batch| b.seq = 0) as &dyn Fn(&mut Batch),
+                "seq: 0",
+            ),
+            (&|b: &mut Batch| b.seq = 1 << 63, "seq: 9223372036854775808"),
+            (&|b: &mut Batch| b.seq = u64::MAX, "seq: "),
+            (&|b: &mut Batch| b.first_seq = Some(0), "first_seq: 0"),
+            (&|b: &mut Batch| b.first_seq = Some(2), "first_seq: 2"),
+            (&|b: &mut Batch| b.created_ms = i64::MIN, "created_ms"),
+            (&|b: &mut Batch| b.created_ms = i64::MAX, "created_ms"),
+        ] {
+            let e = with(f).unwrap_err();
+            assert!(e.contains(needle), "{e}");
+        }
+        // The range checks do not overflow at the ends of i64.
+        assert!(validate(&batch(1.0, i64::MAX), "a1", &s, i64::MAX).is_ok());
+        assert!(validate(&batch(1.0, i64::MIN), "a1", &s, i64::MIN).is_ok());
     }
 
     #[test]

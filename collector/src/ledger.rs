@@ -63,12 +63,19 @@ CREATE TABLE IF NOT EXISTS ledger (
     node_joules REAL
 );
 CREATE INDEX IF NOT EXISTS ledger_tenant ON ledger (tenant, minute_ms);
--- Metered nodes: the node meter's energy per minute, and each owner's GPU
--- energy and time on the node, until the minute is booked.
+-- Metered nodes: the node meter's energy per minute (with the GPUs its agent
+-- reports: `gpus_expected`), and each owner's GPU energy and time on the
+-- node, kept NODE_KEEP_MS after a close first saw them (`seen_ms`) so that
+-- late GPU minutes adjust what was shared. `shared`: 0 not yet, 1 shared,
+-- 2 shared but changed since (to be adjusted); `booked`: the owner's share
+-- booked so far, J.
 CREATE TABLE IF NOT EXISTS node_open (
     minute_ms INTEGER NOT NULL,
     node TEXT NOT NULL,
     meter_joules REAL NOT NULL,
+    gpus_expected INTEGER,
+    shared INTEGER NOT NULL DEFAULT 0,
+    seen_ms INTEGER,
     PRIMARY KEY (minute_ms, node)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS node_gpu (
@@ -77,6 +84,8 @@ CREATE TABLE IF NOT EXISTS node_gpu (
     owner TEXT NOT NULL,
     gpu_joules REAL NOT NULL,
     gpu_ms INTEGER NOT NULL,
+    booked REAL NOT NULL DEFAULT 0,
+    seen_ms INTEGER,
     PRIMARY KEY (minute_ms, node, owner)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS ledger_minute ON ledger (minute_ms);
@@ -155,39 +164,79 @@ pub fn attribute(
                      gpu_joules = gpu_joules + excluded.gpu_joules, gpu_ms = gpu_ms + excluded.gpu_ms",
                 )?
                 .execute(params![w.minute_ms, node, owner, joules, ms])?;
+                tx.prepare_cached(
+                    "UPDATE node_open SET shared = 2 WHERE minute_ms = ?1 AND node = ?2 AND shared = 1",
+                )?
+                .execute(params![w.minute_ms, node])?;
             }
         }
     }
     Ok(())
 }
 
+/// How long after the close that first saw a metered node-minute it is
+/// kept, so that late GPU minutes adjust its share (ms).
+pub const NODE_KEEP_MS: i64 = 3_600_000;
+/// How long after the close that first saw it a node-minute waits for GPUs
+/// of the node that have not reported their minute (then taken as down), ms.
+pub const NODE_WAIT_MS: i64 = 300_000;
+
 /// Shares each metered node-minute up to `cutoff` among the owners of its
 /// GPUs: the node meter's energy less its GPUs' energy (never below 0), split
-/// by GPU time, added to the owners' IT energy (`node_joules`). A node-minute
-/// without GPU data, or GPU data without a complete meter minute, shares
-/// nothing. Both tables are emptied up to `cutoff`.
-fn share_nodes(tx: &rusqlite::Transaction<'_>, cutoff: i64) -> Result<(), StoreError> {
-    let nodes: Vec<(i64, String, f64)> = tx
+/// by GPU time, added to the owners' IT energy (`node_joules`).
+///
+/// - A minute is shared once every GPU its agent reports has its minute
+///   (GPU time ≥ the GPUs × 1 min), or [`NODE_WAIT_MS`] after a close first
+///   saw it (the silent ones are taken as down).
+/// - A shared minute that changes (a late GPU minute, more meter energy)
+///   is shared again and only the difference is booked: an adjustment row
+///   (booked late), never a second full count.
+/// - [`NODE_KEEP_MS`] after a close first saw them, its rows go; a
+///   remainder never shared (no GPU time to share it by) is added to the
+///   `unbooked_node_joules` total, never dropped in silence.
+fn share_nodes(tx: &rusqlite::Transaction<'_>, cutoff: i64, now_ms: i64) -> Result<(), StoreError> {
+    for table in ["node_open", "node_gpu"] {
+        tx.execute(
+            &format!("UPDATE {table} SET seen_ms = ?1 WHERE seen_ms IS NULL AND minute_ms <= ?2"),
+            params![now_ms, cutoff],
+        )?;
+    }
+    type NodeMinute = (i64, String, f64, Option<i64>, i64, i64);
+    let nodes: Vec<NodeMinute> = tx
         .prepare_cached(
-            "SELECT minute_ms, node, meter_joules FROM node_open WHERE minute_ms <= ?1",
+            "SELECT minute_ms, node, meter_joules, gpus_expected, shared, seen_ms FROM node_open
+             WHERE minute_ms <= ?1 AND shared != 1",
         )?
-        .query_map(params![cutoff], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .query_map(params![cutoff], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+            ))
+        })?
         .collect::<Result<_, _>>()?;
-    for (minute, node, meter_joules) in nodes {
-        let owners: Vec<(String, f64, i64)> = tx
+    for (minute, node, meter_joules, expected, shared, seen) in nodes {
+        let owners: Vec<(String, f64, i64, f64)> = tx
             .prepare_cached(
-                "SELECT owner, gpu_joules, gpu_ms FROM node_gpu WHERE minute_ms = ?1 AND node = ?2 ORDER BY owner",
+                "SELECT owner, gpu_joules, gpu_ms, booked FROM node_gpu WHERE minute_ms = ?1 AND node = ?2 ORDER BY owner",
             )?
-            .query_map(params![minute, node], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .query_map(params![minute, node], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })?
             .collect::<Result<_, _>>()?;
         let gpu_joules: f64 = owners.iter().map(|o| o.1).sum();
         let gpu_ms: i64 = owners.iter().map(|o| o.2).sum();
-        if gpu_ms <= 0 {
+        let all_in = expected.is_some_and(|n| gpu_ms >= n.saturating_mul(60_000));
+        let ready = shared == 2 || all_in || seen <= now_ms.saturating_sub(NODE_WAIT_MS);
+        if !ready || gpu_ms <= 0 {
             continue;
         }
         let rest = (meter_joules - gpu_joules).max(0.0);
         let mut given = 0.0;
-        for (i, (owner, _, ms)) in owners.iter().enumerate() {
+        for (i, (owner, _, ms, booked)) in owners.iter().enumerate() {
             // Exact: the last owner takes the remainder.
             let share = if i + 1 == owners.len() {
                 rest - given
@@ -195,23 +244,45 @@ fn share_nodes(tx: &rusqlite::Transaction<'_>, cutoff: i64) -> Result<(), StoreE
                 rest * *ms as f64 / gpu_ms as f64
             };
             given += share;
-            tx.prepare_cached(
-                "INSERT INTO tenant_open (minute_ms, tenant, it_joules, gpu_ms, node_joules) VALUES (?1, ?2, ?3, 0, ?3)
-                 ON CONFLICT (minute_ms, tenant) DO UPDATE SET
-                 it_joules = it_joules + excluded.it_joules,
-                 node_joules = COALESCE(node_joules, 0) + excluded.node_joules",
-            )?
-            .execute(params![minute, owner, share])?;
+            let delta = share - booked;
+            if delta != 0.0 {
+                tx.prepare_cached(
+                    "INSERT INTO tenant_open (minute_ms, tenant, it_joules, gpu_ms, node_joules) VALUES (?1, ?2, ?3, 0, ?3)
+                     ON CONFLICT (minute_ms, tenant) DO UPDATE SET
+                     it_joules = it_joules + excluded.it_joules,
+                     node_joules = COALESCE(node_joules, 0) + excluded.node_joules",
+                )?
+                .execute(params![minute, owner, delta])?;
+                tx.prepare_cached(
+                    "UPDATE node_gpu SET booked = ?4 WHERE minute_ms = ?1 AND node = ?2 AND owner = ?3",
+                )?
+                .execute(params![minute, node, owner, share])?;
+            }
         }
+        tx.prepare_cached("UPDATE node_open SET shared = 1 WHERE minute_ms = ?1 AND node = ?2")?
+            .execute(params![minute, node])?;
+    }
+    // Rows past keeping go; what was never shared is counted, not dropped.
+    let expired = now_ms.saturating_sub(NODE_KEEP_MS);
+    let unbooked: f64 = tx.query_row(
+        "SELECT COALESCE(SUM(MAX(o.meter_joules - COALESCE(
+             (SELECT SUM(g.gpu_joules) FROM node_gpu g WHERE g.minute_ms = o.minute_ms AND g.node = o.node), 0), 0)), 0)
+         FROM node_open o WHERE o.shared = 0 AND o.seen_ms <= ?1",
+        params![expired],
+        |r| r.get(0),
+    )?;
+    if unbooked > 0.0 {
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES ('unbooked_node_joules', ?1)
+             ON CONFLICT (key) DO UPDATE SET value = CAST(CAST(value AS REAL) + CAST(excluded.value AS REAL) AS TEXT)",
+            params![unbooked.to_string()],
+        )?;
     }
     tx.execute(
-        "DELETE FROM node_open WHERE minute_ms <= ?1",
-        params![cutoff],
+        "DELETE FROM node_open WHERE seen_ms <= ?1",
+        params![expired],
     )?;
-    tx.execute(
-        "DELETE FROM node_gpu WHERE minute_ms <= ?1",
-        params![cutoff],
-    )?;
+    tx.execute("DELETE FROM node_gpu WHERE seen_ms <= ?1", params![expired])?;
     Ok(())
 }
 
@@ -279,7 +350,7 @@ impl Store {
     ) -> Result<usize, StoreError> {
         let tx = self.conn.transaction()?;
         let cutoff = now_ms - 60_000 - site.close_after_ms;
-        share_nodes(&tx, cutoff)?;
+        share_nodes(&tx, cutoff, now_ms)?;
         let open: Vec<OpenRow> = tx
             .prepare_cached(
                 "SELECT minute_ms, tenant, it_joules, gpu_ms, util_sum, util_n, peak_w, excursions, node_joules FROM tenant_open
@@ -445,15 +516,62 @@ impl Store {
         Ok(rows)
     }
 
-    /// Totals per owner over the whole ledger: (owner, IT J, facility J, GPU ms).
-    pub fn ledger_totals(&self) -> Result<Vec<(String, f64, f64, i64)>, StoreError> {
+    /// Calls `f` with each of a tenant's rows booked for minutes in
+    /// `[from_ms, to_ms)`, in booking order, one at a time (nothing is
+    /// collected: a 400-day query holds one row in memory).
+    pub fn for_each_tenant_row(
+        &self,
+        tenant: &str,
+        from_ms: i64,
+        to_ms: i64,
+        mut f: impl FnMut(Row),
+    ) -> Result<(), StoreError> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {ROW_COLUMNS} FROM ledger WHERE tenant = ?1 AND minute_ms >= ?2 AND minute_ms < ?3 ORDER BY id"
+        ))?;
+        for row in stmt.query_map(params![tenant, from_ms, to_ms], read_row)? {
+            f(row?);
+        }
+        Ok(())
+    }
+
+    /// Totals per owner over the whole ledger.
+    pub fn ledger_totals(&self) -> Result<Vec<TenantTotal>, StoreError> {
+        Ok(self.ledger_totals_after(0)?.0)
+    }
+
+    /// Totals per owner of the rows after row `after_id`, and the last row's
+    /// id (`after_id` when there is none). The ledger is append-only, so a
+    /// reader keeps running totals by adding what was booked since.
+    pub fn ledger_totals_after(
+        &self,
+        after_id: i64,
+    ) -> Result<(Vec<TenantTotal>, i64), StoreError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT tenant, SUM(it_joules), COALESCE(SUM(facility_joules), 0), SUM(gpu_ms) FROM ledger GROUP BY tenant",
+            "SELECT tenant, SUM(it_joules), COALESCE(SUM(facility_joules), 0), SUM(gpu_ms), MAX(id)
+             FROM ledger WHERE id > ?1 GROUP BY tenant",
         )?;
+        let mut last = after_id;
         let rows = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
-            .collect::<Result<_, _>>()?;
-        Ok(rows)
+            .query_map(params![after_id], |r| {
+                Ok((
+                    TenantTotal {
+                        owner: r.get(0)?,
+                        it_joules: r.get(1)?,
+                        facility_joules: r.get(2)?,
+                        gpu_ms: r.get(3)?,
+                    },
+                    r.get::<_, i64>(4)?,
+                ))
+            })?
+            .map(|row| {
+                row.map(|(t, id)| {
+                    last = last.max(id);
+                    t
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((rows, last))
     }
 
     /// The hash of the last row (the head), or the genesis hash.
@@ -467,6 +585,28 @@ impl Store {
             )
             .optional()?
             .unwrap_or_else(|| GENESIS.to_owned()))
+    }
+}
+
+/// What the ledger booked to one owner: the running totals `/metrics` exports.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TenantTotal {
+    /// Tenant, `_unleased` or `_unattributed`.
+    pub owner: String,
+    /// IT energy, J.
+    pub it_joules: f64,
+    /// Facility energy (IT × PUE where a PUE was known), J.
+    pub facility_joules: f64,
+    /// Leased GPU time, ms.
+    pub gpu_ms: i64,
+}
+
+impl TenantTotal {
+    /// Adds another total of the same owner.
+    pub fn add(&mut self, other: &TenantTotal) {
+        self.it_joules += other.it_joules;
+        self.facility_joules += other.facility_joules;
+        self.gpu_ms = self.gpu_ms.saturating_add(other.gpu_ms);
     }
 }
 
@@ -518,6 +658,11 @@ pub const MIGRATIONS: &[(&str, &str, &str)] = &[
     ("ledger", "excursions", "INTEGER NOT NULL DEFAULT 0"),
     ("tenant_open", "node_joules", "REAL"),
     ("ledger", "node_joules", "REAL"),
+    ("node_open", "gpus_expected", "INTEGER"),
+    ("node_open", "shared", "INTEGER NOT NULL DEFAULT 0"),
+    ("node_open", "seen_ms", "INTEGER"),
+    ("node_gpu", "booked", "REAL NOT NULL DEFAULT 0"),
+    ("node_gpu", "seen_ms", "INTEGER"),
 ];
 
 /// The PUE of one complete minute, if it is complete and valid.

@@ -70,6 +70,12 @@ pub async fn run(
     if site.ledger_key.is_none() {
         tracing::warn!("No [ledger] signing_key_file: no checkpoint of the ledger is signed, so tenants cannot verify their statements (dcwatt-collector keygen --out FILE writes a key).");
     }
+    for m in site.unreported_meters() {
+        tracing::warn!(
+            meter = m,
+            "No agent may report this meter (it is in no agent's `meters`): it will not count."
+        );
+    }
     let mut state = state::State::new(&site);
     let store = match &site.ledger_path {
         Some(path) => {
@@ -90,8 +96,12 @@ pub async fn run(
         state: Mutex::new(state),
         store: Mutex::new(store),
         windows: Mutex::new(Vec::new()),
-        tenant_totals: Mutex::new(Vec::new()),
+        tenant_totals: Mutex::new(api::LedgerTotals::default()),
+        db_path: site.ledger_path.clone(),
+        readers: Mutex::new(Vec::new()),
+        committed: tokio::sync::Notify::new(),
         invalid_pue_minutes: std::sync::atomic::AtomicI64::new(0),
+        unbooked_node_joules: std::sync::atomic::AtomicU64::new(0),
         commits: Mutex::new(api::CommitQueue::default()),
         commit_wake: std::sync::Condvar::new(),
         rates: Mutex::new(std::collections::HashMap::new()),
@@ -164,23 +174,24 @@ async fn refresh_windows(shared: Arc<api::Shared>) {
         let s = Arc::clone(&shared);
         let done = tokio::task::spawn_blocking(move || {
             let now = api::now_ms();
-            let mut store = s.store();
             if now.saturating_sub(last_prune) >= 3_600_000 {
-                if let Err(e) = store.prune(now) {
+                if let Err(e) = s.store().prune(now) {
                     tracing::warn!(error = %e, "Pruning old periods failed.");
                 }
                 last_prune = now;
             }
-            match windows::trailing(&store, &s.site, now) {
+            // Reads on a read connection: the committer goes on meanwhile.
+            match s.with_reader(|r| windows::trailing(r, &s.site, now)) {
                 Ok(w) => {
                     // The ledger's fallback PUE: the trailing 24 h, when complete.
                     let fallback = w
                         .iter()
                         .find(|p| p.window == Some("24h") && p.complete)
                         .and_then(|p| p.pue);
-                    match store.close_minutes(&s.site, now, fallback) {
+                    let booked = s.store().close_minutes(&s.site, now, fallback);
+                    match booked {
                         // Signed only once the hour's minutes are booked.
-                        Ok(_) => transparency::after_booking(&mut store, &s, now),
+                        Ok(_) => transparency::after_booking(&mut s.store(), &s, now),
                         Err(e) => tracing::warn!(error = %e, "Booking ledger minutes failed."),
                     }
                     if let Ok(mut cached) = s.windows.lock() {
@@ -189,14 +200,26 @@ async fn refresh_windows(shared: Arc<api::Shared>) {
                 }
                 Err(e) => tracing::warn!(error = %e, "Computing the PUE windows failed."),
             }
-            if let Ok(n) = store.invalid_pue_minutes() {
+            if let Ok(n) = s.with_reader(|r| r.invalid_pue_minutes()) {
                 s.invalid_pue_minutes
                     .store(n, std::sync::atomic::Ordering::Relaxed);
             }
-            match store.ledger_totals() {
-                Ok(t) => {
+            if let Ok(j) = s.with_reader(|r| r.unbooked_node_joules()) {
+                s.unbooked_node_joules
+                    .store(j.to_bits(), std::sync::atomic::Ordering::Relaxed);
+            }
+            // Only the rows booked since the last refresh: the ledger is append-only.
+            let after = s
+                .tenant_totals
+                .lock()
+                .map(|t| t.after_id)
+                .unwrap_or_default();
+            match s.with_reader(|r| r.ledger_totals_after(after)) {
+                Ok((new, last)) => {
                     if let Ok(mut cached) = s.tenant_totals.lock() {
-                        *cached = t;
+                        if cached.after_id == after {
+                            cached.add(&new, last);
+                        }
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "Reading ledger totals failed."),

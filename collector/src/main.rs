@@ -1,6 +1,8 @@
 //! `dcwatt-collector --config FILE` serves; `--check-config FILE` validates;
 //! `dcwatt-collector ledger verify DB` checks a ledger's hash chain offline;
-//! `dcwatt-collector keygen --out FILE` writes a checkpoint signing key.
+//! `dcwatt-collector keygen --out FILE` writes a checkpoint signing key;
+//! `dcwatt-collector gpu release UUID` asks a running collector to release a
+//! GPU that moved to another node.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -32,6 +34,9 @@ enum Command {
     /// The tenant ledger.
     #[command(subcommand)]
     Ledger(LedgerCommand),
+    /// GPUs a running collector knows.
+    #[command(subcommand)]
+    Gpu(GpuCommand),
     /// Write a tenant's monthly statement from the collector's database, offline.
     Report {
         /// The collector's configuration (for the database, leases and site).
@@ -115,6 +120,77 @@ fn report(config: &std::path::Path, tenant: &str, month: &str, format: &str) -> 
 }
 
 #[derive(clap::Subcommand)]
+enum GpuCommand {
+    /// Release a GPU that moved to another node: the next agent to report it
+    /// owns it (its energy so far stays). Calls
+    /// `POST /v1/admin/gpus/{uuid}/release` with the operator token.
+    Release {
+        /// The collector's URL, e.g. `https://collector-a:9400`.
+        #[arg(long)]
+        url: String,
+        /// A file holding the operator's token.
+        #[arg(long, value_name = "FILE")]
+        token_file: PathBuf,
+        /// The site CA to trust (PEM), for HTTPS.
+        #[arg(long, value_name = "FILE")]
+        ca_file: Option<PathBuf>,
+        /// The GPU's UUID.
+        uuid: String,
+    },
+}
+
+/// `gpu release`: 0 released, 1 refused by the collector, 2 not sent.
+fn release_gpu(
+    url: &str,
+    token_file: &std::path::Path,
+    ca_file: Option<&std::path::Path>,
+    uuid: &str,
+) -> ExitCode {
+    let run = || -> anyhow::Result<(u16, String)> {
+        let token = std::fs::read_to_string(token_file)
+            .with_context(|| format!("--token-file {}", token_file.display()))?;
+        let mut client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30));
+        if let Some(ca) = ca_file {
+            let pem = std::fs::read(ca).with_context(|| format!("--ca-file {}", ca.display()))?;
+            let cert = reqwest::Certificate::from_pem(&pem)
+                .with_context(|| format!("--ca-file {}", ca.display()))?;
+            client = client.add_root_certificate(cert);
+        }
+        let client = client.build()?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async {
+            let resp = client
+                .post(format!(
+                    "{}/v1/admin/gpus/{uuid}/release",
+                    url.trim_end_matches('/')
+                ))
+                .bearer_auth(token.trim())
+                .send()
+                .await
+                .with_context(|| format!("--url {url}"))?;
+            let status = resp.status().as_u16();
+            Ok((status, resp.text().await.unwrap_or_default()))
+        })
+    };
+    match run() {
+        Ok((200, body)) => {
+            println!("{}", body.trim());
+            ExitCode::SUCCESS
+        }
+        Ok((status, body)) => {
+            eprintln!("{status}: {}", body.trim());
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("{e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+#[derive(clap::Subcommand)]
 enum LedgerCommand {
     /// Walk the hash chain of a collector's database and say where it breaks
     /// (exit 0: intact, 1: broken, 2: unreadable).
@@ -152,6 +228,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match &cli.command {
         Some(Command::Ledger(LedgerCommand::Verify { db })) => return verify(db),
+        Some(Command::Gpu(GpuCommand::Release {
+            url,
+            token_file,
+            ca_file,
+            uuid,
+        })) => return release_gpu(url, token_file, ca_file.as_deref(), uuid),
         Some(Command::Report {
             config,
             tenant,
@@ -169,7 +251,10 @@ fn main() -> ExitCode {
         .init();
     if let Some(path) = cli.check_config {
         return match Config::from_file(&path).and_then(Config::build) {
-            Ok(_) => {
+            Ok(site) => {
+                for m in site.unreported_meters() {
+                    eprintln!("warning: meter {m:?} is listed in no agent's `meters`: no agent may report it");
+                }
                 println!("ok");
                 ExitCode::SUCCESS
             }

@@ -29,6 +29,10 @@ pub const GPU_POWER_WATTS_SUM: &str = "dcwatt_gpus_power_watts";
 pub const GPU_ENERGY_JOULES_TOTAL: &str = "dcwatt_gpus_energy_joules_total";
 /// GPU energy counter resets seen.
 pub const GPU_COUNTER_RESETS_TOTAL: &str = "dcwatt_gpus_energy_resets_total";
+/// Metered nodes' energy beyond their GPUs that could not be booked to anyone.
+pub const UNBOOKED_ENERGY_JOULES_TOTAL: &str = "dcwatt_unbooked_energy_joules_total";
+/// GPU energy counter readings refused as glitches.
+pub const GPU_COUNTER_GLITCHES_TOTAL: &str = "dcwatt_gpus_energy_glitches_total";
 /// Last time an agent's batch was applied, Unix seconds.
 pub const AGENT_LAST_SEEN: &str = "dcwatt_agent_last_seen_timestamp_seconds";
 /// Batches received, by result.

@@ -45,10 +45,8 @@ pub struct MeterAccount {
     pub last_reset: Option<(i64, i64)>,
     /// Gaps longer than `max_gap` in a power-only series.
     pub gaps: u64,
-    /// Counter jumps beyond `nominal_max_watts` rejected as glitches.
+    /// Counter readings refused as glitches (see [`Counter::observe`]).
     pub glitches: u64,
-    /// Consecutive glitches; at [`GLITCH_STREAK_REBASE`] the new level is taken.
-    pub glitch_streak: u32,
     /// The fixed UTC minutes cut so far.
     pub minutes: Minutes,
     /// Coolant values and excursions, for a CDU.
@@ -60,9 +58,16 @@ fn is_default<T: Default + PartialEq>(v: &T) -> bool {
     *v == T::default()
 }
 
-/// After this many consecutive rejected jumps, the counter's new level is taken
-/// as a new base (a replaced meter, not a glitch): nothing is counted across it.
-pub const GLITCH_STREAK_REBASE: u32 = 3;
+/// The rating a meter without `nominal_max_watts` is judged against, W: more
+/// than any one meter of a 30 MW hall reads, so that only the absurd is refused.
+pub const DEFAULT_METER_MAX_WATTS: f64 = 100e6;
+/// The flow a water meter without `nominal_max_cubic_meters_per_hour` is
+/// judged against, m³/s (3,600 m³/h).
+pub const DEFAULT_WATER_MAX_CUBIC_METERS_PER_SECOND: f64 = 1.0;
+/// The power a GPU that reports no power limit is judged against, W.
+pub const DEFAULT_GPU_MAX_WATTS: f64 = 2000.0;
+/// A reported power limit above this is not believed (the default is used), W.
+pub const GPU_MAX_WATTS_CEILING: f64 = 5000.0;
 
 /// One configured meter's state.
 #[derive(Debug, Clone)]
@@ -115,12 +120,13 @@ impl MeterState {
     }
 
     /// The largest believable counter increase per second, in the counter's
-    /// unit (J/s = W, or m³/s), if a rating is configured.
-    fn max_counter_rate(&self) -> Option<f64> {
+    /// unit (J/s = W, or m³/s): the rating, else a default.
+    fn max_counter_rate(&self) -> f64 {
         if self.role == Role::Water {
-            self.nominal_max_cubic_meters_per_hour.map(|q| q / 3600.0)
+            self.nominal_max_cubic_meters_per_hour
+                .map_or(DEFAULT_WATER_MAX_CUBIC_METERS_PER_SECOND, |q| q / 3600.0)
         } else {
-            self.nominal_max_watts
+            self.nominal_max_watts.unwrap_or(DEFAULT_METER_MAX_WATTS)
         }
     }
 }
@@ -149,6 +155,12 @@ pub struct GpuState {
     pub energy_joules: f64,
     /// Counter resets seen.
     pub resets: u64,
+    /// Counter readings refused as glitches (see [`Counter::observe`]).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub glitches: u64,
+    /// The enforced power limit last reported, W: what its counter is judged against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power_limit_watts: Option<f64>,
     /// The last reading of any kind (Unix ms).
     pub last_ms: i64,
     /// The fixed UTC minutes of its energy, for the tenant ledger.
@@ -159,6 +171,16 @@ pub struct GpuState {
     /// Utilization and peak power of the UTC minute in progress.
     #[serde(default, skip_serializing_if = "is_default")]
     pub minute_stats: GpuMinuteStats,
+}
+
+impl GpuState {
+    /// The power its energy counter is judged against: its enforced limit if
+    /// believable, else [`DEFAULT_GPU_MAX_WATTS`].
+    pub fn max_watts(&self) -> f64 {
+        self.power_limit_watts
+            .filter(|w| *w > 0.0 && *w <= GPU_MAX_WATTS_CEILING)
+            .unwrap_or(DEFAULT_GPU_MAX_WATTS)
+    }
 }
 
 /// One GPU's utilization and peak power over one UTC minute, from its readings.
@@ -338,24 +360,55 @@ impl State {
         out
     }
 
-    /// The first reading of a GPU another agent owns, if any: a rogue or
-    /// misconfigured agent must not report (and so bill) another node's GPUs.
-    pub fn foreign_gpu<'a>(&'a self, batch: &'a Batch) -> Option<(usize, &'a str, &'a str)> {
-        batch
-            .readings
-            .iter()
-            .enumerate()
-            .find_map(|(i, r)| match &r.entity {
-                Entity::Gpu(uuid) => {
-                    let owner = self
-                        .gpus
-                        .get(uuid)
-                        .map(|g| g.agent.as_str())
-                        .filter(|a| !a.is_empty())?;
-                    (owner != batch.agent).then_some((i, uuid.as_str(), owner))
-                }
-                _ => None,
-            })
+    /// The first GPU of a batch (in `gpus`, then in `readings`) that another
+    /// agent owns, as (field, UUID, owner): a rogue or misconfigured agent must
+    /// not report (and so bill, or rename) another node's GPUs. A GPU that
+    /// really moved is released by the operator first ([`State::release_gpu`]).
+    pub fn foreign_gpu<'a>(&'a self, batch: &'a Batch) -> Option<(String, &'a str, &'a str)> {
+        let owner = |uuid: &str| -> Option<&'a str> {
+            let owner = self
+                .gpus
+                .get(uuid)
+                .map(|g| g.agent.as_str())
+                .filter(|a| !a.is_empty())?;
+            (owner != batch.agent).then_some(owner)
+        };
+        let listed =
+            batch.gpus.iter().enumerate().find_map(|(i, g)| {
+                Some((format!("gpus[{i}].uuid"), g.uuid.as_str(), owner(&g.uuid)?))
+            });
+        listed.or_else(|| {
+            batch
+                .readings
+                .iter()
+                .enumerate()
+                .find_map(|(i, r)| match &r.entity {
+                    Entity::Gpu(uuid) => {
+                        Some((format!("readings[{i}].entity"), uuid.as_str(), owner(uuid)?))
+                    }
+                    _ => None,
+                })
+        })
+    }
+
+    /// How many GPUs the agent `id` reports (for a node's agent: the node's GPUs).
+    pub fn gpus_of(&self, id: &str) -> usize {
+        self.agent_gpus.get(id).copied().unwrap_or(0)
+    }
+
+    /// Forgets which agent owns a GPU (the operator moved it to another node):
+    /// the next agent to report it owns it. Its energy and minutes stay.
+    /// Returns the agent that owned it, or `None` when no agent did.
+    pub fn release_gpu(&mut self, uuid: &str) -> Option<String> {
+        let g = self.gpus.get_mut(uuid)?;
+        if g.agent.is_empty() {
+            return None;
+        }
+        let owner = std::mem::take(&mut g.agent);
+        if let Some(n) = self.agent_gpus.get_mut(&owner) {
+            *n = n.saturating_sub(1);
+        }
+        Some(owner)
     }
 
     /// With the GPUs this batch names for the first time, how many GPUs its
@@ -659,8 +712,16 @@ impl State {
                 g.thermals.sw_thermal = Some((ts, v));
                 return Ok(());
             }
-            Quantity::EnergyJoules => match g.counter.observe(ts, v) {
-                CounterStep::Baseline => false,
+            Quantity::PowerLimitWatts => {
+                g.power_limit_watts = Some(v);
+                return Ok(());
+            }
+            Quantity::EnergyJoules => match g.counter.observe(ts, v, g.max_watts()) {
+                CounterStep::Baseline | CounterStep::Rebased => false,
+                CounterStep::Glitch => {
+                    g.glitches += 1;
+                    return Err(Ignored::Glitch);
+                }
                 CounterStep::Delta(s) => {
                     g.energy_joules += s.joules;
                     s.to_ms - s.from_ms <= stale_ms
@@ -742,41 +803,32 @@ fn meter_reading(
         acc.last_ms = Some(ts);
     }
     let (span, clean) = match q {
-        q if q == counter => {
-            if let (Some(max_rate), Some((t0, v0))) = (max_rate, acc.counter.last()) {
-                let limit = max_rate * (ts - t0) as f64 / 1000.0 * 1.1;
-                if ts > t0 && v - v0 > limit {
-                    acc.glitches += 1;
-                    acc.glitch_streak += 1;
-                    if acc.glitch_streak < GLITCH_STREAK_REBASE {
-                        return Err(Ignored::Glitch);
-                    }
-                    // The new level held: take it as a new base, count nothing across it.
-                    acc.glitch_streak = 0;
-                    acc.counter = Counter::default();
-                    acc.counter.observe(ts, v);
-                    out.point(m, ts, false);
-                    return Ok(());
+        q if q == counter => match acc.counter.observe(ts, v, max_rate) {
+            CounterStep::Baseline => {
+                if acc.energy_joules == 0.0 {
+                    acc.energy_from_ms = Some(ts);
                 }
+                out.point(m, ts, false);
+                return Ok(());
             }
-            acc.glitch_streak = 0;
-            match acc.counter.observe(ts, v) {
-                CounterStep::Baseline => {
-                    if acc.energy_joules == 0.0 {
-                        acc.energy_from_ms = Some(ts);
-                    }
-                    out.point(m, ts, false);
-                    return Ok(());
-                }
-                CounterStep::Delta(s) => (s, s.to_ms - s.from_ms <= site.stale_after_ms),
-                CounterStep::Reset(s) => {
-                    acc.resets += 1;
-                    acc.last_reset = Some((s.from_ms, s.to_ms));
-                    (s, false)
-                }
-                CounterStep::OutOfOrder => return Err(Ignored::OutOfOrder),
+            CounterStep::Delta(s) => (s, s.to_ms - s.from_ms <= site.stale_after_ms),
+            CounterStep::Reset(s) => {
+                acc.resets += 1;
+                acc.last_reset = Some((s.from_ms, s.to_ms));
+                (s, false)
             }
-        }
+            CounterStep::Glitch => {
+                acc.glitches += 1;
+                return Err(Ignored::Glitch);
+            }
+            CounterStep::Rebased => {
+                // The new level held: a replaced meter; nothing counted across it.
+                acc.glitches += 1;
+                out.point(m, ts, false);
+                return Ok(());
+            }
+            CounterStep::OutOfOrder => return Err(Ignored::OutOfOrder),
+        },
         Quantity::PowerWatts => {
             if acc.power.is_some_and(|(t, _)| ts <= t) {
                 return Err(Ignored::OutOfOrder);

@@ -174,6 +174,8 @@ pub enum StoreError {
 /// The open database.
 pub struct Store {
     pub(crate) conn: Connection,
+    /// The database file; `None` in memory.
+    path: Option<PathBuf>,
 }
 
 impl Store {
@@ -217,7 +219,37 @@ impl Store {
                 )?;
             }
         }
-        Ok(Store { conn })
+        Ok(Store {
+            conn,
+            path: Some(path.to_path_buf()),
+        })
+    }
+
+    /// A read-only connection to the same database file, for readers that
+    /// must not wait for (or hold up) the writer: in WAL mode a reader sees
+    /// the last committed transaction and blocks nobody. `None` for an
+    /// in-memory store, whose only connection is this one.
+    pub fn reader(&self) -> Result<Option<Store>, StoreError> {
+        let Some(path) = &self.path else {
+            return Ok(None);
+        };
+        Self::open_reader(path).map(Some)
+    }
+
+    /// Opens a read-only connection to the database at `path` (see [`Store::reader`]).
+    pub fn open_reader(path: &Path) -> Result<Store, StoreError> {
+        let open_err = |source| StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        let conn = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(open_err)?;
+        Ok(Store { conn, path: None })
     }
 
     /// Fills a fresh state (from [`State::new`]) with what was stored. Meters no
@@ -316,7 +348,7 @@ impl Store {
         })?;
         conn.execute_batch(SCHEMA)?;
         conn.execute_batch(crate::ledger::SCHEMA)?;
-        Ok(Store { conn })
+        Ok(Store { conn, path: None })
     }
 
     /// Writes one applied batch's effects and its agent's state, atomically.
@@ -328,7 +360,7 @@ impl Store {
         site: &Site,
     ) -> Result<(), StoreError> {
         let prepared = prepare(agent, state, changes)?;
-        self.commit_group(std::slice::from_ref(&prepared), site)
+        self.commit_group([&prepared], site)
     }
 
     /// Sets when a transaction counts as committed (see [`Synchronous`]).
@@ -397,7 +429,11 @@ impl Store {
     }
 
     /// Writes several prepared batches, in order, in one transaction: all or none.
-    pub fn commit_group(&mut self, group: &[Prepared], site: &Site) -> Result<(), StoreError> {
+    pub fn commit_group<'a>(
+        &mut self,
+        group: impl IntoIterator<Item = &'a Prepared>,
+        site: &Site,
+    ) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
         for p in group {
             write_prepared(&tx, p, site)?;
@@ -450,7 +486,8 @@ pub struct Prepared {
     gpu_minutes: Vec<(String, String, MinuteEnergy)>,
     gpu_stats: Vec<(String, String, crate::state::GpuMinuteStats)>,
     excursions: Vec<ExcursionEdit>,
-    node_minutes: Vec<(String, MinuteEnergy)>,
+    /// (node, minute, the GPUs its agent reports).
+    node_minutes: Vec<(String, MinuteEnergy, i64)>,
 }
 
 /// Serializes what one applied batch changed (call right after applying it).
@@ -475,7 +512,8 @@ pub fn prepare(agent: &str, state: &State, changes: &Changes) -> Result<Prepared
         }
         if let Some(node) = state.meters.get(id).and_then(|m| m.node.as_ref()) {
             if w.complete {
-                p.node_minutes.push((node.clone(), *w));
+                let gpus = i64::try_from(state.gpus_of(node)).unwrap_or(i64::MAX);
+                p.node_minutes.push((node.clone(), *w, gpus));
             }
         }
     }
@@ -505,12 +543,14 @@ fn write_prepared(
     }
     crate::ledger::attribute(tx, site, &p.gpu_minutes)?;
     crate::ledger::attribute_stats(tx, site, &p.gpu_stats)?;
-    for (node, w) in &p.node_minutes {
+    for (node, w, gpus) in &p.node_minutes {
+        // A change to a minute already shared marks it for an adjustment.
         tx.prepare_cached(
-            "INSERT INTO node_open (minute_ms, node, meter_joules) VALUES (?1, ?2, ?3)
-             ON CONFLICT (minute_ms, node) DO UPDATE SET meter_joules = meter_joules + excluded.meter_joules",
+            "INSERT INTO node_open (minute_ms, node, meter_joules, gpus_expected) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (minute_ms, node) DO UPDATE SET meter_joules = meter_joules + excluded.meter_joules,
+             shared = CASE WHEN shared = 1 THEN 2 ELSE shared END",
         )?
-        .execute(params![w.minute_ms, node, w.joules])?;
+        .execute(params![w.minute_ms, node, w.joules, gpus])?;
     }
     if let Some((agent, seq, seen)) = &p.agent {
         tx.prepare_cached(
@@ -575,11 +615,13 @@ fn write_prepared(
 impl Store {
     /// The excursions that started in `[from_ms, to_ms)`, oldest first; only
     /// one tenant's when `tenant` is given.
+    /// At most `limit` are read: a caller that gets `limit` back may be missing some.
     pub fn excursions(
         &self,
         tenant: Option<&str>,
         from_ms: i64,
         to_ms: i64,
+        limit: usize,
     ) -> Result<Vec<Excursion>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT entity_kind, entity, node, kind, zone, tenant, opened_ms, closed_ms FROM excursions
@@ -607,6 +649,9 @@ impl Store {
         for row in rows {
             // A kind this collector does not know (a newer one wrote it) is left out.
             if let Some(e) = row? {
+                if out.len() == limit {
+                    break;
+                }
                 out.push(e);
             }
         }
@@ -675,6 +720,20 @@ impl Store {
             )
             .optional()?;
         Ok(n.unwrap_or(0))
+    }
+
+    /// Metered nodes' energy beyond their GPUs that could not be booked to
+    /// anyone (no GPU time to share it by), J, since the database began.
+    pub fn unbooked_node_joules(&self) -> Result<f64, StoreError> {
+        let v: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'unbooked_node_joules'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(v.and_then(|v| v.parse().ok()).unwrap_or(0.0))
     }
 
     /// Drops minute rows older than [`MINUTE_RETENTION_MS`] and hour rows older

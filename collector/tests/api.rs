@@ -39,6 +39,7 @@ async fn start_with(extra: &str) -> Collector {
         [[agents]]
         id = "n1"
         token_sha256 = "{}"
+        meters = ["utility", "pdu-1", "pdu-2"]
         [[agents]]
         id = "n2"
         token_sha256 = "{}"

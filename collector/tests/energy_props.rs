@@ -117,3 +117,104 @@ proptest! {
         prop_assert_eq!(minutes.len(), whole);
     }
 }
+
+/// What happens to the counter in one step of the second property.
+#[derive(Debug, Clone)]
+enum Event {
+    /// A clean reading.
+    Clean,
+    /// The gateway reports a value slightly below the true one (a float32
+    /// rounding the other way), at most 10⁻⁷ of it.
+    Dip(f64),
+    /// An absurd value (up by this many times the most the meter can count,
+    /// or down to this fraction of the value), then a clean reading.
+    Glitch { up: bool, factor: f64 },
+    /// The counter restarts from zero at this fraction of the step.
+    Reset(f64),
+}
+
+fn judged_steps() -> impl Strategy<Value = Vec<(i64, f64, Event)>> {
+    let event = prop_oneof![
+        10 => Just(Event::Clean),
+        2 => (0.0f64..1e-7).prop_map(Event::Dip),
+        2 => (any::<bool>(), 2.0f64..1000.0).prop_map(|(up, factor)| Event::Glitch { up, factor }),
+        1 => (0.0f64..1.0).prop_map(Event::Reset),
+    ];
+    prop::collection::vec((500i64..15_000, 0.0f64..RATING, event), 1..120)
+}
+
+/// The meter's rating in the second property, W.
+const RATING: f64 = 5.0e5;
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    /// Random counter series with dips, glitches and resets, on a meter rated
+    /// [`RATING`]: what is counted never exceeds the true energy (dips and
+    /// glitches add nothing), and falls short of it only by what a reset
+    /// hides (the energy between the last reading and the reset).
+    #[test]
+    fn dips_and_glitches_add_nothing(start in 1.0e6f64..1.0e12, steps in judged_steps()) {
+        let site = Config::from_toml(&format!(
+            "[[agents]]\nid = \"a\"\ntoken_sha256 = \"{}\"\nmeters = [\"m\"]\n[[meters]]\nid = \"m\"\nrole = \"facility\"\nnominal_max_watts = {RATING:?}\n",
+            hex::encode(token_hash("t"))
+        ))
+        .unwrap()
+        .build()
+        .unwrap();
+        let mut state = State::new(&site);
+        let mut seq = 0u64;
+        let mut feed = |state: &mut State, t: i64, v: f64| {
+            seq += 1;
+            let b = Batch {
+                version: VERSION,
+                agent: "a".into(),
+                seq,
+                first_seq: None,
+                node: "a".into(),
+                created_ms: t,
+                gpus: vec![],
+                readings: vec![Reading { ts_ms: t, entity: Entity::Meter("m".into()), quantity: Quantity::EnergyJoules, value: v }],
+            };
+            state.apply(&b, &site, t);
+        };
+        let mut t = 1_795_000_000_000i64;
+        let (mut counter, mut truth, mut hidden) = (start, 0.0f64, 0.0f64);
+        feed(&mut state, t, counter);
+        for (dt, watts, event) in &steps {
+            let step = watts * *dt as f64 / 1000.0;
+            truth += step;
+            match event {
+                Event::Reset(f) if step * (1.0 - f) < counter => {
+                    hidden += step * f;
+                    counter = step * (1.0 - f);
+                }
+                _ => counter += step,
+            }
+            t += dt;
+            match event {
+                Event::Dip(d) => feed(&mut state, t, counter * (1.0 - d)),
+                Event::Glitch { up, factor } => {
+                    let most = RATING * (*dt as f64 * 1.1 + 100.0) / 1000.0;
+                    let absurd = if *up { counter + most * factor } else { counter / factor };
+                    // A value down to what the meter can count from zero looks
+                    // like a reset: not a glitch this test can make.
+                    if *up || absurd > most {
+                        feed(&mut state, t, absurd);
+                    }
+                    // Then a clean reading, a second later.
+                    t += 1000;
+                    let more = watts;
+                    truth += more;
+                    counter += more;
+                    feed(&mut state, t, counter);
+                }
+                _ => feed(&mut state, t, counter),
+            }
+        }
+        let counted = state.meters["m"].acc.energy_joules;
+        let tol = 1e-9 * truth.max(1.0) + 1e-7 * (start + truth);
+        prop_assert!(counted <= truth + tol, "counted {counted} > truth {truth}");
+        prop_assert!(counted >= truth - hidden - tol, "counted {counted} < truth {truth} - hidden {hidden}");
+    }
+}

@@ -122,14 +122,7 @@ async fn an_agent_over_its_rate_gets_429_with_retry_after_and_changes_nothing() 
         .unwrap();
     assert!((1..=2).contains(&retry), "Retry-After {retry}");
     assert_eq!(agents(&http, &base).await, before);
-    let m = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let (_, m) = common::get_as(&http, &format!("{base}/metrics"), OPERATOR).await;
     assert!(
         m.contains("dcwatt_ingest_batches_total{result=\"rate_limited\"} 1"),
         "{m}"

@@ -123,6 +123,7 @@ async fn leases_book_gpu_energy_and_only_the_right_caller_reads_it() {
     let metrics = loop {
         let m = http
             .get(format!("{url}/metrics"))
+            .bearer_auth(OPERATOR)
             .send()
             .await
             .unwrap()
@@ -418,6 +419,7 @@ async fn leases_reload_without_a_restart_and_a_bad_file_changes_nothing() {
     };
     let metrics = || async {
         http.get(format!("{url}/metrics"))
+            .bearer_auth(OPERATOR)
             .send()
             .await
             .unwrap()
@@ -487,7 +489,7 @@ async fn a_metered_nodes_energy_beyond_its_gpus_is_shared_by_gpu_time() {
     // node input meter at 1800 W: 300 W beyond the GPUs, half to each GPU's owner.
     let config = format!(
         "[ledger]\npath = \"{}\"\n[operator]\ntoken_sha256 = \"{}\"\n\
-         [[agents]]\nid = \"r1-n1\"\ntoken_sha256 = \"{}\"\n\
+         [[agents]]\nid = \"r1-n1\"\ntoken_sha256 = \"{}\"\nmeters = [\"psu-r1-n1\"]\n\
          [[meters]]\nid = \"psu-r1-n1\"\nrole = \"it\"\nit_point = \"it_input\"\nnode = \"r1-n1\"\n\
          [[tenants]]\nid = \"lab-a\"\ntoken_sha256 = \"{}\"\n\
          [[leases]]\ntenant = \"lab-a\"\ngpus = [\"GPU-a1\"]\nfrom = \"2026-01-01T00:00:00Z\"\nto = \"2030-01-01T00:00:00Z\"\n",
@@ -566,6 +568,7 @@ async fn a_metered_nodes_energy_beyond_its_gpus_is_shared_by_gpu_time() {
     assert_eq!(step["it_joules"].as_f64(), Some(8.0 * 69_000.0), "{step}");
     let m = http
         .get(format!("{url}/metrics"))
+        .bearer_auth(OPERATOR)
         .send()
         .await
         .unwrap()

@@ -29,7 +29,7 @@ fn config(db: &std::path::Path) -> String {
     );
     for (id, token, zone, _) in AGENTS {
         c += &format!(
-            "[[agents]]\nid = \"{id}\"\ntoken_sha256 = \"{}\"\nzone = \"{zone}\"\n",
+            "[[agents]]\nid = \"{id}\"\ntoken_sha256 = \"{}\"\nzone = \"{zone}\"\nmeters = [\"cdu-1\"]\n",
             h(token)
         );
     }

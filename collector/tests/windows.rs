@@ -82,8 +82,13 @@ const METERS: [MeterSpec; 10] = [
 
 async fn start() -> (String, tokio::sync::oneshot::Sender<()>) {
     let mut config = format!(
-        "carbon_intensity_kg_per_kwh = 0.3\n# A day of history posted as fast as it goes.\nagent_batches_per_second = 1e6\nagent_batch_burst = 100000\n[[agents]]\nid = \"gw\"\ntoken_sha256 = \"{}\"\n",
-        hex::encode(token_hash(TOKEN))
+        "carbon_intensity_kg_per_kwh = 0.3\n# A day of history posted as fast as it goes.\nagent_batches_per_second = 1e6\nagent_batch_burst = 100000\n[[agents]]\nid = \"gw\"\ntoken_sha256 = \"{}\"\nmeters = [{}, \"water-1\"]\n",
+        hex::encode(token_hash(TOKEN)),
+        METERS
+            .iter()
+            .map(|m| format!("{:?}", m.0))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     for (id, role, zone, point, _, parent) in METERS {
         config += &format!("[[meters]]\nid = \"{id}\"\nrole = \"{role}\"\nzone = \"{zone}\"\n");

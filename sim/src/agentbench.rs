@@ -317,6 +317,14 @@ pub async fn run(args: &AgentBenchArgs) -> anyhow::Result<AgentBenchReport> {
             toml_str(&node.name),
             hex::encode(Sha256::digest(token.as_bytes()))
         );
+        conf += &format!(
+            "meters = [{}]\n",
+            site.meters
+                .iter()
+                .map(|m| toml_str(&m.id))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
         for m in &site.meters {
             conf += &format!(
                 "[[meters]]\nid = {}\nrole = {}\nzone = {}\n",

@@ -334,6 +334,25 @@ pub async fn launch(sim_url: &str, opts: &LaunchOptions) -> anyhow::Result<Deplo
     let mut agent_ids: Vec<String> = site.nodes.iter().map(|n| n.name.clone()).collect();
     agent_ids.push(GATEWAY.to_owned());
 
+    // Who reads which meter: the first node of each rack its rack's PDU, the
+    // gateway every other meter and the water meters.
+    let mut meters_read: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+    let mut racks_seen = std::collections::BTreeSet::new();
+    for node in &site.nodes {
+        if racks_seen.insert(node.rack) {
+            let pdu = format!("pdu-r{}", node.rack);
+            if let Some(m) = site.meters.iter().find(|m| m.id == pdu) {
+                meters_read.entry(&node.name).or_default().push(&m.id);
+            }
+        }
+    }
+    meters_read.entry(GATEWAY).or_default().extend(
+        site.meters
+            .iter()
+            .filter(|m| m.role != "it")
+            .map(|m| m.id.as_str())
+            .chain(site.water_meters.iter().map(|w| w.id.as_str())),
+    );
     let mut collector_toml = String::from("listen = \"127.0.0.1:0\"\n");
     let mut tokens = Vec::new();
     let mut token_files = Vec::new();
@@ -344,6 +363,14 @@ pub async fn launch(sim_url: &str, opts: &LaunchOptions) -> anyhow::Result<Deplo
             toml_str(id),
             hex::encode(Sha256::digest(token.as_bytes()))
         );
+        // Each agent may report exactly the meters it reads.
+        let ids: Vec<String> = meters_read
+            .get(id.as_str())
+            .into_iter()
+            .flatten()
+            .map(|m| toml_str(m))
+            .collect();
+        collector_toml += &format!("meters = [{}]\n", ids.join(", "));
         tokens.push((id.clone(), token));
         token_files.push(path);
     }
@@ -418,7 +445,6 @@ pub async fn launch(sim_url: &str, opts: &LaunchOptions) -> anyhow::Result<Deplo
         )
     };
     let mut agents = Vec::new();
-    let mut racks_done = std::collections::BTreeSet::new();
     for (i, id) in agent_ids.iter().enumerate() {
         let mut toml = format!(
             "listen = \"127.0.0.1:0\"\ninterval = {}\nnode = {}\n\n[[collectors]]\nurl = {}\ntoken_file = {}\n",
@@ -448,11 +474,12 @@ pub async fn launch(sim_url: &str, opts: &LaunchOptions) -> anyhow::Result<Deplo
                 "DCWATT_FAKE_NVML_STATE",
                 node.state_file.clone().into_os_string(),
             ));
-            if racks_done.insert(node.rack) {
-                let pdu = format!("pdu-r{}", node.rack);
-                for m in site.meters.iter().filter(|m| m.id == pdu) {
-                    toml += &redfish(m);
-                }
+            for m in site.meters.iter().filter(|m| {
+                meters_read
+                    .get(id.as_str())
+                    .is_some_and(|r| r.contains(&m.id.as_str()))
+            }) {
+                toml += &redfish(m);
             }
         } else {
             for m in site.meters.iter().filter(|m| m.role != "it") {

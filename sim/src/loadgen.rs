@@ -199,8 +199,10 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<LoadReport> {
     );
     for i in 0..args.agents {
         config += &format!(
-            "[[agents]]\nid = \"n{i:05}\"\ntoken_sha256 = \"{}\"\n[[meters]]\nid = \"pdu-{i:05}\"\nrole = \"it\"\nzone = \"hall-1\"\nit_point = \"pdu_output\"\n",
-            hex::encode(Sha256::digest(token(i).as_bytes()))
+            "[[agents]]\nid = \"n{i:05}\"\ntoken_sha256 = \"{}\"\nmeters = [\"pdu-{i:05}\"{}]\n[[meters]]\nid = \"pdu-{i:05}\"\nrole = \"it\"\nzone = \"hall-1\"\nit_point = \"pdu_output\"\n",
+            hex::encode(Sha256::digest(token(i).as_bytes())),
+            // The first agent also reads the utility meter.
+            if i == 0 { ", \"utility\"" } else { "" }
         );
     }
     config += "[[meters]]\nid = \"utility\"\nrole = \"facility\"\nzone = \"hall-1\"\n";

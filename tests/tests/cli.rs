@@ -28,6 +28,16 @@ fn collector_check_config() {
         check("dcwatt-collector", "listen = \"127.0.0.1:9400\"\n").0,
         0
     );
+    // A meter no agent may report: valid, with a warning naming it.
+    let (code, said) = check(
+        "dcwatt-collector",
+        "[[meters]]\nid = \"utility\"\nrole = \"facility\"\n[[agents]]\nid = \"n1\"\ntoken_sha256 = \"0000000000000000000000000000000000000000000000000000000000000001\"\n",
+    );
+    assert_eq!(code, 0, "{said}");
+    assert!(
+        said.contains("warning: meter \"utility\" is listed in no agent's `meters`"),
+        "{said}"
+    );
     let cases = [
         (
             "[[meters]]\nid = \"pdu-1\"\nrole = \"it\"\n",

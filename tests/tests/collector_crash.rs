@@ -96,6 +96,7 @@ path = "{}"
 [[agents]]
 id = "n1"
 token_sha256 = "{}"
+meters = ["utility", "pdu"]
 [[meters]]
 id = "utility"
 role = "facility"

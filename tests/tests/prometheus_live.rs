@@ -13,6 +13,7 @@ use std::time::Duration;
 use dcwatt_sim::launch::{launch, LaunchOptions};
 use dcwatt_tests::{dashboard_exprs, get_json, spawn_sim, wait_for};
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 
 /// Kills the Prometheus server when the test ends, however it ends.
 struct Prometheus(Child);
@@ -72,7 +73,12 @@ async fn shipped_rules_run_in_prometheus_against_a_live_hall() {
         interval: "500ms".into(),
         log_filter: "info".into(),
         mirror: false,
-        collector_extra: String::new(),
+        // /metrics closed to all but the scrape token, as deployed.
+        collector_extra: format!(
+            "\n[operator]\ntoken_sha256 = \"{}\"\n[metrics]\ntoken_sha256 = \"{}\"\n",
+            hex::encode(Sha256::digest(b"operator-token")),
+            hex::encode(Sha256::digest(b"scrape-token"))
+        ),
     };
     let dep = launch(&sim.url(), &opts).await.unwrap();
 
@@ -91,12 +97,13 @@ async fn shipped_rules_run_in_prometheus_against_a_live_hall() {
              rule_files: [recording.yml, alerts.yml]\n\
              scrape_configs:\n\
              - job_name: dcwatt-agent\n  static_configs: [{{targets: [{}]}}]\n\
-             - job_name: dcwatt-collector\n  static_configs: [{{targets: [\"{}\"]}}]\n",
+             - job_name: dcwatt-collector\n  authorization: {{type: Bearer, credentials_file: dcwatt-scrape.token}}\n  static_configs: [{{targets: [\"{}\"]}}]\n",
             agents.join(", "),
             dep.collector.addr
         ),
     )
     .unwrap();
+    std::fs::write(prom_dir.join("dcwatt-scrape.token"), "scrape-token\n").unwrap();
     let port = free_port();
     let log = std::fs::File::create(prom_dir.join("prometheus.log")).unwrap();
     let child = Command::new("prometheus")

@@ -105,7 +105,7 @@ fn statements_equal_the_truth_of_each_tenants_gpus() {
         .ledger_totals()
         .unwrap()
         .into_iter()
-        .map(|(o, it, ..)| (o, it))
+        .map(|t| (t.owner, t.it_joules))
         .collect();
     for (owner, want) in &truth {
         let got = totals[*owner];
