@@ -705,7 +705,10 @@ pub async fn checkpoints(
     if to < from {
         return error(StatusCode::BAD_REQUEST, "to: must not be before from");
     }
-    let list = shared.store().checkpoints(from, to, MAX_CHECKPOINTS + 1);
+    let list = read(&shared, move |store| {
+        store.checkpoints(from, to, MAX_CHECKPOINTS + 1)
+    })
+    .await;
     match list {
         Ok(mut list) => {
             let more = list.len() > MAX_CHECKPOINTS;
@@ -718,7 +721,27 @@ pub async fn checkpoints(
             }))
             .into_response()
         }
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}")),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Runs `f` on a read connection, off the async workers (a store error is a
+/// 503): the committer neither waits for it nor holds it up.
+async fn read<T: Send + 'static>(
+    shared: &Arc<Shared>,
+    f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, HttpError> {
+    let shared = Arc::clone(shared);
+    match tokio::task::spawn_blocking(move || shared.with_reader(f)).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(HttpError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("store: {e}"),
+        )),
+        Err(e) => Err(HttpError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("reading the store failed: {e}"),
+        )),
     }
 }
 
@@ -764,19 +787,8 @@ pub async fn consistency(
         (Ok(f), Ok(t)) => (f, t),
         (Err(r), _) | (_, Err(r)) => return r.into_response(),
     };
-    let store = shared.store();
-    let size = match tree_size(&store.conn) {
-        Ok(s) => s,
-        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}")),
-    };
     if from == 0 {
         return error(StatusCode::BAD_REQUEST, "from_size: must be at least 1");
-    }
-    if to > size {
-        return error(
-            StatusCode::BAD_REQUEST,
-            format!("to_size: must be at most the tree's size, {size}"),
-        );
     }
     if from > to {
         return error(
@@ -784,14 +796,26 @@ pub async fn consistency(
             "from_size: must be at most to_size",
         );
     }
-    match store.consistency_proof(from, to) {
-        Ok(proof) => Json(ConsistencyProof {
+    // The tree only grows: a size read first stays provable after it.
+    let answer = read(&shared, move |store| {
+        let size = store.tree_head()?.0;
+        if to > size {
+            return Ok(Err(HttpError(
+                StatusCode::BAD_REQUEST,
+                format!("to_size: must be at most the tree's size, {size}"),
+            )));
+        }
+        store.consistency_proof(from, to).map(Ok)
+    })
+    .await;
+    match answer {
+        Ok(Ok(proof)) => Json(ConsistencyProof {
             from_size: from,
             to_size: to,
             proof: proof.iter().map(hex::encode).collect(),
         })
         .into_response(),
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}")),
+        Ok(Err(e)) | Err(e) => e.into_response(),
     }
 }
 

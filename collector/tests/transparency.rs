@@ -298,6 +298,7 @@ async fn tenants_read_checkpoints_and_proofs_of_their_own_rows_only() {
     loop {
         let m = http
             .get(format!("{url}/metrics"))
+            .bearer_auth(OPERATOR)
             .send()
             .await
             .unwrap()
@@ -316,6 +317,7 @@ async fn tenants_read_checkpoints_and_proofs_of_their_own_rows_only() {
     let metrics = loop {
         let m = http
             .get(format!("{url}/metrics"))
+            .bearer_auth(OPERATOR)
             .send()
             .await
             .unwrap()
