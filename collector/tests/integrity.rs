@@ -165,6 +165,13 @@ async fn hostile_queries_get_400_naming_the_parameter() {
         ),
         ("/v1/tenants/lab-a/statement?month=99999-01", "month"),
         ("/v1/tenants/lab-a/statement?month=2026-13", "month"),
+        ("/v1/ledger/checkpoints?from=5&to=1", "to"),
+        ("/v1/ledger/checkpoints?from=yesterday", "from"),
+        ("/v1/ledger/consistency?from_size=0&to_size=1", "from_size"),
+        (
+            "/v1/ledger/consistency?from_size=1&to_size=18446744073709551616",
+            "to_size",
+        ),
     ] {
         let (status, body) = get_as(&http, &format!("{url}{path}"), OPERATOR).await;
         assert_eq!(status, 400, "{path}: {body}");
@@ -187,6 +194,8 @@ fn query_string() -> impl Strategy<Value = String> {
         Just("step"),
         Just("month"),
         Just("format"),
+        Just("from_size"),
+        Just("to_size"),
         Just("x")
     ];
     prop::collection::vec((key, number), 0..5).prop_map(|kv| {
@@ -246,6 +255,9 @@ fn fuzzed_queries_are_answered_and_change_nothing() {
         "/v1/tenants/lab-a/excursions",
         "/v1/summary",
         "/metrics",
+        "/v1/ledger/checkpoints",
+        "/v1/ledger/consistency",
+        "/v1/ledger/public-key",
     ] {
         let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
             cases,
