@@ -226,6 +226,40 @@ fn hourly_checkpoints_are_signed_once_and_every_pair_is_consistent() {
             merkle::verify_consistency(a.tree_size, b.tree_size, &root_a, &root_b, &proof).unwrap();
         }
     }
+    // A statement of a "month" ending with hour 1 proves lab-a's rows of
+    // hours 0 and 1 against the checkpoint that closed hour 1; a month not
+    // closed by any checkpoint, against the latest.
+    let rows = store.tenant_rows("lab-a", t0, t0 + 2 * HOUR).unwrap();
+    assert_eq!(rows.len(), 3);
+    let p = store.statement_proofs(&rows, t0 + 2 * HOUR).unwrap();
+    assert_eq!(p.checkpoint_choice, "month_closing");
+    assert_eq!(p.checkpoint.as_ref().unwrap(), &cps[1]);
+    let p_latest = store.statement_proofs(&rows, t0 + 9 * HOUR).unwrap();
+    assert_eq!(p_latest.checkpoint_choice, "latest");
+    assert_eq!(p_latest.checkpoint.as_ref().unwrap(), &cps[4]);
+    for p in [p, p_latest] {
+        let cp = p.checkpoint.unwrap();
+        let root = cp.verify(&key).unwrap();
+        assert_eq!(p.unproven_rows, 0);
+        for r in &p.rows {
+            assert_eq!(r.row.tenant, "lab-a");
+            let proof: Vec<_> = r
+                .inclusion_proof
+                .as_ref()
+                .unwrap()
+                .iter()
+                .map(|h| hash_from_hex(h).unwrap())
+                .collect();
+            merkle::verify_inclusion(
+                r.leaf_index,
+                cp.tree_size,
+                &r.row.leaf_hash(),
+                &proof,
+                &root,
+            )
+            .unwrap();
+        }
+    }
     // A forged checkpoint (another size under the same signature) is refused.
     let mut forged = cps[2].clone();
     forged.tree_size += 1;
