@@ -1,6 +1,6 @@
 //! Every metric name and label key the agent exports, in one place.
 //!
-//! Names follow `../../shared/DESIGN.md`: prefix `dcwatt_`, the unit in the name,
+//! Names follow the project's rules: prefix `dcwatt_`, the unit in the name,
 //! `_total` on counters. Dashboards and alert rules may use only these.
 
 /// GPU power draw, watts (gauge).
