@@ -44,18 +44,11 @@
 
 #define EXPORT __attribute__((visibility("default")))
 
-typedef int nvmlReturn_t;
-#define NVML_SUCCESS 0
-#define NVML_ERROR_UNINITIALIZED 1
-#define NVML_ERROR_INVALID_ARGUMENT 2
-#define NVML_ERROR_NOT_SUPPORTED 3
-#define NVML_ERROR_NOT_FOUND 6
-#define NVML_ERROR_INSUFFICIENT_SIZE 7
-#define NVML_ERROR_DRIVER_NOT_LOADED 9
-#define NVML_ERROR_TIMEOUT 10
-#define NVML_ERROR_GPU_IS_LOST 15
-#define NVML_ERROR_ARGUMENT_VERSION_MISMATCH 25
-#define NVML_ERROR_UNKNOWN 999
+/* Every NVML type, constant and prototype comes from NVIDIA's own header
+ * (include/nvml.h, vendored unchanged). The unversioned names (nvmlInit, …)
+ * are defined here as well, so the header must not alias them. */
+#define NVML_NO_UNVERSIONED_FUNC_DEFS
+#include "nvml.h"
 
 #define MAX_GPUS 64
 #define UUID_LEN 96
@@ -96,70 +89,8 @@ static const char *const KEY_NAMES[K_COUNT] = {
     "violation_thermal_ns", "pcie_gen", "pcie_width", "hang_ms", "mig_mode",
 };
 
-/* Field ids (same in every nvml-wrapper numbering scheme). */
-#define FI_DEV_POWER_INSTANT 186
-#define FI_DEV_TEMPERATURE_SHUTDOWN_TLIMIT 193
-#define FI_DEV_TEMPERATURE_SLOWDOWN_TLIMIT 194
-#define FI_DEV_TEMPERATURE_MEM_MAX_TLIMIT 195
-#define FI_DEV_TEMPERATURE_GPU_MAX_TLIMIT 196
-/* nvmlEventTypeXidCriticalError */
-#define EVENT_TYPE_XID 0x8ULL
-
-/* NVML_FI_DEV_MEMORY_TEMP: not in the remapped 251..273 range, same id in every scheme. */
-#define FI_DEV_MEMORY_TEMP 82
-/* nvmlValueType_t */
-#define VALUE_TYPE_UNSIGNED_INT 1
-/* nvmlTemperatureThresholds_t, fixed values of a GB300-class part (degrees C). */
-#define THRESHOLD_SHUTDOWN 0
-#define THRESHOLD_SLOWDOWN 1
-#define THRESHOLD_MEM_MAX 2
-#define THRESHOLD_GPU_MAX 3
 /* Throttle (clocks event) reasons this fake claims to support. */
 #define SUPPORTED_THROTTLE_REASONS 0x1ffULL
-/* NVML_STRUCT_VERSION(Memory, 2) = sizeof(nvmlMemory_v2_t) | 2 << 24. */
-#define MEMORY_V2_VERSION 0x02000028u
-
-typedef struct {
-    unsigned int gpu;
-    unsigned int memory;
-} nvmlUtilization_t;
-
-typedef struct {
-    unsigned long long total;
-    unsigned long long free;
-    unsigned long long used;
-} nvmlMemory_t;
-
-typedef struct {
-    unsigned int version;
-    unsigned long long total;
-    unsigned long long reserved;
-    unsigned long long free;
-    unsigned long long used;
-} nvmlMemory_v2_t;
-
-typedef union {
-    double dVal;
-    int siVal;
-    unsigned int uiVal;
-    unsigned long ulVal;
-    unsigned long long ullVal;
-    long long sllVal;
-    unsigned short usVal;
-} nvmlValue_t;
-
-typedef struct {
-    unsigned int fieldId;
-    unsigned int scopeId;
-    long long timestamp;
-    long long latencyUsec;
-    int valueType;
-    nvmlReturn_t nvmlReturn;
-    nvmlValue_t value;
-} nvmlFieldValue_t;
-
-_Static_assert(sizeof(nvmlMemory_v2_t) == 40, "nvmlMemory_v2_t is 40 bytes");
-_Static_assert(sizeof(nvmlFieldValue_t) == 40, "nvmlFieldValue_t is 40 bytes");
 
 /* One GPU as the state file describes it. */
 struct gpu {
@@ -204,39 +135,16 @@ struct state {
     struct gpu gpus[MAX_GPUS];
 };
 
-/* A device handle: what nvmlDevice_t points to. */
-typedef struct nvmlDevice_st {
+/* What nvmlDevice_t points to (the header leaves struct nvmlDevice_st opaque). */
+struct nvmlDevice_st {
     unsigned int index;
-} *nvmlDevice_t;
+};
 
-typedef struct {
-    nvmlDevice_t device;
-    unsigned long long eventType;
-    unsigned long long eventData;
-    unsigned int gpuInstanceId;
-    unsigned int computeInstanceId;
-} nvmlEventData_t;
-
-/* An event set: which GPUs registered for XIDs, and the last event id delivered. */
-typedef struct nvmlEventSet_st {
+/* What nvmlEventSet_t points to: which GPUs registered for XIDs, and the last event id delivered. */
+struct nvmlEventSet_st {
     unsigned long long registered; /* bit per GPU index */
     unsigned long long last_id;
-} *nvmlEventSet_t;
-
-typedef struct {
-    unsigned long long referenceTime;
-    unsigned long long violationTime;
-} nvmlViolationTime_t;
-
-typedef struct {
-    char busIdLegacy[16];
-    unsigned int domain;
-    unsigned int bus;
-    unsigned int device;
-    unsigned int pciDeviceId;
-    unsigned int pciSubSystemId;
-    char busId[32];
-} nvmlPciInfo_t;
+};
 
 /* Calls read the state under the read lock, so the GPU threads of an agent
  * do not queue behind one another (each queueing is a futex wake-up, which a
@@ -853,7 +761,7 @@ EXPORT nvmlReturn_t nvmlDeviceGetTotalEnergyConsumption(nvmlDevice_t device, uns
     return NVML_SUCCESS;
 }
 
-EXPORT nvmlReturn_t nvmlDeviceGetTemperature(nvmlDevice_t device, int sensor, unsigned int *temp) {
+EXPORT nvmlReturn_t nvmlDeviceGetTemperature(nvmlDevice_t device, nvmlTemperatureSensors_t sensor, unsigned int *temp) {
     if (temp == NULL || sensor != 0) return NVML_ERROR_INVALID_ARGUMENT;
     const struct gpu *g;
     nvmlReturn_t ret = enter_device(device, &g);
@@ -868,7 +776,7 @@ static unsigned int threshold_of(const struct gpu *g, enum key k, unsigned int f
     return g->has[k] ? clamp_u32(g->val[k]) : fallback;
 }
 
-EXPORT nvmlReturn_t nvmlDeviceGetTemperatureThreshold(nvmlDevice_t device, int threshold, unsigned int *temp) {
+EXPORT nvmlReturn_t nvmlDeviceGetTemperatureThreshold(nvmlDevice_t device, nvmlTemperatureThresholds_t threshold, unsigned int *temp) {
     if (temp == NULL) return NVML_ERROR_INVALID_ARGUMENT;
     const struct gpu *g;
     nvmlReturn_t ret = enter_device(device, &g);
@@ -878,10 +786,10 @@ EXPORT nvmlReturn_t nvmlDeviceGetTemperatureThreshold(nvmlDevice_t device, int t
         return NVML_ERROR_NOT_SUPPORTED;
     }
     switch (threshold) {
-    case THRESHOLD_SHUTDOWN: *temp = threshold_of(g, K_THRESHOLD_SHUTDOWN, 95); break;
-    case THRESHOLD_SLOWDOWN: *temp = threshold_of(g, K_THRESHOLD_SLOWDOWN, 90); break;
-    case THRESHOLD_MEM_MAX: *temp = threshold_of(g, K_THRESHOLD_MEM_MAX, 95); break;
-    case THRESHOLD_GPU_MAX: *temp = threshold_of(g, K_THRESHOLD_GPU_MAX, 87); break;
+    case NVML_TEMPERATURE_THRESHOLD_SHUTDOWN: *temp = threshold_of(g, K_THRESHOLD_SHUTDOWN, 95); break;
+    case NVML_TEMPERATURE_THRESHOLD_SLOWDOWN: *temp = threshold_of(g, K_THRESHOLD_SLOWDOWN, 90); break;
+    case NVML_TEMPERATURE_THRESHOLD_MEM_MAX: *temp = threshold_of(g, K_THRESHOLD_MEM_MAX, 95); break;
+    case NVML_TEMPERATURE_THRESHOLD_GPU_MAX: *temp = threshold_of(g, K_THRESHOLD_GPU_MAX, 87); break;
     default: ret = NVML_ERROR_NOT_SUPPORTED; break;
     }
     leave();
@@ -941,7 +849,7 @@ EXPORT nvmlReturn_t nvmlDeviceGetPowerManagementDefaultLimit(nvmlDevice_t device
 }
 
 /* nvmlClockType_t: GRAPHICS 0, SM 1, MEM 2, VIDEO 3. */
-EXPORT nvmlReturn_t nvmlDeviceGetClockInfo(nvmlDevice_t device, int type, unsigned int *clock) {
+EXPORT nvmlReturn_t nvmlDeviceGetClockInfo(nvmlDevice_t device, nvmlClockType_t type, unsigned int *clock) {
     switch (type) {
     case 1: return get_key_u32(device, __func__, K_SM_CLOCK_MHZ, clock);
     case 2: return get_key_u32(device, __func__, K_MEM_CLOCK_MHZ, clock);
@@ -958,7 +866,7 @@ EXPORT nvmlReturn_t nvmlDeviceGetCurrPcieLinkWidth(nvmlDevice_t device, unsigned
 }
 
 /* errorType: corrected 0, uncorrected 1; counterType (volatile/aggregate) is ignored. */
-EXPORT nvmlReturn_t nvmlDeviceGetTotalEccErrors(nvmlDevice_t device, int errorType, int counterType,
+EXPORT nvmlReturn_t nvmlDeviceGetTotalEccErrors(nvmlDevice_t device, nvmlMemoryErrorType_t errorType, nvmlEccCounterType_t counterType,
                                                 unsigned long long *count) {
     (void)counterType;
     switch (errorType) {
@@ -969,7 +877,7 @@ EXPORT nvmlReturn_t nvmlDeviceGetTotalEccErrors(nvmlDevice_t device, int errorTy
 }
 
 /* perfPolicyType: power 0, thermal 1. */
-EXPORT nvmlReturn_t nvmlDeviceGetViolationStatus(nvmlDevice_t device, int policy, nvmlViolationTime_t *out) {
+EXPORT nvmlReturn_t nvmlDeviceGetViolationStatus(nvmlDevice_t device, nvmlPerfPolicyType_t policy, nvmlViolationTime_t *out) {
     if (out == NULL) return NVML_ERROR_INVALID_ARGUMENT;
     unsigned long long ns = 0;
     nvmlReturn_t ret;
@@ -1109,7 +1017,7 @@ EXPORT nvmlReturn_t nvmlDeviceGetSupportedEventTypes(nvmlDevice_t device, unsign
     const struct gpu *g;
     nvmlReturn_t ret = enter_device(device, &g);
     if (ret != NVML_SUCCESS) return ret;
-    *types = EVENT_TYPE_XID;
+    *types = nvmlEventTypeXidCriticalError;
     leave();
     return NVML_SUCCESS;
 }
@@ -1119,7 +1027,7 @@ EXPORT nvmlReturn_t nvmlDeviceRegisterEvents(nvmlDevice_t device, unsigned long 
     const struct gpu *g;
     nvmlReturn_t ret = enter_device(device, &g);
     if (ret != NVML_SUCCESS) return ret;
-    if ((types & ~EVENT_TYPE_XID) != 0) {
+    if ((types & ~nvmlEventTypeXidCriticalError) != 0) {
         ret = NVML_ERROR_NOT_SUPPORTED;
     } else {
         set->registered |= 1ULL << g->index;
@@ -1154,7 +1062,7 @@ EXPORT nvmlReturn_t nvmlEventSetWait_v2(nvmlEventSet_t set, nvmlEventData_t *dat
             const struct gpu *g = &g_st->gpus[found_gpu];
             set->last_id = best;
             data->device = &g_handles[found_gpu];
-            data->eventType = EVENT_TYPE_XID;
+            data->eventType = nvmlEventTypeXidCriticalError;
             data->eventData = g->xid_code[found_j];
             data->gpuInstanceId = 0xffffffffu;
             data->computeInstanceId = 0xffffffffu;
@@ -1221,7 +1129,7 @@ EXPORT nvmlReturn_t nvmlDeviceGetMemoryInfo(nvmlDevice_t device, nvmlMemory_t *m
 
 EXPORT nvmlReturn_t nvmlDeviceGetMemoryInfo_v2(nvmlDevice_t device, nvmlMemory_v2_t *memory) {
     if (memory == NULL) return NVML_ERROR_INVALID_ARGUMENT;
-    if (memory->version != MEMORY_V2_VERSION) return NVML_ERROR_ARGUMENT_VERSION_MISMATCH;
+    if (memory->version != nvmlMemory_v2) return NVML_ERROR_ARGUMENT_VERSION_MISMATCH;
     const struct gpu *g;
     nvmlReturn_t ret = enter_device(device, &g);
     if (ret != NVML_SUCCESS) return ret;
@@ -1244,32 +1152,32 @@ EXPORT nvmlReturn_t nvmlDeviceGetFieldValues(nvmlDevice_t device, int valuesCoun
         nvmlFieldValue_t *v = &values[i];
         v->timestamp = ts_us;
         v->latencyUsec = 0;
-        v->valueType = VALUE_TYPE_UNSIGNED_INT;
+        v->valueType = NVML_VALUE_TYPE_UNSIGNED_INT;
         v->nvmlReturn = NVML_SUCCESS;
         memset(&v->value, 0, sizeof v->value);
         char field_name[32];
         snprintf(field_name, sizeof field_name, "field:%u", v->fieldId);
         int supported = !is_unsupported(g, field_name);
         switch (v->fieldId) {
-        case FI_DEV_MEMORY_TEMP: v->value.uiVal = g->mem_temp_c; break;
-        case FI_DEV_POWER_INSTANT:
+        case NVML_FI_DEV_MEMORY_TEMP: v->value.uiVal = g->mem_temp_c; break;
+        case NVML_FI_DEV_POWER_INSTANT:
             supported = supported && g->has[K_POWER_INSTANT_MW];
             v->value.uiVal = clamp_u32(g->val[K_POWER_INSTANT_MW]);
             break;
         /* The threshold fields answer only on GPUs whose classic call does not. */
-        case FI_DEV_TEMPERATURE_SHUTDOWN_TLIMIT:
+        case NVML_FI_DEV_TEMPERATURE_SHUTDOWN_TLIMIT:
             supported = supported && fields_only;
             v->value.uiVal = threshold_of(g, K_THRESHOLD_SHUTDOWN, 95);
             break;
-        case FI_DEV_TEMPERATURE_SLOWDOWN_TLIMIT:
+        case NVML_FI_DEV_TEMPERATURE_SLOWDOWN_TLIMIT:
             supported = supported && fields_only;
             v->value.uiVal = threshold_of(g, K_THRESHOLD_SLOWDOWN, 90);
             break;
-        case FI_DEV_TEMPERATURE_MEM_MAX_TLIMIT:
+        case NVML_FI_DEV_TEMPERATURE_MEM_MAX_TLIMIT:
             supported = supported && fields_only;
             v->value.uiVal = threshold_of(g, K_THRESHOLD_MEM_MAX, 95);
             break;
-        case FI_DEV_TEMPERATURE_GPU_MAX_TLIMIT:
+        case NVML_FI_DEV_TEMPERATURE_GPU_MAX_TLIMIT:
             supported = supported && fields_only;
             v->value.uiVal = threshold_of(g, K_THRESHOLD_GPU_MAX, 87);
             break;
