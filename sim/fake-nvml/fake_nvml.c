@@ -34,6 +34,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -80,6 +81,25 @@ enum key {
     K_PCIE_WIDTH,
     K_HANG_MS,
     K_MIG_MODE,
+    /* Grace-Blackwell: scoped power, PCI location, T.Limit, reserved memory, health. */
+    K_MODULE_POWER_MW,
+    K_MODULE_POWER_INSTANT_MW,
+    K_MEMORY_POWER_MW,
+    K_PCI_DOMAIN,
+    K_PCI_BUS,
+    K_MODULE_ID,
+    K_MEM_RESERVED,
+    K_TLIMIT_C,
+    K_TLIMIT_SHUTDOWN,
+    K_TLIMIT_SLOWDOWN,
+    K_TLIMIT_MEM_MAX,
+    K_TLIMIT_GPU_MAX,
+    K_ENERGY_SKEW_PPM,
+    K_PCIE_REPLAY,
+    K_REMAP_CORR,
+    K_REMAP_UNC,
+    K_REMAP_PENDING,
+    K_REMAP_FAILURE,
     K_COUNT
 };
 static const char *const KEY_NAMES[K_COUNT] = {
@@ -87,7 +107,17 @@ static const char *const KEY_NAMES[K_COUNT] = {
     "threshold_mem_max", "threshold_gpu_max", "thresholds_fields_only", "sm_clock_mhz",
     "mem_clock_mhz", "ecc_corrected", "ecc_uncorrected", "violation_power_ns",
     "violation_thermal_ns", "pcie_gen", "pcie_width", "hang_ms", "mig_mode",
+    "module_power_mw", "module_power_instant_mw", "memory_power_mw", "pci_domain", "pci_bus", "module_id",
+    "mem_reserved_bytes", "tlimit_c", "tlimit_shutdown", "tlimit_slowdown", "tlimit_mem_max", "tlimit_gpu_max",
+    "energy_skew_ppm", "pcie_replay", "remapped_corr", "remapped_unc", "remapped_pending", "remapped_failure",
 };
+/* Keys whose value is signed (T.Limit offsets can be negative); stored as the
+ * two's complement in `val`, read back with sval(). */
+static int key_signed(enum key k) {
+    return k == K_TLIMIT_C || k == K_TLIMIT_SHUTDOWN || k == K_TLIMIT_SLOWDOWN || k == K_TLIMIT_MEM_MAX ||
+           k == K_TLIMIT_GPU_MAX || k == K_ENERGY_SKEW_PPM;
+}
+#define SERIAL_LEN 32
 
 /* Throttle (clocks event) reasons this fake claims to support. */
 #define SUPPORTED_THROTTLE_REASONS 0x1ffULL
@@ -122,6 +152,11 @@ struct gpu {
     unsigned long long xid_code[MAX_XID];
     /* "|sym|sym|": calls that answer NOT_SUPPORTED ("field:N" for a field id). */
     char unsupported[UNSUPPORTED_LEN];
+    /* `set <i> serial S`: the board serial ("" : NOT_SUPPORTED). */
+    char serial[SERIAL_LEN];
+    /* `set <i> error NAME`: every call on the GPU but its identity (UUID,
+     * name, PCI info, serial, index, module id) answers this code (0: none). */
+    nvmlReturn_t error;
 };
 
 struct state {
@@ -145,6 +180,74 @@ struct nvmlEventSet_st {
     unsigned long long registered; /* bit per GPU index */
     unsigned long long last_id;
 };
+
+/* ---- Call counts per exported symbol (dcwattFakeCallCount), for tests and
+ * benchmarks that hold the agent to a budget of NVML calls. ---- */
+#define MAX_SYMBOLS 192
+static pthread_mutex_t g_calls_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct {
+    const char *name;
+    unsigned long long count;
+} g_calls[MAX_SYMBOLS];
+static unsigned int g_call_symbols;
+/* Set while an exported function calls another, so that only the symbol the
+ * caller called is counted. */
+static __thread int t_nested;
+
+static void count_call(const char *name) {
+    if (t_nested) return;
+    pthread_mutex_lock(&g_calls_mu);
+    unsigned int i = 0;
+    while (i < g_call_symbols && g_calls[i].name != name && strcmp(g_calls[i].name, name) != 0) i++;
+    if (i == g_call_symbols && i < MAX_SYMBOLS) {
+        g_calls[i].name = name;
+        g_call_symbols++;
+    }
+    if (i < MAX_SYMBOLS) g_calls[i].count++;
+    pthread_mutex_unlock(&g_calls_mu);
+}
+
+#define DELEGATE(call)                   \
+    do {                                 \
+        t_nested++;                      \
+        nvmlReturn_t delegated_ = (call); \
+        t_nested--;                      \
+        return delegated_;               \
+    } while (0)
+
+/* How often `name` was called since the library was loaded (or the last
+ * dcwattFakeCallCountsReset); NULL: every NVML call together. Not an NVML
+ * symbol: only tests and benchmarks call it. */
+EXPORT unsigned long long dcwattFakeCallCount(const char *name) {
+    unsigned long long n = 0;
+    pthread_mutex_lock(&g_calls_mu);
+    for (unsigned int i = 0; i < g_call_symbols; i++) {
+        if (name == NULL || strcmp(g_calls[i].name, name) == 0) n += g_calls[i].count;
+    }
+    pthread_mutex_unlock(&g_calls_mu);
+    return n;
+}
+
+/* Writes "symbol count\n" lines for every symbol called into buf (size n,
+ * NUL-terminated, truncated if short); returns the length needed. */
+EXPORT unsigned int dcwattFakeCallCounts(char *buf, unsigned int n) {
+    pthread_mutex_lock(&g_calls_mu);
+    unsigned int need = 0;
+    for (unsigned int i = 0; i < g_call_symbols; i++) {
+        int w = snprintf(buf != NULL && need < n ? buf + need : NULL, buf != NULL && need < n ? n - need : 0,
+                         "%s %llu\n", g_calls[i].name, g_calls[i].count);
+        if (w > 0) need += (unsigned int)w;
+    }
+    pthread_mutex_unlock(&g_calls_mu);
+    return need + 1;
+}
+
+/* Sets every count to 0. */
+EXPORT void dcwattFakeCallCountsReset(void) {
+    pthread_mutex_lock(&g_calls_mu);
+    for (unsigned int i = 0; i < g_call_symbols; i++) g_calls[i].count = 0;
+    pthread_mutex_unlock(&g_calls_mu);
+}
 
 /* Calls read the state under the read lock, so the GPU threads of an agent
  * do not queue behind one another (each queueing is a futex wake-up, which a
@@ -249,6 +352,52 @@ static int parse_gpu(char *s, struct state *st) {
     return 0;
 }
 
+/* Parses one signed decimal field; advances *p. Returns 0 on success. */
+static int parse_sll(char **p, long long *out) {
+    char *s = *p;
+    while (*s == ' ' || *s == '\t') s++;
+    if (*s != '-' && (*s < '0' || *s > '9')) return -1;
+    errno = 0;
+    char *end = NULL;
+    long long v = strtoll(s, &end, 10);
+    if (errno != 0 || end == s || (*end != ' ' && *end != '\t' && *end != '\0')) return -1;
+    *out = v;
+    *p = end;
+    return 0;
+}
+
+/* The error codes a `set <i> error NAME` line may give a GPU (NAME without
+ * the NVML_ERROR_ prefix, or the number); NVML_SUCCESS when unknown. */
+static const struct {
+    const char *name;
+    nvmlReturn_t code;
+} ERROR_NAMES[] = {
+    {"NO_PERMISSION", NVML_ERROR_NO_PERMISSION},
+    {"INSUFFICIENT_POWER", NVML_ERROR_INSUFFICIENT_POWER},
+    {"IRQ_ISSUE", NVML_ERROR_IRQ_ISSUE},
+    {"CORRUPTED_INFOROM", NVML_ERROR_CORRUPTED_INFOROM},
+    {"GPU_IS_LOST", NVML_ERROR_GPU_IS_LOST},
+    {"RESET_REQUIRED", NVML_ERROR_RESET_REQUIRED},
+    {"OPERATING_SYSTEM", NVML_ERROR_OPERATING_SYSTEM},
+    {"LIB_RM_VERSION_MISMATCH", NVML_ERROR_LIB_RM_VERSION_MISMATCH},
+    {"IN_USE", NVML_ERROR_IN_USE},
+    {"MEMORY", NVML_ERROR_MEMORY},
+    {"NOT_READY", NVML_ERROR_NOT_READY},
+    {"TIMEOUT", NVML_ERROR_TIMEOUT},
+    {"UNKNOWN", NVML_ERROR_UNKNOWN},
+};
+
+static nvmlReturn_t error_code(const char *name) {
+    for (size_t i = 0; i < sizeof ERROR_NAMES / sizeof ERROR_NAMES[0]; i++) {
+        if (strcmp(name, ERROR_NAMES[i].name) == 0) return ERROR_NAMES[i].code;
+    }
+    char *end = NULL;
+    errno = 0;
+    long v = strtol(name, &end, 10);
+    if (errno != 0 || end == name || *end != '\0' || v <= 0 || v > 999) return NVML_SUCCESS;
+    return (nvmlReturn_t)v;
+}
+
 /* Parses a "set <index> <key> <value...>" line body into st (the GPU must be present). */
 static int parse_set(char *s, struct state *st) {
     unsigned int index;
@@ -258,7 +407,13 @@ static int parse_set(char *s, struct state *st) {
     struct gpu *g = &st->gpus[index];
     for (int k = 0; k < K_COUNT; k++) {
         if (strcmp(key, KEY_NAMES[k]) == 0) {
-            if (parse_ull(&s, &g->val[k]) != 0) return -1;
+            if (key_signed((enum key)k)) {
+                long long v;
+                if (parse_sll(&s, &v) != 0) return -1;
+                g->val[k] = (unsigned long long)v;
+            } else if (parse_ull(&s, &g->val[k]) != 0) {
+                return -1;
+            }
             g->has[k] = 1;
             return 0;
         }
@@ -282,6 +437,13 @@ static int parse_set(char *s, struct state *st) {
         if (parse_uint(&s, &g->mig_gi[g->mig_count]) != 0) return -1;
         if (parse_word(&s, g->mig_profile[g->mig_count], PROFILE_LEN) != 0) return -1;
         g->mig_count++;
+    } else if (strcmp(key, "serial") == 0) {
+        if (parse_word(&s, g->serial, sizeof g->serial) != 0) return -1;
+    } else if (strcmp(key, "error") == 0) {
+        char name[64];
+        if (parse_word(&s, name, sizeof name) != 0) return -1;
+        g->error = error_code(name);
+        if (g->error == NVML_SUCCESS) return -1;
     } else if (strcmp(key, "xid") == 0) {
         if (g->xid_count >= MAX_XID) return -1;
         if (parse_ull(&s, &g->xid_id[g->xid_count]) != 0) return -1;
@@ -449,16 +611,24 @@ static nvmlReturn_t do_init(void) {
     return ret;
 }
 
-EXPORT nvmlReturn_t nvmlInit_v2(void) { return do_init(); }
+EXPORT nvmlReturn_t nvmlInit_v2(void) {
+    count_call(__func__);
+    return do_init();
+}
 
-EXPORT nvmlReturn_t nvmlInit(void) { return do_init(); }
+EXPORT nvmlReturn_t nvmlInit(void) {
+    count_call(__func__);
+    return do_init();
+}
 
 EXPORT nvmlReturn_t nvmlInitWithFlags(unsigned int flags) {
+    count_call(__func__);
     (void)flags;
     return do_init();
 }
 
 EXPORT nvmlReturn_t nvmlShutdown(void) {
+    count_call(__func__);
     pthread_rwlock_wrlock(&g_lock);
     nvmlReturn_t ret = NVML_SUCCESS;
     if (g_init_count == 0) {
@@ -471,6 +641,7 @@ EXPORT nvmlReturn_t nvmlShutdown(void) {
 }
 
 EXPORT const char *nvmlErrorString(nvmlReturn_t result) {
+    count_call(__func__);
     switch (result) {
     case NVML_SUCCESS: return "Success";
     case NVML_ERROR_UNINITIALIZED: return "Uninitialized";
@@ -523,6 +694,7 @@ static nvmlReturn_t enter(void) {
 static void leave(void) { pthread_rwlock_unlock(&g_lock); }
 
 EXPORT nvmlReturn_t nvmlSystemGetDriverVersion(char *version, unsigned int length) {
+    count_call(__func__);
     nvmlReturn_t ret = enter();
     if (ret != NVML_SUCCESS) return ret;
     ret = copy_out(g_st->driver, version, length);
@@ -531,6 +703,7 @@ EXPORT nvmlReturn_t nvmlSystemGetDriverVersion(char *version, unsigned int lengt
 }
 
 EXPORT nvmlReturn_t nvmlSystemGetNVMLVersion(char *version, unsigned int length) {
+    count_call(__func__);
     nvmlReturn_t ret = enter();
     if (ret != NVML_SUCCESS) return ret;
     char buf[DRIVER_LEN + 8];
@@ -541,16 +714,19 @@ EXPORT nvmlReturn_t nvmlSystemGetNVMLVersion(char *version, unsigned int length)
 }
 
 EXPORT nvmlReturn_t nvmlSystemGetCudaDriverVersion(int *version) {
+    count_call(__func__);
     if (version == NULL) return NVML_ERROR_INVALID_ARGUMENT;
     *version = 13000;
     return NVML_SUCCESS;
 }
 
 EXPORT nvmlReturn_t nvmlSystemGetCudaDriverVersion_v2(int *version) {
-    return nvmlSystemGetCudaDriverVersion(version);
+    count_call(__func__);
+    DELEGATE(nvmlSystemGetCudaDriverVersion(version));
 }
 
 EXPORT nvmlReturn_t nvmlDeviceGetCount_v2(unsigned int *count) {
+    count_call(__func__);
     if (count == NULL) return NVML_ERROR_INVALID_ARGUMENT;
     nvmlReturn_t ret = enter();
     if (ret != NVML_SUCCESS) return ret;
@@ -559,9 +735,13 @@ EXPORT nvmlReturn_t nvmlDeviceGetCount_v2(unsigned int *count) {
     return NVML_SUCCESS;
 }
 
-EXPORT nvmlReturn_t nvmlDeviceGetCount(unsigned int *count) { return nvmlDeviceGetCount_v2(count); }
+EXPORT nvmlReturn_t nvmlDeviceGetCount(unsigned int *count) {
+    count_call(__func__);
+    DELEGATE(nvmlDeviceGetCount_v2(count));
+}
 
 EXPORT nvmlReturn_t nvmlDeviceGetHandleByIndex_v2(unsigned int index, nvmlDevice_t *device) {
+    count_call(__func__);
     if (device == NULL) return NVML_ERROR_INVALID_ARGUMENT;
     nvmlReturn_t ret = enter();
     if (ret != NVML_SUCCESS) return ret;
@@ -575,10 +755,12 @@ EXPORT nvmlReturn_t nvmlDeviceGetHandleByIndex_v2(unsigned int index, nvmlDevice
 }
 
 EXPORT nvmlReturn_t nvmlDeviceGetHandleByIndex(unsigned int index, nvmlDevice_t *device) {
-    return nvmlDeviceGetHandleByIndex_v2(index, device);
+    count_call(__func__);
+    DELEGATE(nvmlDeviceGetHandleByIndex_v2(index, device));
 }
 
 EXPORT nvmlReturn_t nvmlDeviceGetHandleByUUID(const char *uuid, nvmlDevice_t *device) {
+    count_call(__func__);
     if (uuid == NULL || device == NULL) return NVML_ERROR_INVALID_ARGUMENT;
     nvmlReturn_t ret = enter();
     if (ret != NVML_SUCCESS) return ret;
@@ -654,6 +836,16 @@ static nvmlReturn_t resolve_locked(nvmlDevice_t device, const struct gpu **out, 
     return NVML_SUCCESS;
 }
 
+/* The calls that still answer on a GPU with an injected `error`: its identity. */
+static int is_identity(const char *name) {
+    static const char *const IDENTITY[] = {"nvmlDeviceGetUUID",   "nvmlDeviceGetName",  "nvmlDeviceGetPciInfo_v3",
+                                           "nvmlDeviceGetSerial", "nvmlDeviceGetIndex", "nvmlDeviceGetModuleId"};
+    for (size_t i = 0; i < sizeof IDENTITY / sizeof IDENTITY[0]; i++) {
+        if (strcmp(name, IDENTITY[i]) == 0) return 1;
+    }
+    return 0;
+}
+
 /*
  * Enters, then resolves a handle to its GPU for the call `name`. A GPU with
  * `hang_ms` sleeps that long first, outside the lock (other GPUs keep
@@ -675,6 +867,7 @@ static nvmlReturn_t enter_call(nvmlDevice_t device, const struct gpu **out, cons
     }
     if (ret == NVML_SUCCESS && *mig >= 0 && !allow_mig) ret = NVML_ERROR_NOT_SUPPORTED;
     if (ret == NVML_SUCCESS && is_unsupported(*out, name)) ret = NVML_ERROR_NOT_SUPPORTED;
+    if (ret == NVML_SUCCESS && (*out)->error != NVML_SUCCESS && !is_identity(name)) ret = (*out)->error;
     if (ret != NVML_SUCCESS) leave();
     return ret;
 }
@@ -687,6 +880,7 @@ static nvmlReturn_t enter_device_named(nvmlDevice_t device, const struct gpu **o
 #define enter_device(device, out) enter_device_named((device), (out), __func__)
 
 EXPORT nvmlReturn_t nvmlDeviceGetName(nvmlDevice_t device, char *name, unsigned int length) {
+    count_call(__func__);
     const struct gpu *g;
     int mig;
     nvmlReturn_t ret = enter_call(device, &g, __func__, 1, &mig);
@@ -703,6 +897,7 @@ EXPORT nvmlReturn_t nvmlDeviceGetName(nvmlDevice_t device, char *name, unsigned 
 }
 
 EXPORT nvmlReturn_t nvmlDeviceGetUUID(nvmlDevice_t device, char *uuid, unsigned int length) {
+    count_call(__func__);
     const struct gpu *g;
     int mig;
     nvmlReturn_t ret = enter_call(device, &g, __func__, 1, &mig);
@@ -721,6 +916,7 @@ EXPORT nvmlReturn_t nvmlDeviceGetUUID(nvmlDevice_t device, char *uuid, unsigned 
 }
 
 EXPORT nvmlReturn_t nvmlDeviceGetIndex(nvmlDevice_t device, unsigned int *index) {
+    count_call(__func__);
     if (index == NULL) return NVML_ERROR_INVALID_ARGUMENT;
     const struct gpu *g;
     nvmlReturn_t ret = enter_device(device, &g);
@@ -730,11 +926,15 @@ EXPORT nvmlReturn_t nvmlDeviceGetIndex(nvmlDevice_t device, unsigned int *index)
     return NVML_SUCCESS;
 }
 
+/* A signed key's value. */
+static long long sval(const struct gpu *g, enum key k) { return (long long)g->val[k]; }
+
 static unsigned int clamp_u32(unsigned long long v) {
     return v > 0xffffffffULL ? 0xffffffffu : (unsigned int)v;
 }
 
 EXPORT nvmlReturn_t nvmlDeviceGetPowerUsage(nvmlDevice_t device, unsigned int *power) {
+    count_call(__func__);
     if (power == NULL) return NVML_ERROR_INVALID_ARGUMENT;
     const struct gpu *g;
     nvmlReturn_t ret = enter_device(device, &g);
@@ -744,24 +944,36 @@ EXPORT nvmlReturn_t nvmlDeviceGetPowerUsage(nvmlDevice_t device, unsigned int *p
     return NVML_SUCCESS;
 }
 
-EXPORT nvmlReturn_t nvmlDeviceGetTotalEnergyConsumption(nvmlDevice_t device, unsigned long long *energy) {
-    if (energy == NULL) return NVML_ERROR_INVALID_ARGUMENT;
-    const struct gpu *g;
-    nvmlReturn_t ret = enter_device(device, &g);
-    if (ret != NVML_SUCCESS) return ret;
+/* The energy counter now, mJ. Caller holds g_lock. `energy_skew_ppm` makes
+ * the counter run that much faster (or slower) than power × time: a real
+ * counter and the 1 s power average never agree exactly. */
+static unsigned long long energy_now(const struct gpu *g) {
     double dt_ms = now_ms() - (double)g_st->time_ms;
     if (dt_ms < 0.0) dt_ms = 0.0;
     /* A writer that fell behind must not make the counter step back when its
      * next file (with a lower power) arrives: hold it at the horizon instead. */
     if (g_st->horizon_ms >= 0 && dt_ms > (double)g_st->horizon_ms) dt_ms = (double)g_st->horizon_ms;
+    double rate = 1.0;
+    if (g->has[K_ENERGY_SKEW_PPM]) rate += (double)sval(g, K_ENERGY_SKEW_PPM) / 1e6;
+    if (rate < 0.0) rate = 0.0;
     /* mW * ms / 1000 = mJ; floor keeps the counter an integer that never overshoots. */
-    unsigned long long extra = (unsigned long long)((double)g->power_mw * dt_ms / 1000.0);
-    *energy = g->energy_mj + extra;
+    unsigned long long extra = (unsigned long long)((double)g->power_mw * rate * dt_ms / 1000.0);
+    return g->energy_mj + extra;
+}
+
+EXPORT nvmlReturn_t nvmlDeviceGetTotalEnergyConsumption(nvmlDevice_t device, unsigned long long *energy) {
+    count_call(__func__);
+    if (energy == NULL) return NVML_ERROR_INVALID_ARGUMENT;
+    const struct gpu *g;
+    nvmlReturn_t ret = enter_device(device, &g);
+    if (ret != NVML_SUCCESS) return ret;
+    *energy = energy_now(g);
     leave();
     return NVML_SUCCESS;
 }
 
 EXPORT nvmlReturn_t nvmlDeviceGetTemperature(nvmlDevice_t device, nvmlTemperatureSensors_t sensor, unsigned int *temp) {
+    count_call(__func__);
     if (temp == NULL || sensor != 0) return NVML_ERROR_INVALID_ARGUMENT;
     const struct gpu *g;
     nvmlReturn_t ret = enter_device(device, &g);
@@ -777,6 +989,7 @@ static unsigned int threshold_of(const struct gpu *g, enum key k, unsigned int f
 }
 
 EXPORT nvmlReturn_t nvmlDeviceGetTemperatureThreshold(nvmlDevice_t device, nvmlTemperatureThresholds_t threshold, unsigned int *temp) {
+    count_call(__func__);
     if (temp == NULL) return NVML_ERROR_INVALID_ARGUMENT;
     const struct gpu *g;
     nvmlReturn_t ret = enter_device(device, &g);
@@ -797,6 +1010,7 @@ EXPORT nvmlReturn_t nvmlDeviceGetTemperatureThreshold(nvmlDevice_t device, nvmlT
 }
 
 EXPORT nvmlReturn_t nvmlDeviceGetUtilizationRates(nvmlDevice_t device, nvmlUtilization_t *utilization) {
+    count_call(__func__);
     if (utilization == NULL) return NVML_ERROR_INVALID_ARGUMENT;
     const struct gpu *g;
     nvmlReturn_t ret = enter_device(device, &g);
@@ -808,6 +1022,7 @@ EXPORT nvmlReturn_t nvmlDeviceGetUtilizationRates(nvmlDevice_t device, nvmlUtili
 }
 
 EXPORT nvmlReturn_t nvmlDeviceGetEnforcedPowerLimit(nvmlDevice_t device, unsigned int *limit) {
+    count_call(__func__);
     if (limit == NULL) return NVML_ERROR_INVALID_ARGUMENT;
     const struct gpu *g;
     nvmlReturn_t ret = enter_device(device, &g);
@@ -818,7 +1033,8 @@ EXPORT nvmlReturn_t nvmlDeviceGetEnforcedPowerLimit(nvmlDevice_t device, unsigne
 }
 
 EXPORT nvmlReturn_t nvmlDeviceGetPowerManagementLimit(nvmlDevice_t device, unsigned int *limit) {
-    return nvmlDeviceGetEnforcedPowerLimit(device, limit);
+    count_call(__func__);
+    DELEGATE(nvmlDeviceGetEnforcedPowerLimit(device, limit));
 }
 
 /* Answers one optional scalar: NOT_SUPPORTED when the state has no `set` line for it. */
@@ -845,11 +1061,13 @@ static nvmlReturn_t get_key_u32(nvmlDevice_t device, const char *name, enum key 
 }
 
 EXPORT nvmlReturn_t nvmlDeviceGetPowerManagementDefaultLimit(nvmlDevice_t device, unsigned int *limit) {
+    count_call(__func__);
     return get_key_u32(device, __func__, K_POWER_DEFAULT_LIMIT_MW, limit);
 }
 
 /* nvmlClockType_t: GRAPHICS 0, SM 1, MEM 2, VIDEO 3. */
 EXPORT nvmlReturn_t nvmlDeviceGetClockInfo(nvmlDevice_t device, nvmlClockType_t type, unsigned int *clock) {
+    count_call(__func__);
     switch (type) {
     case 1: return get_key_u32(device, __func__, K_SM_CLOCK_MHZ, clock);
     case 2: return get_key_u32(device, __func__, K_MEM_CLOCK_MHZ, clock);
@@ -858,16 +1076,19 @@ EXPORT nvmlReturn_t nvmlDeviceGetClockInfo(nvmlDevice_t device, nvmlClockType_t 
 }
 
 EXPORT nvmlReturn_t nvmlDeviceGetCurrPcieLinkGeneration(nvmlDevice_t device, unsigned int *gen) {
+    count_call(__func__);
     return get_key_u32(device, __func__, K_PCIE_GEN, gen);
 }
 
 EXPORT nvmlReturn_t nvmlDeviceGetCurrPcieLinkWidth(nvmlDevice_t device, unsigned int *width) {
+    count_call(__func__);
     return get_key_u32(device, __func__, K_PCIE_WIDTH, width);
 }
 
 /* errorType: corrected 0, uncorrected 1; counterType (volatile/aggregate) is ignored. */
 EXPORT nvmlReturn_t nvmlDeviceGetTotalEccErrors(nvmlDevice_t device, nvmlMemoryErrorType_t errorType, nvmlEccCounterType_t counterType,
                                                 unsigned long long *count) {
+    count_call(__func__);
     (void)counterType;
     switch (errorType) {
     case 0: return get_key(device, __func__, K_ECC_CORRECTED, count);
@@ -878,6 +1099,7 @@ EXPORT nvmlReturn_t nvmlDeviceGetTotalEccErrors(nvmlDevice_t device, nvmlMemoryE
 
 /* perfPolicyType: power 0, thermal 1. */
 EXPORT nvmlReturn_t nvmlDeviceGetViolationStatus(nvmlDevice_t device, nvmlPerfPolicyType_t policy, nvmlViolationTime_t *out) {
+    count_call(__func__);
     if (out == NULL) return NVML_ERROR_INVALID_ARGUMENT;
     unsigned long long ns = 0;
     nvmlReturn_t ret;
@@ -894,6 +1116,7 @@ EXPORT nvmlReturn_t nvmlDeviceGetViolationStatus(nvmlDevice_t device, nvmlPerfPo
 }
 
 EXPORT nvmlReturn_t nvmlDeviceGetNumFans(nvmlDevice_t device, unsigned int *count) {
+    count_call(__func__);
     if (count == NULL) return NVML_ERROR_INVALID_ARGUMENT;
     const struct gpu *g;
     nvmlReturn_t ret = enter_device(device, &g);
@@ -908,6 +1131,7 @@ EXPORT nvmlReturn_t nvmlDeviceGetNumFans(nvmlDevice_t device, unsigned int *coun
 }
 
 EXPORT nvmlReturn_t nvmlDeviceGetFanSpeed_v2(nvmlDevice_t device, unsigned int fan, unsigned int *speed) {
+    count_call(__func__);
     if (speed == NULL) return NVML_ERROR_INVALID_ARGUMENT;
     const struct gpu *g;
     nvmlReturn_t ret = enter_device(device, &g);
@@ -924,23 +1148,25 @@ EXPORT nvmlReturn_t nvmlDeviceGetFanSpeed_v2(nvmlDevice_t device, unsigned int f
 }
 
 EXPORT nvmlReturn_t nvmlDeviceGetPciInfo_v3(nvmlDevice_t device, nvmlPciInfo_t *pci) {
+    count_call(__func__);
     if (pci == NULL) return NVML_ERROR_INVALID_ARGUMENT;
     const struct gpu *g;
     nvmlReturn_t ret = enter_device(device, &g);
     if (ret != NVML_SUCCESS) return ret;
     memset(pci, 0, sizeof *pci);
-    pci->domain = 0;
-    pci->bus = 0x18 + g->index * 0x10;
+    pci->domain = g->has[K_PCI_DOMAIN] ? clamp_u32(g->val[K_PCI_DOMAIN]) : 0;
+    pci->bus = g->has[K_PCI_BUS] ? clamp_u32(g->val[K_PCI_BUS]) : 0x18 + g->index * 0x10;
     pci->device = 0;
     pci->pciDeviceId = 0x2b0010de;
     pci->pciSubSystemId = 0x20d010de;
-    snprintf(pci->busId, sizeof pci->busId, "00000000:%02X:00.0", pci->bus & 0xffu);
-    snprintf(pci->busIdLegacy, sizeof pci->busIdLegacy, "0000:%02X:00.0", pci->bus & 0xffu);
+    snprintf(pci->busId, sizeof pci->busId, "%08X:%02X:00.0", pci->domain, pci->bus & 0xffu);
+    snprintf(pci->busIdLegacy, sizeof pci->busIdLegacy, "%04X:%02X:00.0", pci->domain & 0xffffu, pci->bus & 0xffu);
     leave();
     return NVML_SUCCESS;
 }
 
 EXPORT nvmlReturn_t nvmlDeviceGetMigMode(nvmlDevice_t device, unsigned int *current, unsigned int *pending) {
+    count_call(__func__);
     if (current == NULL || pending == NULL) return NVML_ERROR_INVALID_ARGUMENT;
     unsigned long long mode = 0;
     nvmlReturn_t ret = get_key(device, __func__, K_MIG_MODE, &mode);
@@ -952,6 +1178,7 @@ EXPORT nvmlReturn_t nvmlDeviceGetMigMode(nvmlDevice_t device, unsigned int *curr
 }
 
 EXPORT nvmlReturn_t nvmlDeviceGetMaxMigDeviceCount(nvmlDevice_t device, unsigned int *count) {
+    count_call(__func__);
     if (count == NULL) return NVML_ERROR_INVALID_ARGUMENT;
     const struct gpu *g;
     nvmlReturn_t ret = enter_device(device, &g);
@@ -966,6 +1193,7 @@ EXPORT nvmlReturn_t nvmlDeviceGetMaxMigDeviceCount(nvmlDevice_t device, unsigned
 }
 
 EXPORT nvmlReturn_t nvmlDeviceGetMigDeviceHandleByIndex(nvmlDevice_t device, unsigned int index, nvmlDevice_t *mig) {
+    count_call(__func__);
     if (mig == NULL) return NVML_ERROR_INVALID_ARGUMENT;
     const struct gpu *g;
     nvmlReturn_t ret = enter_device(device, &g);
@@ -983,6 +1211,7 @@ EXPORT nvmlReturn_t nvmlDeviceGetMigDeviceHandleByIndex(nvmlDevice_t device, uns
 }
 
 EXPORT nvmlReturn_t nvmlDeviceIsMigDeviceHandle(nvmlDevice_t device, unsigned int *is_mig) {
+    count_call(__func__);
     if (is_mig == NULL) return NVML_ERROR_INVALID_ARGUMENT;
     *is_mig = device != NULL && device >= &g_mig_handles[0] && device < &g_mig_handles[MAX_GPUS * MAX_MIG];
     return NVML_SUCCESS;
@@ -991,6 +1220,7 @@ EXPORT nvmlReturn_t nvmlDeviceIsMigDeviceHandle(nvmlDevice_t device, unsigned in
 /* ---- Events: XIDs from `set <i> xid <id> <code>` lines, each delivered once per set. ---- */
 
 EXPORT nvmlReturn_t nvmlEventSetCreate(nvmlEventSet_t *set) {
+    count_call(__func__);
     if (set == NULL) return NVML_ERROR_INVALID_ARGUMENT;
     nvmlReturn_t ret = enter();
     if (ret != NVML_SUCCESS) return ret;
@@ -1007,12 +1237,14 @@ EXPORT nvmlReturn_t nvmlEventSetCreate(nvmlEventSet_t *set) {
 }
 
 EXPORT nvmlReturn_t nvmlEventSetFree(nvmlEventSet_t set) {
+    count_call(__func__);
     if (set == NULL) return NVML_ERROR_INVALID_ARGUMENT;
     free(set);
     return NVML_SUCCESS;
 }
 
 EXPORT nvmlReturn_t nvmlDeviceGetSupportedEventTypes(nvmlDevice_t device, unsigned long long *types) {
+    count_call(__func__);
     if (types == NULL) return NVML_ERROR_INVALID_ARGUMENT;
     const struct gpu *g;
     nvmlReturn_t ret = enter_device(device, &g);
@@ -1023,6 +1255,7 @@ EXPORT nvmlReturn_t nvmlDeviceGetSupportedEventTypes(nvmlDevice_t device, unsign
 }
 
 EXPORT nvmlReturn_t nvmlDeviceRegisterEvents(nvmlDevice_t device, unsigned long long types, nvmlEventSet_t set) {
+    count_call(__func__);
     if (set == NULL) return NVML_ERROR_INVALID_ARGUMENT;
     const struct gpu *g;
     nvmlReturn_t ret = enter_device(device, &g);
@@ -1037,6 +1270,7 @@ EXPORT nvmlReturn_t nvmlDeviceRegisterEvents(nvmlDevice_t device, unsigned long 
 }
 
 EXPORT nvmlReturn_t nvmlEventSetWait_v2(nvmlEventSet_t set, nvmlEventData_t *data, unsigned int timeoutms) {
+    count_call(__func__);
     if (set == NULL || data == NULL) return NVML_ERROR_INVALID_ARGUMENT;
     double deadline = now_ms() + (double)timeoutms;
     for (;;) {
@@ -1087,107 +1321,322 @@ EXPORT nvmlReturn_t nvmlEventSetWait_v2(nvmlEventSet_t set, nvmlEventData_t *dat
     }
 }
 
-EXPORT nvmlReturn_t nvmlDeviceGetCurrentClocksThrottleReasons(nvmlDevice_t device, unsigned long long *reasons) {
+/* Clocks-event (throttle) reasons, current or supported, for the call `name`:
+ * the NVML 13 names and the deprecated ones answer alike, but each can be
+ * made NOT_SUPPORTED on its own (`unsupported <symbol>`). */
+static nvmlReturn_t clocks_reasons(nvmlDevice_t device, unsigned long long *reasons, const char *name, int supported) {
     if (reasons == NULL) return NVML_ERROR_INVALID_ARGUMENT;
     const struct gpu *g;
-    nvmlReturn_t ret = enter_device(device, &g);
+    nvmlReturn_t ret = enter_device_named(device, &g, name);
     if (ret != NVML_SUCCESS) return ret;
-    *reasons = g->throttle;
+    *reasons = supported ? SUPPORTED_THROTTLE_REASONS : g->throttle;
     leave();
     return NVML_SUCCESS;
 }
 
 EXPORT nvmlReturn_t nvmlDeviceGetCurrentClocksEventReasons(nvmlDevice_t device, unsigned long long *reasons) {
-    return nvmlDeviceGetCurrentClocksThrottleReasons(device, reasons);
+    count_call(__func__);
+    return clocks_reasons(device, reasons, __func__, 0);
 }
 
-EXPORT nvmlReturn_t nvmlDeviceGetSupportedClocksThrottleReasons(nvmlDevice_t device, unsigned long long *reasons) {
-    if (reasons == NULL) return NVML_ERROR_INVALID_ARGUMENT;
-    const struct gpu *g;
-    nvmlReturn_t ret = enter_device(device, &g);
-    if (ret != NVML_SUCCESS) return ret;
-    *reasons = SUPPORTED_THROTTLE_REASONS;
-    leave();
-    return NVML_SUCCESS;
+EXPORT nvmlReturn_t nvmlDeviceGetCurrentClocksThrottleReasons(nvmlDevice_t device, unsigned long long *reasons) {
+    count_call(__func__);
+    return clocks_reasons(device, reasons, __func__, 0);
 }
 
 EXPORT nvmlReturn_t nvmlDeviceGetSupportedClocksEventReasons(nvmlDevice_t device, unsigned long long *reasons) {
-    return nvmlDeviceGetSupportedClocksThrottleReasons(device, reasons);
+    count_call(__func__);
+    return clocks_reasons(device, reasons, __func__, 1);
+}
+
+EXPORT nvmlReturn_t nvmlDeviceGetSupportedClocksThrottleReasons(nvmlDevice_t device, unsigned long long *reasons) {
+    count_call(__func__);
+    return clocks_reasons(device, reasons, __func__, 1);
+}
+
+/* Reserved memory (driver, firmware), bytes, at most what is not used. */
+static unsigned long long reserved_of(const struct gpu *g) {
+    if (!g->has[K_MEM_RESERVED]) return 0;
+    unsigned long long r = g->val[K_MEM_RESERVED];
+    return r > g->mem_total - g->mem_used ? g->mem_total - g->mem_used : r;
 }
 
 EXPORT nvmlReturn_t nvmlDeviceGetMemoryInfo(nvmlDevice_t device, nvmlMemory_t *memory) {
+    count_call(__func__);
     if (memory == NULL) return NVML_ERROR_INVALID_ARGUMENT;
     const struct gpu *g;
     nvmlReturn_t ret = enter_device(device, &g);
     if (ret != NVML_SUCCESS) return ret;
+    /* The old call counts reserved memory as used. */
+    unsigned long long used = g->mem_used + reserved_of(g);
     memory->total = g->mem_total;
-    memory->used = g->mem_used;
-    memory->free = g->mem_total - g->mem_used;
+    memory->used = used > g->mem_total ? g->mem_total : used;
+    memory->free = g->mem_total - memory->used;
     leave();
     return NVML_SUCCESS;
 }
 
 EXPORT nvmlReturn_t nvmlDeviceGetMemoryInfo_v2(nvmlDevice_t device, nvmlMemory_v2_t *memory) {
+    count_call(__func__);
     if (memory == NULL) return NVML_ERROR_INVALID_ARGUMENT;
     if (memory->version != nvmlMemory_v2) return NVML_ERROR_ARGUMENT_VERSION_MISMATCH;
     const struct gpu *g;
     nvmlReturn_t ret = enter_device(device, &g);
     if (ret != NVML_SUCCESS) return ret;
+    unsigned long long reserved = reserved_of(g);
     memory->total = g->mem_total;
-    memory->reserved = 0;
+    memory->reserved = reserved;
     memory->used = g->mem_used;
-    memory->free = g->mem_total - g->mem_used;
+    memory->free = g->mem_total - g->mem_used > reserved ? g->mem_total - g->mem_used - reserved : 0;
     leave();
     return NVML_SUCCESS;
 }
 
+/* One field of nvmlDeviceGetFieldValues. Caller holds g_lock. */
+static void field_value(const struct gpu *g, nvmlFieldValue_t *v) {
+    int fields_only = g->has[K_THRESHOLDS_FIELDS_ONLY] && g->val[K_THRESHOLDS_FIELDS_ONLY];
+    v->valueType = NVML_VALUE_TYPE_UNSIGNED_INT;
+    v->nvmlReturn = NVML_SUCCESS;
+    memset(&v->value, 0, sizeof v->value);
+    char field_name[32];
+    snprintf(field_name, sizeof field_name, "field:%u", v->fieldId);
+    int supported = !is_unsupported(g, field_name);
+    int k = -1;      /* an optional key whose value answers */
+    int signed_ = 0; /* answer k as a signed int */
+    switch (v->fieldId) {
+    case NVML_FI_DEV_MEMORY_TEMP: v->value.uiVal = g->mem_temp_c; break;
+    case NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION:
+    case NVML_FI_DEV_ENERGY:
+        v->valueType = NVML_VALUE_TYPE_UNSIGNED_LONG_LONG;
+        v->value.ullVal = energy_now(g);
+        break;
+    /* Power by scope (scopeId: NVML_POWER_SCOPE_GPU, _MODULE, _MEMORY). */
+    case NVML_FI_DEV_POWER_AVERAGE:
+        switch (v->scopeId) {
+        case NVML_POWER_SCOPE_GPU: v->value.uiVal = clamp_u32(g->power_mw); break;
+        case NVML_POWER_SCOPE_MODULE: k = K_MODULE_POWER_MW; break;
+        case NVML_POWER_SCOPE_MEMORY: k = K_MEMORY_POWER_MW; break;
+        default: supported = 0; break;
+        }
+        break;
+    case NVML_FI_DEV_POWER_INSTANT:
+        switch (v->scopeId) {
+        case NVML_POWER_SCOPE_GPU: k = K_POWER_INSTANT_MW; break;
+        case NVML_POWER_SCOPE_MODULE: k = K_MODULE_POWER_INSTANT_MW; break;
+        default: supported = 0; break; /* memory: N/A in the captures */
+        }
+        break;
+    case NVML_FI_DEV_CLOCKS_EVENT_REASON_SW_POWER_CAP:
+        v->valueType = NVML_VALUE_TYPE_UNSIGNED_LONG_LONG;
+        k = K_VIOLATION_POWER_NS;
+        break;
+    case NVML_FI_DEV_PERF_POLICY_THERMAL:
+        v->valueType = NVML_VALUE_TYPE_UNSIGNED_LONG_LONG;
+        k = K_VIOLATION_THERMAL_NS;
+        break;
+    case NVML_FI_DEV_PCIE_REPLAY_COUNTER: k = K_PCIE_REPLAY; break;
+    /* Thresholds as signed offsets from T.Limit (`tlimit_*`); a GPU with only
+     * the legacy `thresholds_fields_only` answers its `threshold_*` values. */
+    case NVML_FI_DEV_TEMPERATURE_SHUTDOWN_TLIMIT:
+    case NVML_FI_DEV_TEMPERATURE_SLOWDOWN_TLIMIT:
+    case NVML_FI_DEV_TEMPERATURE_MEM_MAX_TLIMIT:
+    case NVML_FI_DEV_TEMPERATURE_GPU_MAX_TLIMIT: {
+        unsigned int i = v->fieldId - NVML_FI_DEV_TEMPERATURE_SHUTDOWN_TLIMIT;
+        static const enum key TLIMIT[4] = {K_TLIMIT_SHUTDOWN, K_TLIMIT_SLOWDOWN, K_TLIMIT_MEM_MAX, K_TLIMIT_GPU_MAX};
+        static const enum key LEGACY[4] = {K_THRESHOLD_SHUTDOWN, K_THRESHOLD_SLOWDOWN, K_THRESHOLD_MEM_MAX,
+                                           K_THRESHOLD_GPU_MAX};
+        static const unsigned int LEGACY_DEFAULT[4] = {95, 90, 95, 87};
+        if (g->has[TLIMIT[i]]) {
+            k = TLIMIT[i];
+            signed_ = 1;
+        } else {
+            supported = supported && fields_only;
+            v->value.uiVal = threshold_of(g, LEGACY[i], LEGACY_DEFAULT[i]);
+        }
+        break;
+    }
+    default: supported = 0; break;
+    }
+    if (k >= 0) {
+        if (!g->has[k]) {
+            supported = 0;
+        } else if (signed_) {
+            v->valueType = NVML_VALUE_TYPE_SIGNED_INT;
+            long long x = sval(g, (enum key)k);
+            v->value.siVal = x < INT32_MIN ? INT32_MIN : x > INT32_MAX ? INT32_MAX : (int)x;
+        } else if (v->valueType == NVML_VALUE_TYPE_UNSIGNED_LONG_LONG) {
+            v->value.ullVal = g->val[k];
+        } else {
+            v->value.uiVal = clamp_u32(g->val[k]);
+        }
+    }
+    if (!supported) {
+        v->nvmlReturn = NVML_ERROR_NOT_SUPPORTED;
+        memset(&v->value, 0, sizeof v->value);
+    }
+}
+
 EXPORT nvmlReturn_t nvmlDeviceGetFieldValues(nvmlDevice_t device, int valuesCount, nvmlFieldValue_t *values) {
+    count_call(__func__);
     if (values == NULL || valuesCount <= 0) return NVML_ERROR_INVALID_ARGUMENT;
     const struct gpu *g;
     nvmlReturn_t ret = enter_device(device, &g);
     if (ret != NVML_SUCCESS) return ret;
     long long ts_us = (long long)(now_ms() * 1000.0);
-    int fields_only = g->has[K_THRESHOLDS_FIELDS_ONLY] && g->val[K_THRESHOLDS_FIELDS_ONLY];
     for (int i = 0; i < valuesCount; i++) {
-        nvmlFieldValue_t *v = &values[i];
-        v->timestamp = ts_us;
-        v->latencyUsec = 0;
-        v->valueType = NVML_VALUE_TYPE_UNSIGNED_INT;
-        v->nvmlReturn = NVML_SUCCESS;
-        memset(&v->value, 0, sizeof v->value);
-        char field_name[32];
-        snprintf(field_name, sizeof field_name, "field:%u", v->fieldId);
-        int supported = !is_unsupported(g, field_name);
-        switch (v->fieldId) {
-        case NVML_FI_DEV_MEMORY_TEMP: v->value.uiVal = g->mem_temp_c; break;
-        case NVML_FI_DEV_POWER_INSTANT:
-            supported = supported && g->has[K_POWER_INSTANT_MW];
-            v->value.uiVal = clamp_u32(g->val[K_POWER_INSTANT_MW]);
-            break;
-        /* The threshold fields answer only on GPUs whose classic call does not. */
-        case NVML_FI_DEV_TEMPERATURE_SHUTDOWN_TLIMIT:
-            supported = supported && fields_only;
-            v->value.uiVal = threshold_of(g, K_THRESHOLD_SHUTDOWN, 95);
-            break;
-        case NVML_FI_DEV_TEMPERATURE_SLOWDOWN_TLIMIT:
-            supported = supported && fields_only;
-            v->value.uiVal = threshold_of(g, K_THRESHOLD_SLOWDOWN, 90);
-            break;
-        case NVML_FI_DEV_TEMPERATURE_MEM_MAX_TLIMIT:
-            supported = supported && fields_only;
-            v->value.uiVal = threshold_of(g, K_THRESHOLD_MEM_MAX, 95);
-            break;
-        case NVML_FI_DEV_TEMPERATURE_GPU_MAX_TLIMIT:
-            supported = supported && fields_only;
-            v->value.uiVal = threshold_of(g, K_THRESHOLD_GPU_MAX, 87);
-            break;
-        default: supported = 0; break;
-        }
-        if (!supported) {
-            v->nvmlReturn = NVML_ERROR_NOT_SUPPORTED;
-            memset(&v->value, 0, sizeof v->value);
-        }
+        values[i].timestamp = ts_us;
+        values[i].latencyUsec = 0;
+        field_value(g, &values[i]);
     }
     leave();
     return NVML_SUCCESS;
+}
+
+/* ---- NVML 13: versioned temperature, margin, identity, health. ---- */
+
+EXPORT nvmlReturn_t nvmlDeviceGetTemperatureV(nvmlDevice_t device, nvmlTemperature_t *temperature) {
+    count_call(__func__);
+    if (temperature == NULL) return NVML_ERROR_INVALID_ARGUMENT;
+    if (temperature->version != nvmlTemperature_v1) return NVML_ERROR_ARGUMENT_VERSION_MISMATCH;
+    if (temperature->sensorType != NVML_TEMPERATURE_GPU) return NVML_ERROR_INVALID_ARGUMENT;
+    const struct gpu *g;
+    nvmlReturn_t ret = enter_device(device, &g);
+    if (ret != NVML_SUCCESS) return ret;
+    temperature->temperature = (int)clamp_u32(g->temp_c);
+    leave();
+    return NVML_SUCCESS;
+}
+
+/* The margin to the nearest slowdown threshold: `tlimit_c` (nvidia-smi's
+ * "GPU T.Limit Temp"), signed. */
+EXPORT nvmlReturn_t nvmlDeviceGetMarginTemperature(nvmlDevice_t device, nvmlMarginTemperature_t *margin) {
+    count_call(__func__);
+    if (margin == NULL) return NVML_ERROR_INVALID_ARGUMENT;
+    if (margin->version != nvmlMarginTemperature_v1) return NVML_ERROR_ARGUMENT_VERSION_MISMATCH;
+    const struct gpu *g;
+    nvmlReturn_t ret = enter_device(device, &g);
+    if (ret != NVML_SUCCESS) return ret;
+    if (g->has[K_TLIMIT_C]) {
+        long long x = sval(g, K_TLIMIT_C);
+        margin->marginTemperature = x < INT32_MIN ? INT32_MIN : x > INT32_MAX ? INT32_MAX : (int)x;
+    } else {
+        ret = NVML_ERROR_NOT_SUPPORTED;
+    }
+    leave();
+    return ret;
+}
+
+EXPORT nvmlReturn_t nvmlDeviceGetSerial(nvmlDevice_t device, char *serial, unsigned int length) {
+    count_call(__func__);
+    const struct gpu *g;
+    nvmlReturn_t ret = enter_device(device, &g);
+    if (ret != NVML_SUCCESS) return ret;
+    ret = g->serial[0] == '\0' ? NVML_ERROR_NOT_SUPPORTED : copy_out(g->serial, serial, length);
+    leave();
+    return ret;
+}
+
+EXPORT nvmlReturn_t nvmlDeviceGetModuleId(nvmlDevice_t device, unsigned int *moduleId) {
+    count_call(__func__);
+    return get_key_u32(device, __func__, K_MODULE_ID, moduleId);
+}
+
+EXPORT nvmlReturn_t nvmlDeviceGetPcieReplayCounter(nvmlDevice_t device, unsigned int *value) {
+    count_call(__func__);
+    return get_key_u32(device, __func__, K_PCIE_REPLAY, value);
+}
+
+EXPORT nvmlReturn_t nvmlDeviceGetRemappedRows(nvmlDevice_t device, unsigned int *corrRows, unsigned int *uncRows,
+                                              unsigned int *isPending, unsigned int *failureOccurred) {
+    count_call(__func__);
+    if (corrRows == NULL || uncRows == NULL || isPending == NULL || failureOccurred == NULL)
+        return NVML_ERROR_INVALID_ARGUMENT;
+    const struct gpu *g;
+    nvmlReturn_t ret = enter_device(device, &g);
+    if (ret != NVML_SUCCESS) return ret;
+    if (!g->has[K_REMAP_CORR]) {
+        ret = NVML_ERROR_NOT_SUPPORTED;
+    } else {
+        *corrRows = clamp_u32(g->val[K_REMAP_CORR]);
+        *uncRows = clamp_u32(g->val[K_REMAP_UNC]);
+        *isPending = g->val[K_REMAP_PENDING] ? 1 : 0;
+        *failureOccurred = g->val[K_REMAP_FAILURE] ? 1 : 0;
+    }
+    leave();
+    return ret;
+}
+
+/* ---- The layout of the header's structs, for tests/layout.rs. ----
+ * One row per struct (field "", its size and alignment), per field (offset
+ * and size) and per version constant (field "(version)", the constant): the
+ * test compares each with the Rust definition in nvml-wrapper-sys that the
+ * agent passes to these calls, so a struct that differs between the real
+ * header and the Rust bindings fails a test instead of corrupting memory. */
+struct dcwatt_layout_row {
+    const char *type;
+    const char *field;
+    unsigned long long offset; /* struct rows: alignment; version rows: 0 */
+    unsigned long long size;   /* struct rows: sizeof; version rows: the constant */
+};
+
+#define L_STRUCT(T) {#T, "", _Alignof(T), sizeof(T)}
+#define L_FIELD(T, F) {#T, #F, offsetof(T, F), sizeof(((T *)0)->F)}
+#define L_VERSION(T, V) {#T, "(version)", 0, V}
+
+static const struct dcwatt_layout_row LAYOUT[] = {
+    L_STRUCT(nvmlFieldValue_t),
+    L_FIELD(nvmlFieldValue_t, fieldId),
+    L_FIELD(nvmlFieldValue_t, scopeId),
+    L_FIELD(nvmlFieldValue_t, timestamp),
+    L_FIELD(nvmlFieldValue_t, latencyUsec),
+    L_FIELD(nvmlFieldValue_t, valueType),
+    L_FIELD(nvmlFieldValue_t, nvmlReturn),
+    L_FIELD(nvmlFieldValue_t, value),
+    L_STRUCT(nvmlValue_t),
+    L_STRUCT(nvmlMemory_t),
+    L_FIELD(nvmlMemory_t, total),
+    L_FIELD(nvmlMemory_t, free),
+    L_FIELD(nvmlMemory_t, used),
+    L_STRUCT(nvmlMemory_v2_t),
+    L_FIELD(nvmlMemory_v2_t, version),
+    L_FIELD(nvmlMemory_v2_t, total),
+    L_FIELD(nvmlMemory_v2_t, reserved),
+    L_FIELD(nvmlMemory_v2_t, free),
+    L_FIELD(nvmlMemory_v2_t, used),
+    L_VERSION(nvmlMemory_v2_t, nvmlMemory_v2),
+    L_STRUCT(nvmlTemperature_v1_t),
+    L_FIELD(nvmlTemperature_v1_t, version),
+    L_FIELD(nvmlTemperature_v1_t, sensorType),
+    L_FIELD(nvmlTemperature_v1_t, temperature),
+    L_VERSION(nvmlTemperature_v1_t, nvmlTemperature_v1),
+    L_STRUCT(nvmlMarginTemperature_v1_t),
+    L_FIELD(nvmlMarginTemperature_v1_t, version),
+    L_FIELD(nvmlMarginTemperature_v1_t, marginTemperature),
+    L_VERSION(nvmlMarginTemperature_v1_t, nvmlMarginTemperature_v1),
+    L_STRUCT(nvmlUtilization_t),
+    L_FIELD(nvmlUtilization_t, gpu),
+    L_FIELD(nvmlUtilization_t, memory),
+    L_STRUCT(nvmlPciInfo_t),
+    L_FIELD(nvmlPciInfo_t, busIdLegacy),
+    L_FIELD(nvmlPciInfo_t, domain),
+    L_FIELD(nvmlPciInfo_t, bus),
+    L_FIELD(nvmlPciInfo_t, device),
+    L_FIELD(nvmlPciInfo_t, pciDeviceId),
+    L_FIELD(nvmlPciInfo_t, pciSubSystemId),
+    L_FIELD(nvmlPciInfo_t, busId),
+    L_STRUCT(nvmlViolationTime_t),
+    L_FIELD(nvmlViolationTime_t, referenceTime),
+    L_FIELD(nvmlViolationTime_t, violationTime),
+    L_STRUCT(nvmlEventData_t),
+    L_FIELD(nvmlEventData_t, device),
+    L_FIELD(nvmlEventData_t, eventType),
+    L_FIELD(nvmlEventData_t, eventData),
+    L_FIELD(nvmlEventData_t, gpuInstanceId),
+    L_FIELD(nvmlEventData_t, computeInstanceId),
+};
+
+/* The layout rows; *count gets their number. Not an NVML symbol. */
+EXPORT const struct dcwatt_layout_row *dcwattFakeLayout(unsigned int *count) {
+    if (count != NULL) *count = (unsigned int)(sizeof LAYOUT / sizeof LAYOUT[0]);
+    return LAYOUT;
 }
