@@ -128,6 +128,11 @@ fn main() {
     }
     let readings = first.readings.len();
 
+    // NVML calls of the steady state only: the warm-up's static reads are not counted.
+    if let Err(e) = dcwatt_fake_nvml::introspect::reset_call_counts() {
+        eprintln!("cannot reset the fake library's call counts: {e}");
+        std::process::exit(1);
+    }
     let mut walls = Vec::with_capacity(ticks);
     let mut snap = Snapshot::default();
     let cpu0 = usage();
@@ -141,6 +146,13 @@ fn main() {
     }
     let wall = start.elapsed().as_secs_f64();
     let cpu1 = usage();
+    let calls = match dcwatt_fake_nvml::introspect::call_counts() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("cannot read the fake library's call counts: {e}");
+            std::process::exit(1);
+        }
+    };
 
     let renders = ticks.max(1);
     let r0 = Instant::now();
@@ -175,4 +187,25 @@ fn main() {
         "| peak RSS (process) | {:.1} MiB | | | |",
         rss_kib as f64 / 1024.0
     );
+    // Calls per GPU per steady-state tick, by symbol (the XID thread's waits
+    // are not per tick and are left out).
+    let per_tick = |n: u64| n as f64 / (n_ticks_gpus(ticks) as f64);
+    let tick_calls: Vec<(&String, &u64)> = calls
+        .iter()
+        .filter(|(name, _)| name.as_str() != "nvmlEventSetWait_v2")
+        .collect();
+    let total: u64 = tick_calls.iter().map(|(_, n)| **n).sum();
+    println!();
+    println!(
+        "NVML calls per GPU per tick: {:.2} (over {ticks} ticks × 8 GPUs)",
+        per_tick(total)
+    );
+    for (name, n) in tick_calls {
+        println!("  {name}: {:.2}", per_tick(*n));
+    }
+}
+
+/// GPU-ticks in a run of `ticks` collections of the 8 GPUs.
+fn n_ticks_gpus(ticks: usize) -> usize {
+    ticks.max(1) * 8
 }

@@ -18,7 +18,8 @@ use dcwatt_wire::{Batch, Entity, Quantity};
 
 use common::{must, value, Agent};
 use dcwatt_fake_nvml::{
-    write_state, FakeGpu, FakeThresholds, FakeXid, DEFAULT_DRIVER, LIB_PATH, STATE_ENV,
+    write_state, FakeError, FakeGpu, FakeThresholds, FakeTlimit, FakeXid, DEFAULT_DRIVER, LIB_PATH,
+    STATE_ENV,
 };
 
 const UUIDS: [&str; 3] = [
@@ -70,15 +71,28 @@ fn node() -> Vec<FakeGpu> {
     g0.pcie_width = Some(16);
     g0.throttle_reasons = 0x4 | 0x40; // sw_power_cap, hw_thermal_slowdown
 
+    // GPU 1: a T.Limit part (Blackwell): no classic thresholds, signed
+    // offsets from T.Limit as field values, NVML's own margin; and an older
+    // driver for the rest: NVML 13's calls missing, the deprecated ones answer.
     let mut g1 = base(1);
-    g1.thresholds = Some(FakeThresholds {
-        shutdown: 99,
-        slowdown: 91,
-        mem_max: 98,
-        gpu_max: 89,
+    g1.tlimit_offsets = Some(FakeTlimit {
+        shutdown: -5,
+        slowdown: -2,
+        mem_max: 0,
+        gpu_max: 3,
     });
+    g1.tlimit_c = Some(-4);
     g1.thresholds_fields_only = true;
-    g1.unsupported = vec!["nvmlDeviceGetPowerUsage".into(), "field:82".into()];
+    g1.violation_power_ns = Some(7_000_000_000);
+    g1.unsupported = vec![
+        "nvmlDeviceGetPowerUsage".into(),
+        "field:82".into(),
+        "nvmlDeviceGetTemperatureV".into(),
+        "nvmlDeviceGetCurrentClocksEventReasons".into(),
+        "nvmlDeviceGetSupportedClocksEventReasons".into(),
+        "field:74".into(),
+    ];
+    g1.throttle_reasons = 0x20; // sw_thermal_slowdown, through the deprecated call
     vec![g0, g1, base(2)]
 }
 
@@ -108,6 +122,10 @@ fn up(gpu: usize) -> String {
         r#"dcwatt_gpu_up{{node="n1",gpu="{gpu}",uuid="{}"}}"#,
         UUIDS[gpu]
     )
+}
+
+fn thr_active_name() -> &'static str {
+    "dcwatt_gpu_throttle_active"
 }
 
 /// Names of this process's threads.
@@ -187,8 +205,6 @@ library = "{LIB_PATH}"
     let thr = "dcwatt_gpu_temperature_threshold_celsius";
     for (gpu, expect) in [
         (0, [88.0, 96.0, 85.0, 97.0]),
-        // GPU 1: the classic call is unsupported; the field values answer.
-        (1, [91.0, 99.0, 89.0, 98.0]),
         // GPU 2: the library's defaults.
         (2, [90.0, 95.0, 87.0, 95.0]),
     ] {
@@ -205,6 +221,50 @@ library = "{LIB_PATH}"
             &s("dcwatt_gpu_temperature_slowdown_margin_celsius", 0)
         ),
         18.0
+    );
+    // GPU 1: thresholds as T.Limit offsets, signed, never taken for degrees;
+    // the margin is NVML's (negative: past the slowdown threshold).
+    assert!(
+        !text.contains(&format!("{thr}{{{}", labels(1))),
+        "offsets are not absolute thresholds: {text}"
+    );
+    let off = "dcwatt_gpu_temperature_tlimit_offset_celsius";
+    for (label, v) in [
+        ("slowdown", -2.0),
+        ("shutdown", -5.0),
+        ("gpu_max", 3.0),
+        ("memory_max", 0.0),
+    ] {
+        assert_eq!(must(&text, &sl(off, 1, "threshold", label)), v, "{label}");
+    }
+    assert!(!text.contains(&format!("{off}{{{}", labels(0))), "{text}");
+    assert_eq!(
+        must(
+            &text,
+            &s("dcwatt_gpu_temperature_slowdown_margin_celsius", 1)
+        ),
+        -4.0
+    );
+    // GPU 1's older driver: the deprecated calls answer where NVML 13's are
+    // missing (temperature, clock-event reasons, violation time).
+    assert_eq!(
+        must(
+            &text,
+            &sl(thr_active_name(), 1, "reason", "sw_thermal_slowdown")
+        ),
+        1.0
+    );
+    assert_eq!(
+        must(
+            &text,
+            &sl(
+                "dcwatt_gpu_throttle_violation_seconds_total",
+                1,
+                "policy",
+                "power"
+            )
+        ),
+        7.0
     );
     let thr_active = "dcwatt_gpu_throttle_active";
     for (reason, v) in [
@@ -281,8 +341,10 @@ library = "{LIB_PATH}"
     assert_eq!(get(0, Quantity::PowerWatts), Some(1000.0));
     assert_eq!(get(1, Quantity::PowerWatts), None);
     assert_eq!(get(0, Quantity::TemperatureSlowdownCelsius), Some(88.0));
-    assert_eq!(get(1, Quantity::TemperatureShutdownCelsius), Some(99.0));
-    assert_eq!(get(1, Quantity::TemperatureGpuMaxCelsius), Some(89.0));
+    // Offsets are not shipped as thresholds.
+    assert_eq!(get(1, Quantity::TemperatureShutdownCelsius), None);
+    assert_eq!(get(1, Quantity::TemperatureGpuMaxCelsius), None);
+    assert_eq!(get(1, Quantity::ThrottleSwThermalSlowdown), Some(1.0));
     assert_eq!(get(2, Quantity::TemperatureMemoryMaxCelsius), Some(95.0));
     assert_eq!(get(0, Quantity::ThrottleSwPowerCap), Some(1.0));
     assert_eq!(get(0, Quantity::ThrottleHwThermalSlowdown), Some(1.0));
@@ -392,6 +454,53 @@ library = "{LIB_PATH}"
         .readings
         .iter()
         .any(|r| r.entity == Entity::Gpu(UUIDS[2].into()) && r.quantity == Quantity::PowerWatts));
+    let down = |gpu: usize, reason: &str| sl("dcwatt_gpu_down_info", gpu, "reason", reason);
+    assert_eq!(must(&text, &down(2, "gpu_lost")), 1.0);
+    assert!(!text.contains(&format!("dcwatt_gpu_down_info{{{}", labels(0))));
+
+    // --- Every other error that makes a GPU unusable puts it down too, with
+    // its reason, while its identity stays readable (RESET_REQUIRED after an
+    // uncorrectable error, UNKNOWN, NO_PERMISSION on every call); the other
+    // GPUs go on.
+    gpus[2].lost = false;
+    for (err, reason) in [
+        (FakeError::ResetRequired, "reset_required"),
+        (FakeError::Unknown, "unknown"),
+        (FakeError::NoPermission, "no_permission"),
+    ] {
+        gpus[2].error = Some(err);
+        gpus[0].power_mw += 1_000;
+        let p0 = f64::from(gpus[0].power_mw) / 1000.0;
+        publish(&state, &gpus);
+        let text = agent
+            .wait_for(Duration::from_secs(10), |t| {
+                value(t, &down(2, reason)) == Some(1.0)
+                    && value(t, &s("dcwatt_gpu_power_watts", 0)) == Some(p0)
+            })
+            .await;
+        assert_eq!(must(&text, &up(2)), 0.0, "{reason}");
+        assert_eq!(must(&text, &up(0)), 1.0, "{reason}");
+        assert_eq!(
+            value(&text, &s("dcwatt_gpu_power_watts", 2)),
+            None,
+            "{reason}"
+        );
+        assert_eq!(
+            value(&text, &sl(temp, 2, "sensor", "gpu")),
+            None,
+            "{reason}"
+        );
+        // One reason at a time.
+        assert_eq!(
+            text.matches(&format!("dcwatt_gpu_down_info{{{}", labels(2)))
+                .count(),
+            1,
+            "{text}"
+        );
+    }
+    gpus[2].error = None;
+    gpus[2].lost = true;
+    publish(&state, &gpus);
 
     // --- GPU 2 is back but every call on it hangs for seconds: the tick ends
     // at its deadline, GPU 2 is down, the other GPUs keep being read.

@@ -1405,15 +1405,33 @@ static void field_value(const struct gpu *g, nvmlFieldValue_t *v) {
     int signed_ = 0; /* answer k as a signed int */
     switch (v->fieldId) {
     case NVML_FI_DEV_MEMORY_TEMP: v->value.uiVal = g->mem_temp_c; break;
+    /* A GPU without the energy counter (`unsupported
+     * nvmlDeviceGetTotalEnergyConsumption`) has no field for it either; the
+     * counter is the GPU's only (no module-scope counter is modelled). */
     case NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION:
     case NVML_FI_DEV_ENERGY:
+        supported = supported && v->scopeId == NVML_POWER_SCOPE_GPU &&
+                    !is_unsupported(g, "nvmlDeviceGetTotalEnergyConsumption");
         v->valueType = NVML_VALUE_TYPE_UNSIGNED_LONG_LONG;
         v->value.ullVal = energy_now(g);
+        break;
+    case NVML_FI_DEV_ECC_SBE_AGG_TOTAL:
+        v->valueType = NVML_VALUE_TYPE_UNSIGNED_LONG_LONG;
+        k = K_ECC_CORRECTED;
+        break;
+    case NVML_FI_DEV_ECC_DBE_AGG_TOTAL:
+        v->valueType = NVML_VALUE_TYPE_UNSIGNED_LONG_LONG;
+        k = K_ECC_UNCORRECTED;
         break;
     /* Power by scope (scopeId: NVML_POWER_SCOPE_GPU, _MODULE, _MEMORY). */
     case NVML_FI_DEV_POWER_AVERAGE:
         switch (v->scopeId) {
-        case NVML_POWER_SCOPE_GPU: v->value.uiVal = clamp_u32(g->power_mw); break;
+        /* A GPU without a power sensor (`unsupported nvmlDeviceGetPowerUsage`)
+         * answers neither the call nor the field. */
+        case NVML_POWER_SCOPE_GPU:
+            supported = supported && !is_unsupported(g, "nvmlDeviceGetPowerUsage");
+            v->value.uiVal = clamp_u32(g->power_mw);
+            break;
         case NVML_POWER_SCOPE_MODULE: k = K_MODULE_POWER_MW; break;
         case NVML_POWER_SCOPE_MEMORY: k = K_MEMORY_POWER_MW; break;
         default: supported = 0; break;

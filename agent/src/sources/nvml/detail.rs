@@ -37,15 +37,33 @@ pub enum Fam {
     MigEnabled,
     /// `dcwatt_gpu_mig_instance_info{mig_uuid,gpu_instance,profile}`.
     MigInstance,
+    /// `dcwatt_gpu_memory_power_watts`.
+    MemoryPower,
+    /// `dcwatt_gpu_memory_reserved_bytes`.
+    MemoryReserved,
+    /// `dcwatt_gpu_temperature_tlimit_offset_celsius{threshold}`.
+    TlimitOffset,
+    /// `dcwatt_gpu_pcie_replays_total`.
+    PcieReplays,
+    /// `dcwatt_gpu_remapped_rows_total{cause}`.
+    RemappedRows,
+    /// `dcwatt_gpu_remapped_rows_pending`.
+    RemappedRowsPending,
+    /// `dcwatt_gpu_remapped_rows_failure`.
+    RemappedRowsFailure,
+    /// `dcwatt_gpu_down_info{reason}`.
+    DownInfo,
 }
 
 impl Fam {
     /// Every family, in rendering order.
-    pub const ALL: [Fam; 15] = [
+    pub const ALL: [Fam; 23] = [
         Fam::PowerInstant,
+        Fam::MemoryPower,
         Fam::PowerDefaultLimit,
         Fam::EnergyResets,
         Fam::Threshold,
+        Fam::TlimitOffset,
         Fam::SlowdownMargin,
         Fam::ThrottleActive,
         Fam::ViolationSeconds,
@@ -54,6 +72,12 @@ impl Fam {
         Fam::EccErrors,
         Fam::PcieGeneration,
         Fam::PcieWidth,
+        Fam::PcieReplays,
+        Fam::RemappedRows,
+        Fam::RemappedRowsPending,
+        Fam::RemappedRowsFailure,
+        Fam::MemoryReserved,
+        Fam::DownInfo,
         Fam::XidErrors,
         Fam::MigEnabled,
         Fam::MigInstance,
@@ -77,6 +101,14 @@ impl Fam {
             Fam::XidErrors => n::GPU_XID_ERRORS_TOTAL,
             Fam::MigEnabled => n::GPU_MIG_ENABLED,
             Fam::MigInstance => n::GPU_MIG_INSTANCE_INFO,
+            Fam::MemoryPower => n::GPU_MEMORY_POWER_WATTS,
+            Fam::MemoryReserved => n::GPU_MEMORY_RESERVED_BYTES,
+            Fam::TlimitOffset => n::GPU_TEMPERATURE_TLIMIT_OFFSET_CELSIUS,
+            Fam::PcieReplays => n::GPU_PCIE_REPLAYS_TOTAL,
+            Fam::RemappedRows => n::GPU_REMAPPED_ROWS_TOTAL,
+            Fam::RemappedRowsPending => n::GPU_REMAPPED_ROWS_PENDING,
+            Fam::RemappedRowsFailure => n::GPU_REMAPPED_ROWS_FAILURE,
+            Fam::DownInfo => n::GPU_DOWN_INFO,
         }
     }
 
@@ -90,7 +122,7 @@ impl Fam {
             }
             Fam::Threshold => "The GPU's own temperature thresholds, degrees Celsius.",
             Fam::SlowdownMargin => {
-                "Slowdown threshold minus GPU temperature, degrees Celsius (negative: over it)."
+                "Margin to the nearest slowdown threshold, degrees Celsius (negative: past it)."
             }
             Fam::ThrottleActive => {
                 "1 while NVML reports the clock-event (throttle) reason, else 0."
@@ -106,6 +138,16 @@ impl Fam {
             Fam::XidErrors => "XID errors NVML reported since the agent started, by XID code.",
             Fam::MigEnabled => "1 when MIG mode is on; power and energy stay per board.",
             Fam::MigInstance => "A MIG instance of the GPU, with its profile; always 1.",
+            Fam::MemoryPower => "GPU memory power, watts (NVML field POWER_AVERAGE, memory scope).",
+            Fam::MemoryReserved => "GPU memory reserved by the driver and firmware, bytes.",
+            Fam::TlimitOffset => {
+                "The GPU's temperature thresholds as offsets from T.Limit, degrees Celsius (signed)."
+            }
+            Fam::PcieReplays => "PCIe replays of the GPU's link.",
+            Fam::RemappedRows => "GPU memory rows remapped, by cause.",
+            Fam::RemappedRowsPending => "1 while a row remapping waits for a GPU reset.",
+            Fam::RemappedRowsFailure => "1 once a row remapping failed.",
+            Fam::DownInfo => "1 while the GPU is down, with the NVML error that put it down.",
         }
     }
 
@@ -113,7 +155,12 @@ impl Fam {
     pub fn is_counter(self) -> bool {
         matches!(
             self,
-            Fam::EnergyResets | Fam::ViolationSeconds | Fam::EccErrors | Fam::XidErrors
+            Fam::EnergyResets
+                | Fam::ViolationSeconds
+                | Fam::EccErrors
+                | Fam::XidErrors
+                | Fam::PcieReplays
+                | Fam::RemappedRows
         )
     }
 
