@@ -36,9 +36,11 @@
 //!   (T.Limit offsets, remapped rows, error codes).
 //! - [`profiles`]: GB300 and GB200 trays transcribed from real `nvidia-smi -q -x`
 //!   captures (`captures/`).
+//! - [`capture`]: a tag extractor for the captures.
 //! - [`introspect`]: the loaded library's call counts per symbol and its struct
 //!   layout table.
 
+pub mod capture;
 pub mod introspect;
 pub mod profiles;
 
