@@ -15,7 +15,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{must, value, Agent};
+use common::{must, promtool_check_metrics, value, Agent};
 use dcwatt_fake_nvml::capture::{self, number, path};
 use dcwatt_fake_nvml::introspect::{call_counts, reset_call_counts};
 use dcwatt_fake_nvml::profiles::gb300_tray;
@@ -316,6 +316,8 @@ library = "{LIB_PATH}"
         2,
         "{text}"
     );
+
+    promtool_check_metrics(&text).unwrap_or_else(|e| panic!("promtool: {e}\n{text}"));
 
     // Module energy is integrated (no counter): it grows while power flows.
     let energy = |t: &str| {
