@@ -66,6 +66,14 @@ pub const GPU_TEMPERATURE_TLIMIT_OFFSET_CELSIUS: &str =
     "dcwatt_gpu_temperature_tlimit_offset_celsius";
 /// Value 1 while the GPU is down, label [`REASON`] (gauge; absent while up).
 pub const GPU_DOWN_INFO: &str = "dcwatt_gpu_down_info";
+/// Share of SMs busy over the last tick, 0..1 (gauge; GPM).
+pub const GPU_SM_ACTIVE_RATIO: &str = "dcwatt_gpu_sm_active_ratio";
+/// Active warps over the theoretical maximum, 0..1 (gauge; GPM).
+pub const GPU_SM_OCCUPANCY_RATIO: &str = "dcwatt_gpu_sm_occupancy_ratio";
+/// Share of time SMs ran any tensor operation, 0..1 (gauge; GPM).
+pub const GPU_TENSOR_ACTIVE_RATIO: &str = "dcwatt_gpu_tensor_active_ratio";
+/// DRAM bandwidth used over its maximum, 0..1 (gauge; GPM).
+pub const GPU_DRAM_ACTIVE_RATIO: &str = "dcwatt_gpu_dram_active_ratio";
 /// PCIe replays (counter).
 pub const GPU_PCIE_REPLAYS_TOTAL: &str = "dcwatt_gpu_pcie_replays_total";
 /// Remapped memory rows, label [`CAUSE`] (counter).

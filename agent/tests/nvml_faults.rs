@@ -18,8 +18,8 @@ use dcwatt_wire::{Batch, Entity, Quantity};
 
 use common::{must, value, Agent};
 use dcwatt_fake_nvml::{
-    write_state, FakeError, FakeGpu, FakeThresholds, FakeTlimit, FakeXid, DEFAULT_DRIVER, LIB_PATH,
-    STATE_ENV,
+    write_state, FakeError, FakeGpm, FakeGpu, FakeThresholds, FakeTlimit, FakeXid, DEFAULT_DRIVER,
+    LIB_PATH, STATE_ENV,
 };
 
 const UUIDS: [&str; 3] = [
@@ -70,6 +70,12 @@ fn node() -> Vec<FakeGpu> {
     g0.pcie_gen = Some(5);
     g0.pcie_width = Some(16);
     g0.throttle_reasons = 0x4 | 0x40; // sw_power_cap, hw_thermal_slowdown
+    g0.gpm = Some(FakeGpm {
+        sm_active_pct: 81,
+        sm_occupancy_pct: 42,
+        tensor_active_pct: 67,
+        dram_active_pct: 35,
+    });
 
     // GPU 1: a T.Limit part (Blackwell): no classic thresholds, signed
     // offsets from T.Limit as field values, NVML's own margin; and an older
@@ -222,6 +228,22 @@ library = "{LIB_PATH}"
         ),
         18.0
     );
+    // GPM utilization over the tick (samples ≥ 100 ms apart, else the fake
+    // refuses them); absent, not 0, where GPM is not supported (GPU 2).
+    let text = agent
+        .wait_for(Duration::from_secs(10), |t| {
+            value(t, &s("dcwatt_gpu_sm_active_ratio", 0)).is_some()
+        })
+        .await;
+    for (name, v) in [
+        ("dcwatt_gpu_sm_active_ratio", 0.81),
+        ("dcwatt_gpu_sm_occupancy_ratio", 0.42),
+        ("dcwatt_gpu_tensor_active_ratio", 0.67),
+        ("dcwatt_gpu_dram_active_ratio", 0.35),
+    ] {
+        assert_eq!(must(&text, &s(name, 0)), v, "{name}");
+        assert_eq!(value(&text, &s(name, 2)), None, "{name}");
+    }
     // GPU 1: thresholds as T.Limit offsets, signed, never taken for degrees;
     // the margin is NVML's (negative: past the slowdown threshold).
     assert!(

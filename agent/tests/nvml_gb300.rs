@@ -23,9 +23,10 @@ use dcwatt_fake_nvml::{FakeNode, LIB_PATH, STATE_ENV};
 
 /// NVML calls per GPU per steady-state tick the agent may make (see
 /// `docs/nvml.md`, "Calls per tick"): one field-values call, temperature,
-/// margin, utilization, memory, clock-event reasons, two clocks, and the
-/// node's device count shared by the four GPUs.
-const CALL_BUDGET_PER_GPU: f64 = 8.25;
+/// margin, utilization, memory, clock-event reasons, two clocks, the GPM
+/// sample and metrics (at most once per 100 ms), and the node's device count
+/// shared by the four GPUs.
+const CALL_BUDGET_PER_GPU: f64 = 10.25;
 
 const NODE: &str = "gb300-n1";
 
@@ -74,6 +75,7 @@ library = "{LIB_PATH}"
                 && t.matches("dcwatt_gpu_temperature_slowdown_margin_celsius{")
                     .count()
                     == 4
+                && t.matches("dcwatt_gpu_sm_active_ratio{").count() == 4
                 && (0..4)
                     .all(|i| t.contains(&format!("dcwatt_gpu_up{{node=\"{NODE}\",gpu=\"{i}\"")))
         })
@@ -255,6 +257,19 @@ library = "{LIB_PATH}"
             ),
             None
         );
+        // GPM: served on the profile (idle, as the capture's 0 % utilization).
+        near(
+            s("dcwatt_gpu_sm_active_ratio"),
+            num("utilization/gpu_util", "%") / 100.0,
+            &what("sm active"),
+        );
+        for name in [
+            "dcwatt_gpu_sm_occupancy_ratio",
+            "dcwatt_gpu_tensor_active_ratio",
+            "dcwatt_gpu_dram_active_ratio",
+        ] {
+            assert_eq!(s(name), 0.0, "{}", what(name));
+        }
         modules.entry(at("serial").to_owned()).or_default().push(i);
     }
 

@@ -100,6 +100,10 @@ enum key {
     K_REMAP_UNC,
     K_REMAP_PENDING,
     K_REMAP_FAILURE,
+    K_GPM_SM_ACTIVE,
+    K_GPM_SM_OCCUPANCY,
+    K_GPM_TENSOR_ACTIVE,
+    K_GPM_DRAM_ACTIVE,
     K_COUNT
 };
 static const char *const KEY_NAMES[K_COUNT] = {
@@ -110,6 +114,7 @@ static const char *const KEY_NAMES[K_COUNT] = {
     "module_power_mw", "module_power_instant_mw", "memory_power_mw", "pci_domain", "pci_bus", "module_id",
     "mem_reserved_bytes", "tlimit_c", "tlimit_shutdown", "tlimit_slowdown", "tlimit_mem_max", "tlimit_gpu_max",
     "energy_skew_ppm", "pcie_replay", "remapped_corr", "remapped_unc", "remapped_pending", "remapped_failure",
+    "gpm_sm_active_pct", "gpm_sm_occupancy_pct", "gpm_tensor_active_pct", "gpm_dram_active_pct",
 };
 /* Keys whose value is signed (T.Limit offsets can be negative); stored as the
  * two's complement in `val`, read back with sval(). */
@@ -1651,10 +1656,121 @@ static const struct dcwatt_layout_row LAYOUT[] = {
     L_FIELD(nvmlEventData_t, eventData),
     L_FIELD(nvmlEventData_t, gpuInstanceId),
     L_FIELD(nvmlEventData_t, computeInstanceId),
+    L_STRUCT(nvmlGpmMetric_t),
+    L_FIELD(nvmlGpmMetric_t, metricId),
+    L_FIELD(nvmlGpmMetric_t, nvmlReturn),
+    L_FIELD(nvmlGpmMetric_t, value),
+    L_FIELD(nvmlGpmMetric_t, metricInfo),
+    L_STRUCT(nvmlGpmMetricsGet_t),
+    L_FIELD(nvmlGpmMetricsGet_t, version),
+    L_FIELD(nvmlGpmMetricsGet_t, numMetrics),
+    L_FIELD(nvmlGpmMetricsGet_t, sample1),
+    L_FIELD(nvmlGpmMetricsGet_t, sample2),
+    L_FIELD(nvmlGpmMetricsGet_t, metrics),
+    L_VERSION(nvmlGpmMetricsGet_t, NVML_GPM_METRICS_GET_VERSION),
 };
 
 /* The layout rows; *count gets their number. Not an NVML symbol. */
 EXPORT const struct dcwatt_layout_row *dcwattFakeLayout(unsigned int *count) {
     if (count != NULL) *count = (unsigned int)(sizeof LAYOUT / sizeof LAYOUT[0]);
     return LAYOUT;
+}
+
+
+/* ---- GPM: samples hold the GPU and the instant they were taken; a metric
+ * is the `gpm_*_pct` the GPU's state gives (constant over any interval).
+ * Two samples less than 100 ms apart, as NVML documents, answer
+ * INVALID_ARGUMENT: a caller that samples too fast is caught. A GPU without
+ * any `gpm_*` key answers NOT_SUPPORTED to nvmlGpmSampleGet. ---- */
+struct nvmlGpmSample_st {
+    int filled;
+    unsigned int gpu;
+    double t_ms;
+};
+
+EXPORT nvmlReturn_t nvmlGpmSampleAlloc(nvmlGpmSample_t *gpmSample) {
+    count_call(__func__);
+    if (gpmSample == NULL) return NVML_ERROR_INVALID_ARGUMENT;
+    nvmlGpmSample_t s = calloc(1, sizeof *s);
+    if (s == NULL) return NVML_ERROR_MEMORY;
+    *gpmSample = s;
+    return NVML_SUCCESS;
+}
+
+EXPORT nvmlReturn_t nvmlGpmSampleFree(nvmlGpmSample_t gpmSample) {
+    count_call(__func__);
+    if (gpmSample == NULL) return NVML_ERROR_INVALID_ARGUMENT;
+    free(gpmSample);
+    return NVML_SUCCESS;
+}
+
+static int has_gpm(const struct gpu *g) {
+    return g->has[K_GPM_SM_ACTIVE] || g->has[K_GPM_SM_OCCUPANCY] || g->has[K_GPM_TENSOR_ACTIVE] ||
+           g->has[K_GPM_DRAM_ACTIVE];
+}
+
+EXPORT nvmlReturn_t nvmlGpmSampleGet(nvmlDevice_t device, nvmlGpmSample_t gpmSample) {
+    count_call(__func__);
+    if (gpmSample == NULL) return NVML_ERROR_INVALID_ARGUMENT;
+    const struct gpu *g;
+    nvmlReturn_t ret = enter_device(device, &g);
+    if (ret != NVML_SUCCESS) return ret;
+    if (!has_gpm(g)) {
+        ret = NVML_ERROR_NOT_SUPPORTED;
+    } else {
+        gpmSample->filled = 1;
+        gpmSample->gpu = g->index;
+        gpmSample->t_ms = now_ms();
+    }
+    leave();
+    return ret;
+}
+
+EXPORT nvmlReturn_t nvmlGpmQueryDeviceSupport(nvmlDevice_t device, nvmlGpmSupport_t *gpmSupport) {
+    count_call(__func__);
+    if (gpmSupport == NULL) return NVML_ERROR_INVALID_ARGUMENT;
+    if (gpmSupport->version != NVML_GPM_SUPPORT_VERSION) return NVML_ERROR_ARGUMENT_VERSION_MISMATCH;
+    const struct gpu *g;
+    nvmlReturn_t ret = enter_device(device, &g);
+    if (ret != NVML_SUCCESS) return ret;
+    gpmSupport->isSupportedDevice = has_gpm(g) ? 1 : 0;
+    leave();
+    return NVML_SUCCESS;
+}
+
+EXPORT nvmlReturn_t nvmlGpmMetricsGet(nvmlGpmMetricsGet_t *metricsGet) {
+    count_call(__func__);
+    if (metricsGet == NULL) return NVML_ERROR_INVALID_ARGUMENT;
+    if (metricsGet->version != NVML_GPM_METRICS_GET_VERSION) return NVML_ERROR_ARGUMENT_VERSION_MISMATCH;
+    const struct nvmlGpmSample_st *a = metricsGet->sample1, *b = metricsGet->sample2;
+    if (a == NULL || b == NULL || !a->filled || !b->filled || a->gpu != b->gpu ||
+        metricsGet->numMetrics > NVML_GPM_METRIC_MAX)
+        return NVML_ERROR_INVALID_ARGUMENT;
+    if (b->t_ms - a->t_ms < 100.0) return NVML_ERROR_INVALID_ARGUMENT;
+    nvmlReturn_t ret = enter();
+    if (ret != NVML_SUCCESS) return ret;
+    const struct gpu *g = a->gpu < g_st->count ? &g_st->gpus[a->gpu] : NULL;
+    for (unsigned int i = 0; i < metricsGet->numMetrics; i++) {
+        nvmlGpmMetric_t *m = &metricsGet->metrics[i];
+        int k = -1;
+        switch (m->metricId) {
+        case NVML_GPM_METRIC_SM_UTIL: k = K_GPM_SM_ACTIVE; break;
+        case NVML_GPM_METRIC_SM_OCCUPANCY: k = K_GPM_SM_OCCUPANCY; break;
+        case NVML_GPM_METRIC_ANY_TENSOR_UTIL: k = K_GPM_TENSOR_ACTIVE; break;
+        case NVML_GPM_METRIC_DRAM_BW_UTIL: k = K_GPM_DRAM_ACTIVE; break;
+        default: break;
+        }
+        m->metricInfo.shortName = NULL;
+        m->metricInfo.longName = NULL;
+        m->metricInfo.unit = NULL;
+        if (g == NULL || k < 0 || !g->has[k]) {
+            m->nvmlReturn = NVML_ERROR_NOT_SUPPORTED;
+            m->value = 0.0;
+        } else {
+            m->nvmlReturn = NVML_SUCCESS;
+            m->value = (double)g->val[k];
+        }
+    }
+    leave();
+    return NVML_SUCCESS;
 }

@@ -171,6 +171,21 @@ pub struct FakeGpu {
     /// Every call on the GPU but its identity (UUID, name, PCI info, serial,
     /// index, module id) answers this error.
     pub error: Option<FakeError>,
+    /// GPM utilization (`nvmlGpmMetricsGet`); `None`: GPM not supported.
+    pub gpm: Option<FakeGpm>,
+}
+
+/// GPM metrics, percent 0..=100, constant over any interval.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FakeGpm {
+    /// `NVML_GPM_METRIC_SM_UTIL`.
+    pub sm_active_pct: u32,
+    /// `NVML_GPM_METRIC_SM_OCCUPANCY`.
+    pub sm_occupancy_pct: u32,
+    /// `NVML_GPM_METRIC_ANY_TENSOR_UTIL`.
+    pub tensor_active_pct: u32,
+    /// `NVML_GPM_METRIC_DRAM_BW_UTIL`.
+    pub dram_active_pct: u32,
 }
 
 /// Temperature thresholds as offsets from T.Limit, °C, signed (what fields
@@ -417,6 +432,15 @@ fn render_optional(out: &mut String, g: &FakeGpu) -> io::Result<()> {
         set("remapped_unc", Some(u64::from(r.uncorrected)));
         set("remapped_pending", Some(u64::from(r.pending)));
         set("remapped_failure", Some(u64::from(r.failure)));
+    }
+    if let Some(g) = g.gpm {
+        set("gpm_sm_active_pct", Some(u64::from(g.sm_active_pct)));
+        set("gpm_sm_occupancy_pct", Some(u64::from(g.sm_occupancy_pct)));
+        set(
+            "gpm_tensor_active_pct",
+            Some(u64::from(g.tensor_active_pct)),
+        );
+        set("gpm_dram_active_pct", Some(u64::from(g.dram_active_pct)));
     }
     let mut signed = |key: &str, v: Option<i32>| {
         if let Some(v) = v {

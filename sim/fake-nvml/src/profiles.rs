@@ -9,7 +9,7 @@
 //! [`ENERGY_SKEW_PPM`] fast against the 1 s power average, as a real counter
 //! and a real average disagree by a little.
 
-use crate::{FakeGpu, FakeRemappedRows, FakeTlimit};
+use crate::{FakeGpm, FakeGpu, FakeRemappedRows, FakeTlimit};
 
 /// The energy counter of every profile GPU at the state file's `time_ms`, mJ
 /// (not in the captures).
@@ -294,6 +294,8 @@ impl CaptureTray {
                     energy_skew_ppm: Some(ENERGY_SKEW_PPM),
                     pcie_replay: Some(0),
                     remapped_rows: Some(FakeRemappedRows::default()),
+                    // Not in the captures; idle like them (0 % utilization).
+                    gpm: Some(FakeGpm::default()),
                     ..FakeGpu::default()
                 }
             })

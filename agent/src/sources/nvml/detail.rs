@@ -53,11 +53,19 @@ pub enum Fam {
     RemappedRowsFailure,
     /// `dcwatt_gpu_down_info{reason}`.
     DownInfo,
+    /// `dcwatt_gpu_sm_active_ratio` (GPM).
+    GpmSmActive,
+    /// `dcwatt_gpu_sm_occupancy_ratio` (GPM).
+    GpmSmOccupancy,
+    /// `dcwatt_gpu_tensor_active_ratio` (GPM).
+    GpmTensorActive,
+    /// `dcwatt_gpu_dram_active_ratio` (GPM).
+    GpmDramActive,
 }
 
 impl Fam {
     /// Every family, in rendering order.
-    pub const ALL: [Fam; 23] = [
+    pub const ALL: [Fam; 27] = [
         Fam::PowerInstant,
         Fam::MemoryPower,
         Fam::PowerDefaultLimit,
@@ -77,6 +85,10 @@ impl Fam {
         Fam::RemappedRowsPending,
         Fam::RemappedRowsFailure,
         Fam::MemoryReserved,
+        Fam::GpmSmActive,
+        Fam::GpmSmOccupancy,
+        Fam::GpmTensorActive,
+        Fam::GpmDramActive,
         Fam::DownInfo,
         Fam::XidErrors,
         Fam::MigEnabled,
@@ -109,6 +121,10 @@ impl Fam {
             Fam::RemappedRowsPending => n::GPU_REMAPPED_ROWS_PENDING,
             Fam::RemappedRowsFailure => n::GPU_REMAPPED_ROWS_FAILURE,
             Fam::DownInfo => n::GPU_DOWN_INFO,
+            Fam::GpmSmActive => n::GPU_SM_ACTIVE_RATIO,
+            Fam::GpmSmOccupancy => n::GPU_SM_OCCUPANCY_RATIO,
+            Fam::GpmTensorActive => n::GPU_TENSOR_ACTIVE_RATIO,
+            Fam::GpmDramActive => n::GPU_DRAM_ACTIVE_RATIO,
         }
     }
 
@@ -148,6 +164,10 @@ impl Fam {
             Fam::RemappedRowsPending => "1 while a row remapping waits for a GPU reset.",
             Fam::RemappedRowsFailure => "1 once a row remapping failed.",
             Fam::DownInfo => "1 while the GPU is down, with the NVML error that put it down.",
+            Fam::GpmSmActive => "Share of SMs busy over the last tick, 0..1 (GPM).",
+            Fam::GpmSmOccupancy => "Active warps over the theoretical maximum, last tick, 0..1 (GPM).",
+            Fam::GpmTensorActive => "Share of time SMs ran any tensor operation, last tick, 0..1 (GPM).",
+            Fam::GpmDramActive => "DRAM bandwidth used over its maximum, last tick, 0..1 (GPM).",
         }
     }
 

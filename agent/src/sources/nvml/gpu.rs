@@ -49,6 +49,28 @@ use crate::sources::now_ms;
 /// How often static facts are read again.
 pub const STATIC_REFRESH: Duration = Duration::from_secs(300);
 
+/// The shortest interval between two GPM samples NVML accepts.
+pub const GPM_MIN_INTERVAL: Duration = Duration::from_millis(100);
+
+/// GPM metrics the agent reads (`nvmlGpmMetricId_t`, percent) and the family
+/// each becomes (a ratio).
+const GPM_METRICS: [(u32, Fam); 4] = [
+    (2, Fam::GpmSmActive),     // NVML_GPM_METRIC_SM_UTIL
+    (3, Fam::GpmSmOccupancy),  // NVML_GPM_METRIC_SM_OCCUPANCY
+    (5, Fam::GpmTensorActive), // NVML_GPM_METRIC_ANY_TENSOR_UTIL
+    (10, Fam::GpmDramActive),  // NVML_GPM_METRIC_DRAM_BW_UTIL
+];
+
+/// A GPU's two GPM sample buffers: the earlier sample, the buffer the next
+/// one goes into, when the earlier was taken, and the last metrics computed.
+#[derive(Debug)]
+struct GpmState {
+    earlier: raw::GpmSample,
+    spare: raw::GpmSample,
+    at: Instant,
+    values: Vec<(Fam, f64)>,
+}
+
 /// `nvmlPowerScopeType_t`: the GPU alone, the whole module (superchip: GPUs,
 /// Grace CPU, LPDDR), the GPU's memory.
 const SCOPE_GPU: u32 = 0;
@@ -253,6 +275,9 @@ pub struct GpuState {
     /// Whether this GPU reads its module's power (set by the control thread:
     /// one GPU per module).
     pub module_reader: bool,
+    /// GPM sample buffers, once allocated (buffers of an earlier NVML init
+    /// are dropped unfreed: that library instance is gone).
+    gpm: Option<GpmState>,
 }
 
 /// Dynamic field values of one tick, by what they are.
@@ -692,6 +717,7 @@ impl GpuState {
                 samples.push(Sample::labelled(Fam::EccErrors, n::ERROR, label, c));
             }
         }
+        self.read_gpm(dev, &mut samples)?;
         if let Some(r) = fields.pcie_replays {
             samples.push(Sample::plain(Fam::PcieReplays, r));
         }
@@ -714,6 +740,70 @@ impl GpuState {
                 samples,
             },
         })
+    }
+
+    /// GPM utilization over the last interval: a new sample when the earlier
+    /// one is at least [`GPM_MIN_INTERVAL`] old (else the last values are
+    /// repeated), metrics between the two, buffers swapped. Two calls a tick;
+    /// absent where GPM is not supported (learned once).
+    fn read_gpm(&mut self, dev: &Device<'_>, samples: &mut Vec<Sample>) -> Result<(), Failure> {
+        if self.unsupported.contains("gpm") {
+            return Ok(());
+        }
+        let nvml = dev.nvml();
+        let Some(mut g) = self.gpm.take() else {
+            let a = self.optional("gpm", || raw::gpm_sample_alloc(nvml))?;
+            let b = self.optional("gpm", || raw::gpm_sample_alloc(nvml))?;
+            let first = match a {
+                Some(a) => self.optional("gpm", || raw::gpm_sample_get(dev, a))?,
+                None => None,
+            };
+            match (a, b, first) {
+                (Some(earlier), Some(spare), Some(())) => {
+                    self.gpm = Some(GpmState {
+                        earlier,
+                        spare,
+                        at: Instant::now(),
+                        values: Vec::new(),
+                    });
+                }
+                _ => {
+                    for s in [a, b].into_iter().flatten() {
+                        let _ = raw::gpm_sample_free(nvml, s);
+                    }
+                }
+            }
+            return Ok(());
+        };
+        if g.at.elapsed() >= GPM_MIN_INTERVAL
+            && self
+                .optional("gpm", || raw::gpm_sample_get(dev, g.spare))?
+                .is_some()
+        {
+            let at = Instant::now();
+            let ids: Vec<u32> = GPM_METRICS.iter().map(|m| m.0).collect();
+            if let Some(values) = self.optional("gpm_metrics", || {
+                raw::gpm_metrics_get(nvml, g.earlier, g.spare, &ids)
+            })? {
+                g.values = GPM_METRICS
+                    .iter()
+                    .zip(values)
+                    .filter_map(|((_, fam), v)| {
+                        v.ok().filter(|v| v.is_finite()).map(|v| (*fam, v / 100.0))
+                    })
+                    .collect();
+            }
+            std::mem::swap(&mut g.earlier, &mut g.spare);
+            g.at = at;
+        }
+        samples.extend(g.values.iter().map(|(fam, v)| Sample::plain(*fam, *v)));
+        if self.unsupported.contains("gpm") {
+            let _ = raw::gpm_sample_free(nvml, g.earlier);
+            let _ = raw::gpm_sample_free(nvml, g.spare);
+        } else {
+            self.gpm = Some(g);
+        }
+        Ok(())
     }
 
     /// Facts that change rarely, read on the first tick and every

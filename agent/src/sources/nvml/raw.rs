@@ -141,3 +141,81 @@ pub fn remapped_rows(dev: &Device<'_>) -> Result<RemappedRows, NvmlError> {
         failure: x != 0,
     })
 }
+
+/// Metric slots in [`GpmMetricsGet`]: NVML 13.3's `NVML_GPM_METRIC_MAX`.
+/// `nvml-wrapper-sys` 0.10 has 210 under the same struct version; NVML reads
+/// and writes only `numMetrics` slots, and the larger buffer is safe with both.
+pub const GPM_METRIC_SLOTS: usize = 333;
+
+/// `nvmlGpmMetricsGet_t` as NVML 13.3's header lays it out
+/// (`tests/nvml_layout.rs` checks it against the header).
+#[repr(C)]
+pub struct GpmMetricsGet {
+    /// `NVML_GPM_METRICS_GET_VERSION`.
+    pub version: u32,
+    /// Slots used.
+    pub num_metrics: u32,
+    /// The earlier sample.
+    pub sample1: b::nvmlGpmSample_t,
+    /// The later sample.
+    pub sample2: b::nvmlGpmSample_t,
+    /// In: `metricId`; out: `nvmlReturn`, `value`.
+    pub metrics: [b::nvmlGpmMetric_t; GPM_METRIC_SLOTS],
+}
+
+/// A GPM sample buffer (`nvmlGpmSample_t`), as an address so that a GPU's
+/// state can keep it across ticks; valid for the NVML init that allocated it.
+pub type GpmSample = usize;
+
+/// `nvmlGpmSampleAlloc`.
+pub fn gpm_sample_alloc(nvml: &nvml_wrapper::Nvml) -> Result<GpmSample, NvmlError> {
+    let f = nvml_sym(nvml.lib().nvmlGpmSampleAlloc.as_ref())?;
+    let mut s: b::nvmlGpmSample_t = std::ptr::null_mut();
+    // SAFETY: a valid out-pointer.
+    nvml_try(unsafe { f(&mut s) })?;
+    Ok(s as usize)
+}
+
+/// `nvmlGpmSampleFree`.
+pub fn gpm_sample_free(nvml: &nvml_wrapper::Nvml, s: GpmSample) -> Result<(), NvmlError> {
+    let f = nvml_sym(nvml.lib().nvmlGpmSampleFree.as_ref())?;
+    // SAFETY: a sample this library allocated, freed once.
+    nvml_try(unsafe { f(s as b::nvmlGpmSample_t) })
+}
+
+/// `nvmlGpmSampleGet`: fills `s` with the GPU's counters now.
+pub fn gpm_sample_get(dev: &Device<'_>, s: GpmSample) -> Result<(), NvmlError> {
+    let f = nvml_sym(dev.nvml().lib().nvmlGpmSampleGet.as_ref())?;
+    // SAFETY: a live handle and a sample this library allocated.
+    nvml_try(unsafe { f(dev.handle(), s as b::nvmlGpmSample_t) })
+}
+
+/// `nvmlGpmMetricsGet` between two filled samples: each metric's value
+/// (percent) or its own error.
+pub fn gpm_metrics_get(
+    nvml: &nvml_wrapper::Nvml,
+    earlier: GpmSample,
+    later: GpmSample,
+    metrics: &[u32],
+) -> Result<Vec<Result<f64, NvmlError>>, NvmlError> {
+    if metrics.len() > GPM_METRIC_SLOTS {
+        return Err(NvmlError::InvalidArg);
+    }
+    let f = nvml_sym(nvml.lib().nvmlGpmMetricsGet.as_ref())?;
+    // SAFETY: plain C data; all-zero is valid (null samples and name pointers).
+    let mut req: Box<GpmMetricsGet> = Box::new(unsafe { std::mem::zeroed() });
+    req.version = b::NVML_GPM_METRICS_GET_VERSION;
+    req.num_metrics = u32::try_from(metrics.len()).map_err(|_| NvmlError::InvalidArg)?;
+    req.sample1 = earlier as b::nvmlGpmSample_t;
+    req.sample2 = later as b::nvmlGpmSample_t;
+    for (slot, id) in req.metrics.iter_mut().zip(metrics) {
+        slot.metricId = *id;
+    }
+    // SAFETY: the header's layout (tests/nvml_layout.rs), two samples of this
+    // library; NVML writes only the first `num_metrics` slots.
+    nvml_try(unsafe { f((&mut *req as *mut GpmMetricsGet).cast()) })?;
+    Ok(req.metrics[..metrics.len()]
+        .iter()
+        .map(|m| nvml_try(m.nvmlReturn).map(|()| m.value))
+        .collect())
+}
