@@ -74,6 +74,8 @@ pub const GPU_SM_OCCUPANCY_RATIO: &str = "dcwatt_gpu_sm_occupancy_ratio";
 pub const GPU_TENSOR_ACTIVE_RATIO: &str = "dcwatt_gpu_tensor_active_ratio";
 /// DRAM bandwidth used over its maximum, 0..1 (gauge; GPM).
 pub const GPU_DRAM_ACTIVE_RATIO: &str = "dcwatt_gpu_dram_active_ratio";
+/// NVLink error counters, labels [`LINK`], [`COUNTER`] (counter).
+pub const GPU_NVLINK_ERRORS_TOTAL: &str = "dcwatt_gpu_nvlink_errors_total";
 /// PCIe replays (counter).
 pub const GPU_PCIE_REPLAYS_TOTAL: &str = "dcwatt_gpu_pcie_replays_total";
 /// Remapped memory rows, label [`CAUSE`] (counter).
@@ -168,6 +170,10 @@ pub const FAN: &str = "fan";
 pub const ERROR: &str = "error";
 /// Label: why rows were remapped, `correctable` or `uncorrectable`.
 pub const CAUSE: &str = "cause";
+/// Label: an NVLink link's index.
+pub const LINK: &str = "link";
+/// Label: an NVLink error counter (`rcv_errors`, `symbol_errors`, …).
+pub const COUNTER: &str = "counter";
 /// Label: a superchip module's id (`docs/nvml.md`, "Module power").
 pub const MODULE: &str = "module";
 /// Label: the NVML indexes of a module's GPUs, comma-separated (`0,1`).

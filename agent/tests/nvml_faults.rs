@@ -18,8 +18,8 @@ use dcwatt_wire::{Batch, Entity, Quantity};
 
 use common::{must, value, Agent};
 use dcwatt_fake_nvml::{
-    write_state, FakeError, FakeGpm, FakeGpu, FakeThresholds, FakeTlimit, FakeXid, DEFAULT_DRIVER,
-    LIB_PATH, STATE_ENV,
+    write_state, FakeError, FakeGpm, FakeGpu, FakeNvlinkCounter, FakeNvlinkError, FakeRemappedRows,
+    FakeThresholds, FakeTlimit, FakeXid, DEFAULT_DRIVER, LIB_PATH, STATE_ENV,
 };
 
 const UUIDS: [&str; 3] = [
@@ -70,6 +70,26 @@ fn node() -> Vec<FakeGpu> {
     g0.pcie_gen = Some(5);
     g0.pcie_width = Some(16);
     g0.throttle_reasons = 0x4 | 0x40; // sw_power_cap, hw_thermal_slowdown
+    g0.nvlink_links = Some(4);
+    g0.nvlink_errors = vec![
+        FakeNvlinkError {
+            link: 2,
+            counter: FakeNvlinkCounter::RcvErrors,
+            value: 5,
+        },
+        FakeNvlinkError {
+            link: 3,
+            counter: FakeNvlinkCounter::RecoveryFailed,
+            value: 1,
+        },
+    ];
+    g0.remapped_rows = Some(FakeRemappedRows {
+        corrected: 2,
+        uncorrected: 1,
+        pending: true,
+        failure: false,
+    });
+    g0.pcie_replay = Some(12);
     g0.gpm = Some(FakeGpm {
         sm_active_pct: 81,
         sm_occupancy_pct: 42,
@@ -244,6 +264,40 @@ library = "{LIB_PATH}"
         assert_eq!(must(&text, &s(name, 0)), v, "{name}");
         assert_eq!(value(&text, &s(name, 2)), None, "{name}");
     }
+    // Health for on-call: NVLink error counters per link (Blackwell's; the
+    // pre-Blackwell data-link counters are not supported and absent),
+    // remapped rows, PCIe replays; absent on a GPU without them.
+    let nvl = |gpu: usize, link: u32, counter: &str| {
+        format!(
+            r#"dcwatt_gpu_nvlink_errors_total{{{},link="{link}",counter="{counter}"}}"#,
+            labels(gpu)
+        )
+    };
+    let text = agent
+        .wait_for(Duration::from_secs(10), |t| {
+            value(t, &nvl(0, 2, "rcv_errors")).is_some()
+        })
+        .await;
+    assert_eq!(must(&text, &nvl(0, 2, "rcv_errors")), 5.0);
+    assert_eq!(must(&text, &nvl(0, 3, "recovery_failed")), 1.0);
+    assert_eq!(must(&text, &nvl(0, 0, "symbol_errors")), 0.0);
+    assert_eq!(value(&text, &nvl(0, 0, "dl_replay")), None);
+    assert_eq!(value(&text, &nvl(0, 4, "rcv_errors")), None);
+    assert_eq!(
+        text.matches(&format!("dcwatt_gpu_nvlink_errors_total{{{}", labels(0)))
+            .count(),
+        16
+    );
+    assert!(!text.contains(&format!("dcwatt_gpu_nvlink_errors_total{{{}", labels(2))));
+    let rows = "dcwatt_gpu_remapped_rows_total";
+    assert_eq!(must(&text, &sl(rows, 0, "cause", "correctable")), 2.0);
+    assert_eq!(must(&text, &sl(rows, 0, "cause", "uncorrectable")), 1.0);
+    assert_eq!(must(&text, &s("dcwatt_gpu_remapped_rows_pending", 0)), 1.0);
+    assert_eq!(must(&text, &s("dcwatt_gpu_remapped_rows_failure", 0)), 0.0);
+    assert_eq!(must(&text, &s("dcwatt_gpu_pcie_replays_total", 0)), 12.0);
+    assert_eq!(value(&text, &s("dcwatt_gpu_pcie_replays_total", 2)), None);
+    assert!(!text.contains(&format!("{rows}{{{}", labels(2))));
+
     // GPU 1: thresholds as T.Limit offsets, signed, never taken for degrees;
     // the margin is NVML's (negative: past the slowdown threshold).
     assert!(

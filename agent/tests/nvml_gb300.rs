@@ -349,6 +349,16 @@ library = "{LIB_PATH}"
         .wait_for(Duration::from_secs(10), |t| energy(t) > e0)
         .await;
     assert!(energy(&text) > e0);
+    // NVLink: 18 links per GPU, Blackwell's four error counters each, all 0.
+    let text = agent
+        .wait_for(Duration::from_secs(20), |t| {
+            t.matches("dcwatt_gpu_nvlink_errors_total{").count() == 4 * 18 * 4
+        })
+        .await;
+    assert!(text
+        .lines()
+        .filter(|l| l.starts_with("dcwatt_gpu_nvlink_errors_total{"))
+        .all(|l| l.ends_with(" 0")));
 
     // The call budget of a steady-state tick (static facts cached), counted
     // by the library: every NVML call the agent's GPU reads make, per GPU

@@ -104,6 +104,7 @@ enum key {
     K_GPM_SM_OCCUPANCY,
     K_GPM_TENSOR_ACTIVE,
     K_GPM_DRAM_ACTIVE,
+    K_NVLINK_LINKS,
     K_COUNT
 };
 static const char *const KEY_NAMES[K_COUNT] = {
@@ -115,6 +116,7 @@ static const char *const KEY_NAMES[K_COUNT] = {
     "mem_reserved_bytes", "tlimit_c", "tlimit_shutdown", "tlimit_slowdown", "tlimit_mem_max", "tlimit_gpu_max",
     "energy_skew_ppm", "pcie_replay", "remapped_corr", "remapped_unc", "remapped_pending", "remapped_failure",
     "gpm_sm_active_pct", "gpm_sm_occupancy_pct", "gpm_tensor_active_pct", "gpm_dram_active_pct",
+    "nvlink_links",
 };
 /* Keys whose value is signed (T.Limit offsets can be negative); stored as the
  * two's complement in `val`, read back with sval(). */
@@ -123,6 +125,7 @@ static int key_signed(enum key k) {
            k == K_TLIMIT_GPU_MAX || k == K_ENERGY_SKEW_PPM;
 }
 #define SERIAL_LEN 32
+#define MAX_NVLINK_COUNTERS 64
 
 /* Throttle (clocks event) reasons this fake claims to support. */
 #define SUPPORTED_THROTTLE_REASONS 0x1ffULL
@@ -162,6 +165,13 @@ struct gpu {
     /* `set <i> error NAME`: every call on the GPU but its identity (UUID,
      * name, PCI info, serial, index, module id) answers this code (0: none). */
     nvmlReturn_t error;
+    /* `set <i> nvlink <link> <field id> <value>`: one NVLink error counter
+     * (fields 208, 213, 214, 221 with scopeId = link); a link below
+     * `nvlink_links` without a line answers 0. */
+    unsigned int nvlink_count;
+    unsigned int nvlink_link[MAX_NVLINK_COUNTERS];
+    unsigned int nvlink_field[MAX_NVLINK_COUNTERS];
+    unsigned long long nvlink_value[MAX_NVLINK_COUNTERS];
 };
 
 struct state {
@@ -442,6 +452,12 @@ static int parse_set(char *s, struct state *st) {
         if (parse_uint(&s, &g->mig_gi[g->mig_count]) != 0) return -1;
         if (parse_word(&s, g->mig_profile[g->mig_count], PROFILE_LEN) != 0) return -1;
         g->mig_count++;
+    } else if (strcmp(key, "nvlink") == 0) {
+        unsigned int n = g->nvlink_count;
+        if (n >= MAX_NVLINK_COUNTERS || parse_uint(&s, &g->nvlink_link[n]) != 0 ||
+            parse_uint(&s, &g->nvlink_field[n]) != 0 || parse_ull(&s, &g->nvlink_value[n]) != 0)
+            return -1;
+        g->nvlink_count++;
     } else if (strcmp(key, "serial") == 0) {
         if (parse_word(&s, g->serial, sizeof g->serial) != 0) return -1;
     } else if (strcmp(key, "error") == 0) {
@@ -1458,6 +1474,26 @@ static void field_value(const struct gpu *g, nvmlFieldValue_t *v) {
         k = K_VIOLATION_THERMAL_NS;
         break;
     case NVML_FI_DEV_PCIE_REPLAY_COUNTER: k = K_PCIE_REPLAY; break;
+    case NVML_FI_DEV_NVLINK_LINK_COUNT: k = K_NVLINK_LINKS; break;
+    /* NVLink error counters of Blackwell (the DL replay/recovery/CRC fields
+     * 161-163 are "unsupported for Blackwell+" and answer NOT_SUPPORTED). */
+    case NVML_FI_DEV_NVLINK_COUNT_RCV_ERRORS:
+    case NVML_FI_DEV_NVLINK_COUNT_LINK_RECOVERY_SUCCESSFUL_EVENTS:
+    case NVML_FI_DEV_NVLINK_COUNT_LINK_RECOVERY_FAILED_EVENTS:
+    case NVML_FI_DEV_NVLINK_COUNT_SYMBOL_ERRORS:
+        v->valueType = NVML_VALUE_TYPE_UNSIGNED_LONG_LONG;
+        if (!g->has[K_NVLINK_LINKS]) {
+            supported = 0;
+        } else if (v->scopeId >= g->val[K_NVLINK_LINKS]) {
+            v->nvmlReturn = NVML_ERROR_INVALID_ARGUMENT;
+        } else {
+            v->value.ullVal = 0;
+            for (unsigned int i = 0; i < g->nvlink_count; i++) {
+                if (g->nvlink_link[i] == v->scopeId && g->nvlink_field[i] == v->fieldId)
+                    v->value.ullVal = g->nvlink_value[i];
+            }
+        }
+        break;
     /* Thresholds as signed offsets from T.Limit (`tlimit_*`); a GPU with only
      * the legacy `thresholds_fields_only` answers its `threshold_*` values. */
     case NVML_FI_DEV_TEMPERATURE_SHUTDOWN_TLIMIT:

@@ -173,6 +173,47 @@ pub struct FakeGpu {
     pub error: Option<FakeError>,
     /// GPM utilization (`nvmlGpmMetricsGet`); `None`: GPM not supported.
     pub gpm: Option<FakeGpm>,
+    /// NVLink links (field `NVML_FI_DEV_NVLINK_LINK_COUNT`); `None`: no NVLink.
+    pub nvlink_links: Option<u32>,
+    /// NVLink error counters that are not 0.
+    pub nvlink_errors: Vec<FakeNvlinkError>,
+}
+
+/// An NVLink error counter of Blackwell, per link (field values with
+/// `scopeId` = link).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FakeNvlinkCounter {
+    /// `NVML_FI_DEV_NVLINK_COUNT_RCV_ERRORS` (208).
+    RcvErrors,
+    /// `NVML_FI_DEV_NVLINK_COUNT_LINK_RECOVERY_SUCCESSFUL_EVENTS` (213).
+    RecoverySuccessful,
+    /// `NVML_FI_DEV_NVLINK_COUNT_LINK_RECOVERY_FAILED_EVENTS` (214).
+    RecoveryFailed,
+    /// `NVML_FI_DEV_NVLINK_COUNT_SYMBOL_ERRORS` (221).
+    SymbolErrors,
+}
+
+impl FakeNvlinkCounter {
+    /// The NVML field id.
+    pub fn field_id(self) -> u32 {
+        match self {
+            FakeNvlinkCounter::RcvErrors => 208,
+            FakeNvlinkCounter::RecoverySuccessful => 213,
+            FakeNvlinkCounter::RecoveryFailed => 214,
+            FakeNvlinkCounter::SymbolErrors => 221,
+        }
+    }
+}
+
+/// One NVLink error counter's value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FakeNvlinkError {
+    /// The link, below `nvlink_links`.
+    pub link: u32,
+    /// Which counter.
+    pub counter: FakeNvlinkCounter,
+    /// Its value.
+    pub value: u64,
 }
 
 /// GPM metrics, percent 0..=100, constant over any interval.
@@ -427,6 +468,7 @@ fn render_optional(out: &mut String, g: &FakeGpu) -> io::Result<()> {
     set("module_id", g.module_id.map(u64::from));
     set("mem_reserved_bytes", g.mem_reserved_bytes);
     set("pcie_replay", g.pcie_replay.map(u64::from));
+    set("nvlink_links", g.nvlink_links.map(u64::from));
     if let Some(r) = g.remapped_rows {
         set("remapped_corr", Some(u64::from(r.corrected)));
         set("remapped_unc", Some(u64::from(r.uncorrected)));
@@ -441,6 +483,18 @@ fn render_optional(out: &mut String, g: &FakeGpu) -> io::Result<()> {
             Some(u64::from(g.tensor_active_pct)),
         );
         set("gpm_dram_active_pct", Some(u64::from(g.dram_active_pct)));
+    }
+    if g.nvlink_errors.len() > 64 {
+        return Err(invalid(format!("gpu {i}: at most 64 NVLink counters")));
+    }
+    for e in &g.nvlink_errors {
+        let _ = writeln!(
+            out,
+            "set {i} nvlink {} {} {}",
+            e.link,
+            e.counter.field_id(),
+            e.value
+        );
     }
     let mut signed = |key: &str, v: Option<i32>| {
         if let Some(v) = v {

@@ -296,6 +296,9 @@ impl CaptureTray {
                     remapped_rows: Some(FakeRemappedRows::default()),
                     // Not in the captures; idle like them (0 % utilization).
                     gpm: Some(FakeGpm::default()),
+                    // Not in the captures: 18 NVLink 5 links per Blackwell
+                    // GPU, no errors.
+                    nvlink_links: Some(18),
                     ..FakeGpu::default()
                 }
             })

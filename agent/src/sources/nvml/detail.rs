@@ -53,6 +53,8 @@ pub enum Fam {
     RemappedRowsFailure,
     /// `dcwatt_gpu_down_info{reason}`.
     DownInfo,
+    /// `dcwatt_gpu_nvlink_errors_total{link,counter}`.
+    NvlinkErrors,
     /// `dcwatt_gpu_sm_active_ratio` (GPM).
     GpmSmActive,
     /// `dcwatt_gpu_sm_occupancy_ratio` (GPM).
@@ -65,7 +67,7 @@ pub enum Fam {
 
 impl Fam {
     /// Every family, in rendering order.
-    pub const ALL: [Fam; 27] = [
+    pub const ALL: [Fam; 28] = [
         Fam::PowerInstant,
         Fam::MemoryPower,
         Fam::PowerDefaultLimit,
@@ -84,6 +86,7 @@ impl Fam {
         Fam::RemappedRows,
         Fam::RemappedRowsPending,
         Fam::RemappedRowsFailure,
+        Fam::NvlinkErrors,
         Fam::MemoryReserved,
         Fam::GpmSmActive,
         Fam::GpmSmOccupancy,
@@ -121,6 +124,7 @@ impl Fam {
             Fam::RemappedRowsPending => n::GPU_REMAPPED_ROWS_PENDING,
             Fam::RemappedRowsFailure => n::GPU_REMAPPED_ROWS_FAILURE,
             Fam::DownInfo => n::GPU_DOWN_INFO,
+            Fam::NvlinkErrors => n::GPU_NVLINK_ERRORS_TOTAL,
             Fam::GpmSmActive => n::GPU_SM_ACTIVE_RATIO,
             Fam::GpmSmOccupancy => n::GPU_SM_OCCUPANCY_RATIO,
             Fam::GpmTensorActive => n::GPU_TENSOR_ACTIVE_RATIO,
@@ -164,6 +168,7 @@ impl Fam {
             Fam::RemappedRowsPending => "1 while a row remapping waits for a GPU reset.",
             Fam::RemappedRowsFailure => "1 once a row remapping failed.",
             Fam::DownInfo => "1 while the GPU is down, with the NVML error that put it down.",
+            Fam::NvlinkErrors => "NVLink error counters per link, by counter (read every 10 s).",
             Fam::GpmSmActive => "Share of SMs busy over the last tick, 0..1 (GPM).",
             Fam::GpmSmOccupancy => "Active warps over the theoretical maximum, last tick, 0..1 (GPM).",
             Fam::GpmTensorActive => "Share of time SMs ran any tensor operation, last tick, 0..1 (GPM).",
@@ -181,6 +186,7 @@ impl Fam {
                 | Fam::XidErrors
                 | Fam::PcieReplays
                 | Fam::RemappedRows
+                | Fam::NvlinkErrors
         )
     }
 

@@ -49,6 +49,26 @@ use crate::sources::now_ms;
 /// How often static facts are read again.
 pub const STATIC_REFRESH: Duration = Duration::from_secs(300);
 
+/// How often the NVLink error counters are read (in the tick's field-values
+/// call, so at no extra call).
+pub const NVLINK_REFRESH: Duration = Duration::from_secs(10);
+
+/// `NVML_FI_DEV_NVLINK_LINK_COUNT`.
+const FI_NVLINK_LINK_COUNT: u32 = 91;
+
+/// NVLink error counters, per link (`scopeId` = link): field id and the
+/// `counter` label. 161–163 are the pre-Blackwell data-link counters
+/// ("unsupported for Blackwell+" in the header), 208–221 Blackwell's.
+const NVLINK_COUNTERS: [(u32, &str); 7] = [
+    (161, "dl_replay"),
+    (162, "dl_recovery"),
+    (163, "dl_crc"),
+    (208, "rcv_errors"),
+    (213, "recovery_successful"),
+    (214, "recovery_failed"),
+    (221, "symbol_errors"),
+];
+
 /// The shortest interval between two GPM samples NVML accepts.
 pub const GPM_MIN_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -275,6 +295,11 @@ pub struct GpuState {
     /// Whether this GPU reads its module's power (set by the control thread:
     /// one GPU per module).
     pub module_reader: bool,
+    /// NVLink links (from the static refresh) and when their error counters
+    /// were last read, with the samples then read.
+    nvlink_links: u32,
+    nvlink_at: Option<Instant>,
+    nvlink_samples: Vec<Sample>,
     /// GPM sample buffers, once allocated (buffers of an earlier NVML init
     /// are dropped unfreed: that library instance is gone).
     gpm: Option<GpmState>,
@@ -296,6 +321,9 @@ struct Fields {
     ecc_uncorrected: Option<f64>,
     pcie_replays: Option<f64>,
     tlimit: Vec<(&'static str, f64)>,
+    nvlink_links: Option<f64>,
+    /// `(link, counter label, value)` when the counters were asked this tick.
+    nvlink: Option<Vec<(u32, &'static str, f64)>>,
 }
 
 impl GpuState {
@@ -552,6 +580,24 @@ impl GpuState {
         }
         samples.push(Sample::plain(Fam::EnergyResets, self.energy_resets as f64));
 
+        if let Some(links) = fields.nvlink_links {
+            self.nvlink_links = links.clamp(0.0, 64.0) as u32;
+        }
+        if let Some(counters) = &fields.nvlink {
+            self.nvlink_samples = counters
+                .iter()
+                .map(|(link, counter, v)| Sample {
+                    fam: Fam::NvlinkErrors,
+                    labels: vec![
+                        (n::LINK, link.to_string()),
+                        (n::COUNTER, (*counter).to_owned()),
+                    ],
+                    value: *v,
+                })
+                .collect();
+            self.nvlink_at = Some(Instant::now());
+        }
+        samples.extend(self.nvlink_samples.iter().cloned());
         if refresh {
             let statics = self.read_statics(dev, fields.tlimit.clone())?;
             self.statics = Some(statics);
@@ -944,6 +990,14 @@ impl GpuState {
         }
         if refresh {
             req.extend(THRESHOLDS.iter().map(|t| (t.2, SCOPE_GPU)));
+            req.push((FI_NVLINK_LINK_COUNT, SCOPE_GPU));
+        }
+        let nvlink_due =
+            self.nvlink_links > 0 && self.nvlink_at.is_none_or(|t| t.elapsed() >= NVLINK_REFRESH);
+        if nvlink_due {
+            for link in 0..self.nvlink_links.min(64) {
+                req.extend(NVLINK_COUNTERS.iter().map(|(id, _)| (*id, link)));
+            }
         }
         req.retain(|r| !self.unsupported_fields.contains(r));
         let mut out = Fields::default();
@@ -953,6 +1007,9 @@ impl GpuState {
         let Some(values) = self.core("field_values", || raw::field_values(dev, &req))? else {
             return Ok(out);
         };
+        if nvlink_due {
+            out.nvlink = Some(Vec::new());
+        }
         for (&(id, scope), value) in req.iter().zip(values) {
             let v = match value {
                 Ok(v) if v.is_finite() => v,
@@ -986,6 +1043,15 @@ impl GpuState {
                 (NVML_FI_DEV_ECC_SBE_AGG_TOTAL, _) => out.ecc_corrected = Some(v),
                 (NVML_FI_DEV_ECC_DBE_AGG_TOTAL, _) => out.ecc_uncorrected = Some(v),
                 (NVML_FI_DEV_PCIE_REPLAY_COUNTER, _) => out.pcie_replays = Some(v),
+                (FI_NVLINK_LINK_COUNT, _) => out.nvlink_links = Some(v),
+                (id, link) if NVLINK_COUNTERS.iter().any(|c| c.0 == id) => {
+                    if let (Some(list), Some((_, label))) = (
+                        out.nvlink.as_mut(),
+                        NVLINK_COUNTERS.iter().find(|c| c.0 == id),
+                    ) {
+                        list.push((link, *label, v));
+                    }
+                }
                 (other, _) => {
                     // T.Limit offsets: signed, kept as NVML gives them.
                     if let Some(t) = THRESHOLDS.iter().find(|t| t.2 == other) {
