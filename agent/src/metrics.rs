@@ -638,6 +638,7 @@ mod tests {
             ],
             error: None,
             meters: Vec::new(),
+            modules: Vec::new(),
         };
         snap.apply("nvml", None, &c, Duration::from_millis(5));
         let text = render("n1", &snap, None);
