@@ -1,6 +1,9 @@
 //! Every NVML reading and every GPU fault, through the fake
 //! `libnvidia-ml.so.1` and the real agent: readings against the state file,
-//! "not supported" left out, thresholds from field values, XID events, an
+//! "not supported" left out, T.Limit offsets (signed) and NVML's margin, the
+//! deprecated calls as fallback on an older driver, GPM utilization, NVLink,
+//! remapped rows and PCIe replays, RESET_REQUIRED/UNKNOWN/NO_PERMISSION with
+//! their reasons, XID events, an
 //! energy counter reset, a lost GPU, a hung call, and the XID thread ending
 //! with the agent. The library reads `DCWATT_FAKE_NVML_STATE` at init, a
 //! process-global: this binary holds exactly one test function.

@@ -1,41 +1,16 @@
 //! The GB300 and GB200 profiles are transcribed from the real captures in
 //! `captures/`: this test parses every value a profile takes out of the XML
-//! (a small tag extractor, no XML crate) and compares, so a transcription
+//! (`dcwatt_fake_nvml::capture`, a small tag extractor, no XML crate) and compares, so a transcription
 //! error fails here. It also checks the two facts the agent's module grouping
 //! relies on: the GPUs of a superchip share the board serial, and on the
 //! GB300 tray they are PCI domain pairs.
 
+use dcwatt_fake_nvml::capture::{self, gpus};
 use dcwatt_fake_nvml::profiles::{parse_bus_id, CaptureTray, GB200, GB300};
 
-const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/captures");
-
-/// The text of the first `<tag>…</tag>` in `xml`, trimmed.
-fn tag<'a>(xml: &'a str, tag: &str) -> Option<&'a str> {
-    let open = format!("<{tag}>");
-    let close = format!("</{tag}>");
-    let start = xml.find(&open)? + open.len();
-    let end = start + xml[start..].find(&close)?;
-    Some(xml[start..end].trim())
-}
-
-/// `a/b/c`: nested tags.
+/// `a/b/c`: nested tags; panics naming the path when it is missing.
 fn path<'a>(xml: &'a str, p: &str) -> &'a str {
-    p.split('/')
-        .try_fold(xml, tag)
-        .unwrap_or_else(|| panic!("no <{p}> in the capture"))
-}
-
-/// Every `<gpu id="…">…</gpu>` block.
-fn gpus(xml: &str) -> Vec<&str> {
-    let mut out = Vec::new();
-    let mut rest = xml;
-    while let Some(i) = rest.find("<gpu id=\"") {
-        let block = &rest[i..];
-        let end = block.find("\n\t</gpu>").expect("a closed <gpu>");
-        out.push(&block[..end]);
-        rest = &block[end..];
-    }
-    out
+    capture::path(xml, p).unwrap_or_else(|| panic!("no <{p}> in the capture"))
 }
 
 /// "180.36 W" → 18036 (centiwatts), exactly, from the decimal text.
@@ -59,7 +34,7 @@ fn int(text: &str, unit: &str) -> i64 {
 }
 
 fn check(file: &str, tray: &CaptureTray) {
-    let xml = std::fs::read_to_string(format!("{DIR}/{file}")).expect("the capture");
+    let xml = capture::read(file).expect("the capture");
     assert_eq!(path(&xml, "driver_version"), tray.driver_version);
     let blocks = gpus(&xml);
     assert_eq!(blocks.len(), tray.gpus.len(), "{file}: GPUs");
