@@ -764,4 +764,35 @@ mod tests {
             "{text}"
         );
     }
+
+    #[test]
+    fn modules_render_and_keep_their_energy_when_nvml_fails() {
+        let mut snap = Snapshot::default();
+        let c = Collected {
+            modules: vec![ModuleStatus {
+                id: "sn-1".into(),
+                gpus: vec![0, 1],
+                power_w: Some(488.29),
+                power_instant_w: Some(487.68),
+                energy_j: 1234.5,
+            }],
+            ..Collected::default()
+        };
+        snap.apply("nvml", None, &c, Duration::ZERO);
+        let text = render("n1", &snap, None);
+        for line in [
+            "dcwatt_module_power_watts{node=\"n1\",module=\"sn-1\"} 488.29\n",
+            "dcwatt_module_power_instant_watts{node=\"n1\",module=\"sn-1\"} 487.68\n",
+            "dcwatt_module_energy_joules_total{node=\"n1\",module=\"sn-1\",method=\"integrated\"} 1234.5\n",
+            "dcwatt_module_info{node=\"n1\",module=\"sn-1\",gpus=\"0,1\"} 1\n",
+            "# TYPE dcwatt_module_energy_joules_total counter\n",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+        // NVML fails as a whole: the power goes, the agent's own counter stays.
+        snap.apply("nvml", None, &Collected::failed("x"), Duration::ZERO);
+        let text = render("n1", &snap, None);
+        assert!(!text.contains("dcwatt_module_power_watts{"), "{text}");
+        assert!(text.contains("dcwatt_module_energy_joules_total{node=\"n1\",module=\"sn-1\",method=\"integrated\"} 1234.5\n"));
+    }
 }

@@ -75,6 +75,20 @@ struct ModuleEnergy {
     joules: f64,
 }
 
+impl ModuleEnergy {
+    /// Adds the energy from the last reading to this one (`ts` Unix ms,
+    /// `power` W; `None`: no reading this tick): the trapezoid, unless the
+    /// gap exceeds [`MODULE_MAX_GAP_MS`] or time did not advance.
+    fn add(&mut self, ts: i64, power: Option<f64>) {
+        if let (Some((t0, p0)), Some(p1)) = (self.last, power) {
+            if ts > t0 && ts - t0 <= MODULE_MAX_GAP_MS {
+                self.joules += (p0 + p1) / 2.0 * (ts - t0) as f64 / 1000.0;
+            }
+        }
+        self.last = power.map(|p| (ts, p));
+    }
+}
+
 /// One collection request to the control thread.
 struct Request {
     deadline: Instant,
@@ -599,13 +613,7 @@ impl Control {
                 continue; // the module scope is not supported here
             }
             let e = self.modules.entry(id.clone()).or_default();
-            match (e.last, power_w) {
-                (Some((t0, p0)), Some(p1)) if ts > t0 && ts - t0 <= MODULE_MAX_GAP_MS => {
-                    e.joules += (p0 + p1) / 2.0 * (ts - t0) as f64 / 1000.0;
-                }
-                _ => {}
-            }
-            e.last = power_w.map(|p| (ts, p));
+            e.add(ts, power_w);
             let reader = members.iter().find(|(_, up, _)| *up).map(|(i, _, _)| *i);
             for (i, _, _) in &members {
                 if let Some(state) = self.states.get(*i as usize) {
@@ -644,5 +652,28 @@ fn library_name(library: &NvmlLibrary) -> String {
     match library {
         NvmlLibrary::System => "system libnvidia-ml".to_owned(),
         NvmlLibrary::Path(p) => p.display().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn module_energy_is_the_trapezoid_and_skips_gaps() {
+        let mut e = ModuleEnergy::default();
+        e.add(1_000, Some(400.0));
+        assert_eq!(e.joules, 0.0);
+        e.add(2_000, Some(500.0)); // 1 s at a mean of 450 W
+        assert_eq!(e.joules, 450.0);
+        e.add(3_000, None); // no reading: nothing counted, and the next starts afresh
+        e.add(4_000, Some(500.0));
+        assert_eq!(e.joules, 450.0);
+        e.add(4_000 + MODULE_MAX_GAP_MS + 1, Some(500.0)); // too long a gap
+        assert_eq!(e.joules, 450.0);
+        e.add(4_000 + MODULE_MAX_GAP_MS + 501, Some(300.0));
+        assert_eq!(e.joules, 450.0 + 200.0);
+        e.add(4_000, Some(300.0)); // time went back: nothing
+        assert_eq!(e.joules, 650.0);
     }
 }
