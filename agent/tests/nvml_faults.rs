@@ -578,6 +578,22 @@ library = "{LIB_PATH}"
         );
     }
     gpus[2].error = None;
+    // One call failing with UNKNOWN (not the core call) skips that reading
+    // only: the GPU stays up with everything else.
+    gpus[2].failing = vec![("nvmlDeviceGetUtilizationRates".into(), FakeError::Unknown)];
+    gpus[0].power_mw += 1_000;
+    let p0 = f64::from(gpus[0].power_mw) / 1000.0;
+    publish(&state, &gpus);
+    let text = agent
+        .wait_for(Duration::from_secs(10), |t| {
+            value(t, &up(2)) == Some(1.0) && value(t, &s("dcwatt_gpu_power_watts", 0)) == Some(p0)
+        })
+        .await;
+    assert_eq!(value(&text, &s("dcwatt_gpu_utilization_ratio", 2)), None);
+    assert_eq!(must(&text, &s("dcwatt_gpu_utilization_ratio", 0)), 0.9);
+    assert!(value(&text, &s("dcwatt_gpu_power_watts", 2)).is_some());
+    assert!(!text.contains(&format!("dcwatt_gpu_down_info{{{}", labels(2))));
+    gpus[2].failing.clear();
     gpus[2].lost = true;
     publish(&state, &gpus);
 

@@ -160,6 +160,9 @@ struct gpu {
     unsigned long long xid_code[MAX_XID];
     /* "|sym|sym|": calls that answer NOT_SUPPORTED ("field:N" for a field id). */
     char unsupported[UNSUPPORTED_LEN];
+    /* `set <i> fail <symbol> <NAME>`: that call alone answers the error, as
+     * "|symbol=code|" entries. */
+    char failing[UNSUPPORTED_LEN];
     /* `set <i> serial S`: the board serial ("" : NOT_SUPPORTED). */
     char serial[SERIAL_LEN];
     /* `set <i> error NAME`: every call on the GPU but its identity (UUID,
@@ -458,6 +461,18 @@ static int parse_set(char *s, struct state *st) {
             parse_uint(&s, &g->nvlink_field[n]) != 0 || parse_ull(&s, &g->nvlink_value[n]) != 0)
             return -1;
         g->nvlink_count++;
+    } else if (strcmp(key, "fail") == 0) {
+        char sym[128], name[64];
+        if (parse_word(&s, sym, sizeof sym) != 0 || parse_word(&s, name, sizeof name) != 0) return -1;
+        nvmlReturn_t code = error_code(name);
+        if (code == NVML_SUCCESS) return -1;
+        size_t used = strlen(g->failing);
+        if (used == 0) {
+            g->failing[0] = '|';
+            used = 1;
+        }
+        if (used + strlen(sym) + 8 >= sizeof g->failing) return -1;
+        snprintf(g->failing + used, sizeof g->failing - used, "%s=%d|", sym, (int)code);
     } else if (strcmp(key, "serial") == 0) {
         if (parse_word(&s, g->serial, sizeof g->serial) != 0) return -1;
     } else if (strcmp(key, "error") == 0) {
@@ -857,6 +872,15 @@ static nvmlReturn_t resolve_locked(nvmlDevice_t device, const struct gpu **out, 
     return NVML_SUCCESS;
 }
 
+/* The error a `fail` line gives the call `name`, else NVML_SUCCESS. */
+static nvmlReturn_t failing_code(const struct gpu *g, const char *name) {
+    if (g->failing[0] == '\0') return NVML_SUCCESS;
+    char pat[160];
+    snprintf(pat, sizeof pat, "|%s=", name);
+    const char *hit = strstr(g->failing, pat);
+    return hit == NULL ? NVML_SUCCESS : (nvmlReturn_t)atoi(hit + strlen(pat));
+}
+
 /* The calls that still answer on a GPU with an injected `error`: its identity. */
 static int is_identity(const char *name) {
     static const char *const IDENTITY[] = {"nvmlDeviceGetUUID",   "nvmlDeviceGetName",  "nvmlDeviceGetPciInfo_v3",
@@ -889,6 +913,7 @@ static nvmlReturn_t enter_call(nvmlDevice_t device, const struct gpu **out, cons
     if (ret == NVML_SUCCESS && *mig >= 0 && !allow_mig) ret = NVML_ERROR_NOT_SUPPORTED;
     if (ret == NVML_SUCCESS && is_unsupported(*out, name)) ret = NVML_ERROR_NOT_SUPPORTED;
     if (ret == NVML_SUCCESS && (*out)->error != NVML_SUCCESS && !is_identity(name)) ret = (*out)->error;
+    if (ret == NVML_SUCCESS) ret = failing_code(*out, name);
     if (ret != NVML_SUCCESS) leave();
     return ret;
 }

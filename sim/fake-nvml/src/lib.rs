@@ -171,6 +171,9 @@ pub struct FakeGpu {
     /// Every call on the GPU but its identity (UUID, name, PCI info, serial,
     /// index, module id) answers this error.
     pub error: Option<FakeError>,
+    /// Single calls (`nvmlDeviceGetUtilizationRates`) that answer an error,
+    /// the rest of the GPU answering as usual.
+    pub failing: Vec<(String, FakeError)>,
     /// GPM utilization (`nvmlGpmMetricsGet`); `None`: GPM not supported.
     pub gpm: Option<FakeGpm>,
     /// NVLink links (field `NVML_FI_DEV_NVLINK_LINK_COUNT`); `None`: no NVLink.
@@ -516,6 +519,14 @@ fn render_optional(out: &mut String, g: &FakeGpu) -> io::Result<()> {
             )));
         }
         let _ = writeln!(out, "set {i} serial {serial}");
+    }
+    for (sym, e) in &g.failing {
+        if !word_ok(sym) {
+            return Err(invalid(format!(
+                "gpu {i}: failing call {sym:?} is not one word"
+            )));
+        }
+        let _ = writeln!(out, "set {i} fail {sym} {}", e.word());
     }
     if let Some(e) = g.error {
         if matches!(e, FakeError::Code(c) if c == 0 || c > 999) {

@@ -155,11 +155,11 @@ const THRESHOLDS: [(&str, TemperatureThreshold, u32, Quantity); 4] = [
 ///
 /// | NVML error | where | result |
 /// |---|---|---|
-/// | `NOT_SUPPORTED`, missing symbol | any call | series absent, learned once |
-/// | `NO_PERMISSION` | a non-core call | series absent, learned once |
-/// | `GPU_IS_LOST`, `RESET_REQUIRED`, `UNKNOWN`, `CORRUPTED_INFOROM`, `IRQ_ISSUE`, `INSUFFICIENT_POWER`, `LIB_RM_VERSION_MISMATCH`, `OPERATING_SYSTEM`, `UNINITIALIZED`, `DRIVER_NOT_LOADED` | any call | down |
-/// | anything but "not supported" | the core call | down |
-/// | anything else | a non-core call | reading skipped this tick |
+/// | `NOT_SUPPORTED`, missing symbol | any call or field | series absent, learned once |
+/// | `NO_PERMISSION` | a non-core call or a field | series absent, learned once |
+/// | `GPU_IS_LOST`, `RESET_REQUIRED`, `LIB_RM_VERSION_MISMATCH`, `UNINITIALIZED`, `DRIVER_NOT_LOADED` | any call (a field: `GPU_IS_LOST` only) | down |
+/// | anything but "not supported" (`UNKNOWN`, `NO_PERMISSION`, `CORRUPTED_INFOROM`, …) | the core call | down |
+/// | anything else | a non-core call or a field | reading skipped this tick |
 #[derive(Debug)]
 pub struct Failure(pub NvmlError);
 
@@ -197,18 +197,15 @@ pub fn reason(e: &NvmlError) -> String {
     }
 }
 
-/// Errors that make the GPU as a whole unusable, on whichever call.
+/// Errors that make the GPU as a whole unusable, on whichever call. Others
+/// (`UNKNOWN`, `CORRUPTED_INFOROM`, …) put a GPU down only when its core call
+/// answers them: one reading that fails must not hide every other.
 fn is_fatal(e: &NvmlError) -> bool {
     matches!(
         e,
         NvmlError::GpuLost
             | NvmlError::ResetRequired
-            | NvmlError::Unknown
-            | NvmlError::CorruptedInfoROM
-            | NvmlError::IrqIssue
-            | NvmlError::InsufficientPower
             | NvmlError::LibRmVersionMismatch
-            | NvmlError::OperatingSystem
             | NvmlError::Uninitialized
             | NvmlError::DriverNotLoaded
     )
@@ -1014,7 +1011,7 @@ impl GpuState {
             let v = match value {
                 Ok(v) if v.is_finite() => v,
                 Ok(_) => continue,
-                Err(e) if is_fatal(&e) => return Err(Failure(e)),
+                Err(NvmlError::GpuLost) => return Err(Failure(NvmlError::GpuLost)),
                 Err(e) if is_lacking(&e) || matches!(e, NvmlError::NoPermission) => {
                     if self.unsupported_fields.insert((id, scope)) {
                         info!(
@@ -1111,5 +1108,6 @@ mod tests {
         assert_eq!(reason(&NvmlError::GpuLost), "gpu_lost");
         assert_eq!(reason(&NvmlError::UnexpectedVariant(29)), "nvml_error_29");
         assert!(is_fatal(&NvmlError::ResetRequired) && !is_fatal(&NvmlError::NoPermission));
+        assert!(!is_fatal(&NvmlError::Unknown), "down only on the core call");
     }
 }
