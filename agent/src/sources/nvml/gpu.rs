@@ -49,9 +49,13 @@ use crate::sources::now_ms;
 /// How often static facts are read again.
 pub const STATIC_REFRESH: Duration = Duration::from_secs(300);
 
-/// How often the NVLink error counters are read (in the tick's field-values
-/// call, so at no extra call).
+/// How often the NVLink error counters are read: their own field-values
+/// calls ([`NVLINK_FIELDS_PER_CALL`] fields each), apart from the tick's core
+/// call, so that a driver refusing them loses NVLink only.
 pub const NVLINK_REFRESH: Duration = Duration::from_secs(10);
+
+/// Fields per NVLink field-values call (18 links × 7 counters take 4 calls).
+const NVLINK_FIELDS_PER_CALL: usize = 32;
 
 /// `NVML_FI_DEV_NVLINK_LINK_COUNT`.
 const FI_NVLINK_LINK_COUNT: u32 = 91;
@@ -319,8 +323,6 @@ struct Fields {
     pcie_replays: Option<f64>,
     tlimit: Vec<(&'static str, f64)>,
     nvlink_links: Option<f64>,
-    /// `(link, counter label, value)` when the counters were asked this tick.
-    nvlink: Option<Vec<(u32, &'static str, f64)>>,
 }
 
 impl GpuState {
@@ -580,19 +582,8 @@ impl GpuState {
         if let Some(links) = fields.nvlink_links {
             self.nvlink_links = links.clamp(0.0, 64.0) as u32;
         }
-        if let Some(counters) = &fields.nvlink {
-            self.nvlink_samples = counters
-                .iter()
-                .map(|(link, counter, v)| Sample {
-                    fam: Fam::NvlinkErrors,
-                    labels: vec![
-                        (n::LINK, link.to_string()),
-                        (n::COUNTER, (*counter).to_owned()),
-                    ],
-                    value: *v,
-                })
-                .collect();
-            self.nvlink_at = Some(Instant::now());
+        if self.nvlink_links > 0 && self.nvlink_at.is_none_or(|t| t.elapsed() >= NVLINK_REFRESH) {
+            self.read_nvlink(dev)?;
         }
         samples.extend(self.nvlink_samples.iter().cloned());
         if refresh {
@@ -783,6 +774,55 @@ impl GpuState {
                 samples,
             },
         })
+    }
+
+    /// The NVLink error counters of every link, in field-values calls of
+    /// their own (not the core call: a refusal loses NVLink only). A counter a
+    /// link does not support is learned once, like any field.
+    fn read_nvlink(&mut self, dev: &Device<'_>) -> Result<(), Failure> {
+        let req: Vec<(u32, u32)> = (0..self.nvlink_links.min(64))
+            .flat_map(|link| NVLINK_COUNTERS.iter().map(move |(id, _)| (*id, link)))
+            .filter(|r| !self.unsupported_fields.contains(r))
+            .collect();
+        let mut out = Vec::with_capacity(req.len());
+        for chunk in req.chunks(NVLINK_FIELDS_PER_CALL) {
+            let Some(values) = self.optional("nvlink_fields", || raw::field_values(dev, chunk))?
+            else {
+                return Ok(()); // unsupported (learned) or failed this time: keep the last
+            };
+            for (&(id, link), value) in chunk.iter().zip(values) {
+                match value {
+                    Ok(v) if v.is_finite() => {
+                        if let Some((_, label)) = NVLINK_COUNTERS.iter().find(|c| c.0 == id) {
+                            out.push(Sample {
+                                fam: Fam::NvlinkErrors,
+                                labels: vec![
+                                    (n::LINK, link.to_string()),
+                                    (n::COUNTER, (*label).to_owned()),
+                                ],
+                                value: v,
+                            });
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(NvmlError::GpuLost) => return Err(Failure(NvmlError::GpuLost)),
+                    Err(e) if is_lacking(&e) || matches!(e, NvmlError::NoPermission) => {
+                        if self.unsupported_fields.insert((id, link)) {
+                            debug!(
+                                gpu = self.index,
+                                field = id,
+                                link,
+                                "NVLink counter not available."
+                            );
+                        }
+                    }
+                    Err(_) => {}
+                }
+            }
+        }
+        self.nvlink_samples = out;
+        self.nvlink_at = Some(Instant::now());
+        Ok(())
     }
 
     /// GPM utilization over the last interval: a new sample when the earlier
@@ -989,13 +1029,6 @@ impl GpuState {
             req.extend(THRESHOLDS.iter().map(|t| (t.2, SCOPE_GPU)));
             req.push((FI_NVLINK_LINK_COUNT, SCOPE_GPU));
         }
-        let nvlink_due =
-            self.nvlink_links > 0 && self.nvlink_at.is_none_or(|t| t.elapsed() >= NVLINK_REFRESH);
-        if nvlink_due {
-            for link in 0..self.nvlink_links.min(64) {
-                req.extend(NVLINK_COUNTERS.iter().map(|(id, _)| (*id, link)));
-            }
-        }
         req.retain(|r| !self.unsupported_fields.contains(r));
         let mut out = Fields::default();
         if req.is_empty() {
@@ -1004,9 +1037,6 @@ impl GpuState {
         let Some(values) = self.core("field_values", || raw::field_values(dev, &req))? else {
             return Ok(out);
         };
-        if nvlink_due {
-            out.nvlink = Some(Vec::new());
-        }
         for (&(id, scope), value) in req.iter().zip(values) {
             let v = match value {
                 Ok(v) if v.is_finite() => v,
@@ -1041,14 +1071,6 @@ impl GpuState {
                 (NVML_FI_DEV_ECC_DBE_AGG_TOTAL, _) => out.ecc_uncorrected = Some(v),
                 (NVML_FI_DEV_PCIE_REPLAY_COUNTER, _) => out.pcie_replays = Some(v),
                 (FI_NVLINK_LINK_COUNT, _) => out.nvlink_links = Some(v),
-                (id, link) if NVLINK_COUNTERS.iter().any(|c| c.0 == id) => {
-                    if let (Some(list), Some((_, label))) = (
-                        out.nvlink.as_mut(),
-                        NVLINK_COUNTERS.iter().find(|c| c.0 == id),
-                    ) {
-                        list.push((link, *label, v));
-                    }
-                }
                 (other, _) => {
                     // T.Limit offsets: signed, kept as NVML gives them.
                     if let Some(t) = THRESHOLDS.iter().find(|t| t.2 == other) {
