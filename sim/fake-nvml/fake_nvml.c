@@ -25,9 +25,16 @@
  *   add readings and faults: instantaneous power, default limit, thresholds
  *   (classic call or field values only), clocks, fans, ECC, violation times,
  *   PCIe link, per-symbol NOT_SUPPORTED, a hang before every call, MIG mode
- *   and instances, XID events for the event API. A GPU without them answers
- *   as before (NOT_SUPPORTED for the readings it lacks). A global `init_fail 1`
- *   line makes nvmlInit answer DRIVER_NOT_LOADED.
+ *   and instances, XID events for the event API; and Grace-Blackwell: power by
+ *   scope (GPU, memory, module), PCI domain/bus, serial, module id, reserved
+ *   memory, T.Limit margin and signed offsets, an energy counter skew, PCIe
+ *   replays, remapped rows, GPM, NVLink counters, an error code for a GPU or
+ *   for one call. A GPU without them answers as before (NOT_SUPPORTED for the
+ *   readings it lacks). A global `init_fail 1` line makes nvmlInit answer
+ *   DRIVER_NOT_LOADED.
+ * - Every type, constant and prototype comes from NVIDIA's nvml.h
+ *   (include/, vendored unchanged); dcwattFakeLayout exports the header's
+ *   struct layouts and dcwattFakeCallCount(s) the calls per symbol, for tests.
  */
 
 #define _GNU_SOURCE

@@ -24,8 +24,9 @@
 //!   (as before those fields existed). They are written as
 //!   `set <index> <key> <value…>` lines after the GPU's `gpu` line.
 //! - Memory temperature is served as field `NVML_FI_DEV_MEMORY_TEMP` (82) of
-//!   `nvmlDeviceGetFieldValues`; temperature thresholds are fixed
-//!   (shutdown 95, slowdown 90, memory max 95, GPU max 87 °C).
+//!   `nvmlDeviceGetFieldValues`; classic temperature thresholds default to
+//!   shutdown 95, slowdown 90, memory max 95, GPU max 87 °C; T.Limit offsets
+//!   (fields 193–196, signed) and the margin only where set ([`FakeTlimit`]).
 //!
 //! # Layout
 //! - [`LIB_PATH`], [`STATE_ENV`], [`DEFAULT_DRIVER`]: where and how to load it.
