@@ -1,7 +1,8 @@
 //! NVML benchmark: what one collection tick of 8 GPUs costs the agent, through
 //! the real `nvml-wrapper` path and the fake `libnvidia-ml.so.1` (every
-//! optional reading on, so every call the agent makes is made), and what one
-//! `/metrics` render of that node costs.
+//! optional reading on, so every call the agent makes is made), what one
+//! `/metrics` render of that node costs, and how many NVML calls a
+//! steady-state tick makes per GPU, by symbol (counted by the fake library).
 //!
 //! `cargo bench -p dcwatt-agent --bench nvml [-- TICKS]` prints a table.
 //! CPU time is the process's (user + system, every thread) from `getrusage`;
@@ -15,7 +16,10 @@ use std::time::{Duration, Instant};
 use dcwatt_agent::config::{NvmlLibrary, NvmlSpec};
 use dcwatt_agent::metrics::{render, Snapshot};
 use dcwatt_agent::sources::nvml::NvmlSource;
-use dcwatt_fake_nvml::{write_state, FakeGpu, FakeThresholds, DEFAULT_DRIVER, LIB_PATH, STATE_ENV};
+use dcwatt_fake_nvml::{
+    write_state, FakeGpm, FakeGpu, FakeRemappedRows, FakeThresholds, FakeTlimit, DEFAULT_DRIVER,
+    LIB_PATH, STATE_ENV,
+};
 
 /// Peak resident set size of this process image, KiB (`VmHWM`); 0 if unknown.
 fn peak_rss_kib() -> u64 {
@@ -74,6 +78,28 @@ fn gpus() -> Vec<FakeGpu> {
             pcie_gen: Some(6),
             pcie_width: Some(16),
             mig_mode: Some(false),
+            // Grace-Blackwell: scoped power, superchip pairs, T.Limit, GPM, NVLink.
+            module_power_mw: Some(2_400_000),
+            module_power_instant_mw: Some(2_410_000),
+            memory_power_mw: Some(90_000),
+            serial: Some(format!("16500000000{}", i / 2)),
+            mem_reserved_bytes: Some(947 << 20),
+            tlimit_c: Some(20),
+            tlimit_offsets: Some(FakeTlimit {
+                shutdown: -5,
+                slowdown: -2,
+                mem_max: 0,
+                gpu_max: 0,
+            }),
+            pcie_replay: Some(0),
+            remapped_rows: Some(FakeRemappedRows::default()),
+            gpm: Some(FakeGpm {
+                sm_active_pct: 80,
+                sm_occupancy_pct: 40,
+                tensor_active_pct: 60,
+                dram_active_pct: 30,
+            }),
+            nvlink_links: Some(18),
             ..FakeGpu::default()
         })
         .collect()
@@ -128,6 +154,11 @@ fn main() {
     }
     let readings = first.readings.len();
 
+    // NVML calls of the steady state only: the warm-up's static reads are not counted.
+    if let Err(e) = dcwatt_fake_nvml::introspect::reset_call_counts() {
+        eprintln!("cannot reset the fake library's call counts: {e}");
+        std::process::exit(1);
+    }
     let mut walls = Vec::with_capacity(ticks);
     let mut snap = Snapshot::default();
     let cpu0 = usage();
@@ -141,6 +172,13 @@ fn main() {
     }
     let wall = start.elapsed().as_secs_f64();
     let cpu1 = usage();
+    let calls = match dcwatt_fake_nvml::introspect::call_counts() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("cannot read the fake library's call counts: {e}");
+            std::process::exit(1);
+        }
+    };
 
     let renders = ticks.max(1);
     let r0 = Instant::now();
@@ -175,4 +213,25 @@ fn main() {
         "| peak RSS (process) | {:.1} MiB | | | |",
         rss_kib as f64 / 1024.0
     );
+    // Calls per GPU per steady-state tick, by symbol (the XID thread's waits
+    // are not per tick and are left out).
+    let per_tick = |n: u64| n as f64 / (n_ticks_gpus(ticks) as f64);
+    let tick_calls: Vec<(&String, &u64)> = calls
+        .iter()
+        .filter(|(name, n)| name.as_str() != "nvmlEventSetWait_v2" && **n > 0)
+        .collect();
+    let total: u64 = tick_calls.iter().map(|(_, n)| **n).sum();
+    println!();
+    println!(
+        "NVML calls per GPU per tick: {:.2} (over {ticks} ticks × 8 GPUs)",
+        per_tick(total)
+    );
+    for (name, n) in tick_calls {
+        println!("  {name}: {:.2}", per_tick(*n));
+    }
+}
+
+/// GPU-ticks in a run of `ticks` collections of the 8 GPUs.
+fn n_ticks_gpus(ticks: usize) -> usize {
+    ticks.max(1) * 8
 }

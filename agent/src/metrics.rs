@@ -22,6 +22,7 @@ use crate::names as n;
 use crate::ship::{self, Status};
 use crate::sources::nvml::detail::{Fam, GpuDetail};
 use crate::sources::Collected;
+use crate::sources::ModuleStatus;
 
 /// Everything `/metrics` shows, shared between the scheduler, shippers and HTTP.
 #[derive(Debug)]
@@ -40,6 +41,8 @@ pub struct Snapshot {
     pub meters: BTreeMap<String, MeterEntry>,
     /// Sources by `source` label.
     pub sources: BTreeMap<String, SourceEntry>,
+    /// Superchip modules by id (NVML).
+    pub modules: BTreeMap<String, ModuleStatus>,
 }
 
 /// One GPU's latest state.
@@ -103,7 +106,15 @@ impl Snapshot {
                 gpu.values.clear();
                 gpu.detail.samples.retain(|s| s.fam.agent_kept());
             }
+            // Module energy is the agent's own counter: kept; power is not.
+            for m in self.modules.values_mut() {
+                m.power_w = None;
+                m.power_instant_w = None;
+            }
         } else {
+            for m in &c.modules {
+                self.modules.insert(m.id.clone(), m.clone());
+            }
             self.gpus = c
                 .gpus
                 .iter()
@@ -304,6 +315,7 @@ pub fn render(node: &str, snap: &Snapshot, ship: Option<&Status>) -> String {
     }
     families.extend([energy, temp, up]);
     families.extend(gpu_detail_families(node, &gpu_labels));
+    families.extend(module_families(node, snap));
 
     let mut m_power = Family::gauge(n::METER_POWER_WATTS, "Meter power, watts.");
     let mut m_energy = Family::counter(
@@ -399,6 +411,53 @@ fn gpu_detail_families(node: &str, gpus: &[(String, &GpuEntry)]) -> Vec<Family> 
         out.push(f);
     }
     out
+}
+
+/// Superchip modules: power, instantaneous power, integrated energy, GPUs.
+fn module_families(node: &str, snap: &Snapshot) -> Vec<Family> {
+    let mut power = Family::gauge(
+        n::MODULE_POWER_WATTS,
+        "Superchip module power (GPUs, Grace CPU, LPDDR), 1 s average, watts; read once per module.",
+    );
+    let mut instant = Family::gauge(
+        n::MODULE_POWER_INSTANT_WATTS,
+        "Superchip module instantaneous power, watts.",
+    );
+    let mut energy = Family::counter(
+        n::MODULE_ENERGY_JOULES_TOTAL,
+        "Superchip module energy since the agent started, joules, integrated from the module power (NVML has no module counter).",
+    );
+    let mut info = Family::gauge(
+        n::MODULE_INFO,
+        "A superchip module and the NVML indexes of its GPUs; always 1.",
+    );
+    for (id, m) in &snap.modules {
+        let labels = [(n::NODE, node), (n::MODULE, id.as_str())];
+        if let Some(w) = m.power_w {
+            power.add(&labels, w);
+        }
+        if let Some(w) = m.power_instant_w {
+            instant.add(&labels, w);
+        }
+        energy.add(
+            &[
+                (n::NODE, node),
+                (n::MODULE, id.as_str()),
+                (n::METHOD, n::METHOD_INTEGRATED),
+            ],
+            m.energy_j,
+        );
+        let gpus: Vec<String> = m.gpus.iter().map(u32::to_string).collect();
+        info.add(
+            &[
+                (n::NODE, node),
+                (n::MODULE, id.as_str()),
+                (n::GPUS, gpus.join(",").as_str()),
+            ],
+            1.0,
+        );
+    }
+    vec![power, instant, energy, info]
 }
 
 /// Meter temperatures, coolant, errors by kind, resets and reading age.
@@ -608,6 +667,7 @@ mod tests {
             ],
             error: None,
             meters: Vec::new(),
+            modules: Vec::new(),
         };
         snap.apply("nvml", None, &c, Duration::from_millis(5));
         let text = render("n1", &snap, None);
@@ -732,5 +792,36 @@ mod tests {
             !text.contains("dcwatt_meter_energy_joules_total{"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn modules_render_and_keep_their_energy_when_nvml_fails() {
+        let mut snap = Snapshot::default();
+        let c = Collected {
+            modules: vec![ModuleStatus {
+                id: "sn-1".into(),
+                gpus: vec![0, 1],
+                power_w: Some(488.29),
+                power_instant_w: Some(487.68),
+                energy_j: 1234.5,
+            }],
+            ..Collected::default()
+        };
+        snap.apply("nvml", None, &c, Duration::ZERO);
+        let text = render("n1", &snap, None);
+        for line in [
+            "dcwatt_module_power_watts{node=\"n1\",module=\"sn-1\"} 488.29\n",
+            "dcwatt_module_power_instant_watts{node=\"n1\",module=\"sn-1\"} 487.68\n",
+            "dcwatt_module_energy_joules_total{node=\"n1\",module=\"sn-1\",method=\"integrated\"} 1234.5\n",
+            "dcwatt_module_info{node=\"n1\",module=\"sn-1\",gpus=\"0,1\"} 1\n",
+            "# TYPE dcwatt_module_energy_joules_total counter\n",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+        // NVML fails as a whole: the power goes, the agent's own counter stays.
+        snap.apply("nvml", None, &Collected::failed("x"), Duration::ZERO);
+        let text = render("n1", &snap, None);
+        assert!(!text.contains("dcwatt_module_power_watts{"), "{text}");
+        assert!(text.contains("dcwatt_module_energy_joules_total{node=\"n1\",module=\"sn-1\",method=\"integrated\"} 1234.5\n"));
     }
 }

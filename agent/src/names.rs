@@ -57,6 +57,42 @@ pub const GPU_XID_ERRORS_TOTAL: &str = "dcwatt_gpu_xid_errors_total";
 pub const GPU_MIG_ENABLED: &str = "dcwatt_gpu_mig_enabled";
 /// A MIG instance, value 1, labels [`MIG_UUID`], [`GPU_INSTANCE`], [`PROFILE`] (gauge).
 pub const GPU_MIG_INSTANCE_INFO: &str = "dcwatt_gpu_mig_instance_info";
+/// GPU memory power, watts (gauge; NVML field `POWER_AVERAGE`, memory scope).
+pub const GPU_MEMORY_POWER_WATTS: &str = "dcwatt_gpu_memory_power_watts";
+/// GPU memory reserved by the driver and firmware, bytes (gauge).
+pub const GPU_MEMORY_RESERVED_BYTES: &str = "dcwatt_gpu_memory_reserved_bytes";
+/// Thresholds as signed offsets from T.Limit, °C, label [`THRESHOLD`] (gauge).
+pub const GPU_TEMPERATURE_TLIMIT_OFFSET_CELSIUS: &str =
+    "dcwatt_gpu_temperature_tlimit_offset_celsius";
+/// Value 1 while the GPU is down, label [`REASON`] (gauge; absent while up).
+pub const GPU_DOWN_INFO: &str = "dcwatt_gpu_down_info";
+/// Share of SMs busy over the last tick, 0..1 (gauge; GPM).
+pub const GPU_SM_ACTIVE_RATIO: &str = "dcwatt_gpu_sm_active_ratio";
+/// Active warps over the theoretical maximum, 0..1 (gauge; GPM).
+pub const GPU_SM_OCCUPANCY_RATIO: &str = "dcwatt_gpu_sm_occupancy_ratio";
+/// Share of time SMs ran any tensor operation, 0..1 (gauge; GPM).
+pub const GPU_TENSOR_ACTIVE_RATIO: &str = "dcwatt_gpu_tensor_active_ratio";
+/// DRAM bandwidth used over its maximum, 0..1 (gauge; GPM).
+pub const GPU_DRAM_ACTIVE_RATIO: &str = "dcwatt_gpu_dram_active_ratio";
+/// NVLink error counters, labels [`LINK`], [`COUNTER`] (counter).
+pub const GPU_NVLINK_ERRORS_TOTAL: &str = "dcwatt_gpu_nvlink_errors_total";
+/// PCIe replays (counter).
+pub const GPU_PCIE_REPLAYS_TOTAL: &str = "dcwatt_gpu_pcie_replays_total";
+/// Remapped memory rows, label [`CAUSE`] (counter).
+pub const GPU_REMAPPED_ROWS_TOTAL: &str = "dcwatt_gpu_remapped_rows_total";
+/// 1 while a row remapping waits for a GPU reset (gauge).
+pub const GPU_REMAPPED_ROWS_PENDING: &str = "dcwatt_gpu_remapped_rows_pending";
+/// 1 once a row remapping failed (gauge).
+pub const GPU_REMAPPED_ROWS_FAILURE: &str = "dcwatt_gpu_remapped_rows_failure";
+/// Superchip module power (GPUs, Grace CPU, LPDDR), 1 s average, watts, label [`MODULE`] (gauge).
+pub const MODULE_POWER_WATTS: &str = "dcwatt_module_power_watts";
+/// Module instantaneous power, watts, label [`MODULE`] (gauge).
+pub const MODULE_POWER_INSTANT_WATTS: &str = "dcwatt_module_power_instant_watts";
+/// Module energy integrated by the agent from the module power, joules,
+/// labels [`MODULE`], [`METHOD`] (counter).
+pub const MODULE_ENERGY_JOULES_TOTAL: &str = "dcwatt_module_energy_joules_total";
+/// A module and its GPUs, value 1, labels [`MODULE`], [`GPUS`] (gauge).
+pub const MODULE_INFO: &str = "dcwatt_module_info";
 
 /// Meter power, watts (gauge).
 pub const METER_POWER_WATTS: &str = "dcwatt_meter_power_watts";
@@ -136,6 +172,20 @@ pub const CLOCK: &str = "clock";
 pub const FAN: &str = "fan";
 /// Label: an ECC error kind, `corrected` or `uncorrected`.
 pub const ERROR: &str = "error";
+/// Label: why rows were remapped, `correctable` or `uncorrectable`.
+pub const CAUSE: &str = "cause";
+/// Label: an NVLink link's index.
+pub const LINK: &str = "link";
+/// Label: an NVLink error counter (`rcv_errors`, `symbol_errors`, …).
+pub const COUNTER: &str = "counter";
+/// Label: a superchip module's id (`docs/nvml.md`, "Module power").
+pub const MODULE: &str = "module";
+/// Label: the NVML indexes of a module's GPUs, comma-separated (`0,1`).
+pub const GPUS: &str = "gpus";
+/// Label: how an energy counter was obtained; [`METHOD_INTEGRATED`].
+pub const METHOD: &str = "method";
+/// [`METHOD`] value: integrated by the agent from power readings (no counter exists).
+pub const METHOD_INTEGRATED: &str = "integrated";
 /// Label: an XID code.
 pub const XID: &str = "xid";
 /// Label: a MIG instance's UUID.

@@ -1,6 +1,9 @@
 //! Every NVML reading and every GPU fault, through the fake
 //! `libnvidia-ml.so.1` and the real agent: readings against the state file,
-//! "not supported" left out, thresholds from field values, XID events, an
+//! "not supported" left out, T.Limit offsets (signed) and NVML's margin, the
+//! deprecated calls as fallback on an older driver, GPM utilization, NVLink,
+//! remapped rows and PCIe replays, RESET_REQUIRED/UNKNOWN/NO_PERMISSION with
+//! their reasons, XID events, an
 //! energy counter reset, a lost GPU, a hung call, and the XID thread ending
 //! with the agent. The library reads `DCWATT_FAKE_NVML_STATE` at init, a
 //! process-global: this binary holds exactly one test function.
@@ -18,7 +21,8 @@ use dcwatt_wire::{Batch, Entity, Quantity};
 
 use common::{must, value, Agent};
 use dcwatt_fake_nvml::{
-    write_state, FakeGpu, FakeThresholds, FakeXid, DEFAULT_DRIVER, LIB_PATH, STATE_ENV,
+    write_state, FakeError, FakeGpm, FakeGpu, FakeNvlinkCounter, FakeNvlinkError, FakeRemappedRows,
+    FakeThresholds, FakeTlimit, FakeXid, DEFAULT_DRIVER, LIB_PATH, STATE_ENV,
 };
 
 const UUIDS: [&str; 3] = [
@@ -69,16 +73,55 @@ fn node() -> Vec<FakeGpu> {
     g0.pcie_gen = Some(5);
     g0.pcie_width = Some(16);
     g0.throttle_reasons = 0x4 | 0x40; // sw_power_cap, hw_thermal_slowdown
-
-    let mut g1 = base(1);
-    g1.thresholds = Some(FakeThresholds {
-        shutdown: 99,
-        slowdown: 91,
-        mem_max: 98,
-        gpu_max: 89,
+    g0.nvlink_links = Some(4);
+    g0.nvlink_errors = vec![
+        FakeNvlinkError {
+            link: 2,
+            counter: FakeNvlinkCounter::RcvErrors,
+            value: 5,
+        },
+        FakeNvlinkError {
+            link: 3,
+            counter: FakeNvlinkCounter::RecoveryFailed,
+            value: 1,
+        },
+    ];
+    g0.remapped_rows = Some(FakeRemappedRows {
+        corrected: 2,
+        uncorrected: 1,
+        pending: true,
+        failure: false,
     });
+    g0.pcie_replay = Some(12);
+    g0.gpm = Some(FakeGpm {
+        sm_active_pct: 81,
+        sm_occupancy_pct: 42,
+        tensor_active_pct: 67,
+        dram_active_pct: 35,
+    });
+
+    // GPU 1: a T.Limit part (Blackwell): no classic thresholds, signed
+    // offsets from T.Limit as field values, NVML's own margin; and an older
+    // driver for the rest: NVML 13's calls missing, the deprecated ones answer.
+    let mut g1 = base(1);
+    g1.tlimit_offsets = Some(FakeTlimit {
+        shutdown: -5,
+        slowdown: -2,
+        mem_max: 0,
+        gpu_max: 3,
+    });
+    g1.tlimit_c = Some(-4);
     g1.thresholds_fields_only = true;
-    g1.unsupported = vec!["nvmlDeviceGetPowerUsage".into(), "field:82".into()];
+    g1.violation_power_ns = Some(7_000_000_000);
+    g1.unsupported = vec![
+        "nvmlDeviceGetPowerUsage".into(),
+        "field:82".into(),
+        "nvmlDeviceGetTemperatureV".into(),
+        "nvmlDeviceGetCurrentClocksEventReasons".into(),
+        "nvmlDeviceGetSupportedClocksEventReasons".into(),
+        "field:74".into(),
+    ];
+    g1.throttle_reasons = 0x20; // sw_thermal_slowdown, through the deprecated call
     vec![g0, g1, base(2)]
 }
 
@@ -108,6 +151,10 @@ fn up(gpu: usize) -> String {
         r#"dcwatt_gpu_up{{node="n1",gpu="{gpu}",uuid="{}"}}"#,
         UUIDS[gpu]
     )
+}
+
+fn thr_active_name() -> &'static str {
+    "dcwatt_gpu_throttle_active"
 }
 
 /// Names of this process's threads.
@@ -187,8 +234,6 @@ library = "{LIB_PATH}"
     let thr = "dcwatt_gpu_temperature_threshold_celsius";
     for (gpu, expect) in [
         (0, [88.0, 96.0, 85.0, 97.0]),
-        // GPU 1: the classic call is unsupported; the field values answer.
-        (1, [91.0, 99.0, 89.0, 98.0]),
         // GPU 2: the library's defaults.
         (2, [90.0, 95.0, 87.0, 95.0]),
     ] {
@@ -205,6 +250,100 @@ library = "{LIB_PATH}"
             &s("dcwatt_gpu_temperature_slowdown_margin_celsius", 0)
         ),
         18.0
+    );
+    // GPM utilization over the tick (samples ≥ 100 ms apart, else the fake
+    // refuses them); absent, not 0, where GPM is not supported (GPU 2).
+    let text = agent
+        .wait_for(Duration::from_secs(10), |t| {
+            value(t, &s("dcwatt_gpu_sm_active_ratio", 0)).is_some()
+        })
+        .await;
+    for (name, v) in [
+        ("dcwatt_gpu_sm_active_ratio", 0.81),
+        ("dcwatt_gpu_sm_occupancy_ratio", 0.42),
+        ("dcwatt_gpu_tensor_active_ratio", 0.67),
+        ("dcwatt_gpu_dram_active_ratio", 0.35),
+    ] {
+        assert_eq!(must(&text, &s(name, 0)), v, "{name}");
+        assert_eq!(value(&text, &s(name, 2)), None, "{name}");
+    }
+    // Health for on-call: NVLink error counters per link (Blackwell's; the
+    // pre-Blackwell data-link counters are not supported and absent),
+    // remapped rows, PCIe replays; absent on a GPU without them.
+    let nvl = |gpu: usize, link: u32, counter: &str| {
+        format!(
+            r#"dcwatt_gpu_nvlink_errors_total{{{},link="{link}",counter="{counter}"}}"#,
+            labels(gpu)
+        )
+    };
+    let text = agent
+        .wait_for(Duration::from_secs(10), |t| {
+            value(t, &nvl(0, 2, "rcv_errors")).is_some()
+        })
+        .await;
+    assert_eq!(must(&text, &nvl(0, 2, "rcv_errors")), 5.0);
+    assert_eq!(must(&text, &nvl(0, 3, "recovery_failed")), 1.0);
+    assert_eq!(must(&text, &nvl(0, 0, "symbol_errors")), 0.0);
+    assert_eq!(value(&text, &nvl(0, 0, "dl_replay")), None);
+    assert_eq!(value(&text, &nvl(0, 4, "rcv_errors")), None);
+    assert_eq!(
+        text.matches(&format!("dcwatt_gpu_nvlink_errors_total{{{}", labels(0)))
+            .count(),
+        16
+    );
+    assert!(!text.contains(&format!("dcwatt_gpu_nvlink_errors_total{{{}", labels(2))));
+    let rows = "dcwatt_gpu_remapped_rows_total";
+    assert_eq!(must(&text, &sl(rows, 0, "cause", "correctable")), 2.0);
+    assert_eq!(must(&text, &sl(rows, 0, "cause", "uncorrectable")), 1.0);
+    assert_eq!(must(&text, &s("dcwatt_gpu_remapped_rows_pending", 0)), 1.0);
+    assert_eq!(must(&text, &s("dcwatt_gpu_remapped_rows_failure", 0)), 0.0);
+    assert_eq!(must(&text, &s("dcwatt_gpu_pcie_replays_total", 0)), 12.0);
+    assert_eq!(value(&text, &s("dcwatt_gpu_pcie_replays_total", 2)), None);
+    assert!(!text.contains(&format!("{rows}{{{}", labels(2))));
+
+    // GPU 1: thresholds as T.Limit offsets, signed, never taken for degrees;
+    // the margin is NVML's (negative: past the slowdown threshold).
+    assert!(
+        !text.contains(&format!("{thr}{{{}", labels(1))),
+        "offsets are not absolute thresholds: {text}"
+    );
+    let off = "dcwatt_gpu_temperature_tlimit_offset_celsius";
+    for (label, v) in [
+        ("slowdown", -2.0),
+        ("shutdown", -5.0),
+        ("gpu_max", 3.0),
+        ("memory_max", 0.0),
+    ] {
+        assert_eq!(must(&text, &sl(off, 1, "threshold", label)), v, "{label}");
+    }
+    assert!(!text.contains(&format!("{off}{{{}", labels(0))), "{text}");
+    assert_eq!(
+        must(
+            &text,
+            &s("dcwatt_gpu_temperature_slowdown_margin_celsius", 1)
+        ),
+        -4.0
+    );
+    // GPU 1's older driver: the deprecated calls answer where NVML 13's are
+    // missing (temperature, clock-event reasons, violation time).
+    assert_eq!(
+        must(
+            &text,
+            &sl(thr_active_name(), 1, "reason", "sw_thermal_slowdown")
+        ),
+        1.0
+    );
+    assert_eq!(
+        must(
+            &text,
+            &sl(
+                "dcwatt_gpu_throttle_violation_seconds_total",
+                1,
+                "policy",
+                "power"
+            )
+        ),
+        7.0
     );
     let thr_active = "dcwatt_gpu_throttle_active";
     for (reason, v) in [
@@ -281,8 +420,10 @@ library = "{LIB_PATH}"
     assert_eq!(get(0, Quantity::PowerWatts), Some(1000.0));
     assert_eq!(get(1, Quantity::PowerWatts), None);
     assert_eq!(get(0, Quantity::TemperatureSlowdownCelsius), Some(88.0));
-    assert_eq!(get(1, Quantity::TemperatureShutdownCelsius), Some(99.0));
-    assert_eq!(get(1, Quantity::TemperatureGpuMaxCelsius), Some(89.0));
+    // Offsets are not shipped as thresholds.
+    assert_eq!(get(1, Quantity::TemperatureShutdownCelsius), None);
+    assert_eq!(get(1, Quantity::TemperatureGpuMaxCelsius), None);
+    assert_eq!(get(1, Quantity::ThrottleSwThermalSlowdown), Some(1.0));
     assert_eq!(get(2, Quantity::TemperatureMemoryMaxCelsius), Some(95.0));
     assert_eq!(get(0, Quantity::ThrottleSwPowerCap), Some(1.0));
     assert_eq!(get(0, Quantity::ThrottleHwThermalSlowdown), Some(1.0));
@@ -392,6 +533,69 @@ library = "{LIB_PATH}"
         .readings
         .iter()
         .any(|r| r.entity == Entity::Gpu(UUIDS[2].into()) && r.quantity == Quantity::PowerWatts));
+    let down = |gpu: usize, reason: &str| sl("dcwatt_gpu_down_info", gpu, "reason", reason);
+    assert_eq!(must(&text, &down(2, "gpu_lost")), 1.0);
+    assert!(!text.contains(&format!("dcwatt_gpu_down_info{{{}", labels(0))));
+
+    // --- Every other error that makes a GPU unusable puts it down too, with
+    // its reason, while its identity stays readable (RESET_REQUIRED after an
+    // uncorrectable error, UNKNOWN, NO_PERMISSION on every call); the other
+    // GPUs go on.
+    gpus[2].lost = false;
+    for (err, reason) in [
+        (FakeError::ResetRequired, "reset_required"),
+        (FakeError::Unknown, "unknown"),
+        (FakeError::NoPermission, "no_permission"),
+    ] {
+        gpus[2].error = Some(err);
+        gpus[0].power_mw += 1_000;
+        let p0 = f64::from(gpus[0].power_mw) / 1000.0;
+        publish(&state, &gpus);
+        let text = agent
+            .wait_for(Duration::from_secs(10), |t| {
+                value(t, &down(2, reason)) == Some(1.0)
+                    && value(t, &s("dcwatt_gpu_power_watts", 0)) == Some(p0)
+            })
+            .await;
+        assert_eq!(must(&text, &up(2)), 0.0, "{reason}");
+        assert_eq!(must(&text, &up(0)), 1.0, "{reason}");
+        assert_eq!(
+            value(&text, &s("dcwatt_gpu_power_watts", 2)),
+            None,
+            "{reason}"
+        );
+        assert_eq!(
+            value(&text, &sl(temp, 2, "sensor", "gpu")),
+            None,
+            "{reason}"
+        );
+        // One reason at a time.
+        assert_eq!(
+            text.matches(&format!("dcwatt_gpu_down_info{{{}", labels(2)))
+                .count(),
+            1,
+            "{text}"
+        );
+    }
+    gpus[2].error = None;
+    // One call failing with UNKNOWN (not the core call) skips that reading
+    // only: the GPU stays up with everything else.
+    gpus[2].failing = vec![("nvmlDeviceGetUtilizationRates".into(), FakeError::Unknown)];
+    gpus[0].power_mw += 1_000;
+    let p0 = f64::from(gpus[0].power_mw) / 1000.0;
+    publish(&state, &gpus);
+    let text = agent
+        .wait_for(Duration::from_secs(10), |t| {
+            value(t, &up(2)) == Some(1.0) && value(t, &s("dcwatt_gpu_power_watts", 0)) == Some(p0)
+        })
+        .await;
+    assert_eq!(value(&text, &s("dcwatt_gpu_utilization_ratio", 2)), None);
+    assert_eq!(must(&text, &s("dcwatt_gpu_utilization_ratio", 0)), 0.9);
+    assert!(value(&text, &s("dcwatt_gpu_power_watts", 2)).is_some());
+    assert!(!text.contains(&format!("dcwatt_gpu_down_info{{{}", labels(2))));
+    gpus[2].failing.clear();
+    gpus[2].lost = true;
+    publish(&state, &gpus);
 
     // --- GPU 2 is back but every call on it hangs for seconds: the tick ends
     // at its deadline, GPU 2 is down, the other GPUs keep being read.

@@ -9,14 +9,12 @@
 
 mod common;
 
-use std::io::Write as _;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use axum::routing::get;
 use axum::Router;
-use common::{must, pdu_fixture, serve, value, Agent};
+use common::{must, pdu_fixture, promtool_check_metrics, serve, value, Agent};
 use dcwatt_fake_nvml::{FakeGpu, FakeMig, FakeNode, FakeXid, DEFAULT_DRIVER, LIB_PATH, STATE_ENV};
 
 const METRICS: &str = "/redfish/v1/PowerEquipment/RackPDUs/1/Metrics";
@@ -106,33 +104,6 @@ fn stable(text: &str) -> String {
         })
         .map(|l| format!("{l}\n"))
         .collect()
-}
-
-/// `promtool check metrics` on the text; `Err` carries its output.
-fn promtool_check_metrics(text: &str) -> Result<(), String> {
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot run promtool (Debian's prometheus package): {e}"))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(text.as_bytes())
-            .map_err(|e| e.to_string())?;
-    }
-    let out = child.wait_with_output().map_err(|e| e.to_string())?;
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    if out.status.success() && said.trim().is_empty() {
-        Ok(())
-    } else {
-        Err(said)
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,6 +7,7 @@ use std::process::Command;
 
 fn main() {
     println!("cargo:rerun-if-changed=fake_nvml.c");
+    println!("cargo:rerun-if-changed=include/nvml.h");
     println!("cargo:rerun-if-changed=build.rs");
     let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let manifest_dir = PathBuf::from(
@@ -25,6 +26,8 @@ fn main() {
         .arg("-Wall")
         .arg("-Wextra")
         .arg("-std=gnu11")
+        .arg("-I")
+        .arg(manifest_dir.join("include"))
         .arg("-o")
         .arg(&target)
         .arg(manifest_dir.join("fake_nvml.c"))

@@ -25,15 +25,23 @@
  *   add readings and faults: instantaneous power, default limit, thresholds
  *   (classic call or field values only), clocks, fans, ECC, violation times,
  *   PCIe link, per-symbol NOT_SUPPORTED, a hang before every call, MIG mode
- *   and instances, XID events for the event API. A GPU without them answers
- *   as before (NOT_SUPPORTED for the readings it lacks). A global `init_fail 1`
- *   line makes nvmlInit answer DRIVER_NOT_LOADED.
+ *   and instances, XID events for the event API; and Grace-Blackwell: power by
+ *   scope (GPU, memory, module), PCI domain/bus, serial, module id, reserved
+ *   memory, T.Limit margin and signed offsets, an energy counter skew, PCIe
+ *   replays, remapped rows, GPM, NVLink counters, an error code for a GPU or
+ *   for one call. A GPU without them answers as before (NOT_SUPPORTED for the
+ *   readings it lacks). A global `init_fail 1` line makes nvmlInit answer
+ *   DRIVER_NOT_LOADED.
+ * - Every type, constant and prototype comes from NVIDIA's nvml.h
+ *   (include/, vendored unchanged); dcwattFakeLayout exports the header's
+ *   struct layouts and dcwattFakeCallCount(s) the calls per symbol, for tests.
  */
 
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -44,18 +52,11 @@
 
 #define EXPORT __attribute__((visibility("default")))
 
-typedef int nvmlReturn_t;
-#define NVML_SUCCESS 0
-#define NVML_ERROR_UNINITIALIZED 1
-#define NVML_ERROR_INVALID_ARGUMENT 2
-#define NVML_ERROR_NOT_SUPPORTED 3
-#define NVML_ERROR_NOT_FOUND 6
-#define NVML_ERROR_INSUFFICIENT_SIZE 7
-#define NVML_ERROR_DRIVER_NOT_LOADED 9
-#define NVML_ERROR_TIMEOUT 10
-#define NVML_ERROR_GPU_IS_LOST 15
-#define NVML_ERROR_ARGUMENT_VERSION_MISMATCH 25
-#define NVML_ERROR_UNKNOWN 999
+/* Every NVML type, constant and prototype comes from NVIDIA's own header
+ * (include/nvml.h, vendored unchanged). The unversioned names (nvmlInit, …)
+ * are defined here as well, so the header must not alias them. */
+#define NVML_NO_UNVERSIONED_FUNC_DEFS
+#include "nvml.h"
 
 #define MAX_GPUS 64
 #define UUID_LEN 96
@@ -87,6 +88,30 @@ enum key {
     K_PCIE_WIDTH,
     K_HANG_MS,
     K_MIG_MODE,
+    /* Grace-Blackwell: scoped power, PCI location, T.Limit, reserved memory, health. */
+    K_MODULE_POWER_MW,
+    K_MODULE_POWER_INSTANT_MW,
+    K_MEMORY_POWER_MW,
+    K_PCI_DOMAIN,
+    K_PCI_BUS,
+    K_MODULE_ID,
+    K_MEM_RESERVED,
+    K_TLIMIT_C,
+    K_TLIMIT_SHUTDOWN,
+    K_TLIMIT_SLOWDOWN,
+    K_TLIMIT_MEM_MAX,
+    K_TLIMIT_GPU_MAX,
+    K_ENERGY_SKEW_PPM,
+    K_PCIE_REPLAY,
+    K_REMAP_CORR,
+    K_REMAP_UNC,
+    K_REMAP_PENDING,
+    K_REMAP_FAILURE,
+    K_GPM_SM_ACTIVE,
+    K_GPM_SM_OCCUPANCY,
+    K_GPM_TENSOR_ACTIVE,
+    K_GPM_DRAM_ACTIVE,
+    K_NVLINK_LINKS,
     K_COUNT
 };
 static const char *const KEY_NAMES[K_COUNT] = {
@@ -94,72 +119,23 @@ static const char *const KEY_NAMES[K_COUNT] = {
     "threshold_mem_max", "threshold_gpu_max", "thresholds_fields_only", "sm_clock_mhz",
     "mem_clock_mhz", "ecc_corrected", "ecc_uncorrected", "violation_power_ns",
     "violation_thermal_ns", "pcie_gen", "pcie_width", "hang_ms", "mig_mode",
+    "module_power_mw", "module_power_instant_mw", "memory_power_mw", "pci_domain", "pci_bus", "module_id",
+    "mem_reserved_bytes", "tlimit_c", "tlimit_shutdown", "tlimit_slowdown", "tlimit_mem_max", "tlimit_gpu_max",
+    "energy_skew_ppm", "pcie_replay", "remapped_corr", "remapped_unc", "remapped_pending", "remapped_failure",
+    "gpm_sm_active_pct", "gpm_sm_occupancy_pct", "gpm_tensor_active_pct", "gpm_dram_active_pct",
+    "nvlink_links",
 };
+/* Keys whose value is signed (T.Limit offsets can be negative); stored as the
+ * two's complement in `val`, read back with sval(). */
+static int key_signed(enum key k) {
+    return k == K_TLIMIT_C || k == K_TLIMIT_SHUTDOWN || k == K_TLIMIT_SLOWDOWN || k == K_TLIMIT_MEM_MAX ||
+           k == K_TLIMIT_GPU_MAX || k == K_ENERGY_SKEW_PPM;
+}
+#define SERIAL_LEN 32
+#define MAX_NVLINK_COUNTERS 64
 
-/* Field ids (same in every nvml-wrapper numbering scheme). */
-#define FI_DEV_POWER_INSTANT 186
-#define FI_DEV_TEMPERATURE_SHUTDOWN_TLIMIT 193
-#define FI_DEV_TEMPERATURE_SLOWDOWN_TLIMIT 194
-#define FI_DEV_TEMPERATURE_MEM_MAX_TLIMIT 195
-#define FI_DEV_TEMPERATURE_GPU_MAX_TLIMIT 196
-/* nvmlEventTypeXidCriticalError */
-#define EVENT_TYPE_XID 0x8ULL
-
-/* NVML_FI_DEV_MEMORY_TEMP: not in the remapped 251..273 range, same id in every scheme. */
-#define FI_DEV_MEMORY_TEMP 82
-/* nvmlValueType_t */
-#define VALUE_TYPE_UNSIGNED_INT 1
-/* nvmlTemperatureThresholds_t, fixed values of a GB300-class part (degrees C). */
-#define THRESHOLD_SHUTDOWN 0
-#define THRESHOLD_SLOWDOWN 1
-#define THRESHOLD_MEM_MAX 2
-#define THRESHOLD_GPU_MAX 3
 /* Throttle (clocks event) reasons this fake claims to support. */
 #define SUPPORTED_THROTTLE_REASONS 0x1ffULL
-/* NVML_STRUCT_VERSION(Memory, 2) = sizeof(nvmlMemory_v2_t) | 2 << 24. */
-#define MEMORY_V2_VERSION 0x02000028u
-
-typedef struct {
-    unsigned int gpu;
-    unsigned int memory;
-} nvmlUtilization_t;
-
-typedef struct {
-    unsigned long long total;
-    unsigned long long free;
-    unsigned long long used;
-} nvmlMemory_t;
-
-typedef struct {
-    unsigned int version;
-    unsigned long long total;
-    unsigned long long reserved;
-    unsigned long long free;
-    unsigned long long used;
-} nvmlMemory_v2_t;
-
-typedef union {
-    double dVal;
-    int siVal;
-    unsigned int uiVal;
-    unsigned long ulVal;
-    unsigned long long ullVal;
-    long long sllVal;
-    unsigned short usVal;
-} nvmlValue_t;
-
-typedef struct {
-    unsigned int fieldId;
-    unsigned int scopeId;
-    long long timestamp;
-    long long latencyUsec;
-    int valueType;
-    nvmlReturn_t nvmlReturn;
-    nvmlValue_t value;
-} nvmlFieldValue_t;
-
-_Static_assert(sizeof(nvmlMemory_v2_t) == 40, "nvmlMemory_v2_t is 40 bytes");
-_Static_assert(sizeof(nvmlFieldValue_t) == 40, "nvmlFieldValue_t is 40 bytes");
 
 /* One GPU as the state file describes it. */
 struct gpu {
@@ -191,6 +167,21 @@ struct gpu {
     unsigned long long xid_code[MAX_XID];
     /* "|sym|sym|": calls that answer NOT_SUPPORTED ("field:N" for a field id). */
     char unsupported[UNSUPPORTED_LEN];
+    /* `set <i> fail <symbol> <NAME>`: that call alone answers the error, as
+     * "|symbol=code|" entries. */
+    char failing[UNSUPPORTED_LEN];
+    /* `set <i> serial S`: the board serial ("" : NOT_SUPPORTED). */
+    char serial[SERIAL_LEN];
+    /* `set <i> error NAME`: every call on the GPU but its identity (UUID,
+     * name, PCI info, serial, index, module id) answers this code (0: none). */
+    nvmlReturn_t error;
+    /* `set <i> nvlink <link> <field id> <value>`: one NVLink error counter
+     * (fields 208, 213, 214, 221 with scopeId = link); a link below
+     * `nvlink_links` without a line answers 0. */
+    unsigned int nvlink_count;
+    unsigned int nvlink_link[MAX_NVLINK_COUNTERS];
+    unsigned int nvlink_field[MAX_NVLINK_COUNTERS];
+    unsigned long long nvlink_value[MAX_NVLINK_COUNTERS];
 };
 
 struct state {
@@ -204,39 +195,84 @@ struct state {
     struct gpu gpus[MAX_GPUS];
 };
 
-/* A device handle: what nvmlDevice_t points to. */
-typedef struct nvmlDevice_st {
+/* What nvmlDevice_t points to (the header leaves struct nvmlDevice_st opaque). */
+struct nvmlDevice_st {
     unsigned int index;
-} *nvmlDevice_t;
+};
 
-typedef struct {
-    nvmlDevice_t device;
-    unsigned long long eventType;
-    unsigned long long eventData;
-    unsigned int gpuInstanceId;
-    unsigned int computeInstanceId;
-} nvmlEventData_t;
-
-/* An event set: which GPUs registered for XIDs, and the last event id delivered. */
-typedef struct nvmlEventSet_st {
+/* What nvmlEventSet_t points to: which GPUs registered for XIDs, and the last event id delivered. */
+struct nvmlEventSet_st {
     unsigned long long registered; /* bit per GPU index */
     unsigned long long last_id;
-} *nvmlEventSet_t;
+};
 
-typedef struct {
-    unsigned long long referenceTime;
-    unsigned long long violationTime;
-} nvmlViolationTime_t;
+/* ---- Call counts per exported symbol (dcwattFakeCallCount), for tests and
+ * benchmarks that hold the agent to a budget of NVML calls. ---- */
+#define MAX_SYMBOLS 192
+static pthread_mutex_t g_calls_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct {
+    const char *name;
+    unsigned long long count;
+} g_calls[MAX_SYMBOLS];
+static unsigned int g_call_symbols;
+/* Set while an exported function calls another, so that only the symbol the
+ * caller called is counted. */
+static __thread int t_nested;
 
-typedef struct {
-    char busIdLegacy[16];
-    unsigned int domain;
-    unsigned int bus;
-    unsigned int device;
-    unsigned int pciDeviceId;
-    unsigned int pciSubSystemId;
-    char busId[32];
-} nvmlPciInfo_t;
+static void count_call(const char *name) {
+    if (t_nested) return;
+    pthread_mutex_lock(&g_calls_mu);
+    unsigned int i = 0;
+    while (i < g_call_symbols && g_calls[i].name != name && strcmp(g_calls[i].name, name) != 0) i++;
+    if (i == g_call_symbols && i < MAX_SYMBOLS) {
+        g_calls[i].name = name;
+        g_call_symbols++;
+    }
+    if (i < MAX_SYMBOLS) g_calls[i].count++;
+    pthread_mutex_unlock(&g_calls_mu);
+}
+
+#define DELEGATE(call)                   \
+    do {                                 \
+        t_nested++;                      \
+        nvmlReturn_t delegated_ = (call); \
+        t_nested--;                      \
+        return delegated_;               \
+    } while (0)
+
+/* How often `name` was called since the library was loaded (or the last
+ * dcwattFakeCallCountsReset); NULL: every NVML call together. Not an NVML
+ * symbol: only tests and benchmarks call it. */
+EXPORT unsigned long long dcwattFakeCallCount(const char *name) {
+    unsigned long long n = 0;
+    pthread_mutex_lock(&g_calls_mu);
+    for (unsigned int i = 0; i < g_call_symbols; i++) {
+        if (name == NULL || strcmp(g_calls[i].name, name) == 0) n += g_calls[i].count;
+    }
+    pthread_mutex_unlock(&g_calls_mu);
+    return n;
+}
+
+/* Writes "symbol count\n" lines for every symbol called into buf (size n,
+ * NUL-terminated, truncated if short); returns the length needed. */
+EXPORT unsigned int dcwattFakeCallCounts(char *buf, unsigned int n) {
+    pthread_mutex_lock(&g_calls_mu);
+    unsigned int need = 0;
+    for (unsigned int i = 0; i < g_call_symbols; i++) {
+        int w = snprintf(buf != NULL && need < n ? buf + need : NULL, buf != NULL && need < n ? n - need : 0,
+                         "%s %llu\n", g_calls[i].name, g_calls[i].count);
+        if (w > 0) need += (unsigned int)w;
+    }
+    pthread_mutex_unlock(&g_calls_mu);
+    return need + 1;
+}
+
+/* Sets every count to 0. */
+EXPORT void dcwattFakeCallCountsReset(void) {
+    pthread_mutex_lock(&g_calls_mu);
+    for (unsigned int i = 0; i < g_call_symbols; i++) g_calls[i].count = 0;
+    pthread_mutex_unlock(&g_calls_mu);
+}
 
 /* Calls read the state under the read lock, so the GPU threads of an agent
  * do not queue behind one another (each queueing is a futex wake-up, which a
@@ -341,6 +377,52 @@ static int parse_gpu(char *s, struct state *st) {
     return 0;
 }
 
+/* Parses one signed decimal field; advances *p. Returns 0 on success. */
+static int parse_sll(char **p, long long *out) {
+    char *s = *p;
+    while (*s == ' ' || *s == '\t') s++;
+    if (*s != '-' && (*s < '0' || *s > '9')) return -1;
+    errno = 0;
+    char *end = NULL;
+    long long v = strtoll(s, &end, 10);
+    if (errno != 0 || end == s || (*end != ' ' && *end != '\t' && *end != '\0')) return -1;
+    *out = v;
+    *p = end;
+    return 0;
+}
+
+/* The error codes a `set <i> error NAME` line may give a GPU (NAME without
+ * the NVML_ERROR_ prefix, or the number); NVML_SUCCESS when unknown. */
+static const struct {
+    const char *name;
+    nvmlReturn_t code;
+} ERROR_NAMES[] = {
+    {"NO_PERMISSION", NVML_ERROR_NO_PERMISSION},
+    {"INSUFFICIENT_POWER", NVML_ERROR_INSUFFICIENT_POWER},
+    {"IRQ_ISSUE", NVML_ERROR_IRQ_ISSUE},
+    {"CORRUPTED_INFOROM", NVML_ERROR_CORRUPTED_INFOROM},
+    {"GPU_IS_LOST", NVML_ERROR_GPU_IS_LOST},
+    {"RESET_REQUIRED", NVML_ERROR_RESET_REQUIRED},
+    {"OPERATING_SYSTEM", NVML_ERROR_OPERATING_SYSTEM},
+    {"LIB_RM_VERSION_MISMATCH", NVML_ERROR_LIB_RM_VERSION_MISMATCH},
+    {"IN_USE", NVML_ERROR_IN_USE},
+    {"MEMORY", NVML_ERROR_MEMORY},
+    {"NOT_READY", NVML_ERROR_NOT_READY},
+    {"TIMEOUT", NVML_ERROR_TIMEOUT},
+    {"UNKNOWN", NVML_ERROR_UNKNOWN},
+};
+
+static nvmlReturn_t error_code(const char *name) {
+    for (size_t i = 0; i < sizeof ERROR_NAMES / sizeof ERROR_NAMES[0]; i++) {
+        if (strcmp(name, ERROR_NAMES[i].name) == 0) return ERROR_NAMES[i].code;
+    }
+    char *end = NULL;
+    errno = 0;
+    long v = strtol(name, &end, 10);
+    if (errno != 0 || end == name || *end != '\0' || v <= 0 || v > 999) return NVML_SUCCESS;
+    return (nvmlReturn_t)v;
+}
+
 /* Parses a "set <index> <key> <value...>" line body into st (the GPU must be present). */
 static int parse_set(char *s, struct state *st) {
     unsigned int index;
@@ -350,7 +432,13 @@ static int parse_set(char *s, struct state *st) {
     struct gpu *g = &st->gpus[index];
     for (int k = 0; k < K_COUNT; k++) {
         if (strcmp(key, KEY_NAMES[k]) == 0) {
-            if (parse_ull(&s, &g->val[k]) != 0) return -1;
+            if (key_signed((enum key)k)) {
+                long long v;
+                if (parse_sll(&s, &v) != 0) return -1;
+                g->val[k] = (unsigned long long)v;
+            } else if (parse_ull(&s, &g->val[k]) != 0) {
+                return -1;
+            }
             g->has[k] = 1;
             return 0;
         }
@@ -374,6 +462,31 @@ static int parse_set(char *s, struct state *st) {
         if (parse_uint(&s, &g->mig_gi[g->mig_count]) != 0) return -1;
         if (parse_word(&s, g->mig_profile[g->mig_count], PROFILE_LEN) != 0) return -1;
         g->mig_count++;
+    } else if (strcmp(key, "nvlink") == 0) {
+        unsigned int n = g->nvlink_count;
+        if (n >= MAX_NVLINK_COUNTERS || parse_uint(&s, &g->nvlink_link[n]) != 0 ||
+            parse_uint(&s, &g->nvlink_field[n]) != 0 || parse_ull(&s, &g->nvlink_value[n]) != 0)
+            return -1;
+        g->nvlink_count++;
+    } else if (strcmp(key, "fail") == 0) {
+        char sym[128], name[64];
+        if (parse_word(&s, sym, sizeof sym) != 0 || parse_word(&s, name, sizeof name) != 0) return -1;
+        nvmlReturn_t code = error_code(name);
+        if (code == NVML_SUCCESS) return -1;
+        size_t used = strlen(g->failing);
+        if (used == 0) {
+            g->failing[0] = '|';
+            used = 1;
+        }
+        if (used + strlen(sym) + 8 >= sizeof g->failing) return -1;
+        snprintf(g->failing + used, sizeof g->failing - used, "%s=%d|", sym, (int)code);
+    } else if (strcmp(key, "serial") == 0) {
+        if (parse_word(&s, g->serial, sizeof g->serial) != 0) return -1;
+    } else if (strcmp(key, "error") == 0) {
+        char name[64];
+        if (parse_word(&s, name, sizeof name) != 0) return -1;
+        g->error = error_code(name);
+        if (g->error == NVML_SUCCESS) return -1;
     } else if (strcmp(key, "xid") == 0) {
         if (g->xid_count >= MAX_XID) return -1;
         if (parse_ull(&s, &g->xid_id[g->xid_count]) != 0) return -1;
@@ -541,16 +654,24 @@ static nvmlReturn_t do_init(void) {
     return ret;
 }
 
-EXPORT nvmlReturn_t nvmlInit_v2(void) { return do_init(); }
+EXPORT nvmlReturn_t nvmlInit_v2(void) {
+    count_call(__func__);
+    return do_init();
+}
 
-EXPORT nvmlReturn_t nvmlInit(void) { return do_init(); }
+EXPORT nvmlReturn_t nvmlInit(void) {
+    count_call(__func__);
+    return do_init();
+}
 
 EXPORT nvmlReturn_t nvmlInitWithFlags(unsigned int flags) {
+    count_call(__func__);
     (void)flags;
     return do_init();
 }
 
 EXPORT nvmlReturn_t nvmlShutdown(void) {
+    count_call(__func__);
     pthread_rwlock_wrlock(&g_lock);
     nvmlReturn_t ret = NVML_SUCCESS;
     if (g_init_count == 0) {
@@ -563,6 +684,7 @@ EXPORT nvmlReturn_t nvmlShutdown(void) {
 }
 
 EXPORT const char *nvmlErrorString(nvmlReturn_t result) {
+    count_call(__func__);
     switch (result) {
     case NVML_SUCCESS: return "Success";
     case NVML_ERROR_UNINITIALIZED: return "Uninitialized";
@@ -615,6 +737,7 @@ static nvmlReturn_t enter(void) {
 static void leave(void) { pthread_rwlock_unlock(&g_lock); }
 
 EXPORT nvmlReturn_t nvmlSystemGetDriverVersion(char *version, unsigned int length) {
+    count_call(__func__);
     nvmlReturn_t ret = enter();
     if (ret != NVML_SUCCESS) return ret;
     ret = copy_out(g_st->driver, version, length);
@@ -623,6 +746,7 @@ EXPORT nvmlReturn_t nvmlSystemGetDriverVersion(char *version, unsigned int lengt
 }
 
 EXPORT nvmlReturn_t nvmlSystemGetNVMLVersion(char *version, unsigned int length) {
+    count_call(__func__);
     nvmlReturn_t ret = enter();
     if (ret != NVML_SUCCESS) return ret;
     char buf[DRIVER_LEN + 8];
@@ -633,16 +757,19 @@ EXPORT nvmlReturn_t nvmlSystemGetNVMLVersion(char *version, unsigned int length)
 }
 
 EXPORT nvmlReturn_t nvmlSystemGetCudaDriverVersion(int *version) {
+    count_call(__func__);
     if (version == NULL) return NVML_ERROR_INVALID_ARGUMENT;
     *version = 13000;
     return NVML_SUCCESS;
 }
 
 EXPORT nvmlReturn_t nvmlSystemGetCudaDriverVersion_v2(int *version) {
-    return nvmlSystemGetCudaDriverVersion(version);
+    count_call(__func__);
+    DELEGATE(nvmlSystemGetCudaDriverVersion(version));
 }
 
 EXPORT nvmlReturn_t nvmlDeviceGetCount_v2(unsigned int *count) {
+    count_call(__func__);
     if (count == NULL) return NVML_ERROR_INVALID_ARGUMENT;
     nvmlReturn_t ret = enter();
     if (ret != NVML_SUCCESS) return ret;
@@ -651,9 +778,13 @@ EXPORT nvmlReturn_t nvmlDeviceGetCount_v2(unsigned int *count) {
     return NVML_SUCCESS;
 }
 
-EXPORT nvmlReturn_t nvmlDeviceGetCount(unsigned int *count) { return nvmlDeviceGetCount_v2(count); }
+EXPORT nvmlReturn_t nvmlDeviceGetCount(unsigned int *count) {
+    count_call(__func__);
+    DELEGATE(nvmlDeviceGetCount_v2(count));
+}
 
 EXPORT nvmlReturn_t nvmlDeviceGetHandleByIndex_v2(unsigned int index, nvmlDevice_t *device) {
+    count_call(__func__);
     if (device == NULL) return NVML_ERROR_INVALID_ARGUMENT;
     nvmlReturn_t ret = enter();
     if (ret != NVML_SUCCESS) return ret;
@@ -667,10 +798,12 @@ EXPORT nvmlReturn_t nvmlDeviceGetHandleByIndex_v2(unsigned int index, nvmlDevice
 }
 
 EXPORT nvmlReturn_t nvmlDeviceGetHandleByIndex(unsigned int index, nvmlDevice_t *device) {
-    return nvmlDeviceGetHandleByIndex_v2(index, device);
+    count_call(__func__);
+    DELEGATE(nvmlDeviceGetHandleByIndex_v2(index, device));
 }
 
 EXPORT nvmlReturn_t nvmlDeviceGetHandleByUUID(const char *uuid, nvmlDevice_t *device) {
+    count_call(__func__);
     if (uuid == NULL || device == NULL) return NVML_ERROR_INVALID_ARGUMENT;
     nvmlReturn_t ret = enter();
     if (ret != NVML_SUCCESS) return ret;
@@ -746,6 +879,25 @@ static nvmlReturn_t resolve_locked(nvmlDevice_t device, const struct gpu **out, 
     return NVML_SUCCESS;
 }
 
+/* The error a `fail` line gives the call `name`, else NVML_SUCCESS. */
+static nvmlReturn_t failing_code(const struct gpu *g, const char *name) {
+    if (g->failing[0] == '\0') return NVML_SUCCESS;
+    char pat[160];
+    snprintf(pat, sizeof pat, "|%s=", name);
+    const char *hit = strstr(g->failing, pat);
+    return hit == NULL ? NVML_SUCCESS : (nvmlReturn_t)atoi(hit + strlen(pat));
+}
+
+/* The calls that still answer on a GPU with an injected `error`: its identity. */
+static int is_identity(const char *name) {
+    static const char *const IDENTITY[] = {"nvmlDeviceGetUUID",   "nvmlDeviceGetName",  "nvmlDeviceGetPciInfo_v3",
+                                           "nvmlDeviceGetSerial", "nvmlDeviceGetIndex", "nvmlDeviceGetModuleId"};
+    for (size_t i = 0; i < sizeof IDENTITY / sizeof IDENTITY[0]; i++) {
+        if (strcmp(name, IDENTITY[i]) == 0) return 1;
+    }
+    return 0;
+}
+
 /*
  * Enters, then resolves a handle to its GPU for the call `name`. A GPU with
  * `hang_ms` sleeps that long first, outside the lock (other GPUs keep
@@ -767,6 +919,8 @@ static nvmlReturn_t enter_call(nvmlDevice_t device, const struct gpu **out, cons
     }
     if (ret == NVML_SUCCESS && *mig >= 0 && !allow_mig) ret = NVML_ERROR_NOT_SUPPORTED;
     if (ret == NVML_SUCCESS && is_unsupported(*out, name)) ret = NVML_ERROR_NOT_SUPPORTED;
+    if (ret == NVML_SUCCESS && (*out)->error != NVML_SUCCESS && !is_identity(name)) ret = (*out)->error;
+    if (ret == NVML_SUCCESS) ret = failing_code(*out, name);
     if (ret != NVML_SUCCESS) leave();
     return ret;
 }
@@ -779,6 +933,7 @@ static nvmlReturn_t enter_device_named(nvmlDevice_t device, const struct gpu **o
 #define enter_device(device, out) enter_device_named((device), (out), __func__)
 
 EXPORT nvmlReturn_t nvmlDeviceGetName(nvmlDevice_t device, char *name, unsigned int length) {
+    count_call(__func__);
     const struct gpu *g;
     int mig;
     nvmlReturn_t ret = enter_call(device, &g, __func__, 1, &mig);
@@ -795,6 +950,7 @@ EXPORT nvmlReturn_t nvmlDeviceGetName(nvmlDevice_t device, char *name, unsigned 
 }
 
 EXPORT nvmlReturn_t nvmlDeviceGetUUID(nvmlDevice_t device, char *uuid, unsigned int length) {
+    count_call(__func__);
     const struct gpu *g;
     int mig;
     nvmlReturn_t ret = enter_call(device, &g, __func__, 1, &mig);
@@ -813,6 +969,7 @@ EXPORT nvmlReturn_t nvmlDeviceGetUUID(nvmlDevice_t device, char *uuid, unsigned 
 }
 
 EXPORT nvmlReturn_t nvmlDeviceGetIndex(nvmlDevice_t device, unsigned int *index) {
+    count_call(__func__);
     if (index == NULL) return NVML_ERROR_INVALID_ARGUMENT;
     const struct gpu *g;
     nvmlReturn_t ret = enter_device(device, &g);
@@ -822,11 +979,15 @@ EXPORT nvmlReturn_t nvmlDeviceGetIndex(nvmlDevice_t device, unsigned int *index)
     return NVML_SUCCESS;
 }
 
+/* A signed key's value. */
+static long long sval(const struct gpu *g, enum key k) { return (long long)g->val[k]; }
+
 static unsigned int clamp_u32(unsigned long long v) {
     return v > 0xffffffffULL ? 0xffffffffu : (unsigned int)v;
 }
 
 EXPORT nvmlReturn_t nvmlDeviceGetPowerUsage(nvmlDevice_t device, unsigned int *power) {
+    count_call(__func__);
     if (power == NULL) return NVML_ERROR_INVALID_ARGUMENT;
     const struct gpu *g;
     nvmlReturn_t ret = enter_device(device, &g);
@@ -836,24 +997,36 @@ EXPORT nvmlReturn_t nvmlDeviceGetPowerUsage(nvmlDevice_t device, unsigned int *p
     return NVML_SUCCESS;
 }
 
-EXPORT nvmlReturn_t nvmlDeviceGetTotalEnergyConsumption(nvmlDevice_t device, unsigned long long *energy) {
-    if (energy == NULL) return NVML_ERROR_INVALID_ARGUMENT;
-    const struct gpu *g;
-    nvmlReturn_t ret = enter_device(device, &g);
-    if (ret != NVML_SUCCESS) return ret;
+/* The energy counter now, mJ. Caller holds g_lock. `energy_skew_ppm` makes
+ * the counter run that much faster (or slower) than power × time: a real
+ * counter and the 1 s power average never agree exactly. */
+static unsigned long long energy_now(const struct gpu *g) {
     double dt_ms = now_ms() - (double)g_st->time_ms;
     if (dt_ms < 0.0) dt_ms = 0.0;
     /* A writer that fell behind must not make the counter step back when its
      * next file (with a lower power) arrives: hold it at the horizon instead. */
     if (g_st->horizon_ms >= 0 && dt_ms > (double)g_st->horizon_ms) dt_ms = (double)g_st->horizon_ms;
+    double rate = 1.0;
+    if (g->has[K_ENERGY_SKEW_PPM]) rate += (double)sval(g, K_ENERGY_SKEW_PPM) / 1e6;
+    if (rate < 0.0) rate = 0.0;
     /* mW * ms / 1000 = mJ; floor keeps the counter an integer that never overshoots. */
-    unsigned long long extra = (unsigned long long)((double)g->power_mw * dt_ms / 1000.0);
-    *energy = g->energy_mj + extra;
+    unsigned long long extra = (unsigned long long)((double)g->power_mw * rate * dt_ms / 1000.0);
+    return g->energy_mj + extra;
+}
+
+EXPORT nvmlReturn_t nvmlDeviceGetTotalEnergyConsumption(nvmlDevice_t device, unsigned long long *energy) {
+    count_call(__func__);
+    if (energy == NULL) return NVML_ERROR_INVALID_ARGUMENT;
+    const struct gpu *g;
+    nvmlReturn_t ret = enter_device(device, &g);
+    if (ret != NVML_SUCCESS) return ret;
+    *energy = energy_now(g);
     leave();
     return NVML_SUCCESS;
 }
 
-EXPORT nvmlReturn_t nvmlDeviceGetTemperature(nvmlDevice_t device, int sensor, unsigned int *temp) {
+EXPORT nvmlReturn_t nvmlDeviceGetTemperature(nvmlDevice_t device, nvmlTemperatureSensors_t sensor, unsigned int *temp) {
+    count_call(__func__);
     if (temp == NULL || sensor != 0) return NVML_ERROR_INVALID_ARGUMENT;
     const struct gpu *g;
     nvmlReturn_t ret = enter_device(device, &g);
@@ -868,7 +1041,8 @@ static unsigned int threshold_of(const struct gpu *g, enum key k, unsigned int f
     return g->has[k] ? clamp_u32(g->val[k]) : fallback;
 }
 
-EXPORT nvmlReturn_t nvmlDeviceGetTemperatureThreshold(nvmlDevice_t device, int threshold, unsigned int *temp) {
+EXPORT nvmlReturn_t nvmlDeviceGetTemperatureThreshold(nvmlDevice_t device, nvmlTemperatureThresholds_t threshold, unsigned int *temp) {
+    count_call(__func__);
     if (temp == NULL) return NVML_ERROR_INVALID_ARGUMENT;
     const struct gpu *g;
     nvmlReturn_t ret = enter_device(device, &g);
@@ -878,10 +1052,10 @@ EXPORT nvmlReturn_t nvmlDeviceGetTemperatureThreshold(nvmlDevice_t device, int t
         return NVML_ERROR_NOT_SUPPORTED;
     }
     switch (threshold) {
-    case THRESHOLD_SHUTDOWN: *temp = threshold_of(g, K_THRESHOLD_SHUTDOWN, 95); break;
-    case THRESHOLD_SLOWDOWN: *temp = threshold_of(g, K_THRESHOLD_SLOWDOWN, 90); break;
-    case THRESHOLD_MEM_MAX: *temp = threshold_of(g, K_THRESHOLD_MEM_MAX, 95); break;
-    case THRESHOLD_GPU_MAX: *temp = threshold_of(g, K_THRESHOLD_GPU_MAX, 87); break;
+    case NVML_TEMPERATURE_THRESHOLD_SHUTDOWN: *temp = threshold_of(g, K_THRESHOLD_SHUTDOWN, 95); break;
+    case NVML_TEMPERATURE_THRESHOLD_SLOWDOWN: *temp = threshold_of(g, K_THRESHOLD_SLOWDOWN, 90); break;
+    case NVML_TEMPERATURE_THRESHOLD_MEM_MAX: *temp = threshold_of(g, K_THRESHOLD_MEM_MAX, 95); break;
+    case NVML_TEMPERATURE_THRESHOLD_GPU_MAX: *temp = threshold_of(g, K_THRESHOLD_GPU_MAX, 87); break;
     default: ret = NVML_ERROR_NOT_SUPPORTED; break;
     }
     leave();
@@ -889,6 +1063,7 @@ EXPORT nvmlReturn_t nvmlDeviceGetTemperatureThreshold(nvmlDevice_t device, int t
 }
 
 EXPORT nvmlReturn_t nvmlDeviceGetUtilizationRates(nvmlDevice_t device, nvmlUtilization_t *utilization) {
+    count_call(__func__);
     if (utilization == NULL) return NVML_ERROR_INVALID_ARGUMENT;
     const struct gpu *g;
     nvmlReturn_t ret = enter_device(device, &g);
@@ -900,6 +1075,7 @@ EXPORT nvmlReturn_t nvmlDeviceGetUtilizationRates(nvmlDevice_t device, nvmlUtili
 }
 
 EXPORT nvmlReturn_t nvmlDeviceGetEnforcedPowerLimit(nvmlDevice_t device, unsigned int *limit) {
+    count_call(__func__);
     if (limit == NULL) return NVML_ERROR_INVALID_ARGUMENT;
     const struct gpu *g;
     nvmlReturn_t ret = enter_device(device, &g);
@@ -910,7 +1086,8 @@ EXPORT nvmlReturn_t nvmlDeviceGetEnforcedPowerLimit(nvmlDevice_t device, unsigne
 }
 
 EXPORT nvmlReturn_t nvmlDeviceGetPowerManagementLimit(nvmlDevice_t device, unsigned int *limit) {
-    return nvmlDeviceGetEnforcedPowerLimit(device, limit);
+    count_call(__func__);
+    DELEGATE(nvmlDeviceGetEnforcedPowerLimit(device, limit));
 }
 
 /* Answers one optional scalar: NOT_SUPPORTED when the state has no `set` line for it. */
@@ -937,11 +1114,13 @@ static nvmlReturn_t get_key_u32(nvmlDevice_t device, const char *name, enum key 
 }
 
 EXPORT nvmlReturn_t nvmlDeviceGetPowerManagementDefaultLimit(nvmlDevice_t device, unsigned int *limit) {
+    count_call(__func__);
     return get_key_u32(device, __func__, K_POWER_DEFAULT_LIMIT_MW, limit);
 }
 
 /* nvmlClockType_t: GRAPHICS 0, SM 1, MEM 2, VIDEO 3. */
-EXPORT nvmlReturn_t nvmlDeviceGetClockInfo(nvmlDevice_t device, int type, unsigned int *clock) {
+EXPORT nvmlReturn_t nvmlDeviceGetClockInfo(nvmlDevice_t device, nvmlClockType_t type, unsigned int *clock) {
+    count_call(__func__);
     switch (type) {
     case 1: return get_key_u32(device, __func__, K_SM_CLOCK_MHZ, clock);
     case 2: return get_key_u32(device, __func__, K_MEM_CLOCK_MHZ, clock);
@@ -950,16 +1129,19 @@ EXPORT nvmlReturn_t nvmlDeviceGetClockInfo(nvmlDevice_t device, int type, unsign
 }
 
 EXPORT nvmlReturn_t nvmlDeviceGetCurrPcieLinkGeneration(nvmlDevice_t device, unsigned int *gen) {
+    count_call(__func__);
     return get_key_u32(device, __func__, K_PCIE_GEN, gen);
 }
 
 EXPORT nvmlReturn_t nvmlDeviceGetCurrPcieLinkWidth(nvmlDevice_t device, unsigned int *width) {
+    count_call(__func__);
     return get_key_u32(device, __func__, K_PCIE_WIDTH, width);
 }
 
 /* errorType: corrected 0, uncorrected 1; counterType (volatile/aggregate) is ignored. */
-EXPORT nvmlReturn_t nvmlDeviceGetTotalEccErrors(nvmlDevice_t device, int errorType, int counterType,
+EXPORT nvmlReturn_t nvmlDeviceGetTotalEccErrors(nvmlDevice_t device, nvmlMemoryErrorType_t errorType, nvmlEccCounterType_t counterType,
                                                 unsigned long long *count) {
+    count_call(__func__);
     (void)counterType;
     switch (errorType) {
     case 0: return get_key(device, __func__, K_ECC_CORRECTED, count);
@@ -969,7 +1151,8 @@ EXPORT nvmlReturn_t nvmlDeviceGetTotalEccErrors(nvmlDevice_t device, int errorTy
 }
 
 /* perfPolicyType: power 0, thermal 1. */
-EXPORT nvmlReturn_t nvmlDeviceGetViolationStatus(nvmlDevice_t device, int policy, nvmlViolationTime_t *out) {
+EXPORT nvmlReturn_t nvmlDeviceGetViolationStatus(nvmlDevice_t device, nvmlPerfPolicyType_t policy, nvmlViolationTime_t *out) {
+    count_call(__func__);
     if (out == NULL) return NVML_ERROR_INVALID_ARGUMENT;
     unsigned long long ns = 0;
     nvmlReturn_t ret;
@@ -986,6 +1169,7 @@ EXPORT nvmlReturn_t nvmlDeviceGetViolationStatus(nvmlDevice_t device, int policy
 }
 
 EXPORT nvmlReturn_t nvmlDeviceGetNumFans(nvmlDevice_t device, unsigned int *count) {
+    count_call(__func__);
     if (count == NULL) return NVML_ERROR_INVALID_ARGUMENT;
     const struct gpu *g;
     nvmlReturn_t ret = enter_device(device, &g);
@@ -1000,6 +1184,7 @@ EXPORT nvmlReturn_t nvmlDeviceGetNumFans(nvmlDevice_t device, unsigned int *coun
 }
 
 EXPORT nvmlReturn_t nvmlDeviceGetFanSpeed_v2(nvmlDevice_t device, unsigned int fan, unsigned int *speed) {
+    count_call(__func__);
     if (speed == NULL) return NVML_ERROR_INVALID_ARGUMENT;
     const struct gpu *g;
     nvmlReturn_t ret = enter_device(device, &g);
@@ -1016,23 +1201,25 @@ EXPORT nvmlReturn_t nvmlDeviceGetFanSpeed_v2(nvmlDevice_t device, unsigned int f
 }
 
 EXPORT nvmlReturn_t nvmlDeviceGetPciInfo_v3(nvmlDevice_t device, nvmlPciInfo_t *pci) {
+    count_call(__func__);
     if (pci == NULL) return NVML_ERROR_INVALID_ARGUMENT;
     const struct gpu *g;
     nvmlReturn_t ret = enter_device(device, &g);
     if (ret != NVML_SUCCESS) return ret;
     memset(pci, 0, sizeof *pci);
-    pci->domain = 0;
-    pci->bus = 0x18 + g->index * 0x10;
+    pci->domain = g->has[K_PCI_DOMAIN] ? clamp_u32(g->val[K_PCI_DOMAIN]) : 0;
+    pci->bus = g->has[K_PCI_BUS] ? clamp_u32(g->val[K_PCI_BUS]) : 0x18 + g->index * 0x10;
     pci->device = 0;
     pci->pciDeviceId = 0x2b0010de;
     pci->pciSubSystemId = 0x20d010de;
-    snprintf(pci->busId, sizeof pci->busId, "00000000:%02X:00.0", pci->bus & 0xffu);
-    snprintf(pci->busIdLegacy, sizeof pci->busIdLegacy, "0000:%02X:00.0", pci->bus & 0xffu);
+    snprintf(pci->busId, sizeof pci->busId, "%08X:%02X:00.0", pci->domain, pci->bus & 0xffu);
+    snprintf(pci->busIdLegacy, sizeof pci->busIdLegacy, "%04X:%02X:00.0", pci->domain & 0xffffu, pci->bus & 0xffu);
     leave();
     return NVML_SUCCESS;
 }
 
 EXPORT nvmlReturn_t nvmlDeviceGetMigMode(nvmlDevice_t device, unsigned int *current, unsigned int *pending) {
+    count_call(__func__);
     if (current == NULL || pending == NULL) return NVML_ERROR_INVALID_ARGUMENT;
     unsigned long long mode = 0;
     nvmlReturn_t ret = get_key(device, __func__, K_MIG_MODE, &mode);
@@ -1044,6 +1231,7 @@ EXPORT nvmlReturn_t nvmlDeviceGetMigMode(nvmlDevice_t device, unsigned int *curr
 }
 
 EXPORT nvmlReturn_t nvmlDeviceGetMaxMigDeviceCount(nvmlDevice_t device, unsigned int *count) {
+    count_call(__func__);
     if (count == NULL) return NVML_ERROR_INVALID_ARGUMENT;
     const struct gpu *g;
     nvmlReturn_t ret = enter_device(device, &g);
@@ -1058,6 +1246,7 @@ EXPORT nvmlReturn_t nvmlDeviceGetMaxMigDeviceCount(nvmlDevice_t device, unsigned
 }
 
 EXPORT nvmlReturn_t nvmlDeviceGetMigDeviceHandleByIndex(nvmlDevice_t device, unsigned int index, nvmlDevice_t *mig) {
+    count_call(__func__);
     if (mig == NULL) return NVML_ERROR_INVALID_ARGUMENT;
     const struct gpu *g;
     nvmlReturn_t ret = enter_device(device, &g);
@@ -1075,6 +1264,7 @@ EXPORT nvmlReturn_t nvmlDeviceGetMigDeviceHandleByIndex(nvmlDevice_t device, uns
 }
 
 EXPORT nvmlReturn_t nvmlDeviceIsMigDeviceHandle(nvmlDevice_t device, unsigned int *is_mig) {
+    count_call(__func__);
     if (is_mig == NULL) return NVML_ERROR_INVALID_ARGUMENT;
     *is_mig = device != NULL && device >= &g_mig_handles[0] && device < &g_mig_handles[MAX_GPUS * MAX_MIG];
     return NVML_SUCCESS;
@@ -1083,6 +1273,7 @@ EXPORT nvmlReturn_t nvmlDeviceIsMigDeviceHandle(nvmlDevice_t device, unsigned in
 /* ---- Events: XIDs from `set <i> xid <id> <code>` lines, each delivered once per set. ---- */
 
 EXPORT nvmlReturn_t nvmlEventSetCreate(nvmlEventSet_t *set) {
+    count_call(__func__);
     if (set == NULL) return NVML_ERROR_INVALID_ARGUMENT;
     nvmlReturn_t ret = enter();
     if (ret != NVML_SUCCESS) return ret;
@@ -1099,27 +1290,30 @@ EXPORT nvmlReturn_t nvmlEventSetCreate(nvmlEventSet_t *set) {
 }
 
 EXPORT nvmlReturn_t nvmlEventSetFree(nvmlEventSet_t set) {
+    count_call(__func__);
     if (set == NULL) return NVML_ERROR_INVALID_ARGUMENT;
     free(set);
     return NVML_SUCCESS;
 }
 
 EXPORT nvmlReturn_t nvmlDeviceGetSupportedEventTypes(nvmlDevice_t device, unsigned long long *types) {
+    count_call(__func__);
     if (types == NULL) return NVML_ERROR_INVALID_ARGUMENT;
     const struct gpu *g;
     nvmlReturn_t ret = enter_device(device, &g);
     if (ret != NVML_SUCCESS) return ret;
-    *types = EVENT_TYPE_XID;
+    *types = nvmlEventTypeXidCriticalError;
     leave();
     return NVML_SUCCESS;
 }
 
 EXPORT nvmlReturn_t nvmlDeviceRegisterEvents(nvmlDevice_t device, unsigned long long types, nvmlEventSet_t set) {
+    count_call(__func__);
     if (set == NULL) return NVML_ERROR_INVALID_ARGUMENT;
     const struct gpu *g;
     nvmlReturn_t ret = enter_device(device, &g);
     if (ret != NVML_SUCCESS) return ret;
-    if ((types & ~EVENT_TYPE_XID) != 0) {
+    if ((types & ~nvmlEventTypeXidCriticalError) != 0) {
         ret = NVML_ERROR_NOT_SUPPORTED;
     } else {
         set->registered |= 1ULL << g->index;
@@ -1129,6 +1323,7 @@ EXPORT nvmlReturn_t nvmlDeviceRegisterEvents(nvmlDevice_t device, unsigned long 
 }
 
 EXPORT nvmlReturn_t nvmlEventSetWait_v2(nvmlEventSet_t set, nvmlEventData_t *data, unsigned int timeoutms) {
+    count_call(__func__);
     if (set == NULL || data == NULL) return NVML_ERROR_INVALID_ARGUMENT;
     double deadline = now_ms() + (double)timeoutms;
     for (;;) {
@@ -1154,7 +1349,7 @@ EXPORT nvmlReturn_t nvmlEventSetWait_v2(nvmlEventSet_t set, nvmlEventData_t *dat
             const struct gpu *g = &g_st->gpus[found_gpu];
             set->last_id = best;
             data->device = &g_handles[found_gpu];
-            data->eventType = EVENT_TYPE_XID;
+            data->eventType = nvmlEventTypeXidCriticalError;
             data->eventData = g->xid_code[found_j];
             data->gpuInstanceId = 0xffffffffu;
             data->computeInstanceId = 0xffffffffu;
@@ -1179,105 +1374,469 @@ EXPORT nvmlReturn_t nvmlEventSetWait_v2(nvmlEventSet_t set, nvmlEventData_t *dat
     }
 }
 
-EXPORT nvmlReturn_t nvmlDeviceGetCurrentClocksThrottleReasons(nvmlDevice_t device, unsigned long long *reasons) {
+/* Clocks-event (throttle) reasons, current or supported, for the call `name`:
+ * the NVML 13 names and the deprecated ones answer alike, but each can be
+ * made NOT_SUPPORTED on its own (`unsupported <symbol>`). */
+static nvmlReturn_t clocks_reasons(nvmlDevice_t device, unsigned long long *reasons, const char *name, int supported) {
     if (reasons == NULL) return NVML_ERROR_INVALID_ARGUMENT;
     const struct gpu *g;
-    nvmlReturn_t ret = enter_device(device, &g);
+    nvmlReturn_t ret = enter_device_named(device, &g, name);
     if (ret != NVML_SUCCESS) return ret;
-    *reasons = g->throttle;
+    *reasons = supported ? SUPPORTED_THROTTLE_REASONS : g->throttle;
     leave();
     return NVML_SUCCESS;
 }
 
 EXPORT nvmlReturn_t nvmlDeviceGetCurrentClocksEventReasons(nvmlDevice_t device, unsigned long long *reasons) {
-    return nvmlDeviceGetCurrentClocksThrottleReasons(device, reasons);
+    count_call(__func__);
+    return clocks_reasons(device, reasons, __func__, 0);
 }
 
-EXPORT nvmlReturn_t nvmlDeviceGetSupportedClocksThrottleReasons(nvmlDevice_t device, unsigned long long *reasons) {
-    if (reasons == NULL) return NVML_ERROR_INVALID_ARGUMENT;
-    const struct gpu *g;
-    nvmlReturn_t ret = enter_device(device, &g);
-    if (ret != NVML_SUCCESS) return ret;
-    *reasons = SUPPORTED_THROTTLE_REASONS;
-    leave();
-    return NVML_SUCCESS;
+EXPORT nvmlReturn_t nvmlDeviceGetCurrentClocksThrottleReasons(nvmlDevice_t device, unsigned long long *reasons) {
+    count_call(__func__);
+    return clocks_reasons(device, reasons, __func__, 0);
 }
 
 EXPORT nvmlReturn_t nvmlDeviceGetSupportedClocksEventReasons(nvmlDevice_t device, unsigned long long *reasons) {
-    return nvmlDeviceGetSupportedClocksThrottleReasons(device, reasons);
+    count_call(__func__);
+    return clocks_reasons(device, reasons, __func__, 1);
+}
+
+EXPORT nvmlReturn_t nvmlDeviceGetSupportedClocksThrottleReasons(nvmlDevice_t device, unsigned long long *reasons) {
+    count_call(__func__);
+    return clocks_reasons(device, reasons, __func__, 1);
+}
+
+/* Reserved memory (driver, firmware), bytes, at most what is not used. */
+static unsigned long long reserved_of(const struct gpu *g) {
+    if (!g->has[K_MEM_RESERVED]) return 0;
+    unsigned long long r = g->val[K_MEM_RESERVED];
+    return r > g->mem_total - g->mem_used ? g->mem_total - g->mem_used : r;
 }
 
 EXPORT nvmlReturn_t nvmlDeviceGetMemoryInfo(nvmlDevice_t device, nvmlMemory_t *memory) {
+    count_call(__func__);
     if (memory == NULL) return NVML_ERROR_INVALID_ARGUMENT;
     const struct gpu *g;
     nvmlReturn_t ret = enter_device(device, &g);
     if (ret != NVML_SUCCESS) return ret;
+    /* The old call counts reserved memory as used. */
+    unsigned long long used = g->mem_used + reserved_of(g);
     memory->total = g->mem_total;
-    memory->used = g->mem_used;
-    memory->free = g->mem_total - g->mem_used;
+    memory->used = used > g->mem_total ? g->mem_total : used;
+    memory->free = g->mem_total - memory->used;
     leave();
     return NVML_SUCCESS;
 }
 
 EXPORT nvmlReturn_t nvmlDeviceGetMemoryInfo_v2(nvmlDevice_t device, nvmlMemory_v2_t *memory) {
+    count_call(__func__);
     if (memory == NULL) return NVML_ERROR_INVALID_ARGUMENT;
-    if (memory->version != MEMORY_V2_VERSION) return NVML_ERROR_ARGUMENT_VERSION_MISMATCH;
+    if (memory->version != nvmlMemory_v2) return NVML_ERROR_ARGUMENT_VERSION_MISMATCH;
     const struct gpu *g;
     nvmlReturn_t ret = enter_device(device, &g);
     if (ret != NVML_SUCCESS) return ret;
+    unsigned long long reserved = reserved_of(g);
     memory->total = g->mem_total;
-    memory->reserved = 0;
+    memory->reserved = reserved;
     memory->used = g->mem_used;
-    memory->free = g->mem_total - g->mem_used;
+    memory->free = g->mem_total - g->mem_used > reserved ? g->mem_total - g->mem_used - reserved : 0;
     leave();
     return NVML_SUCCESS;
 }
 
+/* One field of nvmlDeviceGetFieldValues. Caller holds g_lock. */
+static void field_value(const struct gpu *g, nvmlFieldValue_t *v) {
+    int fields_only = g->has[K_THRESHOLDS_FIELDS_ONLY] && g->val[K_THRESHOLDS_FIELDS_ONLY];
+    v->valueType = NVML_VALUE_TYPE_UNSIGNED_INT;
+    v->nvmlReturn = NVML_SUCCESS;
+    memset(&v->value, 0, sizeof v->value);
+    char field_name[32];
+    snprintf(field_name, sizeof field_name, "field:%u", v->fieldId);
+    int supported = !is_unsupported(g, field_name);
+    int k = -1;      /* an optional key whose value answers */
+    int signed_ = 0; /* answer k as a signed int */
+    switch (v->fieldId) {
+    case NVML_FI_DEV_MEMORY_TEMP: v->value.uiVal = g->mem_temp_c; break;
+    /* A GPU without the energy counter (`unsupported
+     * nvmlDeviceGetTotalEnergyConsumption`) has no field for it either; the
+     * counter is the GPU's only (no module-scope counter is modelled). */
+    case NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION:
+    case NVML_FI_DEV_ENERGY:
+        supported = supported && v->scopeId == NVML_POWER_SCOPE_GPU &&
+                    !is_unsupported(g, "nvmlDeviceGetTotalEnergyConsumption");
+        v->valueType = NVML_VALUE_TYPE_UNSIGNED_LONG_LONG;
+        v->value.ullVal = energy_now(g);
+        break;
+    case NVML_FI_DEV_ECC_SBE_AGG_TOTAL:
+        v->valueType = NVML_VALUE_TYPE_UNSIGNED_LONG_LONG;
+        k = K_ECC_CORRECTED;
+        break;
+    case NVML_FI_DEV_ECC_DBE_AGG_TOTAL:
+        v->valueType = NVML_VALUE_TYPE_UNSIGNED_LONG_LONG;
+        k = K_ECC_UNCORRECTED;
+        break;
+    /* Power by scope (scopeId: NVML_POWER_SCOPE_GPU, _MODULE, _MEMORY). */
+    case NVML_FI_DEV_POWER_AVERAGE:
+        switch (v->scopeId) {
+        /* A GPU without a power sensor (`unsupported nvmlDeviceGetPowerUsage`)
+         * answers neither the call nor the field. */
+        case NVML_POWER_SCOPE_GPU:
+            supported = supported && !is_unsupported(g, "nvmlDeviceGetPowerUsage");
+            v->value.uiVal = clamp_u32(g->power_mw);
+            break;
+        case NVML_POWER_SCOPE_MODULE: k = K_MODULE_POWER_MW; break;
+        case NVML_POWER_SCOPE_MEMORY: k = K_MEMORY_POWER_MW; break;
+        default: supported = 0; break;
+        }
+        break;
+    case NVML_FI_DEV_POWER_INSTANT:
+        switch (v->scopeId) {
+        case NVML_POWER_SCOPE_GPU: k = K_POWER_INSTANT_MW; break;
+        case NVML_POWER_SCOPE_MODULE: k = K_MODULE_POWER_INSTANT_MW; break;
+        default: supported = 0; break; /* memory: N/A in the captures */
+        }
+        break;
+    case NVML_FI_DEV_CLOCKS_EVENT_REASON_SW_POWER_CAP:
+        v->valueType = NVML_VALUE_TYPE_UNSIGNED_LONG_LONG;
+        k = K_VIOLATION_POWER_NS;
+        break;
+    case NVML_FI_DEV_PERF_POLICY_THERMAL:
+        v->valueType = NVML_VALUE_TYPE_UNSIGNED_LONG_LONG;
+        k = K_VIOLATION_THERMAL_NS;
+        break;
+    case NVML_FI_DEV_PCIE_REPLAY_COUNTER: k = K_PCIE_REPLAY; break;
+    case NVML_FI_DEV_NVLINK_LINK_COUNT: k = K_NVLINK_LINKS; break;
+    /* NVLink error counters of Blackwell (the DL replay/recovery/CRC fields
+     * 161-163 are "unsupported for Blackwell+" and answer NOT_SUPPORTED). */
+    case NVML_FI_DEV_NVLINK_COUNT_RCV_ERRORS:
+    case NVML_FI_DEV_NVLINK_COUNT_LINK_RECOVERY_SUCCESSFUL_EVENTS:
+    case NVML_FI_DEV_NVLINK_COUNT_LINK_RECOVERY_FAILED_EVENTS:
+    case NVML_FI_DEV_NVLINK_COUNT_SYMBOL_ERRORS:
+        v->valueType = NVML_VALUE_TYPE_UNSIGNED_LONG_LONG;
+        if (!g->has[K_NVLINK_LINKS]) {
+            supported = 0;
+        } else if (v->scopeId >= g->val[K_NVLINK_LINKS]) {
+            v->nvmlReturn = NVML_ERROR_INVALID_ARGUMENT;
+        } else {
+            v->value.ullVal = 0;
+            for (unsigned int i = 0; i < g->nvlink_count; i++) {
+                if (g->nvlink_link[i] == v->scopeId && g->nvlink_field[i] == v->fieldId)
+                    v->value.ullVal = g->nvlink_value[i];
+            }
+        }
+        break;
+    /* Thresholds as signed offsets from T.Limit (`tlimit_*`); a GPU with only
+     * the legacy `thresholds_fields_only` answers its `threshold_*` values. */
+    case NVML_FI_DEV_TEMPERATURE_SHUTDOWN_TLIMIT:
+    case NVML_FI_DEV_TEMPERATURE_SLOWDOWN_TLIMIT:
+    case NVML_FI_DEV_TEMPERATURE_MEM_MAX_TLIMIT:
+    case NVML_FI_DEV_TEMPERATURE_GPU_MAX_TLIMIT: {
+        unsigned int i = v->fieldId - NVML_FI_DEV_TEMPERATURE_SHUTDOWN_TLIMIT;
+        static const enum key TLIMIT[4] = {K_TLIMIT_SHUTDOWN, K_TLIMIT_SLOWDOWN, K_TLIMIT_MEM_MAX, K_TLIMIT_GPU_MAX};
+        static const enum key LEGACY[4] = {K_THRESHOLD_SHUTDOWN, K_THRESHOLD_SLOWDOWN, K_THRESHOLD_MEM_MAX,
+                                           K_THRESHOLD_GPU_MAX};
+        static const unsigned int LEGACY_DEFAULT[4] = {95, 90, 95, 87};
+        if (g->has[TLIMIT[i]]) {
+            k = TLIMIT[i];
+            signed_ = 1;
+        } else {
+            supported = supported && fields_only;
+            v->value.uiVal = threshold_of(g, LEGACY[i], LEGACY_DEFAULT[i]);
+        }
+        break;
+    }
+    default: supported = 0; break;
+    }
+    if (k >= 0) {
+        if (!g->has[k]) {
+            supported = 0;
+        } else if (signed_) {
+            v->valueType = NVML_VALUE_TYPE_SIGNED_INT;
+            long long x = sval(g, (enum key)k);
+            v->value.siVal = x < INT32_MIN ? INT32_MIN : x > INT32_MAX ? INT32_MAX : (int)x;
+        } else if (v->valueType == NVML_VALUE_TYPE_UNSIGNED_LONG_LONG) {
+            v->value.ullVal = g->val[k];
+        } else {
+            v->value.uiVal = clamp_u32(g->val[k]);
+        }
+    }
+    if (!supported) {
+        v->nvmlReturn = NVML_ERROR_NOT_SUPPORTED;
+        memset(&v->value, 0, sizeof v->value);
+    }
+}
+
 EXPORT nvmlReturn_t nvmlDeviceGetFieldValues(nvmlDevice_t device, int valuesCount, nvmlFieldValue_t *values) {
+    count_call(__func__);
     if (values == NULL || valuesCount <= 0) return NVML_ERROR_INVALID_ARGUMENT;
     const struct gpu *g;
     nvmlReturn_t ret = enter_device(device, &g);
     if (ret != NVML_SUCCESS) return ret;
     long long ts_us = (long long)(now_ms() * 1000.0);
-    int fields_only = g->has[K_THRESHOLDS_FIELDS_ONLY] && g->val[K_THRESHOLDS_FIELDS_ONLY];
     for (int i = 0; i < valuesCount; i++) {
-        nvmlFieldValue_t *v = &values[i];
-        v->timestamp = ts_us;
-        v->latencyUsec = 0;
-        v->valueType = VALUE_TYPE_UNSIGNED_INT;
-        v->nvmlReturn = NVML_SUCCESS;
-        memset(&v->value, 0, sizeof v->value);
-        char field_name[32];
-        snprintf(field_name, sizeof field_name, "field:%u", v->fieldId);
-        int supported = !is_unsupported(g, field_name);
-        switch (v->fieldId) {
-        case FI_DEV_MEMORY_TEMP: v->value.uiVal = g->mem_temp_c; break;
-        case FI_DEV_POWER_INSTANT:
-            supported = supported && g->has[K_POWER_INSTANT_MW];
-            v->value.uiVal = clamp_u32(g->val[K_POWER_INSTANT_MW]);
-            break;
-        /* The threshold fields answer only on GPUs whose classic call does not. */
-        case FI_DEV_TEMPERATURE_SHUTDOWN_TLIMIT:
-            supported = supported && fields_only;
-            v->value.uiVal = threshold_of(g, K_THRESHOLD_SHUTDOWN, 95);
-            break;
-        case FI_DEV_TEMPERATURE_SLOWDOWN_TLIMIT:
-            supported = supported && fields_only;
-            v->value.uiVal = threshold_of(g, K_THRESHOLD_SLOWDOWN, 90);
-            break;
-        case FI_DEV_TEMPERATURE_MEM_MAX_TLIMIT:
-            supported = supported && fields_only;
-            v->value.uiVal = threshold_of(g, K_THRESHOLD_MEM_MAX, 95);
-            break;
-        case FI_DEV_TEMPERATURE_GPU_MAX_TLIMIT:
-            supported = supported && fields_only;
-            v->value.uiVal = threshold_of(g, K_THRESHOLD_GPU_MAX, 87);
-            break;
-        default: supported = 0; break;
+        values[i].timestamp = ts_us;
+        values[i].latencyUsec = 0;
+        field_value(g, &values[i]);
+    }
+    leave();
+    return NVML_SUCCESS;
+}
+
+/* ---- NVML 13: versioned temperature, margin, identity, health. ---- */
+
+EXPORT nvmlReturn_t nvmlDeviceGetTemperatureV(nvmlDevice_t device, nvmlTemperature_t *temperature) {
+    count_call(__func__);
+    if (temperature == NULL) return NVML_ERROR_INVALID_ARGUMENT;
+    if (temperature->version != nvmlTemperature_v1) return NVML_ERROR_ARGUMENT_VERSION_MISMATCH;
+    if (temperature->sensorType != NVML_TEMPERATURE_GPU) return NVML_ERROR_INVALID_ARGUMENT;
+    const struct gpu *g;
+    nvmlReturn_t ret = enter_device(device, &g);
+    if (ret != NVML_SUCCESS) return ret;
+    temperature->temperature = (int)clamp_u32(g->temp_c);
+    leave();
+    return NVML_SUCCESS;
+}
+
+/* The margin to the nearest slowdown threshold: `tlimit_c` (nvidia-smi's
+ * "GPU T.Limit Temp"), signed. */
+EXPORT nvmlReturn_t nvmlDeviceGetMarginTemperature(nvmlDevice_t device, nvmlMarginTemperature_t *margin) {
+    count_call(__func__);
+    if (margin == NULL) return NVML_ERROR_INVALID_ARGUMENT;
+    if (margin->version != nvmlMarginTemperature_v1) return NVML_ERROR_ARGUMENT_VERSION_MISMATCH;
+    const struct gpu *g;
+    nvmlReturn_t ret = enter_device(device, &g);
+    if (ret != NVML_SUCCESS) return ret;
+    if (g->has[K_TLIMIT_C]) {
+        long long x = sval(g, K_TLIMIT_C);
+        margin->marginTemperature = x < INT32_MIN ? INT32_MIN : x > INT32_MAX ? INT32_MAX : (int)x;
+    } else {
+        ret = NVML_ERROR_NOT_SUPPORTED;
+    }
+    leave();
+    return ret;
+}
+
+EXPORT nvmlReturn_t nvmlDeviceGetSerial(nvmlDevice_t device, char *serial, unsigned int length) {
+    count_call(__func__);
+    const struct gpu *g;
+    nvmlReturn_t ret = enter_device(device, &g);
+    if (ret != NVML_SUCCESS) return ret;
+    ret = g->serial[0] == '\0' ? NVML_ERROR_NOT_SUPPORTED : copy_out(g->serial, serial, length);
+    leave();
+    return ret;
+}
+
+EXPORT nvmlReturn_t nvmlDeviceGetModuleId(nvmlDevice_t device, unsigned int *moduleId) {
+    count_call(__func__);
+    return get_key_u32(device, __func__, K_MODULE_ID, moduleId);
+}
+
+EXPORT nvmlReturn_t nvmlDeviceGetPcieReplayCounter(nvmlDevice_t device, unsigned int *value) {
+    count_call(__func__);
+    return get_key_u32(device, __func__, K_PCIE_REPLAY, value);
+}
+
+EXPORT nvmlReturn_t nvmlDeviceGetRemappedRows(nvmlDevice_t device, unsigned int *corrRows, unsigned int *uncRows,
+                                              unsigned int *isPending, unsigned int *failureOccurred) {
+    count_call(__func__);
+    if (corrRows == NULL || uncRows == NULL || isPending == NULL || failureOccurred == NULL)
+        return NVML_ERROR_INVALID_ARGUMENT;
+    const struct gpu *g;
+    nvmlReturn_t ret = enter_device(device, &g);
+    if (ret != NVML_SUCCESS) return ret;
+    if (!g->has[K_REMAP_CORR]) {
+        ret = NVML_ERROR_NOT_SUPPORTED;
+    } else {
+        *corrRows = clamp_u32(g->val[K_REMAP_CORR]);
+        *uncRows = clamp_u32(g->val[K_REMAP_UNC]);
+        *isPending = g->val[K_REMAP_PENDING] ? 1 : 0;
+        *failureOccurred = g->val[K_REMAP_FAILURE] ? 1 : 0;
+    }
+    leave();
+    return ret;
+}
+
+/* ---- The layout of the header's structs, for tests/layout.rs. ----
+ * One row per struct (field "", its size and alignment), per field (offset
+ * and size) and per version constant (field "(version)", the constant): the
+ * test compares each with the Rust definition in nvml-wrapper-sys that the
+ * agent passes to these calls, so a struct that differs between the real
+ * header and the Rust bindings fails a test instead of corrupting memory. */
+struct dcwatt_layout_row {
+    const char *type;
+    const char *field;
+    unsigned long long offset; /* struct rows: alignment; version rows: 0 */
+    unsigned long long size;   /* struct rows: sizeof; version rows: the constant */
+};
+
+#define L_STRUCT(T) {#T, "", _Alignof(T), sizeof(T)}
+#define L_FIELD(T, F) {#T, #F, offsetof(T, F), sizeof(((T *)0)->F)}
+#define L_VERSION(T, V) {#T, "(version)", 0, V}
+
+static const struct dcwatt_layout_row LAYOUT[] = {
+    L_STRUCT(nvmlFieldValue_t),
+    L_FIELD(nvmlFieldValue_t, fieldId),
+    L_FIELD(nvmlFieldValue_t, scopeId),
+    L_FIELD(nvmlFieldValue_t, timestamp),
+    L_FIELD(nvmlFieldValue_t, latencyUsec),
+    L_FIELD(nvmlFieldValue_t, valueType),
+    L_FIELD(nvmlFieldValue_t, nvmlReturn),
+    L_FIELD(nvmlFieldValue_t, value),
+    L_STRUCT(nvmlValue_t),
+    L_STRUCT(nvmlMemory_t),
+    L_FIELD(nvmlMemory_t, total),
+    L_FIELD(nvmlMemory_t, free),
+    L_FIELD(nvmlMemory_t, used),
+    L_STRUCT(nvmlMemory_v2_t),
+    L_FIELD(nvmlMemory_v2_t, version),
+    L_FIELD(nvmlMemory_v2_t, total),
+    L_FIELD(nvmlMemory_v2_t, reserved),
+    L_FIELD(nvmlMemory_v2_t, free),
+    L_FIELD(nvmlMemory_v2_t, used),
+    L_VERSION(nvmlMemory_v2_t, nvmlMemory_v2),
+    L_STRUCT(nvmlTemperature_v1_t),
+    L_FIELD(nvmlTemperature_v1_t, version),
+    L_FIELD(nvmlTemperature_v1_t, sensorType),
+    L_FIELD(nvmlTemperature_v1_t, temperature),
+    L_VERSION(nvmlTemperature_v1_t, nvmlTemperature_v1),
+    L_STRUCT(nvmlMarginTemperature_v1_t),
+    L_FIELD(nvmlMarginTemperature_v1_t, version),
+    L_FIELD(nvmlMarginTemperature_v1_t, marginTemperature),
+    L_VERSION(nvmlMarginTemperature_v1_t, nvmlMarginTemperature_v1),
+    L_STRUCT(nvmlUtilization_t),
+    L_FIELD(nvmlUtilization_t, gpu),
+    L_FIELD(nvmlUtilization_t, memory),
+    L_STRUCT(nvmlPciInfo_t),
+    L_FIELD(nvmlPciInfo_t, busIdLegacy),
+    L_FIELD(nvmlPciInfo_t, domain),
+    L_FIELD(nvmlPciInfo_t, bus),
+    L_FIELD(nvmlPciInfo_t, device),
+    L_FIELD(nvmlPciInfo_t, pciDeviceId),
+    L_FIELD(nvmlPciInfo_t, pciSubSystemId),
+    L_FIELD(nvmlPciInfo_t, busId),
+    L_STRUCT(nvmlViolationTime_t),
+    L_FIELD(nvmlViolationTime_t, referenceTime),
+    L_FIELD(nvmlViolationTime_t, violationTime),
+    L_STRUCT(nvmlEventData_t),
+    L_FIELD(nvmlEventData_t, device),
+    L_FIELD(nvmlEventData_t, eventType),
+    L_FIELD(nvmlEventData_t, eventData),
+    L_FIELD(nvmlEventData_t, gpuInstanceId),
+    L_FIELD(nvmlEventData_t, computeInstanceId),
+    L_STRUCT(nvmlGpmMetric_t),
+    L_FIELD(nvmlGpmMetric_t, metricId),
+    L_FIELD(nvmlGpmMetric_t, nvmlReturn),
+    L_FIELD(nvmlGpmMetric_t, value),
+    L_FIELD(nvmlGpmMetric_t, metricInfo),
+    L_STRUCT(nvmlGpmMetricsGet_t),
+    L_FIELD(nvmlGpmMetricsGet_t, version),
+    L_FIELD(nvmlGpmMetricsGet_t, numMetrics),
+    L_FIELD(nvmlGpmMetricsGet_t, sample1),
+    L_FIELD(nvmlGpmMetricsGet_t, sample2),
+    L_FIELD(nvmlGpmMetricsGet_t, metrics),
+    L_VERSION(nvmlGpmMetricsGet_t, NVML_GPM_METRICS_GET_VERSION),
+};
+
+/* The layout rows; *count gets their number. Not an NVML symbol. */
+EXPORT const struct dcwatt_layout_row *dcwattFakeLayout(unsigned int *count) {
+    if (count != NULL) *count = (unsigned int)(sizeof LAYOUT / sizeof LAYOUT[0]);
+    return LAYOUT;
+}
+
+
+/* ---- GPM: samples hold the GPU and the instant they were taken; a metric
+ * is the `gpm_*_pct` the GPU's state gives (constant over any interval).
+ * Two samples less than 100 ms apart, as NVML documents, answer
+ * INVALID_ARGUMENT: a caller that samples too fast is caught. A GPU without
+ * any `gpm_*` key answers NOT_SUPPORTED to nvmlGpmSampleGet. ---- */
+struct nvmlGpmSample_st {
+    int filled;
+    unsigned int gpu;
+    double t_ms;
+};
+
+EXPORT nvmlReturn_t nvmlGpmSampleAlloc(nvmlGpmSample_t *gpmSample) {
+    count_call(__func__);
+    if (gpmSample == NULL) return NVML_ERROR_INVALID_ARGUMENT;
+    nvmlGpmSample_t s = calloc(1, sizeof *s);
+    if (s == NULL) return NVML_ERROR_MEMORY;
+    *gpmSample = s;
+    return NVML_SUCCESS;
+}
+
+EXPORT nvmlReturn_t nvmlGpmSampleFree(nvmlGpmSample_t gpmSample) {
+    count_call(__func__);
+    if (gpmSample == NULL) return NVML_ERROR_INVALID_ARGUMENT;
+    free(gpmSample);
+    return NVML_SUCCESS;
+}
+
+static int has_gpm(const struct gpu *g) {
+    return g->has[K_GPM_SM_ACTIVE] || g->has[K_GPM_SM_OCCUPANCY] || g->has[K_GPM_TENSOR_ACTIVE] ||
+           g->has[K_GPM_DRAM_ACTIVE];
+}
+
+EXPORT nvmlReturn_t nvmlGpmSampleGet(nvmlDevice_t device, nvmlGpmSample_t gpmSample) {
+    count_call(__func__);
+    if (gpmSample == NULL) return NVML_ERROR_INVALID_ARGUMENT;
+    const struct gpu *g;
+    nvmlReturn_t ret = enter_device(device, &g);
+    if (ret != NVML_SUCCESS) return ret;
+    if (!has_gpm(g)) {
+        ret = NVML_ERROR_NOT_SUPPORTED;
+    } else {
+        gpmSample->filled = 1;
+        gpmSample->gpu = g->index;
+        gpmSample->t_ms = now_ms();
+    }
+    leave();
+    return ret;
+}
+
+EXPORT nvmlReturn_t nvmlGpmQueryDeviceSupport(nvmlDevice_t device, nvmlGpmSupport_t *gpmSupport) {
+    count_call(__func__);
+    if (gpmSupport == NULL) return NVML_ERROR_INVALID_ARGUMENT;
+    if (gpmSupport->version != NVML_GPM_SUPPORT_VERSION) return NVML_ERROR_ARGUMENT_VERSION_MISMATCH;
+    const struct gpu *g;
+    nvmlReturn_t ret = enter_device(device, &g);
+    if (ret != NVML_SUCCESS) return ret;
+    gpmSupport->isSupportedDevice = has_gpm(g) ? 1 : 0;
+    leave();
+    return NVML_SUCCESS;
+}
+
+EXPORT nvmlReturn_t nvmlGpmMetricsGet(nvmlGpmMetricsGet_t *metricsGet) {
+    count_call(__func__);
+    if (metricsGet == NULL) return NVML_ERROR_INVALID_ARGUMENT;
+    if (metricsGet->version != NVML_GPM_METRICS_GET_VERSION) return NVML_ERROR_ARGUMENT_VERSION_MISMATCH;
+    const struct nvmlGpmSample_st *a = metricsGet->sample1, *b = metricsGet->sample2;
+    if (a == NULL || b == NULL || !a->filled || !b->filled || a->gpu != b->gpu ||
+        metricsGet->numMetrics > NVML_GPM_METRIC_MAX)
+        return NVML_ERROR_INVALID_ARGUMENT;
+    if (b->t_ms - a->t_ms < 100.0) return NVML_ERROR_INVALID_ARGUMENT;
+    nvmlReturn_t ret = enter();
+    if (ret != NVML_SUCCESS) return ret;
+    const struct gpu *g = a->gpu < g_st->count ? &g_st->gpus[a->gpu] : NULL;
+    for (unsigned int i = 0; i < metricsGet->numMetrics; i++) {
+        nvmlGpmMetric_t *m = &metricsGet->metrics[i];
+        int k = -1;
+        switch (m->metricId) {
+        case NVML_GPM_METRIC_SM_UTIL: k = K_GPM_SM_ACTIVE; break;
+        case NVML_GPM_METRIC_SM_OCCUPANCY: k = K_GPM_SM_OCCUPANCY; break;
+        case NVML_GPM_METRIC_ANY_TENSOR_UTIL: k = K_GPM_TENSOR_ACTIVE; break;
+        case NVML_GPM_METRIC_DRAM_BW_UTIL: k = K_GPM_DRAM_ACTIVE; break;
+        default: break;
         }
-        if (!supported) {
-            v->nvmlReturn = NVML_ERROR_NOT_SUPPORTED;
-            memset(&v->value, 0, sizeof v->value);
+        m->metricInfo.shortName = NULL;
+        m->metricInfo.longName = NULL;
+        m->metricInfo.unit = NULL;
+        if (g == NULL || k < 0 || !g->has[k]) {
+            m->nvmlReturn = NVML_ERROR_NOT_SUPPORTED;
+            m->value = 0.0;
+        } else {
+            m->nvmlReturn = NVML_SUCCESS;
+            m->value = (double)g->val[k];
         }
     }
     leave();

@@ -46,6 +46,26 @@ pub struct Collected {
     pub error: Option<String>,
     /// Each meter this source read, up or down (meter sources only).
     pub meters: Vec<MeterStatus>,
+    /// Superchip modules and their power, read once per module (NVML only;
+    /// on the agent's `/metrics`, not shipped: `docs/nvml.md`).
+    pub modules: Vec<ModuleStatus>,
+}
+
+/// One superchip module (a Grace CPU with its GPUs and LPDDR) as NVML
+/// reports it through the module power scope.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModuleStatus {
+    /// The module's id (`docs/nvml.md`, "Module power").
+    pub id: String,
+    /// NVML indexes of its GPUs, ascending.
+    pub gpus: Vec<u32>,
+    /// 1 s average power, watts; `None` when no GPU of it answered.
+    pub power_w: Option<f64>,
+    /// Instantaneous power, watts.
+    pub power_instant_w: Option<f64>,
+    /// Energy integrated by the agent from `power_w` since it started
+    /// (NVML has no module energy counter), joules.
+    pub energy_j: f64,
 }
 
 /// One GPU's identity and whether it answered this collection.

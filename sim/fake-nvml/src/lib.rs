@@ -24,14 +24,26 @@
 //!   (as before those fields existed). They are written as
 //!   `set <index> <key> <value…>` lines after the GPU's `gpu` line.
 //! - Memory temperature is served as field `NVML_FI_DEV_MEMORY_TEMP` (82) of
-//!   `nvmlDeviceGetFieldValues`; temperature thresholds are fixed
-//!   (shutdown 95, slowdown 90, memory max 95, GPU max 87 °C).
+//!   `nvmlDeviceGetFieldValues`; classic temperature thresholds default to
+//!   shutdown 95, slowdown 90, memory max 95, GPU max 87 °C; T.Limit offsets
+//!   (fields 193–196, signed) and the margin only where set ([`FakeTlimit`]).
 //!
 //! # Layout
 //! - [`LIB_PATH`], [`STATE_ENV`], [`DEFAULT_DRIVER`]: where and how to load it.
 //! - [`FakeGpu`], [`render_state`], [`write_state`]: the one writer of state files.
 //! - [`FakeThresholds`], [`FakeMig`], [`FakeXid`]: optional parts of a GPU.
 //! - [`FakeNode`]: a whole state file, with node-wide faults (`init_fail`).
+//! - [`FakeTlimit`], [`FakeRemappedRows`], [`FakeError`]: Grace-Blackwell parts
+//!   (T.Limit offsets, remapped rows, error codes).
+//! - [`profiles`]: GB300 and GB200 trays transcribed from real `nvidia-smi -q -x`
+//!   captures (`captures/`).
+//! - [`capture`]: a tag extractor for the captures.
+//! - [`introspect`]: the loaded library's call counts per symbol and its struct
+//!   layout table.
+
+pub mod capture;
+pub mod introspect;
+pub mod profiles;
 
 use std::fmt::Write as _;
 use std::io;
@@ -127,6 +139,156 @@ pub struct FakeGpu {
     /// event set, in `id` order, if its id is above every id the state held
     /// when the set was created; keep ids unique across the node.
     pub xids: Vec<FakeXid>,
+    /// Module (superchip: GPUs, Grace CPU, LPDDR) power, 1 s average, milliwatts
+    /// (field `NVML_FI_DEV_POWER_AVERAGE`, scope `NVML_POWER_SCOPE_MODULE`); `None`: not supported.
+    pub module_power_mw: Option<u32>,
+    /// Module instantaneous power, milliwatts (field `NVML_FI_DEV_POWER_INSTANT`, module scope).
+    pub module_power_instant_mw: Option<u32>,
+    /// GPU memory power, 1 s average, milliwatts (field `NVML_FI_DEV_POWER_AVERAGE`, memory scope).
+    pub memory_power_mw: Option<u32>,
+    /// PCI domain (`0x0008` in `00000008:06:00.0`); `None`: 0.
+    pub pci_domain: Option<u32>,
+    /// PCI bus; `None`: `0x18 + index * 0x10`.
+    pub pci_bus: Option<u32>,
+    /// `nvmlDeviceGetModuleId`: the GPU's id within the node (1..4 on a GB300 tray).
+    pub module_id: Option<u32>,
+    /// Board serial (`nvmlDeviceGetSerial`); the two GPUs of a superchip share it. No whitespace.
+    pub serial: Option<String>,
+    /// Memory reserved by the driver and firmware, bytes (`nvmlMemory_v2_t.reserved`;
+    /// the old `nvmlDeviceGetMemoryInfo` counts it as used).
+    pub mem_reserved_bytes: Option<u64>,
+    /// The margin to the nearest slowdown threshold, °C, signed
+    /// (`nvmlDeviceGetMarginTemperature`; nvidia-smi's "GPU T.Limit Temp").
+    pub tlimit_c: Option<i32>,
+    /// Thresholds as signed offsets from T.Limit (fields 193–196).
+    pub tlimit_offsets: Option<FakeTlimit>,
+    /// The energy counter runs this many parts per million faster than
+    /// power × time (negative: slower): a real counter and the 1 s average disagree.
+    pub energy_skew_ppm: Option<i32>,
+    /// PCIe replay counter; `None`: not supported.
+    pub pcie_replay: Option<u32>,
+    /// Remapped rows; `None`: not supported.
+    pub remapped_rows: Option<FakeRemappedRows>,
+    /// Every call on the GPU but its identity (UUID, name, PCI info, serial,
+    /// index, module id) answers this error.
+    pub error: Option<FakeError>,
+    /// Single calls (`nvmlDeviceGetUtilizationRates`) that answer an error,
+    /// the rest of the GPU answering as usual.
+    pub failing: Vec<(String, FakeError)>,
+    /// GPM utilization (`nvmlGpmMetricsGet`); `None`: GPM not supported.
+    pub gpm: Option<FakeGpm>,
+    /// NVLink links (field `NVML_FI_DEV_NVLINK_LINK_COUNT`); `None`: no NVLink.
+    pub nvlink_links: Option<u32>,
+    /// NVLink error counters that are not 0.
+    pub nvlink_errors: Vec<FakeNvlinkError>,
+}
+
+/// An NVLink error counter of Blackwell, per link (field values with
+/// `scopeId` = link).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FakeNvlinkCounter {
+    /// `NVML_FI_DEV_NVLINK_COUNT_RCV_ERRORS` (208).
+    RcvErrors,
+    /// `NVML_FI_DEV_NVLINK_COUNT_LINK_RECOVERY_SUCCESSFUL_EVENTS` (213).
+    RecoverySuccessful,
+    /// `NVML_FI_DEV_NVLINK_COUNT_LINK_RECOVERY_FAILED_EVENTS` (214).
+    RecoveryFailed,
+    /// `NVML_FI_DEV_NVLINK_COUNT_SYMBOL_ERRORS` (221).
+    SymbolErrors,
+}
+
+impl FakeNvlinkCounter {
+    /// The NVML field id.
+    pub fn field_id(self) -> u32 {
+        match self {
+            FakeNvlinkCounter::RcvErrors => 208,
+            FakeNvlinkCounter::RecoverySuccessful => 213,
+            FakeNvlinkCounter::RecoveryFailed => 214,
+            FakeNvlinkCounter::SymbolErrors => 221,
+        }
+    }
+}
+
+/// One NVLink error counter's value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FakeNvlinkError {
+    /// The link, below `nvlink_links`.
+    pub link: u32,
+    /// Which counter.
+    pub counter: FakeNvlinkCounter,
+    /// Its value.
+    pub value: u64,
+}
+
+/// GPM metrics, percent 0..=100, constant over any interval.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FakeGpm {
+    /// `NVML_GPM_METRIC_SM_UTIL`.
+    pub sm_active_pct: u32,
+    /// `NVML_GPM_METRIC_SM_OCCUPANCY`.
+    pub sm_occupancy_pct: u32,
+    /// `NVML_GPM_METRIC_ANY_TENSOR_UTIL`.
+    pub tensor_active_pct: u32,
+    /// `NVML_GPM_METRIC_DRAM_BW_UTIL`.
+    pub dram_active_pct: u32,
+}
+
+/// Temperature thresholds as offsets from T.Limit, °C, signed (what fields
+/// `NVML_FI_DEV_TEMPERATURE_*_TLIMIT` answer on Blackwell).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FakeTlimit {
+    /// Shutdown (`gpu_temp_max_tlimit_threshold`).
+    pub shutdown: i32,
+    /// Slowdown (`gpu_temp_slow_tlimit_threshold`).
+    pub slowdown: i32,
+    /// Memory maximum (`gpu_temp_max_mem_tlimit_threshold`).
+    pub mem_max: i32,
+    /// GPU maximum (`gpu_temp_max_gpu_tlimit_threshold`).
+    pub gpu_max: i32,
+}
+
+/// `nvmlDeviceGetRemappedRows`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FakeRemappedRows {
+    /// Rows remapped for correctable errors.
+    pub corrected: u32,
+    /// Rows remapped for uncorrectable errors.
+    pub uncorrected: u32,
+    /// A remapping waits for a GPU reset.
+    pub pending: bool,
+    /// A remapping failed.
+    pub failure: bool,
+}
+
+/// An NVML error code a GPU answers with (`set <i> error NAME`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FakeError {
+    /// `NVML_ERROR_NO_PERMISSION` (4).
+    NoPermission,
+    /// `NVML_ERROR_RESET_REQUIRED` (16).
+    ResetRequired,
+    /// `NVML_ERROR_UNKNOWN` (999).
+    Unknown,
+    /// `NVML_ERROR_CORRUPTED_INFOROM` (14).
+    CorruptedInforom,
+    /// `NVML_ERROR_GPU_IS_LOST` (15), on every call but identity.
+    GpuIsLost,
+    /// Any other code, by number (1..=999).
+    Code(u32),
+}
+
+impl FakeError {
+    /// The word the state file carries.
+    pub fn word(self) -> String {
+        match self {
+            FakeError::NoPermission => "NO_PERMISSION".into(),
+            FakeError::ResetRequired => "RESET_REQUIRED".into(),
+            FakeError::Unknown => "UNKNOWN".into(),
+            FakeError::CorruptedInforom => "CORRUPTED_INFOROM".into(),
+            FakeError::GpuIsLost => "GPU_IS_LOST".into(),
+            FakeError::Code(c) => c.to_string(),
+        }
+    }
 }
 
 /// A GPU's own temperature thresholds, °C.
@@ -299,6 +461,80 @@ fn render_optional(out: &mut String, g: &FakeGpu) -> io::Result<()> {
     set("pcie_width", g.pcie_width.map(u64::from));
     set("hang_ms", (g.hang_ms > 0).then_some(u64::from(g.hang_ms)));
     set("mig_mode", g.mig_mode.map(u64::from));
+    set("module_power_mw", g.module_power_mw.map(u64::from));
+    set(
+        "module_power_instant_mw",
+        g.module_power_instant_mw.map(u64::from),
+    );
+    set("memory_power_mw", g.memory_power_mw.map(u64::from));
+    set("pci_domain", g.pci_domain.map(u64::from));
+    set("pci_bus", g.pci_bus.map(u64::from));
+    set("module_id", g.module_id.map(u64::from));
+    set("mem_reserved_bytes", g.mem_reserved_bytes);
+    set("pcie_replay", g.pcie_replay.map(u64::from));
+    set("nvlink_links", g.nvlink_links.map(u64::from));
+    if let Some(r) = g.remapped_rows {
+        set("remapped_corr", Some(u64::from(r.corrected)));
+        set("remapped_unc", Some(u64::from(r.uncorrected)));
+        set("remapped_pending", Some(u64::from(r.pending)));
+        set("remapped_failure", Some(u64::from(r.failure)));
+    }
+    if let Some(g) = g.gpm {
+        set("gpm_sm_active_pct", Some(u64::from(g.sm_active_pct)));
+        set("gpm_sm_occupancy_pct", Some(u64::from(g.sm_occupancy_pct)));
+        set(
+            "gpm_tensor_active_pct",
+            Some(u64::from(g.tensor_active_pct)),
+        );
+        set("gpm_dram_active_pct", Some(u64::from(g.dram_active_pct)));
+    }
+    if g.nvlink_errors.len() > 64 {
+        return Err(invalid(format!("gpu {i}: at most 64 NVLink counters")));
+    }
+    for e in &g.nvlink_errors {
+        let _ = writeln!(
+            out,
+            "set {i} nvlink {} {} {}",
+            e.link,
+            e.counter.field_id(),
+            e.value
+        );
+    }
+    let mut signed = |key: &str, v: Option<i32>| {
+        if let Some(v) = v {
+            let _ = writeln!(out, "set {i} {key} {v}");
+        }
+    };
+    signed("tlimit_c", g.tlimit_c);
+    if let Some(t) = g.tlimit_offsets {
+        signed("tlimit_shutdown", Some(t.shutdown));
+        signed("tlimit_slowdown", Some(t.slowdown));
+        signed("tlimit_mem_max", Some(t.mem_max));
+        signed("tlimit_gpu_max", Some(t.gpu_max));
+    }
+    signed("energy_skew_ppm", g.energy_skew_ppm);
+    if let Some(serial) = &g.serial {
+        if !word_ok(serial) || serial.len() >= 32 {
+            return Err(invalid(format!(
+                "gpu {i}: serial {serial:?} is not one short word"
+            )));
+        }
+        let _ = writeln!(out, "set {i} serial {serial}");
+    }
+    for (sym, e) in &g.failing {
+        if !word_ok(sym) {
+            return Err(invalid(format!(
+                "gpu {i}: failing call {sym:?} is not one word"
+            )));
+        }
+        let _ = writeln!(out, "set {i} fail {sym} {}", e.word());
+    }
+    if let Some(e) = g.error {
+        if matches!(e, FakeError::Code(c) if c == 0 || c > 999) {
+            return Err(invalid(format!("gpu {i}: error code out of 1..=999")));
+        }
+        let _ = writeln!(out, "set {i} error {}", e.word());
+    }
     if g.fans_pct.len() > 8 || g.fans_pct.iter().any(|&p| p > 100) {
         return Err(invalid(format!(
             "gpu {i}: at most 8 fans, each 0..=100 percent"

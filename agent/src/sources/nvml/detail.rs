@@ -37,15 +37,43 @@ pub enum Fam {
     MigEnabled,
     /// `dcwatt_gpu_mig_instance_info{mig_uuid,gpu_instance,profile}`.
     MigInstance,
+    /// `dcwatt_gpu_memory_power_watts`.
+    MemoryPower,
+    /// `dcwatt_gpu_memory_reserved_bytes`.
+    MemoryReserved,
+    /// `dcwatt_gpu_temperature_tlimit_offset_celsius{threshold}`.
+    TlimitOffset,
+    /// `dcwatt_gpu_pcie_replays_total`.
+    PcieReplays,
+    /// `dcwatt_gpu_remapped_rows_total{cause}`.
+    RemappedRows,
+    /// `dcwatt_gpu_remapped_rows_pending`.
+    RemappedRowsPending,
+    /// `dcwatt_gpu_remapped_rows_failure`.
+    RemappedRowsFailure,
+    /// `dcwatt_gpu_down_info{reason}`.
+    DownInfo,
+    /// `dcwatt_gpu_nvlink_errors_total{link,counter}`.
+    NvlinkErrors,
+    /// `dcwatt_gpu_sm_active_ratio` (GPM).
+    GpmSmActive,
+    /// `dcwatt_gpu_sm_occupancy_ratio` (GPM).
+    GpmSmOccupancy,
+    /// `dcwatt_gpu_tensor_active_ratio` (GPM).
+    GpmTensorActive,
+    /// `dcwatt_gpu_dram_active_ratio` (GPM).
+    GpmDramActive,
 }
 
 impl Fam {
     /// Every family, in rendering order.
-    pub const ALL: [Fam; 15] = [
+    pub const ALL: [Fam; 28] = [
         Fam::PowerInstant,
+        Fam::MemoryPower,
         Fam::PowerDefaultLimit,
         Fam::EnergyResets,
         Fam::Threshold,
+        Fam::TlimitOffset,
         Fam::SlowdownMargin,
         Fam::ThrottleActive,
         Fam::ViolationSeconds,
@@ -54,6 +82,17 @@ impl Fam {
         Fam::EccErrors,
         Fam::PcieGeneration,
         Fam::PcieWidth,
+        Fam::PcieReplays,
+        Fam::RemappedRows,
+        Fam::RemappedRowsPending,
+        Fam::RemappedRowsFailure,
+        Fam::NvlinkErrors,
+        Fam::MemoryReserved,
+        Fam::GpmSmActive,
+        Fam::GpmSmOccupancy,
+        Fam::GpmTensorActive,
+        Fam::GpmDramActive,
+        Fam::DownInfo,
         Fam::XidErrors,
         Fam::MigEnabled,
         Fam::MigInstance,
@@ -77,6 +116,19 @@ impl Fam {
             Fam::XidErrors => n::GPU_XID_ERRORS_TOTAL,
             Fam::MigEnabled => n::GPU_MIG_ENABLED,
             Fam::MigInstance => n::GPU_MIG_INSTANCE_INFO,
+            Fam::MemoryPower => n::GPU_MEMORY_POWER_WATTS,
+            Fam::MemoryReserved => n::GPU_MEMORY_RESERVED_BYTES,
+            Fam::TlimitOffset => n::GPU_TEMPERATURE_TLIMIT_OFFSET_CELSIUS,
+            Fam::PcieReplays => n::GPU_PCIE_REPLAYS_TOTAL,
+            Fam::RemappedRows => n::GPU_REMAPPED_ROWS_TOTAL,
+            Fam::RemappedRowsPending => n::GPU_REMAPPED_ROWS_PENDING,
+            Fam::RemappedRowsFailure => n::GPU_REMAPPED_ROWS_FAILURE,
+            Fam::DownInfo => n::GPU_DOWN_INFO,
+            Fam::NvlinkErrors => n::GPU_NVLINK_ERRORS_TOTAL,
+            Fam::GpmSmActive => n::GPU_SM_ACTIVE_RATIO,
+            Fam::GpmSmOccupancy => n::GPU_SM_OCCUPANCY_RATIO,
+            Fam::GpmTensorActive => n::GPU_TENSOR_ACTIVE_RATIO,
+            Fam::GpmDramActive => n::GPU_DRAM_ACTIVE_RATIO,
         }
     }
 
@@ -90,7 +142,7 @@ impl Fam {
             }
             Fam::Threshold => "The GPU's own temperature thresholds, degrees Celsius.",
             Fam::SlowdownMargin => {
-                "Slowdown threshold minus GPU temperature, degrees Celsius (negative: over it)."
+                "Margin to the nearest slowdown threshold, degrees Celsius (negative: past it)."
             }
             Fam::ThrottleActive => {
                 "1 while NVML reports the clock-event (throttle) reason, else 0."
@@ -106,6 +158,21 @@ impl Fam {
             Fam::XidErrors => "XID errors NVML reported since the agent started, by XID code.",
             Fam::MigEnabled => "1 when MIG mode is on; power and energy stay per board.",
             Fam::MigInstance => "A MIG instance of the GPU, with its profile; always 1.",
+            Fam::MemoryPower => "GPU memory power, watts (NVML field POWER_AVERAGE, memory scope).",
+            Fam::MemoryReserved => "GPU memory reserved by the driver and firmware, bytes.",
+            Fam::TlimitOffset => {
+                "The GPU's temperature thresholds as offsets from T.Limit, degrees Celsius (signed)."
+            }
+            Fam::PcieReplays => "PCIe replays of the GPU's link.",
+            Fam::RemappedRows => "GPU memory rows remapped, by cause.",
+            Fam::RemappedRowsPending => "1 while a row remapping waits for a GPU reset.",
+            Fam::RemappedRowsFailure => "1 once a row remapping failed.",
+            Fam::DownInfo => "1 while the GPU is down, with the NVML error that put it down.",
+            Fam::NvlinkErrors => "NVLink error counters per link, by counter (read every 10 s).",
+            Fam::GpmSmActive => "Share of SMs busy over the last tick, 0..1 (GPM).",
+            Fam::GpmSmOccupancy => "Active warps over the theoretical maximum, last tick, 0..1 (GPM).",
+            Fam::GpmTensorActive => "Share of time SMs ran any tensor operation, last tick, 0..1 (GPM).",
+            Fam::GpmDramActive => "DRAM bandwidth used over its maximum, last tick, 0..1 (GPM).",
         }
     }
 
@@ -113,7 +180,13 @@ impl Fam {
     pub fn is_counter(self) -> bool {
         matches!(
             self,
-            Fam::EnergyResets | Fam::ViolationSeconds | Fam::EccErrors | Fam::XidErrors
+            Fam::EnergyResets
+                | Fam::ViolationSeconds
+                | Fam::EccErrors
+                | Fam::XidErrors
+                | Fam::PcieReplays
+                | Fam::RemappedRows
+                | Fam::NvlinkErrors
         )
     }
 

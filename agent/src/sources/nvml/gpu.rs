@@ -4,28 +4,102 @@
 //! Units are converted here, at the edge: mW → W, mJ → J, percent → ratio,
 //! MHz → Hz, ns → s. A call that answers "not supported" is learned once per
 //! NVML init (logged once) and not made again; its series stay absent.
+//!
+//! # Calls per tick
+//! Static facts (limits, thresholds, PCIe link, MIG, supported clock-event
+//! reasons, fans, remapped rows) are read on the first tick and again every
+//! [`STATIC_REFRESH`]; between refreshes they are repeated from the cache.
+//! The dynamic readings that NVML serves as field values (power by scope,
+//! energy, memory temperature, violation time, ECC, PCIe replays) come from
+//! one `nvmlDeviceGetFieldValues` call; each falls back to its classic call
+//! only where the field is not supported. The rest have no field:
+//! temperature (`nvmlDeviceGetTemperatureV`), the margin to slowdown,
+//! utilization, memory, clock-event reasons and the SM and memory clocks.
+//!
+//! # Errors
+//! See [`Failure`]: a GPU is reported down, with a reason, when its core
+//! call (the field values, else the temperature) fails, or when any call
+//! answers an error that means the GPU as a whole is unusable.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use dcwatt_wire::{Entity, GpuInfo, Quantity, Reading};
 use nvml_wrapper::enum_wrappers::device::{
     Clock, EccCounter, MemoryError, PerformancePolicy, TemperatureSensor, TemperatureThreshold,
 };
-use nvml_wrapper::enums::device::SampleValue;
 use nvml_wrapper::error::NvmlError;
-use nvml_wrapper::structs::device::FieldId;
 use nvml_wrapper::sys_exports::field_id::{
-    NVML_FI_DEV_MEMORY_TEMP, NVML_FI_DEV_POWER_INSTANT, NVML_FI_DEV_TEMPERATURE_GPU_MAX_TLIMIT,
-    NVML_FI_DEV_TEMPERATURE_MEM_MAX_TLIMIT, NVML_FI_DEV_TEMPERATURE_SHUTDOWN_TLIMIT,
-    NVML_FI_DEV_TEMPERATURE_SLOWDOWN_TLIMIT,
+    NVML_FI_DEV_ECC_DBE_AGG_TOTAL, NVML_FI_DEV_ECC_SBE_AGG_TOTAL, NVML_FI_DEV_MEMORY_TEMP,
+    NVML_FI_DEV_PCIE_REPLAY_COUNTER, NVML_FI_DEV_PERF_POLICY_POWER,
+    NVML_FI_DEV_PERF_POLICY_THERMAL, NVML_FI_DEV_POWER_AVERAGE, NVML_FI_DEV_POWER_INSTANT,
+    NVML_FI_DEV_TEMPERATURE_GPU_MAX_TLIMIT, NVML_FI_DEV_TEMPERATURE_MEM_MAX_TLIMIT,
+    NVML_FI_DEV_TEMPERATURE_SHUTDOWN_TLIMIT, NVML_FI_DEV_TEMPERATURE_SLOWDOWN_TLIMIT,
+    NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION,
 };
 use nvml_wrapper::{Device, Nvml};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::detail::{Fam, GpuDetail, Sample};
+use super::raw;
 use crate::names as n;
 use crate::sources::now_ms;
+
+/// How often static facts are read again.
+pub const STATIC_REFRESH: Duration = Duration::from_secs(300);
+
+/// How often the NVLink error counters are read: their own field-values
+/// calls ([`NVLINK_FIELDS_PER_CALL`] fields each), apart from the tick's core
+/// call, so that a driver refusing them loses NVLink only.
+pub const NVLINK_REFRESH: Duration = Duration::from_secs(10);
+
+/// Fields per NVLink field-values call (18 links × 7 counters take 4 calls).
+const NVLINK_FIELDS_PER_CALL: usize = 32;
+
+/// `NVML_FI_DEV_NVLINK_LINK_COUNT`.
+const FI_NVLINK_LINK_COUNT: u32 = 91;
+
+/// NVLink error counters, per link (`scopeId` = link): field id and the
+/// `counter` label. 161–163 are the pre-Blackwell data-link counters
+/// ("unsupported for Blackwell+" in the header), 208–221 Blackwell's.
+const NVLINK_COUNTERS: [(u32, &str); 7] = [
+    (161, "dl_replay"),
+    (162, "dl_recovery"),
+    (163, "dl_crc"),
+    (208, "rcv_errors"),
+    (213, "recovery_successful"),
+    (214, "recovery_failed"),
+    (221, "symbol_errors"),
+];
+
+/// The shortest interval between two GPM samples NVML accepts.
+pub const GPM_MIN_INTERVAL: Duration = Duration::from_millis(100);
+
+/// GPM metrics the agent reads (`nvmlGpmMetricId_t`, percent) and the family
+/// each becomes (a ratio).
+const GPM_METRICS: [(u32, Fam); 4] = [
+    (2, Fam::GpmSmActive),     // NVML_GPM_METRIC_SM_UTIL
+    (3, Fam::GpmSmOccupancy),  // NVML_GPM_METRIC_SM_OCCUPANCY
+    (5, Fam::GpmTensorActive), // NVML_GPM_METRIC_ANY_TENSOR_UTIL
+    (10, Fam::GpmDramActive),  // NVML_GPM_METRIC_DRAM_BW_UTIL
+];
+
+/// A GPU's two GPM sample buffers: the earlier sample, the buffer the next
+/// one goes into, when the earlier was taken, and the last metrics computed.
+#[derive(Debug)]
+struct GpmState {
+    earlier: raw::GpmSample,
+    spare: raw::GpmSample,
+    at: Instant,
+    values: Vec<(Fam, f64)>,
+}
+
+/// `nvmlPowerScopeType_t`: the GPU alone, the whole module (superchip: GPUs,
+/// Grace CPU, LPDDR), the GPU's memory.
+const SCOPE_GPU: u32 = 0;
+const SCOPE_MODULE: u32 = 1;
+const SCOPE_MEMORY: u32 = 2;
 
 /// Clock-event (throttle) reason bits, NVML's `nvmlClocksEventReason*`, with
 /// the label each gets and the wire quantity it is shipped as (if any).
@@ -53,7 +127,7 @@ pub const THROTTLE_REASONS: [(u64, &str, Option<Quantity>); 9] = [
     (0x100, "display_clock_setting", None),
 ];
 
-/// Thresholds: label, classic enum, field id, wire quantity.
+/// Thresholds: label, classic enum, T.Limit field id, wire quantity.
 const THRESHOLDS: [(&str, TemperatureThreshold, u32, Quantity); 4] = [
     (
         "slowdown",
@@ -81,8 +155,85 @@ const THRESHOLDS: [(&str, TemperatureThreshold, u32, Quantity); 4] = [
     ),
 ];
 
+/// What ended a GPU's read: the GPU is reported down with [`Failure::reason`].
+///
+/// | NVML error | where | result |
+/// |---|---|---|
+/// | `NOT_SUPPORTED`, missing symbol | any call or field | series absent, learned once |
+/// | `NO_PERMISSION` | a non-core call or a field | series absent, learned once |
+/// | `GPU_IS_LOST`, `RESET_REQUIRED`, `LIB_RM_VERSION_MISMATCH`, `UNINITIALIZED`, `DRIVER_NOT_LOADED` | any call (a field: `GPU_IS_LOST` only) | down |
+/// | anything but "not supported" (`UNKNOWN`, `NO_PERMISSION`, `CORRUPTED_INFOROM`, …) | the core call | down |
+/// | anything else | a non-core call or a field | reading skipped this tick |
+#[derive(Debug)]
+pub struct Failure(pub NvmlError);
+
+impl Failure {
+    /// The `reason` label.
+    pub fn reason(&self) -> String {
+        reason(&self.0)
+    }
+}
+
+/// The `reason` label of an NVML error (`dcwatt_gpu_down_info`).
+pub fn reason(e: &NvmlError) -> String {
+    match e {
+        NvmlError::GpuLost => "gpu_lost".into(),
+        NvmlError::ResetRequired => "reset_required".into(),
+        NvmlError::Unknown => "unknown".into(),
+        NvmlError::NoPermission => "no_permission".into(),
+        NvmlError::CorruptedInfoROM => "corrupted_inforom".into(),
+        NvmlError::IrqIssue => "irq_issue".into(),
+        NvmlError::InsufficientPower => "insufficient_power".into(),
+        NvmlError::LibRmVersionMismatch => "lib_rm_version_mismatch".into(),
+        NvmlError::OperatingSystem => "operating_system".into(),
+        NvmlError::Uninitialized => "uninitialized".into(),
+        NvmlError::DriverNotLoaded => "driver_not_loaded".into(),
+        NvmlError::Timeout => "timeout".into(),
+        NvmlError::InUse => "in_use".into(),
+        NvmlError::InsufficientMemory => "insufficient_memory".into(),
+        NvmlError::NoData => "no_data".into(),
+        NvmlError::NotSupported => "not_supported".into(),
+        NvmlError::InvalidArg => "invalid_argument".into(),
+        NvmlError::NotFound => "not_found".into(),
+        NvmlError::UnexpectedVariant(27) => "not_ready".into(),
+        NvmlError::UnexpectedVariant(c) => format!("nvml_error_{c}"),
+        _ => "other".into(),
+    }
+}
+
+/// Errors that make the GPU as a whole unusable, on whichever call. Others
+/// (`UNKNOWN`, `CORRUPTED_INFOROM`, …) put a GPU down only when its core call
+/// answers them: one reading that fails must not hide every other.
+fn is_fatal(e: &NvmlError) -> bool {
+    matches!(
+        e,
+        NvmlError::GpuLost
+            | NvmlError::ResetRequired
+            | NvmlError::LibRmVersionMismatch
+            | NvmlError::Uninitialized
+            | NvmlError::DriverNotLoaded
+    )
+}
+
+/// "This GPU or library does not have it": learned once.
+fn is_lacking(e: &NvmlError) -> bool {
+    matches!(
+        e,
+        NvmlError::NotSupported | NvmlError::FailedToLoadSymbol(_) | NvmlError::FunctionNotFound
+    )
+}
+
 /// The GPU's thresholds once read: `(label, °C, wire quantity)`.
 type Thresholds = Vec<(&'static str, f64, Quantity)>;
+
+/// Module power as one GPU read it (only the module's designated reader asks).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ModuleRead {
+    /// 1 s average, watts.
+    pub power_w: Option<f64>,
+    /// Instantaneous, watts.
+    pub power_instant_w: Option<f64>,
+}
 
 /// What one read of one GPU yielded.
 #[derive(Debug, Clone, Default)]
@@ -91,10 +242,31 @@ pub struct GpuRead {
     pub info: Option<GpuInfo>,
     /// False when the GPU is lost or failed as a whole.
     pub up: bool,
+    /// Why it is down (`dcwatt_gpu_down_info{reason}`); `None` while up.
+    pub down_reason: Option<String>,
+    /// The superchip module it belongs to (see `docs/nvml.md`), once known.
+    pub module_key: Option<String>,
+    /// Module power, when this GPU read it this tick.
+    pub module: Option<ModuleRead>,
     /// Shipped readings (wire quantities), SI units.
     pub readings: Vec<Reading>,
     /// Agent-only values.
     pub detail: GpuDetail,
+}
+
+/// Facts read at most every [`STATIC_REFRESH`].
+#[derive(Debug, Default, Clone)]
+struct Statics {
+    /// Classic (absolute) thresholds.
+    thresholds: Thresholds,
+    /// T.Limit threshold offsets, `(label, °C)`, signed.
+    tlimit: Vec<(&'static str, f64)>,
+    power_limit_w: Option<f64>,
+    default_limit_w: Option<f64>,
+    supported_reasons: Option<u64>,
+    fans: u32,
+    /// PCIe link, remapped rows, MIG: samples repeated as read.
+    samples: Vec<Sample>,
 }
 
 /// A GPU's state that outlives one read: identity, static facts, what it
@@ -104,22 +276,53 @@ pub struct GpuState {
     index: u32,
     /// The NVML init this state's learned facts belong to.
     generation: u64,
+    /// The device handle (`nvmlDevice_t` as an address), valid for this init.
+    handle: Option<usize>,
     info: Option<GpuInfo>,
     pci_bus_id: String,
-    /// `(label, °C, quantity)` once read; thresholds do not change.
-    thresholds: Option<Thresholds>,
-    supported_throttle: Option<u64>,
-    default_limit_w: Option<f64>,
-    fans: Option<u32>,
-    /// Calls this GPU answered "not supported" to (or the library lacks).
+    module_key: Option<String>,
+    statics: Option<Statics>,
+    statics_at: Option<Instant>,
+    /// Calls this GPU answered "not supported" (or "no permission") to, or
+    /// that the library lacks.
     unsupported: BTreeSet<String>,
-    /// Field ids this GPU answered "not supported" to.
-    unsupported_fields: BTreeSet<u32>,
+    /// `(field id, scope)` this GPU answered "not supported" to.
+    unsupported_fields: BTreeSet<(u32, u32)>,
     /// Last energy counter value, J, and the UUID it belongs to.
     last_energy: Option<(String, f64)>,
     energy_resets: u64,
-    /// Whether the last read failed, so that a loss is logged once.
-    down: bool,
+    /// The reason of the last failed read, so that a failure is logged once.
+    down: Option<String>,
+    /// Whether this GPU reads its module's power (set by the control thread:
+    /// one GPU per module).
+    pub module_reader: bool,
+    /// NVLink links (from the static refresh) and when their error counters
+    /// were last read, with the samples then read.
+    nvlink_links: u32,
+    nvlink_at: Option<Instant>,
+    nvlink_samples: Vec<Sample>,
+    /// GPM sample buffers, once allocated (buffers of an earlier NVML init
+    /// are dropped unfreed: that library instance is gone).
+    gpm: Option<GpmState>,
+}
+
+/// Dynamic field values of one tick, by what they are.
+#[derive(Debug, Default)]
+struct Fields {
+    power_mw: Option<f64>,
+    power_instant_mw: Option<f64>,
+    memory_power_mw: Option<f64>,
+    module_power_mw: Option<f64>,
+    module_power_instant_mw: Option<f64>,
+    energy_mj: Option<f64>,
+    mem_temp: Option<f64>,
+    violation_power_ns: Option<f64>,
+    violation_thermal_ns: Option<f64>,
+    ecc_corrected: Option<f64>,
+    ecc_uncorrected: Option<f64>,
+    pcie_replays: Option<f64>,
+    tlimit: Vec<(&'static str, f64)>,
+    nvlink_links: Option<f64>,
 }
 
 impl GpuState {
@@ -127,6 +330,7 @@ impl GpuState {
     pub fn new(index: u32) -> Self {
         Self {
             index,
+            module_reader: true,
             ..Self::default()
         }
     }
@@ -147,93 +351,156 @@ impl GpuState {
             self.last_energy = last_energy;
             self.energy_resets = resets;
         }
-        let result = nvml
-            .device_by_index(self.index)
+        let dev = match self.handle {
+            // SAFETY: the handle came from this NVML init (`generation`), and
+            // NVML's device handles stay valid until nvmlShutdown.
+            Some(h) => {
+                Ok(unsafe { Device::new(h as nvml_wrapper_sys::bindings::nvmlDevice_t, nvml) })
+            }
+            None => nvml.device_by_index(self.index).inspect(|d| {
+                // SAFETY: reading the handle's address only.
+                self.handle = Some(unsafe { d.handle() } as usize);
+            }),
+        };
+        let result = dev
+            .map_err(Failure)
             .and_then(|dev| self.read_device(&dev, driver));
         match result {
             Ok(read) => {
-                if std::mem::take(&mut self.down) {
+                if self.down.take().is_some() {
                     info!(gpu = self.index, "GPU is back.");
                 }
                 read
             }
-            Err(e) => {
-                if !std::mem::replace(&mut self.down, true) {
-                    warn!(gpu = self.index, error = %e, "GPU read failed; marking it down.");
+            Err(f) => {
+                let reason = f.reason();
+                if self.down.as_deref() != Some(reason.as_str()) {
+                    warn!(gpu = self.index, error = %f.0, reason = %reason, "GPU read failed; marking it down.");
                 }
+                self.down = Some(reason.clone());
+                let mut samples = self.kept_samples();
+                samples.push(Sample::labelled(
+                    Fam::DownInfo,
+                    n::REASON,
+                    reason.clone(),
+                    1.0,
+                ));
                 GpuRead {
                     info: self.info.clone(),
                     up: false,
+                    down_reason: Some(reason),
+                    module_key: self.module_key.clone(),
+                    module: None,
                     readings: Vec::new(),
                     detail: GpuDetail {
                         driver_version: driver.to_owned(),
                         pci_bus_id: self.pci_bus_id.clone(),
-                        samples: self.kept_samples(),
+                        samples,
                     },
                 }
             }
         }
     }
 
-    /// `Ok(None)` when the call is known or found to be unsupported (or the
-    /// loaded library lacks it); `Err` only when the GPU is lost.
+    /// `Ok(None)` when the call is known or found to be unsupported (or not
+    /// permitted, or the loaded library lacks it), or failed for this tick;
+    /// `Err` when the error means the GPU is unusable.
     fn optional<T>(
         &mut self,
         call: &str,
         f: impl FnOnce() -> Result<T, NvmlError>,
-    ) -> Result<Option<T>, NvmlError> {
+    ) -> Result<Option<T>, Failure> {
         if self.unsupported.contains(call) {
             return Ok(None);
         }
         match f() {
             Ok(v) => Ok(Some(v)),
-            Err(NvmlError::GpuLost) => Err(NvmlError::GpuLost),
-            Err(e) => {
-                let lacking = matches!(
-                    e,
-                    NvmlError::NotSupported
-                        | NvmlError::FailedToLoadSymbol(_)
-                        | NvmlError::FunctionNotFound
+            Err(e) if is_fatal(&e) => Err(Failure(e)),
+            Err(e) if is_lacking(&e) || matches!(e, NvmlError::NoPermission) => {
+                info!(
+                    gpu = self.index,
+                    call,
+                    error = %e,
+                    "NVML reading not available on this GPU; its series is left out."
                 );
-                if lacking {
-                    info!(
-                        gpu = self.index,
-                        call, "NVML reading not supported on this GPU; its series is left out."
-                    );
-                    self.unsupported.insert(call.to_owned());
-                } else {
-                    // Transient (or unexpected): skip this time, try again next tick.
-                    tracing::debug!(gpu = self.index, call, error = %e, "NVML query failed; reading skipped.");
-                }
+                self.unsupported.insert(call.to_owned());
+                Ok(None)
+            }
+            Err(e) => {
+                // Transient (or unexpected): skip this time, try again next tick.
+                debug!(gpu = self.index, call, error = %e, "NVML query failed; reading skipped.");
                 Ok(None)
             }
         }
     }
 
-    fn read_device(&mut self, dev: &Device<'_>, driver: &str) -> Result<GpuRead, NvmlError> {
-        let info = match &self.info {
-            Some(i) => i.clone(),
-            None => {
-                let uuid = dev.uuid()?;
-                let model = self
-                    .optional("name", || dev.name())?
-                    .unwrap_or_else(|| "unknown".into());
-                let info = GpuInfo {
-                    uuid,
-                    index: self.index,
-                    model,
-                };
-                self.pci_bus_id = self
-                    .optional("pci_info", || dev.pci_info())?
-                    .map(|p| p.bus_id)
-                    .unwrap_or_default();
-                self.info = Some(info.clone());
-                info
+    /// Like [`Self::optional`] for a core call: anything but "not supported"
+    /// (learned once) means the GPU is down.
+    fn core<T>(
+        &mut self,
+        call: &str,
+        f: impl FnOnce() -> Result<T, NvmlError>,
+    ) -> Result<Option<T>, Failure> {
+        if self.unsupported.contains(call) {
+            return Ok(None);
+        }
+        match f() {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if is_lacking(&e) => {
+                info!(
+                    gpu = self.index,
+                    call, "NVML call not supported on this GPU; using the fallback."
+                );
+                self.unsupported.insert(call.to_owned());
+                Ok(None)
             }
+            Err(e) => Err(Failure(e)),
+        }
+    }
+
+    fn field_ok(&self, field: u32, scope: u32) -> bool {
+        !self.unsupported.contains("field_values")
+            && !self.unsupported_fields.contains(&(field, scope))
+    }
+
+    fn identify(&mut self, dev: &Device<'_>) -> Result<GpuInfo, Failure> {
+        if let Some(i) = &self.info {
+            return Ok(i.clone());
+        }
+        let uuid = dev.uuid().map_err(Failure)?;
+        let model = self
+            .optional("name", || dev.name())?
+            .unwrap_or_else(|| "unknown".into());
+        let info = GpuInfo {
+            uuid,
+            index: self.index,
+            model,
         };
+        let pci = self.optional("pci_info", || dev.pci_info())?;
+        let serial = self
+            .optional("serial", || dev.serial())?
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty());
+        self.pci_bus_id = pci.as_ref().map(|p| p.bus_id.clone()).unwrap_or_default();
+        self.module_key = module_key(
+            serial.as_deref(),
+            pci.as_ref().map(|p| p.domain),
+            &self.pci_bus_id,
+        );
+        self.info = Some(info.clone());
+        Ok(info)
+    }
+
+    fn read_device(&mut self, dev: &Device<'_>, driver: &str) -> Result<GpuRead, Failure> {
+        let info = self.identify(dev)?;
+        let refresh = self
+            .statics_at
+            .is_none_or(|t| t.elapsed() >= STATIC_REFRESH);
+        let fields = self.read_fields(dev, refresh)?;
+
         let entity = Entity::Gpu(info.uuid.clone());
         let mut readings = Vec::with_capacity(24);
-        let mut samples = Vec::with_capacity(24);
+        let mut samples = Vec::with_capacity(32);
         let mut push = |quantity: Quantity, value: f64| {
             readings.push(Reading {
                 ts_ms: now_ms(),
@@ -243,14 +510,58 @@ impl GpuState {
             });
         };
 
-        if let Some(mw) = self.optional("power_usage", || dev.power_usage())? {
-            push(Quantity::PowerWatts, f64::from(mw) / 1000.0);
+        // Temperature: NVML 13's versioned call, else the deprecated one. It
+        // is the core call when the field values are not supported.
+        let core_temp = self.unsupported.contains("field_values");
+        let t = if core_temp {
+            self.core("temperature_v", || raw::temperature_v(dev))?
+        } else {
+            self.optional("temperature_v", || raw::temperature_v(dev))?
+        };
+        let gpu_temp = match t {
+            Some(c) => Some(f64::from(c)),
+            None if self.unsupported.contains("temperature_v") => self
+                .optional("temperature", || dev.temperature(TemperatureSensor::Gpu))?
+                .map(f64::from),
+            None => None,
+        };
+        if let Some(c) = gpu_temp {
+            push(Quantity::TemperatureCelsius, c);
         }
-        if let Some(mj) = self.optional("total_energy_consumption", || {
-            dev.total_energy_consumption()
-        })? {
-            // u64 mJ → f64 J: exact below 2^53 mJ (≈ 285 years at 1 kW).
-            let joules = mj as f64 / 1000.0;
+        if let Some(c) = fields.mem_temp {
+            push(Quantity::MemoryTemperatureCelsius, c);
+        }
+
+        // Power: the field (1 s average, GPU scope), else the classic call.
+        let power_mw = match fields.power_mw {
+            Some(p) => Some(p),
+            None if !self.field_ok(NVML_FI_DEV_POWER_AVERAGE, SCOPE_GPU) => self
+                .optional("power_usage", || dev.power_usage())?
+                .map(f64::from),
+            None => None,
+        };
+        if let Some(mw) = power_mw {
+            push(Quantity::PowerWatts, mw / 1000.0);
+        }
+        if let Some(mw) = fields.power_instant_mw {
+            samples.push(Sample::plain(Fam::PowerInstant, mw / 1000.0));
+        }
+        if let Some(mw) = fields.memory_power_mw {
+            samples.push(Sample::plain(Fam::MemoryPower, mw / 1000.0));
+        }
+
+        let energy_mj = match fields.energy_mj {
+            Some(e) => Some(e),
+            None if !self.field_ok(NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION, SCOPE_GPU) => self
+                .optional("total_energy_consumption", || {
+                    dev.total_energy_consumption()
+                })?
+                .map(|v| v as f64),
+            None => None,
+        };
+        if let Some(mj) = energy_mj {
+            // f64 mJ → J: exact below 2^53 mJ (≈ 285 years at 1 kW).
+            let joules = mj / 1000.0;
             match &self.last_energy {
                 Some((uuid, last)) if *uuid == info.uuid && joules < *last => {
                     self.energy_resets += 1;
@@ -268,33 +579,44 @@ impl GpuState {
         }
         samples.push(Sample::plain(Fam::EnergyResets, self.energy_resets as f64));
 
-        let gpu_temp = self.optional("temperature", || dev.temperature(TemperatureSensor::Gpu))?;
-        if let Some(c) = gpu_temp {
-            push(Quantity::TemperatureCelsius, f64::from(c));
+        if let Some(links) = fields.nvlink_links {
+            self.nvlink_links = links.clamp(0.0, 64.0) as u32;
         }
+        if self.nvlink_links > 0 && self.nvlink_at.is_none_or(|t| t.elapsed() >= NVLINK_REFRESH) {
+            self.read_nvlink(dev)?;
+        }
+        samples.extend(self.nvlink_samples.iter().cloned());
+        if refresh {
+            let statics = self.read_statics(dev, fields.tlimit.clone())?;
+            self.statics = Some(statics);
+            self.statics_at = Some(Instant::now());
+        }
+        let statics = self.statics.clone().unwrap_or_default();
 
-        // One field-values call: memory temperature, instantaneous power, and
-        // the thresholds where the classic call is unsupported.
-        let fields = self.read_fields(dev)?;
-        if let Some(c) = fields.mem_temp {
-            push(Quantity::MemoryTemperatureCelsius, c);
+        for (label, c, q) in &statics.thresholds {
+            push(*q, *c);
+            samples.push(Sample::labelled(Fam::Threshold, n::THRESHOLD, *label, *c));
         }
-        if let Some(mw) = fields.power_instant_mw {
-            samples.push(Sample::plain(Fam::PowerInstant, mw / 1000.0));
+        for (label, c) in &statics.tlimit {
+            samples.push(Sample::labelled(
+                Fam::TlimitOffset,
+                n::THRESHOLD,
+                *label,
+                *c,
+            ));
         }
-        if self.thresholds.is_none() {
-            self.thresholds = self.read_thresholds(dev, &fields.thresholds)?;
-        }
-        if let Some(thresholds) = &self.thresholds {
-            for (label, c, q) in thresholds {
-                push(*q, *c);
-                samples.push(Sample::labelled(Fam::Threshold, n::THRESHOLD, *label, *c));
-                if *label == "slowdown" {
-                    if let Some(t) = gpu_temp {
-                        samples.push(Sample::plain(Fam::SlowdownMargin, c - f64::from(t)));
-                    }
-                }
-            }
+        // The margin to slowdown: NVML's own (T.Limit parts), else the classic
+        // slowdown threshold minus the temperature.
+        let margin = self.optional("margin_temperature", || raw::margin_temperature(dev))?;
+        let classic_slowdown = statics
+            .thresholds
+            .iter()
+            .find(|t| t.0 == "slowdown")
+            .map(|t| t.1);
+        match (margin, classic_slowdown, gpu_temp) {
+            (Some(m), _, _) => samples.push(Sample::plain(Fam::SlowdownMargin, f64::from(m))),
+            (None, Some(s), Some(t)) => samples.push(Sample::plain(Fam::SlowdownMargin, s - t)),
+            _ => {}
         }
 
         if let Some(u) = self.optional("utilization_rates", || dev.utilization_rates())? {
@@ -307,35 +629,29 @@ impl GpuState {
         if let Some(m) = self.optional("memory_info", || dev.memory_info())? {
             push(Quantity::MemoryUsedBytes, m.used as f64);
             push(Quantity::MemoryTotalBytes, m.total as f64);
+            samples.push(Sample::plain(Fam::MemoryReserved, m.reserved as f64));
         }
-        if let Some(mw) = self.optional("enforced_power_limit", || dev.enforced_power_limit())? {
-            push(Quantity::PowerLimitWatts, f64::from(mw) / 1000.0);
+        if let Some(w) = statics.power_limit_w {
+            push(Quantity::PowerLimitWatts, w);
         }
-        // The default limit is a property of the board: read once.
-        if self.default_limit_w.is_none() {
-            self.default_limit_w = self
-                .optional("power_management_limit_default", || {
-                    dev.power_management_limit_default()
-                })?
-                .map(|mw| f64::from(mw) / 1000.0);
-        }
-        if let Some(w) = self.default_limit_w {
+        if let Some(w) = statics.default_limit_w {
             samples.push(Sample::plain(Fam::PowerDefaultLimit, w));
         }
 
-        // Throttle reasons: every reason the GPU supports, 0 or 1.
-        if self.supported_throttle.is_none() {
-            self.supported_throttle = self
-                .optional("supported_throttle_reasons", || {
-                    dev.supported_throttle_reasons()
-                })?
-                .map(|r| r.bits());
-        }
-        if let Some(supported) = self.supported_throttle {
-            if let Some(current) = self.optional("current_throttle_reasons", || {
-                dev.current_throttle_reasons()
+        // Clock-event (throttle) reasons: every reason the GPU supports, 0 or 1.
+        if let Some(supported) = statics.supported_reasons {
+            let current = match self.optional("clocks_event_reasons", || {
+                raw::clocks_event_reasons(dev, false)
             })? {
-                let bits = current.bits();
+                Some(b) => Some(b),
+                None if self.unsupported.contains("clocks_event_reasons") => self
+                    .optional("current_throttle_reasons", || {
+                        dev.current_throttle_reasons()
+                    })?
+                    .map(|r| r.bits()),
+                None => None,
+            };
+            if let Some(bits) = current {
                 for (bit, label, q) in THROTTLE_REASONS {
                     if supported & bit == 0 {
                         continue;
@@ -348,21 +664,37 @@ impl GpuState {
                 }
             }
         }
-        for (policy, p, call) in [
-            ("power", PerformancePolicy::Power, "violation_status:power"),
+
+        // Violation time: the fields, else the deprecated call.
+        for (policy, ns, field, p, call) in [
+            (
+                "power",
+                fields.violation_power_ns,
+                NVML_FI_DEV_PERF_POLICY_POWER,
+                PerformancePolicy::Power,
+                "violation_status:power",
+            ),
             (
                 "thermal",
+                fields.violation_thermal_ns,
+                NVML_FI_DEV_PERF_POLICY_THERMAL,
                 PerformancePolicy::Thermal,
                 "violation_status:thermal",
             ),
         ] {
-            if let Some(v) = self.optional(call, || dev.violation_status(p))? {
-                let secs = v.violation_time as f64 / 1e9;
+            let ns = match ns {
+                Some(v) => Some(v),
+                None if !self.field_ok(field, SCOPE_GPU) => self
+                    .optional(call, || dev.violation_status(p))?
+                    .map(|v| v.violation_time as f64),
+                None => None,
+            };
+            if let Some(ns) = ns {
                 samples.push(Sample::labelled(
                     Fam::ViolationSeconds,
                     n::POLICY,
                     policy,
-                    secs,
+                    ns / 1e9,
                 ));
             }
         }
@@ -380,56 +712,61 @@ impl GpuState {
                 ));
             }
         }
-        if self.fans.is_none() {
-            self.fans = self.optional("num_fans", || dev.num_fans())?;
-        }
-        for fan in 0..self.fans.unwrap_or(0) {
+        for fan in 0..statics.fans {
             if let Some(pct) = self.optional("fan_speed", || dev.fan_speed(fan))? {
-                let ratio = f64::from(pct) / 100.0;
                 samples.push(Sample::labelled(
                     Fam::FanSpeed,
                     n::FAN,
                     fan.to_string(),
-                    ratio,
+                    f64::from(pct) / 100.0,
                 ));
             }
         }
-        for (label, kind, call) in [
+
+        // ECC (aggregate): the fields, else the classic call.
+        for (label, count, field, kind, call) in [
             (
                 "corrected",
+                fields.ecc_corrected,
+                NVML_FI_DEV_ECC_SBE_AGG_TOTAL,
                 MemoryError::Corrected,
                 "total_ecc_errors:corrected",
             ),
             (
                 "uncorrected",
+                fields.ecc_uncorrected,
+                NVML_FI_DEV_ECC_DBE_AGG_TOTAL,
                 MemoryError::Uncorrected,
                 "total_ecc_errors:uncorrected",
             ),
         ] {
-            if let Some(count) =
-                self.optional(call, || dev.total_ecc_errors(kind, EccCounter::Aggregate))?
-            {
-                samples.push(Sample::labelled(
-                    Fam::EccErrors,
-                    n::ERROR,
-                    label,
-                    count as f64,
-                ));
+            let count = match count {
+                Some(c) => Some(c),
+                None if !self.field_ok(field, SCOPE_GPU) => self
+                    .optional(call, || dev.total_ecc_errors(kind, EccCounter::Aggregate))?
+                    .map(|c| c as f64),
+                None => None,
+            };
+            if let Some(c) = count {
+                samples.push(Sample::labelled(Fam::EccErrors, n::ERROR, label, c));
             }
         }
-        if let Some(g) = self.optional("current_pcie_link_gen", || dev.current_pcie_link_gen())? {
-            samples.push(Sample::plain(Fam::PcieGeneration, f64::from(g)));
+        self.read_gpm(dev, &mut samples)?;
+        if let Some(r) = fields.pcie_replays {
+            samples.push(Sample::plain(Fam::PcieReplays, r));
         }
-        if let Some(w) =
-            self.optional("current_pcie_link_width", || dev.current_pcie_link_width())?
-        {
-            samples.push(Sample::plain(Fam::PcieWidth, f64::from(w)));
-        }
-        self.read_mig(dev, &mut samples)?;
+        samples.extend(statics.samples.iter().cloned());
 
+        let module = self.module_reader.then(|| ModuleRead {
+            power_w: fields.module_power_mw.map(|mw| mw / 1000.0),
+            power_instant_w: fields.module_power_instant_mw.map(|mw| mw / 1000.0),
+        });
         Ok(GpuRead {
             info: Some(info),
             up: true,
+            down_reason: None,
+            module_key: self.module_key.clone(),
+            module,
             readings,
             detail: GpuDetail {
                 driver_version: driver.to_owned(),
@@ -439,9 +776,195 @@ impl GpuState {
         })
     }
 
+    /// The NVLink error counters of every link, in field-values calls of
+    /// their own (not the core call: a refusal loses NVLink only). A counter a
+    /// link does not support is learned once, like any field.
+    fn read_nvlink(&mut self, dev: &Device<'_>) -> Result<(), Failure> {
+        let req: Vec<(u32, u32)> = (0..self.nvlink_links.min(64))
+            .flat_map(|link| NVLINK_COUNTERS.iter().map(move |(id, _)| (*id, link)))
+            .filter(|r| !self.unsupported_fields.contains(r))
+            .collect();
+        let mut out = Vec::with_capacity(req.len());
+        for chunk in req.chunks(NVLINK_FIELDS_PER_CALL) {
+            let Some(values) = self.optional("nvlink_fields", || raw::field_values(dev, chunk))?
+            else {
+                return Ok(()); // unsupported (learned) or failed this time: keep the last
+            };
+            for (&(id, link), value) in chunk.iter().zip(values) {
+                match value {
+                    Ok(v) if v.is_finite() => {
+                        if let Some((_, label)) = NVLINK_COUNTERS.iter().find(|c| c.0 == id) {
+                            out.push(Sample {
+                                fam: Fam::NvlinkErrors,
+                                labels: vec![
+                                    (n::LINK, link.to_string()),
+                                    (n::COUNTER, (*label).to_owned()),
+                                ],
+                                value: v,
+                            });
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(NvmlError::GpuLost) => return Err(Failure(NvmlError::GpuLost)),
+                    Err(e) if is_lacking(&e) || matches!(e, NvmlError::NoPermission) => {
+                        if self.unsupported_fields.insert((id, link)) {
+                            debug!(
+                                gpu = self.index,
+                                field = id,
+                                link,
+                                "NVLink counter not available."
+                            );
+                        }
+                    }
+                    Err(_) => {}
+                }
+            }
+        }
+        self.nvlink_samples = out;
+        self.nvlink_at = Some(Instant::now());
+        Ok(())
+    }
+
+    /// GPM utilization over the last interval: a new sample when the earlier
+    /// one is at least [`GPM_MIN_INTERVAL`] old (else the last values are
+    /// repeated), metrics between the two, buffers swapped. Two calls a tick;
+    /// absent where GPM is not supported (learned once).
+    fn read_gpm(&mut self, dev: &Device<'_>, samples: &mut Vec<Sample>) -> Result<(), Failure> {
+        if self.unsupported.contains("gpm") {
+            return Ok(());
+        }
+        let nvml = dev.nvml();
+        let Some(mut g) = self.gpm.take() else {
+            let a = self.optional("gpm", || raw::gpm_sample_alloc(nvml))?;
+            let b = self.optional("gpm", || raw::gpm_sample_alloc(nvml))?;
+            let first = match a {
+                Some(a) => self.optional("gpm", || raw::gpm_sample_get(dev, a))?,
+                None => None,
+            };
+            match (a, b, first) {
+                (Some(earlier), Some(spare), Some(())) => {
+                    self.gpm = Some(GpmState {
+                        earlier,
+                        spare,
+                        at: Instant::now(),
+                        values: Vec::new(),
+                    });
+                }
+                _ => {
+                    for s in [a, b].into_iter().flatten() {
+                        let _ = raw::gpm_sample_free(nvml, s);
+                    }
+                }
+            }
+            return Ok(());
+        };
+        if g.at.elapsed() >= GPM_MIN_INTERVAL
+            && self
+                .optional("gpm", || raw::gpm_sample_get(dev, g.spare))?
+                .is_some()
+        {
+            let at = Instant::now();
+            let ids: Vec<u32> = GPM_METRICS.iter().map(|m| m.0).collect();
+            if let Some(values) = self.optional("gpm_metrics", || {
+                raw::gpm_metrics_get(nvml, g.earlier, g.spare, &ids)
+            })? {
+                g.values = GPM_METRICS
+                    .iter()
+                    .zip(values)
+                    .filter_map(|((_, fam), v)| {
+                        v.ok().filter(|v| v.is_finite()).map(|v| (*fam, v / 100.0))
+                    })
+                    .collect();
+            }
+            std::mem::swap(&mut g.earlier, &mut g.spare);
+            g.at = at;
+        }
+        samples.extend(g.values.iter().map(|(fam, v)| Sample::plain(*fam, *v)));
+        if self.unsupported.contains("gpm") {
+            let _ = raw::gpm_sample_free(nvml, g.earlier);
+            let _ = raw::gpm_sample_free(nvml, g.spare);
+        } else {
+            self.gpm = Some(g);
+        }
+        Ok(())
+    }
+
+    /// Facts that change rarely, read on the first tick and every
+    /// [`STATIC_REFRESH`]. `tlimit`: the T.Limit offsets the field call of
+    /// this tick brought.
+    fn read_statics(
+        &mut self,
+        dev: &Device<'_>,
+        tlimit: Vec<(&'static str, f64)>,
+    ) -> Result<Statics, Failure> {
+        let mut s = Statics {
+            tlimit,
+            ..Statics::default()
+        };
+        for (label, t, _, q) in THRESHOLDS {
+            let call = format!("temperature_threshold:{label}");
+            if let Some(v) = self.optional(&call, || dev.temperature_threshold(t))? {
+                s.thresholds.push((label, f64::from(v), q));
+            }
+        }
+        s.power_limit_w = self
+            .optional("enforced_power_limit", || dev.enforced_power_limit())?
+            .map(|mw| f64::from(mw) / 1000.0);
+        s.default_limit_w = self
+            .optional("power_management_limit_default", || {
+                dev.power_management_limit_default()
+            })?
+            .map(|mw| f64::from(mw) / 1000.0);
+        s.supported_reasons = match self.optional("supported_clocks_event_reasons", || {
+            raw::clocks_event_reasons(dev, true)
+        })? {
+            Some(b) => Some(b),
+            None if self.unsupported.contains("supported_clocks_event_reasons") => self
+                .optional("supported_throttle_reasons", || {
+                    dev.supported_throttle_reasons()
+                })?
+                .map(|r| r.bits()),
+            None => None,
+        };
+        s.fans = self.optional("num_fans", || dev.num_fans())?.unwrap_or(0);
+        if let Some(g) = self.optional("current_pcie_link_gen", || dev.current_pcie_link_gen())? {
+            s.samples
+                .push(Sample::plain(Fam::PcieGeneration, f64::from(g)));
+        }
+        if let Some(w) =
+            self.optional("current_pcie_link_width", || dev.current_pcie_link_width())?
+        {
+            s.samples.push(Sample::plain(Fam::PcieWidth, f64::from(w)));
+        }
+        if let Some(r) = self.optional("remapped_rows", || raw::remapped_rows(dev))? {
+            s.samples.push(Sample::labelled(
+                Fam::RemappedRows,
+                n::CAUSE,
+                "correctable",
+                f64::from(r.corrected),
+            ));
+            s.samples.push(Sample::labelled(
+                Fam::RemappedRows,
+                n::CAUSE,
+                "uncorrectable",
+                f64::from(r.uncorrected),
+            ));
+            s.samples.push(Sample::plain(
+                Fam::RemappedRowsPending,
+                if r.pending { 1.0 } else { 0.0 },
+            ));
+            s.samples.push(Sample::plain(
+                Fam::RemappedRowsFailure,
+                if r.failure { 1.0 } else { 0.0 },
+            ));
+        }
+        self.read_mig(dev, &mut s.samples)?;
+        Ok(s)
+    }
+
     /// MIG mode and instances. Power and energy are read from the board only,
     /// so they are never repeated per instance.
-    fn read_mig(&mut self, dev: &Device<'_>, samples: &mut Vec<Sample>) -> Result<(), NvmlError> {
+    fn read_mig(&mut self, dev: &Device<'_>, samples: &mut Vec<Sample>) -> Result<(), Failure> {
         let Some(mode) = self.optional("mig_mode", || dev.mig_mode())? else {
             return Ok(());
         };
@@ -455,7 +978,7 @@ impl GpuState {
             // An empty slot answers NOT_FOUND: not a GPU failure, not "unsupported".
             let mig = match dev.mig_device_by_index(slot) {
                 Ok(m) => m,
-                Err(NvmlError::GpuLost) => return Err(NvmlError::GpuLost),
+                Err(e) if is_fatal(&e) => return Err(Failure(e)),
                 Err(_) => continue,
             };
             let (Ok(uuid), Ok(name)) = (mig.uuid(), mig.name()) else {
@@ -481,73 +1004,77 @@ impl GpuState {
         Ok(())
     }
 
-    /// The thresholds: the classic call first; where a GPU does not support
-    /// it, the field values read this tick.
-    fn read_thresholds(
-        &mut self,
-        dev: &Device<'_>,
-        from_fields: &[(&'static str, f64)],
-    ) -> Result<Option<Thresholds>, NvmlError> {
-        let mut out = Vec::new();
-        for (label, t, _, q) in THRESHOLDS {
-            let call = format!("temperature_threshold:{label}");
-            let classic = self.optional(&call, || dev.temperature_threshold(t))?;
-            let value = classic
-                .map(f64::from)
-                .or_else(|| from_fields.iter().find(|(l, _)| *l == label).map(|f| f.1));
-            if let Some(v) = value {
-                out.push((label, v, q));
-            }
+    /// One `nvmlDeviceGetFieldValues` call (through the library handle, so
+    /// that each field carries its scope) for every dynamic field not known to
+    /// be unsupported; the T.Limit offsets too when `refresh`. The core call:
+    /// a GPU that cannot answer it is down.
+    fn read_fields(&mut self, dev: &Device<'_>, refresh: bool) -> Result<Fields, Failure> {
+        let mut req: Vec<(u32, u32)> = vec![
+            (NVML_FI_DEV_POWER_AVERAGE, SCOPE_GPU),
+            (NVML_FI_DEV_POWER_INSTANT, SCOPE_GPU),
+            (NVML_FI_DEV_POWER_AVERAGE, SCOPE_MEMORY),
+            (NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION, SCOPE_GPU),
+            (NVML_FI_DEV_MEMORY_TEMP, SCOPE_GPU),
+            (NVML_FI_DEV_PERF_POLICY_POWER, SCOPE_GPU),
+            (NVML_FI_DEV_PERF_POLICY_THERMAL, SCOPE_GPU),
+            (NVML_FI_DEV_ECC_SBE_AGG_TOTAL, SCOPE_GPU),
+            (NVML_FI_DEV_ECC_DBE_AGG_TOTAL, SCOPE_GPU),
+            (NVML_FI_DEV_PCIE_REPLAY_COUNTER, SCOPE_GPU),
+        ];
+        if self.module_reader {
+            req.push((NVML_FI_DEV_POWER_AVERAGE, SCOPE_MODULE));
+            req.push((NVML_FI_DEV_POWER_INSTANT, SCOPE_MODULE));
         }
-        Ok((!out.is_empty()).then_some(out))
-    }
-
-    /// One `nvmlDeviceGetFieldValues` call for every field not known to be
-    /// unsupported. Threshold fields are asked only until thresholds are known.
-    fn read_fields(&mut self, dev: &Device<'_>) -> Result<Fields, NvmlError> {
-        let mut ids = vec![NVML_FI_DEV_MEMORY_TEMP, NVML_FI_DEV_POWER_INSTANT];
-        if self.thresholds.is_none() {
-            ids.extend(THRESHOLDS.iter().map(|t| t.2));
+        if refresh {
+            req.extend(THRESHOLDS.iter().map(|t| (t.2, SCOPE_GPU)));
+            req.push((FI_NVLINK_LINK_COUNT, SCOPE_GPU));
         }
-        ids.retain(|id| !self.unsupported_fields.contains(id));
+        req.retain(|r| !self.unsupported_fields.contains(r));
         let mut out = Fields::default();
-        if ids.is_empty() {
+        if req.is_empty() {
             return Ok(out);
         }
-        let request: Vec<FieldId> = ids.iter().map(|id| FieldId(*id)).collect();
-        let Some(samples) = self.optional("field_values", || dev.field_values_for(&request))?
-        else {
+        let Some(values) = self.core("field_values", || raw::field_values(dev, &req))? else {
             return Ok(out);
         };
-        for (id, sample) in ids.iter().zip(samples) {
-            let value = match sample.and_then(|s| s.value) {
-                Ok(v) => sample_f64(&v),
-                Err(NvmlError::GpuLost) => return Err(NvmlError::GpuLost),
-                Err(NvmlError::NotSupported) => {
-                    if self.unsupported_fields.insert(*id) {
+        for (&(id, scope), value) in req.iter().zip(values) {
+            let v = match value {
+                Ok(v) if v.is_finite() => v,
+                Ok(_) => continue,
+                Err(NvmlError::GpuLost) => return Err(Failure(NvmlError::GpuLost)),
+                Err(e) if is_lacking(&e) || matches!(e, NvmlError::NoPermission) => {
+                    if self.unsupported_fields.insert((id, scope)) {
                         info!(
                             gpu = self.index,
                             field = id,
-                            "NVML field not supported on this GPU; its series is left out."
+                            scope,
+                            error = %e,
+                            "NVML field not available on this GPU; its series is left out (or read by its classic call)."
                         );
                     }
                     continue;
                 }
                 Err(_) => continue,
             };
-            match *id {
+            match (id, scope) {
+                (NVML_FI_DEV_POWER_AVERAGE, SCOPE_GPU) => out.power_mw = Some(v),
+                (NVML_FI_DEV_POWER_INSTANT, SCOPE_GPU) => out.power_instant_mw = Some(v),
+                (NVML_FI_DEV_POWER_AVERAGE, SCOPE_MEMORY) => out.memory_power_mw = Some(v),
+                (NVML_FI_DEV_POWER_AVERAGE, SCOPE_MODULE) => out.module_power_mw = Some(v),
+                (NVML_FI_DEV_POWER_INSTANT, SCOPE_MODULE) => out.module_power_instant_mw = Some(v),
+                (NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION, _) => out.energy_mj = Some(v),
                 // 0 °C is what drivers answer for "no sensor"; no HBM runs at 0.
-                NVML_FI_DEV_MEMORY_TEMP if value.is_finite() && value > 0.0 => {
-                    out.mem_temp = Some(value);
-                }
-                NVML_FI_DEV_POWER_INSTANT if value.is_finite() => {
-                    out.power_instant_mw = Some(value);
-                }
-                other => {
+                (NVML_FI_DEV_MEMORY_TEMP, _) if v > 0.0 => out.mem_temp = Some(v),
+                (NVML_FI_DEV_PERF_POLICY_POWER, _) => out.violation_power_ns = Some(v),
+                (NVML_FI_DEV_PERF_POLICY_THERMAL, _) => out.violation_thermal_ns = Some(v),
+                (NVML_FI_DEV_ECC_SBE_AGG_TOTAL, _) => out.ecc_corrected = Some(v),
+                (NVML_FI_DEV_ECC_DBE_AGG_TOTAL, _) => out.ecc_uncorrected = Some(v),
+                (NVML_FI_DEV_PCIE_REPLAY_COUNTER, _) => out.pcie_replays = Some(v),
+                (FI_NVLINK_LINK_COUNT, _) => out.nvlink_links = Some(v),
+                (other, _) => {
+                    // T.Limit offsets: signed, kept as NVML gives them.
                     if let Some(t) = THRESHOLDS.iter().find(|t| t.2 == other) {
-                        if value.is_finite() && value > 0.0 {
-                            out.thresholds.push((t.0, value));
-                        }
+                        out.tlimit.push((t.0, v));
                     }
                 }
             }
@@ -556,19 +1083,53 @@ impl GpuState {
     }
 }
 
-/// Field values read in one call.
-#[derive(Debug, Default)]
-struct Fields {
-    mem_temp: Option<f64>,
-    power_instant_mw: Option<f64>,
-    thresholds: Vec<(&'static str, f64)>,
+/// The superchip module a GPU belongs to (`docs/nvml.md`, "Module power"):
+/// the board serial where NVML gives one (the two GPUs of a Grace-Blackwell
+/// superchip share it), else the PCI domain pair where the domain is not 0
+/// (GB300 trays: 0008/0009, 0018/0019), else the GPU alone. `nvmlDeviceGetModuleId`
+/// is not used: it numbers the GPU within the node (1..4), not the superchip.
+pub fn module_key(serial: Option<&str>, pci_domain: Option<u32>, bus_id: &str) -> Option<String> {
+    if let Some(s) = serial {
+        return Some(format!("sn-{s}"));
+    }
+    match pci_domain {
+        Some(d) if d != 0 => Some(format!("pci-{:08x}", d & !1)),
+        _ if !bus_id.is_empty() => Some(format!("gpu-{bus_id}")),
+        _ => None,
+    }
 }
 
-fn sample_f64(v: &SampleValue) -> f64 {
-    match *v {
-        SampleValue::F64(v) => v,
-        SampleValue::U32(v) => f64::from(v),
-        SampleValue::U64(v) => v as f64,
-        SampleValue::I64(v) => v as f64,
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn module_key_prefers_the_serial_then_the_domain_pair() {
+        assert_eq!(
+            module_key(Some("1650000000001"), Some(8), "00000008:06:00.0").as_deref(),
+            Some("sn-1650000000001")
+        );
+        let a = module_key(None, Some(0x18), "00000018:06:00.0");
+        let b = module_key(None, Some(0x19), "00000019:06:00.0");
+        assert_eq!(a, b);
+        assert_eq!(a.as_deref(), Some("pci-00000018"));
+        assert_ne!(a, module_key(None, Some(0x8), "00000008:06:00.0"));
+        // Domain 0 everywhere (GB200 trays, PCIe boards): no pairing by domain.
+        assert_ne!(
+            module_key(None, Some(0), "00000000:29:00.0"),
+            module_key(None, Some(0), "00000000:3F:00.0")
+        );
+        assert_eq!(module_key(None, None, ""), None);
+    }
+
+    #[test]
+    fn every_error_has_a_reason() {
+        assert_eq!(reason(&NvmlError::ResetRequired), "reset_required");
+        assert_eq!(reason(&NvmlError::NoPermission), "no_permission");
+        assert_eq!(reason(&NvmlError::Unknown), "unknown");
+        assert_eq!(reason(&NvmlError::GpuLost), "gpu_lost");
+        assert_eq!(reason(&NvmlError::UnexpectedVariant(29)), "nvml_error_29");
+        assert!(is_fatal(&NvmlError::ResetRequired) && !is_fatal(&NvmlError::NoPermission));
+        assert!(!is_fatal(&NvmlError::Unknown), "down only on the core call");
     }
 }

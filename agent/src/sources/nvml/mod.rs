@@ -25,9 +25,17 @@
 //! - [`gpu`]: one GPU's reads and what is learned about it.
 //! - [`detail`]: the agent-only per-GPU values and their metric families.
 //! - [`xid`]: the XID event thread.
+//! - [`raw`]: NVML calls made through the wrapper's library handle (scoped
+//!   field values, NVML 13's versioned calls).
+//!
+//! Superchip modules (Grace-Blackwell: a Grace CPU, its two GPUs and LPDDR)
+//! report their power through either GPU; one GPU per module reads it (the
+//! lowest index that answered the last tick), and the energy is integrated
+//! here ([`ModuleStatus`]).
 
 pub mod detail;
 pub mod gpu;
+pub mod raw;
 pub mod xid;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -41,7 +49,7 @@ use nvml_wrapper::Nvml;
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
-use super::{now_ms, Collected, GpuStatus, SourceError};
+use super::{now_ms, Collected, GpuStatus, ModuleStatus, SourceError};
 use crate::config::{NvmlLibrary, NvmlSpec};
 use crate::names as n;
 use detail::{Fam, Sample};
@@ -54,6 +62,32 @@ const MAX_INIT_BACKOFF: Duration = Duration::from_secs(30);
 /// The share of the source's timeout the GPUs get to answer; the rest is
 /// margin for assembling the result.
 const GPU_DEADLINE_SHARE: f64 = 0.75;
+
+/// The longest gap between two module power readings that the energy
+/// integration bridges, ms; a longer one (a GPU down, NVML reloaded) adds
+/// nothing, rather than inventing the power in between.
+const MODULE_MAX_GAP_MS: i64 = 10_000;
+
+/// A module's integrated energy and its last power reading.
+#[derive(Debug, Default)]
+struct ModuleEnergy {
+    last: Option<(i64, f64)>,
+    joules: f64,
+}
+
+impl ModuleEnergy {
+    /// Adds the energy from the last reading to this one (`ts` Unix ms,
+    /// `power` W; `None`: no reading this tick): the trapezoid, unless the
+    /// gap exceeds [`MODULE_MAX_GAP_MS`] or time did not advance.
+    fn add(&mut self, ts: i64, power: Option<f64>) {
+        if let (Some((t0, p0)), Some(p1)) = (self.last, power) {
+            if ts > t0 && ts - t0 <= MODULE_MAX_GAP_MS {
+                self.joules += (p0 + p1) / 2.0 * (ts - t0) as f64 / 1000.0;
+            }
+        }
+        self.last = power.map(|p| (ts, p));
+    }
+}
 
 /// One collection request to the control thread.
 struct Request {
@@ -286,6 +320,8 @@ struct Control {
     xid: Option<XidThread>,
     xid_count: u32,
     xid_counts: XidCounts,
+    /// Per module id: energy integrated from its power.
+    modules: BTreeMap<String, ModuleEnergy>,
 }
 
 impl Control {
@@ -309,6 +345,7 @@ impl Control {
             xid: None,
             xid_count: 0,
             xid_counts: XidCounts::default(),
+            modules: BTreeMap::new(),
         }
     }
 
@@ -482,6 +519,9 @@ impl Control {
             .clone();
         let mut out = Collected::default();
         let mut silent = Vec::new();
+        // Module id → its GPUs this tick: (index, up, module power read).
+        let mut groups: BTreeMap<String, Vec<(u32, bool, Option<gpu::ModuleRead>)>> =
+            BTreeMap::new();
         for index in 0..count {
             let read = match reads.remove(&index) {
                 Some(r) => r,
@@ -497,8 +537,16 @@ impl Control {
                     // with the counters the agent keeps.
                     let mut r = self.last.get(&index).cloned().unwrap_or_default();
                     r.up = false;
+                    r.down_reason = Some("no_answer".to_owned());
+                    r.module = None;
                     r.readings.clear();
                     r.detail.samples.retain(|s| s.fam.agent_kept());
+                    r.detail.samples.push(Sample::labelled(
+                        Fam::DownInfo,
+                        n::REASON,
+                        "no_answer",
+                        1.0,
+                    ));
                     r
                 }
             };
@@ -506,6 +554,12 @@ impl Control {
                 info!(gpu = index, "GPU answers NVML again.");
             }
             let mut read = read;
+            if let Some(key) = &read.module_key {
+                groups
+                    .entry(key.clone())
+                    .or_default()
+                    .push((index, read.up, read.module.take()));
+            }
             let Some(info) = read.info.clone() else {
                 continue; // never identified: nothing to name it by
             };
@@ -535,6 +589,47 @@ impl Control {
             self.last.insert(index, read);
         }
         self.silent = silent;
+        out.modules = self.modules(groups);
+        out
+    }
+
+    /// The modules of this tick: each one's power from the lowest-index GPU
+    /// that read it, its energy integrated (trapezoid, never across a gap
+    /// over [`MODULE_MAX_GAP_MS`]); then picks each module's reader for the
+    /// next tick (the lowest-index GPU that is up; all of them while none is).
+    fn modules(
+        &mut self,
+        groups: BTreeMap<String, Vec<(u32, bool, Option<gpu::ModuleRead>)>>,
+    ) -> Vec<ModuleStatus> {
+        let mut out = Vec::new();
+        let ts = now_ms();
+        for (id, members) in groups {
+            let read = members
+                .iter()
+                .find_map(|(_, _, m)| m.as_ref().filter(|m| m.power_w.is_some()));
+            let power_w = read.and_then(|m| m.power_w);
+            let power_instant_w = read.and_then(|m| m.power_instant_w);
+            if power_w.is_none() && !self.modules.contains_key(&id) {
+                continue; // the module scope is not supported here
+            }
+            let e = self.modules.entry(id.clone()).or_default();
+            e.add(ts, power_w);
+            let reader = members.iter().find(|(_, up, _)| *up).map(|(i, _, _)| *i);
+            for (i, _, _) in &members {
+                if let Some(state) = self.states.get(*i as usize) {
+                    if let Ok(mut s) = state.try_lock() {
+                        s.module_reader = reader.is_none_or(|r| r == *i);
+                    }
+                }
+            }
+            out.push(ModuleStatus {
+                id,
+                gpus: members.iter().map(|(i, _, _)| *i).collect(),
+                power_w,
+                power_instant_w,
+                energy_j: e.joules,
+            });
+        }
         out
     }
 }
@@ -557,5 +652,28 @@ fn library_name(library: &NvmlLibrary) -> String {
     match library {
         NvmlLibrary::System => "system libnvidia-ml".to_owned(),
         NvmlLibrary::Path(p) => p.display().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn module_energy_is_the_trapezoid_and_skips_gaps() {
+        let mut e = ModuleEnergy::default();
+        e.add(1_000, Some(400.0));
+        assert_eq!(e.joules, 0.0);
+        e.add(2_000, Some(500.0)); // 1 s at a mean of 450 W
+        assert_eq!(e.joules, 450.0);
+        e.add(3_000, None); // no reading: nothing counted, and the next starts afresh
+        e.add(4_000, Some(500.0));
+        assert_eq!(e.joules, 450.0);
+        e.add(4_000 + MODULE_MAX_GAP_MS + 1, Some(500.0)); // too long a gap
+        assert_eq!(e.joules, 450.0);
+        e.add(4_000 + MODULE_MAX_GAP_MS + 501, Some(300.0));
+        assert_eq!(e.joules, 450.0 + 200.0);
+        e.add(4_000, Some(300.0)); // time went back: nothing
+        assert_eq!(e.joules, 650.0);
     }
 }
