@@ -101,6 +101,7 @@ pub async fn run(
         commit_wake: std::sync::Condvar::new(),
         rates: Mutex::new(std::collections::HashMap::new()),
         ingest_latency: api::Latency::default(),
+        ready: std::sync::atomic::AtomicBool::new(false),
         site,
     });
     let tls = match &shared.site.tls {
