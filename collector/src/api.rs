@@ -1445,7 +1445,10 @@ mod readiness_tests {
     use std::sync::atomic::{AtomicBool, Ordering};
 
     fn shared() -> Arc<Shared> {
-        let site = crate::config::Config::from_toml("").unwrap().build().unwrap();
+        let site = crate::config::Config::from_toml("")
+            .unwrap()
+            .build()
+            .unwrap();
         Arc::new(Shared {
             state: Mutex::new(State::new(&site)),
             store: Mutex::new(Store::in_memory().unwrap()),

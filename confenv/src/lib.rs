@@ -52,7 +52,12 @@ pub fn from_toml_with<T: DeserializeOwned>(
     lookup: impl Fn(&str) -> Option<String>,
 ) -> Result<T, Error> {
     let mut doc = DeTable::parse(text)?;
-    expand_table(doc.get_mut(), "", &lookup)?;
+    // Every reference is tried; the error reported is the first in the file.
+    let mut errors = Vec::new();
+    expand_table(doc.get_mut(), "", &lookup, &mut errors);
+    if let Some((_, e)) = errors.into_iter().min_by_key(|(at, _)| *at) {
+        return Err(e);
+    }
     let de = toml::de::Deserializer::from(doc);
     T::deserialize(de).map_err(|mut e| {
         e.set_input(Some(text));
@@ -68,38 +73,44 @@ fn child(path: &str, key: &str) -> String {
     }
 }
 
+/// Errors with the byte offset of their value in the file.
+type Found = Vec<(usize, Error)>;
+
 fn expand_table(
     table: &mut DeTable<'_>,
     path: &str,
     lookup: &impl Fn(&str) -> Option<String>,
-) -> Result<(), Error> {
+    errors: &mut Found,
+) {
     for (k, v) in table.iter_mut() {
         let key = child(path, k.get_ref());
-        expand_value(v.get_mut(), &key, lookup)?;
+        let at = v.span().start;
+        expand_value(v.get_mut(), at, &key, lookup, errors);
     }
-    Ok(())
 }
 
 fn expand_value(
     value: &mut DeValue<'_>,
+    at: usize,
     key: &str,
     lookup: &impl Fn(&str) -> Option<String>,
-) -> Result<(), Error> {
+    errors: &mut Found,
+) {
     match value {
-        DeValue::String(s) => {
-            if let Some(expanded) = expand_str(s, key, lookup)? {
-                *s = Cow::Owned(expanded);
-            }
-        }
+        DeValue::String(s) => match expand_str(s, key, lookup) {
+            Ok(Some(expanded)) => *s = Cow::Owned(expanded),
+            Ok(None) => {}
+            Err(e) => errors.push((at, e)),
+        },
         DeValue::Array(items) => {
             for (i, item) in items.iter_mut().enumerate() {
-                expand_value(item.get_mut(), &format!("{key}[{i}]"), lookup)?;
+                let at = item.span().start;
+                expand_value(item.get_mut(), at, &format!("{key}[{i}]"), lookup, errors);
             }
         }
-        DeValue::Table(t) => expand_table(t, key, lookup)?,
+        DeValue::Table(t) => expand_table(t, key, lookup, errors),
         DeValue::Integer(_) | DeValue::Float(_) | DeValue::Boolean(_) | DeValue::Datetime(_) => {}
     }
-    Ok(())
 }
 
 /// Expands one string value; `None` when it holds no `${` (left as it is).
@@ -224,7 +235,10 @@ list = ["pa$$word", "$${NODE_NAME}", "$", "${DOLLAR}"]
 "#,
         )
         .unwrap();
-        assert_eq!(c.node.as_deref(), Some("$xgpu-node-7$HOME$ ${ $${NODE_NAME}"));
+        assert_eq!(
+            c.node.as_deref(),
+            Some("$xgpu-node-7$HOME$ ${ $${NODE_NAME}")
+        );
         // No `${` at all: left exactly as written.
         assert_eq!(c.list[0], "pa$$word");
         assert_eq!(c.list[1], "${NODE_NAME}");
@@ -242,13 +256,32 @@ list = ["pa$$word", "$${NODE_NAME}", "$", "${DOLLAR}"]
             e,
             "collectors[0].token_file: environment variable NOPE is not set"
         );
-        let e = parse("list = [\"ok\", \"${NOPE}\"]\n").unwrap_err().to_string();
+        let e = parse("list = [\"ok\", \"${NOPE}\"]\n")
+            .unwrap_err()
+            .to_string();
         assert_eq!(e, "list[1]: environment variable NOPE is not set");
+        // Several: the first in the file is named, whatever the keys' order.
+        let e =
+            parse("node = \"${ZED}\"\n[[collectors]]\nurl = \"${ALPHA}\"\ntoken_file = \"t\"\n")
+                .unwrap_err()
+                .to_string();
+        assert_eq!(e, "node: environment variable ZED is not set");
+        let e = parse("list = [\"${B}\"]\nnode = \"${A}\"\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "list[0]: environment variable B is not set");
     }
 
     #[test]
     fn malformed_references_name_the_key() {
-        for bad in ["${", "${}", "${1A}", "${A-B}", "x${NODE_NAME", "${ NODE_NAME}"] {
+        for bad in [
+            "${",
+            "${}",
+            "${1A}",
+            "${A-B}",
+            "x${NODE_NAME",
+            "${ NODE_NAME}",
+        ] {
             let text = format!("node = {bad:?}\n");
             let e = parse(&text).unwrap_err().to_string();
             assert!(e.starts_with("node: "), "{bad}: {e}");

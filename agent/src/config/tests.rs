@@ -409,10 +409,16 @@ fn node_must_be_an_id_the_collector_accepts() {
     let e = build(&format!("node = \"{}\"\n", "a".repeat(129))).unwrap_err();
     assert!(e.contains("1 to 128"), "{e}");
     assert_eq!(
-        build(&format!("node = \"{}\"\n", "a".repeat(128))).unwrap().node.len(),
+        build(&format!("node = \"{}\"\n", "a".repeat(128)))
+            .unwrap()
+            .node
+            .len(),
         128
     );
-    assert_eq!(build("node = \"r1-n2.hall_1:x\"\n").unwrap().node, "r1-n2.hall_1:x");
+    assert_eq!(
+        build("node = \"r1-n2.hall_1:x\"\n").unwrap().node,
+        "r1-n2.hall_1:x"
+    );
 }
 
 #[test]
@@ -443,7 +449,10 @@ token_file = "{dir}/${{DCWATT_AGENT_CONFIG_TEST_TOKEN}}"
         "[[collectors]]\nurl = \"http://c:9400\"\ntoken_file = \"/t/${DCWATT_AGENT_CONFIG_TEST_SURELY_UNSET}\"\n",
     )
     .unwrap_err();
-    assert!(e.starts_with("collectors[0].token_file: environment variable"), "{e}");
+    assert!(
+        e.starts_with("collectors[0].token_file: environment variable"),
+        "{e}"
+    );
     let e = build("node = \"${oops\"\n").unwrap_err();
     assert!(e.starts_with("node: ") && e.contains("$${"), "{e}");
 }
