@@ -443,6 +443,7 @@ enum Fault {
     ResetMeterCounter { meter: String },
     ResetGpuCounter { gpu: String },
     HeatGpu { gpu: String, celsius: f64 },
+    Xid { gpu: String, code: u64 },
 }
 
 /// `POST /sim/fault`: restarts a counter from zero → `{"at_ms": T}`.
@@ -465,6 +466,13 @@ async fn fault(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
             Ok(()) => {
                 info!(gpu = %gpu, celsius, "GPU heated.");
                 Json(json!({ "at_ms": now_ms() })).into_response()
+            }
+            Err(e) => hall_error(&e),
+        },
+        Fault::Xid { gpu, code } => match shared.hall().xid_gpu(&gpu, code) {
+            Ok(id) => {
+                info!(gpu = %gpu, code, id, "XID raised.");
+                Json(json!({ "at_ms": now_ms(), "id": id })).into_response()
             }
             Err(e) => hall_error(&e),
         },
