@@ -446,3 +446,72 @@ async fn daemonset_config_with_provisioned_tokens_reaches_a_tls_collector() {
     drop(agents);
     drop(collector);
 }
+
+/// The campus configuration: the hall Prometheus config passes `promtool check
+/// config` (with the rule file and token beside it, as deployed), vmalert
+/// accepts the shipped recording rules (`-dryRun`), and the vmalert unit
+/// passes `systemd-analyze verify`.
+#[test]
+fn campus_configs_pass_promtool_vmalert_and_systemd() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::copy(
+        repo().join("deploy/campus/prometheus-hall.yml"),
+        d.join("prometheus.yml"),
+    )
+    .unwrap();
+    std::fs::copy(
+        repo().join("deploy/prometheus/alerts.yml"),
+        d.join("alerts.yml"),
+    )
+    .unwrap();
+    std::fs::write(d.join("dcwatt-scrape.token"), "scrape-token\n").unwrap();
+    let out = Command::new("promtool")
+        .args(["check", "config", "prometheus.yml"])
+        .current_dir(d)
+        .output()
+        .expect("promtool (scripts/test installs it)");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(d.join("prometheus.yml")).unwrap();
+    assert!(text.contains("external_labels:") && text.contains("remote_write:"));
+
+    for rules in [
+        "deploy/prometheus/recording.yml",
+        "deploy/prometheus/alerts.yml",
+    ] {
+        let rule = os(format!("-rule={}", repo().join(rules).display()));
+        let (ok, said) = run(Path::new("vmalert"), &[&os("-dryRun"), &rule], &[]);
+        assert!(ok, "vmalert -dryRun {rules}:\n{said}");
+    }
+    // vmalert does refuse a broken rule.
+    std::fs::write(
+        d.join("bad.yml"),
+        "groups:\n  - name: x\n    rules:\n      - record: a:b\n        expr: sum(\n",
+    )
+    .unwrap();
+    let rule = os(format!("-rule={}", d.join("bad.yml").display()));
+    let (ok, _) = run(Path::new("vmalert"), &[&os("-dryRun"), &rule], &[]);
+    assert!(!ok, "vmalert accepted a broken rule");
+
+    std::fs::copy(
+        repo().join("deploy/campus/vmalert.service"),
+        d.join("vmalert.service"),
+    )
+    .unwrap();
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "vmalert.service"])
+        .current_dir(d)
+        .output()
+        .expect("systemd-analyze (scripts/test installs it)");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success() && said.trim().is_empty(), "{said}");
+}
