@@ -224,6 +224,7 @@ token_file = "/etc/dcwatt/tokens/${NODE_NAME}"
         assert_eq!(c.node.as_deref(), Some("gpu-node-7"));
         assert_eq!(c.list, ["a-gpu-node-7-b", "x"]);
         assert_eq!(c.collectors[0].token_file, "/etc/dcwatt/tokens/gpu-node-7");
+        assert_eq!(c.collectors[0].url, "https://c:9400");
     }
 
     #[test]
