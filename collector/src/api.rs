@@ -54,6 +54,9 @@ pub struct Shared {
     pub ingest_latency: Latency,
     /// The ledger tree's figures for `/metrics` (see `transparency`).
     pub transparency: crate::transparency::Gauges,
+    /// `/readyz`: true while the committer runs (it starts once the state is
+    /// loaded from the store), so batches can be acknowledged.
+    pub ready: std::sync::atomic::AtomicBool,
 }
 
 /// The ledger's totals per owner, kept by adding what was booked after
@@ -263,7 +266,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route(BATCHES_PATH, post(post_batch))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
         .route("/v1/summary", get(summary))
         .route("/v1/pue", get(pue_period))
         .route("/v1/tenants/{tenant}/energy", get(tenant_energy))
@@ -285,6 +288,19 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/admin/leases/reload", post(reload_leases))
         .route("/v1/admin/gpus/{uuid}/release", post(release_gpu))
         .with_state(shared)
+}
+
+/// `GET /readyz`: 200 once the state is loaded and the committer runs, else 503.
+async fn readyz(Extract(shared): Extract<Arc<Shared>>) -> Response {
+    if shared.ready.load(std::sync::atomic::Ordering::SeqCst) {
+        (StatusCode::OK, "ok\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: state not loaded or committer not running\n",
+        )
+            .into_response()
+    }
 }
 
 /// Current Unix time in ms.
@@ -587,6 +603,15 @@ impl Shared {
     /// The committer thread: writes the queued batches in groups, in the
     /// order they were applied, until `stop`; then the rest.
     pub fn run_committer(&self, stop: &std::sync::atomic::AtomicBool) {
+        // Ready from here until this returns (or unwinds).
+        struct Running<'a>(&'a std::sync::atomic::AtomicBool);
+        impl Drop for Running<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        self.ready.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _running = Running(&self.ready);
         let stopping = || stop.load(std::sync::atomic::Ordering::Relaxed);
         loop {
             {
@@ -1427,4 +1452,58 @@ async fn summary(Extract(shared): Extract<Arc<Shared>>, headers: HeaderMap) -> R
         agents,
     })
     .into_response()
+}
+
+#[cfg(test)]
+mod readiness_tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    fn shared() -> Arc<Shared> {
+        let site = crate::config::Config::from_toml("")
+            .unwrap()
+            .build()
+            .unwrap();
+        Arc::new(Shared {
+            state: Mutex::new(State::new(&site)),
+            store: Mutex::new(Store::in_memory().unwrap()),
+            windows: Mutex::new(Vec::new()),
+            tenant_totals: Mutex::new(LedgerTotals::default()),
+            db_path: None,
+            readers: Mutex::new(Vec::new()),
+            committed: tokio::sync::Notify::new(),
+            invalid_pue_minutes: std::sync::atomic::AtomicI64::new(0),
+            unbooked_node_joules: std::sync::atomic::AtomicU64::new(0),
+            commits: Mutex::new(CommitQueue::default()),
+            commit_wake: std::sync::Condvar::new(),
+            rates: Mutex::new(std::collections::HashMap::new()),
+            ingest_latency: Latency::default(),
+            ready: AtomicBool::new(false),
+            transparency: crate::transparency::Gauges::default(),
+            site,
+        })
+    }
+
+    async fn status(s: &Arc<Shared>) -> StatusCode {
+        readyz(Extract(Arc::clone(s))).await.status()
+    }
+
+    #[tokio::test]
+    async fn readyz_follows_the_committer() {
+        let s = shared();
+        assert_eq!(status(&s).await, StatusCode::SERVICE_UNAVAILABLE);
+        let stop = Arc::new(AtomicBool::new(false));
+        let committer = {
+            let (s, stop) = (Arc::clone(&s), Arc::clone(&stop));
+            std::thread::spawn(move || s.run_committer(&stop))
+        };
+        while !s.ready.load(Ordering::SeqCst) {
+            std::thread::yield_now();
+        }
+        assert_eq!(status(&s).await, StatusCode::OK);
+        stop.store(true, Ordering::Relaxed);
+        s.commit_wake.notify_all();
+        committer.join().unwrap();
+        assert_eq!(status(&s).await, StatusCode::SERVICE_UNAVAILABLE);
+    }
 }

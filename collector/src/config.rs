@@ -538,9 +538,15 @@ impl Config {
         Config::from_toml(&text)
     }
 
-    /// Parses TOML text.
+    /// Parses TOML text. String values may name environment variables
+    /// (`${NAME}`; `$${` is a literal `${`): see `dcwatt_confenv`.
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string().trim_end().to_owned()))
+        dcwatt_confenv::from_toml(text).map_err(|e| match e {
+            dcwatt_confenv::Error::Toml(e) => {
+                ConfigError::Parse(e.to_string().trim_end().to_owned())
+            }
+            dcwatt_confenv::Error::Env { key, reason } => invalid(key, reason),
+        })
     }
 
     /// Validates into the runtime form, naming the first offending key.
@@ -949,6 +955,25 @@ mod tests {
     }
 
     #[test]
+    fn values_may_name_environment_variables() {
+        std::env::set_var("DCWATT_COLLECTOR_CONFIG_TEST_HASH", H);
+        let site = Config::from_toml(
+            "[[agents]]\nid = \"n$1\"\ntoken_sha256 = \"${DCWATT_COLLECTOR_CONFIG_TEST_HASH}\"\n",
+        )
+        .unwrap()
+        .build();
+        // `$1` is not a reference: kept, and then refused as an id character.
+        assert!(site.unwrap_err().to_string().contains("\"n$1\""));
+        let site = Config::from_toml(
+            "[[agents]]\nid = \"n1\"\ntoken_sha256 = \"${DCWATT_COLLECTOR_CONFIG_TEST_HASH}\"\n",
+        )
+        .unwrap()
+        .build()
+        .unwrap();
+        assert_eq!(site.agent_tokens[&token_hash("test")], "n1");
+    }
+
+    #[test]
     fn minimal_config_is_valid() {
         let site = Config::from_toml("").unwrap().build().unwrap();
         assert_eq!(site.listen, "127.0.0.1:9400");
@@ -1071,6 +1096,12 @@ mod tests {
                 &["meters[0].parent", "sub-meter"],
             ),
             ("[ledger]\npath = \"/nonexistent/dir/c.sqlite\"", &["ledger.path", "does not exist"]),
+            (
+                "[[agents]]\nid = \"${DCWATT_COLLECTOR_TEST_SURELY_UNSET}\"\ntoken_sha256 = \"x\"",
+                &["agents[0].id: environment variable DCWATT_COLLECTOR_TEST_SURELY_UNSET is not set"],
+            ),
+            ("[ledger]\npath = \"${bad name}\"", &["ledger.path: ", "$${"]),
+            ("[[agents]]\nid = \"$${X}\"\ntoken_sha256 = \"x\"", &["agents[0].id", "may only contain"]),
         ];
         for (text, needles) in cases {
             let e = err(text);

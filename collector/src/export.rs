@@ -62,14 +62,17 @@ pub fn render(
         n::UNLEASED_ENERGY_JOULES_TOTAL,
         "GPU energy of time no lease covers, joules.",
     );
+    // Label-less counters are exported from the start, at 0 until something
+    // is booked to them, so that a panel or an increase() sees the first joule.
+    let (mut unattributed_j, mut unleased_j) = (0.0, 0.0);
     for t in tenant_totals {
         let (it, facility, gpu_ms) = (&t.it_joules, &t.facility_joules, &t.gpu_ms);
         match t.owner.as_str() {
             crate::tenants::UNATTRIBUTED => {
-                unattributed.add(&[], *it);
+                unattributed_j += *it;
             }
             crate::tenants::UNLEASED => {
-                unleased.add(&[], *it);
+                unleased_j += *it;
             }
             tenant => {
                 tenant_energy.add(&[(n::TENANT, tenant), (n::BASIS, "it")], *it);
@@ -78,6 +81,8 @@ pub fn render(
             }
         }
     }
+    unattributed.add(&[], unattributed_j);
+    unleased.add(&[], unleased_j);
     let mut energy = Family::counter(
         n::ENERGY_JOULES_TOTAL,
         "Energy by meter role and zone since the collector started, joules.",

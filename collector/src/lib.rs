@@ -107,6 +107,7 @@ pub async fn run(
         rates: Mutex::new(std::collections::HashMap::new()),
         ingest_latency: api::Latency::default(),
         transparency: transparency::Gauges::default(),
+        ready: std::sync::atomic::AtomicBool::new(false),
         site,
     });
     let tls = match &shared.site.tls {

@@ -38,10 +38,14 @@ enum Command {
     #[command(subcommand)]
     Gpu(GpuCommand),
     /// Write a tenant's monthly statement from the collector's database, offline.
+    /// With several `--config` (one per hall), one statement: the halls' rows
+    /// added up per day, each hall's own statement beside.
     Report {
-        /// The collector's configuration (for the database, leases and site).
-        #[arg(long, value_name = "FILE")]
-        config: PathBuf,
+        /// The collector's configuration (for the database, leases and site);
+        /// repeat it for each hall the tenant leases nodes in (never a mirror's:
+        /// its database holds the same energy).
+        #[arg(long, value_name = "FILE", required = true)]
+        config: Vec<PathBuf>,
         /// The tenant.
         #[arg(long)]
         tenant: String,
@@ -74,49 +78,94 @@ fn keygen(out: &std::path::Path) -> ExitCode {
     }
 }
 
-fn report(config: &std::path::Path, tenant: &str, month: &str, format: &str) -> ExitCode {
-    let site = match Config::from_file(config).and_then(Config::build) {
-        Ok(site) => site,
-        Err(e) => {
-            eprintln!("{}: {e}", config.display());
-            return ExitCode::from(2);
-        }
-    };
+/// One hall's statement, or the message and exit code of why not.
+fn hall_statement(
+    config: &std::path::Path,
+    tenant: &str,
+    month: &str,
+    now: i64,
+) -> Result<(PathBuf, dcwatt_collector::statement::Statement), String> {
+    let site = Config::from_file(config)
+        .and_then(Config::build)
+        .map_err(|e| format!("{}: {e}", config.display()))?;
     let Some(db) = site.ledger_path.clone().filter(|p| p.is_file()) else {
-        eprintln!("{}: [ledger] path: no database to read", config.display());
-        return ExitCode::from(2);
+        return Err(format!(
+            "{}: [ledger] path: no database to read",
+            config.display()
+        ));
     };
     if !site.tenant_tokens.values().any(|t| t == tenant) {
-        eprintln!("--tenant: no tenant {tenant:?} in {}", config.display());
-        return ExitCode::from(2);
+        return Err(format!(
+            "--tenant: no tenant {tenant:?} in {}",
+            config.display()
+        ));
     }
-    let now = dcwatt_collector::api::now_ms();
     let result = dcwatt_collector::store::Store::open(&db).and_then(|store| {
         dcwatt_collector::statement::statement(&store, &site, tenant, month, now)
     });
-    match (result, format) {
-        (Ok(Some(s)), "csv") => print!("{}", s.to_csv()),
-        (Ok(Some(s)), "json") => match serde_json::to_string_pretty(&s) {
-            Ok(text) => println!("{text}"),
+    match result {
+        Ok(Some(s)) => Ok((db, s)),
+        Ok(None) => Err(format!("--month: {month:?} is not YYYY-MM")),
+        Err(e) => Err(format!("{}: {e}", db.display())),
+    }
+}
+
+fn report(configs: &[PathBuf], tenant: &str, month: &str, format: &str) -> ExitCode {
+    if !matches!(format, "json" | "csv") {
+        eprintln!("--format: {format:?} is neither json nor csv");
+        return ExitCode::from(2);
+    }
+    let now = dcwatt_collector::api::now_ms();
+    let mut halls = Vec::new();
+    let mut databases: Vec<(PathBuf, &PathBuf)> = Vec::new();
+    for config in configs {
+        let (db, statement) = match hall_statement(config, tenant, month, now) {
+            Ok(s) => s,
             Err(e) => {
                 eprintln!("{e}");
-                return ExitCode::FAILURE;
+                return ExitCode::from(2);
             }
-        },
-        (Ok(Some(_)), other) => {
-            eprintln!("--format: {other:?} is neither json nor csv");
+        };
+        // One database read twice would count its energy twice.
+        let canonical = std::fs::canonicalize(&db).unwrap_or(db);
+        if let Some((_, first)) = databases.iter().find(|(d, _)| *d == canonical) {
+            eprintln!(
+                "--config: {} and {} read the same database {}: its energy would count twice",
+                first.display(),
+                config.display(),
+                canonical.display()
+            );
             return ExitCode::from(2);
         }
-        (Ok(None), _) => {
-            eprintln!("--month: {month:?} is not YYYY-MM");
-            return ExitCode::from(2);
+        databases.push((canonical, config));
+        halls.push(dcwatt_collector::statement::HallStatement {
+            config: config.display().to_string(),
+            statement,
+        });
+    }
+    let text = if let [one] = halls.as_slice() {
+        // One hall: its statement, as the API gives it.
+        match format {
+            "csv" => Ok(one.statement.to_csv()),
+            _ => serde_json::to_string_pretty(&one.statement).map(|t| t + "\n"),
         }
-        (Err(e), _) => {
-            eprintln!("{}: {e}", db.display());
-            return ExitCode::from(2);
+    } else {
+        let combined = dcwatt_collector::statement::combine(tenant, month, now, halls);
+        match format {
+            "csv" => Ok(combined.to_csv()),
+            _ => serde_json::to_string_pretty(&combined).map(|t| t + "\n"),
+        }
+    };
+    match text {
+        Ok(t) => {
+            print!("{t}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
         }
     }
-    ExitCode::SUCCESS
 }
 
 #[derive(clap::Subcommand)]

@@ -4,7 +4,9 @@
 //! the time of issue, and the tenant's rows with their RFC 9162 inclusion
 //! proofs against a signed checkpoint (`proofs`; JSON only), which
 //! `dcwatt-verify` checks. `GET /v1/tenants/{tenant}/statement` and
-//! `dcwatt-collector report` both produce it, so the two agree.
+//! `dcwatt-collector report` both produce it, so the two agree. A tenant
+//! leasing nodes in several halls (one collector each) gets one [`Combined`]
+//! statement from `dcwatt-collector report --config A --config B …`.
 
 use serde::Serialize;
 
@@ -238,6 +240,128 @@ impl Statement {
             self.ledger_head,
             self.gaps.len()
         );
+        out
+    }
+}
+
+/// One day of a [`Combined`] statement: the halls' days added up (each
+/// hall's PUE stays in its own statement: the halls' PUEs differ).
+#[derive(Debug, Clone, Serialize)]
+pub struct CombinedDay {
+    /// `YYYY-MM-DD`.
+    pub date: String,
+    /// IT energy booked in every hall, J.
+    pub it_joules: f64,
+    /// Facility-burdened energy booked in every hall, J.
+    pub facility_joules: f64,
+    /// GPU-hours leased in every hall.
+    pub gpu_hours: f64,
+    /// Ledger rows without a PUE, in every hall.
+    pub rows_without_pue: usize,
+}
+
+/// One hall's part of a [`Combined`] statement: its own statement.
+#[derive(Debug, Clone, Serialize)]
+pub struct HallStatement {
+    /// The collector configuration it was read with.
+    pub config: String,
+    /// The hall's statement, as `report` with that configuration alone gives it.
+    #[serde(flatten)]
+    pub statement: Statement,
+}
+
+/// A tenant's statement for one month across several halls: the totals and
+/// days are the sums of the halls' rows; each hall's statement (ledger head,
+/// gaps, PUE per day) is kept whole in `halls`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Combined {
+    /// The tenant.
+    pub tenant: String,
+    /// `YYYY-MM`.
+    pub month: String,
+    /// When it was issued, Unix ms.
+    pub issued_ms: i64,
+    /// IT energy of every hall, kWh.
+    pub it_kwh: f64,
+    /// Facility-burdened energy of every hall, kWh.
+    pub facility_kwh: f64,
+    /// GPU-hours leased in every hall.
+    pub gpu_hours: f64,
+    /// Late rows in every hall.
+    pub late_rows: usize,
+    /// Per day, every hall's rows added.
+    pub days: Vec<CombinedDay>,
+    /// Each hall's own statement, in the order given.
+    pub halls: Vec<HallStatement>,
+}
+
+/// Merges the statements of one tenant and month from several halls.
+pub fn combine(tenant: &str, month: &str, issued_ms: i64, halls: Vec<HallStatement>) -> Combined {
+    let mut days: std::collections::BTreeMap<String, CombinedDay> = Default::default();
+    for h in &halls {
+        for d in &h.statement.days {
+            let day = days.entry(d.date.clone()).or_insert_with(|| CombinedDay {
+                date: d.date.clone(),
+                it_joules: 0.0,
+                facility_joules: 0.0,
+                gpu_hours: 0.0,
+                rows_without_pue: 0,
+            });
+            day.it_joules += d.it_joules;
+            day.facility_joules += d.facility_joules;
+            day.gpu_hours += d.gpu_hours;
+            day.rows_without_pue += d.rows_without_pue;
+        }
+    }
+    let days: Vec<CombinedDay> = days.into_values().collect();
+    Combined {
+        tenant: tenant.to_owned(),
+        month: month.to_owned(),
+        issued_ms,
+        it_kwh: days.iter().map(|d| d.it_joules).sum::<f64>() / 3.6e6,
+        facility_kwh: days.iter().map(|d| d.facility_joules).sum::<f64>() / 3.6e6,
+        gpu_hours: days.iter().map(|d| d.gpu_hours).sum(),
+        late_rows: halls.iter().map(|h| h.statement.late_rows).sum(),
+        days,
+        halls,
+    }
+}
+
+impl Combined {
+    /// The daily sums as CSV, a totals line, then one comment line per hall.
+    pub fn to_csv(&self) -> String {
+        let mut out = String::from("date,it_kwh,facility_kwh,gpu_hours,rows_without_pue\n");
+        for d in &self.days {
+            out += &format!(
+                "{},{},{},{},{}\n",
+                d.date,
+                d.it_joules / 3.6e6,
+                d.facility_joules / 3.6e6,
+                d.gpu_hours,
+                d.rows_without_pue
+            );
+        }
+        out += &format!(
+            "total,{},{},{},\n# tenant {} month {} halls {}\n",
+            self.it_kwh,
+            self.facility_kwh,
+            self.gpu_hours,
+            self.tenant,
+            self.month,
+            self.halls.len()
+        );
+        for h in &self.halls {
+            let s = &h.statement;
+            out += &format!(
+                "# hall {} it_kwh {} facility_kwh {} gpu_hours {} ledger head {} gaps {}\n",
+                h.config,
+                s.it_kwh,
+                s.facility_kwh,
+                s.gpu_hours,
+                s.ledger_head,
+                s.gaps.len()
+            );
+        }
         out
     }
 }

@@ -60,6 +60,22 @@ async fn leases_book_gpu_energy_and_only_the_right_caller_reads_it() {
     let db = dir.path().join("c.sqlite");
     let (url, stop) = start(&db).await;
     let http = reqwest::Client::new();
+    // Before anything is booked, the label-less counters are there, at 0.
+    let m0 = http
+        .get(format!("{url}/metrics"))
+        .bearer_auth(OPERATOR)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "dcwatt_unleased_energy_joules_total",
+        "dcwatt_unattributed_energy_joules_total",
+    ] {
+        assert_eq!(sample(&m0, name), Some(0.0), "{name}: {m0}");
+    }
     // Eight minutes of readings every 10 s, ending 4 minutes ago (booked after 2).
     let t0 = now_ms().div_euclid(60_000) * 60_000 - 12 * 60_000;
     for k in 0..=48i64 {

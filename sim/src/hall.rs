@@ -136,7 +136,13 @@ pub struct Hall {
     gpu_reset_pending: Vec<bool>,
     gpu_reset_ms: Vec<Option<i64>>,
     gpu_heat_c: Vec<f64>,
+    /// Each GPU's XID events (the last [`MAX_XIDS_PER_GPU`]), ids hall-wide.
+    gpu_xids: Vec<Vec<dcwatt_fake_nvml::FakeXid>>,
+    next_xid: u64,
 }
+
+/// XID events a GPU's state file keeps (the fake library's limit).
+pub const MAX_XIDS_PER_GPU: usize = 64;
 
 impl Hall {
     /// A hall of `config`'s topology whose first tick starts at `start_ms`
@@ -232,6 +238,8 @@ impl Hall {
             gpu_reset_pending: vec![false; gpu_count],
             gpu_reset_ms: vec![None; gpu_count],
             gpu_heat_c: vec![0.0; gpu_count],
+            gpu_xids: vec![Vec::new(); gpu_count],
+            next_xid: 1,
         };
         let (channel_w, gpu_w) = hall.powers(channels, gpu_count);
         for (t, w) in hall.gpu_temp_c.iter_mut().zip(gpu_w.iter()) {
@@ -479,6 +487,20 @@ impl Hall {
         Ok(())
     }
 
+    /// Raises an XID event with `code` on a GPU from the next state file on;
+    /// the agent reads it through NVML's event API. Returns the event's id.
+    pub fn xid_gpu(&mut self, uuid: &str, code: u64) -> Result<u64, HallError> {
+        let g = self.gpu_index(uuid)?;
+        let id = self.next_xid;
+        self.next_xid += 1;
+        let xids = &mut self.gpu_xids[g];
+        xids.push(dcwatt_fake_nvml::FakeXid { id, code });
+        if xids.len() > MAX_XIDS_PER_GPU {
+            xids.remove(0);
+        }
+        Ok(id)
+    }
+
     /// Whether a requested GPU counter reset still waits for the next tick.
     pub fn gpu_reset_pending(&self, uuid: &str) -> Result<bool, HallError> {
         Ok(self.gpu_reset_pending[self.gpu_index(uuid)?])
@@ -528,6 +550,7 @@ impl Hall {
                     lost: false,
                     name: GPU_MODEL.into(),
                     thresholds: Some(GPU_THRESHOLDS),
+                    xids: self.gpu_xids[g].clone(),
                     ..FakeGpu::default()
                 }
             })

@@ -57,6 +57,9 @@ struct ServeArgs {
     /// Address to listen on; port 0 picks a free one.
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
+    /// The zone of every meter in `/sim/site` (a second hall: `hall-2`).
+    #[arg(long, default_value = "hall-1")]
+    zone: String,
 }
 
 #[tokio::main]
@@ -116,7 +119,7 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         .local_addr()
         .context("listener has no local address")?;
     // State files before the line, so whoever reads it can start agents at once.
-    let sim = Sim::new(config)?;
+    let sim = Sim::new(config)?.with_zone(args.zone);
     println!("listening on {addr}");
     sim.serve(listener, shutdown).await?;
     Ok(())

@@ -80,6 +80,8 @@ pub(crate) struct Shared {
     state_files: Vec<PathBuf>,
     /// Counts ticks taken; fault handlers wait on it.
     ticks: watch::Sender<u64>,
+    /// The zone `/sim/site` gives every meter.
+    zone: String,
 }
 
 impl Shared {
@@ -97,6 +99,7 @@ pub struct Sim {
     config: SimConfig,
     hall: Hall,
     state_files: Vec<PathBuf>,
+    zone: String,
 }
 
 impl Sim {
@@ -123,7 +126,15 @@ impl Sim {
             config,
             hall,
             state_files,
+            zone: ZONE.to_owned(),
         })
+    }
+
+    /// The zone `/sim/site` gives every meter (default `hall-1`): a second
+    /// simulated hall of a campus is another zone.
+    pub fn with_zone(mut self, zone: impl Into<String>) -> Self {
+        self.zone = zone.into();
+        self
     }
 
     /// The nodes' fake NVML state files, in [`Hall::nodes`] order.
@@ -151,6 +162,7 @@ impl Sim {
             base_url: format!("http://{}", reachable(addr)),
             state_files: self.state_files,
             ticks: watch::Sender::new(0),
+            zone: self.zone,
         });
         info!(
             racks = config.racks,
@@ -316,7 +328,7 @@ struct SiteNode {
 struct SiteMeter {
     id: String,
     role: MeterRole,
-    zone: &'static str,
+    zone: String,
     url: String,
     it_point: Option<&'static str>,
 }
@@ -325,7 +337,7 @@ struct SiteMeter {
 #[derive(Serialize)]
 struct SiteWaterMeter {
     id: &'static str,
-    zone: &'static str,
+    zone: String,
     url: String,
 }
 
@@ -355,14 +367,14 @@ async fn site(State(shared): State<Arc<Shared>>) -> Json<Site> {
         .map(|m| SiteMeter {
             id: m.id.clone(),
             role: m.role,
-            zone: ZONE,
+            zone: shared.zone.clone(),
             url: format!("{}{}", shared.base_url, redfish::metrics_path(m)),
             it_point: (m.role == MeterRole::It).then_some("pdu_output"),
         })
         .collect();
     let water_meters = vec![SiteWaterMeter {
         id: WATER_METER,
-        zone: ZONE,
+        zone: shared.zone.clone(),
         url: format!("{}/sim/water/{WATER_METER}", shared.base_url),
     }];
     Json(Site {
@@ -443,6 +455,7 @@ enum Fault {
     ResetMeterCounter { meter: String },
     ResetGpuCounter { gpu: String },
     HeatGpu { gpu: String, celsius: f64 },
+    Xid { gpu: String, code: u64 },
 }
 
 /// `POST /sim/fault`: restarts a counter from zero → `{"at_ms": T}`.
@@ -465,6 +478,13 @@ async fn fault(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
             Ok(()) => {
                 info!(gpu = %gpu, celsius, "GPU heated.");
                 Json(json!({ "at_ms": now_ms() })).into_response()
+            }
+            Err(e) => hall_error(&e),
+        },
+        Fault::Xid { gpu, code } => match shared.hall().xid_gpu(&gpu, code) {
+            Ok(id) => {
+                info!(gpu = %gpu, code, id, "XID raised.");
+                Json(json!({ "at_ms": now_ms(), "id": id })).into_response()
             }
             Err(e) => hall_error(&e),
         },

@@ -261,3 +261,115 @@ fn dashboards_are_templated_and_use_only_exported_metrics() {
         }
     }
 }
+
+/// The unit a dashboard query's values are in, from its metrics' names (the
+/// Prometheus suffix convention) and the arithmetic the query does on them.
+fn query_unit(expr: &str) -> &'static str {
+    if expr.trim_start().starts_with("count(") {
+        return "count";
+    }
+    let compact: String = expr.split_whitespace().collect();
+    let mut units: Vec<&'static str> = used_names(expr)
+        .iter()
+        .map(|name| {
+            if name.contains("_joules_total") {
+                if compact.contains("rate(") {
+                    "W"
+                } else if compact.ends_with("/3.6e6") {
+                    "kWh"
+                } else {
+                    "J"
+                }
+            } else if name.contains("_seconds_total") {
+                if compact.ends_with("/3600") {
+                    "h"
+                } else {
+                    "s"
+                }
+            } else if name.contains("_watts") {
+                "W"
+            } else if name.contains("_celsius") {
+                "°C"
+            } else if name.contains("_litres_per_kilowatt_hour") {
+                "L/kWh"
+            } else if name.contains("pue_ratio") || name.contains("pue_instant_ratio") {
+                // PUE and partial PUE: a ratio of at least 1, not a share.
+                "ratio"
+            } else if name.contains("_ratio") {
+                // Coverage, utilization, residual: shares of a whole.
+                "share"
+            } else {
+                // Gauges of things and counters of events.
+                "count"
+            }
+        })
+        .collect();
+    units.dedup();
+    assert_eq!(units.len(), 1, "{expr}: mixes units {units:?}");
+    units[0]
+}
+
+/// Grafana units that display a query unit.
+fn grafana_units(unit: &str) -> &'static [&'static str] {
+    match unit {
+        "W" => &["watt", "kwatt"],
+        "kWh" => &["kwatth"],
+        "J" => &["joule"],
+        "h" => &["h"],
+        "s" => &["s"],
+        "°C" => &["celsius"],
+        "L/kWh" => &["suffix:L/kWh"],
+        "ratio" => &["none"],
+        "share" => &["percentunit"],
+        "count" => &["", "none", "short"],
+        _ => &[],
+    }
+}
+
+/// Each panel's unit is the unit of every one of its queries.
+#[test]
+fn dashboard_units_match_their_queries() {
+    let mut checked = 0;
+    for (file, d) in dashboards() {
+        let mut panels = Vec::new();
+        walk_panels(d["panels"].as_array().unwrap(), &mut panels);
+        for p in panels.iter().filter(|p| p["type"] != "row") {
+            let title = &p["title"];
+            let unit = p["fieldConfig"]["defaults"]["unit"]
+                .as_str()
+                .unwrap_or_default();
+            for o in p["fieldConfig"]["overrides"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                assert!(
+                    !o.to_string().contains("\"unit\""),
+                    "{file}: {title}: a unit override, which this check does not read"
+                );
+            }
+            for t in p["targets"].as_array().unwrap() {
+                let expr = t["expr"].as_str().unwrap();
+                let want = query_unit(expr);
+                assert!(
+                    grafana_units(want).contains(&unit),
+                    "{file}: {title}: unit {unit:?}, but {expr} is in {want} ({:?})",
+                    grafana_units(want)
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 40, "{checked} queries");
+    // The rule does catch a mismatch.
+    assert_eq!(
+        query_unit("increase(dcwatt_tenant_gpu_seconds_total[1h]) / 3600"),
+        "h"
+    );
+    assert!(!grafana_units(query_unit("dcwatt_pue_coverage_ratio")).contains(&"none"));
+    assert_eq!(
+        query_unit("rate(dcwatt_tenant_energy_joules_total[15m])"),
+        "W"
+    );
+    assert_eq!(query_unit("dcwatt:pue_ratio:1h"), "ratio");
+}

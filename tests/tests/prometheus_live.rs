@@ -4,7 +4,11 @@
 //! rule must evaluate without error, the recording rules must produce the
 //! site PUE from the collector's energy counters, and the PUE-coverage alert,
 //! whose condition holds on a hall that has run for less than an hour, must be
-//! pending while the delivery alerts stay quiet.
+//! pending while the delivery alerts stay quiet. Every dashboard panel's
+//! query returns data from the live hall (tenants leasing its nodes, and the
+//! events some panels show raised through the simulator's fault API: a GPU
+//! past its slowdown threshold, XIDs), except the long-window PUE panels,
+//! which need their whole window of history.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -12,7 +16,7 @@ use std::time::Duration;
 
 use dcwatt_sim::launch::{launch, LaunchOptions};
 use dcwatt_tests::{dashboard_exprs, get_json, spawn_sim, wait_for};
-use serde_json::Value;
+use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 /// Kills the Prometheus server when the test ends, however it ends.
@@ -46,6 +50,53 @@ fn copy_rules(dir: &Path) {
     }
 }
 
+async fn fault(sim: &str, body: Value) {
+    let r = reqwest::Client::new()
+        .post(format!("{sim}/sim/fault"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{body}: {}", r.status());
+}
+
+/// A dashboard query as Grafana sends it, for "All" and a one-hour range.
+fn grafana_expr(expr: &str) -> String {
+    expr.replace("$__range", "1h")
+        .replace("$__rate_interval", "1m")
+        .replace("$zone", ".*")
+        .replace("$node", ".*")
+        .replace("$tenant", ".*")
+}
+
+/// Dashboard queries that return nothing from a hall that has run for
+/// minutes, and why: a PUE window is exported only when complete, which
+/// takes its whole span of complete minutes. (Their data path is the same
+/// series with other windows, which the "PUE by window" panel shows here, and
+/// `dcwatt_pue_coverage_ratio` for every window.)
+const NEEDS_HISTORY: &[(&str, &str)] = &[
+    ("\"PUE 1h\"", "dcwatt_pue_ratio{window=\"1h\"}"),
+    ("\"PUE 24h\"", "dcwatt_pue_ratio{window=\"24h\"}"),
+    ("\"PUE 7d\"", "dcwatt_pue_ratio{window=\"7d\"}"),
+    ("\"PUE 30d\"", "dcwatt_pue_ratio{window=\"30d\"}"),
+    ("\"PUE 365d\"", "dcwatt_pue_ratio{window=\"365d\"}"),
+    (
+        "\"Partial PUE per zone (1h)\"",
+        "dcwatt_partial_pue_ratio{zone=~\"$zone\",window=\"1h\"}",
+    ),
+    // The shortest, live 5m window is complete after five minutes; the panels
+    // show the recording rules' PUE and WUE meanwhile (checked here).
+    ("\"PUE by window\"", "dcwatt_pue_ratio"),
+    ("\"WUE by window\"", "dcwatt_wue_litres_per_kilowatt_hour"),
+];
+
+/// Dashboard queries about a site model the simulated hall does not have: a
+/// sub-meter tree (`parent`: meters of one role under another).
+const NOT_IN_THIS_HALL: &[(&str, &str)] = &[(
+    "\"Meter tree residual\"",
+    "dcwatt_meter_tree_residual_ratio",
+)];
+
 async fn query(prom: &str, q: &str) -> Vec<Value> {
     let url = format!("{prom}/api/v1/query?query={}", url_escape(q));
     let v = get_json(&url).await;
@@ -73,14 +124,38 @@ async fn shipped_rules_run_in_prometheus_against_a_live_hall() {
         interval: "500ms".into(),
         log_filter: "info".into(),
         mirror: false,
-        // /metrics closed to all but the scrape token, as deployed.
+        // /metrics closed to all but the scrape token, as deployed. Two
+        // tenants lease the two racks (for the tenant dashboard); minutes are
+        // booked 1 s after they end (this first line continues [ledger]);
+        // an excursion opens after 1 s.
         collector_extra: format!(
-            "\n[operator]\ntoken_sha256 = \"{}\"\n[metrics]\ntoken_sha256 = \"{}\"\n",
+            "close_after = \"1s\"\n\
+             [operator]\ntoken_sha256 = \"{}\"\n[metrics]\ntoken_sha256 = \"{}\"\n\
+             [thermal]\nmin_duration = \"1s\"\n\
+             [[tenants]]\nid = \"lab-a\"\ntoken_sha256 = \"{}\"\n\
+             [[tenants]]\nid = \"lab-b\"\ntoken_sha256 = \"{}\"\n\
+             [[leases]]\ntenant = \"lab-a\"\nnodes = [\"r1-*\"]\nfrom = \"2020-01-01T00:00:00Z\"\nto = \"2100-01-01T00:00:00Z\"\n\
+             [[leases]]\ntenant = \"lab-b\"\nnodes = [\"r2-*\"]\nfrom = \"2020-01-01T00:00:00Z\"\nto = \"2100-01-01T00:00:00Z\"\n",
             hex::encode(Sha256::digest(b"operator-token")),
-            hex::encode(Sha256::digest(b"scrape-token"))
+            hex::encode(Sha256::digest(b"scrape-token")),
+            hex::encode(Sha256::digest(b"lab-a-token")),
+            hex::encode(Sha256::digest(b"lab-b-token")),
         ),
     };
     let dep = launch(&sim.url(), &opts).await.unwrap();
+    // The events the thermal dashboard shows: a GPU of lab-a's rack past its
+    // slowdown threshold (an excursion, hardware thermal slowdown), an XID.
+    let hot_gpu = dep.site.nodes[0].gpus[0].clone();
+    fault(
+        &sim.url(),
+        json!({"kind": "heat_gpu", "gpu": hot_gpu, "celsius": 40.0}),
+    )
+    .await;
+    fault(
+        &sim.url(),
+        json!({"kind": "xid", "gpu": hot_gpu, "code": 79}),
+    )
+    .await;
 
     let prom_dir = dir.path().join("prometheus");
     std::fs::create_dir_all(&prom_dir).unwrap();
@@ -245,14 +320,67 @@ async fn shipped_rules_run_in_prometheus_against_a_live_hall() {
     // Every dashboard query is valid PromQL for this Prometheus, with the
     // variables as Grafana fills them for "All" and a one-hour range.
     for (place, expr) in dashboard_exprs() {
-        let expr = expr
-            .replace("$__range", "1h")
-            .replace("$__rate_interval", "1m")
-            .replace("$zone", ".*")
-            .replace("$node", ".*")
-            .replace("$tenant", ".*");
+        let expr = grafana_expr(&expr);
         let url = format!("{prom}/api/v1/query?query={}", url_escape(&expr));
         let v = get_json(&url).await;
         assert_eq!(v["status"], "success", "{place}: {expr}: {v}");
     }
+
+    // The XID panel shows increases: a series' first sample is no increase,
+    // so a second XID once Prometheus has the counter.
+    wait_for(
+        "the XID counter in Prometheus",
+        Duration::from_secs(60),
+        || async {
+            let r = query(&prom, "dcwatt_gpu_xid_errors_total").await;
+            (!r.is_empty()).then_some(())
+        },
+    )
+    .await;
+    fault(
+        &sim.url(),
+        json!({"kind": "xid", "gpu": hot_gpu, "code": 79}),
+    )
+    .await;
+
+    // Every panel's query returns at least one series (tenant minutes are
+    // booked once their minute has closed: up to a minute and a half).
+    let exprs = dashboard_exprs();
+    for (place, expr) in NEEDS_HISTORY.iter().chain(NOT_IN_THIS_HALL) {
+        assert!(
+            exprs.iter().any(|(p, e)| p.contains(place) && e == expr),
+            "{place}: {expr} is no dashboard query any more"
+        );
+    }
+    // A query passes once it has returned a series: some flicker (the instant
+    // PUE is absent while the meters' latest readings, taken by different
+    // agents at different instants of a load step, put IT above facility).
+    let mut empty: Vec<&(String, String)> = exprs
+        .iter()
+        .filter(|(place, expr)| {
+            !NEEDS_HISTORY
+                .iter()
+                .chain(NOT_IN_THIS_HALL)
+                .any(|(p, e)| place.contains(p) && expr == e)
+        })
+        .collect();
+    for _ in 0..150 {
+        let mut still = Vec::new();
+        for q in empty {
+            if query(&prom, &grafana_expr(&q.1)).await.is_empty() {
+                still.push(q);
+            }
+        }
+        empty = still;
+        if empty.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let empty: Vec<String> = empty.iter().map(|(p, e)| format!("{p}: {e}")).collect();
+    assert!(
+        empty.is_empty(),
+        "dashboard queries without data:\n{}",
+        empty.join("\n")
+    );
 }

@@ -495,8 +495,13 @@ pub fn load(path: &Path) -> Result<RuntimeConfig, ConfigError> {
 
 impl AgentConfig {
     /// Parses TOML text (no validation beyond types; see [`AgentConfig::build`]).
+    /// String values may name environment variables (`${NODE_NAME}`; `$${` is a
+    /// literal `${`): see `dcwatt_confenv`.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        Ok(toml::from_str(text)?)
+        dcwatt_confenv::from_toml(text).map_err(|e| match e {
+            dcwatt_confenv::Error::Toml(e) => ConfigError::Parse(e),
+            dcwatt_confenv::Error::Env { key, reason } => invalid(key, reason),
+        })
     }
 
     /// Validates the config and resolves every default. Token files are read here.
@@ -526,9 +531,7 @@ impl AgentConfig {
                 )
             })?,
         };
-        if node.is_empty() {
-            return Err(invalid("node", "empty"));
-        }
+        check_node_id(&node)?;
 
         let mut collectors = Vec::with_capacity(self.collectors.len());
         for (i, c) in self.collectors.into_iter().enumerate() {
@@ -707,6 +710,30 @@ fn build_nvml(i: usize, n: NvmlConfig) -> Result<NvmlSpec, ConfigError> {
         Some(p) => NvmlLibrary::Path(p),
     };
     Ok(NvmlSpec { library })
+}
+
+/// The node is the agent's id towards collectors: refuse here what a collector
+/// would refuse (1 to 128 of `[A-Za-z0-9._:-]`), rather than ship batches that
+/// every collector answers 401.
+fn check_node_id(node: &str) -> Result<(), ConfigError> {
+    if node.is_empty() || node.len() > 128 {
+        return Err(invalid(
+            "node",
+            format!("{node:?} must be 1 to 128 characters (it is the agent's id)"),
+        ));
+    }
+    if let Some(c) = node
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "-_.:".contains(*c)))
+    {
+        return Err(invalid(
+            "node",
+            format!(
+                "{node:?} contains {c:?}: an agent id may only contain ASCII letters, digits, '-', '_', '.', ':'"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// The machine's hostname: `/proc/sys/kernel/hostname`, else `$HOSTNAME`.

@@ -161,7 +161,10 @@ fn bad_listen_is_refused() {
 
 #[test]
 fn empty_node_is_refused() {
-    assert_eq!(build("node = \" \"\n").unwrap_err(), "node: empty");
+    assert_eq!(
+        build("node = \" \"\n").unwrap_err(),
+        "node: \"\" must be 1 to 128 characters (it is the agent's id)"
+    );
 }
 
 #[test]
@@ -393,4 +396,63 @@ fn meter_ids_are_unique_across_types() {
         err.contains("sources[1].meter: duplicate meter id \"m\""),
         "{err}"
     );
+}
+
+#[test]
+fn node_must_be_an_id_the_collector_accepts() {
+    // The literal reference (escaped, so not expanded) is what an agent without
+    // env expansion used to ship, and every collector refused.
+    let e = build("node = \"$${NODE_NAME}\"\n").unwrap_err();
+    assert!(e.starts_with("node: \"${NODE_NAME}\" contains '$'"), "{e}");
+    let e = build("node = \"r1 n2\"\n").unwrap_err();
+    assert!(e.starts_with("node: ") && e.contains("' '"), "{e}");
+    let e = build(&format!("node = \"{}\"\n", "a".repeat(129))).unwrap_err();
+    assert!(e.contains("1 to 128"), "{e}");
+    assert_eq!(
+        build(&format!("node = \"{}\"\n", "a".repeat(128)))
+            .unwrap()
+            .node
+            .len(),
+        128
+    );
+    assert_eq!(
+        build("node = \"r1-n2.hall_1:x\"\n").unwrap().node,
+        "r1-n2.hall_1:x"
+    );
+}
+
+#[test]
+fn values_may_name_environment_variables() {
+    std::env::set_var("DCWATT_AGENT_CONFIG_TEST_NODE", "gpu-node-17");
+    let tok = token_file("t0ken\n");
+    let dir = tok.path().parent().unwrap().display().to_string();
+    let name = tok.path().file_name().unwrap().to_str().unwrap().to_owned();
+    std::env::set_var("DCWATT_AGENT_CONFIG_TEST_TOKEN", &name);
+    let c = build(&format!(
+        r#"
+node = "${{DCWATT_AGENT_CONFIG_TEST_NODE}}"
+[[collectors]]
+url = "https://collector:9400/x$y"
+token_file = "{dir}/${{DCWATT_AGENT_CONFIG_TEST_TOKEN}}"
+"#
+    ))
+    .unwrap();
+    assert_eq!(c.node, "gpu-node-17");
+    assert_eq!(c.collectors[0].url.as_str(), "https://collector:9400/x$y");
+
+    let e = build("node = \"${DCWATT_AGENT_CONFIG_TEST_SURELY_UNSET}\"\n").unwrap_err();
+    assert_eq!(
+        e,
+        "node: environment variable DCWATT_AGENT_CONFIG_TEST_SURELY_UNSET is not set"
+    );
+    let e = build(
+        "[[collectors]]\nurl = \"http://c:9400\"\ntoken_file = \"/t/${DCWATT_AGENT_CONFIG_TEST_SURELY_UNSET}\"\n",
+    )
+    .unwrap_err();
+    assert!(
+        e.starts_with("collectors[0].token_file: environment variable"),
+        "{e}"
+    );
+    let e = build("node = \"${oops\"\n").unwrap_err();
+    assert!(e.starts_with("node: ") && e.contains("$${"), "{e}");
 }

@@ -330,3 +330,29 @@ fn the_water_meter_serves_its_volume_exactly_and_restarts_at_a_reset() {
         "water:water-1"
     );
 }
+
+#[test]
+fn xids_reach_the_gpus_state_with_increasing_ids() {
+    let mut h = hall(3);
+    h.step();
+    let gpu = h.nodes().nth(1).unwrap().gpus[2].clone();
+    let other = h.nodes().nth(2).unwrap().gpus[0].clone();
+    assert!(h.fake_nvml_gpus(1)[2].xids.is_empty());
+    assert_eq!(h.xid_gpu(&gpu, 79).unwrap(), 1);
+    assert_eq!(h.xid_gpu(&other, 48).unwrap(), 2);
+    assert_eq!(h.xid_gpu(&gpu, 79).unwrap(), 3);
+    let ids: Vec<(u64, u64)> = h.fake_nvml_gpus(1)[2]
+        .xids
+        .iter()
+        .map(|x| (x.id, x.code))
+        .collect();
+    assert_eq!(ids, [(1, 79), (3, 79)]);
+    assert!(h.fake_nvml_gpus(1)[1].xids.is_empty());
+    assert!(h.xid_gpu("GPU-nope", 79).is_err());
+    for _ in 0..100 {
+        h.xid_gpu(&gpu, 13).unwrap();
+    }
+    let xids = &h.fake_nvml_gpus(1)[2].xids;
+    assert_eq!(xids.len(), MAX_XIDS_PER_GPU);
+    assert_eq!(xids.last().unwrap().id, 103);
+}

@@ -1,0 +1,265 @@
+//! A tenant leasing nodes in two halls (two collectors, two databases) gets
+//! one statement from `dcwatt-collector report --config A --config B`: its
+//! energy is the sum of the halls' ledger rows, day by day, and each hall's
+//! own statement is kept beside. The same database twice is refused.
+
+use std::time::{Duration, Instant};
+
+use dcwatt_collector::api::now_ms;
+use dcwatt_collector::config::token_hash;
+use dcwatt_collector::statement::{civil_from_days, month_of, month_range};
+use dcwatt_collector::store::Store;
+use dcwatt_wire::{Batch, Entity, GpuInfo, Quantity, Reading, VERSION};
+use serde_json::Value;
+
+mod common;
+use common::sample;
+
+const OPERATOR: &str = "operator-token";
+
+/// A hall: its node, its GPU and the GPU's constant power.
+struct Hall {
+    node: &'static str,
+    gpu: &'static str,
+    watts: f64,
+}
+
+const HALLS: [Hall; 2] = [
+    Hall {
+        node: "h1-n1",
+        gpu: "GPU-h1",
+        watts: 1000.0,
+    },
+    Hall {
+        node: "h2-n1",
+        gpu: "GPU-h2",
+        watts: 400.0,
+    },
+];
+
+fn config(db: &std::path::Path, hall: &Hall) -> String {
+    let h = |t: &str| hex::encode(token_hash(t));
+    format!(
+        "[ledger]\npath = \"{}\"\n[operator]\ntoken_sha256 = \"{}\"\n\
+         [[agents]]\nid = \"{node}\"\ntoken_sha256 = \"{}\"\n\
+         [[tenants]]\nid = \"lab-a\"\ntoken_sha256 = \"{}\"\n\
+         [[leases]]\ntenant = \"lab-a\"\nnodes = [\"{node}\"]\nfrom = \"2020-01-01T00:00:00Z\"\nto = \"2100-01-01T00:00:00Z\"\n",
+        db.display(),
+        h(OPERATOR),
+        h(hall.node),
+        h("lab-a-token"),
+        node = hall.node,
+    )
+}
+
+/// Eight minutes of readings every 10 s, ending 4 minutes ago (booked after 2).
+async fn feed(url: &str, hall: &Hall, t0: i64) {
+    let http = reqwest::Client::new();
+    for k in 0..=48i64 {
+        let ts = t0 + k * 10_000;
+        let batch = Batch {
+            version: VERSION,
+            agent: hall.node.into(),
+            seq: k as u64 + 1,
+            first_seq: None,
+            node: hall.node.into(),
+            created_ms: ts,
+            gpus: vec![GpuInfo {
+                uuid: hall.gpu.into(),
+                index: 0,
+                model: "NVIDIA GB300".into(),
+            }],
+            readings: vec![
+                Reading {
+                    ts_ms: ts,
+                    entity: Entity::Gpu(hall.gpu.into()),
+                    quantity: Quantity::EnergyJoules,
+                    value: hall.watts * (k * 10) as f64,
+                },
+                Reading {
+                    ts_ms: ts,
+                    entity: Entity::Gpu(hall.gpu.into()),
+                    quantity: Quantity::PowerWatts,
+                    value: hall.watts,
+                },
+            ],
+        };
+        let resp = http
+            .post(format!("{url}/v1/batches"))
+            .bearer_auth(hall.node)
+            .json(&batch)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    }
+    // The refresher books closed minutes every 10 s.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let m = http
+            .get(format!("{url}/metrics"))
+            .bearer_auth(OPERATOR)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let booked = sample(&m, "dcwatt_tenant_gpu_seconds_total{tenant=\"lab-a\"}");
+        if booked == Some(480.0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not all booked: {booked:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn report(configs: &[&std::path::Path], month: &str, format: &str) -> (i32, String, String) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_dcwatt-collector"));
+    cmd.args([
+        "report", "--tenant", "lab-a", "--month", month, "--format", format,
+    ]);
+    for c in configs {
+        cmd.arg("--config").arg(c);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1e-12)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_in_two_halls_gets_one_statement_summing_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let t0 = now_ms().div_euclid(60_000) * 60_000 - 12 * 60_000;
+    let (y, m, _) = civil_from_days(t0.div_euclid(86_400_000));
+    let month = format!("{y:04}-{m:02}");
+    let mut confs = Vec::new();
+    let mut stops = Vec::new();
+    for (i, hall) in HALLS.iter().enumerate() {
+        let db = dir.path().join(format!("hall-{i}.sqlite"));
+        let text = config(&db, hall);
+        let conf = dir.path().join(format!("hall-{i}.toml"));
+        std::fs::write(&conf, &text).unwrap();
+        let (url, stop) = common::start(&text).await;
+        feed(&url, hall, t0).await;
+        confs.push((conf, db));
+        stops.push(stop);
+    }
+    for s in stops {
+        let _ = s.send(());
+    }
+
+    // What each hall's ledger holds for the month.
+    let (from, to) = month_range(&month).unwrap();
+    let mut rows_j = Vec::new();
+    for (_, db) in &confs {
+        let store = Store::open(db).unwrap();
+        let rows = store.tenant_rows("lab-a", from, to).unwrap();
+        assert!(!rows.is_empty());
+        rows_j.push((
+            rows.iter().map(|r| r.it_joules).sum::<f64>(),
+            rows.iter().map(|r| r.gpu_ms).sum::<i64>() as f64 / 3_600_000.0,
+        ));
+    }
+    let single = |i: usize| {
+        let (code, out, err) = report(&[&confs[i].0], &month, "json");
+        assert_eq!(code, 0, "{err}");
+        serde_json::from_str::<Value>(&out).unwrap()
+    };
+    let (s1, s2) = (single(0), single(1));
+    for (s, (j, _)) in [(&s1, rows_j[0]), (&s2, rows_j[1])] {
+        assert!(close(s["it_kwh"].as_f64().unwrap(), j / 3.6e6), "{s}");
+    }
+
+    let (code, out, err) = report(&[&confs[0].0, &confs[1].0], &month, "json");
+    assert_eq!(code, 0, "{err}");
+    let c: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(c["tenant"], "lab-a");
+    assert_eq!(c["month"], month.as_str());
+    let total_j = rows_j[0].0 + rows_j[1].0;
+    let it = c["it_kwh"].as_f64().unwrap();
+    assert!(close(it, total_j / 3.6e6), "{it} kWh, rows {total_j} J");
+    assert!(close(
+        it,
+        s1["it_kwh"].as_f64().unwrap() + s2["it_kwh"].as_f64().unwrap()
+    ));
+    assert!(close(
+        c["gpu_hours"].as_f64().unwrap(),
+        rows_j[0].1 + rows_j[1].1
+    ));
+    assert!(close(
+        c["facility_kwh"].as_f64().unwrap(),
+        s1["facility_kwh"].as_f64().unwrap() + s2["facility_kwh"].as_f64().unwrap()
+    ));
+    if month_of(t0 + 8 * 60_000) == month_of(t0) {
+        // Eight whole minutes of 1 kW and 0.4 kW.
+        assert!(close(total_j, 8.0 * 60.0 * 1400.0), "{total_j}");
+    }
+    // Day by day: the halls' days added.
+    let days = c["days"].as_array().unwrap();
+    assert_eq!(days.len(), s1["days"].as_array().unwrap().len());
+    for d in days {
+        let date = d["date"].as_str().unwrap();
+        let of = |s: &Value| {
+            s["days"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|x| x["date"] == date)
+                .map_or(0.0, |x| x["it_joules"].as_f64().unwrap())
+        };
+        assert!(
+            close(d["it_joules"].as_f64().unwrap(), of(&s1) + of(&s2)),
+            "{date}"
+        );
+    }
+    // Each hall's own statement is kept whole.
+    let halls = c["halls"].as_array().unwrap();
+    assert_eq!(halls.len(), 2);
+    for (h, s) in halls.iter().zip([&s1, &s2]) {
+        assert_eq!(h["it_kwh"], s["it_kwh"]);
+        assert_eq!(h["ledger_head"], s["ledger_head"]);
+    }
+    assert_ne!(halls[0]["ledger_head"], halls[1]["ledger_head"]);
+
+    // CSV: the totals line carries the sum.
+    let (code, csv, err) = report(&[&confs[0].0, &confs[1].0], &month, "csv");
+    assert_eq!(code, 0, "{err}");
+    let total: f64 = csv
+        .lines()
+        .find_map(|l| l.strip_prefix("total,"))
+        .and_then(|l| l.split(',').next()?.parse().ok())
+        .unwrap();
+    assert!(close(total, it), "{csv}");
+    assert_eq!(csv.lines().filter(|l| l.starts_with("# hall ")).count(), 2);
+
+    // One database twice (the same file, or two configs naming it) is refused.
+    let (code, _, err) = report(&[&confs[0].0, &confs[0].0], &month, "json");
+    assert_eq!(code, 2);
+    assert!(err.contains("count twice"), "{err}");
+    let copy = dir.path().join("hall-0-again.toml");
+    std::fs::write(&copy, config(&confs[0].1, &HALLS[0])).unwrap();
+    let (code, _, err) = report(&[&confs[0].0, &copy], &month, "json");
+    assert_eq!(code, 2);
+    assert!(err.contains("count twice"), "{err}");
+    // A tenant missing from one hall names that hall's config.
+    let other = dir.path().join("other.toml");
+    std::fs::write(
+        &other,
+        config(&confs[1].1, &HALLS[1]).replace("\"lab-a\"", "\"lab-z\""),
+    )
+    .unwrap();
+    let (code, _, err) = report(&[&confs[0].0, &other], &month, "json");
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("no tenant \"lab-a\"") && err.contains("other.toml"),
+        "{err}"
+    );
+}
