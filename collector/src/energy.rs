@@ -179,6 +179,11 @@ impl Integrator {
             joules: (w0 + watts) / 2.0 * dt,
         })
     }
+
+    /// The last reading (Unix ms, W), if any.
+    pub fn last(&self) -> Option<(i64, f64)> {
+        self.last
+    }
 }
 
 /// One change to a curve, so a store can mirror it row by row.

@@ -67,7 +67,11 @@ pub struct Figures {
     pub category: Option<u8>,
     /// Share of the facility and IT meters that reported within `stale_after`.
     pub meters_reporting_ratio: f64,
-    /// Instantaneous PUE from fresh powers (only while every facility and IT meter is fresh).
+    /// Instantaneous PUE: facility / IT energy over the last
+    /// [`INSTANT_SPAN_MS`] that every facility and IT meter's energy curve
+    /// covers, all cut at the same two instants (their mean powers over one
+    /// and the same span), while every one of them is fresh and none reset or
+    /// was replaced in it; never a ratio of readings taken at different times.
     pub pue_instant: Option<f64>,
     /// Energy-based PUE over the last five minutes, to the millisecond.
     pub pue_live: WindowPue,
@@ -122,9 +126,7 @@ pub fn compute(
     let model_ok = has_facility && category.is_some();
 
     let pue_instant = if all_fresh && model_ok {
-        let f = power_watts.get("facility").copied().unwrap_or(0.0);
-        let i = power_watts.get("it").copied().unwrap_or(0.0);
-        pue::pue(f, i, site.pue_it_floor_watts, site.pue_max_ratio).ok()
+        instant_pue(state, site, now_ms)
     } else {
         None
     };
@@ -156,6 +158,44 @@ pub fn compute(
         pue_live,
         windows,
     }
+}
+
+/// The span the instant PUE is taken over, ms: every meter's energy curve cut
+/// at the same two instants this far apart.
+pub const INSTANT_SPAN_MS: i64 = 10_000;
+
+/// Facility / IT energy over the last [`INSTANT_SPAN_MS`] that every facility
+/// and IT meter covers (ending at the oldest of their latest points), or
+/// `None` when one is stale, does not cover it, or reset or was replaced in it.
+fn instant_pue(state: &State, site: &Site, now_ms: i64) -> Option<f64> {
+    let meters: Vec<&MeterState> = state.meters.values().filter(|m| required(m)).collect();
+    let spans = meters
+        .iter()
+        .map(|m| m.curve.span())
+        .collect::<Option<Vec<_>>>()?;
+    let end = spans.iter().map(|s| s.1).min()?;
+    let start = end - INSTANT_SPAN_MS;
+    if now_ms - end > site.stale_after_ms || spans.iter().any(|s| s.0 > start) {
+        return None;
+    }
+    let (mut facility, mut it) = (0.0, 0.0);
+    for m in meters {
+        let broken = [m.acc.last_reset, m.acc.last_swap]
+            .into_iter()
+            .flatten()
+            .any(|(_, after)| after > start);
+        if broken {
+            return None;
+        }
+        let e = m.curve.between(start, end)?;
+        match m.role {
+            Role::Facility => facility += e,
+            Role::It => it += e,
+            _ => {}
+        }
+    }
+    let floor = site.pue_it_floor_watts * INSTANT_SPAN_MS as f64 / 1000.0;
+    pue::pue(facility, it, floor, site.pue_max_ratio).ok()
 }
 
 fn window_pue(
