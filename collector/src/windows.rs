@@ -416,17 +416,17 @@ pub fn period(
             partial_pue_exported: exported,
         });
     }
-    let energy_bounds_joules = energy_joules
-        .iter()
-        .map(|(role, e)| {
-            let s = Role::ALL
-                .into_iter()
-                .find(|r| r.as_str() == *role)
-                .map(spread_of)
-                .unwrap_or_default();
-            let (lower, upper) = bounded(*e, &s);
+    // Every role with energy or with something unknown (a meter that did not
+    // report at all has no energy rows, only an upper bound).
+    let energy_bounds_joules = Role::ALL
+        .into_iter()
+        .filter(|r| *r != Role::Water)
+        .filter(|r| energy_joules.contains_key(r.as_str()) || role_spread.contains_key(r))
+        .map(|role| {
+            let e = energy_joules.get(role.as_str()).copied().unwrap_or(0.0);
+            let (lower, upper) = bounded(e, &spread_of(role));
             (
-                *role,
+                role.as_str(),
                 Bounds {
                     lower,
                     upper: finite(upper),
