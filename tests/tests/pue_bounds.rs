@@ -384,3 +384,101 @@ fn a_day_of_gaps_resets_and_swaps_keeps_its_pue_within_bounds() {
         assert!(text.contains(line), "missing {line}in\n{text}");
     }
 }
+
+/// The instant PUE: meters read at different instants (the facility meter at
+/// each whole second, the PDUs 300 and 600 ms later), as agents do. The
+/// instant figure cuts every meter's energy curve at the same two instants,
+/// so it never falls below 1 and follows the hall's true PUE over the same
+/// span; a ratio of the latest powers, read at different instants, does not
+/// (checked too, so this test can fail).
+#[test]
+fn the_instant_pue_cuts_every_meter_at_the_same_instants() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = SimConfig {
+        racks: 2,
+        nodes_per_rack: 2,
+        gpus_per_node: 2,
+        seed: 7,
+        state_dir: dir.path().to_path_buf(),
+    };
+    let start = days_from_civil(2026, 11, 1) * DAY;
+    let mut hall = Hall::new(&config, start).unwrap();
+    let site = site();
+    let mut state = State::new(&site);
+    let order = [("utility-a", 0), ("pdu-r1", 300), ("pdu-r2", 600)];
+    let (mut seq, mut checked) = (0, 0);
+    let (mut worst, mut worst_latest): (f64, f64) = (0.0, 0.0);
+    let mut latest_below_one = 0;
+    let mut previous: Option<(f64, f64)> = None;
+    for s in 0..1800 {
+        let t = start + s * 1000;
+        for (id, offset) in order {
+            let at = t + offset;
+            while hall.tick_start_ms() + 100 <= at {
+                hall.step();
+            }
+            let r = hall.meter_reading(id, at).unwrap();
+            let reading = |quantity, value| Reading {
+                ts_ms: at,
+                entity: Entity::Meter(id.into()),
+                quantity,
+                value,
+            };
+            seq += 1;
+            let readings = vec![
+                reading(Quantity::EnergyJoules, r.energy_joules),
+                reading(Quantity::PowerWatts, r.power_watts),
+            ];
+            state.apply(&batch(seq, at, readings), &site, at);
+        }
+        // (The cooling meter is no PUE meter: silent here.)
+        let now = t + 700;
+        let f = figures::compute(&state, &site, now, Vec::new());
+        // The latest powers as they were read (the old instant PUE).
+        let w = |role: &str| f.power_watts.get(role).copied().unwrap_or(0.0);
+        if w("it") > 0.0 {
+            let latest = w("facility") / w("it");
+            let truth_now = {
+                let p = hall.power(t).unwrap();
+                p.facility_watts / p.it_watts
+            };
+            worst_latest = worst_latest.max((latest - truth_now).abs());
+            latest_below_one += usize::from(latest < 1.0);
+        }
+        let Some(instant) = f.pue_instant else {
+            assert!(s < 11, "no instant PUE at {s} s");
+            continue;
+        };
+        // Its span: the last 10 s up to the facility meter's latest reading
+        // (the oldest latest point of the three).
+        let e = |id: &str| {
+            hall.truth(&SimEntity::Meter(id.into()), t - 10_000, t)
+                .unwrap()
+        };
+        let truth = e("utility-a") / (e("pdu-r1") + e("pdu-r2"));
+        assert!(instant >= 1.0, "{s} s: instant PUE {instant}");
+        worst = worst.max((instant - truth).abs());
+        // It moves no more than the hall's true PUE over the same spans did,
+        // up to the interpolation at the spans' ends (a PDU's curve is cut
+        // between two of its readings a second apart).
+        if let Some((was, truth_was)) = previous {
+            let (moved, truly) = (instant - was, truth - truth_was);
+            assert!(
+                (moved - truly).abs() < 0.02,
+                "{s} s: instant PUE moved {moved:+.4}, the truth {truly:+.4}"
+            );
+        }
+        previous = Some((instant, truth));
+        checked += 1;
+    }
+    eprintln!(
+        "instant PUE: worst |error| {worst:.5} over {checked} s; latest powers: {worst_latest:.5}, {latest_below_one} below 1"
+    );
+    assert!(checked > 1700);
+    // Off the truth of its span only by the interpolation at its ends (the
+    // hall's load steps between two GPU phases within a second).
+    assert!(worst < 0.02, "instant PUE off the truth by {worst}");
+    // The old figure, a ratio of readings taken at different instants, is
+    // far off the truth of its instant, and not always above 1.
+    assert!(worst_latest > 0.1 && latest_below_one > 0, "{worst_latest}");
+}
