@@ -228,7 +228,8 @@ pub struct Spread {
 }
 
 impl Spread {
-    fn add(&mut self, o: Spread) {
+    /// Adds another spread to this one.
+    pub fn add(&mut self, o: Spread) {
         self.below += o.below;
         self.above += o.above;
         self.unmeasured += o.unmeasured;
@@ -278,13 +279,11 @@ fn finite(v: f64) -> Option<f64> {
 /// infinite without a rating).
 fn event_spread(
     kind: EventKind,
-    f: i64,
-    t: i64,
+    (f, t): (i64, i64),
     j: f64,
     unknown: f64,
     r: f64,
-    a: i64,
-    b: i64,
+    (a, b): (i64, i64),
 ) -> Spread {
     if kind == EventKind::Glitch || t <= f {
         return Spread::default();
@@ -351,13 +350,11 @@ pub fn period_bounds(
             Some(m) => {
                 let s = event_spread(
                     kind,
-                    f,
-                    t,
+                    (f, t),
                     j,
                     unknown.unwrap_or(f64::INFINITY),
                     rate(m),
-                    a,
-                    b,
+                    (a, b),
                 );
                 out.spreads
                     .entry((m.zone.clone(), m.role))
@@ -439,18 +436,62 @@ pub fn period_bounds(
 mod tests {
     use super::*;
 
+    /// A database from before energy bounds (no `meter_events`, no
+    /// `meter_span`) gains both when opened, and keeps what it held.
+    #[test]
+    fn an_older_database_gains_the_event_tables() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.sqlite");
+        drop(Store::open(&path).unwrap());
+        {
+            let c = rusqlite::Connection::open(&path).unwrap();
+            c.execute_batch(
+                "DROP TABLE meter_events; DROP TABLE meter_span;
+                 INSERT INTO agents VALUES ('gw', 7, 0);",
+            )
+            .unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let tables: i64 = store
+            .conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name IN ('meter_events', 'meter_span')",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(tables, 2);
+        let seq: i64 = store
+            .conn
+            .query_row("SELECT last_seq FROM agents WHERE id = 'gw'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(seq, 7);
+        let site = crate::config::Config::from_toml(
+            "[[meters]]\nid = \"m\"\nrole = \"facility\"\nnominal_max_watts = 1000.0",
+        )
+        .unwrap()
+        .build()
+        .unwrap();
+        // Nothing reported yet: the whole period is unreported, bounded by the rating.
+        let b = period_bounds(&store, &site, 0, 60_000).unwrap();
+        assert_eq!(b.events.len(), 1);
+        assert_eq!(b.events[0].kind, "not_reported");
+        let s = b.spreads[&("default".to_owned(), Role::Facility)];
+        assert!((s.above - 1000.0 * 60.0 * RATE_SLACK).abs() < 1e-6, "{s:?}");
+    }
+
     #[test]
     fn an_event_inside_a_period_costs_only_its_unknown_part() {
         // A 100 s counter gap of 10 kJ, 0 unknown, meter rated 1 kW.
         let s = event_spread(
             EventKind::Gap,
-            100_000,
-            200_000,
+            (100_000, 200_000),
             10_000.0,
             0.0,
             1000.0,
-            60_000,
-            240_000,
+            (60_000, 240_000),
         );
         assert_eq!(
             s,
@@ -465,13 +506,11 @@ mod tests {
         // min(10 kJ, 55.1 kJ) = 10 kJ.
         let s = event_spread(
             EventKind::Gap,
-            100_000,
-            200_000,
+            (100_000, 200_000),
             10_000.0,
             0.0,
             1000.0,
-            150_000,
-            240_000,
+            (150_000, 240_000),
         );
         assert_eq!(
             (s.below, s.above, s.unmeasured),
@@ -481,13 +520,11 @@ mod tests {
         // between 10 kJ − 100 W × (50 s × 1.1 + 0.1 s) and 100 W × 55.1 s.
         let s = event_spread(
             EventKind::Gap,
-            100_000,
-            200_000,
+            (100_000, 200_000),
             10_000.0,
             0.0,
             100.0,
-            150_000,
-            240_000,
+            (150_000, 240_000),
         );
         assert!(
             (s.below - 510.0).abs() < 1e-9 && (s.above - 510.0).abs() < 1e-9,
@@ -496,25 +533,21 @@ mod tests {
         // A reset's tail: unbounded without a rating, even inside.
         let s = event_spread(
             EventKind::Reset,
-            100_000,
-            110_000,
+            (100_000, 110_000),
             500.0,
             f64::INFINITY,
             f64::INFINITY,
-            0,
-            240_000,
+            (0, 240_000),
         );
         assert!(s.above.is_infinite() && s.below == 0.0);
         // Not in the period at all: nothing.
         let s = event_spread(
             EventKind::Gap,
-            100_000,
-            200_000,
+            (100_000, 200_000),
             10_000.0,
             0.0,
             1000.0,
-            200_000,
-            240_000,
+            (200_000, 240_000),
         );
         assert_eq!(s, Spread::default());
     }

@@ -360,15 +360,13 @@ pub fn period(
     let mut zone_infra_spread: BTreeMap<&str, Spread> = BTreeMap::new();
     let mut shared_spread = Spread::default();
     for ((zone, role), s) in &unknown.spreads {
-        add_spread(role_spread.entry(*role).or_default(), s);
+        role_spread.entry(*role).or_default().add(*s);
         match (role, it_zones.get(zone.as_str())) {
-            (Role::It, Some(z)) => add_spread(zone_it_spread.entry(z).or_default(), s),
+            (Role::It, Some(z)) => zone_it_spread.entry(z).or_default().add(*s),
             (Role::Cooling | Role::PowerInfra | Role::Other, Some(z)) => {
-                add_spread(zone_infra_spread.entry(z).or_default(), s)
+                zone_infra_spread.entry(z).or_default().add(*s)
             }
-            (Role::Cooling | Role::PowerInfra | Role::Other, None) => {
-                add_spread(&mut shared_spread, s)
-            }
+            (Role::Cooling | Role::PowerInfra | Role::Other, None) => shared_spread.add(*s),
             _ => {}
         }
     }
@@ -517,12 +515,6 @@ pub fn period(
         events: unknown.events,
         events_left_out: unknown.events_left_out,
     })
-}
-
-fn add_spread(to: &mut Spread, s: &Spread) {
-    to.below += s.below;
-    to.above += s.above;
-    to.unmeasured += s.unmeasured;
 }
 
 /// The trailing windows at `now_ms`. A minute is closed once every meter can

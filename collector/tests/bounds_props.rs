@@ -97,8 +97,7 @@ proptest! {
         };
         // Served counter = cumulative truth − offset (+ base after a swap).
         let mut offset = [-1e6f64; 2];
-        let mut seq = 0;
-        for k in 0..=SLOTS {
+        for (seq, k) in (1u64..).zip(0..=SLOTS) {
             let t = start + k as i64 * SLOT;
             let mut readings = Vec::new();
             for m in 0..2 {
@@ -122,7 +121,6 @@ proptest! {
                     });
                 }
             }
-            seq += 1;
             let batch = Batch {
                 version: VERSION,
                 agent: "gw".into(),
