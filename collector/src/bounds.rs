@@ -482,6 +482,79 @@ mod tests {
         assert!((s.above - 1000.0 * 60.0 * RATE_SLACK).abs() < 1e-6, "{s:?}");
     }
 
+    /// A reset and a swap are stored with their times: after a restart the
+    /// loaded meter still counts them and a period still lists them.
+    #[test]
+    fn events_survive_a_restart() {
+        use dcwatt_wire::{Batch, Entity, Quantity, Reading, VERSION};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.sqlite");
+        let site = crate::config::Config::from_toml(
+            "[[meters]]\nid = \"m\"\nrole = \"facility\"\nnominal_max_watts = 1000.0",
+        )
+        .unwrap()
+        .build()
+        .unwrap();
+        let t0 = 1_795_000_000_000i64.div_euclid(HOUR_MS) * HOUR_MS;
+        // 500 W, read every 10 s; a reset at 100 s, a new meter from 200 s.
+        let value = |k: i64| match k {
+            ..=9 => 1e6 + 5000.0 * k as f64,
+            10..=19 => 5000.0 * (k - 10) as f64 + 2500.0,
+            _ => 9e9 + 5000.0 * (k - 20) as f64,
+        };
+        let mut state = State::new(&site);
+        let mut store = Store::open(&path).unwrap();
+        for k in 0..=30 {
+            let t = t0 + k * 10_000;
+            let batch = Batch {
+                version: VERSION,
+                agent: "gw".into(),
+                seq: k as u64 + 1,
+                first_seq: None,
+                node: "gw".into(),
+                created_ms: t,
+                gpus: vec![],
+                readings: vec![Reading {
+                    ts_ms: t,
+                    entity: Entity::Meter("m".into()),
+                    quantity: Quantity::EnergyJoules,
+                    value: value(k),
+                }],
+            };
+            let (_, changes) = state.apply(&batch, &site, t);
+            store.commit("gw", &state, &changes, &site).unwrap();
+        }
+        drop(store);
+        let store = Store::open(&path).unwrap();
+        let mut loaded = State::new(&site);
+        store.load(&mut loaded).unwrap();
+        let acc = &loaded.meters["m"].acc;
+        assert_eq!((acc.resets, acc.swaps), (1, 1));
+        assert_eq!(acc.last_swap, Some((t0 + 190_000, t0 + 220_000)));
+        let b = period_bounds(&store, &site, t0, t0 + 300_000).unwrap();
+        let kinds: Vec<(&str, i64, i64)> = b
+            .events
+            .iter()
+            .filter(|e| e.kind != "glitch")
+            .map(|e| (e.kind, e.from_ms, e.to_ms))
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                ("reset", t0 + 90_000, t0 + 100_000),
+                ("swap", t0 + 190_000, t0 + 220_000),
+            ]
+        );
+        // The reset's tail: at most 1 kW × 11.1 s less the 2.5 kJ counted
+        // after it; the swap: 1 kW × 33.1 s.
+        let s = b.spreads[&("default".to_owned(), Role::Facility)];
+        assert!(
+            (s.above - (11_100.0 - 2_500.0 + 33_100.0)).abs() < 1e-6,
+            "{s:?}"
+        );
+        assert_eq!(s.below, 0.0);
+    }
+
     #[test]
     fn an_event_inside_a_period_costs_only_its_unknown_part() {
         // A 100 s counter gap of 10 kJ, 0 unknown, meter rated 1 kW.
