@@ -13,8 +13,9 @@
 //!     (`unknown_joules` 0);
 //!   - `reset`: the energy between the last reading and the reset is unknown:
 //!     at most the rating × Δt less what was counted after the reset;
-//!   - `swap`: a replaced meter (three consistent glitches, a rebase):
-//!     nothing counted across the jump, at most the rating × Δt unknown;
+//!   - `swap`: a replaced meter (three consistent glitches, a rebase): the
+//!     new meter's counting from its first reading is kept; from the old
+//!     meter's last reading to the new one's first, at most the rating × Δt;
 //!   - `power_gap`: a power-only meter not integrated across a gap longer
 //!     than `max_gap`: at most the rating × Δt unknown;
 //!   - `glitch`: refused counter readings, one row per meter and UTC hour
@@ -546,13 +547,19 @@ mod tests {
             ]
         );
         // The reset's tail: at most 1 kW × 11.1 s less the 2.5 kJ counted
-        // after it; the swap: 1 kW × 33.1 s.
+        // after it; the swap: from the old meter's last reading to the new
+        // one's first, 1 kW × 11.1 s (the new meter's 10 kJ from 200 s to
+        // 220 s are counted).
         let s = b.spreads[&("default".to_owned(), Role::Facility)];
         assert!(
-            (s.above - (11_100.0 - 2_500.0 + 33_100.0)).abs() < 1e-6,
+            (s.above - (11_100.0 - 2_500.0 + 11_100.0)).abs() < 1e-6,
             "{s:?}"
         );
-        assert_eq!(s.below, 0.0);
+        assert_eq!((s.below, s.unmeasured), (0.0, 12_500.0));
+        assert_eq!(
+            loaded.meters["m"].acc.energy_joules,
+            45_000.0 + 47_500.0 + 50_000.0
+        );
     }
 
     #[test]

@@ -16,6 +16,7 @@ use crate::config::Site;
 use crate::config::{ItPoint, Role};
 use crate::energy::{
     max_step, Counter, CounterStep, Curve, CurveEdit, Integrator, MinuteEnergy, Minutes, PowerStep,
+    Span,
 };
 use crate::figures::LIVE_WINDOW_MS;
 use crate::thermal::{self, Coolant, Excursion, GpuThermals, Kind, Transition};
@@ -742,7 +743,13 @@ impl State {
                 return Ok(());
             }
             Quantity::EnergyJoules => match g.counter.observe(ts, v, g.max_watts()) {
-                CounterStep::Baseline | CounterStep::Rebased => false,
+                CounterStep::Baseline => false,
+                CounterStep::Rebased(s) => {
+                    // A replaced board: what its counter counted since its
+                    // first reading is kept.
+                    g.energy_joules += s.joules;
+                    false
+                }
                 CounterStep::Glitch => {
                     g.glitches += 1;
                     return Err(Ignored::Glitch);
@@ -879,21 +886,29 @@ fn meter_reading(
                 });
                 return Err(Ignored::Glitch);
             }
-            CounterStep::Rebased => {
-                // The new level held: a replaced meter; nothing counted across it.
+            CounterStep::Rebased(s) => {
+                // The new level held: a replaced meter. What the new meter
+                // counted since its first reading is kept; from the old
+                // meter's last reading to the new one's first is unknown.
                 acc.glitches += 1;
                 acc.swaps += 1;
-                let from = base.map_or(ts, |(t, _)| t);
+                let from = base.map_or(s.from_ms, |(t, _)| t);
                 acc.last_swap = Some((from, ts));
                 out.events.push(MeterEvent {
                     kind: EventKind::Swap,
                     from_ms: from,
                     to_ms: ts,
-                    joules: 0.0,
-                    unknown_joules: unknown(ts - from, 0.0),
+                    joules: s.joules,
+                    unknown_joules: unknown(s.from_ms - from, 0.0),
                 });
-                out.point(m, ts, false);
-                return Ok(());
+                (
+                    Span {
+                        from_ms: from,
+                        to_ms: ts,
+                        joules: s.joules,
+                    },
+                    false,
+                )
             }
             CounterStep::OutOfOrder => return Err(Ignored::OutOfOrder),
         },
@@ -993,16 +1008,17 @@ mod tests {
         assert_eq!(feed(&mut state, 3000, 2000.0), 1); // back to normal: 1100 J over 2 s
         let acc = &state.meters["m"].acc;
         assert_eq!((acc.energy_joules, acc.glitches), (2000.0, 1));
-        // A new level that holds three readings is a replaced meter: rebased,
-        // nothing counted across it, counting goes on from there.
+        // A new level that holds three readings is a replaced meter: rebased;
+        // what it counted from its first reading is kept, nothing across the jump.
         for (i, ts) in [4000, 5000, 6000].into_iter().enumerate() {
             let applied = feed(&mut state, ts, 5e9 + i as f64 * 500.0);
             assert_eq!(applied, usize::from(i == 2), "reading {i}");
         }
         feed(&mut state, 7000, 5e9 + 1500.0);
         let acc = &state.meters["m"].acc;
-        // Four jumps seen (the spike, three at the new level); three readings refused.
-        assert_eq!((acc.energy_joules, acc.glitches), (2500.0, 4));
+        // Four jumps seen (the spike, three at the new level); three readings
+        // refused. The new meter's 1000 J from its first reading are kept.
+        assert_eq!((acc.energy_joules, acc.glitches), (3500.0, 4));
         assert_eq!(state.ignored[&Ignored::Glitch], 3);
     }
 }
