@@ -285,6 +285,22 @@ impl Curve {
         Some(e0 + (e1 - e0) * (ts_ms - t0) as f64 / (t1 - t0) as f64)
     }
 
+    /// The length of the step between the two points around `ts_ms`, ms (0
+    /// on a point); `None` outside the curve. A long step is a stretch the
+    /// curve only interpolates (a gap).
+    pub fn step_at(&self, ts_ms: i64) -> Option<i64> {
+        let (first, last) = self.span()?;
+        if ts_ms < first || ts_ms > last {
+            return None;
+        }
+        let i = self.points.partition_point(|(t, _)| *t < ts_ms);
+        let t1 = self.points[i].0;
+        if t1 == ts_ms || i == 0 {
+            return Some(0);
+        }
+        Some(t1 - self.points[i - 1].0)
+    }
+
     /// Energy in `[from_ms, to_ms]`, if the curve covers it.
     pub fn between(&self, from_ms: i64, to_ms: i64) -> Option<f64> {
         Some(self.at(to_ms)? - self.at(from_ms)?)
@@ -529,6 +545,10 @@ mod tests {
         assert_eq!(c.at(2_300), Some(230.0));
         assert_eq!(c.between(1_000, 2_600), Some(160.0));
         assert_eq!(c.at(2_601), None);
+        assert_eq!(
+            (c.step_at(1_000), c.step_at(2_000), c.step_at(2_601)),
+            (Some(2_000), Some(0), None)
+        );
         assert_eq!(c.at(-1), None);
         assert!(c.push(2_600, 999.0).is_empty()); // not after the last point: ignored
         assert_eq!(c.at(2_600), Some(260.0));
