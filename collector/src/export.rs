@@ -124,6 +124,14 @@ pub fn render(
         n::PARTIAL_PUE_RATIO,
         "Partial PUE of a zone over a trailing window, shared infrastructure allocated by IT energy; absent while its bounds are wider than [pue] max_uncertainty.",
     );
+    let mut partial_lower = Family::gauge(
+        n::PARTIAL_PUE_LOWER_RATIO,
+        "The least partial PUE of a zone its energy bounds allow, beside an exported dcwatt_partial_pue_ratio.",
+    );
+    let mut partial_upper = Family::gauge(
+        n::PARTIAL_PUE_UPPER_RATIO,
+        "The most partial PUE of a zone its energy bounds allow, beside an exported dcwatt_partial_pue_ratio.",
+    );
     let live = &figures.pue_live;
     if let (Some(p), true) = (live.pue, live.complete) {
         pue.add(&[(n::WINDOW, live.window), (n::CATEGORY, &category)], p);
@@ -148,6 +156,14 @@ pub fn render(
     if let (Some(v), true) = (live.wue_litres_per_kwh, live.wue_complete) {
         wue.add(&[(n::WINDOW, live.window)], v);
     }
+    let mut wue_lower = Family::gauge(
+        n::WUE_LOWER,
+        "The least WUE of a trailing window its bounds allow (L/kWh), beside an exported WUE.",
+    );
+    let mut wue_upper = Family::gauge(
+        n::WUE_UPPER,
+        "The most WUE of a trailing window its bounds allow (L/kWh), beside an exported WUE.",
+    );
     for w in &figures.windows {
         let label = [(n::WINDOW, w.window.unwrap_or_default())];
         if w.complete {
@@ -159,6 +175,8 @@ pub fn render(
         }
         if let (Some(v), true) = (w.wue_litres_per_kwh, w.wue_exported) {
             wue.add(&label, v);
+            w.wue_lower_litres_per_kwh.map(|v| wue_lower.add(&label, v));
+            w.wue_upper_litres_per_kwh.map(|v| wue_upper.add(&label, v));
         }
     }
     let mut residual = Family::gauge(
@@ -192,7 +210,10 @@ pub fn render(
         coverage.add(&[(n::WINDOW, label)], w.coverage_ratio);
         for z in w.zones.iter().filter(|z| z.partial_pue_exported) {
             if let Some(p) = z.partial_pue {
-                partial.add(&[(n::ZONE, z.zone.as_str()), (n::WINDOW, label)], p);
+                let labels = [(n::ZONE, z.zone.as_str()), (n::WINDOW, label)];
+                partial.add(&labels, p);
+                z.partial_pue_lower.map(|v| partial_lower.add(&labels, v));
+                z.partial_pue_upper.map(|v| partial_upper.add(&labels, v));
             }
         }
     }
@@ -337,6 +358,8 @@ pub fn render(
         reff,
         cue,
         wue,
+        wue_lower,
+        wue_upper,
         residual,
         invalid,
         unbooked,
@@ -353,6 +376,8 @@ pub fn render(
         instant,
         coverage,
         partial,
+        partial_lower,
+        partial_upper,
         meter_energy,
         meter_water,
         water,

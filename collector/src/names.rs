@@ -13,6 +13,14 @@ pub const PUE_LOWER_RATIO: &str = "dcwatt_pue_lower_ratio";
 pub const PUE_UPPER_RATIO: &str = "dcwatt_pue_upper_ratio";
 /// A trailing window's PUE uncertainty: max(PUE − lower, upper − PUE) / PUE, where bounded.
 pub const PUE_UNCERTAINTY_RATIO: &str = "dcwatt_pue_uncertainty_ratio";
+/// Bounds of a zone's partial PUE over a trailing window (beside an exported `dcwatt_partial_pue_ratio`).
+pub const PARTIAL_PUE_LOWER_RATIO: &str = "dcwatt_partial_pue_lower_ratio";
+/// See [`PARTIAL_PUE_LOWER_RATIO`].
+pub const PARTIAL_PUE_UPPER_RATIO: &str = "dcwatt_partial_pue_upper_ratio";
+/// Bounds of a trailing window's WUE (beside an exported WUE), L/kWh.
+pub const WUE_LOWER: &str = "dcwatt_wue_lower_litres_per_kilowatt_hour";
+/// See [`WUE_LOWER`].
+pub const WUE_UPPER: &str = "dcwatt_wue_upper_litres_per_kilowatt_hour";
 /// Meter events (gaps, resets, swaps, power gaps, glitches) per meter and kind.
 pub const METER_EVENTS_TOTAL: &str = "dcwatt_meter_events_total";
 /// Power-based (instantaneous) PUE.

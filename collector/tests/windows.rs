@@ -592,6 +592,10 @@ fn water_counters_and_calendar_windows_are_exact() {
         "dcwatt_wue_litres_per_kilowatt_hour{window=\"month\"} 0.3515625\n",
         "dcwatt_pue_lower_ratio{window=\"month\",category=\"2\"} 1.25\n",
         "dcwatt_pue_upper_ratio{window=\"month\",category=\"2\"} 1.25\n",
+        "dcwatt_wue_lower_litres_per_kilowatt_hour{window=\"month\"} 0.3515625\n",
+        "dcwatt_wue_upper_litres_per_kilowatt_hour{window=\"month\"} 0.3515625\n",
+        "dcwatt_partial_pue_lower_ratio{zone=\"hall-1\",window=\"month\"} 1\n",
+        "dcwatt_partial_pue_upper_ratio{zone=\"hall-1\",window=\"month\"} 1\n",
     ] {
         assert!(text.contains(line), "missing {line}in\n{text}");
     }
