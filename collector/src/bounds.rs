@@ -36,6 +36,12 @@
 //!   meter's rating; without one, between 0 and `J + unknown`);
 //! - time outside the meter's span adds `[0, R × that time]`.
 //!
+//! # A database from before bounds
+//! It has no events and no spans for its past. When the tables are created in
+//! a database that already holds energy, `bounds_since_ms` (in `meta`) is set
+//! to the end of the last UTC day holding any: before it, a period is judged
+//! as before, by its complete minutes (all complete: exact; else unbounded).
+//!
 //! Without a rating (`nominal_max_watts`, `nominal_max_cubic_meters_per_hour`)
 //! anything that needs one is unbounded: the default rating the counter
 //! judgement uses (100 MW) would give bounds of no use. A counter gap needs no
@@ -44,13 +50,13 @@
 
 use std::collections::BTreeMap;
 
-use rusqlite::params;
+use rusqlite::{params, OptionalExtension};
 use serde::Serialize;
 
 use crate::config::{Meter, Role, Site};
 use crate::energy::{max_step, RATE_SLACK};
 use crate::state::{Changes, State};
-use crate::store::{Store, StoreError};
+use crate::store::{Resolution, Store, StoreError};
 
 /// What kind of event left something unknown (or was refused).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -137,7 +143,47 @@ CREATE TABLE IF NOT EXISTS meter_span (
 ";
 
 const HOUR_MS: i64 = 3_600_000;
+const DAY_MS: i64 = 86_400_000;
 const MINUTE_MS: i64 = 60_000;
+
+/// Creates the tables; in a database that held energy before them, records
+/// where the bounds' history starts (see the module docs).
+pub fn migrate(conn: &rusqlite::Connection) -> Result<(), rusqlite::Error> {
+    let had: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meter_span')",
+        [],
+        |r| r.get(0),
+    )?;
+    conn.execute_batch(SCHEMA)?;
+    if had {
+        return Ok(());
+    }
+    let last_day: Option<i64> = conn.query_row(
+        "SELECT MAX(start_ms) FROM energy WHERE resolution = 'day'",
+        [],
+        |r| r.get(0),
+    )?;
+    if let Some(day) = last_day {
+        conn.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('bounds_since_ms', ?1)",
+            params![day.saturating_add(DAY_MS).to_string()],
+        )?;
+    }
+    Ok(())
+}
+
+/// Where the bounds' history starts in a database from before them.
+fn bounds_since(store: &Store) -> Result<Option<i64>, StoreError> {
+    let v: Option<String> = store
+        .conn
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'bounds_since_ms'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(v.and_then(|v| v.parse().ok()))
+}
 
 /// The most events a period lists (the rest are counted in `events_left_out`).
 pub const MAX_EVENTS_LISTED: usize = 100;
@@ -311,19 +357,71 @@ fn event_spread(
     }
 }
 
-/// The bounds of every counted meter's energy over `[from_ms, to_ms)` (minute
-/// edges), and the events behind them.
+/// The bounds of every counted meter's energy over `[from_ms, to_ms)` (edges
+/// of `resolution`), and the events behind them.
 pub fn period_bounds(
     store: &Store,
     site: &Site,
     from_ms: i64,
     to_ms: i64,
+    resolution: Resolution,
 ) -> Result<PeriodBounds, StoreError> {
     let (a, b) = (from_ms, to_ms);
     let mut out = PeriodBounds::default();
+    let mut views = Vec::new();
+    // Before the bounds' history (a database from before them): complete
+    // minutes only, as before.
+    let since = bounds_since(store)?.filter(|s| *s > a);
+    if let Some(since) = since {
+        let end = since.min(b);
+        let minutes = (end - a) / MINUTE_MS;
+        let complete = store.complete_minutes(resolution, "*", a, end)?;
+        let water_complete = if site.water_meters > 0 {
+            store.complete_water_minutes(resolution, a, end)? >= minutes
+        } else {
+            true
+        };
+        let pue_complete = complete >= minutes;
+        let unbounded = Spread {
+            below: 0.0,
+            above: f64::INFINITY,
+            unmeasured: 0.0,
+        };
+        for m in site.meters.values().filter(|m| m.parent.is_none()) {
+            let whole = match m.role {
+                Role::Facility | Role::It => pue_complete,
+                Role::Water => water_complete,
+                _ => true, // not judged before either
+            };
+            if !whole {
+                out.spreads
+                    .entry((m.zone.clone(), m.role))
+                    .or_default()
+                    .add(unbounded);
+            }
+        }
+        if !(pue_complete && water_complete) {
+            views.push(EventView {
+                meter: "*".into(),
+                kind: "incomplete_before_bounds",
+                from_ms: a,
+                to_ms: end,
+                joules: 0.0,
+                unknown_joules: None,
+                count: complete,
+                below_joules: 0.0,
+                above_joules: None,
+            });
+        }
+    }
+    // From here on, events and spans.
+    let a = since.map_or(a, |s| s.max(a));
+    if a >= b {
+        out.events = views;
+        return Ok(out);
+    }
     let counted = |id: &str| site.meters.get(id).filter(|m| m.parent.is_none());
     let rate = |m: &Meter| rating(m).unwrap_or(f64::INFINITY);
-    let mut views = Vec::new();
     let mut stmt = store.conn.prepare_cached(
         "SELECT meter, kind, from_ms, to_ms, joules, unknown_joules, count FROM meter_events
          WHERE to_ms >= ?1 AND from_ms < ?2 ORDER BY from_ms, meter, kind",
@@ -476,11 +574,74 @@ mod tests {
         .build()
         .unwrap();
         // Nothing reported yet: the whole period is unreported, bounded by the rating.
-        let b = period_bounds(&store, &site, 0, 60_000).unwrap();
+        let b = period_bounds(&store, &site, 0, 60_000, Resolution::Minute).unwrap();
         assert_eq!(b.events.len(), 1);
         assert_eq!(b.events[0].kind, "not_reported");
         let s = b.spreads[&("default".to_owned(), Role::Facility)];
         assert!((s.above - 1000.0 * 60.0 * RATE_SLACK).abs() < 1e-6, "{s:?}");
+    }
+
+    /// A database that held energy before the bounds: its past is judged by
+    /// complete minutes (exact when all are, else unbounded), not taken as
+    /// "not reported".
+    #[test]
+    fn a_database_from_before_bounds_keeps_its_complete_past() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.sqlite");
+        let t = 1_795_000_000_000i64.div_euclid(DAY_MS) * DAY_MS + 3_600_000;
+        {
+            let store = Store::open(&path).unwrap();
+            store
+                .conn
+                .execute_batch("DROP TABLE meter_events; DROP TABLE meter_span;")
+                .unwrap();
+            for (k, complete) in [(0, true), (1, true), (2, false)] {
+                let m = t + k * MINUTE_MS;
+                for (res, start) in [("minute", m), ("hour", t), ("day", t - 3_600_000)] {
+                    for (role, joules) in [("facility", 1.2e6), ("it", 1.0e6)] {
+                        store
+                            .conn
+                            .execute(
+                                "INSERT INTO energy VALUES (?1, ?2, 'default', ?3, ?4)
+                                 ON CONFLICT DO UPDATE SET joules = joules + excluded.joules",
+                                params![res, start, role, joules],
+                            )
+                            .unwrap();
+                    }
+                }
+                if complete {
+                    store
+                        .conn
+                        .execute(
+                            "INSERT INTO coverage VALUES ('minute', ?1, '*', 1)",
+                            params![m],
+                        )
+                        .unwrap();
+                }
+            }
+        }
+        let store = Store::open(&path).unwrap();
+        assert_eq!(bounds_since(&store).unwrap(), Some(t - 3_600_000 + DAY_MS));
+        let site = crate::config::Config::from_toml(
+            "[[meters]]\nid = \"f\"\nrole = \"facility\"\n\
+             [[meters]]\nid = \"i\"\nrole = \"it\"\nit_point = \"it_input\"",
+        )
+        .unwrap()
+        .build()
+        .unwrap();
+        let p = crate::windows::period(&store, &site, t, t + 2 * MINUTE_MS, Resolution::Minute)
+            .unwrap();
+        assert_eq!((p.pue, p.pue_exported), (Some(1.2), true), "{p:?}");
+        assert_eq!(p.pue_uncertainty_ratio, Some(0.0));
+        assert!(p.events.is_empty(), "{:?}", p.events);
+        let p = crate::windows::period(&store, &site, t, t + 3 * MINUTE_MS, Resolution::Minute)
+            .unwrap();
+        assert!(!p.pue_exported && p.pue_upper.is_none(), "{p:?}");
+        assert_eq!(p.events[0].kind, "incomplete_before_bounds");
+        // Opening again keeps the instant.
+        drop(store);
+        let store = Store::open(&path).unwrap();
+        assert_eq!(bounds_since(&store).unwrap(), Some(t - 3_600_000 + DAY_MS));
     }
 
     /// A reset and a swap are stored with their times: after a restart the
@@ -532,7 +693,7 @@ mod tests {
         let acc = &loaded.meters["m"].acc;
         assert_eq!((acc.resets, acc.swaps), (1, 1));
         assert_eq!(acc.last_swap, Some((t0 + 190_000, t0 + 220_000)));
-        let b = period_bounds(&store, &site, t0, t0 + 300_000).unwrap();
+        let b = period_bounds(&store, &site, t0, t0 + 300_000, Resolution::Minute).unwrap();
         let kinds: Vec<(&str, i64, i64)> = b
             .events
             .iter()

@@ -193,8 +193,7 @@ impl Store {
         conn.execute_batch(crate::ledger::SCHEMA)
             .map_err(open_err)?;
         // Energy bounds: events and meter spans (an older database gains them).
-        conn.execute_batch(crate::bounds::SCHEMA)
-            .map_err(open_err)?;
+        crate::bounds::migrate(&conn).map_err(open_err)?;
         migrate(&conn)?;
         let found: Option<String> = conn
             .query_row(

@@ -354,7 +354,7 @@ pub fn period(
     };
     let wue_litres_per_kwh = pue::wue(water, it, floor).filter(|_| has_water);
     // What is unknown, per role and zone as the energies above are summed.
-    let unknown = unknowns::period_bounds(store, site, from_ms, to_ms)?;
+    let unknown = unknowns::period_bounds(store, site, from_ms, to_ms, resolution)?;
     let mut role_spread: BTreeMap<Role, Spread> = BTreeMap::new();
     let mut zone_it_spread: BTreeMap<&str, Spread> = BTreeMap::new();
     let mut zone_infra_spread: BTreeMap<&str, Spread> = BTreeMap::new();
