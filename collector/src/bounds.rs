@@ -476,14 +476,13 @@ pub fn period_bounds(
         });
     }
     // Time no reading of the meter covers.
-    let mut stmt = store
+    let spans: std::collections::HashMap<String, (i64, i64)> = store
         .conn
-        .prepare_cached("SELECT first_ms, end_ms FROM meter_span WHERE meter = ?1")?;
+        .prepare_cached("SELECT meter, first_ms, end_ms FROM meter_span")?
+        .query_map([], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?))))?
+        .collect::<Result<_, _>>()?;
     for (id, m) in site.meters.iter().filter(|(_, m)| m.parent.is_none()) {
-        let span: Option<(i64, i64)> = stmt
-            .query_map(params![id], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .next()
-            .transpose()?;
+        let span = spans.get(id).copied();
         let mut holes = Vec::new();
         match span {
             Some((first, end)) if first < b && end > a => {

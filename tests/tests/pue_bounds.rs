@@ -251,6 +251,14 @@ fn a_day_of_gaps_resets_and_swaps_keeps_its_pue_within_bounds() {
         assert!(p.pue_exported, "{what}: {p:?}");
         let u = p.pue_uncertainty_ratio.unwrap();
         assert!(u > 0.0 && u < 0.001, "{what}: uncertainty {u}");
+        eprintln!(
+            "{what}: PUE {:.6} in [{:.6}, {:.6}], uncertainty {:.4} %, measured {:.4} %",
+            p.pue.unwrap(),
+            p.pue_lower.unwrap(),
+            p.pue_upper.unwrap(),
+            u * 100.0,
+            p.measured_ratio * 100.0
+        );
         assert!(!p.complete, "{what}: minutes are incomplete");
         // The events that made the bounds are listed.
         let kinds: Vec<(&str, &str)> = p
