@@ -36,17 +36,17 @@
 //!   meter's rating; without one, between 0 and `J + unknown`);
 //! - time outside the meter's span adds `[0, R × that time]`.
 //!
-//! # A database from before bounds
-//! It has no events and no spans for its past. When the tables are created in
-//! a database that already holds energy, `bounds_since_ms` (in `meta`) is set
-//! to the end of the last UTC day holding any: before it, a period is judged
-//! as before, by its complete minutes (all complete: exact; else unbounded).
-//!
 //! Without a rating (`nominal_max_watts`, `nominal_max_cubic_meters_per_hour`)
 //! anything that needs one is unbounded: the default rating the counter
 //! judgement uses (100 MW) would give bounds of no use. A counter gap needs no
 //! rating: a period holding it whole is exact, one cutting it is bounded by
 //! the gap's own energy.
+//!
+//! # A database from before bounds
+//! It has no events and no spans for its past. When the tables are created in
+//! a database that already holds energy, `bounds_since_ms` (in `meta`) is set
+//! to the end of the last UTC day holding any: before it, a period is judged
+//! as before, by its complete minutes (all complete: exact; else unbounded).
 
 use std::collections::BTreeMap;
 
