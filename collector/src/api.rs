@@ -800,6 +800,12 @@ struct MeterView<'a> {
     resets: u64,
     last_reset: Option<ResetView>,
     gaps: u64,
+    /// Events by kind (`gap`, `reset`, `swap`, `power_gap`, `glitch`), as
+    /// `dcwatt_meter_events_total` counts them.
+    events: std::collections::BTreeMap<&'static str, u64>,
+    /// The last swap (a replaced meter): the last reading before it and the
+    /// reading it was rebased at.
+    last_swap: Option<ResetView>,
 }
 
 #[derive(Serialize)]
@@ -1389,6 +1395,19 @@ async fn summary(Extract(shared): Extract<Arc<Shared>>, headers: HeaderMap) -> R
                 after_ms,
             }),
             gaps: m.acc.gaps,
+            events: [
+                ("gap", m.acc.counter_gaps),
+                ("reset", m.acc.resets),
+                ("swap", m.acc.swaps),
+                ("power_gap", m.acc.gaps),
+                ("glitch", m.acc.glitches),
+            ]
+            .into_iter()
+            .collect(),
+            last_swap: m.acc.last_swap.map(|(before_ms, after_ms)| ResetView {
+                before_ms,
+                after_ms,
+            }),
         })
         .collect();
     let mut hottest: Vec<GpuView> = state

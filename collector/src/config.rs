@@ -110,6 +110,9 @@ pub struct Config {
     /// given as a PUE. Default 3.0.
     #[serde(default = "default_pue_max")]
     pub pue_max_ratio: f64,
+    /// `[pue]`: when a PUE over a period is exported.
+    #[serde(default)]
+    pub pue: PueConfig,
     /// The operator: reads `/v1/summary`. Without it, `/v1/summary` is open
     /// (a lab setup; a warning is logged at start).
     pub operator: Option<OperatorConfig>,
@@ -410,6 +413,29 @@ fn default_zone() -> String {
     "default".into()
 }
 
+/// `[pue]`: how uncertain a period's PUE may be and still be exported.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PueConfig {
+    /// A period's PUE (partial PUE, WUE) is exported as the plain figure
+    /// when its bounds are within this share of it: max(PUE − lower, upper −
+    /// PUE) / PUE. Default 0.001 (0.1 %).
+    #[serde(default = "default_max_uncertainty")]
+    pub max_uncertainty: f64,
+}
+
+impl Default for PueConfig {
+    fn default() -> Self {
+        PueConfig {
+            max_uncertainty: default_max_uncertainty(),
+        }
+    }
+}
+
+fn default_max_uncertainty() -> f64 {
+    0.001
+}
+
 /// A meter as the collector uses it.
 #[derive(Debug, Clone)]
 pub struct Meter {
@@ -457,6 +483,8 @@ pub struct Site {
     pub pue_it_floor_watts: f64,
     /// See [`Config::pue_max_ratio`].
     pub pue_max_ratio: f64,
+    /// See [`PueConfig::max_uncertainty`].
+    pub pue_max_uncertainty: f64,
     /// See [`Config::carbon_intensity_kg_per_kwh`].
     pub carbon_intensity_kg_per_kwh: Option<f64>,
     /// See [`Config::meter_tree_tolerance`].
@@ -654,6 +682,13 @@ impl Config {
         }
         if !(self.pue_max_ratio.is_finite() && self.pue_max_ratio > 1.0) {
             return Err(invalid("pue_max_ratio", "must be a number above 1"));
+        }
+        if !(self.pue.max_uncertainty.is_finite() && (0.0..1.0).contains(&self.pue.max_uncertainty))
+        {
+            return Err(invalid(
+                "pue.max_uncertainty",
+                "must be 0 or more and below 1 (a share: 0.001 is 0.1 %)",
+            ));
         }
         let operator_token = match &self.operator {
             Some(op) => Some(parse_sha256("operator.token_sha256", &op.token_sha256)?),
@@ -879,6 +914,7 @@ impl Config {
             max_readings: self.max_readings_per_batch,
             pue_it_floor_watts: self.pue_it_floor_watts,
             pue_max_ratio: self.pue_max_ratio,
+            pue_max_uncertainty: self.pue.max_uncertainty,
             carbon_intensity_kg_per_kwh: self.carbon_intensity_kg_per_kwh,
             meter_tree_tolerance: self.meter_tree_tolerance,
             required_per_zone,
@@ -1074,6 +1110,10 @@ mod tests {
             ("pue_it_floor_watts = -1.0", &["pue_it_floor_watts"]),
             ("max_body_bytes = 10", &["max_body_bytes"]),
             ("pue_max_ratio = 0.5", &["pue_max_ratio"]),
+            ("[pue]\nmax_uncertainty = -0.1", &["pue.max_uncertainty"]),
+            ("[pue]\nmax_uncertainty = 1.5", &["pue.max_uncertainty"]),
+            ("[pue]\nmax_uncertainty = nan", &["pue.max_uncertainty"]),
+            ("[pue]\nmaximum = 1", &["maximum"]),
             ("carbon_intensity_kg_per_kwh = 40.0", &["carbon_intensity_kg_per_kwh"]),
             ("[[meters]]\nid = \"a\"\nrole = \"other\"\nparent = \"z\"", &["meters[0].parent", "no meter"]),
             (

@@ -36,9 +36,11 @@ pub enum CounterStep {
     /// nothing counted, the previous reading stays the base.
     Glitch,
     /// The [`GLITCH_STREAK_REBASE`]th glitch in a row at one consistent new
-    /// level: a replaced meter. Its reading is the new base; nothing is
-    /// counted across the jump.
-    Rebased,
+    /// level: a replaced meter. Its reading is the new base; the span is what
+    /// the new meter counted from its first reading of the streak to this
+    /// one; nothing is counted from the old meter's last reading to the new
+    /// meter's first.
+    Rebased(Span),
     /// Not after the previous reading (out of order or repeated): ignored.
     OutOfOrder,
 }
@@ -67,6 +69,10 @@ pub struct Counter {
     /// The glitches in a row so far: (Unix ms, value) of the last, and how many.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     streak: Option<(i64, f64, u32)>,
+    /// The first glitch of the streak (Unix ms, value): where a new meter's
+    /// counting starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    streak_start: Option<(i64, f64)>,
 }
 
 /// The most a counter rated at `max_rate` (its unit per second: W, m³/s) can
@@ -102,16 +108,19 @@ impl Counter {
         if value >= v0 && value - v0 <= limit {
             self.last = Some((ts_ms, value));
             self.streak = None;
+            self.streak_start = None;
             return CounterStep::Delta(span(value - v0));
         }
         if value < v0 && v0 - value <= v0 * DIP_RELATIVE {
             self.last = Some((ts_ms, v0));
             self.streak = None;
+            self.streak_start = None;
             return CounterStep::Delta(span(0.0));
         }
         if value < v0 && value <= limit {
             self.last = Some((ts_ms, value));
             self.streak = None;
+            self.streak_start = None;
             return CounterStep::Reset(span(value));
         }
         // A glitch. Several in a row, each a believable step from the one
@@ -124,10 +133,18 @@ impl Counter {
             }
             _ => 1,
         };
+        if n == 1 {
+            self.streak_start = Some((ts_ms, value));
+        }
         if n >= GLITCH_STREAK_REBASE {
+            let (t1, v1) = self.streak_start.take().unwrap_or((ts_ms, value));
             self.last = Some((ts_ms, value));
             self.streak = None;
-            return CounterStep::Rebased;
+            return CounterStep::Rebased(Span {
+                from_ms: t1,
+                to_ms: ts_ms,
+                joules: (value - v1).max(0.0),
+            });
         }
         self.streak = Some((ts_ms, value, n));
         CounterStep::Glitch
@@ -178,6 +195,11 @@ impl Integrator {
             to_ms: ts_ms,
             joules: (w0 + watts) / 2.0 * dt,
         })
+    }
+
+    /// The last reading (Unix ms, W), if any.
+    pub fn last(&self) -> Option<(i64, f64)> {
+        self.last
     }
 }
 
@@ -261,6 +283,22 @@ impl Curve {
         }
         let (t0, e0) = self.points[i - 1];
         Some(e0 + (e1 - e0) * (ts_ms - t0) as f64 / (t1 - t0) as f64)
+    }
+
+    /// The length of the step between the two points around `ts_ms`, ms (0
+    /// on a point); `None` outside the curve. A long step is a stretch the
+    /// curve only interpolates (a gap).
+    pub fn step_at(&self, ts_ms: i64) -> Option<i64> {
+        let (first, last) = self.span()?;
+        if ts_ms < first || ts_ms > last {
+            return None;
+        }
+        let i = self.points.partition_point(|(t, _)| *t < ts_ms);
+        let t1 = self.points[i].0;
+        if t1 == ts_ms || i == 0 {
+            return Some(0);
+        }
+        Some(t1 - self.points[i - 1].0)
     }
 
     /// Energy in `[from_ms, to_ms]`, if the curve covers it.
@@ -411,8 +449,16 @@ mod tests {
         assert_eq!(c.observe(5000, 9e9, w), CounterStep::Glitch);
         assert_eq!(c.observe(6000, 8e9, w), CounterStep::Glitch);
         assert_eq!(c.observe(7000, 8e9 + 10.0, w), CounterStep::Glitch);
-        // The third believable step at the new level: rebased there.
-        assert_eq!(c.observe(8000, 8e9 + 20.0, w), CounterStep::Rebased);
+        // The third believable step at the new level: rebased there; the
+        // new meter's counting from its first reading (6000) is kept.
+        assert_eq!(
+            c.observe(8000, 8e9 + 20.0, w),
+            CounterStep::Rebased(Span {
+                from_ms: 6000,
+                to_ms: 8000,
+                joules: 20.0
+            })
+        );
         assert_eq!(c.last(), Some((8000, 8e9 + 20.0)));
     }
 
@@ -499,6 +545,10 @@ mod tests {
         assert_eq!(c.at(2_300), Some(230.0));
         assert_eq!(c.between(1_000, 2_600), Some(160.0));
         assert_eq!(c.at(2_601), None);
+        assert_eq!(
+            (c.step_at(1_000), c.step_at(2_000), c.step_at(2_601)),
+            (Some(2_000), Some(0), None)
+        );
         assert_eq!(c.at(-1), None);
         assert!(c.push(2_600, 999.0).is_empty()); // not after the last point: ignored
         assert_eq!(c.at(2_600), Some(260.0));

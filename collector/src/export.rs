@@ -107,7 +107,19 @@ pub fn render(
     let category = figures.category.map(|c| c.to_string()).unwrap_or_default();
     let mut pue = Family::gauge(
         n::PUE_RATIO,
-        "Energy-based PUE over a trailing window (facility / IT energy); absent while the window is incomplete.",
+        "Energy-based PUE over a trailing window (facility / IT energy); absent while its bounds are wider than [pue] max_uncertainty (the live 5m: while incomplete).",
+    );
+    let mut pue_lower = Family::gauge(
+        n::PUE_LOWER_RATIO,
+        "The least PUE a trailing window's energy bounds allow (least facility / most IT), beside an exported dcwatt_pue_ratio.",
+    );
+    let mut pue_upper = Family::gauge(
+        n::PUE_UPPER_RATIO,
+        "The most PUE a trailing window's energy bounds allow (most facility / least IT), beside an exported dcwatt_pue_ratio.",
+    );
+    let mut pue_uncertainty = Family::gauge(
+        n::PUE_UNCERTAINTY_RATIO,
+        "max(PUE - lower, upper - PUE) / PUE of a trailing window, where its bounds are finite.",
     );
     let mut coverage = Family::gauge(
         n::PUE_COVERAGE_RATIO,
@@ -115,7 +127,15 @@ pub fn render(
     );
     let mut partial = Family::gauge(
         n::PARTIAL_PUE_RATIO,
-        "Partial PUE of a zone over a trailing window, shared infrastructure allocated by IT energy; absent while incomplete.",
+        "Partial PUE of a zone over a trailing window, shared infrastructure allocated by IT energy; absent while its bounds are wider than [pue] max_uncertainty.",
+    );
+    let mut partial_lower = Family::gauge(
+        n::PARTIAL_PUE_LOWER_RATIO,
+        "The least partial PUE of a zone its energy bounds allow, beside an exported dcwatt_partial_pue_ratio.",
+    );
+    let mut partial_upper = Family::gauge(
+        n::PARTIAL_PUE_UPPER_RATIO,
+        "The most partial PUE of a zone its energy bounds allow, beside an exported dcwatt_partial_pue_ratio.",
     );
     let live = &figures.pue_live;
     if let (Some(p), true) = (live.pue, live.complete) {
@@ -141,13 +161,27 @@ pub fn render(
     if let (Some(v), true) = (live.wue_litres_per_kwh, live.wue_complete) {
         wue.add(&[(n::WINDOW, live.window)], v);
     }
-    for w in figures.windows.iter().filter(|w| w.complete) {
+    let mut wue_lower = Family::gauge(
+        n::WUE_LOWER,
+        "The least WUE of a trailing window its bounds allow (L/kWh), beside an exported WUE.",
+    );
+    let mut wue_upper = Family::gauge(
+        n::WUE_UPPER,
+        "The most WUE of a trailing window its bounds allow (L/kWh), beside an exported WUE.",
+    );
+    for w in &figures.windows {
         let label = [(n::WINDOW, w.window.unwrap_or_default())];
-        w.erf_ratio.map(|v| erf.add(&label, v));
-        w.ref_ratio.map(|v| reff.add(&label, v));
-        w.cue_kg_per_kwh.map(|v| cue.add(&label, v));
-        if let (Some(v), true) = (w.wue_litres_per_kwh, w.wue_complete) {
+        if w.complete {
+            w.erf_ratio.map(|v| erf.add(&label, v));
+            w.ref_ratio.map(|v| reff.add(&label, v));
+        }
+        if w.pue_exported {
+            w.cue_kg_per_kwh.map(|v| cue.add(&label, v));
+        }
+        if let (Some(v), true) = (w.wue_litres_per_kwh, w.wue_exported) {
             wue.add(&label, v);
+            w.wue_lower_litres_per_kwh.map(|v| wue_lower.add(&label, v));
+            w.wue_upper_litres_per_kwh.map(|v| wue_upper.add(&label, v));
         }
     }
     let mut residual = Family::gauge(
@@ -169,19 +203,28 @@ pub fn render(
     unbooked.add(&[], figures.unbooked_node_joules);
     for w in &figures.windows {
         let label = w.window.unwrap_or_default();
-        if let (Some(p), true) = (w.pue, w.complete) {
-            pue.add(&[(n::WINDOW, label), (n::CATEGORY, &category)], p);
+        let labels = [(n::WINDOW, label), (n::CATEGORY, category.as_str())];
+        if let (Some(p), true) = (w.pue, w.pue_exported) {
+            pue.add(&labels, p);
+            w.pue_lower.map(|v| pue_lower.add(&labels, v));
+            w.pue_upper.map(|v| pue_upper.add(&labels, v));
+        }
+        if let Some(u) = w.pue_uncertainty_ratio {
+            pue_uncertainty.add(&[(n::WINDOW, label)], u);
         }
         coverage.add(&[(n::WINDOW, label)], w.coverage_ratio);
-        for z in w.zones.iter().filter(|z| z.complete) {
+        for z in w.zones.iter().filter(|z| z.partial_pue_exported) {
             if let Some(p) = z.partial_pue {
-                partial.add(&[(n::ZONE, z.zone.as_str()), (n::WINDOW, label)], p);
+                let labels = [(n::ZONE, z.zone.as_str()), (n::WINDOW, label)];
+                partial.add(&labels, p);
+                z.partial_pue_lower.map(|v| partial_lower.add(&labels, v));
+                z.partial_pue_upper.map(|v| partial_upper.add(&labels, v));
             }
         }
     }
     let mut instant = Family::gauge(
         n::PUE_INSTANT_RATIO,
-        "Instantaneous PUE from the latest powers (facility / IT).",
+        "Instantaneous PUE: facility / IT energy over the last 10 s every facility and IT meter covers, all cut at the same two instants.",
     );
     if let Some(p) = figures.pue_instant {
         instant.add(&[(n::CATEGORY, &category)], p);
@@ -212,6 +255,10 @@ pub fn render(
         "Site water input by zone since the collector started, cubic metres (water meters that are not sub-meters).",
     );
     let mut meter_up = Family::gauge(n::METER_UP, "1 when the meter reported within stale_after.");
+    let mut meter_events = Family::counter(
+        n::METER_EVENTS_TOTAL,
+        "Meter events by kind: gap (a counter silent beyond stale_after), reset, swap (a replaced meter, rebased), power_gap (a power-only meter beyond max_gap), glitch (refused readings).",
+    );
     let mut water_by_zone: std::collections::BTreeMap<&str, f64> = Default::default();
     for (id, m) in &state.meters {
         let labels = [
@@ -230,6 +277,18 @@ pub fn render(
         meter_resets.add(&labels, m.acc.resets as f64);
         meter_gaps.add(&labels, m.acc.gaps as f64);
         meter_glitches.add(&labels, m.acc.glitches as f64);
+        for (kind, count) in [
+            (crate::bounds::EventKind::Gap, m.acc.counter_gaps),
+            (crate::bounds::EventKind::Reset, m.acc.resets),
+            (crate::bounds::EventKind::Swap, m.acc.swaps),
+            (crate::bounds::EventKind::PowerGap, m.acc.gaps),
+            (crate::bounds::EventKind::Glitch, m.acc.glitches),
+        ] {
+            meter_events.add(
+                &[(n::METER, id.as_str()), (n::KIND, kind.as_str())],
+                count as f64,
+            );
+        }
         let up = m
             .acc
             .last_ms
@@ -304,6 +363,8 @@ pub fn render(
         reff,
         cue,
         wue,
+        wue_lower,
+        wue_upper,
         residual,
         invalid,
         unbooked,
@@ -314,15 +375,21 @@ pub fn render(
         energy,
         power,
         pue,
+        pue_lower,
+        pue_upper,
+        pue_uncertainty,
         instant,
         coverage,
         partial,
+        partial_lower,
+        partial_upper,
         meter_energy,
         meter_water,
         water,
         meter_resets,
         meter_gaps,
         meter_glitches,
+        meter_events,
         meter_up,
         gpu_power,
         gpu_energy,

@@ -67,7 +67,11 @@ pub struct Figures {
     pub category: Option<u8>,
     /// Share of the facility and IT meters that reported within `stale_after`.
     pub meters_reporting_ratio: f64,
-    /// Instantaneous PUE from fresh powers (only while every facility and IT meter is fresh).
+    /// Instantaneous PUE: facility / IT energy over the last
+    /// [`INSTANT_SPAN_MS`] that every facility and IT meter's energy curve
+    /// covers, all cut at the same two instants (their mean powers over one
+    /// and the same span), while every one of them is fresh and none reset or
+    /// was replaced in it; never a ratio of readings taken at different times.
     pub pue_instant: Option<f64>,
     /// Energy-based PUE over the last five minutes, to the millisecond.
     pub pue_live: WindowPue,
@@ -122,9 +126,7 @@ pub fn compute(
     let model_ok = has_facility && category.is_some();
 
     let pue_instant = if all_fresh && model_ok {
-        let f = power_watts.get("facility").copied().unwrap_or(0.0);
-        let i = power_watts.get("it").copied().unwrap_or(0.0);
-        pue::pue(f, i, site.pue_it_floor_watts, site.pue_max_ratio).ok()
+        instant_pue(state, site, now_ms)
     } else {
         None
     };
@@ -156,6 +158,50 @@ pub fn compute(
         pue_live,
         windows,
     }
+}
+
+/// The span the instant PUE is taken over, ms: every meter's energy curve cut
+/// at the same two instants this far apart.
+pub const INSTANT_SPAN_MS: i64 = 10_000;
+
+/// Facility / IT energy over the last [`INSTANT_SPAN_MS`] that every facility
+/// and IT meter covers (ending at the oldest of their latest points), or
+/// `None` when one is stale, does not cover it, reset or was replaced in it,
+/// or was silent around either end.
+fn instant_pue(state: &State, site: &Site, now_ms: i64) -> Option<f64> {
+    let meters: Vec<&MeterState> = state.meters.values().filter(|m| required(m)).collect();
+    let spans = meters
+        .iter()
+        .map(|m| m.curve.span())
+        .collect::<Option<Vec<_>>>()?;
+    let end = spans.iter().map(|s| s.1).min()?;
+    let start = end - INSTANT_SPAN_MS;
+    if now_ms - end > site.stale_after_ms || spans.iter().any(|s| s.0 > start) {
+        return None;
+    }
+    let (mut facility, mut it) = (0.0, 0.0);
+    for m in meters {
+        // A reset or swap in the span, or a gap around either end (the curve
+        // only interpolates there): no instant figure.
+        let broken = [m.acc.last_reset, m.acc.last_swap]
+            .into_iter()
+            .flatten()
+            .any(|(_, after)| after > start)
+            || [start, end]
+                .into_iter()
+                .any(|t| m.curve.step_at(t).is_none_or(|s| s > site.stale_after_ms));
+        if broken {
+            return None;
+        }
+        let e = m.curve.between(start, end)?;
+        match m.role {
+            Role::Facility => facility += e,
+            Role::It => it += e,
+            _ => {}
+        }
+    }
+    let floor = site.pue_it_floor_watts * INSTANT_SPAN_MS as f64 / 1000.0;
+    pue::pue(facility, it, floor, site.pue_max_ratio).ok()
 }
 
 fn window_pue(
@@ -346,4 +392,59 @@ fn tree_residuals(
         out.insert(id.clone(), ratio);
     }
     (out, warnings)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use dcwatt_wire::{Batch, Entity, Quantity, Reading, VERSION};
+
+    /// Facility 1.25 kW and IT 1 kW, read every second; IT silent from 20 s to
+    /// 60 s. Right after it is back, the last 10 s every meter covers lie in
+    /// its gap (interpolated, not measured): no instant PUE; ten seconds later
+    /// it is 1.25 again.
+    #[test]
+    fn no_instant_pue_across_a_gap() {
+        let site = Config::from_toml(
+            "[[meters]]\nid = \"f\"\nrole = \"facility\"\n\
+             [[meters]]\nid = \"i\"\nrole = \"it\"\nit_point = \"it_input\"\n",
+        )
+        .unwrap()
+        .build()
+        .unwrap();
+        let mut state = State::new(&site);
+        let t0 = 1_795_000_000_000;
+        let instant_after = |state: &mut State, s: i64| {
+            let t = t0 + s * 1000;
+            let r = |id: &str, joules: f64| Reading {
+                ts_ms: t,
+                entity: Entity::Meter(id.into()),
+                quantity: Quantity::EnergyJoules,
+                value: joules,
+            };
+            let mut readings = vec![r("f", 1250.0 * s as f64)];
+            if !(20..60).contains(&s) {
+                readings.push(r("i", 1000.0 * s as f64));
+            }
+            let batch = Batch {
+                version: VERSION,
+                agent: "gw".into(),
+                seq: s as u64 + 1,
+                first_seq: None,
+                node: "gw".into(),
+                created_ms: t,
+                gpus: vec![],
+                readings,
+            };
+            state.apply(&batch, &site, t);
+            compute(state, &site, t, Vec::new()).pue_instant
+        };
+        let got: Vec<Option<f64>> = (0..=75).map(|s| instant_after(&mut state, s)).collect();
+        assert_eq!(got[9], None, "not 10 s covered yet");
+        assert_eq!(got[19], Some(1.25));
+        assert_eq!(got[60], None, "IT's last 10 s are its gap");
+        assert_eq!(got[69], None);
+        assert_eq!(got[70], Some(1.25));
+    }
 }

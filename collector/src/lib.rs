@@ -10,6 +10,8 @@
 //! - [`energy`]: counters with resets, power integration with a gap limit, energy curves.
 //! - [`store`]: the durable state in SQLite; each batch committed with its sequence number.
 //! - [`windows`]: PUE and partial PUE over fixed UTC periods from the stored minutes.
+//! - [`bounds`]: gaps, resets, swaps and glitches as stored events, and the
+//!   bounds they put on any period's energy.
 //! - [`tenants`]: leases and the split of each GPU-minute among owners.
 //! - [`ledger`]: the append-only, hash-chained tenant ledger.
 //! - [`transparency`]: the ledger's Merkle tree, signed checkpoints and proofs.
@@ -21,6 +23,7 @@
 //! - [`run`]: serves a router on a bound listener until `shutdown` resolves.
 
 pub mod api;
+pub mod bounds;
 pub mod config;
 pub mod energy;
 pub mod export;

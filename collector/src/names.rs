@@ -7,6 +7,22 @@ pub const POWER_WATTS: &str = "dcwatt_power_watts";
 pub const ENERGY_JOULES_TOTAL: &str = "dcwatt_energy_joules_total";
 /// Energy-based PUE over a trailing window.
 pub const PUE_RATIO: &str = "dcwatt_pue_ratio";
+/// The least PUE of a trailing window its energy bounds allow (beside an exported `dcwatt_pue_ratio`).
+pub const PUE_LOWER_RATIO: &str = "dcwatt_pue_lower_ratio";
+/// The most PUE of a trailing window its energy bounds allow (beside an exported `dcwatt_pue_ratio`).
+pub const PUE_UPPER_RATIO: &str = "dcwatt_pue_upper_ratio";
+/// A trailing window's PUE uncertainty: max(PUE − lower, upper − PUE) / PUE, where bounded.
+pub const PUE_UNCERTAINTY_RATIO: &str = "dcwatt_pue_uncertainty_ratio";
+/// Bounds of a zone's partial PUE over a trailing window (beside an exported `dcwatt_partial_pue_ratio`).
+pub const PARTIAL_PUE_LOWER_RATIO: &str = "dcwatt_partial_pue_lower_ratio";
+/// See [`PARTIAL_PUE_LOWER_RATIO`].
+pub const PARTIAL_PUE_UPPER_RATIO: &str = "dcwatt_partial_pue_upper_ratio";
+/// Bounds of a trailing window's WUE (beside an exported WUE), L/kWh.
+pub const WUE_LOWER: &str = "dcwatt_wue_lower_litres_per_kilowatt_hour";
+/// See [`WUE_LOWER`].
+pub const WUE_UPPER: &str = "dcwatt_wue_upper_litres_per_kilowatt_hour";
+/// Meter events (gaps, resets, swaps, power gaps, glitches) per meter and kind.
+pub const METER_EVENTS_TOTAL: &str = "dcwatt_meter_events_total";
 /// Power-based (instantaneous) PUE.
 pub const PUE_INSTANT_RATIO: &str = "dcwatt_pue_instant_ratio";
 /// Partial PUE of a zone over a trailing window.

@@ -11,10 +11,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use dcwatt_wire::{Batch, Entity, Quantity};
 use serde::{Deserialize, Serialize};
 
+use crate::bounds::{EventKind, MeterEvent};
 use crate::config::Site;
 use crate::config::{ItPoint, Role};
 use crate::energy::{
-    Counter, CounterStep, Curve, CurveEdit, Integrator, MinuteEnergy, Minutes, PowerStep,
+    max_step, Counter, CounterStep, Curve, CurveEdit, Integrator, MinuteEnergy, Minutes, PowerStep,
+    Span,
 };
 use crate::figures::LIVE_WINDOW_MS;
 use crate::thermal::{self, Coolant, Excursion, GpuThermals, Kind, Transition};
@@ -47,6 +49,15 @@ pub struct MeterAccount {
     pub gaps: u64,
     /// Counter readings refused as glitches (see [`Counter::observe`]).
     pub glitches: u64,
+    /// Replaced meters: counters rebased at a new level.
+    #[serde(default)]
+    pub swaps: u64,
+    /// The last swap: (last reading before it, the rebasing reading), Unix ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_swap: Option<(i64, i64)>,
+    /// Counter steps longer than `stale_after` (the counter brackets them).
+    #[serde(default)]
+    pub counter_gaps: u64,
     /// The fixed UTC minutes cut so far.
     pub minutes: Minutes,
     /// Coolant values and excursions, for a CDU.
@@ -121,6 +132,16 @@ impl MeterState {
 
     /// The largest believable counter increase per second, in the counter's
     /// unit (J/s = W, or m³/s): the rating, else a default.
+    /// The meter's configured rating in its counter's unit per second (W, or
+    /// m³/s), if any: what bounds the energy it may have missed.
+    pub fn rating(&self) -> Option<f64> {
+        if self.role == Role::Water {
+            self.nominal_max_cubic_meters_per_hour.map(|q| q / 3600.0)
+        } else {
+            self.nominal_max_watts
+        }
+    }
+
     fn max_counter_rate(&self) -> f64 {
         if self.role == Role::Water {
             self.nominal_max_cubic_meters_per_hour
@@ -276,6 +297,8 @@ pub struct Changes {
     pub curves: Vec<(String, CurveEdit)>,
     /// Fixed UTC minutes that meters completed, in order.
     pub minutes: Vec<(String, MinuteEnergy)>,
+    /// Meters' gaps, resets, swaps and glitches, in order (see [`crate::bounds`]).
+    pub meter_events: Vec<(String, MeterEvent)>,
     /// Fixed UTC minutes that GPUs completed: (UUID, node, minute).
     pub gpu_minutes: Vec<(String, String, MinuteEnergy)>,
     /// Thermal excursions opened or closed, in order.
@@ -642,6 +665,9 @@ impl State {
         changes
             .minutes
             .extend(out.minutes.into_iter().map(|w| (id.to_owned(), w)));
+        changes
+            .meter_events
+            .extend(out.events.into_iter().map(|e| (id.to_owned(), e)));
         result
     }
 
@@ -717,7 +743,13 @@ impl State {
                 return Ok(());
             }
             Quantity::EnergyJoules => match g.counter.observe(ts, v, g.max_watts()) {
-                CounterStep::Baseline | CounterStep::Rebased => false,
+                CounterStep::Baseline => false,
+                CounterStep::Rebased(s) => {
+                    // A replaced board: what its counter counted since its
+                    // first reading is kept.
+                    g.energy_joules += s.joules;
+                    false
+                }
                 CounterStep::Glitch => {
                     g.glitches += 1;
                     return Err(Ignored::Glitch);
@@ -761,6 +793,7 @@ fn coolant_quantity(q: Quantity) -> bool {
 struct Outputs {
     edits: Vec<CurveEdit>,
     minutes: Vec<MinuteEnergy>,
+    events: Vec<MeterEvent>,
 }
 
 impl Outputs {
@@ -790,6 +823,9 @@ fn meter_reading(
 ) -> Result<(), Ignored> {
     let counter = m.counter_quantity();
     let max_rate = m.max_counter_rate();
+    let rating = m.rating();
+    // The most a meter can have counted over `ms` and that was not counted.
+    let unknown = |ms: i64, counted: f64| rating.map(|r| (max_step(r, ms) - counted).max(0.0));
     let misplaced = match q {
         Quantity::EnergyJoules | Quantity::PowerWatts => m.role == Role::Water,
         Quantity::WaterVolumeCubicMeters => m.role != Role::Water,
@@ -802,6 +838,7 @@ fn meter_reading(
     if acc.last_ms.is_none_or(|l| ts > l) {
         acc.last_ms = Some(ts);
     }
+    let base = acc.counter.last();
     let (span, clean) = match q {
         q if q == counter => match acc.counter.observe(ts, v, max_rate) {
             CounterStep::Baseline => {
@@ -811,21 +848,67 @@ fn meter_reading(
                 out.point(m, ts, false);
                 return Ok(());
             }
-            CounterStep::Delta(s) => (s, s.to_ms - s.from_ms <= site.stale_after_ms),
+            CounterStep::Delta(s) => {
+                let clean = s.to_ms - s.from_ms <= site.stale_after_ms;
+                if !clean {
+                    // The counter brackets the gap: its energy is exact.
+                    acc.counter_gaps += 1;
+                    out.events.push(MeterEvent {
+                        kind: EventKind::Gap,
+                        from_ms: s.from_ms,
+                        to_ms: s.to_ms,
+                        joules: s.joules,
+                        unknown_joules: Some(0.0),
+                    });
+                }
+                (s, clean)
+            }
             CounterStep::Reset(s) => {
                 acc.resets += 1;
                 acc.last_reset = Some((s.from_ms, s.to_ms));
+                out.events.push(MeterEvent {
+                    kind: EventKind::Reset,
+                    from_ms: s.from_ms,
+                    to_ms: s.to_ms,
+                    joules: s.joules,
+                    unknown_joules: unknown(s.to_ms - s.from_ms, s.joules),
+                });
                 (s, false)
             }
             CounterStep::Glitch => {
                 acc.glitches += 1;
+                out.events.push(MeterEvent {
+                    kind: EventKind::Glitch,
+                    from_ms: ts,
+                    to_ms: ts,
+                    joules: 0.0,
+                    unknown_joules: Some(0.0),
+                });
                 return Err(Ignored::Glitch);
             }
-            CounterStep::Rebased => {
-                // The new level held: a replaced meter; nothing counted across it.
+            CounterStep::Rebased(s) => {
+                // The new level held: a replaced meter. What the new meter
+                // counted since its first reading is kept; from the old
+                // meter's last reading to the new one's first is unknown.
                 acc.glitches += 1;
-                out.point(m, ts, false);
-                return Ok(());
+                acc.swaps += 1;
+                let from = base.map_or(s.from_ms, |(t, _)| t);
+                acc.last_swap = Some((from, ts));
+                out.events.push(MeterEvent {
+                    kind: EventKind::Swap,
+                    from_ms: from,
+                    to_ms: ts,
+                    joules: s.joules,
+                    unknown_joules: unknown(s.from_ms - from, 0.0),
+                });
+                (
+                    Span {
+                        from_ms: from,
+                        to_ms: ts,
+                        joules: s.joules,
+                    },
+                    false,
+                )
             }
             CounterStep::OutOfOrder => return Err(Ignored::OutOfOrder),
         },
@@ -837,6 +920,7 @@ fn meter_reading(
             if acc.counter.last().is_some() {
                 return Ok(()); // the counter is the energy source
             }
+            let before = acc.integrator.last();
             match acc.integrator.observe(ts, v, site.max_gap_ms) {
                 PowerStep::Baseline => {
                     acc.energy_from_ms.get_or_insert(ts);
@@ -846,6 +930,14 @@ fn meter_reading(
                 PowerStep::Energy(s) => (s, true),
                 PowerStep::Gap => {
                     acc.gaps += 1;
+                    let from = before.map_or(ts, |(t, _)| t);
+                    out.events.push(MeterEvent {
+                        kind: EventKind::PowerGap,
+                        from_ms: from,
+                        to_ms: ts,
+                        joules: 0.0,
+                        unknown_joules: unknown(ts - from, 0.0),
+                    });
                     out.point(m, ts, false);
                     return Ok(());
                 }
@@ -916,16 +1008,17 @@ mod tests {
         assert_eq!(feed(&mut state, 3000, 2000.0), 1); // back to normal: 1100 J over 2 s
         let acc = &state.meters["m"].acc;
         assert_eq!((acc.energy_joules, acc.glitches), (2000.0, 1));
-        // A new level that holds three readings is a replaced meter: rebased,
-        // nothing counted across it, counting goes on from there.
+        // A new level that holds three readings is a replaced meter: rebased;
+        // what it counted from its first reading is kept, nothing across the jump.
         for (i, ts) in [4000, 5000, 6000].into_iter().enumerate() {
             let applied = feed(&mut state, ts, 5e9 + i as f64 * 500.0);
             assert_eq!(applied, usize::from(i == 2), "reading {i}");
         }
         feed(&mut state, 7000, 5e9 + 1500.0);
         let acc = &state.meters["m"].acc;
-        // Four jumps seen (the spike, three at the new level); three readings refused.
-        assert_eq!((acc.energy_joules, acc.glitches), (2500.0, 4));
+        // Four jumps seen (the spike, three at the new level); three readings
+        // refused. The new meter's 1000 J from its first reading are kept.
+        assert_eq!((acc.energy_joules, acc.glitches), (3500.0, 4));
         assert_eq!(state.ignored[&Ignored::Glitch], 3);
     }
 }

@@ -195,6 +195,8 @@ impl Store {
         conn.execute_batch(SCHEMA).map_err(open_err)?;
         conn.execute_batch(crate::ledger::SCHEMA)
             .map_err(open_err)?;
+        // Energy bounds: events and meter spans (an older database gains them).
+        crate::bounds::migrate(&conn).map_err(open_err)?;
         migrate(&conn)?;
         let found: Option<String> = conn
             .query_row(
@@ -348,6 +350,7 @@ impl Store {
         })?;
         conn.execute_batch(SCHEMA)?;
         conn.execute_batch(crate::ledger::SCHEMA)?;
+        conn.execute_batch(crate::bounds::SCHEMA)?;
         Ok(Store { conn, path: None })
     }
 
@@ -488,6 +491,8 @@ pub struct Prepared {
     excursions: Vec<ExcursionEdit>,
     /// (node, minute, the GPUs its agent reports).
     node_minutes: Vec<(String, MinuteEnergy, i64)>,
+    /// Meter events and spans (energy bounds).
+    bounds: crate::bounds::Prepared,
 }
 
 /// Serializes what one applied batch changed (call right after applying it).
@@ -530,6 +535,7 @@ pub fn prepare(agent: &str, state: &State, changes: &Changes) -> Result<Prepared
     p.gpu_minutes.clone_from(&changes.gpu_minutes);
     p.excursions.clone_from(&changes.excursions);
     p.gpu_stats.clone_from(&changes.gpu_stats);
+    p.bounds = crate::bounds::prepare(state, changes);
     Ok(p)
 }
 
@@ -541,6 +547,7 @@ fn write_prepared(
     for (role, zone, w) in &p.minutes {
         add_minute(tx, site, *role, zone, w)?;
     }
+    crate::bounds::write(tx, &p.bounds)?;
     crate::ledger::attribute(tx, site, &p.gpu_minutes)?;
     crate::ledger::attribute_stats(tx, site, &p.gpu_stats)?;
     for (node, w, gpus) in &p.node_minutes {

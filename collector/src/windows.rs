@@ -27,6 +27,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
+use crate::bounds::{self as unknowns, Spread};
 use crate::config::{Role, Site};
 use crate::pue::{self, NoPue};
 use crate::statement::month_of;
@@ -153,6 +154,39 @@ pub struct ZonePeriod {
     pub coverage_ratio: f64,
     /// Every minute of the zone complete.
     pub complete: bool,
+    /// The least partial PUE the zone's energy bounds allow.
+    pub partial_pue_lower: Option<f64>,
+    /// The most; `null`: unbounded.
+    pub partial_pue_upper: Option<f64>,
+    /// The partial PUE is within `[pue] max_uncertainty` of its bounds: exported.
+    pub partial_pue_exported: bool,
+}
+
+/// The bounds of an energy (or volume) over a period.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Bounds {
+    /// The least it can be.
+    pub lower: f64,
+    /// The most it can be; `null`: unbounded.
+    pub upper: Option<f64>,
+}
+
+/// (lower, upper) of a counted value and its spread; upper infinite when unbounded.
+fn bounded(value: f64, s: &Spread) -> (f64, f64) {
+    ((value - s.below).max(0.0), value + s.above)
+}
+
+/// max(x − lower, upper − x) / x, infinite when unbounded.
+fn uncertainty(x: f64, lower: f64, upper: f64) -> f64 {
+    if x > 0.0 {
+        ((x - lower).max(upper - x) / x).max(0.0)
+    } else {
+        f64::INFINITY
+    }
+}
+
+fn finite(v: f64) -> Option<f64> {
+    v.is_finite().then_some(v)
 }
 
 /// Energies and PUE over `[from_ms, to_ms)`.
@@ -204,6 +238,33 @@ pub struct Period {
     pub wue_complete: bool,
     /// Per zone with IT meters.
     pub zones: Vec<ZonePeriod>,
+    /// Bounds of the energy by role, J, from what is unknown (see
+    /// [`crate::bounds`]).
+    pub energy_bounds_joules: BTreeMap<&'static str, Bounds>,
+    /// Bounds of the site water, m³, where a water meter is configured.
+    pub water_bounds_cubic_meters: Option<Bounds>,
+    /// The least PUE the energy bounds allow: least facility / most IT.
+    pub pue_lower: Option<f64>,
+    /// The most: most facility / least IT; `null`: unbounded (or no PUE).
+    pub pue_upper: Option<f64>,
+    /// max(PUE − lower, upper − PUE) / PUE; `null`: unbounded (or no PUE).
+    pub pue_uncertainty_ratio: Option<f64>,
+    /// The PUE is within `[pue] max_uncertainty`: exported as `dcwatt_pue_ratio`.
+    pub pue_exported: bool,
+    /// Share of the facility and IT energy measured directly (not spread over
+    /// a gap, reset or swap).
+    pub measured_ratio: f64,
+    /// The least WUE the bounds allow, L/kWh.
+    pub wue_lower_litres_per_kwh: Option<f64>,
+    /// The most, L/kWh; `null`: unbounded (or no WUE).
+    pub wue_upper_litres_per_kwh: Option<f64>,
+    /// The WUE is within `[pue] max_uncertainty`: exported.
+    pub wue_exported: bool,
+    /// The gaps, resets, swaps, glitches and unreported stretches that made
+    /// the bounds, oldest first (at most [`crate::bounds::MAX_EVENTS_LISTED`]).
+    pub events: Vec<crate::bounds::EventView>,
+    /// Events not listed.
+    pub events_left_out: usize,
 }
 
 /// Energies and PUE over `[from_ms, to_ms)`, both aligned to `resolution`.
@@ -292,22 +353,132 @@ pub fn period(
         0
     };
     let wue_litres_per_kwh = pue::wue(water, it, floor).filter(|_| has_water);
+    // What is unknown, per role and zone as the energies above are summed.
+    let unknown = unknowns::period_bounds(store, site, from_ms, to_ms, resolution)?;
+    let mut role_spread: BTreeMap<Role, Spread> = BTreeMap::new();
+    let mut zone_it_spread: BTreeMap<&str, Spread> = BTreeMap::new();
+    let mut zone_infra_spread: BTreeMap<&str, Spread> = BTreeMap::new();
+    let mut shared_spread = Spread::default();
+    for ((zone, role), s) in &unknown.spreads {
+        role_spread.entry(*role).or_default().add(*s);
+        match (role, it_zones.get(zone.as_str())) {
+            (Role::It, Some(z)) => zone_it_spread.entry(z).or_default().add(*s),
+            (Role::Cooling | Role::PowerInfra | Role::Other, Some(z)) => {
+                zone_infra_spread.entry(z).or_default().add(*s)
+            }
+            (Role::Cooling | Role::PowerInfra | Role::Other, None) => shared_spread.add(*s),
+            _ => {}
+        }
+    }
+    let spread_of = |r: Role| role_spread.get(&r).copied().unwrap_or_default();
+    let max_u = site.pue_max_uncertainty;
+    let (it_lo, it_hi) = bounded(it, &spread_of(Role::It));
     let total_it: f64 = zone_it.values().sum();
+    let (total_lo, total_hi) = bounded(total_it, &spread_of(Role::It));
+    let (shared_lo, shared_hi) = bounded(shared, &shared_spread);
     let mut zones = Vec::new();
     for (zone, zit) in &zone_it {
         let infra = zone_infra.get(zone).copied().unwrap_or(0.0);
         let share = if total_it > 0.0 { zit / total_it } else { 0.0 };
         let zone_minutes = store.complete_minutes(resolution, zone, from_ms, to_ms)?;
+        let partial_pue = pue::partial_pue(*zit, infra, shared, share, floor * share);
+        // pPUE = 1 + infrastructure / zone IT + shared / all IT: each term at
+        // its extremes (conservative: zone and site IT move together).
+        let (zlo, zhi) = bounded(*zit, &zone_it_spread.get(zone).copied().unwrap_or_default());
+        let (ilo, ihi) = bounded(
+            infra,
+            &zone_infra_spread.get(zone).copied().unwrap_or_default(),
+        );
+        let (lower, upper) = match partial_pue {
+            Some(_) => (
+                1.0 + ilo / zhi + shared_lo / total_hi,
+                if zlo > 0.0 && total_lo > 0.0 {
+                    1.0 + ihi / zlo + shared_hi / total_lo
+                } else {
+                    f64::INFINITY
+                },
+            ),
+            None => (f64::NAN, f64::INFINITY),
+        };
+        let exported = partial_pue.is_some_and(|p| uncertainty(p, lower, upper) <= max_u);
         zones.push(ZonePeriod {
             zone: (*zone).to_owned(),
             it_joules: *zit,
             infrastructure_joules: infra,
             shared_joules: shared * share,
-            partial_pue: pue::partial_pue(*zit, infra, shared, share, floor * share),
+            partial_pue,
             coverage_ratio: (zone_minutes as f64 / minutes).clamp(0.0, 1.0),
             complete: zone_minutes as f64 >= minutes,
+            partial_pue_lower: partial_pue.and(finite(lower)),
+            partial_pue_upper: partial_pue.and(finite(upper)),
+            partial_pue_exported: exported,
         });
     }
+    // Every role with energy or with something unknown (a meter that did not
+    // report at all has no energy rows, only an upper bound).
+    let energy_bounds_joules = Role::ALL
+        .into_iter()
+        .filter(|r| *r != Role::Water)
+        .filter(|r| energy_joules.contains_key(r.as_str()) || role_spread.contains_key(r))
+        .map(|role| {
+            let e = energy_joules.get(role.as_str()).copied().unwrap_or(0.0);
+            let (lower, upper) = bounded(e, &spread_of(role));
+            (
+                role.as_str(),
+                Bounds {
+                    lower,
+                    upper: finite(upper),
+                },
+            )
+        })
+        .collect();
+    let (f_lo, f_hi) = bounded(facility, &spread_of(Role::Facility));
+    let (pue_lower, pue_upper) = match pue {
+        Some(_) => (
+            f_lo / it_hi,
+            if it_lo > 0.0 {
+                f_hi / it_lo
+            } else {
+                f64::INFINITY
+            },
+        ),
+        None => (f64::NAN, f64::INFINITY),
+    };
+    let pue_uncertainty = pue.map(|p| uncertainty(p, pue_lower, pue_upper));
+    let pue_exported = pue_uncertainty.is_some_and(|u| u <= max_u);
+    if pue_exported {
+        missing_reason = None;
+    } else if let Some(u) = pue_uncertainty {
+        missing_reason = Some(if u.is_finite() {
+            format!(
+                "uncertain: within {:.3} %, more than the {:.3} % allowed ({:.2} % of the minutes complete)",
+                u * 100.0,
+                max_u * 100.0,
+                coverage_ratio * 100.0
+            )
+        } else {
+            format!(
+                "unbounded: a meter has no rating for what is unknown ({:.2} % of the minutes complete)",
+                coverage_ratio * 100.0
+            )
+        });
+    }
+    let unmeasured = spread_of(Role::Facility).unmeasured + spread_of(Role::It).unmeasured;
+    let measured_ratio = if facility + it > 0.0 {
+        (1.0 - unmeasured / (facility + it)).clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    let (w_lo, w_hi) = bounded(water, &spread_of(Role::Water));
+    let (wue_lower, wue_upper) = match wue_litres_per_kwh {
+        Some(_) => (
+            pue::wue(w_lo, it_hi, 0.0).unwrap_or(0.0),
+            pue::wue(w_hi, it_lo, 0.0).unwrap_or(f64::INFINITY),
+        ),
+        None => (f64::NAN, f64::INFINITY),
+    };
+    let wue_exported =
+        wue_litres_per_kwh.is_some_and(|w| uncertainty(w, wue_lower, wue_upper) <= max_u);
     Ok(Period {
         window: None,
         from_ms,
@@ -328,6 +499,21 @@ pub fn period(
         wue_complete: wue_litres_per_kwh.is_some() && complete && water_minutes as f64 >= minutes,
         wue_litres_per_kwh,
         zones,
+        energy_bounds_joules,
+        water_bounds_cubic_meters: has_water.then_some(Bounds {
+            lower: w_lo,
+            upper: finite(w_hi),
+        }),
+        pue_lower: pue.and(finite(pue_lower)),
+        pue_upper: pue.and(finite(pue_upper)),
+        pue_uncertainty_ratio: pue_uncertainty.and_then(finite),
+        pue_exported,
+        measured_ratio,
+        wue_lower_litres_per_kwh: wue_litres_per_kwh.and(finite(wue_lower)),
+        wue_upper_litres_per_kwh: wue_litres_per_kwh.and(finite(wue_upper)),
+        wue_exported,
+        events: unknown.events,
+        events_left_out: unknown.events_left_out,
     })
 }
 

@@ -223,8 +223,12 @@ async fn energy_pue_reset_and_duplicate() {
     assert!((pue - 26.0 / 17.0).abs() < 1e-12, "{pue}");
     // Mixed IT points (PDU output and IT input): category 2, the lower one.
     assert_eq!(s["category"].as_u64(), Some(2));
-    let instant = sample(&m, r#"dcwatt_pue_instant_ratio{category="2"}"#).unwrap();
-    assert!((instant - 1.3).abs() < 1e-12, "{instant}");
+    // pdu-2 reset within the last 10 s: no instant PUE (its energy there is unknown).
+    assert_eq!(
+        sample(&m, r#"dcwatt_pue_instant_ratio{category="2"}"#),
+        None,
+        "{m}"
+    );
     assert_eq!(
         sample(
             &m,
@@ -246,7 +250,15 @@ async fn energy_pue_reset_and_duplicate() {
     assert_eq!(pdu2["last_reset"]["before_ms"].as_i64(), Some(t0 + 10_000));
     assert_eq!(pdu2["last_reset"]["after_ms"].as_i64(), Some(t0 + 20_000));
     assert_eq!(pdu2["energy_from_ms"].as_i64(), Some(t0));
+    assert_eq!(pdu2["events"]["reset"].as_u64(), Some(1));
     assert_eq!(s["power_watts"]["facility"].as_f64(), Some(13_000.0));
+    // Ten seconds on, clean: the instant PUE is the energies' ratio over
+    // those 10 s, cut at the same instants for every meter (13 / (6 + 4)).
+    let next = counters(4, t0 + 30_000, 1.039e9, 5.18e8, 5.0e6);
+    assert_eq!(c.post(&next).await.0, 200);
+    let m = c.metrics().await;
+    let instant = sample(&m, r#"dcwatt_pue_instant_ratio{category="2"}"#).unwrap();
+    assert!((instant - 1.3).abs() < 1e-12, "{instant}");
 }
 
 /// A transaction that fails (here a trigger in the database refuses it)

@@ -231,7 +231,8 @@ async fn fixed_periods_give_exact_energies_pue_partial_pue_and_coverage() {
 
     // Hour 2: pdu-2's gap touches six minutes (the one holding its last reading
     // before the gap, and the five of the gap). The counter still tells the
-    // energy across the gap, so the energies are right, but the hour is not complete.
+    // energy across the gap, so the energies are right and exact: the hour is
+    // not complete, but its PUE has no uncertainty and is exported.
     let (_, h2) = pue(
         (t_start + HOUR).to_string(),
         (t_start + 2 * HOUR).to_string(),
@@ -249,13 +250,38 @@ async fn fixed_periods_give_exact_energies_pue_partial_pue_and_coverage() {
         ),
         "{h2}"
     );
-    assert!(
-        h2["missing_reason"]
-            .as_str()
-            .unwrap()
-            .contains("incomplete"),
-        "{h2}"
+    assert_eq!(h2["missing_reason"], Value::Null, "{h2}");
+    assert_eq!(h2["pue_exported"], true, "{h2}");
+    assert_eq!(h2["pue_lower"], h2["pue"], "{h2}");
+    assert_eq!(h2["pue_upper"], h2["pue"], "{h2}");
+    assert_eq!(h2["pue_uncertainty_ratio"].as_f64(), Some(0.0), "{h2}");
+    // The gap is listed: pdu-2, from its last reading before to the first after.
+    let gap_event = h2["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["meter"] == "pdu-2" && e["kind"] == "gap")
+        .unwrap_or_else(|| panic!("no gap event in {h2}"));
+    assert_eq!(gap_event["from_ms"].as_i64(), Some(gap.start - 10_000));
+    assert_eq!(gap_event["to_ms"].as_i64(), Some(gap.end));
+    assert!(close(
+        gap_event["joules"].as_f64().unwrap(),
+        20_000.0 * 310.0
+    ));
+    assert_eq!(gap_event["above_joules"].as_f64(), Some(0.0));
+    // Only half of the gap's span in a period cut in it: bounded by the gap's
+    // own energy (no rating needed), so not exported.
+    let (_, cut) = pue(
+        (t_start + HOUR).to_string(),
+        (t_start + HOUR + 720_000).to_string(),
+    )
+    .await;
+    assert_eq!(cut["pue_exported"], false, "{cut}");
+    let (lo, hi) = (
+        cut["pue_lower"].as_f64().unwrap(),
+        cut["pue_upper"].as_f64().unwrap(),
     );
+    assert!(lo < 1.25 && hi > 1.25, "{cut}");
     assert_eq!(zone_of(&h2, "hall-2")["complete"], false);
     // The water meter was whole, IT was not: no complete WUE.
     assert_eq!(
@@ -348,6 +374,7 @@ fn utc(y: i64, mo: i64, d: i64, h: i64, mi: i64) -> i64 {
 /// windows are checked exactly (every value is a binary fraction).
 #[test]
 fn water_counters_and_calendar_windows_are_exact() {
+    use dcwatt_collector::energy::max_step;
     use dcwatt_collector::state::{Ignored, State};
     use dcwatt_collector::store::{Resolution, Store};
     use dcwatt_collector::{export, figures, windows};
@@ -452,6 +479,31 @@ fn water_counters_and_calendar_windows_are_exact() {
         hour(0, Resolution::Minute).wue_litres_per_kwh,
         Some(0.3515625)
     );
+    // The reset's hour: the half slice before the restart is unknown, at most
+    // the meter's rating (1 m³/h) over the 10 s step, less what was counted
+    // after the restart; the truth (a whole hour's water) lies inside.
+    for resolution in [Resolution::Minute, Resolution::Hour] {
+        let p = hour(1, resolution);
+        let b = p.water_bounds_cubic_meters.unwrap();
+        let most = max_step(1.0 / 3600.0, STEP) - SLICE / 2.0;
+        assert_eq!(b.lower, per_hour - SLICE / 2.0);
+        assert!(
+            (b.upper.unwrap() - (per_hour - SLICE / 2.0 + most)).abs() < 1e-12,
+            "{b:?}"
+        );
+        assert!(b.lower < per_hour && per_hour < b.upper.unwrap());
+        // 0.7 % of the hour's water: WUE not exported; PUE exact and exported.
+        assert!(!p.wue_exported && p.pue_exported, "{p:?}");
+        assert!(p
+            .events
+            .iter()
+            .any(|e| e.meter == "water-1" && e.kind == "reset"));
+    }
+    // The gap's hour: the counter brackets it, the WUE is exact and exported.
+    let p = hour(2, Resolution::Minute);
+    assert!(p.wue_exported && !p.wue_complete, "{p:?}");
+    assert_eq!(p.wue_lower_litres_per_kwh, p.wue_litres_per_kwh);
+    assert_eq!(p.wue_upper_litres_per_kwh, p.wue_litres_per_kwh);
 
     // A period across the month edge, from hours: Feb 29 23:00 to Mar 1 01:00.
     let edge = windows::period(
@@ -536,14 +588,23 @@ fn water_counters_and_calendar_windows_are_exact() {
             120.0 / (29.0 * 1440.0)
         ),
         "dcwatt_partial_pue_ratio{zone=\"hall-1\",window=\"month\"} 1\n",
+        // The water gap in March is bracketed by the counter: exact, exported.
+        "dcwatt_wue_litres_per_kilowatt_hour{window=\"month\"} 0.3515625\n",
+        "dcwatt_pue_lower_ratio{window=\"month\",category=\"2\"} 1.25\n",
+        "dcwatt_pue_upper_ratio{window=\"month\",category=\"2\"} 1.25\n",
+        "dcwatt_wue_lower_litres_per_kilowatt_hour{window=\"month\"} 0.3515625\n",
+        "dcwatt_wue_upper_litres_per_kilowatt_hour{window=\"month\"} 0.3515625\n",
+        "dcwatt_partial_pue_lower_ratio{zone=\"hall-1\",window=\"month\"} 1\n",
+        "dcwatt_partial_pue_upper_ratio{zone=\"hall-1\",window=\"month\"} 1\n",
     ] {
         assert!(text.contains(line), "missing {line}in\n{text}");
     }
     let water_total = format!("dcwatt_water_cubic_meters_total{{zone=\"hall-1\"}} {total}\n");
     assert!(text.contains(&water_total), "missing {water_total}");
     for absent in [
-        "dcwatt_wue_litres_per_kilowatt_hour{window=\"month\"}",
+        // Twenty hours before the meters started are not bounded (no rating).
         "dcwatt_wue_litres_per_kilowatt_hour{window=\"24h\"}",
+        "dcwatt_pue_ratio{window=\"24h\"",
         "dcwatt_pue_ratio{window=\"previous_month\"",
         "dcwatt_power_watts{role=\"water\"",
         "dcwatt_energy_joules_total{role=\"water\"",

@@ -13,7 +13,7 @@ fn demo_prints_a_live_pue_line_and_cleans_up() {
         .args([
             "demo",
             "--duration",
-            "12",
+            "20",
             "--racks",
             "1",
             "--nodes-per-rack",
@@ -34,6 +34,20 @@ fn demo_prints_a_live_pue_line_and_cleans_up() {
         .lines()
         .find(|l| l.contains("PUE 1.") && l.contains("facility") && l.contains("hottest r1-n"));
     assert!(pue_line.is_some(), "no live PUE line:\n{stdout}");
+    // The instant PUE cuts every meter at the same instants: once it is there
+    // (10 s of every meter's energy), it stays, and never reads below 1 (a
+    // ratio of readings taken at different instants came and went).
+    let instants: Vec<Option<f64>> = stdout
+        .lines()
+        .filter_map(|l| l.split("instant ").nth(1))
+        .map(|rest| rest.split(')').next().unwrap_or("").trim().parse().ok())
+        .collect();
+    let first = instants.iter().position(Option::is_some);
+    let first = first.unwrap_or_else(|| panic!("no instant PUE:\n{stdout}"));
+    for v in &instants[first..] {
+        let v = v.unwrap_or_else(|| panic!("the instant PUE went away:\n{stdout}"));
+        assert!(v >= 1.0, "instant PUE {v}:\n{stdout}");
+    }
     // The site water meter (JSON, litres) gives a live WUE of about 0.2 L/kWh.
     assert!(
         stdout.lines().any(|l| l.contains("WUE 0.")),

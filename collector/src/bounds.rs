@@ -1,0 +1,794 @@
+//! Energy with bounds: what the collector cannot know about a meter's energy
+//! is recorded as an event, and any period's energy is given with the most
+//! those events (and the time no reading covers) can move it.
+//!
+//! # What is stored
+//! - `meter_events`: one row per unclean stretch between two consecutive
+//!   points of a meter's counted-energy curve, `[from_ms, to_ms]`, with the
+//!   energy counted in it (`joules`, spread evenly over its minutes by the
+//!   minute cutter) and the most energy in it that was *not* counted
+//!   (`unknown_joules`; NULL when that needs a rating the meter does not have):
+//!   - `gap`: a counter silent for longer than `stale_after`: the counter's
+//!     difference is exact, only its split between the minutes is unknown
+//!     (`unknown_joules` 0);
+//!   - `reset`: the energy between the last reading and the reset is unknown:
+//!     at most the rating × Δt less what was counted after the reset;
+//!   - `swap`: a replaced meter (three consistent glitches, a rebase): the
+//!     new meter's counting from its first reading is kept; from the old
+//!     meter's last reading to the new one's first, at most the rating × Δt;
+//!   - `power_gap`: a power-only meter not integrated across a gap longer
+//!     than `max_gap`: at most the rating × Δt unknown;
+//!   - `glitch`: refused counter readings, one row per meter and UTC hour
+//!     with their `count`; they add nothing unknown (the previous reading stays
+//!     the base, so the next accepted one counts the whole difference).
+//! - `meter_span`: per meter, the first and last minute it has been cut into
+//!   (a meter's minutes are contiguous from its first whole minute on): the
+//!   time a period spends outside it was not measured at all.
+//!
+//! # How bounds compose over a period `[a, b)` (minute edges)
+//! The period's energy is the sum of its minute rows, as before. Then per
+//! counted meter (not a sub-meter):
+//! - an event wholly inside the period adds `[0, unknown_joules]`: its counted
+//!   energy is wholly in the period's minutes, whatever their split;
+//! - an event cut by an edge, whose minutes inside hold `J × φ` (φ the share
+//!   of its duration inside), has really put between
+//!   `max(0, J − R·outside)` and `min(J + unknown, R·inside)` inside (R the
+//!   meter's rating; without one, between 0 and `J + unknown`);
+//! - time outside the meter's span adds `[0, R × that time]`.
+//!
+//! Without a rating (`nominal_max_watts`, `nominal_max_cubic_meters_per_hour`)
+//! anything that needs one is unbounded: the default rating the counter
+//! judgement uses (100 MW) would give bounds of no use. A counter gap needs no
+//! rating: a period holding it whole is exact, one cutting it is bounded by
+//! the gap's own energy.
+//!
+//! # A database from before bounds
+//! It has no events and no spans for its past. When the tables are created in
+//! a database that already holds energy, `bounds_since_ms` (in `meta`) is set
+//! to the end of the last UTC day holding any: before it, a period is judged
+//! as before, by its complete minutes (all complete: exact; else unbounded).
+
+use std::collections::BTreeMap;
+
+use rusqlite::{params, OptionalExtension};
+use serde::Serialize;
+
+use crate::config::{Meter, Role, Site};
+use crate::energy::{max_step, RATE_SLACK};
+use crate::state::{Changes, State};
+use crate::store::{Resolution, Store, StoreError};
+
+/// What kind of event left something unknown (or was refused).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// A counter silent for longer than `stale_after`.
+    Gap,
+    /// A counter reset.
+    Reset,
+    /// A replaced meter: its counter rebased at a new level.
+    Swap,
+    /// A power-only meter not integrated across a gap longer than `max_gap`.
+    PowerGap,
+    /// Counter readings refused as glitches.
+    Glitch,
+}
+
+impl EventKind {
+    /// Every kind, in label order.
+    pub const ALL: [EventKind; 5] = [
+        EventKind::Gap,
+        EventKind::Reset,
+        EventKind::Swap,
+        EventKind::PowerGap,
+        EventKind::Glitch,
+    ];
+
+    /// The stored name and `kind` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Gap => "gap",
+            EventKind::Reset => "reset",
+            EventKind::Swap => "swap",
+            EventKind::PowerGap => "power_gap",
+            EventKind::Glitch => "glitch",
+        }
+    }
+
+    /// The kind named `s`.
+    pub fn parse(s: &str) -> Option<EventKind> {
+        EventKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// One event of one meter.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MeterEvent {
+    /// What happened.
+    pub kind: EventKind,
+    /// The last reading before it, Unix ms (a glitch: its reading).
+    pub from_ms: i64,
+    /// The first reading after it, Unix ms (a glitch: its reading).
+    pub to_ms: i64,
+    /// Energy counted in `[from_ms, to_ms]`, J (m³ for a water meter).
+    pub joules: f64,
+    /// The most energy in `[from_ms, to_ms]` that was not counted, J (m³);
+    /// `None`: unbounded (the meter has no rating).
+    pub unknown_joules: Option<f64>,
+}
+
+/// The tables (created on open: an existing database gains them).
+pub const SCHEMA: &str = "
+-- Events that leave a meter's energy uncertain, or were refused (see bounds.rs).
+-- joules: energy counted in [from_ms, to_ms] (m³ for a water meter);
+-- unknown_joules: the most not counted, NULL when unbounded (no rating);
+-- glitches: one row per meter and UTC hour (from_ms), count of readings.
+CREATE TABLE IF NOT EXISTS meter_events (
+    meter TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    from_ms INTEGER NOT NULL,
+    to_ms INTEGER NOT NULL,
+    joules REAL NOT NULL,
+    unknown_joules REAL,
+    count INTEGER NOT NULL DEFAULT 1,
+    PRIMARY KEY (meter, kind, from_ms)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS meter_events_to ON meter_events (to_ms);
+-- Per meter, [first_ms, end_ms): the minutes it has been cut into.
+CREATE TABLE IF NOT EXISTS meter_span (
+    meter TEXT PRIMARY KEY,
+    first_ms INTEGER NOT NULL,
+    end_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+";
+
+const HOUR_MS: i64 = 3_600_000;
+const DAY_MS: i64 = 86_400_000;
+const MINUTE_MS: i64 = 60_000;
+
+/// Creates the tables; in a database that held energy before them, records
+/// where the bounds' history starts (see the module docs).
+pub fn migrate(conn: &rusqlite::Connection) -> Result<(), rusqlite::Error> {
+    let had: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meter_span')",
+        [],
+        |r| r.get(0),
+    )?;
+    conn.execute_batch(SCHEMA)?;
+    if had {
+        return Ok(());
+    }
+    let last_day: Option<i64> = conn.query_row(
+        "SELECT MAX(start_ms) FROM energy WHERE resolution = 'day'",
+        [],
+        |r| r.get(0),
+    )?;
+    if let Some(day) = last_day {
+        conn.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('bounds_since_ms', ?1)",
+            params![day.saturating_add(DAY_MS).to_string()],
+        )?;
+    }
+    Ok(())
+}
+
+/// Where the bounds' history starts in a database from before them.
+fn bounds_since(store: &Store) -> Result<Option<i64>, StoreError> {
+    let v: Option<String> = store
+        .conn
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'bounds_since_ms'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(v.and_then(|v| v.parse().ok()))
+}
+
+/// The most events a period lists (the rest are counted in `events_left_out`).
+pub const MAX_EVENTS_LISTED: usize = 100;
+
+/// The most a meter's counter can count per second (W, or m³/s for a water
+/// meter), when it has a rating.
+pub fn rating(m: &Meter) -> Option<f64> {
+    if m.role == Role::Water {
+        m.nominal_max_cubic_meters_per_hour.map(|q| q / 3600.0)
+    } else {
+        m.nominal_max_watts
+    }
+}
+
+/// One batch's events and minute spans, for the store.
+#[derive(Debug, Default)]
+pub struct Prepared {
+    events: Vec<(String, MeterEvent)>,
+    spans: BTreeMap<String, (i64, i64)>,
+}
+
+/// What one applied batch adds to the event and span tables.
+pub fn prepare(state: &State, changes: &Changes) -> Prepared {
+    let mut p = Prepared::default();
+    for (id, e) in &changes.meter_events {
+        if state.meters.contains_key(id) {
+            p.events.push((id.clone(), *e));
+        }
+    }
+    for (id, w) in &changes.minutes {
+        let span = p
+            .spans
+            .entry(id.clone())
+            .or_insert((w.minute_ms, w.minute_ms + MINUTE_MS));
+        span.0 = span.0.min(w.minute_ms);
+        span.1 = span.1.max(w.minute_ms + MINUTE_MS);
+    }
+    p
+}
+
+/// Writes a batch's events and spans, in its transaction.
+pub fn write(tx: &rusqlite::Transaction<'_>, p: &Prepared) -> Result<(), StoreError> {
+    for (id, e) in &p.events {
+        if e.kind == EventKind::Glitch {
+            tx.prepare_cached(
+                "INSERT INTO meter_events (meter, kind, from_ms, to_ms, joules, unknown_joules, count)
+                 VALUES (?1, 'glitch', ?2, ?3, 0, 0, 1)
+                 ON CONFLICT (meter, kind, from_ms) DO UPDATE SET count = count + 1,
+                 to_ms = max(to_ms, excluded.to_ms)",
+            )?
+            .execute(params![id, e.from_ms.div_euclid(HOUR_MS) * HOUR_MS, e.to_ms])?;
+        } else {
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO meter_events (meter, kind, from_ms, to_ms, joules, unknown_joules, count)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1)",
+            )?
+            .execute(params![
+                id,
+                e.kind.as_str(),
+                e.from_ms,
+                e.to_ms,
+                e.joules,
+                e.unknown_joules
+            ])?;
+        }
+    }
+    for (id, (first, end)) in &p.spans {
+        tx.prepare_cached(
+            "INSERT INTO meter_span (meter, first_ms, end_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT (meter) DO UPDATE SET first_ms = min(first_ms, excluded.first_ms),
+             end_ms = max(end_ms, excluded.end_ms)",
+        )?
+        .execute(params![id, first, end])?;
+    }
+    Ok(())
+}
+
+/// How far one (zone, role)'s energy over a period can be from what was
+/// counted, J (m³ for water).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Spread {
+    /// The true energy can be this much lower (≥ 0).
+    pub below: f64,
+    /// ... or this much higher (≥ 0; infinite: unbounded).
+    pub above: f64,
+    /// Counted energy of the period that was not measured directly (spread
+    /// over an unclean stretch's minutes).
+    pub unmeasured: f64,
+}
+
+impl Spread {
+    /// Adds another spread to this one.
+    pub fn add(&mut self, o: Spread) {
+        self.below += o.below;
+        self.above += o.above;
+        self.unmeasured += o.unmeasured;
+    }
+}
+
+/// An event as a period lists it, with what it does to that period.
+#[derive(Debug, Clone, Serialize)]
+pub struct EventView {
+    /// The meter.
+    pub meter: String,
+    /// `gap`, `reset`, `swap`, `power_gap`, `glitch`, or `not_reported`
+    /// (part of the period the meter's readings do not cover at all).
+    pub kind: &'static str,
+    /// Start, Unix ms (for glitches: the UTC hour).
+    pub from_ms: i64,
+    /// End, Unix ms.
+    pub to_ms: i64,
+    /// Energy counted over the whole event, J (m³ for a water meter).
+    pub joules: f64,
+    /// The most energy of the whole event not counted; `null`: unbounded.
+    pub unknown_joules: Option<f64>,
+    /// Readings (glitches), else 1.
+    pub count: i64,
+    /// How much lower this period's energy of the meter can be for it.
+    pub below_joules: f64,
+    /// How much higher; `null`: unbounded.
+    pub above_joules: Option<f64>,
+}
+
+/// What is unknown about a period's energies, and why.
+#[derive(Debug, Clone, Default)]
+pub struct PeriodBounds {
+    /// Per (zone, role) of counted meters.
+    pub spreads: BTreeMap<(String, Role), Spread>,
+    /// The events, oldest first (at most [`MAX_EVENTS_LISTED`]).
+    pub events: Vec<EventView>,
+    /// Events not listed.
+    pub events_left_out: usize,
+}
+
+fn finite(v: f64) -> Option<f64> {
+    v.is_finite().then_some(v)
+}
+
+/// What one event does to the period `[a, b)`, for a meter rated `r` (per s;
+/// infinite without a rating).
+fn event_spread(
+    kind: EventKind,
+    (f, t): (i64, i64),
+    j: f64,
+    unknown: f64,
+    r: f64,
+    (a, b): (i64, i64),
+) -> Spread {
+    if kind == EventKind::Glitch || t <= f {
+        return Spread::default();
+    }
+    if f >= a && t <= b {
+        return Spread {
+            below: 0.0,
+            above: unknown,
+            unmeasured: j,
+        };
+    }
+    let inside = (t.min(b) - f.max(a)).max(0);
+    if inside == 0 {
+        return Spread::default();
+    }
+    let outside = (t - f) - inside;
+    let counted_inside = j * inside as f64 / (t - f) as f64;
+    let most_inside = (j + unknown).min(max_step(r, inside));
+    let least_inside = (j - max_step(r, outside)).max(0.0);
+    Spread {
+        below: (counted_inside - least_inside).max(0.0),
+        above: (most_inside - counted_inside).max(0.0),
+        unmeasured: counted_inside,
+    }
+}
+
+/// The bounds of every counted meter's energy over `[from_ms, to_ms)` (edges
+/// of `resolution`), and the events behind them.
+pub fn period_bounds(
+    store: &Store,
+    site: &Site,
+    from_ms: i64,
+    to_ms: i64,
+    resolution: Resolution,
+) -> Result<PeriodBounds, StoreError> {
+    let (a, b) = (from_ms, to_ms);
+    let mut out = PeriodBounds::default();
+    let mut views = Vec::new();
+    // Before the bounds' history (a database from before them): complete
+    // minutes only, as before.
+    let since = bounds_since(store)?.filter(|s| *s > a);
+    if let Some(since) = since {
+        let end = since.min(b);
+        let minutes = (end - a) / MINUTE_MS;
+        let complete = store.complete_minutes(resolution, "*", a, end)?;
+        let water_complete = if site.water_meters > 0 {
+            store.complete_water_minutes(resolution, a, end)? >= minutes
+        } else {
+            true
+        };
+        let pue_complete = complete >= minutes;
+        let unbounded = Spread {
+            below: 0.0,
+            above: f64::INFINITY,
+            unmeasured: 0.0,
+        };
+        for m in site.meters.values().filter(|m| m.parent.is_none()) {
+            let whole = match m.role {
+                Role::Facility | Role::It => pue_complete,
+                Role::Water => water_complete,
+                _ => true, // not judged before either
+            };
+            if !whole {
+                out.spreads
+                    .entry((m.zone.clone(), m.role))
+                    .or_default()
+                    .add(unbounded);
+            }
+        }
+        if !(pue_complete && water_complete) {
+            views.push(EventView {
+                meter: "*".into(),
+                kind: "incomplete_before_bounds",
+                from_ms: a,
+                to_ms: end,
+                joules: 0.0,
+                unknown_joules: None,
+                count: complete,
+                below_joules: 0.0,
+                above_joules: None,
+            });
+        }
+    }
+    // From here on, events and spans.
+    let a = since.map_or(a, |s| s.max(a));
+    if a >= b {
+        out.events = views;
+        return Ok(out);
+    }
+    let counted = |id: &str| site.meters.get(id).filter(|m| m.parent.is_none());
+    let rate = |m: &Meter| rating(m).unwrap_or(f64::INFINITY);
+    let mut stmt = store.conn.prepare_cached(
+        "SELECT meter, kind, from_ms, to_ms, joules, unknown_joules, count FROM meter_events
+         WHERE to_ms >= ?1 AND from_ms < ?2 ORDER BY from_ms, meter, kind",
+    )?;
+    let rows = stmt.query_map(params![a, b], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, i64>(2)?,
+            r.get::<_, i64>(3)?,
+            r.get::<_, f64>(4)?,
+            r.get::<_, Option<f64>>(5)?,
+            r.get::<_, i64>(6)?,
+        ))
+    })?;
+    for row in rows {
+        let (meter, kind, f, t, j, unknown, count) = row?;
+        let Some(kind) = EventKind::parse(&kind) else {
+            continue; // written by a newer collector
+        };
+        if kind != EventKind::Glitch && t <= a {
+            continue; // ended at the period's start: nothing of it inside
+        }
+        let spread = match counted(&meter) {
+            Some(m) => {
+                let s = event_spread(
+                    kind,
+                    (f, t),
+                    j,
+                    unknown.unwrap_or(f64::INFINITY),
+                    rate(m),
+                    (a, b),
+                );
+                out.spreads
+                    .entry((m.zone.clone(), m.role))
+                    .or_default()
+                    .add(s);
+                s
+            }
+            None => Spread::default(),
+        };
+        views.push(EventView {
+            meter,
+            kind: kind.as_str(),
+            from_ms: f,
+            to_ms: t,
+            joules: j,
+            unknown_joules: unknown,
+            count,
+            below_joules: spread.below,
+            above_joules: finite(spread.above),
+        });
+    }
+    // Time no reading of the meter covers.
+    let spans: std::collections::HashMap<String, (i64, i64)> = store
+        .conn
+        .prepare_cached("SELECT meter, first_ms, end_ms FROM meter_span")?
+        .query_map([], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?))))?
+        .collect::<Result<_, _>>()?;
+    for (id, m) in site.meters.iter().filter(|(_, m)| m.parent.is_none()) {
+        let span = spans.get(id).copied();
+        let mut holes = Vec::new();
+        match span {
+            Some((first, end)) if first < b && end > a => {
+                if first > a {
+                    holes.push((a, first));
+                }
+                if end < b {
+                    holes.push((end, b));
+                }
+            }
+            _ => holes.push((a, b)),
+        }
+        for (f, t) in holes {
+            let r = rate(m);
+            let above = if r.is_finite() {
+                r * (t - f) as f64 * RATE_SLACK / 1000.0
+            } else {
+                f64::INFINITY
+            };
+            out.spreads
+                .entry((m.zone.clone(), m.role))
+                .or_default()
+                .add(Spread {
+                    below: 0.0,
+                    above,
+                    unmeasured: 0.0,
+                });
+            views.push(EventView {
+                meter: id.clone(),
+                kind: "not_reported",
+                from_ms: f,
+                to_ms: t,
+                joules: 0.0,
+                unknown_joules: finite(above),
+                count: 1,
+                below_joules: 0.0,
+                above_joules: finite(above),
+            });
+        }
+    }
+    views.sort_by(|x, y| (x.from_ms, &x.meter).cmp(&(y.from_ms, &y.meter)));
+    out.events_left_out = views.len().saturating_sub(MAX_EVENTS_LISTED);
+    views.truncate(MAX_EVENTS_LISTED);
+    out.events = views;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A database from before energy bounds (no `meter_events`, no
+    /// `meter_span`) gains both when opened, and keeps what it held.
+    #[test]
+    fn an_older_database_gains_the_event_tables() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.sqlite");
+        drop(Store::open(&path).unwrap());
+        {
+            let c = rusqlite::Connection::open(&path).unwrap();
+            c.execute_batch(
+                "DROP TABLE meter_events; DROP TABLE meter_span;
+                 INSERT INTO agents VALUES ('gw', 7, 0);",
+            )
+            .unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let tables: i64 = store
+            .conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name IN ('meter_events', 'meter_span')",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(tables, 2);
+        let seq: i64 = store
+            .conn
+            .query_row("SELECT last_seq FROM agents WHERE id = 'gw'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(seq, 7);
+        let site = crate::config::Config::from_toml(
+            "[[meters]]\nid = \"m\"\nrole = \"facility\"\nnominal_max_watts = 1000.0",
+        )
+        .unwrap()
+        .build()
+        .unwrap();
+        // Nothing reported yet: the whole period is unreported, bounded by the rating.
+        let b = period_bounds(&store, &site, 0, 60_000, Resolution::Minute).unwrap();
+        assert_eq!(b.events.len(), 1);
+        assert_eq!(b.events[0].kind, "not_reported");
+        let s = b.spreads[&("default".to_owned(), Role::Facility)];
+        assert!((s.above - 1000.0 * 60.0 * RATE_SLACK).abs() < 1e-6, "{s:?}");
+    }
+
+    /// A database that held energy before the bounds: its past is judged by
+    /// complete minutes (exact when all are, else unbounded), not taken as
+    /// "not reported".
+    #[test]
+    fn a_database_from_before_bounds_keeps_its_complete_past() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.sqlite");
+        let t = 1_795_000_000_000i64.div_euclid(DAY_MS) * DAY_MS + 3_600_000;
+        {
+            let store = Store::open(&path).unwrap();
+            store
+                .conn
+                .execute_batch("DROP TABLE meter_events; DROP TABLE meter_span;")
+                .unwrap();
+            for (k, complete) in [(0, true), (1, true), (2, false)] {
+                let m = t + k * MINUTE_MS;
+                for (res, start) in [("minute", m), ("hour", t), ("day", t - 3_600_000)] {
+                    for (role, joules) in [("facility", 1.2e6), ("it", 1.0e6)] {
+                        store
+                            .conn
+                            .execute(
+                                "INSERT INTO energy VALUES (?1, ?2, 'default', ?3, ?4)
+                                 ON CONFLICT DO UPDATE SET joules = joules + excluded.joules",
+                                params![res, start, role, joules],
+                            )
+                            .unwrap();
+                    }
+                }
+                if complete {
+                    store
+                        .conn
+                        .execute(
+                            "INSERT INTO coverage VALUES ('minute', ?1, '*', 1)",
+                            params![m],
+                        )
+                        .unwrap();
+                }
+            }
+        }
+        let store = Store::open(&path).unwrap();
+        assert_eq!(bounds_since(&store).unwrap(), Some(t - 3_600_000 + DAY_MS));
+        let site = crate::config::Config::from_toml(
+            "[[meters]]\nid = \"f\"\nrole = \"facility\"\n\
+             [[meters]]\nid = \"i\"\nrole = \"it\"\nit_point = \"it_input\"",
+        )
+        .unwrap()
+        .build()
+        .unwrap();
+        let p = crate::windows::period(&store, &site, t, t + 2 * MINUTE_MS, Resolution::Minute)
+            .unwrap();
+        assert_eq!((p.pue, p.pue_exported), (Some(1.2), true), "{p:?}");
+        assert_eq!(p.pue_uncertainty_ratio, Some(0.0));
+        assert!(p.events.is_empty(), "{:?}", p.events);
+        let p = crate::windows::period(&store, &site, t, t + 3 * MINUTE_MS, Resolution::Minute)
+            .unwrap();
+        assert!(!p.pue_exported && p.pue_upper.is_none(), "{p:?}");
+        assert_eq!(p.events[0].kind, "incomplete_before_bounds");
+        // Opening again keeps the instant.
+        drop(store);
+        let store = Store::open(&path).unwrap();
+        assert_eq!(bounds_since(&store).unwrap(), Some(t - 3_600_000 + DAY_MS));
+    }
+
+    /// A reset and a swap are stored with their times: after a restart the
+    /// loaded meter still counts them and a period still lists them.
+    #[test]
+    fn events_survive_a_restart() {
+        use dcwatt_wire::{Batch, Entity, Quantity, Reading, VERSION};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.sqlite");
+        let site = crate::config::Config::from_toml(
+            "[[meters]]\nid = \"m\"\nrole = \"facility\"\nnominal_max_watts = 1000.0",
+        )
+        .unwrap()
+        .build()
+        .unwrap();
+        let t0 = 1_795_000_000_000i64.div_euclid(HOUR_MS) * HOUR_MS;
+        // 500 W, read every 10 s; a reset at 100 s, a new meter from 200 s.
+        let value = |k: i64| match k {
+            ..=9 => 1e6 + 5000.0 * k as f64,
+            10..=19 => 5000.0 * (k - 10) as f64 + 2500.0,
+            _ => 9e9 + 5000.0 * (k - 20) as f64,
+        };
+        let mut state = State::new(&site);
+        let mut store = Store::open(&path).unwrap();
+        for k in 0..=30 {
+            let t = t0 + k * 10_000;
+            let batch = Batch {
+                version: VERSION,
+                agent: "gw".into(),
+                seq: k as u64 + 1,
+                first_seq: None,
+                node: "gw".into(),
+                created_ms: t,
+                gpus: vec![],
+                readings: vec![Reading {
+                    ts_ms: t,
+                    entity: Entity::Meter("m".into()),
+                    quantity: Quantity::EnergyJoules,
+                    value: value(k),
+                }],
+            };
+            let (_, changes) = state.apply(&batch, &site, t);
+            store.commit("gw", &state, &changes, &site).unwrap();
+        }
+        drop(store);
+        let store = Store::open(&path).unwrap();
+        let mut loaded = State::new(&site);
+        store.load(&mut loaded).unwrap();
+        let acc = &loaded.meters["m"].acc;
+        assert_eq!((acc.resets, acc.swaps), (1, 1));
+        assert_eq!(acc.last_swap, Some((t0 + 190_000, t0 + 220_000)));
+        let b = period_bounds(&store, &site, t0, t0 + 300_000, Resolution::Minute).unwrap();
+        let kinds: Vec<(&str, i64, i64)> = b
+            .events
+            .iter()
+            .filter(|e| e.kind != "glitch")
+            .map(|e| (e.kind, e.from_ms, e.to_ms))
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                ("reset", t0 + 90_000, t0 + 100_000),
+                ("swap", t0 + 190_000, t0 + 220_000),
+            ]
+        );
+        // The reset's tail: at most 1 kW × 11.1 s less the 2.5 kJ counted
+        // after it; the swap: from the old meter's last reading to the new
+        // one's first, 1 kW × 11.1 s (the new meter's 10 kJ from 200 s to
+        // 220 s are counted).
+        let s = b.spreads[&("default".to_owned(), Role::Facility)];
+        assert!(
+            (s.above - (11_100.0 - 2_500.0 + 11_100.0)).abs() < 1e-6,
+            "{s:?}"
+        );
+        assert_eq!((s.below, s.unmeasured), (0.0, 12_500.0));
+        assert_eq!(
+            loaded.meters["m"].acc.energy_joules,
+            45_000.0 + 47_500.0 + 50_000.0
+        );
+    }
+
+    #[test]
+    fn an_event_inside_a_period_costs_only_its_unknown_part() {
+        // A 100 s counter gap of 10 kJ, 0 unknown, meter rated 1 kW.
+        let s = event_spread(
+            EventKind::Gap,
+            (100_000, 200_000),
+            10_000.0,
+            0.0,
+            1000.0,
+            (60_000, 240_000),
+        );
+        assert_eq!(
+            s,
+            Spread {
+                below: 0.0,
+                above: 0.0,
+                unmeasured: 10_000.0
+            }
+        );
+        // Cut in the middle: 5 kJ counted inside; really between 0 (all of it
+        // could fall outside: 50 s × 1.1 kW ≥ 10 kJ? no: 55.1 kJ, so 0) and
+        // min(10 kJ, 55.1 kJ) = 10 kJ.
+        let s = event_spread(
+            EventKind::Gap,
+            (100_000, 200_000),
+            10_000.0,
+            0.0,
+            1000.0,
+            (150_000, 240_000),
+        );
+        assert_eq!(
+            (s.below, s.above, s.unmeasured),
+            (5_000.0, 5_000.0, 5_000.0)
+        );
+        // A meter rated at the gap's mean power (100 W) bounds the cut part:
+        // between 10 kJ − 100 W × (50 s × 1.1 + 0.1 s) and 100 W × 55.1 s.
+        let s = event_spread(
+            EventKind::Gap,
+            (100_000, 200_000),
+            10_000.0,
+            0.0,
+            100.0,
+            (150_000, 240_000),
+        );
+        assert!(
+            (s.below - 510.0).abs() < 1e-9 && (s.above - 510.0).abs() < 1e-9,
+            "{s:?}"
+        );
+        // A reset's tail: unbounded without a rating, even inside.
+        let s = event_spread(
+            EventKind::Reset,
+            (100_000, 110_000),
+            500.0,
+            f64::INFINITY,
+            f64::INFINITY,
+            (0, 240_000),
+        );
+        assert!(s.above.is_infinite() && s.below == 0.0);
+        // Not in the period at all: nothing.
+        let s = event_spread(
+            EventKind::Gap,
+            (100_000, 200_000),
+            10_000.0,
+            0.0,
+            1000.0,
+            (200_000, 240_000),
+        );
+        assert_eq!(s, Spread::default());
+    }
+}
