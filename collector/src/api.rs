@@ -518,28 +518,11 @@ fn apply_and_queue(shared: &Shared, batch: &dcwatt_wire::Batch, agent: &str, now
     let (accepted, changes) = state.apply(batch, site, now);
     // Serialize what this batch changed now (later batches will change the
     // state again), queue it, and let the group commit write it.
-    match crate::store::prepare(agent, &state, &changes) {
-        Ok(p) => Applied::Queued {
-            accepted,
-            written: shared.queue_commit(Queued {
-                prepared: p,
-                batch: Some((agent.to_owned(), batch.seq)),
-            }),
-        },
-        Err(e) => {
-            // The one failure path: this batch and every batch queued after
-            // it fail, and the state goes back to what the store holds.
-            drop(state);
-            let store = shared.store();
-            shared.fail_and_reload(
-                &store,
-                Vec::new(),
-                &format!("a batch applied before it failed: {e}"),
-            );
-            Applied::Answer(Err(Rejection::Unavailable(format!(
-                "the collector could not store the batch: {e}"
-            ))))
-        }
+    match shared.queue_changes(state, agent, &changes, Some((agent.to_owned(), batch.seq))) {
+        Ok(written) => Applied::Queued { accepted, written },
+        Err(e) => Applied::Answer(Err(Rejection::Unavailable(format!(
+            "the collector could not store the batch: {e}"
+        )))),
     }
 }
 
@@ -680,6 +663,33 @@ impl Shared {
                         &format!("the group it was written with failed: {e}"),
                     );
                 }
+            }
+        }
+    }
+
+    /// Serializes what was just applied under `state` and queues it for the
+    /// group commit; the receiver says when it is written. If it cannot be
+    /// serialized, the one failure path runs (every batch queued after the
+    /// last commit fails, the state goes back to the store's) and the error
+    /// is returned.
+    fn queue_changes(
+        &self,
+        state: MutexGuard<'_, State>,
+        agent: &str,
+        changes: &crate::state::Changes,
+        batch: Option<(String, u64)>,
+    ) -> Result<tokio::sync::oneshot::Receiver<Result<(), String>>, crate::store::StoreError> {
+        match crate::store::prepare(agent, &state, changes) {
+            Ok(prepared) => Ok(self.queue_commit(Queued { prepared, batch })),
+            Err(e) => {
+                drop(state); // lock order: store, then state
+                let store = self.store();
+                self.fail_and_reload(
+                    &store,
+                    Vec::new(),
+                    &format!("a change applied before it failed: {e}"),
+                );
+                Err(e)
             }
         }
     }
@@ -1324,21 +1334,10 @@ async fn release_gpu(
         };
         let mut changes = crate::state::Changes::default();
         changes.gpus.insert(uuid.clone());
-        // No agent's row changes: only the GPU's.
-        match crate::store::prepare("", &state, &changes) {
-            Ok(p) => (
-                owner,
-                shared.queue_commit(Queued {
-                    prepared: p,
-                    batch: None,
-                }),
-            ),
-            Err(e) => {
-                drop(state);
-                let store = shared.store();
-                shared.fail_and_reload(&store, Vec::new(), &format!("a release failed: {e}"));
-                return error(StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}"));
-            }
+        // No agent's row changes ("" is no agent): only the GPU's.
+        match shared.queue_changes(state, "", &changes, None) {
+            Ok(written) => (owner, written),
+            Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}")),
         }
     };
     match written.await {

@@ -172,6 +172,15 @@ pub fn validate(batch: &Batch, agent: &str, site: &Site, now_ms: i64) -> Result<
         check_value(r.quantity, r.value)
             .map_err(|why| bad(format!("readings[{i}].value"), &why))?;
     }
+    if batch.created_ms < oldest || batch.created_ms > newest {
+        return Err(bad(
+            "created_ms".into(),
+            &format!(
+                "{} is outside the accepted range [{oldest}, {newest}] (collector clock {now_ms})",
+                batch.created_ms
+            ),
+        ));
+    }
     // Well formed: now, may this agent speak for each meter it names?
     for (i, r) in batch.readings.iter().enumerate() {
         if let Entity::Meter(m) = &r.entity {
@@ -181,15 +190,6 @@ pub fn validate(batch: &Batch, agent: &str, site: &Site, now_ms: i64) -> Result<
                 )));
             }
         }
-    }
-    if batch.created_ms < oldest || batch.created_ms > newest {
-        return Err(bad(
-            "created_ms".into(),
-            &format!(
-                "{} is outside the accepted range [{oldest}, {newest}] (collector clock {now_ms})",
-                batch.created_ms
-            ),
-        ));
     }
     Ok(())
 }
