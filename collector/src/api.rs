@@ -269,6 +269,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/readyz", get(readyz))
         .route("/v1/summary", get(summary))
         .route("/v1/pue", get(pue_period))
+        .route("/v1/reports/efficiency", get(efficiency_report))
         .route("/v1/tenants/{tenant}/energy", get(tenant_energy))
         .route("/v1/tenants/{tenant}/statement", get(tenant_statement))
         .route("/v1/tenants/{tenant}/excursions", get(tenant_excursions))
@@ -1013,6 +1014,84 @@ async fn pue_period(
     {
         Ok(p) => Json(p).into_response(),
         Err(e) => e.into_response(),
+    }
+}
+
+/// `GET /v1/reports/efficiency` query: `from`, `to` (dates, or RFC 3339 /
+/// Unix ms at UTC midnights), `zone`, `format` (json, csv, html).
+#[derive(Deserialize)]
+struct EfficiencyQuery {
+    from: String,
+    to: String,
+    zone: Option<String>,
+    format: Option<String>,
+}
+
+/// The efficiency report over `[from, to)` (operator only).
+async fn efficiency_report(
+    Extract(shared): Extract<Arc<Shared>>,
+    headers: HeaderMap,
+    query: Result<Query<EfficiencyQuery>, QueryRejection>,
+) -> Response {
+    use crate::efficiency::{self, ReportError};
+    if let Err(r) = operator_only(&shared.site, &headers) {
+        return r.into_response();
+    }
+    let Query(q) = match query {
+        Ok(q) => q,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("query: {e}")),
+    };
+    let format = q.format.unwrap_or_else(|| "json".into());
+    if !matches!(format.as_str(), "json" | "csv" | "html") {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "format: must be json, csv or html".to_owned(),
+        );
+    }
+    let period = efficiency::parse_day("from", &q.from).and_then(|from| {
+        let to = efficiency::parse_day("to", &q.to)?;
+        efficiency::check_period(from, to).map(|()| (from, to))
+    });
+    let (from, to) = match period {
+        Ok(p) => p,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let s = Arc::clone(&shared);
+    let zone = q.zone;
+    let found = shared
+        .read_store(move |store| {
+            Ok(efficiency::report(
+                store,
+                &s.site,
+                from,
+                to,
+                zone.as_deref(),
+                now_ms(),
+            ))
+        })
+        .await;
+    let report = match found {
+        Ok(Ok(r)) => r,
+        Ok(Err(ReportError::Invalid(key, why))) => {
+            return error(StatusCode::BAD_REQUEST, format!("{key}: {why}"))
+        }
+        Ok(Err(ReportError::Store(e))) => {
+            return error(StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}"))
+        }
+        Err(e) => return e.into_response(),
+    };
+    match format.as_str() {
+        "csv" => (
+            [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
+            report.to_csv(),
+        )
+            .into_response(),
+        "html" => (
+            [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+            crate::efficiency_html::render(&report),
+        )
+            .into_response(),
+        _ => Json(report).into_response(),
     }
 }
 

@@ -366,6 +366,45 @@ pub fn period_bounds(
     to_ms: i64,
     resolution: Resolution,
 ) -> Result<PeriodBounds, StoreError> {
+    period_bounds_listing(store, site, from_ms, to_ms, resolution, MAX_EVENTS_LISTED)
+}
+
+/// Each meter's span `[first_ms, end_ms)`: the minutes it has been cut into.
+pub fn meter_spans(store: &Store) -> Result<BTreeMap<String, (i64, i64)>, StoreError> {
+    Ok(store
+        .conn
+        .prepare_cached("SELECT meter, first_ms, end_ms FROM meter_span")?
+        .query_map([], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?))))?
+        .collect::<Result<_, _>>()?)
+}
+
+/// Writes one meter's event and widens its span to `[first_ms, end_ms)`, in
+/// the caller's transaction: for a store booking at hour resolution.
+pub fn write_one(
+    tx: &rusqlite::Transaction<'_>,
+    meter: &str,
+    event: Option<&MeterEvent>,
+    span: Option<(i64, i64)>,
+) -> Result<(), StoreError> {
+    let mut p = Prepared::default();
+    if let Some(e) = event {
+        p.events.push((meter.to_owned(), *e));
+    }
+    if let Some(s) = span {
+        p.spans.insert(meter.to_owned(), s);
+    }
+    write(tx, &p)
+}
+
+/// [`period_bounds`], listing at most `max_listed` events.
+pub fn period_bounds_listing(
+    store: &Store,
+    site: &Site,
+    from_ms: i64,
+    to_ms: i64,
+    resolution: Resolution,
+    max_listed: usize,
+) -> Result<PeriodBounds, StoreError> {
     let (a, b) = (from_ms, to_ms);
     let mut out = PeriodBounds::default();
     let mut views = Vec::new();
@@ -524,8 +563,8 @@ pub fn period_bounds(
         }
     }
     views.sort_by(|x, y| (x.from_ms, &x.meter).cmp(&(y.from_ms, &y.meter)));
-    out.events_left_out = views.len().saturating_sub(MAX_EVENTS_LISTED);
-    views.truncate(MAX_EVENTS_LISTED);
+    out.events_left_out = views.len().saturating_sub(max_listed);
+    views.truncate(max_listed);
     out.events = views;
     Ok(out)
 }

@@ -136,6 +136,57 @@ pub struct Config {
     /// Thermal excursion limits.
     #[serde(default)]
     pub thermal: crate::thermal::ThermalConfig,
+    /// `[report]`: the annual efficiency report.
+    #[serde(default)]
+    pub report: ReportConfig,
+    /// SHA-256 of the file as read (hex), for the report's provenance.
+    #[serde(skip)]
+    pub source_sha256: Option<String>,
+}
+
+/// `[report]`: what the efficiency report compares the site's PUE with.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportConfig {
+    /// Reference PUE values (`reference_pue = [{ name = "…", pue = 1.56 }]`).
+    /// Default: the Uptime Institute's 2024 industry average (1.56) and a
+    /// hyperscale reference (1.10).
+    #[serde(default = "default_references")]
+    pub reference_pue: Vec<ReferencePue>,
+}
+
+impl Default for ReportConfig {
+    fn default() -> Self {
+        ReportConfig {
+            reference_pue: default_references(),
+        }
+    }
+}
+
+/// One reference PUE the report compares the measured PUE with.
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReferencePue {
+    /// What it is, e.g. `Uptime Institute 2024 industry average`.
+    pub name: String,
+    /// The reference value, 1 to 10.
+    pub pue: f64,
+}
+
+/// The most reference values `[report] reference_pue` may list.
+pub const MAX_REFERENCES: usize = 16;
+
+fn default_references() -> Vec<ReferencePue> {
+    vec![
+        ReferencePue {
+            name: "Uptime Institute 2024 industry average".into(),
+            pue: 1.56,
+        },
+        ReferencePue {
+            name: "hyperscale reference".into(),
+            pue: 1.10,
+        },
+    ]
 }
 
 /// A tenant.
@@ -487,6 +538,11 @@ pub struct Site {
     pub pue_max_uncertainty: f64,
     /// See [`Config::carbon_intensity_kg_per_kwh`].
     pub carbon_intensity_kg_per_kwh: Option<f64>,
+    /// See [`ReportConfig::reference_pue`].
+    pub reference_pue: Vec<ReferencePue>,
+    /// SHA-256 of the configuration file as read (hex); `None` when built
+    /// from text.
+    pub config_sha256: Option<String>,
     /// See [`Config::meter_tree_tolerance`].
     pub meter_tree_tolerance: f64,
     /// Facility and IT meters (those PUE needs) per zone.
@@ -563,7 +619,9 @@ impl Config {
             path: path.display().to_string(),
             source,
         })?;
-        Config::from_toml(&text)
+        let mut config = Config::from_toml(&text)?;
+        config.source_sha256 = Some(hex::encode(Sha256::digest(text.as_bytes())));
+        Ok(config)
     }
 
     /// Parses TOML text. String values may name environment variables
@@ -671,6 +729,29 @@ impl Config {
                 "carbon_intensity_kg_per_kwh",
                 "must be 0 to 5 kg CO2e per kWh",
             ));
+        }
+        if self.report.reference_pue.len() > MAX_REFERENCES {
+            return Err(invalid(
+                "report.reference_pue",
+                format!("at most {MAX_REFERENCES} references"),
+            ));
+        }
+        for (i, r) in self.report.reference_pue.iter().enumerate() {
+            if r.name.trim().is_empty()
+                || r.name.len() > 128
+                || r.name.chars().any(char::is_control)
+            {
+                return Err(invalid(
+                    format!("report.reference_pue[{i}].name"),
+                    "must be 1 to 128 printable characters",
+                ));
+            }
+            if !(r.pue.is_finite() && (1.0..=10.0).contains(&r.pue)) {
+                return Err(invalid(
+                    format!("report.reference_pue[{i}].pue"),
+                    "must be a PUE from 1 to 10",
+                ));
+            }
         }
         if !(self.meter_tree_tolerance.is_finite()
             && (0.0..1.0).contains(&self.meter_tree_tolerance))
@@ -916,6 +997,8 @@ impl Config {
             pue_max_ratio: self.pue_max_ratio,
             pue_max_uncertainty: self.pue.max_uncertainty,
             carbon_intensity_kg_per_kwh: self.carbon_intensity_kg_per_kwh,
+            reference_pue: self.report.reference_pue,
+            config_sha256: self.source_sha256,
             meter_tree_tolerance: self.meter_tree_tolerance,
             required_per_zone,
             water_meters,
@@ -1115,6 +1198,10 @@ mod tests {
             ("[pue]\nmax_uncertainty = nan", &["pue.max_uncertainty"]),
             ("[pue]\nmaximum = 1", &["maximum"]),
             ("carbon_intensity_kg_per_kwh = 40.0", &["carbon_intensity_kg_per_kwh"]),
+            ("[report]\nreference_pue = [{ name = \"x\", pue = 0.9 }]", &["report.reference_pue[0].pue"]),
+            ("[report]\nreference_pue = [{ name = \"x\", pue = 1.2 }, { name = \"\", pue = 1.2 }]", &["report.reference_pue[1].name"]),
+            ("[report]\nreference_pue = [{ name = \"x\", pue = nan }]", &["report.reference_pue[0].pue"]),
+            ("[report]\nreference = 1.5", &["reference"]),
             ("[[meters]]\nid = \"a\"\nrole = \"other\"\nparent = \"z\"", &["meters[0].parent", "no meter"]),
             (
                 "[[meters]]\nid = \"a\"\nrole = \"other\"\nparent = \"b\"\n[[meters]]\nid = \"b\"\nrole = \"other\"\nparent = \"a\"",

@@ -16,6 +16,8 @@
 //! - [`ledger`]: the append-only, hash-chained tenant ledger.
 //! - [`transparency`]: the ledger's Merkle tree, signed checkpoints and proofs.
 //! - [`statement`]: a tenant's monthly statement (API and offline report).
+//! - [`efficiency`]: the annual efficiency (KPI) report with its provenance;
+//!   [`efficiency_html`]: the same as one self-contained page.
 //! - [`pue`]: PUE and its ISO/IEC 30134-2 category, as pure functions.
 //! - [`figures`]: the derived figures at one instant, shared by `/metrics` and the summary.
 //! - [`export`]: the Prometheus exposition; [`names`]: every metric name.
@@ -25,6 +27,8 @@
 pub mod api;
 pub mod bounds;
 pub mod config;
+pub mod efficiency;
+pub mod efficiency_html;
 pub mod energy;
 pub mod export;
 pub mod figures;

@@ -1,6 +1,8 @@
 //! `dcwatt-collector --config FILE` serves; `--check-config FILE` validates;
 //! `dcwatt-collector ledger verify DB` checks a ledger's hash chain offline;
 //! `dcwatt-collector keygen --out FILE` writes a checkpoint signing key;
+//! `dcwatt-collector report efficiency --config FILE --from DAY --to DAY`
+//! writes the site's efficiency report;
 //! `dcwatt-collector gpu release UUID` asks a running collector to release a
 //! GPU that moved to another node.
 
@@ -40,18 +42,22 @@ enum Command {
     /// Write a tenant's monthly statement from the collector's database, offline.
     /// With several `--config` (one per hall), one statement: the halls' rows
     /// added up per day, each hall's own statement beside.
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
     Report {
+        /// Another report than the tenant statement.
+        #[command(subcommand)]
+        kind: Option<ReportKind>,
         /// The collector's configuration (for the database, leases and site);
         /// repeat it for each hall the tenant leases nodes in (never a mirror's:
         /// its database holds the same energy).
         #[arg(long, value_name = "FILE", required = true)]
         config: Vec<PathBuf>,
         /// The tenant.
-        #[arg(long)]
-        tenant: String,
+        #[arg(long, required = true)]
+        tenant: Option<String>,
         /// The month, YYYY-MM.
-        #[arg(long)]
-        month: String,
+        #[arg(long, required = true)]
+        month: Option<String>,
         /// json or csv.
         #[arg(long, default_value = "json")]
         format: String,
@@ -63,6 +69,100 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
     },
+}
+
+#[derive(clap::Subcommand)]
+enum ReportKind {
+    /// The site's efficiency report (PUE with its category and bounds,
+    /// partial PUE, WUE, ERF, REF, CUE, energy by role, water, coverage,
+    /// events, the meter inventory, months and quarters, the comparison with
+    /// reference PUE values, provenance), from the collector's database,
+    /// offline.
+    Efficiency {
+        /// The collector's configuration (for the database and the site).
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// The first day, YYYY-MM-DD (UTC).
+        #[arg(long)]
+        from: String,
+        /// The day after the last, YYYY-MM-DD (UTC; exclusive), at most 400
+        /// days after `--from`.
+        #[arg(long)]
+        to: String,
+        /// Only this zone's partial PUE, meters and events (the site figures
+        /// stay the site's).
+        #[arg(long)]
+        zone: Option<String>,
+        /// json, csv or html.
+        #[arg(long, default_value = "json")]
+        format: String,
+    },
+}
+
+/// `report efficiency`: 0 written, 2 refused (the message names the option).
+fn efficiency(
+    config: &std::path::Path,
+    from: &str,
+    to: &str,
+    zone: Option<&str>,
+    format: &str,
+) -> ExitCode {
+    use dcwatt_collector::efficiency::{self, ReportError};
+    if !matches!(format, "json" | "csv" | "html") {
+        eprintln!("--format: {format:?} is not json, csv or html");
+        return ExitCode::from(2);
+    }
+    let period = efficiency::parse_day("from", from).and_then(|f| {
+        let t = efficiency::parse_day("to", to)?;
+        efficiency::check_period(f, t).map(|()| (f, t))
+    });
+    let (from_ms, to_ms) = match period {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("--{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let site = match Config::from_file(config).and_then(Config::build) {
+        Ok(site) => site,
+        Err(e) => {
+            eprintln!("{}: {e}", config.display());
+            return ExitCode::from(2);
+        }
+    };
+    let Some(db) = site.ledger_path.clone().filter(|p| p.is_file()) else {
+        eprintln!("{}: [ledger] path: no database to read", config.display());
+        return ExitCode::from(2);
+    };
+    let now = dcwatt_collector::api::now_ms();
+    let result = dcwatt_collector::store::Store::open(&db)
+        .map_err(ReportError::from)
+        .and_then(|store| efficiency::report(&store, &site, from_ms, to_ms, zone, now));
+    match result {
+        Ok(r) => {
+            let text = match format {
+                "csv" => r.to_csv(),
+                "html" => dcwatt_collector::efficiency_html::render(&r),
+                _ => match serde_json::to_string_pretty(&r) {
+                    Ok(t) => t + "\n",
+                    Err(e) => {
+                        eprintln!("{e}");
+                        return ExitCode::FAILURE;
+                    }
+                },
+            };
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(ReportError::Invalid(key, why)) => {
+            eprintln!("--{key}: {why}");
+            ExitCode::from(2)
+        }
+        Err(ReportError::Store(e)) => {
+            eprintln!("{}: {e}", db.display());
+            ExitCode::from(2)
+        }
+    }
 }
 
 fn keygen(out: &std::path::Path) -> ExitCode {
@@ -284,11 +384,29 @@ fn main() -> ExitCode {
             uuid,
         })) => return release_gpu(url, token_file, ca_file.as_deref(), uuid),
         Some(Command::Report {
+            kind:
+                Some(ReportKind::Efficiency {
+                    config,
+                    from,
+                    to,
+                    zone,
+                    format,
+                }),
+            ..
+        }) => return efficiency(config, from, to, zone.as_deref(), format),
+        Some(Command::Report {
+            kind: None,
             config,
             tenant,
             month,
             format,
-        }) => return report(config, tenant, month, format),
+        }) => {
+            let (Some(tenant), Some(month)) = (tenant, month) else {
+                eprintln!("--tenant and --month are required");
+                return ExitCode::from(2);
+            };
+            return report(config, tenant, month, format);
+        }
         Some(Command::Keygen { out }) => return keygen(out),
         None => {}
     }

@@ -169,6 +169,20 @@ pub enum StoreError {
     /// A thread could not be started.
     #[error("cannot start a thread: {0}")]
     Thread(String),
+    /// A row to book is not acceptable (it names the field).
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// One meter's energy over one whole UTC hour, for [`Store::book_hour`].
+#[derive(Debug, Clone, Copy)]
+pub struct MeterHour<'a> {
+    /// The meter (configured).
+    pub meter: &'a str,
+    /// Its energy over the hour, J (m³ for a water meter).
+    pub joules: f64,
+    /// Minutes of the hour it completed (0 to 60).
+    pub complete_minutes: i64,
 }
 
 /// The open database.
@@ -743,6 +757,113 @@ impl Store {
         Ok(v.and_then(|v| v.parse().ok()).unwrap_or(0.0))
     }
 
+    /// Books one whole UTC hour of meters' energy at hour resolution, in one
+    /// transaction: each meter-hour added to its hour and day rows (as
+    /// [`Store::commit`] adds each meter-minute to its minute, hour and day),
+    /// each listed meter's span widened over the hour, `events` written as the
+    /// minute cutter writes them, and the hour's complete minutes counted for
+    /// each zone and the site: the fewest the meters' own counts allow (60 −
+    /// the minutes any required meter missed, summed; exact when every
+    /// required meter completed all 60). A required meter not listed completed
+    /// none. For history kept at hour resolution (an import, a simulated
+    /// year); minute rows are not written.
+    pub fn book_hour(
+        &mut self,
+        site: &Site,
+        hour_ms: i64,
+        meters: &[MeterHour<'_>],
+        events: &[(&str, crate::bounds::MeterEvent)],
+    ) -> Result<(), StoreError> {
+        if hour_ms.rem_euclid(Resolution::Hour.ms()) != 0 {
+            return Err(StoreError::Invalid(format!(
+                "hour_ms: {hour_ms} is not the start of a UTC hour"
+            )));
+        }
+        for (i, m) in meters.iter().enumerate() {
+            if !site.meters.contains_key(m.meter) {
+                return Err(StoreError::Invalid(format!(
+                    "meters[{i}].meter: no meter {:?} in the site",
+                    m.meter
+                )));
+            }
+            if meters[..i].iter().any(|o| o.meter == m.meter) {
+                return Err(StoreError::Invalid(format!(
+                    "meters[{i}].meter: {:?} listed twice",
+                    m.meter
+                )));
+            }
+            if !(m.joules.is_finite() && m.joules >= 0.0) {
+                return Err(StoreError::Invalid(format!(
+                    "meters[{i}].joules: must be a finite number ≥ 0"
+                )));
+            }
+            if !(0..=60).contains(&m.complete_minutes) {
+                return Err(StoreError::Invalid(format!(
+                    "meters[{i}].complete_minutes: must be 0 to 60"
+                )));
+            }
+        }
+        for (i, (meter, _)) in events.iter().enumerate() {
+            if !site.meters.contains_key(*meter) {
+                return Err(StoreError::Invalid(format!(
+                    "events[{i}].meter: no meter {meter:?} in the site"
+                )));
+            }
+        }
+        let hour_end = hour_ms + Resolution::Hour.ms();
+        let tx = self.conn.transaction()?;
+        let mut missed: std::collections::BTreeMap<&str, i64> = std::collections::BTreeMap::new();
+        let (mut site_missed, mut water_missed) = (0, 0);
+        for (id, m) in site.meters.iter().filter(|(_, m)| m.counted()) {
+            let done = meters
+                .iter()
+                .find(|h| h.meter == id)
+                .map_or(0, |h| h.complete_minutes);
+            match m.role {
+                Role::Facility | Role::It => {
+                    *missed.entry(m.zone.as_str()).or_default() += 60 - done;
+                    site_missed += 60 - done;
+                }
+                Role::Water => water_missed += 60 - done,
+                _ => {}
+            }
+        }
+        for h in meters {
+            let m = &site.meters[h.meter];
+            if m.counted() {
+                for r in [Resolution::Hour, Resolution::Day] {
+                    add_energy(&tx, r, r.floor(hour_ms), &m.zone, m.role, h.joules)?;
+                }
+            }
+            crate::bounds::write_one(&tx, h.meter, None, Some((hour_ms, hour_end)))?;
+        }
+        for (meter, e) in events {
+            crate::bounds::write_one(&tx, meter, Some(e), None)?;
+        }
+        let covered = |kind: &str, start: i64, zone: &str, minutes: i64| {
+            tx.prepare_cached(
+                "INSERT INTO coverage (kind, start_ms, zone, complete) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (kind, start_ms, zone) DO UPDATE SET complete = complete + excluded.complete",
+            )?
+            .execute(params![kind, start, zone, minutes])
+            .map(|_| ())
+        };
+        for r in [Resolution::Hour, Resolution::Day] {
+            let start = r.floor(hour_ms);
+            for (zone, missed) in &missed {
+                covered(r.key(), start, zone, (60 - missed).max(0))?;
+            }
+            if !missed.is_empty() {
+                covered(r.key(), start, "*", (60 - site_missed).max(0))?;
+            }
+            if site.water_meters > 0 {
+                covered(r.water_key(), start, "*", (60 - water_missed).max(0))?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Drops minute rows older than [`MINUTE_RETENTION_MS`] and hour rows older
     /// than [`HOUR_RETENTION_MS`] before `now_ms`.
     pub fn prune(&mut self, now_ms: i64) -> Result<(), StoreError> {
@@ -788,6 +909,23 @@ fn bump(
     Ok(n)
 }
 
+/// Adds energy to one stored period of a zone and role.
+fn add_energy(
+    tx: &rusqlite::Transaction<'_>,
+    r: Resolution,
+    start_ms: i64,
+    zone: &str,
+    role: Role,
+    joules: f64,
+) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "INSERT INTO energy (resolution, start_ms, zone, role, joules) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (resolution, start_ms, zone, role) DO UPDATE SET joules = joules + excluded.joules",
+    )?
+    .execute(params![r.key(), start_ms, zone, role.as_str(), joules])?;
+    Ok(())
+}
+
 /// Adds one meter-minute to its minute, hour and day, and when it completes
 /// the zone's or the site's set of facility and IT meters for that minute,
 /// counts a complete minute; when it completes the site's set of water
@@ -801,11 +939,7 @@ fn add_minute(
 ) -> Result<(), StoreError> {
     let periods = [Resolution::Minute, Resolution::Hour, Resolution::Day];
     for r in periods {
-        tx.prepare_cached(
-            "INSERT INTO energy (resolution, start_ms, zone, role, joules) VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT (resolution, start_ms, zone, role) DO UPDATE SET joules = joules + excluded.joules",
-        )?
-        .execute(params![r.key(), r.floor(w.minute_ms), zone, role.as_str(), w.joules])?;
+        add_energy(tx, r, r.floor(w.minute_ms), zone, role, w.joules)?;
     }
     if w.complete && role == Role::Water {
         if bump(tx, "water_meters", w.minute_ms, "*")? == site.water_meters as i64 {
