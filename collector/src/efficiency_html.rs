@@ -183,7 +183,7 @@ const STYLE: &str = "body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,
 h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #ccc;padding-bottom:3px}\
 .sub{color:#555;margin:0 0 16px}.cards{display:flex;flex-wrap:wrap;gap:10px}\
 .card{background:#fff;border:1px solid #ddd;border-radius:6px;padding:10px 14px;min-width:130px}\
-.card .k{font-size:12px;color:#555}.card .fig{font-size:24px;font-weight:600;display:block}\
+.card .k{font-size:12px;color:#555}.card>.fig{font-size:24px;font-weight:600;display:block}\
 .card .b{font-size:11px;color:#555}table{border-collapse:collapse;background:#fff;font-size:13px;margin:6px 0}\
 td,th{border:1px solid #ddd;padding:3px 7px;text-align:left}td.n{text-align:right;font-variant-numeric:tabular-nums}\
 th{background:#f0f0f0}.claim{background:#fff;border-left:4px solid #3b7dd8;padding:6px 10px;margin:6px 0}\
