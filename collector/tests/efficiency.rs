@@ -192,7 +192,7 @@ fn hour_rows(hour_ms: i64) -> BTreeMap<&'static str, (f64, i64)> {
     let mut rows: BTreeMap<&str, (f64, i64)> =
         truth(h).into_iter().map(|(m, j)| (m, (j, 60))).collect();
     let (gf, gt) = gap();
-    let missed = |f: i64, t: i64| ((t.min(hour_ms + HOUR) - f.max(hour_ms)).max(0) / 60_000) as i64;
+    let missed = |f: i64, t: i64| (t.min(hour_ms + HOUR) - f.max(hour_ms)).max(0) / 60_000;
     rows.get_mut("it-b").unwrap().1 -= missed(gf, gt);
     let (rf, rt, counted, _) = reset();
     if hour_ms >= rf && hour_ms < rt {

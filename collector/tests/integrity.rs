@@ -166,6 +166,17 @@ async fn hostile_queries_get_400_naming_the_parameter() {
         ("/v1/tenants/lab-a/statement?month=99999-01", "month"),
         ("/v1/tenants/lab-a/statement?month=2026-13", "month"),
         ("/v1/ledger/checkpoints?from=5&to=1", "to"),
+        (
+            "/v1/reports/efficiency?from=-9223372036854775808&to=9223372036854775807",
+            "from",
+        ),
+        ("/v1/reports/efficiency?from=0&to=9223372036854775807", "to"),
+        ("/v1/reports/efficiency?from=0&to=34646400000", "to"),
+        (
+            "/v1/reports/efficiency?from=2026-02-29&to=2027-01-01",
+            "from",
+        ),
+        ("/v1/reports/efficiency?from=0&to=86400000&zone=%00", "zone"),
         ("/v1/ledger/checkpoints?from=yesterday", "from"),
         ("/v1/ledger/consistency?from_size=0&to_size=1", "from_size"),
         (
@@ -196,6 +207,7 @@ fn query_string() -> impl Strategy<Value = String> {
         Just("format"),
         Just("from_size"),
         Just("to_size"),
+        Just("zone"),
         Just("x")
     ];
     prop::collection::vec((key, number), 0..5).prop_map(|kv| {
@@ -258,6 +270,7 @@ fn fuzzed_queries_are_answered_and_change_nothing() {
         "/v1/ledger/checkpoints",
         "/v1/ledger/consistency",
         "/v1/ledger/public-key",
+        "/v1/reports/efficiency",
     ] {
         let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
             cases,
