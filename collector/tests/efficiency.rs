@@ -6,9 +6,8 @@
 //! across formats. The HTML page is opened in a real headless Chromium.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use dcwatt_collector::bounds::{EventKind, MeterEvent};
@@ -202,13 +201,14 @@ fn hour_rows(hour_ms: i64) -> BTreeMap<&'static str, (f64, i64)> {
     rows
 }
 
-/// Books the simulated year into a database once; each test copies it.
-fn year_db() -> &'static Path {
-    static DB: OnceLock<PathBuf> = OnceLock::new();
-    DB.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap().keep();
-        std::fs::write(dir.join("c.toml"), config(&dir)).unwrap();
-        let site = site(&dir);
+/// Books the simulated year into a database of its own, with its config
+/// file (`c.toml`) beside it.
+fn year_db() -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    {
+        let dir = tmp.path();
+        std::fs::write(dir.join("c.toml"), config(dir)).unwrap();
+        let site = site(dir);
         let db = dir.join("c.sqlite");
         let mut store = Store::open(&db).unwrap();
         store
@@ -286,26 +286,12 @@ fn year_db() -> &'static Path {
         let now = year_end() + 10 * 60_000;
         assert_eq!(store.close_minutes(&site, now, None).unwrap(), 10);
         assert!(store.checkpoint_due(&site, now).unwrap().is_some());
-        drop(store);
-        dir
-    })
+    }
+    tmp
 }
 
 fn site(dir: &Path) -> Site {
     Config::from_toml(&config(dir)).unwrap().build().unwrap()
-}
-
-/// A copy of the year in a directory of its own, with its config file.
-fn copy_year() -> tempfile::TempDir {
-    let src = year_db();
-    let dir = tempfile::tempdir().unwrap();
-    for f in ["c.sqlite", "c.sqlite-wal", "ledger.key"] {
-        if src.join(f).exists() {
-            std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
-        }
-    }
-    std::fs::write(dir.path().join("c.toml"), config(dir.path())).unwrap();
-    dir
 }
 
 fn run_report(config: &Path, args: &[&str]) -> (i32, String, String) {
@@ -424,7 +410,7 @@ fn check_figures(v: &Value, t: &Truth, what: &str) {
 
 #[test]
 fn a_simulated_year_reports_the_truth_in_json_csv_and_html() {
-    let dir = copy_year();
+    let dir = year_db();
     let cfg = dir.path().join("c.toml");
     let started = Instant::now();
     let (code, json, err) = run_report(&cfg, &["--from", "2025-01-01", "--to", "2026-01-01"]);
@@ -739,7 +725,7 @@ fn csv_sections(csv: &str) -> BTreeMap<String, Vec<BTreeMap<String, String>>> {
 
 #[test]
 fn bad_options_are_refused_naming_them() {
-    let dir = copy_year();
+    let dir = year_db();
     let cfg = dir.path().join("c.toml");
     for (args, needle) in [
         (
@@ -805,7 +791,7 @@ fn bad_options_are_refused_naming_them() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_gives_the_operator_the_same_report() {
-    let dir = copy_year();
+    let dir = year_db();
     let cfg = dir.path().join("c.toml");
     let (code, json, err) = run_report(&cfg, &["--from", "2025-01-01", "--to", "2026-01-01"]);
     assert_eq!(code, 0, "{err}");
@@ -926,7 +912,7 @@ fn chromium(profile: &Path, args: &[String], page: &Path) -> String {
 
 #[test]
 fn the_page_in_headless_chromium_shows_the_json_pue() {
-    let dir = copy_year();
+    let dir = year_db();
     let cfg = dir.path().join("c.toml");
     let args = ["--from", "2025-01-01", "--to", "2026-01-01"];
     let (code, json, err) = run_report(&cfg, &args);
