@@ -57,8 +57,14 @@ struct Bar {
 
 /// A bar chart of PUE values with their bounds as whiskers and horizontal
 /// reference lines, as inline SVG.
-fn chart(title: &str, bars: &[Bar], lines: &[(String, f64, &str)], label_every: usize) -> String {
-    const W: f64 = 720.0;
+fn chart(
+    title: &str,
+    bars: &[Bar],
+    lines: &[(String, f64, &str)],
+    label_every: usize,
+    width: f64,
+) -> String {
+    let w = width;
     const H: f64 = 220.0;
     const LEFT: f64 = 52.0;
     const RIGHT: f64 = 12.0;
@@ -79,12 +85,12 @@ fn chart(title: &str, bars: &[Bar], lines: &[(String, f64, &str)], label_every: 
     let pad = ((hi - lo) * 0.15).max(0.02);
     let (lo, hi) = ((lo - pad).max(0.0), hi + pad);
     let y = |v: f64| TOP + (H - TOP - BOTTOM) * (1.0 - (v - lo) / (hi - lo));
-    let slot = (W - LEFT - RIGHT) / bars.len().max(1) as f64;
+    let slot = (w - LEFT - RIGHT) / bars.len().max(1) as f64;
     let mut svg = String::new();
     let _ = write!(
         svg,
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 {W} {H}\" width=\"{W}\" height=\"{H}\" role=\"img\" aria-label=\"{t}\">\
-         <rect x=\"0\" y=\"0\" width=\"{W}\" height=\"{H}\" fill=\"#ffffff\"/>\
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 {w} {H}\" width=\"{w}\" height=\"{H}\" role=\"img\" aria-label=\"{t}\">\
+         <rect x=\"0\" y=\"0\" width=\"{w}\" height=\"{H}\" fill=\"#ffffff\"/>\
          <text x=\"{LEFT}\" y=\"16\" font-size=\"13\" font-weight=\"bold\" fill=\"#222\">{t}</text>",
         t = esc(title)
     );
@@ -96,7 +102,7 @@ fn chart(title: &str, bars: &[Bar], lines: &[(String, f64, &str)], label_every: 
             svg,
             "<line x1=\"{LEFT}\" x2=\"{x2}\" y1=\"{yy:.1}\" y2=\"{yy:.1}\" stroke=\"#e3e3e3\"/>\
              <text x=\"{tx}\" y=\"{ty:.1}\" font-size=\"10\" text-anchor=\"end\" fill=\"#555\">{v:.3}</text>",
-            x2 = W - RIGHT,
+            x2 = w - RIGHT,
             tx = LEFT - 4.0,
             ty = yy + 3.0
         );
@@ -146,8 +152,8 @@ fn chart(title: &str, bars: &[Bar], lines: &[(String, f64, &str)], label_every: 
             svg,
             "<line x1=\"{LEFT}\" x2=\"{x2}\" y1=\"{yy:.1}\" y2=\"{yy:.1}\" stroke=\"{color}\" stroke-width=\"1.5\" stroke-dasharray=\"6 4\"/>\
              <text x=\"{tx}\" y=\"{ty:.1}\" font-size=\"10\" text-anchor=\"end\" fill=\"{color}\">{n} {v:.3}</text>",
-            x2 = W - RIGHT,
-            tx = W - RIGHT - 2.0,
+            x2 = w - RIGHT,
+            tx = w - RIGHT - 2.0,
             ty = yy - 3.0 - 11.0 * (k % 2) as f64,
             n = esc(name)
         );
@@ -341,6 +347,7 @@ pub fn render(r: &Report) -> String {
         &months,
         &lines,
         1,
+        720.0,
     ));
     // Energy and water.
     o.push_str("<h2>Energy by role and water</h2><table><tr><th>role</th><th>kWh</th><th>lower</th><th>upper</th></tr>");
@@ -414,6 +421,7 @@ pub fn render(r: &Report) -> String {
             &bars,
             &lines,
             5,
+            530.0,
         ));
         o.push_str("</figure>");
     }
@@ -538,7 +546,7 @@ mod tests {
 
     #[test]
     fn a_chart_without_values_still_draws() {
-        let svg = chart("t", &[], &[], 1);
+        let svg = chart("t", &[], &[], 1, 500.0);
         assert!(svg.starts_with("<svg") && svg.ends_with("</svg>"));
         let bars = [
             Bar {
@@ -554,7 +562,7 @@ mod tests {
                 upper: None,
             },
         ];
-        let svg = chart("t", &bars, &[("ref".into(), 1.56, "#c00")], 1);
+        let svg = chart("t", &bars, &[("ref".into(), 1.56, "#c00")], 1, 500.0);
         assert_eq!(svg.matches("class=\"bar\"").count(), 1);
         assert!(!svg.contains("NaN") && !svg.contains("inf"), "{svg}");
     }

@@ -1052,6 +1052,69 @@ mod tests {
         assert_eq!(Store::open(&path).unwrap().verify_ledger().unwrap().rows, 1);
     }
 
+    /// A bad hour row is refused naming its field, and nothing is written;
+    /// a good one lands in its hour and day with the hour's complete minutes.
+    #[test]
+    fn booking_an_hour_checks_every_row_first() {
+        let site = site();
+        let mut store = Store::in_memory().unwrap();
+        let h = 1_795_000_000_000i64.div_euclid(3_600_000) * 3_600_000;
+        let row = |meter, joules, complete_minutes| MeterHour {
+            meter,
+            joules,
+            complete_minutes,
+        };
+        for (hour, rows, needle) in [
+            (h + 1, vec![row("m", 1.0, 60)], "hour_ms"),
+            (
+                h,
+                vec![row("m", 1.0, 60), row("x", 1.0, 60)],
+                "meters[1].meter",
+            ),
+            (
+                h,
+                vec![row("m", 1.0, 60), row("m", 1.0, 60)],
+                "meters[1].meter",
+            ),
+            (h, vec![row("m", -1.0, 60)], "meters[0].joules"),
+            (h, vec![row("m", f64::NAN, 60)], "meters[0].joules"),
+            (h, vec![row("m", 1.0, 61)], "meters[0].complete_minutes"),
+        ] {
+            let e = store.book_hour(&site, hour, &rows, &[]).unwrap_err();
+            assert!(e.to_string().starts_with(needle), "{e}");
+        }
+        assert!(store
+            .energy(Resolution::Day, 0, i64::MAX)
+            .unwrap()
+            .is_empty());
+        store
+            .book_hour(&site, h, &[row("m", 3.6e6, 45), row("p", 1.0e5, 60)], &[])
+            .unwrap();
+        let mut day = store.energy(Resolution::Day, 0, i64::MAX).unwrap();
+        day.sort_by(|a, b| a.1.cmp(&b.1));
+        assert_eq!(
+            day,
+            vec![
+                ("default".into(), "facility".into(), 3.6e6),
+                ("default".into(), "other".into(), 1.0e5)
+            ]
+        );
+        assert_eq!(
+            store
+                .complete_minutes(Resolution::Hour, "*", h, h + 1)
+                .unwrap(),
+            45
+        );
+        assert_eq!(
+            store
+                .complete_minutes(Resolution::Day, "default", 0, i64::MAX)
+                .unwrap(),
+            45
+        );
+        let spans = crate::bounds::meter_spans(&store).unwrap();
+        assert_eq!(spans["m"], (h, h + 3_600_000));
+    }
+
     fn site() -> crate::config::Site {
         Config::from_toml(
             "[[meters]]\nid = \"m\"\nrole = \"facility\"\n[[meters]]\nid = \"p\"\nrole = \"other\"",

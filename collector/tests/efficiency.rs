@@ -769,6 +769,14 @@ fn bad_options_are_refused_naming_them() {
         assert!(err.contains(needle), "{args:?}: {err}");
         assert!(out.is_empty());
     }
+    // No database where the config says: nothing to read, nothing created.
+    let other = dir.path().join("other.toml");
+    let text = config(dir.path()).replace("c.sqlite", "missing.sqlite");
+    std::fs::write(&other, text).unwrap();
+    let (code, _, err) = run_report(&other, &["--from", "2025-01-01", "--to", "2026-01-01"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("[ledger] path: no database to read"), "{err}");
+    assert!(!dir.path().join("missing.sqlite").exists());
     // One zone: its partial PUE, meters and events only.
     let (code, json, err) = run_report(
         &cfg,
