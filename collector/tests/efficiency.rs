@@ -6,6 +6,7 @@
 //! across formats. The HTML page is opened in a real headless Chromium.
 
 use std::collections::BTreeMap;
+use std::os::unix::process::CommandExt as _;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -862,11 +863,16 @@ async fn the_api_gives_the_operator_the_same_report() {
     assert_eq!(csv_sections(&csv)["figures"].len(), 17);
 }
 
-/// Chromium, killed when dropped.
+/// Chromium in a process group of its own, the whole group killed when
+/// dropped (its renderer and helper processes too).
 struct Browser(Child);
 
 impl Drop for Browser {
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.0.id())])
+            .stderr(Stdio::null())
+            .status();
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -903,6 +909,7 @@ fn chromium(profile: &Path, args: &[String], page: &Path) -> String {
         .arg(format!("file://{}", page.display()))
         .stdout(std::fs::File::create(&out_path).unwrap())
         .stderr(Stdio::null())
+        .process_group(0)
         .spawn()
         .unwrap();
     let mut browser = Browser(child);
