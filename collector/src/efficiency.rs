@@ -461,6 +461,10 @@ pub struct Report {
     pub generated: String,
     /// When it was made, Unix ms.
     pub generated_ms: i64,
+    /// The period had not ended (closed: `stale_after` past its end) when
+    /// the report was made: its figures are to date, the rest of it counts
+    /// as not reported.
+    pub period_open: bool,
     /// The whole period.
     pub total: Figures,
     /// Calendar quarters (cut at the period's edges).
@@ -698,6 +702,7 @@ pub fn report(
         zone: zone.map(str::to_owned),
         generated: instant(now_ms),
         generated_ms: now_ms,
+        period_open: to_ms.saturating_add(site.stale_after_ms) > now_ms,
         total,
         quarters,
         months,
@@ -868,6 +873,7 @@ impl Report {
             ("to", self.to.clone()),
             ("zone", self.zone.clone().unwrap_or_default()),
             ("generated", self.generated.clone()),
+            ("period_open", self.period_open.to_string()),
             ("collector_version", p.collector_version.to_owned()),
             ("collector_id", p.collector_id.clone()),
             ("config_sha256", p.config_sha256.clone().unwrap_or_default()),

@@ -219,6 +219,9 @@ pub fn render(r: &Report) -> String {
             .unwrap_or_default(),
         esc(&r.generated)
     );
+    if r.period_open {
+        o.push_str("<p class=\"claim\" id=\"period-open\">The period had not ended when this report was made: its figures are to date, and the time after counts as not reported.</p>");
+    }
     // Key figures.
     o.push_str("<h2>Key figures</h2><div class=\"cards\">");
     let card = |o: &mut String, k: &str, fig: String, b: String| {

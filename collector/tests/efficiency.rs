@@ -421,6 +421,7 @@ fn a_simulated_year_reports_the_truth_in_json_csv_and_html() {
     let (a, b) = (year_start(), year_end());
     let total = &r["total"];
     assert_eq!(total["label"], "2025");
+    assert_eq!(r["period_open"], false);
     check_figures(total, &truth_over(a, b), "year");
     // Bounds: the gap costs nothing (its difference is exact), the reset's
     // dark hours at most the meter's rating × 6 h on the facility side.
@@ -778,6 +779,26 @@ fn bad_options_are_refused_naming_them() {
     assert_eq!(code, 2);
     assert!(err.contains("[ledger] path: no database to read"), "{err}");
     assert!(!dir.path().join("missing.sqlite").exists());
+    // A period still open, after the data: no PUE, and why; every counted
+    // meter not reported over it.
+    let today = dcwatt_collector::api::now_ms().div_euclid(DAY) * DAY;
+    let (from, to) = (
+        dcwatt_collector::efficiency::date(today - 10 * DAY),
+        dcwatt_collector::efficiency::date(today + DAY),
+    );
+    let (code, json, err) = run_report(&cfg, &["--from", &from, "--to", &to]);
+    assert_eq!(code, 0, "{err}");
+    let r: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(r["period_open"], true);
+    assert_eq!(r["total"]["pue"], Value::Null);
+    assert_eq!(r["total"]["coverage_ratio"], 0.0);
+    assert!(r["total"]["missing_reason"].is_string(), "{}", r["total"]);
+    assert_eq!(
+        r["event_counts"]["not_reported"], 8,
+        "{}",
+        r["event_counts"]
+    );
+    assert_eq!(r["references"][0]["below_percent"], Value::Null);
     // One zone: its partial PUE, meters and events only.
     let (code, json, err) = run_report(
         &cfg,
