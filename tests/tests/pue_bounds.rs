@@ -391,6 +391,41 @@ fn a_day_of_gaps_resets_and_swaps_keeps_its_pue_within_bounds() {
     ] {
         assert!(text.contains(line), "missing {line}in\n{text}");
     }
+
+    // The efficiency report over the day, from the same store (its day
+    // rows): the truth inside its bounds, every event behind them listed,
+    // each meter's coverage below 1 where it had an event.
+    let r = dcwatt_collector::efficiency::report(store, site, start, end, None, now).unwrap();
+    let t = &r.total;
+    let [f, it, _] = truth_over(truth, start, end);
+    let (lo, hi) = (t.pue_lower.unwrap(), t.pue_upper.unwrap());
+    assert!(
+        lo <= f / it * (1.0 + ROUNDING) && f / it <= hi * (1.0 + ROUNDING),
+        "report: PUE truth {} outside [{lo}, {hi}]",
+        f / it
+    );
+    let day_rows = period(start, end, Resolution::Day);
+    assert_eq!((t.pue, t.pue_upper), (day_rows.pue, day_rows.pue_upper));
+    assert_eq!(t.category, Some(2));
+    assert!(!r.period_open);
+    for kind in ["gap", "reset", "swap", "power_gap", "glitch"] {
+        assert!(
+            r.event_counts.contains_key(kind),
+            "{kind}: {:?}",
+            r.event_counts
+        );
+    }
+    assert_eq!(r.months.len(), 1);
+    assert_eq!(r.months[0].days.len(), 1);
+    assert_eq!(r.months[0].days[0].pue, t.pue);
+    for m in &r.meters {
+        assert!(m.coverage_ratio < 1.0 && m.coverage_ratio > 0.99, "{m:?}");
+        assert_eq!(
+            m.first_reported.as_deref(),
+            Some("2026-11-01T00:00:00Z"),
+            "{m:?}"
+        );
+    }
 }
 
 /// The instant PUE: meters read at different instants (the facility meter at
