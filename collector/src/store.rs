@@ -195,6 +195,8 @@ impl Store {
         conn.execute_batch(SCHEMA).map_err(open_err)?;
         conn.execute_batch(crate::ledger::SCHEMA)
             .map_err(open_err)?;
+        conn.execute_batch(crate::delivery::SCHEMA)
+            .map_err(open_err)?;
         // Energy bounds: events and meter spans (an older database gains them).
         crate::bounds::migrate(&conn).map_err(open_err)?;
         migrate(&conn)?;
@@ -350,6 +352,7 @@ impl Store {
         })?;
         conn.execute_batch(SCHEMA)?;
         conn.execute_batch(crate::ledger::SCHEMA)?;
+        conn.execute_batch(crate::delivery::SCHEMA)?;
         conn.execute_batch(crate::bounds::SCHEMA)?;
         Ok(Store { conn, path: None })
     }
@@ -488,6 +491,7 @@ pub struct Prepared {
     gpus: Vec<(String, String)>,
     gpu_minutes: Vec<(String, String, MinuteEnergy)>,
     gpu_stats: Vec<(String, String, crate::state::GpuMinuteStats)>,
+    gpu_delivery: Vec<(String, String, crate::delivery::DeliveredMinute)>,
     excursions: Vec<ExcursionEdit>,
     /// (node, minute, the GPUs its agent reports).
     node_minutes: Vec<(String, MinuteEnergy, i64)>,
@@ -535,6 +539,7 @@ pub fn prepare(agent: &str, state: &State, changes: &Changes) -> Result<Prepared
     p.gpu_minutes.clone_from(&changes.gpu_minutes);
     p.excursions.clone_from(&changes.excursions);
     p.gpu_stats.clone_from(&changes.gpu_stats);
+    p.gpu_delivery.clone_from(&changes.gpu_delivery);
     p.bounds = crate::bounds::prepare(state, changes);
     Ok(p)
 }
@@ -550,6 +555,7 @@ fn write_prepared(
     crate::bounds::write(tx, &p.bounds)?;
     crate::ledger::attribute(tx, site, &p.gpu_minutes)?;
     crate::ledger::attribute_stats(tx, site, &p.gpu_stats)?;
+    crate::delivery::attribute(tx, site, &p.gpu_delivery)?;
     for (node, w, gpus) in &p.node_minutes {
         // A change to a minute already shared marks it for an adjustment.
         tx.prepare_cached(
@@ -893,6 +899,7 @@ mod tests {
                 peak_watts: None,
                 excursions: 0,
                 node_joules: None,
+                delivery: None,
             };
             row.hash = row.compute_hash();
             c.execute(

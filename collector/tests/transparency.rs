@@ -85,6 +85,7 @@ fn ledger_leaves(db: &Path) -> Vec<merkle::Hash> {
             peak_watts: r.get(12)?,
             excursions: r.get(13)?,
             node_joules: r.get(14)?,
+            delivery: None,
         })
     })
     .unwrap()
