@@ -14,7 +14,8 @@
 //!   power-braked (`hw_power_brake_slowdown`) or power-capped
 //!   (`sw_power_cap`) while its enforced limit is below its default limit,
 //!   for more than `[sla] degraded_share` of the covered time (default 0.1),
-//!   or in an open thermal excursion for any of it.
+//!   or in an open thermal excursion (until its all-clear begins) for any
+//!   of it.
 //! - **available**: up and reporting, neither of the above.
 //! - **unknown**: a whole minute without a single reading of the GPU (its
 //!   node's agent or the network was out), between two readings more than
@@ -22,7 +23,8 @@
 //!   [`UNKNOWN_GAP_MAX_MINUTES`] of one gap).
 //!
 //! A degraded or down minute's cause is `facility` when a CDU in the GPU's
-//! zone was in a thermal excursion during its non-available time, else
+//! zone was in a thermal excursion during its non-available time (a site
+//! power event is not seen by the collector yet), else
 //! `gpu`; an unknown minute's cause is `unknown`.
 //!
 //! The ledger books, per tenant-minute row, the tenant's leased GPU time per
@@ -292,6 +294,10 @@ impl Tracker {
             if self.facility && (self.down || throttled) {
                 t.facility += d;
             }
+            if b == m + MINUTE_MS {
+                // Held to its end: the minute is complete.
+                self.finish(sla, out);
+            }
             a = b;
         }
     }
@@ -319,11 +325,12 @@ fn judge(t: &MinuteTime, sla: &SlaConfig) -> DeliveredMinute {
         };
     }
     if t.excursion > 0 || t.throttled as f64 > sla.degraded_share * c {
-        let mut reason = ("thermal_excursion", t.excursion);
+        // The throttle that held longest; an excursion alone when none did.
+        let mut reason = ("thermal", t.thermal);
         for r in [
-            ("thermal", t.thermal),
             ("power_brake", t.brake),
             ("power_cap", t.cap),
+            ("thermal_excursion", t.excursion),
         ] {
             if r.1 > reason.1 {
                 reason = r;
@@ -482,6 +489,286 @@ impl crate::store::Store {
     }
 }
 
+/// GPU-minutes not available, by cause.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ByCause {
+    /// Degraded GPU-minutes.
+    pub degraded_gpu_minutes: f64,
+    /// Down GPU-minutes.
+    pub down_gpu_minutes: f64,
+}
+
+/// Consecutive non-available minutes of GPUs with the same state, reason
+/// and cause, merged (GPUs whose stretches coincide share one incident).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Incident {
+    /// Start, Unix ms.
+    pub start_ms: i64,
+    /// End (exclusive), Unix ms.
+    pub end_ms: i64,
+    /// `degraded`, `down` or `unknown`.
+    pub state: String,
+    /// Why (see [`DeliveredMinute::reason`]).
+    pub reason: String,
+    /// `facility`, `gpu` or `unknown`.
+    pub cause: String,
+    /// The GPUs, by UUID.
+    pub gpus: Vec<String>,
+    /// Leased GPU-minutes it took.
+    pub gpu_minutes: f64,
+}
+
+/// A tenant's GPU service levels over a statement's rows.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Service {
+    /// GPU-minutes leased and judged: the four states below added up.
+    pub leased_gpu_minutes: f64,
+    /// Up and reporting, not degraded.
+    pub available_gpu_minutes: f64,
+    /// Up but throttled, braked, capped or in a thermal excursion.
+    pub degraded_gpu_minutes: f64,
+    /// Down.
+    pub down_gpu_minutes: f64,
+    /// No data from the node: neither delivered nor down as far as anyone
+    /// can tell, left out of the ratios.
+    pub unknown_gpu_minutes: f64,
+    /// (available + degraded) / (leased − unknown): the GPU time delivered
+    /// of the time that was observed; `None` without observed time.
+    pub availability_ratio: Option<f64>,
+    /// available / (leased − unknown): delivered at full performance.
+    pub undegraded_ratio: Option<f64>,
+    /// The tenant's `availability_target`, if set.
+    pub availability_target: Option<f64>,
+    /// `availability_ratio >= availability_target`, where both are known.
+    pub target_met: Option<bool>,
+    /// Non-available GPU-minutes the facility caused (a CDU excursion in
+    /// the GPU's zone).
+    pub facility: ByCause,
+    /// Non-available GPU-minutes the GPU itself caused (as far as the data
+    /// tells).
+    pub gpu: ByCause,
+    /// The incidents, by start.
+    pub incidents: Vec<Incident>,
+}
+
+impl crate::store::Store {
+    /// The non-available GPUs of a tenant's rows of minutes in
+    /// `[from_ms, to_ms)`, by row id, each list sorted.
+    pub fn tenant_delivery_entries(
+        &self,
+        tenant: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<std::collections::BTreeMap<i64, Vec<dcwatt_verify::row::DeliveryEntry>>, StoreError>
+    {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT d.row_id, d.uuid, d.state, d.reason, d.cause, d.ms FROM ledger_delivery d
+             JOIN ledger l ON l.id = d.row_id
+             WHERE l.tenant = ?1 AND l.minute_ms >= ?2 AND l.minute_ms < ?3",
+        )?;
+        let mut out: std::collections::BTreeMap<i64, Vec<_>> = Default::default();
+        for r in stmt.query_map(params![tenant, from_ms, to_ms], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                dcwatt_verify::row::DeliveryEntry {
+                    uuid: r.get(1)?,
+                    state: r.get(2)?,
+                    reason: r.get(3)?,
+                    cause: r.get(4)?,
+                    ms: r.get(5)?,
+                },
+            ))
+        })? {
+            let (id, e) = r?;
+            out.entry(id).or_default().push(e);
+        }
+        for v in out.values_mut() {
+            v.sort();
+        }
+        Ok(out)
+    }
+}
+
+/// Fills the rows' lists of non-available GPUs (statements carry them, so
+/// a tenant can check each row's digest) and sums the tenant's service
+/// levels; `None` when no row has delivery data.
+pub fn service(
+    store: &crate::store::Store,
+    site: &Site,
+    tenant: &str,
+    from_ms: i64,
+    to_ms: i64,
+    rows: &mut [dcwatt_verify::row::Row],
+) -> Result<Option<Service>, StoreError> {
+    if rows.iter().all(|r| r.delivery.is_none()) {
+        return Ok(None);
+    }
+    let mut lists = store.tenant_delivery_entries(tenant, from_ms, to_ms)?;
+    let mut ms = [0i64; 4];
+    let (mut facility, mut gpu) = (ByCause::default(), ByCause::default());
+    // (uuid, state, reason, cause) -> minutes (with ms)
+    let mut runs: std::collections::BTreeMap<(String, String, String, String), Vec<(i64, i64)>> =
+        Default::default();
+    for r in rows.iter_mut() {
+        let Some(d) = r.delivery.as_mut() else {
+            continue;
+        };
+        for (a, b) in ms
+            .iter_mut()
+            .zip([d.available_ms, d.degraded_ms, d.down_ms, d.unknown_ms])
+        {
+            *a = a.saturating_add(b);
+        }
+        d.gpus = lists.remove(&r.id).unwrap_or_default();
+        for e in &d.gpus {
+            let by = match e.cause.as_str() {
+                "facility" => &mut facility,
+                "gpu" => &mut gpu,
+                _ => &mut ByCause::default(),
+            };
+            match e.state.as_str() {
+                "degraded" => by.degraded_gpu_minutes += e.ms as f64 / 60_000.0,
+                "down" => by.down_gpu_minutes += e.ms as f64 / 60_000.0,
+                _ => {}
+            }
+            runs.entry((
+                e.uuid.clone(),
+                e.state.clone(),
+                e.reason.clone(),
+                e.cause.clone(),
+            ))
+            .or_default()
+            .push((r.minute_ms, e.ms));
+        }
+    }
+    // Each GPU's consecutive minutes of one kind, then GPUs sharing a stretch.
+    let mut merged: std::collections::BTreeMap<
+        (i64, i64, String, String, String),
+        (Vec<String>, i64),
+    > = Default::default();
+    for ((uuid, state, reason, cause), mut minutes) in runs {
+        minutes.sort_unstable();
+        let mut i = 0;
+        while i < minutes.len() {
+            let (start, mut total) = minutes[i];
+            let mut end = start + MINUTE_MS;
+            let mut j = i + 1;
+            while j < minutes.len() && minutes[j].0 <= end {
+                end = end.max(minutes[j].0 + MINUTE_MS);
+                total += minutes[j].1;
+                j += 1;
+            }
+            let entry = merged
+                .entry((start, end, state.clone(), reason.clone(), cause.clone()))
+                .or_default();
+            entry.0.push(uuid.clone());
+            entry.1 += total;
+            i = j;
+        }
+    }
+    let incidents = merged
+        .into_iter()
+        .map(
+            |((start_ms, end_ms, state, reason, cause), (gpus, total))| Incident {
+                start_ms,
+                end_ms,
+                state,
+                reason,
+                cause,
+                gpus,
+                gpu_minutes: total as f64 / 60_000.0,
+            },
+        )
+        .collect();
+    let min = |v: i64| v as f64 / 60_000.0;
+    let [a, dg, dn, u] = ms;
+    let observed = a.saturating_add(dg).saturating_add(dn);
+    let ratio = |num: i64| (observed > 0).then(|| num as f64 / observed as f64);
+    let availability_ratio = ratio(a.saturating_add(dg));
+    let availability_target = site.availability_targets.get(tenant).copied();
+    Ok(Some(Service {
+        leased_gpu_minutes: min(observed.saturating_add(u)),
+        available_gpu_minutes: min(a),
+        degraded_gpu_minutes: min(dg),
+        down_gpu_minutes: min(dn),
+        unknown_gpu_minutes: min(u),
+        availability_ratio,
+        undegraded_ratio: ratio(a),
+        availability_target,
+        target_met: availability_ratio
+            .zip(availability_target)
+            .map(|(r, t)| r >= t),
+        facility,
+        gpu,
+        incidents,
+    }))
+}
+
+impl Service {
+    /// The service levels and incidents as CSV lines (appended to the
+    /// statement's CSV after a `# service` line).
+    pub fn to_csv(&self) -> String {
+        let opt = |v: Option<f64>| v.map(|x| x.to_string()).unwrap_or_default();
+        let mut out = String::from(
+            "# service
+state,gpu_minutes,facility_gpu_minutes,gpu_gpu_minutes
+",
+        );
+        out += &format!(
+            "leased,{},,
+",
+            self.leased_gpu_minutes
+        );
+        out += &format!(
+            "available,{},,
+",
+            self.available_gpu_minutes
+        );
+        out += &format!(
+            "degraded,{},{},{}
+",
+            self.degraded_gpu_minutes,
+            self.facility.degraded_gpu_minutes,
+            self.gpu.degraded_gpu_minutes
+        );
+        out += &format!(
+            "down,{},{},{}
+",
+            self.down_gpu_minutes, self.facility.down_gpu_minutes, self.gpu.down_gpu_minutes
+        );
+        out += &format!(
+            "unknown,{},,
+",
+            self.unknown_gpu_minutes
+        );
+        out += &format!(
+            "# availability_ratio {} undegraded_ratio {} availability_target {} target_met {}
+",
+            opt(self.availability_ratio),
+            opt(self.undegraded_ratio),
+            opt(self.availability_target),
+            self.target_met.map(|m| m.to_string()).unwrap_or_default()
+        );
+        out += "# incidents
+start_ms,end_ms,state,reason,cause,gpu_minutes,gpus
+";
+        for i in &self.incidents {
+            out += &format!(
+                "{},{},{},{},{},{},{}
+",
+                i.start_ms,
+                i.end_ms,
+                i.state,
+                i.reason,
+                i.cause,
+                i.gpu_minutes,
+                i.gpus.join(" ")
+            );
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -520,6 +807,7 @@ mod tests {
             ));
         }
         ticks.push((base + 420_000, vec![(Quantity::GpuUp, 1.0)]));
+        ticks.push((base + 450_000, vec![(Quantity::GpuUp, 1.0)]));
         ticks.push((base + 480_000, vec![(Quantity::GpuUp, 1.0)]));
         let refs: Vec<(i64, &[(Quantity, f64)])> =
             ticks.iter().map(|(t, v)| (*t, v.as_slice())).collect();
@@ -538,6 +826,7 @@ mod tests {
                 (4, "unknown", "no_data"),
                 (5, "unknown", "no_data"),
                 (6, "unknown", "no_data"),
+                (7, "available", ""),
             ]
         );
     }
@@ -548,7 +837,7 @@ mod tests {
         for (limit, want) in [(700.0, "available"), (500.0, "degraded")] {
             let mut t = Tracker::default();
             let mut ticks = Vec::new();
-            for s in (0..=65).step_by(5) {
+            for s in (0..=60).step_by(5) {
                 ticks.push((
                     base + s * 1000,
                     vec![

@@ -600,12 +600,12 @@ impl State {
         let cdu_zones: BTreeSet<&str> = self
             .meters
             .values()
-            .filter(|m| m.acc.coolant.episodes.values().any(|e| e.open_ms.is_some()))
+            .filter(|m| m.acc.coolant.episodes.values().any(in_excursion))
             .map(|m| m.zone.as_str())
             .collect();
         for uuid in &changes.gpus {
             if let Some(g) = self.gpus.get_mut(uuid) {
-                g.delivery.excursion = g.thermals.episodes.values().any(|e| e.open_ms.is_some());
+                g.delivery.excursion = g.thermals.episodes.values().any(in_excursion);
                 g.delivery.facility = cdu_zones.contains(zone);
             }
         }
@@ -824,6 +824,12 @@ impl State {
         );
         Ok(())
     }
+}
+
+/// An episode is open and its all-clear has not begun (the hysteresis tail
+/// of an excursion is not counted against a GPU's service level).
+fn in_excursion(e: &thermal::Episode) -> bool {
+    e.open_ms.is_some() && e.clearing_ms.is_none()
 }
 
 fn coolant_quantity(q: Quantity) -> bool {
