@@ -198,3 +198,77 @@ pub fn delivery_digest(entries: &[DeliveryEntry]) -> String {
     }
     hex::encode(h.finalize())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row() -> Row {
+        Row {
+            id: 3,
+            minute_ms: 60_000,
+            tenant: "lab-a".into(),
+            it_joules: 1.0,
+            facility_joules: None,
+            pue: None,
+            pue_basis: "none".into(),
+            gpu_ms: 60_000,
+            late: false,
+            util_mean: None,
+            peak_watts: None,
+            excursions: 0,
+            node_joules: None,
+            delivery: None,
+            prev_hash: GENESIS.into(),
+            hash: String::new(),
+        }
+    }
+
+    #[test]
+    fn rows_without_delivery_keep_their_bytes_and_v3_wraps_them() {
+        let plain = row();
+        let v1 =
+            format!("dcwatt-ledger-v1|3|60000|lab-a|3ff0000000000000|-|-|none|60000|0|{GENESIS}");
+        assert_eq!(plain.canonical(), v1);
+        let gpus = vec![DeliveryEntry {
+            uuid: "GPU-1".into(),
+            state: "down".into(),
+            reason: "gpu_down".into(),
+            cause: "gpu".into(),
+            ms: 60_000,
+        }];
+        let digest = delivery_digest(&gpus);
+        let mut r = row();
+        r.delivery = Some(Delivery {
+            available_ms: 0,
+            degraded_ms: 0,
+            down_ms: 60_000,
+            unknown_ms: 0,
+            digest: digest.clone(),
+            gpus,
+        });
+        assert_eq!(
+            r.canonical(),
+            format!("dcwatt-ledger-v3|{v1}|0|0|60000|0|{digest}")
+        );
+        // A changed state count, or a changed list, changes the hash.
+        let h = r.compute_hash();
+        let mut moved = r.clone();
+        if let Some(d) = moved.delivery.as_mut() {
+            d.down_ms = 0;
+            d.available_ms = 60_000;
+        }
+        assert_ne!(moved.compute_hash(), h);
+        let mut other = r.clone();
+        if let Some(d) = other.delivery.as_mut() {
+            d.gpus[0].state = "degraded".into();
+            d.digest = delivery_digest(&d.gpus);
+        }
+        assert_ne!(other.compute_hash(), h);
+        // The list's order does not matter, its content does.
+        assert_eq!(
+            delivery_digest(&[]),
+            hex::encode(Sha256::digest(b"dcwatt-delivery-v1"))
+        );
+    }
+}
