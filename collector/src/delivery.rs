@@ -200,8 +200,16 @@ impl Tracker {
             return; // out of order: its time was already held
         }
         if self.last_ms == 0 {
+            // The GPU's first reading: its minute counts only from its start
+            // (a minute seen in part from the first reading on is not judged,
+            // as its energy is not booked either).
+            let start = floor_minute(ts);
             self.minute = MinuteTime {
-                minute_ms: floor_minute(ts),
+                minute_ms: if start == ts {
+                    start
+                } else {
+                    start + MINUTE_MS
+                },
                 ..MinuteTime::default()
             };
         } else if ts > self.last_ms {
@@ -262,6 +270,10 @@ impl Tracker {
         let mut a = from;
         while a < to {
             let m = floor_minute(a);
+            if m < self.minute.minute_ms {
+                a = to.min(self.minute.minute_ms);
+                continue;
+            }
             if m > self.minute.minute_ms {
                 self.finish(sla, out);
                 self.minute = MinuteTime {
@@ -853,6 +865,41 @@ mod tests {
             assert_eq!(out.len(), 1);
             assert_eq!(out[0].state.as_str(), want, "limit {limit}");
         }
+    }
+
+    #[test]
+    fn bad_sla_keys_are_refused_by_name() {
+        let token = "0".repeat(64);
+        for (text, key) in [
+            ("[sla]\ndegraded_share = 1.5\n".to_owned(), "sla.degraded_share"),
+            ("[sla]\ndown_share = -1\n".to_owned(), "sla.down_share"),
+            (
+                format!("[[tenants]]\nid = \"lab-a\"\ntoken_sha256 = \"{token}\"\navailability_target = 1.2\n"),
+                "tenants[0].availability_target",
+            ),
+            (
+                format!("[[tenants]]\nid = \"lab-a\"\ntoken_sha256 = \"{token}\"\navailability_target = 0\n"),
+                "tenants[0].availability_target",
+            ),
+        ] {
+            let e = crate::config::Config::from_toml(&text)
+                .unwrap()
+                .build()
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
+        let ok = format!(
+            "[sla]\ndegraded_share = 0.2\n[[tenants]]\nid = \"lab-a\"\ntoken_sha256 = \"{token}\"\navailability_target = 0.995\n"
+        );
+        let site = crate::config::Config::from_toml(&ok)
+            .unwrap()
+            .build()
+            .unwrap();
+        assert_eq!(site.availability_targets.get("lab-a"), Some(&0.995));
+        assert_eq!(site.sla.degraded_share, 0.2);
+        // Unknown keys are refused too.
+        assert!(crate::config::Config::from_toml("[sla]\nshare = 0.2\n").is_err());
     }
 
     #[test]

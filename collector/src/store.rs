@@ -922,7 +922,40 @@ mod tests {
         assert_eq!(version, SCHEMA_VERSION.to_string());
         // Opening again changes nothing.
         drop(store);
-        assert_eq!(Store::open(&path).unwrap().verify_ledger().unwrap().rows, 1);
+        let mut store = Store::open(&path).unwrap();
+        assert_eq!(store.verify_ledger().unwrap().rows, 1);
+        // The upgraded database books a row with service levels (v3) after
+        // the version-1 row; the chain verifies across both.
+        store
+            .conn
+            .execute_batch(
+                "INSERT INTO tenant_open (minute_ms, tenant, it_joules, gpu_ms, available_ms, down_ms)
+                 VALUES (120000, 'lab-a', 2.0, 120000, 60000, 60000);
+                 INSERT INTO delivery_open VALUES (120000, 'lab-a', 'GPU-1', 'down', 'gpu_down', 'gpu', 60000);",
+            )
+            .unwrap();
+        assert_eq!(store.close_minutes(&site(), 1_000_000, None).unwrap(), 1);
+        let v = store.verify_ledger().unwrap();
+        assert_eq!((v.rows, v.broken), (2, None));
+        let rows = store.tenant_rows("lab-a", 0, 1_000_000).unwrap();
+        let d = rows[1].delivery.clone().unwrap();
+        assert_eq!((d.available_ms, d.down_ms), (60_000, 60_000));
+        let listed = store.delivery_entries(2).unwrap();
+        assert_eq!(d.digest, dcwatt_verify::row::delivery_digest(&listed));
+        assert_eq!(listed[0].uuid, "GPU-1");
+        assert!(rows[1]
+            .canonical()
+            .starts_with("dcwatt-ledger-v3|dcwatt-ledger-v1|2|"));
+        // A state count changed behind the triggers' back breaks the chain.
+        store
+            .conn
+            .execute_batch(
+                "DROP TRIGGER ledger_no_update;
+                 UPDATE ledger SET down_ms = 0, available_ms = 120000 WHERE id = 2;",
+            )
+            .unwrap();
+        let v = store.verify_ledger().unwrap();
+        assert!(v.broken.unwrap().starts_with("row 2:"));
     }
 
     fn site() -> crate::config::Site {
