@@ -55,12 +55,12 @@ pub fn render(
         "GPU-seconds leased, booked in the ledger.",
     );
     let mut tenant_minutes = Family::counter(
-        n::TENANT_GPU_MINUTES_TOTAL,
-        "Leased GPU-minutes booked in the ledger by delivery state (available, degraded, down, unknown: no data from the node).",
+        n::TENANT_GPU_DELIVERY_SECONDS_TOTAL,
+        "Leased GPU-seconds booked in the ledger by delivery state (available, degraded, down, unknown: no data from the node).",
     );
     let mut tenant_month = Family::gauge(
-        n::TENANT_GPU_MINUTES_MONTH,
-        "Leased GPU-minutes booked in the ledger by delivery state, for the minutes of the UTC month to date.",
+        n::TENANT_GPU_DELIVERY_MONTH_SECONDS,
+        "Leased GPU-seconds booked in the ledger by delivery state, for the minutes of the UTC month to date.",
     );
     let mut tenant_target = Family::gauge(
         n::TENANT_AVAILABILITY_TARGET_RATIO,
@@ -98,7 +98,7 @@ pub fn render(
                     {
                         tenant_minutes.add(
                             &[(n::TENANT, tenant), (n::STATE, state.as_str())],
-                            ms as f64 / 60_000.0,
+                            ms as f64 / 1000.0,
                         );
                     }
                 }
@@ -109,7 +109,7 @@ pub fn render(
                     {
                         tenant_month.add(
                             &[(n::TENANT, tenant), (n::STATE, state.as_str())],
-                            ms as f64 / 60_000.0,
+                            ms as f64 / 1000.0,
                         );
                     }
                 }

@@ -372,25 +372,31 @@ async fn outages_throttling_and_silence_are_booked_as_gpu_minutes_per_state() {
     let e = verify(&t, &public_key).unwrap_err();
     assert!(e.contains("service.down_gpu_minutes"), "{e}");
 
-    // Metrics: the ledger's GPU-minutes per state, the month to date, the target.
+    // Metrics: the ledger's GPU-seconds per state, the month to date, the target.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let (_, m) = get_as(&http, &format!("{url}/metrics"), OPERATOR).await;
         let got = |name: &str, state: &str| {
             sample(&m, &format!("{name}{{tenant=\"lab-a\",state=\"{state}\"}}"))
         };
-        if got("dcwatt_tenant_gpu_minutes_total", "down") == Some(7.0) {
-            assert_eq!(got("dcwatt_tenant_gpu_minutes_total", "unknown"), Some(6.0));
+        if got("dcwatt_tenant_gpu_delivery_seconds_total", "down") == Some(7.0 * 60.0) {
             assert_eq!(
-                got("dcwatt_tenant_gpu_minutes_total", "degraded"),
-                Some(6.0)
+                got("dcwatt_tenant_gpu_delivery_seconds_total", "unknown"),
+                Some(6.0 * 60.0)
             );
             assert_eq!(
-                got("dcwatt_tenant_gpu_minutes_total", "available"),
-                Some(113.0)
+                got("dcwatt_tenant_gpu_delivery_seconds_total", "degraded"),
+                Some(6.0 * 60.0)
+            );
+            assert_eq!(
+                got("dcwatt_tenant_gpu_delivery_seconds_total", "available"),
+                Some(113.0 * 60.0)
             );
             if t0 >= month_start {
-                assert_eq!(got("dcwatt_tenant_gpu_minutes_month", "down"), Some(7.0));
+                assert_eq!(
+                    got("dcwatt_tenant_gpu_delivery_month_seconds", "down"),
+                    Some(7.0 * 60.0)
+                );
             }
             assert_eq!(
                 sample(
@@ -402,9 +408,9 @@ async fn outages_throttling_and_silence_are_booked_as_gpu_minutes_per_state() {
             assert_eq!(
                 sample(
                     &m,
-                    "dcwatt_tenant_gpu_minutes_total{tenant=\"lab-b\",state=\"down\"}"
+                    "dcwatt_tenant_gpu_delivery_seconds_total{tenant=\"lab-b\",state=\"down\"}"
                 ),
-                Some(2.0)
+                Some(2.0 * 60.0)
             );
             break;
         }
