@@ -33,6 +33,8 @@
 //! sorted list through its digest ([`dcwatt_verify::row::delivery_digest`]),
 //! so storage grows with incidents, not with GPUs.
 
+use std::collections::BTreeMap;
+
 use rusqlite::params;
 use serde::{Deserialize, Serialize};
 
@@ -530,6 +532,10 @@ pub struct Incident {
     pub gpu_minutes: f64,
 }
 
+/// (UUID, state, reason, cause) of a GPU's non-available minutes (the UUID
+/// left empty where GPUs are merged).
+type IncidentKind = (String, String, String, String);
+
 /// A tenant's GPU service levels over a statement's rows.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Service {
@@ -619,8 +625,7 @@ pub fn service(
     let mut ms = [0i64; 4];
     let (mut facility, mut gpu) = (ByCause::default(), ByCause::default());
     // (uuid, state, reason, cause) -> minutes (with ms)
-    let mut runs: std::collections::BTreeMap<(String, String, String, String), Vec<(i64, i64)>> =
-        Default::default();
+    let mut runs: BTreeMap<IncidentKind, Vec<(i64, i64)>> = BTreeMap::new();
     for r in rows.iter_mut() {
         let Some(d) = r.delivery.as_mut() else {
             continue;
@@ -654,10 +659,7 @@ pub fn service(
         }
     }
     // Each GPU's consecutive minutes of one kind, then GPUs sharing a stretch.
-    let mut merged: std::collections::BTreeMap<
-        (i64, i64, String, String, String),
-        (Vec<String>, i64),
-    > = Default::default();
+    let mut merged: BTreeMap<(i64, i64, IncidentKind), (Vec<String>, i64)> = BTreeMap::new();
     for ((uuid, state, reason, cause), mut minutes) in runs {
         minutes.sort_unstable();
         let mut i = 0;
@@ -670,9 +672,8 @@ pub fn service(
                 total += minutes[j].1;
                 j += 1;
             }
-            let entry = merged
-                .entry((start, end, state.clone(), reason.clone(), cause.clone()))
-                .or_default();
+            let kind = (String::new(), state.clone(), reason.clone(), cause.clone());
+            let entry = merged.entry((start, end, kind)).or_default();
             entry.0.push(uuid.clone());
             entry.1 += total;
             i = j;
@@ -681,7 +682,7 @@ pub fn service(
     let incidents = merged
         .into_iter()
         .map(
-            |((start_ms, end_ms, state, reason, cause), (gpus, total))| Incident {
+            |((start_ms, end_ms, (_, state, reason, cause)), (gpus, total))| Incident {
                 start_ms,
                 end_ms,
                 state,

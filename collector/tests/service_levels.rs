@@ -189,11 +189,10 @@ async fn outages_throttling_and_silence_are_booked_as_gpu_minutes_per_state() {
     }
     let (y, m, _) = dcwatt_collector::statement::civil_from_days(t0.div_euclid(86_400_000));
     let month = format!("{y:04}-{m:02}");
-    let mut seq = 0u64;
     for k in 0..=132i64 {
         let s = k * 10;
         let ts = t0 + s * 1000;
-        seq += 1;
+        let seq = k as u64 + 1;
         // The CDU of zone z1: supply at 50 °C (above the 45 °C limit) from
         // 17:30 to 20:30 into the run.
         let supply = if (17 * 60 + 30..20 * 60 + 30).contains(&s) {

@@ -216,6 +216,8 @@ fn rows(c: &rusqlite::Connection) -> Vec<Row> {
             peak_watts: r.get(12)?,
             excursions: r.get(13)?,
             node_joules: r.get(14)?,
+            // Booked without service levels: v1/v2 bytes.
+            delivery: None,
         })
     })
     .unwrap()
