@@ -147,17 +147,35 @@ pub struct DeliveredMinute {
     pub cause: &'static str,
 }
 
+// Persisted with every batch of the GPU: what is 0, false or absent is
+// left out of its JSON.
+fn is_zero(v: &i64) -> bool {
+    *v == 0
+}
+
+fn is_false(v: &bool) -> bool {
+    !*v
+}
+
 /// Time of the minute in progress, ms, by what held.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 struct MinuteTime {
     minute_ms: i64,
+    #[serde(default, skip_serializing_if = "is_zero")]
     covered: i64,
+    #[serde(default, skip_serializing_if = "is_zero")]
     down: i64,
+    #[serde(default, skip_serializing_if = "is_zero")]
     thermal: i64,
+    #[serde(default, skip_serializing_if = "is_zero")]
     brake: i64,
+    #[serde(default, skip_serializing_if = "is_zero")]
     cap: i64,
+    #[serde(default, skip_serializing_if = "is_zero")]
     excursion: i64,
+    #[serde(default, skip_serializing_if = "is_zero")]
     throttled: i64,
+    #[serde(default, skip_serializing_if = "is_zero")]
     facility: i64,
 }
 
@@ -167,17 +185,27 @@ struct MinuteTime {
 pub struct Tracker {
     /// The last reading's time, Unix ms (0: none yet).
     last_ms: i64,
+    #[serde(default, skip_serializing_if = "is_false")]
     down: bool,
+    #[serde(default, skip_serializing_if = "is_false")]
     hw_thermal: bool,
+    #[serde(default, skip_serializing_if = "is_false")]
     sw_thermal: bool,
+    #[serde(default, skip_serializing_if = "is_false")]
     hw_slowdown: bool,
+    #[serde(default, skip_serializing_if = "is_false")]
     brake: bool,
+    #[serde(default, skip_serializing_if = "is_false")]
     cap: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     limit_w: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     default_w: Option<f64>,
     /// The GPU is in an open thermal excursion.
+    #[serde(default, skip_serializing_if = "is_false")]
     pub excursion: bool,
     /// A CDU of its zone is in an open thermal excursion.
+    #[serde(default, skip_serializing_if = "is_false")]
     pub facility: bool,
     minute: MinuteTime,
 }
@@ -866,6 +894,32 @@ mod tests {
             assert_eq!(out.len(), 1);
             assert_eq!(out[0].state.as_str(), want, "limit {limit}");
         }
+    }
+
+    #[test]
+    fn a_tracker_persisted_mid_minute_goes_on_the_same() {
+        let base = 1_800_000_000_000 / 60_000 * 60_000;
+        let steady: &[(Quantity, f64)] = &[
+            (Quantity::GpuUp, 1.0),
+            (Quantity::PowerLimitWatts, 700.0),
+            (Quantity::PowerDefaultLimitWatts, 700.0),
+            (Quantity::ThrottleSwPowerCap, 1.0),
+            (Quantity::ThrottleHwThermalSlowdown, 0.0),
+        ];
+        let hot: &[(Quantity, f64)] = &[(Quantity::ThrottleHwThermalSlowdown, 1.0)];
+        let first: Vec<(i64, &[(Quantity, f64)])> = (0..9)
+            .map(|k| (base + k * 5_000, if k > 4 { hot } else { steady }))
+            .collect();
+        let rest: Vec<(i64, &[(Quantity, f64)])> =
+            (9..30).map(|k| (base + k * 5_000, steady)).collect();
+        let mut t = Tracker::default();
+        run(&mut t, &first);
+        let json = serde_json::to_string(&t).unwrap();
+        // Small: it is written with the GPU's state at every batch.
+        assert!(json.len() < 200, "{} bytes: {json}", json.len());
+        let mut back: Tracker = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, t);
+        assert_eq!(run(&mut back, &rest), run(&mut t, &rest));
     }
 
     #[test]

@@ -417,4 +417,17 @@ async fn outages_throttling_and_silence_are_booked_as_gpu_minutes_per_state() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let _ = stop.send(());
+
+    // `dcwatt-collector report` builds the same statement offline from the
+    // database: the same service levels.
+    let site = dcwatt_collector::config::Config::from_toml(&config(&db, &key))
+        .unwrap()
+        .build()
+        .unwrap();
+    let store = dcwatt_collector::store::Store::open(&db).unwrap();
+    let offline = dcwatt_collector::statement::statement(&store, &site, "lab-a", &month, now_ms())
+        .unwrap()
+        .unwrap();
+    let offline = serde_json::to_value(&offline).unwrap();
+    assert_eq!(offline["service"], a["service"]);
 }
