@@ -109,6 +109,7 @@ fn row(id: i64, minute_ms: i64) -> Row {
         peak_watts: Some(1100.0),
         excursions: 0,
         node_joules: None,
+        delivery: None,
         prev_hash: GENESIS.into(),
         hash: GENESIS.into(),
     }

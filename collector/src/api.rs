@@ -83,6 +83,17 @@ impl LedgerTotals {
         }
         self.after_id = self.after_id.max(last_id);
     }
+
+    /// Starts the month-to-date counts of every owner again from `month_ms`
+    /// (those with rows booked in it since are already there).
+    pub fn roll_month(&mut self, month_ms: i64) {
+        for t in &mut self.by_owner {
+            if t.month_ms < month_ms {
+                t.month_ms = month_ms;
+                t.month_delivery_ms = [0; 4];
+            }
+        }
+    }
 }
 
 /// The most idle read connections kept open.

@@ -142,6 +142,9 @@ pub struct Config {
     /// SHA-256 of the file as read (hex), for the report's provenance.
     #[serde(skip)]
     pub source_sha256: Option<String>,
+    /// `[sla]`: how GPU-minutes are judged for service levels.
+    #[serde(default)]
+    pub sla: crate::delivery::SlaConfig,
 }
 
 /// `[report]`: what the efficiency report compares the site's PUE with.
@@ -197,6 +200,11 @@ pub struct TenantConfig {
     pub id: String,
     /// SHA-256 of the tenant's bearer token, 64 hex digits.
     pub token_sha256: String,
+    /// The GPU availability promised to the tenant, a share in (0, 1]
+    /// (e.g. 0.995): its statements and the month-to-date alert compare
+    /// against it.
+    #[serde(default)]
+    pub availability_target: Option<f64>,
 }
 
 /// A lease: a tenant's nodes (names or globs with `*` and `?`) or GPUs (UUIDs)
@@ -583,6 +591,10 @@ pub struct Site {
     pub zones: std::collections::BTreeSet<String>,
     /// Thermal excursion limits.
     pub thermal: crate::thermal::ThermalConfig,
+    /// How GPU-minutes are judged for service levels.
+    pub sla: crate::delivery::SlaConfig,
+    /// Each tenant's availability target, where one is set.
+    pub availability_targets: std::collections::BTreeMap<String, f64>,
     /// TLS, if configured.
     pub tls: Option<TlsConfig>,
     /// Connection limits of the listener.
@@ -790,6 +802,9 @@ impl Config {
         };
         let mut agent_tokens = HashMap::new();
         let mut agent_ids = HashSet::new();
+        if let Err((key, why)) = self.sla.validate() {
+            return Err(invalid(format!("sla.{key}"), why));
+        }
         if let Err((key, why)) = self.thermal.validate() {
             return Err(invalid(format!("thermal.{key}"), why));
         }
@@ -905,6 +920,7 @@ impl Config {
             }
         }
         let mut tenant_tokens = HashMap::new();
+        let mut availability_targets = std::collections::BTreeMap::new();
         for (i, t) in self.tenants.iter().enumerate() {
             check_id(&format!("tenants[{i}].id"), &t.id)?;
             if t.id.starts_with('_') {
@@ -918,6 +934,15 @@ impl Config {
                     format!("tenants[{i}].id"),
                     format!("duplicate tenant id {:?}", t.id),
                 ));
+            }
+            if let Some(a) = t.availability_target {
+                if !(a.is_finite() && a > 0.0 && a <= 1.0) {
+                    return Err(invalid(
+                        format!("tenants[{i}].availability_target"),
+                        format!("{a} is not a share in (0, 1] (e.g. 0.995 for 99.5 %)"),
+                    ));
+                }
+                availability_targets.insert(t.id.clone(), a);
             }
             let key = format!("tenants[{i}].token_sha256");
             let hash = parse_sha256(&key, &t.token_sha256)?;
@@ -986,6 +1011,8 @@ impl Config {
             zones,
             config_path: None,
             thermal: self.thermal,
+            sla: self.sla,
+            availability_targets,
             listen: self.listen,
             stale_after_ms: millis(self.stale_after),
             max_gap_ms: millis(self.max_gap),

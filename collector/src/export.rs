@@ -54,6 +54,18 @@ pub fn render(
         n::TENANT_GPU_SECONDS_TOTAL,
         "GPU-seconds leased, booked in the ledger.",
     );
+    let mut tenant_minutes = Family::counter(
+        n::TENANT_GPU_DELIVERY_SECONDS_TOTAL,
+        "Leased GPU-seconds booked in the ledger by delivery state (available, degraded, down, unknown: no data from the node).",
+    );
+    let mut tenant_month = Family::gauge(
+        n::TENANT_GPU_DELIVERY_MONTH_SECONDS,
+        "Leased GPU-seconds booked in the ledger by delivery state, for the minutes of the UTC month to date.",
+    );
+    let mut tenant_target = Family::gauge(
+        n::TENANT_AVAILABILITY_TARGET_RATIO,
+        "The GPU availability promised to a tenant ([[tenants]] availability_target).",
+    );
     let mut unattributed = Family::counter(
         n::UNATTRIBUTED_ENERGY_JOULES_TOTAL,
         "GPU energy of time covered by more than one lease, booked to nobody, joules.",
@@ -78,8 +90,34 @@ pub fn render(
                 tenant_energy.add(&[(n::TENANT, tenant), (n::BASIS, "it")], *it);
                 tenant_energy.add(&[(n::TENANT, tenant), (n::BASIS, "facility")], *facility);
                 tenant_seconds.add(&[(n::TENANT, tenant)], *gpu_ms as f64 / 1000.0);
+                // Service levels, for tenants with delivery data only.
+                if t.delivery_ms.iter().any(|v| *v != 0) {
+                    for (state, ms) in crate::delivery::DeliveryState::ALL
+                        .iter()
+                        .zip(t.delivery_ms)
+                    {
+                        tenant_minutes.add(
+                            &[(n::TENANT, tenant), (n::STATE, state.as_str())],
+                            ms as f64 / 1000.0,
+                        );
+                    }
+                }
+                if t.month_delivery_ms.iter().any(|v| *v != 0) {
+                    for (state, ms) in crate::delivery::DeliveryState::ALL
+                        .iter()
+                        .zip(t.month_delivery_ms)
+                    {
+                        tenant_month.add(
+                            &[(n::TENANT, tenant), (n::STATE, state.as_str())],
+                            ms as f64 / 1000.0,
+                        );
+                    }
+                }
             }
         }
+    }
+    for (tenant, target) in &site.availability_targets {
+        tenant_target.add(&[(n::TENANT, tenant)], *target);
     }
     unattributed.add(&[], unattributed_j);
     unleased.add(&[], unleased_j);
@@ -370,6 +408,9 @@ pub fn render(
         unbooked,
         tenant_energy,
         tenant_seconds,
+        tenant_minutes,
+        tenant_month,
+        tenant_target,
         unattributed,
         unleased,
         energy,

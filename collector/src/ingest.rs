@@ -220,7 +220,9 @@ fn check_value(q: Quantity, v: f64) -> Result<(), String> {
         return Err(format!("{v} is not a finite number"));
     }
     let (lo, hi) = match q {
-        Quantity::PowerWatts | Quantity::PowerLimitWatts => (0.0, 1e9),
+        Quantity::PowerWatts | Quantity::PowerLimitWatts | Quantity::PowerDefaultLimitWatts => {
+            (0.0, 1e9)
+        }
         Quantity::EnergyJoules => (0.0, 1e18),
         Quantity::TemperatureCelsius | Quantity::MemoryTemperatureCelsius => (-100.0, 250.0),
         Quantity::UtilizationRatio | Quantity::MemoryUtilizationRatio => (0.0, 1.0),

@@ -43,6 +43,10 @@ CREATE TABLE IF NOT EXISTS tenant_open (
     peak_w REAL,
     excursions INTEGER NOT NULL DEFAULT 0,
     node_joules REAL,
+    available_ms INTEGER,
+    degraded_ms INTEGER,
+    down_ms INTEGER,
+    unknown_ms INTEGER,
     PRIMARY KEY (minute_ms, tenant)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS ledger (
@@ -60,7 +64,12 @@ CREATE TABLE IF NOT EXISTS ledger (
     util_mean REAL,
     peak_watts REAL,
     excursions INTEGER NOT NULL DEFAULT 0,
-    node_joules REAL
+    node_joules REAL,
+    available_ms INTEGER,
+    degraded_ms INTEGER,
+    down_ms INTEGER,
+    unknown_ms INTEGER,
+    delivery_digest TEXT
 );
 CREATE INDEX IF NOT EXISTS ledger_tenant ON ledger (tenant, minute_ms);
 -- Metered nodes: the node meter's energy per minute (with the GPUs its agent
@@ -353,7 +362,8 @@ impl Store {
         share_nodes(&tx, cutoff, now_ms)?;
         let open: Vec<OpenRow> = tx
             .prepare_cached(
-                "SELECT minute_ms, tenant, it_joules, gpu_ms, util_sum, util_n, peak_w, excursions, node_joules FROM tenant_open
+                "SELECT minute_ms, tenant, it_joules, gpu_ms, util_sum, util_n, peak_w, excursions, node_joules,
+                 available_ms, degraded_ms, down_ms, unknown_ms FROM tenant_open
                  WHERE minute_ms <= ?1 ORDER BY minute_ms, tenant",
             )?
             .query_map(params![cutoff], |r| {
@@ -367,6 +377,7 @@ impl Store {
                     peak_w: r.get(6)?,
                     excursions: r.get(7)?,
                     node_joules: r.get(8)?,
+                    delivery: [r.get(9)?, r.get(10)?, r.get(11)?, r.get(12)?],
                 })
             })?
             .collect::<Result<_, _>>()?;
@@ -401,6 +412,23 @@ impl Store {
                 (None, None) => (None, "none"),
             };
             last_id += 1;
+            // Service levels: the counts, and the list of GPUs not available
+            // (hashed into the row through its digest).
+            let (delivery, entries) = if o.delivery.iter().any(Option::is_some) {
+                let entries = crate::delivery::open_entries(&tx, minute_ms, &tenant)?;
+                let [a, dg, dn, u] = o.delivery.map(|v| v.unwrap_or(0));
+                let d = dcwatt_verify::row::Delivery {
+                    available_ms: a,
+                    degraded_ms: dg,
+                    down_ms: dn,
+                    unknown_ms: u,
+                    digest: dcwatt_verify::row::delivery_digest(&entries),
+                    gpus: Vec::new(),
+                };
+                (Some(d), entries)
+            } else {
+                (None, Vec::new())
+            };
             let mut row = Row {
                 id: last_id,
                 minute_ms,
@@ -417,13 +445,15 @@ impl Store {
                 peak_watts: o.peak_w,
                 excursions: o.excursions,
                 node_joules: o.node_joules,
+                delivery,
             };
             let (hash, leaf) = row.hashes();
             row.hash = hash;
             leaves.push((row.id, leaf));
             tx.prepare_cached(
-                "INSERT INTO ledger (id, minute_ms, tenant, it_joules, facility_joules, pue, pue_basis, gpu_ms, late, prev_hash, hash, util_mean, peak_watts, excursions, node_joules)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                "INSERT INTO ledger (id, minute_ms, tenant, it_joules, facility_joules, pue, pue_basis, gpu_ms, late, prev_hash, hash, util_mean, peak_watts, excursions, node_joules,
+                 available_ms, degraded_ms, down_ms, unknown_ms, delivery_digest)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
             )?
             .execute(params![
                 row.id,
@@ -440,14 +470,21 @@ impl Store {
                 row.util_mean,
                 row.peak_watts,
                 row.excursions,
-                row.node_joules
+                row.node_joules,
+                row.delivery.as_ref().map(|d| d.available_ms),
+                row.delivery.as_ref().map(|d| d.degraded_ms),
+                row.delivery.as_ref().map(|d| d.down_ms),
+                row.delivery.as_ref().map(|d| d.unknown_ms),
+                row.delivery.as_ref().map(|d| d.digest.clone())
             ])?;
+            crate::delivery::book(&tx, row.id, &entries)?;
             prev_hash = row.hash;
         }
         tx.execute(
             "DELETE FROM tenant_open WHERE minute_ms <= ?1",
             params![cutoff],
         )?;
+        crate::delivery::close(&tx, cutoff)?;
         // The Merkle tree grows with the rows, in the same transaction.
         crate::transparency::extend_tree(&tx, &leaves)?;
         tx.commit()?;
@@ -547,19 +584,38 @@ impl Store {
         &self,
         after_id: i64,
     ) -> Result<(Vec<TenantTotal>, i64), StoreError> {
+        self.ledger_totals_since(after_id, i64::MAX)
+    }
+
+    /// As [`Store::ledger_totals_after`], with the GPU time per delivery
+    /// state of the rows whose minute is at or after `month_ms` (the month
+    /// to date) counted apart.
+    pub fn ledger_totals_since(
+        &self,
+        after_id: i64,
+        month_ms: i64,
+    ) -> Result<(Vec<TenantTotal>, i64), StoreError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT tenant, SUM(it_joules), COALESCE(SUM(facility_joules), 0), SUM(gpu_ms), MAX(id)
+            "SELECT tenant, SUM(it_joules), COALESCE(SUM(facility_joules), 0), SUM(gpu_ms), MAX(id),
+             COALESCE(SUM(available_ms), 0), COALESCE(SUM(degraded_ms), 0), COALESCE(SUM(down_ms), 0), COALESCE(SUM(unknown_ms), 0),
+             COALESCE(SUM(CASE WHEN minute_ms >= ?2 THEN available_ms END), 0),
+             COALESCE(SUM(CASE WHEN minute_ms >= ?2 THEN degraded_ms END), 0),
+             COALESCE(SUM(CASE WHEN minute_ms >= ?2 THEN down_ms END), 0),
+             COALESCE(SUM(CASE WHEN minute_ms >= ?2 THEN unknown_ms END), 0)
              FROM ledger WHERE id > ?1 GROUP BY tenant",
         )?;
         let mut last = after_id;
         let rows = stmt
-            .query_map(params![after_id], |r| {
+            .query_map(params![after_id, month_ms], |r| {
                 Ok((
                     TenantTotal {
                         owner: r.get(0)?,
                         it_joules: r.get(1)?,
                         facility_joules: r.get(2)?,
                         gpu_ms: r.get(3)?,
+                        delivery_ms: [r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?],
+                        month_ms,
+                        month_delivery_ms: [r.get(9)?, r.get(10)?, r.get(11)?, r.get(12)?],
                     },
                     r.get::<_, i64>(4)?,
                 ))
@@ -599,20 +655,43 @@ pub struct TenantTotal {
     pub facility_joules: f64,
     /// Leased GPU time, ms.
     pub gpu_ms: i64,
+    /// Leased GPU time per delivery state (available, degraded, down,
+    /// unknown), ms.
+    pub delivery_ms: [i64; 4],
+    /// The start of the month `month_delivery_ms` counts (Unix ms).
+    pub month_ms: i64,
+    /// As `delivery_ms`, for the minutes of the month from `month_ms`.
+    pub month_delivery_ms: [i64; 4],
 }
 
 impl TenantTotal {
-    /// Adds another total of the same owner.
+    /// Adds another total of the same owner; a total of a later month
+    /// starts the month's counts again.
     pub fn add(&mut self, other: &TenantTotal) {
         self.it_joules += other.it_joules;
         self.facility_joules += other.facility_joules;
         self.gpu_ms = self.gpu_ms.saturating_add(other.gpu_ms);
+        for (a, b) in self.delivery_ms.iter_mut().zip(other.delivery_ms) {
+            *a = a.saturating_add(b);
+        }
+        if other.month_ms > self.month_ms {
+            self.month_ms = other.month_ms;
+            self.month_delivery_ms = other.month_delivery_ms;
+        } else if other.month_ms == self.month_ms {
+            for (a, b) in self
+                .month_delivery_ms
+                .iter_mut()
+                .zip(other.month_delivery_ms)
+            {
+                *a = a.saturating_add(b);
+            }
+        }
     }
 }
 
 /// The ledger columns [`read_row`] reads, in its order.
 pub(crate) const ROW_COLUMNS: &str =
-    "id, minute_ms, tenant, it_joules, facility_joules, pue, pue_basis, gpu_ms, late, prev_hash, hash, util_mean, peak_watts, excursions, node_joules";
+    "id, minute_ms, tenant, it_joules, facility_joules, pue, pue_basis, gpu_ms, late, prev_hash, hash, util_mean, peak_watts, excursions, node_joules, available_ms, degraded_ms, down_ms, unknown_ms, delivery_digest";
 
 pub(crate) fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
     Ok(Row {
@@ -631,6 +710,17 @@ pub(crate) fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
         peak_watts: r.get(12)?,
         excursions: r.get(13)?,
         node_joules: r.get(14)?,
+        delivery: match r.get::<_, Option<String>>(19)? {
+            None => None,
+            Some(digest) => Some(dcwatt_verify::row::Delivery {
+                available_ms: r.get::<_, Option<i64>>(15)?.unwrap_or(0),
+                degraded_ms: r.get::<_, Option<i64>>(16)?.unwrap_or(0),
+                down_ms: r.get::<_, Option<i64>>(17)?.unwrap_or(0),
+                unknown_ms: r.get::<_, Option<i64>>(18)?.unwrap_or(0),
+                digest,
+                gpus: Vec::new(),
+            }),
+        },
     })
 }
 
@@ -645,6 +735,8 @@ struct OpenRow {
     peak_w: Option<f64>,
     excursions: i64,
     node_joules: Option<f64>,
+    /// GPU time per delivery state (available, degraded, down, unknown), ms.
+    delivery: [Option<i64>; 4],
 }
 
 /// Columns added in schema version 2, added to a version-1 database on open.
@@ -663,6 +755,16 @@ pub const MIGRATIONS: &[(&str, &str, &str)] = &[
     ("node_open", "seen_ms", "INTEGER"),
     ("node_gpu", "booked", "REAL NOT NULL DEFAULT 0"),
     ("node_gpu", "seen_ms", "INTEGER"),
+    // GPU service levels (ledger v3): leased GPU time per delivery state.
+    ("tenant_open", "available_ms", "INTEGER"),
+    ("tenant_open", "degraded_ms", "INTEGER"),
+    ("tenant_open", "down_ms", "INTEGER"),
+    ("tenant_open", "unknown_ms", "INTEGER"),
+    ("ledger", "available_ms", "INTEGER"),
+    ("ledger", "degraded_ms", "INTEGER"),
+    ("ledger", "down_ms", "INTEGER"),
+    ("ledger", "unknown_ms", "INTEGER"),
+    ("ledger", "delivery_digest", "TEXT"),
 ];
 
 /// The PUE of one complete minute, if it is complete and valid.

@@ -27,6 +27,7 @@
 pub mod api;
 pub mod bounds;
 pub mod config;
+pub mod delivery;
 pub mod efficiency;
 pub mod efficiency_html;
 pub mod energy;
@@ -222,11 +223,13 @@ async fn refresh_windows(shared: Arc<api::Shared>) {
                 .lock()
                 .map(|t| t.after_id)
                 .unwrap_or_default();
-            match s.with_reader(|r| r.ledger_totals_after(after)) {
+            let month = statement::month_of(now).0;
+            match s.with_reader(|r| r.ledger_totals_since(after, month)) {
                 Ok((new, last)) => {
                     if let Ok(mut cached) = s.tenant_totals.lock() {
                         if cached.after_id == after {
                             cached.add(&new, last);
+                            cached.roll_month(month);
                         }
                     }
                 }

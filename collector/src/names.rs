@@ -85,6 +85,14 @@ pub const REASON: &str = "reason";
 pub const TENANT_ENERGY_JOULES_TOTAL: &str = "dcwatt_tenant_energy_joules_total";
 /// GPU-seconds leased by a tenant.
 pub const TENANT_GPU_SECONDS_TOTAL: &str = "dcwatt_tenant_gpu_seconds_total";
+/// Leased GPU-seconds of a tenant by delivery state.
+pub const TENANT_GPU_DELIVERY_SECONDS_TOTAL: &str = "dcwatt_tenant_gpu_delivery_seconds_total";
+/// Leased GPU-seconds of a tenant by delivery state, UTC month to date.
+pub const TENANT_GPU_DELIVERY_MONTH_SECONDS: &str = "dcwatt_tenant_gpu_delivery_month_seconds";
+/// A tenant's availability target.
+pub const TENANT_AVAILABILITY_TARGET_RATIO: &str = "dcwatt_tenant_availability_target_ratio";
+/// Label: delivery state (`available`, `degraded`, `down`, `unknown`).
+pub const STATE: &str = "state";
 /// GPU energy of time covered by more than one lease.
 pub const UNATTRIBUTED_ENERGY_JOULES_TOTAL: &str = "dcwatt_unattributed_energy_joules_total";
 /// GPU energy of time no lease covers.

@@ -192,6 +192,9 @@ pub struct GpuState {
     /// Utilization and peak power of the UTC minute in progress.
     #[serde(default, skip_serializing_if = "is_default")]
     pub minute_stats: GpuMinuteStats,
+    /// Its delivery gauges and minute in progress (GPU service levels).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub delivery: crate::delivery::Tracker,
 }
 
 impl GpuState {
@@ -305,6 +308,8 @@ pub struct Changes {
     pub excursions: Vec<ExcursionEdit>,
     /// GPU-minute statistics that GPUs completed: (UUID, node, statistics).
     pub gpu_stats: Vec<(String, String, GpuMinuteStats)>,
+    /// GPU-minutes judged for service levels: (UUID, node, minute).
+    pub gpu_delivery: Vec<(String, String, crate::delivery::DeliveredMinute)>,
 }
 
 /// A change to the excursion log.
@@ -520,6 +525,9 @@ impl State {
                     if out.is_ok() {
                         changes.gpus.insert(uuid.clone());
                     }
+                    if out != Err(Ignored::OutOfOrder) {
+                        self.observe_delivery(uuid, q, r.ts_ms, r.value, site, &mut changes);
+                    }
                     out
                 }
                 (Entity::Node(_), _) => Err(Ignored::UnusedEntity),
@@ -588,6 +596,19 @@ impl State {
             }
             changes.meters.insert((*id).to_owned());
         }
+        // Service levels: whether each GPU and its zone's CDUs are in excursion.
+        let cdu_zones: BTreeSet<&str> = self
+            .meters
+            .values()
+            .filter(|m| m.acc.coolant.episodes.values().any(in_excursion))
+            .map(|m| m.zone.as_str())
+            .collect();
+        for uuid in &changes.gpus {
+            if let Some(g) = self.gpus.get_mut(uuid) {
+                g.delivery.excursion = g.thermals.episodes.values().any(in_excursion);
+                g.delivery.facility = cdu_zones.contains(zone);
+            }
+        }
         for ((entity_kind, entity, node), zone, kind, t, tenant) in events {
             match t {
                 Transition::Opened(at) => {
@@ -615,6 +636,32 @@ impl State {
                         .push(ExcursionEdit::Close(entity, kind, opened, closed));
                 }
             }
+        }
+    }
+
+    /// Feeds one GPU reading to the GPU's delivery tracker.
+    fn observe_delivery(
+        &mut self,
+        uuid: &str,
+        q: Quantity,
+        ts: i64,
+        v: f64,
+        site: &Site,
+        changes: &mut Changes,
+    ) {
+        let Some(g) = self.gpus.get_mut(uuid) else {
+            return;
+        };
+        let before = changes.gpu_delivery.len();
+        let mut done = Vec::new();
+        g.delivery
+            .observe(ts, q, v, site.stale_after_ms, &site.sla, &mut done);
+        changes.gpu_delivery.extend(
+            done.into_iter()
+                .map(|d| (uuid.to_owned(), g.node.clone(), d)),
+        );
+        if changes.gpu_delivery.len() > before {
+            changes.gpus.insert(uuid.to_owned());
         }
     }
 
@@ -777,6 +824,12 @@ impl State {
         );
         Ok(())
     }
+}
+
+/// An episode is open and its all-clear has not begun (the hysteresis tail
+/// of an excursion is not counted against a GPU's service level).
+fn in_excursion(e: &thermal::Episode) -> bool {
+    e.open_ms.is_some() && e.clearing_ms.is_none()
 }
 
 fn coolant_quantity(q: Quantity) -> bool {

@@ -119,6 +119,11 @@ pub struct Statement {
     pub days: Vec<Day>,
     /// Leased time with no booked row (minutes not yet booked excluded).
     pub gaps: Vec<Gap>,
+    /// GPU service levels: leased GPU-minutes per delivery state,
+    /// availability against the tenant's target, incidents (absent when no
+    /// row of the month has delivery data).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<crate::delivery::Service>,
     /// The month's rows, each with its leaf index and inclusion proof, and
     /// the signed checkpoint they are proven against. Only this tenant's rows
     /// appear; other rows enter only as hashes inside the proofs.
@@ -136,7 +141,8 @@ pub fn statement(
     let Some((from, to)) = month_range(month) else {
         return Ok(None);
     };
-    let rows = store.tenant_rows(tenant, from, to)?;
+    let mut rows = store.tenant_rows(tenant, from, to)?;
+    let service = crate::delivery::service(store, site, tenant, from, to, &mut rows)?;
     let booked_until = (now_ms - 60_000 - site.close_after_ms).div_euclid(60_000) * 60_000;
     let mut days = Vec::new();
     let mut day = from;
@@ -205,6 +211,7 @@ pub fn statement(
         late_rows: rows.iter().filter(|r| r.late).count(),
         days,
         gaps,
+        service,
         proofs,
     }))
 }
@@ -240,6 +247,9 @@ impl Statement {
             self.ledger_head,
             self.gaps.len()
         );
+        if let Some(s) = &self.service {
+            out += &s.to_csv();
+        }
         out
     }
 }

@@ -209,6 +209,8 @@ impl Store {
         conn.execute_batch(SCHEMA).map_err(open_err)?;
         conn.execute_batch(crate::ledger::SCHEMA)
             .map_err(open_err)?;
+        conn.execute_batch(crate::delivery::SCHEMA)
+            .map_err(open_err)?;
         // Energy bounds: events and meter spans (an older database gains them).
         crate::bounds::migrate(&conn).map_err(open_err)?;
         migrate(&conn)?;
@@ -364,6 +366,7 @@ impl Store {
         })?;
         conn.execute_batch(SCHEMA)?;
         conn.execute_batch(crate::ledger::SCHEMA)?;
+        conn.execute_batch(crate::delivery::SCHEMA)?;
         conn.execute_batch(crate::bounds::SCHEMA)?;
         Ok(Store { conn, path: None })
     }
@@ -502,6 +505,7 @@ pub struct Prepared {
     gpus: Vec<(String, String)>,
     gpu_minutes: Vec<(String, String, MinuteEnergy)>,
     gpu_stats: Vec<(String, String, crate::state::GpuMinuteStats)>,
+    gpu_delivery: Vec<(String, String, crate::delivery::DeliveredMinute)>,
     excursions: Vec<ExcursionEdit>,
     /// (node, minute, the GPUs its agent reports).
     node_minutes: Vec<(String, MinuteEnergy, i64)>,
@@ -549,6 +553,7 @@ pub fn prepare(agent: &str, state: &State, changes: &Changes) -> Result<Prepared
     p.gpu_minutes.clone_from(&changes.gpu_minutes);
     p.excursions.clone_from(&changes.excursions);
     p.gpu_stats.clone_from(&changes.gpu_stats);
+    p.gpu_delivery.clone_from(&changes.gpu_delivery);
     p.bounds = crate::bounds::prepare(state, changes);
     Ok(p)
 }
@@ -564,6 +569,7 @@ fn write_prepared(
     crate::bounds::write(tx, &p.bounds)?;
     crate::ledger::attribute(tx, site, &p.gpu_minutes)?;
     crate::ledger::attribute_stats(tx, site, &p.gpu_stats)?;
+    crate::delivery::attribute(tx, site, &p.gpu_delivery)?;
     for (node, w, gpus) in &p.node_minutes {
         // A change to a minute already shared marks it for an adjustment.
         tx.prepare_cached(
@@ -1027,6 +1033,7 @@ mod tests {
                 peak_watts: None,
                 excursions: 0,
                 node_joules: None,
+                delivery: None,
             };
             row.hash = row.compute_hash();
             c.execute(
@@ -1049,7 +1056,40 @@ mod tests {
         assert_eq!(version, SCHEMA_VERSION.to_string());
         // Opening again changes nothing.
         drop(store);
-        assert_eq!(Store::open(&path).unwrap().verify_ledger().unwrap().rows, 1);
+        let mut store = Store::open(&path).unwrap();
+        assert_eq!(store.verify_ledger().unwrap().rows, 1);
+        // The upgraded database books a row with service levels (v3) after
+        // the version-1 row; the chain verifies across both.
+        store
+            .conn
+            .execute_batch(
+                "INSERT INTO tenant_open (minute_ms, tenant, it_joules, gpu_ms, available_ms, down_ms)
+                 VALUES (120000, 'lab-a', 2.0, 120000, 60000, 60000);
+                 INSERT INTO delivery_open VALUES (120000, 'lab-a', 'GPU-1', 'down', 'gpu_down', 'gpu', 60000);",
+            )
+            .unwrap();
+        assert_eq!(store.close_minutes(&site(), 1_000_000, None).unwrap(), 1);
+        let v = store.verify_ledger().unwrap();
+        assert_eq!((v.rows, v.broken), (2, None));
+        let rows = store.tenant_rows("lab-a", 0, 1_000_000).unwrap();
+        let d = rows[1].delivery.clone().unwrap();
+        assert_eq!((d.available_ms, d.down_ms), (60_000, 60_000));
+        let listed = store.delivery_entries(2).unwrap();
+        assert_eq!(d.digest, dcwatt_verify::row::delivery_digest(&listed));
+        assert_eq!(listed[0].uuid, "GPU-1");
+        assert!(rows[1]
+            .canonical()
+            .starts_with("dcwatt-ledger-v3|dcwatt-ledger-v1|2|"));
+        // A state count changed behind the triggers' back breaks the chain.
+        store
+            .conn
+            .execute_batch(
+                "DROP TRIGGER ledger_no_update;
+                 UPDATE ledger SET down_ms = 0, available_ms = 120000 WHERE id = 2;",
+            )
+            .unwrap();
+        let v = store.verify_ledger().unwrap();
+        assert!(v.broken.unwrap().starts_with("row 2:"));
     }
 
     /// A bad hour row is refused naming its field, and nothing is written;

@@ -632,11 +632,13 @@ async fn long_queries_do_not_hold_up_acknowledgements() {
                 let (path, token) = if i == 8 {
                     ("/v1/ledger/verify".to_owned(), OPERATOR)
                 } else {
+                    // One instant for both ends: two calls a millisecond
+                    // apart made the span 400 days + 1 ms (refused).
+                    let now = now_ms();
                     (
                         format!(
-                            "/v1/tenants/lab-a/energy?from={}&to={}&step=1d",
-                            now_ms() - 400 * 86_400_000,
-                            now_ms()
+                            "/v1/tenants/lab-a/energy?from={}&to={now}&step=1d",
+                            now - 400 * 86_400_000
                         ),
                         LAB_A,
                     )

@@ -85,6 +85,7 @@ fn ledger_leaves(db: &Path) -> Vec<merkle::Hash> {
             peak_watts: r.get(12)?,
             excursions: r.get(13)?,
             node_joules: r.get(14)?,
+            delivery: None,
         })
     })
     .unwrap()
@@ -487,7 +488,9 @@ async fn tenants_read_checkpoints_and_proofs_of_their_own_rows_only() {
     };
     let mut said = Vec::new();
     check::verify(&inputs, &mut said).unwrap();
-    assert_eq!(said.len(), 4, "{said:?}");
+    // Signatures, consistency, inclusion, totals, and the service levels
+    // (these rows were booked from GPU readings, with delivery data).
+    assert_eq!(said.len(), 5, "{said:?}");
     // One joule more in a row, and its proof no longer holds.
     let mut edited = inputs.clone();
     edited.statement.proofs.rows[3].row.it_joules += 1.0;

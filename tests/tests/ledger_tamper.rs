@@ -126,7 +126,13 @@ async fn settled(url: &str) -> Value {
             let v: Value = serde_json::from_str(&body).ok()?;
             let hour = last_closed_hour(now_ms(), 120_000);
             let latest = v["checkpoints"].as_array()?.last()?["hour_ms"].as_i64()?;
-            (status == 200 && latest >= hour - HOUR).then_some(v)
+            // A copied database already holds that checkpoint: the tree
+            // size on /metrics is set once the first pass has rebuilt it.
+            let (_, metrics) = get(&format!("{url}/metrics"), OPERATOR).await;
+            let rebuilt = metrics
+                .lines()
+                .any(|l| l.starts_with("dcwatt_ledger_tree_size "));
+            (status == 200 && latest >= hour - HOUR && rebuilt).then_some(v)
         },
     )
     .await
@@ -216,6 +222,8 @@ fn rows(c: &rusqlite::Connection) -> Vec<Row> {
             peak_watts: r.get(12)?,
             excursions: r.get(13)?,
             node_joules: r.get(14)?,
+            // Booked without service levels: v1/v2 bytes.
+            delivery: None,
         })
     })
     .unwrap()

@@ -70,6 +70,23 @@ pub struct StatementView {
     pub days: Vec<DayView>,
     /// The rows and their proofs.
     pub proofs: Proofs,
+    /// GPU service levels, when the statement carries them.
+    #[serde(default)]
+    pub service: Option<ServiceView>,
+}
+
+/// The parts of a statement's service levels the verifier reads: GPU-minutes
+/// per delivery state, summed from the rows.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ServiceView {
+    /// Available GPU-minutes.
+    pub available_gpu_minutes: f64,
+    /// Degraded GPU-minutes.
+    pub degraded_gpu_minutes: f64,
+    /// Down GPU-minutes.
+    pub down_gpu_minutes: f64,
+    /// GPU-minutes with no data.
+    pub unknown_gpu_minutes: f64,
 }
 
 /// The parts of a statement's day the verifier reads.
@@ -248,6 +265,9 @@ pub fn verify(inputs: &Inputs, said: &mut Vec<String>) -> Result<(), String> {
                 r.id
             ));
         }
+        if let Some(d) = &r.delivery {
+            check_delivery(r.id, d)?;
+        }
         if i64::try_from(p.leaf_index)
             .ok()
             .and_then(|i| i.checked_add(1))
@@ -346,6 +366,78 @@ pub fn verify(inputs: &Inputs, said: &mut Vec<String>) -> Result<(), String> {
         "ok: totals equal the sum of the rows: {} kWh IT, {} kWh facility, {} GPU-hours",
         st.it_kwh, st.facility_kwh, st.gpu_hours
     ));
+    // 6. The service levels are the sums of the rows' delivery.
+    if let Some(sv) = &st.service {
+        let sum = |f: fn(&crate::row::Delivery) -> i64| -> f64 {
+            rows.clone()
+                .filter_map(|r| r.delivery.as_ref())
+                .map(|d| f(d) as f64)
+                .sum::<f64>()
+                / 60_000.0
+        };
+        let checks = [
+            (
+                "available_gpu_minutes",
+                sv.available_gpu_minutes,
+                sum(|d| d.available_ms),
+            ),
+            (
+                "degraded_gpu_minutes",
+                sv.degraded_gpu_minutes,
+                sum(|d| d.degraded_ms),
+            ),
+            ("down_gpu_minutes", sv.down_gpu_minutes, sum(|d| d.down_ms)),
+            (
+                "unknown_gpu_minutes",
+                sv.unknown_gpu_minutes,
+                sum(|d| d.unknown_ms),
+            ),
+        ];
+        for (what, stated, summed) in checks {
+            if !close(stated, summed) {
+                return Err(format!(
+                    "service.{what} is {stated} but its rows add up to {summed}"
+                ));
+            }
+        }
+        said.push(format!(
+            "ok: service levels equal the sum of the rows: {} available, {} degraded, {} down, {} unknown GPU-minutes",
+            sv.available_gpu_minutes, sv.degraded_gpu_minutes, sv.down_gpu_minutes, sv.unknown_gpu_minutes
+        ));
+    }
+    Ok(())
+}
+
+/// A row's list of GPUs not available matches its digest and its counts.
+fn check_delivery(id: i64, d: &crate::row::Delivery) -> Result<(), String> {
+    if crate::row::delivery_digest(&d.gpus) != d.digest {
+        return Err(format!(
+            "row {id}: its list of GPUs not available does not match the row's delivery digest"
+        ));
+    }
+    for (state, stated) in [
+        ("degraded", d.degraded_ms),
+        ("down", d.down_ms),
+        ("unknown", d.unknown_ms),
+    ] {
+        let listed: f64 = d
+            .gpus
+            .iter()
+            .filter(|e| e.state == state)
+            .map(|e| e.ms as f64)
+            .sum();
+        if listed != stated as f64 {
+            return Err(format!(
+                "row {id}: {state}_ms is {stated} but its listed GPUs add up to {listed}"
+            ));
+        }
+    }
+    if d.gpus
+        .iter()
+        .any(|e| !matches!(e.state.as_str(), "degraded" | "down" | "unknown"))
+    {
+        return Err(format!("row {id}: a listed GPU has an unknown state"));
+    }
     Ok(())
 }
 

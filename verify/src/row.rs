@@ -16,6 +16,19 @@
 //! dcwatt-ledger-v2|{the v1 text}|{util_mean}|{peak_watts}|{excursions}|{node_joules}
 //! ```
 //!
+//! and, for a row with delivery data (GPU service levels: the leased GPU time
+//! of the minute per delivery state, and the digest of its list of GPUs not
+//! available), that text (v1 or v2) wrapped once more as
+//!
+//! ```text
+//! dcwatt-ledger-v3|{the v1 or v2 text}|{available_ms}|{degraded_ms}|{down_ms}|{unknown_ms}|{delivery_digest}
+//! ```
+//!
+//! where `delivery_digest` is [`delivery_digest`] of the row's GPUs that were
+//! not available (kept beside the row, carried in statements), so a changed,
+//! added or dropped incident breaks the row's hash. Rows without delivery
+//! data keep their v1/v2 bytes.
+//!
 //! They cover every column of the row except `hash`, which is derived from
 //! them. The chain hash is `hex(SHA-256(canonical))`; the row's Merkle leaf is
 //! `SHA-256(0x00 ‖ canonical)` ([`crate::merkle::leaf_hash`]).
@@ -60,6 +73,9 @@ pub struct Row {
     /// Its share of metered nodes' energy beyond their GPUs, J (part of
     /// `it_joules`), where its GPUs' nodes are metered.
     pub node_joules: Option<f64>,
+    /// GPU service levels of the minute (from version 3 on), when booked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<Delivery>,
     /// The previous row's hash.
     pub prev_hash: String,
     /// This row's hash.
@@ -89,7 +105,7 @@ impl Row {
             && self.peak_watts.is_none()
             && self.excursions == 0
             && self.node_joules.is_none();
-        if plain {
+        let content = if plain {
             content
         } else {
             format!(
@@ -99,6 +115,13 @@ impl Row {
                 self.excursions,
                 bits(self.node_joules)
             )
+        };
+        match &self.delivery {
+            None => content,
+            Some(d) => format!(
+                "dcwatt-ledger-v3|{content}|{}|{}|{}|{}|{}",
+                d.available_ms, d.degraded_ms, d.down_ms, d.unknown_ms, d.digest
+            ),
         }
     }
 
@@ -120,5 +143,132 @@ impl Row {
     /// The row's Merkle leaf hash, `SHA-256(0x00 ‖ canonical)`.
     pub fn leaf_hash(&self) -> Hash {
         merkle::leaf_hash(self.canonical().as_bytes())
+    }
+}
+
+/// What a row's GPUs delivered in its minute: leased GPU time per state, ms,
+/// and the digest of the GPUs that were not available.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Delivery {
+    /// GPU time up and reporting, not degraded, ms.
+    pub available_ms: i64,
+    /// GPU time up but throttled, power-braked, capped below its default
+    /// limit or in a thermal excursion, ms.
+    pub degraded_ms: i64,
+    /// GPU time down (lost, reset required, NVML errors), ms.
+    pub down_ms: i64,
+    /// GPU time with no data from the node (an agent or network outage), ms.
+    pub unknown_ms: i64,
+    /// [`delivery_digest`] of `gpus`.
+    pub digest: String,
+    /// The GPU-minutes of the row that were not available, sorted by UUID
+    /// (not hashed into the row directly: through `digest`). Statements
+    /// carry them; a row read for the chain alone may leave them out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gpus: Vec<DeliveryEntry>,
+}
+
+/// One GPU-minute of a row that was not available.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct DeliveryEntry {
+    /// The GPU's UUID.
+    pub uuid: String,
+    /// `degraded`, `down` or `unknown`.
+    pub state: String,
+    /// Why (`thermal`, `power_brake`, `power_cap`, `thermal_excursion`,
+    /// `gpu_down`, `no_data`).
+    pub reason: String,
+    /// Whose: `facility` (a CDU excursion in the GPU's zone), `gpu`, or
+    /// `unknown` (no data).
+    pub cause: String,
+    /// The tenant's leased time of that GPU-minute, ms.
+    pub ms: i64,
+}
+
+/// The digest of a row's list of GPUs not available: hex SHA-256 of
+/// `dcwatt-delivery-v1` followed, for each entry in (UUID, state, reason,
+/// cause, ms) order, by `\n{uuid}|{state}|{reason}|{cause}|{ms}`.
+pub fn delivery_digest(entries: &[DeliveryEntry]) -> String {
+    let mut sorted: Vec<&DeliveryEntry> = entries.iter().collect();
+    sorted.sort();
+    let mut h = Sha256::new();
+    h.update(b"dcwatt-delivery-v1");
+    for e in sorted {
+        h.update(format!("\n{}|{}|{}|{}|{}", e.uuid, e.state, e.reason, e.cause, e.ms).as_bytes());
+    }
+    hex::encode(h.finalize())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row() -> Row {
+        Row {
+            id: 3,
+            minute_ms: 60_000,
+            tenant: "lab-a".into(),
+            it_joules: 1.0,
+            facility_joules: None,
+            pue: None,
+            pue_basis: "none".into(),
+            gpu_ms: 60_000,
+            late: false,
+            util_mean: None,
+            peak_watts: None,
+            excursions: 0,
+            node_joules: None,
+            delivery: None,
+            prev_hash: GENESIS.into(),
+            hash: String::new(),
+        }
+    }
+
+    #[test]
+    fn rows_without_delivery_keep_their_bytes_and_v3_wraps_them() {
+        let plain = row();
+        let v1 =
+            format!("dcwatt-ledger-v1|3|60000|lab-a|3ff0000000000000|-|-|none|60000|0|{GENESIS}");
+        assert_eq!(plain.canonical(), v1);
+        let gpus = vec![DeliveryEntry {
+            uuid: "GPU-1".into(),
+            state: "down".into(),
+            reason: "gpu_down".into(),
+            cause: "gpu".into(),
+            ms: 60_000,
+        }];
+        let digest = delivery_digest(&gpus);
+        let mut r = row();
+        r.delivery = Some(Delivery {
+            available_ms: 0,
+            degraded_ms: 0,
+            down_ms: 60_000,
+            unknown_ms: 0,
+            digest: digest.clone(),
+            gpus,
+        });
+        assert_eq!(
+            r.canonical(),
+            format!("dcwatt-ledger-v3|{v1}|0|0|60000|0|{digest}")
+        );
+        // A changed state count, or a changed list, changes the hash.
+        let h = r.compute_hash();
+        let mut moved = r.clone();
+        if let Some(d) = moved.delivery.as_mut() {
+            d.down_ms = 0;
+            d.available_ms = 60_000;
+        }
+        assert_ne!(moved.compute_hash(), h);
+        let mut other = r.clone();
+        if let Some(d) = other.delivery.as_mut() {
+            d.gpus[0].state = "degraded".into();
+            d.digest = delivery_digest(&d.gpus);
+        }
+        assert_ne!(other.compute_hash(), h);
+        // The list's order does not matter, its content does.
+        assert_eq!(
+            delivery_digest(&[]),
+            hex::encode(Sha256::digest(b"dcwatt-delivery-v1"))
+        );
     }
 }

@@ -2,9 +2,11 @@
 //! with any hour and size, rows with any ids, indices, values and proofs of
 //! any length. It never panics, and it accepts none of them.
 
-use dcwatt_verify::check::{self, ConsistencyProof, Inputs, Proofs, ProvenRow, StatementView};
+use dcwatt_verify::check::{
+    self, ConsistencyProof, Inputs, Proofs, ProvenRow, ServiceView, StatementView,
+};
 use dcwatt_verify::checkpoint;
-use dcwatt_verify::row::{Row, GENESIS};
+use dcwatt_verify::row::{delivery_digest, Delivery, DeliveryEntry, Row, GENESIS};
 use ed25519_dalek::SigningKey;
 use proptest::prelude::*;
 
@@ -28,9 +30,14 @@ fn row() -> impl Strategy<Value = (Row, u64, Option<Vec<String>>)> {
         any::<bool>(),
         any::<u64>(),
         prop::option::of(prop::collection::vec(hex_hash(), 0..70)),
+        prop::option::of((
+            prop::array::uniform4(any::<i64>()),
+            prop::collection::vec((any::<i64>(), 0..4usize), 0..4),
+            any::<bool>(),
+        )),
     )
         .prop_map(
-            |(id, minute_ms, it_joules, gpu_ms, late, leaf_index, proof)| {
+            |(id, minute_ms, it_joules, gpu_ms, late, leaf_index, proof, delivery)| {
                 let mut r = Row {
                     id,
                     minute_ms,
@@ -45,6 +52,32 @@ fn row() -> impl Strategy<Value = (Row, u64, Option<Vec<String>>)> {
                     peak_watts: None,
                     excursions: 0,
                     node_joules: None,
+                    // Hostile delivery counts and lists, their digest right
+                    // or not.
+                    delivery: delivery.map(|(ms, gpus, right)| {
+                        let gpus: Vec<DeliveryEntry> = gpus
+                            .into_iter()
+                            .map(|(ms, s)| DeliveryEntry {
+                                uuid: format!("GPU-{s}"),
+                                state: ["degraded", "down", "unknown", "bogus"][s].into(),
+                                reason: "r".into(),
+                                cause: "gpu".into(),
+                                ms,
+                            })
+                            .collect();
+                        Delivery {
+                            available_ms: ms[0],
+                            degraded_ms: ms[1],
+                            down_ms: ms[2],
+                            unknown_ms: ms[3],
+                            digest: if right {
+                                delivery_digest(&gpus)
+                            } else {
+                                "00".into()
+                            },
+                            gpus,
+                        }
+                    }),
                     prev_hash: GENESIS.into(),
                     hash: String::new(),
                 };
@@ -82,6 +115,12 @@ proptest! {
             gpu_hours: totals.1,
             late_rows: totals.2,
             days: vec![],
+            service: Some(ServiceView {
+                available_gpu_minutes: totals.0,
+                degraded_gpu_minutes: totals.1,
+                down_gpu_minutes: 0.0,
+                unknown_gpu_minutes: f64::MAX,
+            }),
             proofs: Proofs {
                 checkpoint_choice: "latest".into(),
                 checkpoint: Some(cp),

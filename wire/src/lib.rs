@@ -144,6 +144,9 @@ pub enum Quantity {
     /// reset like an energy counter: a decrease is a reset, the new value the
     /// volume since it.
     WaterVolumeCubicMeters,
+    /// The GPU's default power limit, watts (what a power cap below it is
+    /// judged against: a GPU capped below its default delivers less).
+    PowerDefaultLimitWatts,
     /// A quantity this version does not know (sent by a newer agent): kept
     /// decodable so that one new quantity does not reject a whole batch.
     #[serde(other)]

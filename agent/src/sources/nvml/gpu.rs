@@ -635,6 +635,7 @@ impl GpuState {
             push(Quantity::PowerLimitWatts, w);
         }
         if let Some(w) = statics.default_limit_w {
+            push(Quantity::PowerDefaultLimitWatts, w);
             samples.push(Sample::plain(Fam::PowerDefaultLimit, w));
         }
 

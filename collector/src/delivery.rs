@@ -1,0 +1,970 @@
+//! GPU service levels: what each leased GPU delivered, minute by minute.
+//!
+//! Every GPU-minute gets one delivery state, decided from the GPU's own
+//! readings by the rules below (documented for tenants in `docs/tenants.md`):
+//!
+//! - The time between two readings of a GPU (at most `stale_after` apart)
+//!   holds the state its earlier reading reported (sample and hold), cut at
+//!   UTC minute edges; that is the minute's *covered* time.
+//! - **down**: the GPU reported `gpu_up 0` (NVML lost it, a reset is
+//!   required, NVML errors) for more than `[sla] down_share` of the covered
+//!   time (default 0: any of it).
+//! - **degraded**: not down, but thermally throttled (`hw_thermal_slowdown`,
+//!   `sw_thermal_slowdown`, or `hw_slowdown` without a power brake),
+//!   power-braked (`hw_power_brake_slowdown`) or power-capped
+//!   (`sw_power_cap`) while its enforced limit is below its default limit,
+//!   for more than `[sla] degraded_share` of the covered time (default 0.1),
+//!   or in an open thermal excursion (until its all-clear begins) for any
+//!   of it.
+//! - **available**: up and reporting, neither of the above.
+//! - **unknown**: a whole minute without a single reading of the GPU (its
+//!   node's agent or the network was out), between two readings more than
+//!   `stale_after` apart; booked when the GPU reports again (at most
+//!   [`UNKNOWN_GAP_MAX_MINUTES`] of one gap).
+//!
+//! A degraded or down minute's cause is `facility` when a CDU in the GPU's
+//! zone was in a thermal excursion during its non-available time (a site
+//! power event is not seen by the collector yet), else
+//! `gpu`; an unknown minute's cause is `unknown`.
+//!
+//! The ledger books, per tenant-minute row, the tenant's leased GPU time per
+//! state and, in `ledger_delivery` keyed by the row, each GPU-minute that was
+//! not available (UUID, state, reason, cause, ms); the row's hash covers the
+//! sorted list through its digest ([`dcwatt_verify::row::delivery_digest`]),
+//! so storage grows with incidents, not with GPUs.
+
+use std::collections::BTreeMap;
+
+use rusqlite::params;
+use serde::{Deserialize, Serialize};
+
+use dcwatt_wire::Quantity;
+
+use crate::config::Site;
+use crate::store::StoreError;
+
+/// The most unknown minutes booked for one silence of one GPU (one day):
+/// a GPU back after longer is booked unknown for the day before its return.
+pub const UNKNOWN_GAP_MAX_MINUTES: i64 = 1440;
+
+const MINUTE_MS: i64 = 60_000;
+
+/// `[sla]`: how GPU-minutes are judged.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlaConfig {
+    /// A minute throttled (thermal, power brake, cap below default) for more
+    /// than this share of its covered time is degraded. Default 0.1.
+    #[serde(default = "default_degraded_share")]
+    pub degraded_share: f64,
+    /// A minute down for more than this share of its covered time is down.
+    /// Default 0 (any down time).
+    #[serde(default)]
+    pub down_share: f64,
+}
+
+fn default_degraded_share() -> f64 {
+    0.1
+}
+
+impl Default for SlaConfig {
+    fn default() -> Self {
+        SlaConfig {
+            degraded_share: default_degraded_share(),
+            down_share: 0.0,
+        }
+    }
+}
+
+impl SlaConfig {
+    /// Checks the shares: `(key, why)` of the first bad one.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        for (key, v) in [
+            ("degraded_share", self.degraded_share),
+            ("down_share", self.down_share),
+        ] {
+            if !(v.is_finite() && (0.0..1.0).contains(&v)) {
+                return Err((key, format!("{v} is not a share in [0, 1)")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A GPU-minute's delivery state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum DeliveryState {
+    /// Up and reporting, not degraded.
+    Available,
+    /// Up but throttled, capped, braked or in a thermal excursion.
+    Degraded,
+    /// Down.
+    Down,
+    /// No data from the node.
+    Unknown,
+}
+
+impl DeliveryState {
+    /// Every state, in the order of the ledger's columns.
+    pub const ALL: [DeliveryState; 4] = [
+        DeliveryState::Available,
+        DeliveryState::Degraded,
+        DeliveryState::Down,
+        DeliveryState::Unknown,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryState::Available => "available",
+            DeliveryState::Degraded => "degraded",
+            DeliveryState::Down => "down",
+            DeliveryState::Unknown => "unknown",
+        }
+    }
+
+    /// The ledger column of its GPU time.
+    fn column(self) -> &'static str {
+        match self {
+            DeliveryState::Available => "available_ms",
+            DeliveryState::Degraded => "degraded_ms",
+            DeliveryState::Down => "down_ms",
+            DeliveryState::Unknown => "unknown_ms",
+        }
+    }
+}
+
+/// One GPU-minute, judged.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DeliveredMinute {
+    /// Start of the minute, Unix ms.
+    pub minute_ms: i64,
+    /// Its state.
+    pub state: DeliveryState,
+    /// Why it is not available (empty when it is).
+    pub reason: &'static str,
+    /// `facility`, `gpu` or `unknown` (empty when available).
+    pub cause: &'static str,
+}
+
+// Persisted with every batch of the GPU: what is 0, false or absent is
+// left out of its JSON.
+fn is_zero(v: &i64) -> bool {
+    *v == 0
+}
+
+fn is_false(v: &bool) -> bool {
+    !*v
+}
+
+/// Time of the minute in progress, ms, by what held.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+struct MinuteTime {
+    minute_ms: i64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    covered: i64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    down: i64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    thermal: i64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    brake: i64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    cap: i64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    excursion: i64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    throttled: i64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    facility: i64,
+}
+
+/// One GPU's delivery gauges (as last reported) and its minute in progress.
+/// Kept in the GPU's state, persisted with it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Tracker {
+    /// The last reading's time, Unix ms (0: none yet).
+    last_ms: i64,
+    #[serde(default, skip_serializing_if = "is_false")]
+    down: bool,
+    #[serde(default, skip_serializing_if = "is_false")]
+    hw_thermal: bool,
+    #[serde(default, skip_serializing_if = "is_false")]
+    sw_thermal: bool,
+    #[serde(default, skip_serializing_if = "is_false")]
+    hw_slowdown: bool,
+    #[serde(default, skip_serializing_if = "is_false")]
+    brake: bool,
+    #[serde(default, skip_serializing_if = "is_false")]
+    cap: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    limit_w: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    default_w: Option<f64>,
+    /// The GPU is in an open thermal excursion.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub excursion: bool,
+    /// A CDU of its zone is in an open thermal excursion.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub facility: bool,
+    minute: MinuteTime,
+}
+
+fn floor_minute(ts: i64) -> i64 {
+    ts.div_euclid(MINUTE_MS) * MINUTE_MS
+}
+
+impl Tracker {
+    /// Takes one reading of the GPU at `ts` (any quantity: every reading
+    /// says the node reported); pushes the minutes it completes.
+    pub fn observe(
+        &mut self,
+        ts: i64,
+        q: Quantity,
+        v: f64,
+        stale_ms: i64,
+        sla: &SlaConfig,
+        out: &mut Vec<DeliveredMinute>,
+    ) {
+        if ts < self.last_ms {
+            return; // out of order: its time was already held
+        }
+        if self.last_ms == 0 {
+            // The GPU's first reading: its minute counts only from its start
+            // (a minute seen in part from the first reading on is not judged,
+            // as its energy is not booked either).
+            let start = floor_minute(ts);
+            self.minute = MinuteTime {
+                minute_ms: if start == ts {
+                    start
+                } else {
+                    start + MINUTE_MS
+                },
+                ..MinuteTime::default()
+            };
+        } else if ts > self.last_ms {
+            if ts - self.last_ms <= stale_ms {
+                self.hold(self.last_ms, ts, sla, out);
+            } else {
+                let (last_min, ts_min) = (floor_minute(self.last_ms), floor_minute(ts));
+                if ts_min > self.minute.minute_ms {
+                    self.finish(sla, out);
+                    let silent = (ts_min - last_min) / MINUTE_MS - 1;
+                    let first = ts_min - silent.min(UNKNOWN_GAP_MAX_MINUTES) * MINUTE_MS;
+                    let mut m = first.max(last_min + MINUTE_MS);
+                    while m < ts_min {
+                        out.push(DeliveredMinute {
+                            minute_ms: m,
+                            state: DeliveryState::Unknown,
+                            reason: "no_data",
+                            cause: "unknown",
+                        });
+                        m += MINUTE_MS;
+                    }
+                    self.minute = MinuteTime {
+                        minute_ms: ts_min,
+                        ..MinuteTime::default()
+                    };
+                }
+            }
+        }
+        self.last_ms = ts;
+        let on = v >= 0.5;
+        match q {
+            Quantity::GpuUp => self.down = !on,
+            Quantity::ThrottleHwThermalSlowdown => self.hw_thermal = on,
+            Quantity::ThrottleSwThermalSlowdown => self.sw_thermal = on,
+            Quantity::ThrottleHwSlowdown => self.hw_slowdown = on,
+            Quantity::ThrottleHwPowerBrakeSlowdown => self.brake = on,
+            Quantity::ThrottleSwPowerCap => self.cap = on,
+            Quantity::PowerLimitWatts => self.limit_w = Some(v),
+            Quantity::PowerDefaultLimitWatts => self.default_w = Some(v),
+            // Energy, power, utilization, …: the GPU answers NVML.
+            Quantity::PowerWatts | Quantity::EnergyJoules | Quantity::UtilizationRatio => {
+                self.down = false;
+            }
+            _ => {}
+        }
+    }
+
+    /// Capped below its default limit (both known).
+    fn capped(&self) -> bool {
+        self.cap && matches!((self.limit_w, self.default_w), (Some(l), Some(d)) if l < d - 0.5)
+    }
+
+    /// Holds the current gauges over `[from, to)`, completing minutes.
+    fn hold(&mut self, from: i64, to: i64, sla: &SlaConfig, out: &mut Vec<DeliveredMinute>) {
+        let thermal = self.hw_thermal || self.sw_thermal || (self.hw_slowdown && !self.brake);
+        let capped = self.capped();
+        let throttled = thermal || self.brake || capped || self.excursion;
+        let mut a = from;
+        while a < to {
+            let m = floor_minute(a);
+            if m < self.minute.minute_ms {
+                a = to.min(self.minute.minute_ms);
+                continue;
+            }
+            if m > self.minute.minute_ms {
+                self.finish(sla, out);
+                self.minute = MinuteTime {
+                    minute_ms: m,
+                    ..MinuteTime::default()
+                };
+            }
+            let b = to.min(m + MINUTE_MS);
+            let d = b - a;
+            let t = &mut self.minute;
+            t.covered += d;
+            if self.down {
+                t.down += d;
+            }
+            if thermal {
+                t.thermal += d;
+            }
+            if self.brake {
+                t.brake += d;
+            }
+            if capped {
+                t.cap += d;
+            }
+            if self.excursion {
+                t.excursion += d;
+            }
+            if throttled {
+                t.throttled += d;
+            }
+            if self.facility && (self.down || throttled) {
+                t.facility += d;
+            }
+            if b == m + MINUTE_MS {
+                // Held to its end: the minute is complete.
+                self.finish(sla, out);
+            }
+            a = b;
+        }
+    }
+
+    /// Judges the minute in progress if it has covered time.
+    fn finish(&mut self, sla: &SlaConfig, out: &mut Vec<DeliveredMinute>) {
+        let t = self.minute;
+        if t.covered <= 0 {
+            return;
+        }
+        out.push(judge(&t, sla));
+        self.minute.covered = 0;
+    }
+}
+
+fn judge(t: &MinuteTime, sla: &SlaConfig) -> DeliveredMinute {
+    let c = t.covered as f64;
+    let cause = if t.facility > 0 { "facility" } else { "gpu" };
+    if t.down > 0 && t.down as f64 > sla.down_share * c {
+        return DeliveredMinute {
+            minute_ms: t.minute_ms,
+            state: DeliveryState::Down,
+            reason: "gpu_down",
+            cause,
+        };
+    }
+    if t.excursion > 0 || t.throttled as f64 > sla.degraded_share * c {
+        // The throttle that held longest; an excursion alone when none did.
+        let mut reason = ("thermal", t.thermal);
+        for r in [
+            ("power_brake", t.brake),
+            ("power_cap", t.cap),
+            ("thermal_excursion", t.excursion),
+        ] {
+            if r.1 > reason.1 {
+                reason = r;
+            }
+        }
+        return DeliveredMinute {
+            minute_ms: t.minute_ms,
+            state: DeliveryState::Degraded,
+            reason: reason.0,
+            cause,
+        };
+    }
+    DeliveredMinute {
+        minute_ms: t.minute_ms,
+        state: DeliveryState::Available,
+        reason: "",
+        cause: "",
+    }
+}
+
+/// Tables: each tenant-minute's GPUs not available until it is booked
+/// (`delivery_open`), and once booked (`ledger_delivery`, keyed by the
+/// ledger row, append-only like the ledger).
+pub const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS delivery_open (
+    minute_ms INTEGER NOT NULL,
+    tenant TEXT NOT NULL,
+    uuid TEXT NOT NULL,
+    state TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    cause TEXT NOT NULL,
+    ms INTEGER NOT NULL,
+    PRIMARY KEY (minute_ms, tenant, uuid)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS ledger_delivery (
+    row_id INTEGER NOT NULL,
+    uuid TEXT NOT NULL,
+    state TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    cause TEXT NOT NULL,
+    ms INTEGER NOT NULL,
+    PRIMARY KEY (row_id, uuid)
+) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS ledger_delivery_no_update BEFORE UPDATE ON ledger_delivery
+BEGIN SELECT RAISE(ABORT, 'the ledger is append-only: delivery rows cannot be updated'); END;
+CREATE TRIGGER IF NOT EXISTS ledger_delivery_no_delete BEFORE DELETE ON ledger_delivery
+BEGIN SELECT RAISE(ABORT, 'the ledger is append-only: delivery rows cannot be deleted'); END;
+";
+
+/// Books judged GPU-minutes into the open table, split among their leases
+/// (tenants only: unleased time has no service level).
+pub fn attribute(
+    tx: &rusqlite::Transaction<'_>,
+    site: &Site,
+    minutes: &[(String, String, DeliveredMinute)],
+) -> Result<(), StoreError> {
+    for (uuid, node, d) in minutes {
+        for (owner, ms) in site
+            .leases
+            .split(node, uuid, d.minute_ms, d.minute_ms + MINUTE_MS)
+        {
+            if ms <= 0 || owner.starts_with('_') {
+                continue;
+            }
+            let col = d.state.column();
+            tx.prepare_cached(&format!(
+                "INSERT INTO tenant_open (minute_ms, tenant, it_joules, gpu_ms, {col}) VALUES (?1, ?2, 0, 0, ?3)
+                 ON CONFLICT (minute_ms, tenant) DO UPDATE SET {col} = COALESCE({col}, 0) + excluded.{col}"
+            ))?
+            .execute(params![d.minute_ms, owner, ms])?;
+            if d.state != DeliveryState::Available {
+                tx.prepare_cached(
+                    "INSERT INTO delivery_open (minute_ms, tenant, uuid, state, reason, cause, ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                     ON CONFLICT (minute_ms, tenant, uuid) DO UPDATE SET ms = ms + excluded.ms",
+                )?
+                .execute(params![
+                    d.minute_ms,
+                    owner,
+                    uuid,
+                    d.state.as_str(),
+                    d.reason,
+                    d.cause,
+                    ms
+                ])?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The open list of a tenant-minute's GPUs not available, sorted.
+pub fn open_entries(
+    tx: &rusqlite::Transaction<'_>,
+    minute_ms: i64,
+    tenant: &str,
+) -> Result<Vec<dcwatt_verify::row::DeliveryEntry>, StoreError> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT uuid, state, reason, cause, ms FROM delivery_open WHERE minute_ms = ?1 AND tenant = ?2",
+    )?;
+    let mut v: Vec<_> = stmt
+        .query_map(params![minute_ms, tenant], entry)?
+        .collect::<Result<_, _>>()?;
+    v.sort();
+    Ok(v)
+}
+
+fn entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<dcwatt_verify::row::DeliveryEntry> {
+    Ok(dcwatt_verify::row::DeliveryEntry {
+        uuid: r.get(0)?,
+        state: r.get(1)?,
+        reason: r.get(2)?,
+        cause: r.get(3)?,
+        ms: r.get(4)?,
+    })
+}
+
+/// Stores a booked row's list (in the booking transaction).
+pub fn book(
+    tx: &rusqlite::Transaction<'_>,
+    row_id: i64,
+    entries: &[dcwatt_verify::row::DeliveryEntry],
+) -> Result<(), StoreError> {
+    for e in entries {
+        tx.prepare_cached(
+            "INSERT INTO ledger_delivery (row_id, uuid, state, reason, cause, ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?
+        .execute(params![row_id, e.uuid, e.state, e.reason, e.cause, e.ms])?;
+    }
+    Ok(())
+}
+
+/// Drops the open lists of the minutes booked.
+pub fn close(tx: &rusqlite::Transaction<'_>, cutoff: i64) -> Result<(), StoreError> {
+    tx.execute(
+        "DELETE FROM delivery_open WHERE minute_ms <= ?1",
+        params![cutoff],
+    )?;
+    Ok(())
+}
+
+impl crate::store::Store {
+    /// A booked row's list of GPUs not available, sorted.
+    pub fn delivery_entries(
+        &self,
+        row_id: i64,
+    ) -> Result<Vec<dcwatt_verify::row::DeliveryEntry>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT uuid, state, reason, cause, ms FROM ledger_delivery WHERE row_id = ?1",
+        )?;
+        let mut v: Vec<_> = stmt
+            .query_map(params![row_id], entry)?
+            .collect::<Result<_, _>>()?;
+        v.sort();
+        Ok(v)
+    }
+}
+
+/// GPU-minutes not available, by cause.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ByCause {
+    /// Degraded GPU-minutes.
+    pub degraded_gpu_minutes: f64,
+    /// Down GPU-minutes.
+    pub down_gpu_minutes: f64,
+}
+
+/// Consecutive non-available minutes of GPUs with the same state, reason
+/// and cause, merged (GPUs whose stretches coincide share one incident).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Incident {
+    /// Start, Unix ms.
+    pub start_ms: i64,
+    /// End (exclusive), Unix ms.
+    pub end_ms: i64,
+    /// `degraded`, `down` or `unknown`.
+    pub state: String,
+    /// Why (see [`DeliveredMinute::reason`]).
+    pub reason: String,
+    /// `facility`, `gpu` or `unknown`.
+    pub cause: String,
+    /// The GPUs, by UUID.
+    pub gpus: Vec<String>,
+    /// Leased GPU-minutes it took.
+    pub gpu_minutes: f64,
+}
+
+/// (UUID, state, reason, cause) of a GPU's non-available minutes (the UUID
+/// left empty where GPUs are merged).
+type IncidentKind = (String, String, String, String);
+
+/// A tenant's GPU service levels over a statement's rows.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Service {
+    /// GPU-minutes leased and judged: the four states below added up.
+    pub leased_gpu_minutes: f64,
+    /// Up and reporting, not degraded.
+    pub available_gpu_minutes: f64,
+    /// Up but throttled, braked, capped or in a thermal excursion.
+    pub degraded_gpu_minutes: f64,
+    /// Down.
+    pub down_gpu_minutes: f64,
+    /// No data from the node: neither delivered nor down as far as anyone
+    /// can tell, left out of the ratios.
+    pub unknown_gpu_minutes: f64,
+    /// (available + degraded) / (leased − unknown): the GPU time delivered
+    /// of the time that was observed; `None` without observed time.
+    pub availability_ratio: Option<f64>,
+    /// available / (leased − unknown): delivered at full performance.
+    pub undegraded_ratio: Option<f64>,
+    /// The tenant's `availability_target`, if set.
+    pub availability_target: Option<f64>,
+    /// `availability_ratio >= availability_target`, where both are known.
+    pub target_met: Option<bool>,
+    /// Non-available GPU-minutes the facility caused (a CDU excursion in
+    /// the GPU's zone).
+    pub facility: ByCause,
+    /// Non-available GPU-minutes the GPU itself caused (as far as the data
+    /// tells).
+    pub gpu: ByCause,
+    /// The incidents, by start.
+    pub incidents: Vec<Incident>,
+}
+
+impl crate::store::Store {
+    /// The non-available GPUs of a tenant's rows of minutes in
+    /// `[from_ms, to_ms)`, by row id, each list sorted.
+    pub fn tenant_delivery_entries(
+        &self,
+        tenant: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<std::collections::BTreeMap<i64, Vec<dcwatt_verify::row::DeliveryEntry>>, StoreError>
+    {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT d.row_id, d.uuid, d.state, d.reason, d.cause, d.ms FROM ledger_delivery d
+             JOIN ledger l ON l.id = d.row_id
+             WHERE l.tenant = ?1 AND l.minute_ms >= ?2 AND l.minute_ms < ?3",
+        )?;
+        let mut out: std::collections::BTreeMap<i64, Vec<_>> = Default::default();
+        for r in stmt.query_map(params![tenant, from_ms, to_ms], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                dcwatt_verify::row::DeliveryEntry {
+                    uuid: r.get(1)?,
+                    state: r.get(2)?,
+                    reason: r.get(3)?,
+                    cause: r.get(4)?,
+                    ms: r.get(5)?,
+                },
+            ))
+        })? {
+            let (id, e) = r?;
+            out.entry(id).or_default().push(e);
+        }
+        for v in out.values_mut() {
+            v.sort();
+        }
+        Ok(out)
+    }
+}
+
+/// Fills the rows' lists of non-available GPUs (statements carry them, so
+/// a tenant can check each row's digest) and sums the tenant's service
+/// levels; `None` when no row has delivery data.
+pub fn service(
+    store: &crate::store::Store,
+    site: &Site,
+    tenant: &str,
+    from_ms: i64,
+    to_ms: i64,
+    rows: &mut [dcwatt_verify::row::Row],
+) -> Result<Option<Service>, StoreError> {
+    if rows.iter().all(|r| r.delivery.is_none()) {
+        return Ok(None);
+    }
+    let mut lists = store.tenant_delivery_entries(tenant, from_ms, to_ms)?;
+    let mut ms = [0i64; 4];
+    let (mut facility, mut gpu) = (ByCause::default(), ByCause::default());
+    // (uuid, state, reason, cause) -> minutes (with ms)
+    let mut runs: BTreeMap<IncidentKind, Vec<(i64, i64)>> = BTreeMap::new();
+    for r in rows.iter_mut() {
+        let Some(d) = r.delivery.as_mut() else {
+            continue;
+        };
+        for (a, b) in ms
+            .iter_mut()
+            .zip([d.available_ms, d.degraded_ms, d.down_ms, d.unknown_ms])
+        {
+            *a = a.saturating_add(b);
+        }
+        d.gpus = lists.remove(&r.id).unwrap_or_default();
+        for e in &d.gpus {
+            let by = match e.cause.as_str() {
+                "facility" => &mut facility,
+                "gpu" => &mut gpu,
+                _ => &mut ByCause::default(),
+            };
+            match e.state.as_str() {
+                "degraded" => by.degraded_gpu_minutes += e.ms as f64 / 60_000.0,
+                "down" => by.down_gpu_minutes += e.ms as f64 / 60_000.0,
+                _ => {}
+            }
+            runs.entry((
+                e.uuid.clone(),
+                e.state.clone(),
+                e.reason.clone(),
+                e.cause.clone(),
+            ))
+            .or_default()
+            .push((r.minute_ms, e.ms));
+        }
+    }
+    // Each GPU's consecutive minutes of one kind, then GPUs sharing a stretch.
+    let mut merged: BTreeMap<(i64, i64, IncidentKind), (Vec<String>, i64)> = BTreeMap::new();
+    for ((uuid, state, reason, cause), mut minutes) in runs {
+        minutes.sort_unstable();
+        let mut i = 0;
+        while i < minutes.len() {
+            let (start, mut total) = minutes[i];
+            let mut end = start + MINUTE_MS;
+            let mut j = i + 1;
+            while j < minutes.len() && minutes[j].0 <= end {
+                end = end.max(minutes[j].0 + MINUTE_MS);
+                total += minutes[j].1;
+                j += 1;
+            }
+            let kind = (String::new(), state.clone(), reason.clone(), cause.clone());
+            let entry = merged.entry((start, end, kind)).or_default();
+            entry.0.push(uuid.clone());
+            entry.1 += total;
+            i = j;
+        }
+    }
+    let incidents = merged
+        .into_iter()
+        .map(
+            |((start_ms, end_ms, (_, state, reason, cause)), (gpus, total))| Incident {
+                start_ms,
+                end_ms,
+                state,
+                reason,
+                cause,
+                gpus,
+                gpu_minutes: total as f64 / 60_000.0,
+            },
+        )
+        .collect();
+    let min = |v: i64| v as f64 / 60_000.0;
+    let [a, dg, dn, u] = ms;
+    let observed = a.saturating_add(dg).saturating_add(dn);
+    let ratio = |num: i64| (observed > 0).then(|| num as f64 / observed as f64);
+    let availability_ratio = ratio(a.saturating_add(dg));
+    let availability_target = site.availability_targets.get(tenant).copied();
+    Ok(Some(Service {
+        leased_gpu_minutes: min(observed.saturating_add(u)),
+        available_gpu_minutes: min(a),
+        degraded_gpu_minutes: min(dg),
+        down_gpu_minutes: min(dn),
+        unknown_gpu_minutes: min(u),
+        availability_ratio,
+        undegraded_ratio: ratio(a),
+        availability_target,
+        target_met: availability_ratio
+            .zip(availability_target)
+            .map(|(r, t)| r >= t),
+        facility,
+        gpu,
+        incidents,
+    }))
+}
+
+impl Service {
+    /// The service levels and incidents as CSV lines (appended to the
+    /// statement's CSV after a `# service` line).
+    pub fn to_csv(&self) -> String {
+        let opt = |v: Option<f64>| v.map(|x| x.to_string()).unwrap_or_default();
+        let mut out = String::from(
+            "# service
+state,gpu_minutes,facility_gpu_minutes,gpu_gpu_minutes
+",
+        );
+        out += &format!(
+            "leased,{},,
+",
+            self.leased_gpu_minutes
+        );
+        out += &format!(
+            "available,{},,
+",
+            self.available_gpu_minutes
+        );
+        out += &format!(
+            "degraded,{},{},{}
+",
+            self.degraded_gpu_minutes,
+            self.facility.degraded_gpu_minutes,
+            self.gpu.degraded_gpu_minutes
+        );
+        out += &format!(
+            "down,{},{},{}
+",
+            self.down_gpu_minutes, self.facility.down_gpu_minutes, self.gpu.down_gpu_minutes
+        );
+        out += &format!(
+            "unknown,{},,
+",
+            self.unknown_gpu_minutes
+        );
+        out += &format!(
+            "# availability_ratio {} undegraded_ratio {} availability_target {} target_met {}
+",
+            opt(self.availability_ratio),
+            opt(self.undegraded_ratio),
+            opt(self.availability_target),
+            self.target_met.map(|m| m.to_string()).unwrap_or_default()
+        );
+        out += "# incidents
+start_ms,end_ms,state,reason,cause,gpu_minutes,gpus
+";
+        for i in &self.incidents {
+            out += &format!(
+                "{},{},{},{},{},{},{}
+",
+                i.start_ms,
+                i.end_ms,
+                i.state,
+                i.reason,
+                i.cause,
+                i.gpu_minutes,
+                i.gpus.join(" ")
+            );
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(t: &mut Tracker, ticks: &[(i64, &[(Quantity, f64)])]) -> Vec<DeliveredMinute> {
+        let mut out = Vec::new();
+        for (ts, rs) in ticks {
+            for (q, v) in *rs {
+                t.observe(*ts, *q, *v, 30_000, &SlaConfig::default(), &mut out);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn minutes_are_judged_by_held_time() {
+        let mut t = Tracker::default();
+        let base = 1_800_000_000_000 / 60_000 * 60_000;
+        let mut ticks: Vec<(i64, Vec<(Quantity, f64)>)> = Vec::new();
+        // Minute 0 available, minute 1 throttled 20 s (degraded), minute 2
+        // throttled 5 s (available), minute 3 down 10 s (down), then silent
+        // for minutes 4..=6 (unknown), back in minute 7.
+        for s in (0..240).step_by(5) {
+            let ts = base + s * 1000;
+            let thermal = (80..100).contains(&s) || (120..125).contains(&s);
+            let down = (190..200).contains(&s);
+            ticks.push((
+                ts,
+                vec![
+                    (Quantity::GpuUp, if down { 0.0 } else { 1.0 }),
+                    (
+                        Quantity::ThrottleHwThermalSlowdown,
+                        if thermal { 1.0 } else { 0.0 },
+                    ),
+                ],
+            ));
+        }
+        ticks.push((base + 420_000, vec![(Quantity::GpuUp, 1.0)]));
+        ticks.push((base + 450_000, vec![(Quantity::GpuUp, 1.0)]));
+        ticks.push((base + 480_000, vec![(Quantity::GpuUp, 1.0)]));
+        let refs: Vec<(i64, &[(Quantity, f64)])> =
+            ticks.iter().map(|(t, v)| (*t, v.as_slice())).collect();
+        let out = run(&mut t, &refs);
+        let states: Vec<(i64, &str, &str)> = out
+            .iter()
+            .map(|d| ((d.minute_ms - base) / 60_000, d.state.as_str(), d.reason))
+            .collect();
+        assert_eq!(
+            states,
+            vec![
+                (0, "available", ""),
+                (1, "degraded", "thermal"),
+                (2, "available", ""),
+                (3, "down", "gpu_down"),
+                (4, "unknown", "no_data"),
+                (5, "unknown", "no_data"),
+                (6, "unknown", "no_data"),
+                (7, "available", ""),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_cap_counts_only_below_the_default_limit() {
+        let base = 1_800_000_000_000 / 60_000 * 60_000;
+        for (limit, want) in [(700.0, "available"), (500.0, "degraded")] {
+            let mut t = Tracker::default();
+            let mut ticks = Vec::new();
+            for s in (0..=60).step_by(5) {
+                ticks.push((
+                    base + s * 1000,
+                    vec![
+                        (Quantity::PowerDefaultLimitWatts, 700.0),
+                        (Quantity::PowerLimitWatts, limit),
+                        (Quantity::ThrottleSwPowerCap, 1.0),
+                    ],
+                ));
+            }
+            let refs: Vec<(i64, &[(Quantity, f64)])> =
+                ticks.iter().map(|(t, v)| (*t, v.as_slice())).collect();
+            let out = run(&mut t, &refs);
+            assert_eq!(out.len(), 1);
+            assert_eq!(out[0].state.as_str(), want, "limit {limit}");
+        }
+    }
+
+    #[test]
+    fn a_tracker_persisted_mid_minute_goes_on_the_same() {
+        let base = 1_800_000_000_000 / 60_000 * 60_000;
+        let steady: &[(Quantity, f64)] = &[
+            (Quantity::GpuUp, 1.0),
+            (Quantity::PowerLimitWatts, 700.0),
+            (Quantity::PowerDefaultLimitWatts, 700.0),
+            (Quantity::ThrottleSwPowerCap, 1.0),
+            (Quantity::ThrottleHwThermalSlowdown, 0.0),
+        ];
+        let hot: &[(Quantity, f64)] = &[(Quantity::ThrottleHwThermalSlowdown, 1.0)];
+        let first: Vec<(i64, &[(Quantity, f64)])> = (0..9)
+            .map(|k| (base + k * 5_000, if k > 4 { hot } else { steady }))
+            .collect();
+        let rest: Vec<(i64, &[(Quantity, f64)])> =
+            (9..30).map(|k| (base + k * 5_000, steady)).collect();
+        let mut t = Tracker::default();
+        run(&mut t, &first);
+        let json = serde_json::to_string(&t).unwrap();
+        // Small: it is written with the GPU's state at every batch.
+        assert!(json.len() < 200, "{} bytes: {json}", json.len());
+        let mut back: Tracker = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, t);
+        assert_eq!(run(&mut back, &rest), run(&mut t, &rest));
+    }
+
+    #[test]
+    fn bad_sla_keys_are_refused_by_name() {
+        let token = "0".repeat(64);
+        for (text, key) in [
+            ("[sla]\ndegraded_share = 1.5\n".to_owned(), "sla.degraded_share"),
+            ("[sla]\ndown_share = -1\n".to_owned(), "sla.down_share"),
+            (
+                format!("[[tenants]]\nid = \"lab-a\"\ntoken_sha256 = \"{token}\"\navailability_target = 1.2\n"),
+                "tenants[0].availability_target",
+            ),
+            (
+                format!("[[tenants]]\nid = \"lab-a\"\ntoken_sha256 = \"{token}\"\navailability_target = 0\n"),
+                "tenants[0].availability_target",
+            ),
+        ] {
+            let e = crate::config::Config::from_toml(&text)
+                .unwrap()
+                .build()
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
+        let ok = format!(
+            "[sla]\ndegraded_share = 0.2\n[[tenants]]\nid = \"lab-a\"\ntoken_sha256 = \"{token}\"\navailability_target = 0.995\n"
+        );
+        let site = crate::config::Config::from_toml(&ok)
+            .unwrap()
+            .build()
+            .unwrap();
+        assert_eq!(site.availability_targets.get("lab-a"), Some(&0.995));
+        assert_eq!(site.sla.degraded_share, 0.2);
+        // Unknown keys are refused too.
+        assert!(crate::config::Config::from_toml("[sla]\nshare = 0.2\n").is_err());
+    }
+
+    #[test]
+    fn shares_outside_0_1_are_refused() {
+        for bad in [-0.1, 1.0, f64::NAN] {
+            let c = SlaConfig {
+                degraded_share: bad,
+                down_share: 0.0,
+            };
+            assert_eq!(c.validate().unwrap_err().0, "degraded_share");
+        }
+    }
+}
