@@ -191,6 +191,9 @@ struct state {
     long long horizon_ms;
     /* `init_fail 1`: nvmlInit answers DRIVER_NOT_LOADED. */
     int init_fail;
+    /* `count_fail 1`: nvmlDeviceGetCount_v2 answers UNKNOWN (a driver that
+     * went away under a running agent: it re-initializes NVML). */
+    int count_fail;
     unsigned int count;
     struct gpu gpus[MAX_GPUS];
 };
@@ -532,6 +535,11 @@ static int parse_state(char *text, struct state *st) {
             if (parse_gpu(line + 4, st) != 0) return -1;
         } else if (strncmp(line, "set ", 4) == 0) {
             if (parse_set(line + 4, st) != 0) return -1;
+        } else if (strncmp(line, "count_fail ", 11) == 0) {
+            char *s = line + 11;
+            unsigned long long v;
+            if (parse_ull(&s, &v) != 0 || v > 1) return -1;
+            st->count_fail = (int)v;
         } else if (strncmp(line, "init_fail ", 10) == 0) {
             char *s = line + 10;
             unsigned long long v;
@@ -773,6 +781,10 @@ EXPORT nvmlReturn_t nvmlDeviceGetCount_v2(unsigned int *count) {
     if (count == NULL) return NVML_ERROR_INVALID_ARGUMENT;
     nvmlReturn_t ret = enter();
     if (ret != NVML_SUCCESS) return ret;
+    if (g_st->count_fail) {
+        leave();
+        return NVML_ERROR_UNKNOWN;
+    }
     *count = g_st->count;
     leave();
     return NVML_SUCCESS;
@@ -1506,6 +1518,20 @@ static void field_value(const struct gpu *g, nvmlFieldValue_t *v) {
         k = K_VIOLATION_THERMAL_NS;
         break;
     case NVML_FI_DEV_PCIE_REPLAY_COUNTER: k = K_PCIE_REPLAY; break;
+    /* Remapped rows, as nvmlDeviceGetRemappedRows answers them (supported
+     * where `remapped_corr` is set; the other keys default to 0). */
+    case NVML_FI_DEV_REMAPPED_COR:
+    case NVML_FI_DEV_REMAPPED_UNC:
+    case NVML_FI_DEV_REMAPPED_PENDING:
+    case NVML_FI_DEV_REMAPPED_FAILURE: {
+        static const enum key REMAP[4] = {K_REMAP_CORR, K_REMAP_UNC, K_REMAP_PENDING, K_REMAP_FAILURE};
+        enum key rk = REMAP[v->fieldId - NVML_FI_DEV_REMAPPED_COR];
+        supported = supported && g->has[K_REMAP_CORR] && !is_unsupported(g, "nvmlDeviceGetRemappedRows");
+        unsigned long long x = g->val[rk];
+        if (rk == K_REMAP_PENDING || rk == K_REMAP_FAILURE) x = x ? 1 : 0;
+        v->value.uiVal = clamp_u32(x);
+        break;
+    }
     case NVML_FI_DEV_NVLINK_LINK_COUNT: k = K_NVLINK_LINKS; break;
     /* NVLink error counters of Blackwell (the DL replay/recovery/CRC fields
      * 161-163 are "unsupported for Blackwell+" and answer NOT_SUPPORTED). */

@@ -405,6 +405,7 @@ impl Control {
             Ok(c) => c,
             Err(e) => {
                 // Re-initialize on the next tick: the driver may have been reloaded.
+                self.release_gpus(&nvml);
                 self.nvml = None;
                 self.xid = None;
                 return Collected::failed(format!("nvml device count: {e}"));
@@ -418,6 +419,18 @@ impl Control {
         }
         let reads = self.read_gpus(&nvml, count, deadline);
         self.assemble(count, reads)
+    }
+
+    /// Frees what the GPUs hold of `nvml` (GPM sample buffers) before it is
+    /// shut down. A GPU busy in a (hung) call is left alone.
+    fn release_gpus(&self, nvml: &Nvml) {
+        for state in &self.states {
+            match state.try_lock() {
+                Ok(mut s) => s.release(nvml),
+                Err(TryLockError::Poisoned(p)) => p.into_inner().release(nvml),
+                Err(TryLockError::WouldBlock) => {}
+            }
+        }
     }
 
     /// Reads every GPU that is free, on one reader thread, in index order
@@ -638,6 +651,9 @@ impl Drop for Control {
     fn drop(&mut self) {
         // Stop the XID thread before the library handle goes away.
         self.xid = None;
+        if let Some(nvml) = self.nvml.take() {
+            self.release_gpus(&nvml);
+        }
     }
 }
 
