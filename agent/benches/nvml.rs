@@ -137,6 +137,7 @@ fn main() {
     };
     let spec = NvmlSpec {
         library: NvmlLibrary::Path(LIB_PATH.into()),
+        ship_modules: true,
     };
     let source = match NvmlSource::start(spec, Duration::from_secs(1)) {
         Ok(s) => s,

@@ -24,7 +24,8 @@ fn minimal_config_gets_defaults() {
     assert_eq!(
         c.sources,
         vec![SourceSpec::Nvml(NvmlSpec {
-            library: NvmlLibrary::System
+            library: NvmlLibrary::System,
+            ship_modules: false,
         })]
     );
 }
@@ -65,7 +66,8 @@ timeout = "500ms"
     assert_eq!(
         c.sources[0],
         SourceSpec::Nvml(NvmlSpec {
-            library: NvmlLibrary::Path("/opt/libnvidia-ml.so.1".into())
+            library: NvmlLibrary::Path("/opt/libnvidia-ml.so.1".into()),
+            ship_modules: false,
         })
     );
     match &c.sources[1] {

@@ -831,7 +831,17 @@ impl GpuState {
             }
         }
         if let Some(g) = &self.gpm {
-            samples.extend(g.values.iter().map(|(fam, v)| Sample::plain(*fam, *v)));
+            for (fam, v) in &g.values {
+                samples.push(Sample::plain(*fam, *v));
+                let q = match fam {
+                    Fam::GpmSmActive => Quantity::SmActiveRatio,
+                    Fam::GpmSmOccupancy => Quantity::SmOccupancyRatio,
+                    Fam::GpmTensorActive => Quantity::TensorActiveRatio,
+                    _ => Quantity::DramActiveRatio,
+                };
+                // NVML's percent can round past 100: the wire's range is 0..=1.
+                push(q, v.clamp(0.0, 1.0));
+            }
         }
         if let Some(r) = fields.pcie_replays {
             samples.push(Sample::plain(Fam::PcieReplays, r));
