@@ -209,6 +209,30 @@ fn missing_required_key_is_named() {
 }
 
 #[test]
+fn ship_modules_is_an_nvml_key_off_by_default() {
+    let c = build("[[sources]]\ntype = \"nvml\"\nship_modules = true\n").unwrap();
+    assert_eq!(
+        c.sources,
+        vec![SourceSpec::Nvml(NvmlSpec {
+            library: NvmlLibrary::System,
+            ship_modules: true,
+        })]
+    );
+    let c = build("[[sources]]\ntype = \"nvml\"\n").unwrap();
+    assert!(matches!(&c.sources[0], SourceSpec::Nvml(n) if !n.ship_modules));
+    let err = build(
+        "[[sources]]\ntype = \"redfish\"\nmeter = \"m\"\nurl = \"http://h/\"\nship_modules = true\n",
+    )
+    .unwrap_err();
+    assert!(
+        err.contains("key `ship_modules` is not valid for type = \"redfish\""),
+        "{err}"
+    );
+    let err = build("[[sources]]\ntype = \"nvml\"\nship_modules = \"yes\"\n").unwrap_err();
+    assert!(err.contains("ship_modules"), "{err}");
+}
+
+#[test]
 fn source_type_errors_point_at_the_line() {
     let err = build(
         "[[sources]]\ntype = \"nvml\"\n[[sources]]\ntype = \"redfish\"\nmeter = \"m\"\nurl = \"http://h\"\ntimeout = 3\n",
