@@ -227,6 +227,9 @@ library = "{LIB_PATH}"
             num("pci/replay_counter", ""),
             &what("replays"),
         );
+        // No recovery action asked (the GB300 capture has no such element;
+        // the profile answers "None", 0, as the GB200 capture shows).
+        assert_eq!(s("dcwatt_gpu_recovery_action"), 0.0, "{}", what("recovery"));
         near(
             sl("dcwatt_gpu_remapped_rows_total", "cause", "correctable"),
             num("remapped_rows/remapped_row_corr", ""),

@@ -49,7 +49,11 @@ fn write(state: &std::path::Path, gpus: Vec<FakeGpu>) {
 /// Runs an agent with `extra` in its nvml source until the recorder has
 /// `ticks` batches after the first; returns them. `later`: a state written
 /// once the agent runs (XID events count from the agent's start).
-async fn ship(extra: &str, ticks: usize, later: Option<(&std::path::Path, Vec<FakeGpu>)>) -> Vec<Batch> {
+async fn ship(
+    extra: &str,
+    ticks: usize,
+    later: Option<(&std::path::Path, Vec<FakeGpu>)>,
+) -> Vec<Batch> {
     let seen: Seen = Arc::default();
     let addr = serve(
         Router::new()

@@ -112,6 +112,7 @@ enum key {
     K_GPM_TENSOR_ACTIVE,
     K_GPM_DRAM_ACTIVE,
     K_NVLINK_LINKS,
+    K_RECOVERY_ACTION,
     K_COUNT
 };
 static const char *const KEY_NAMES[K_COUNT] = {
@@ -123,7 +124,7 @@ static const char *const KEY_NAMES[K_COUNT] = {
     "mem_reserved_bytes", "tlimit_c", "tlimit_shutdown", "tlimit_slowdown", "tlimit_mem_max", "tlimit_gpu_max",
     "energy_skew_ppm", "pcie_replay", "remapped_corr", "remapped_unc", "remapped_pending", "remapped_failure",
     "gpm_sm_active_pct", "gpm_sm_occupancy_pct", "gpm_tensor_active_pct", "gpm_dram_active_pct",
-    "nvlink_links",
+    "nvlink_links", "recovery_action",
 };
 /* Keys whose value is signed (T.Limit offsets can be negative); stored as the
  * two's complement in `val`, read back with sval(). */
@@ -1518,6 +1519,7 @@ static void field_value(const struct gpu *g, nvmlFieldValue_t *v) {
         k = K_VIOLATION_THERMAL_NS;
         break;
     case NVML_FI_DEV_PCIE_REPLAY_COUNTER: k = K_PCIE_REPLAY; break;
+    case NVML_FI_DEV_GET_GPU_RECOVERY_ACTION: k = K_RECOVERY_ACTION; break;
     /* Remapped rows, as nvmlDeviceGetRemappedRows answers them (supported
      * where `remapped_corr` is set; the other keys default to 0). */
     case NVML_FI_DEV_REMAPPED_COR:

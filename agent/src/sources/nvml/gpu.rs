@@ -136,6 +136,11 @@ const NVLINK_FIELDS_PER_CALL: usize = 32;
 /// `NVML_FI_DEV_NVLINK_LINK_COUNT`.
 const FI_NVLINK_LINK_COUNT: u32 = 91;
 
+/// `NVML_FI_DEV_GET_GPU_RECOVERY_ACTION`: what NVML asks the operator to do
+/// (`nvmlDeviceGpuRecoveryAction_t`: 0 none, 1 GPU reset, 2 node reboot, 3
+/// drain P2P, 4 drain and reset, 5 recover the IMEX domain).
+const FI_RECOVERY_ACTION: u32 = 230;
+
 /// NVLink error counters, per link (`scopeId` = link): field id and the
 /// `counter` label. 161–163 are the pre-Blackwell data-link counters
 /// ("unsupported for Blackwell+" in the header), 208–221 Blackwell's.
@@ -406,6 +411,8 @@ struct Fields {
     pcie_replays: Option<f64>,
     /// Remapped rows: correctable, uncorrectable, pending, failure.
     remapped: [Option<f64>; 4],
+    /// `NVML_FI_DEV_GET_GPU_RECOVERY_ACTION`.
+    recovery_action: Option<f64>,
     tlimit: Vec<(&'static str, f64)>,
     nvlink_links: Option<f64>,
 }
@@ -846,6 +853,9 @@ impl GpuState {
         if let Some(r) = fields.pcie_replays {
             samples.push(Sample::plain(Fam::PcieReplays, r));
         }
+        if let Some(a) = fields.recovery_action {
+            samples.push(Sample::plain(Fam::RecoveryAction, a));
+        }
         if let [Some(corr), Some(unc), Some(pending), Some(failure)] = fields.remapped {
             samples.extend(remapped_samples(corr, unc, pending != 0.0, failure != 0.0));
         }
@@ -1282,6 +1292,7 @@ impl GpuState {
             (NVML_FI_DEV_PCIE_REPLAY_COUNTER, SCOPE_GPU),
         ];
         req.extend(REMAPPED_FIELDS.iter().map(|&f| (f, SCOPE_GPU)));
+        req.push((FI_RECOVERY_ACTION, SCOPE_GPU));
         if self.module_reader {
             req.push((NVML_FI_DEV_POWER_AVERAGE, SCOPE_MODULE));
             req.push((NVML_FI_DEV_POWER_INSTANT, SCOPE_MODULE));
@@ -1332,6 +1343,7 @@ impl GpuState {
                 (NVML_FI_DEV_ECC_DBE_AGG_TOTAL, _) => out.ecc_uncorrected = Some(v),
                 (NVML_FI_DEV_PCIE_REPLAY_COUNTER, _) => out.pcie_replays = Some(v),
                 (FI_NVLINK_LINK_COUNT, _) => out.nvlink_links = Some(v),
+                (FI_RECOVERY_ACTION, _) => out.recovery_action = Some(v),
                 (f, _) if REMAPPED_FIELDS.contains(&f) => {
                     if let Some(i) = REMAPPED_FIELDS.iter().position(|&r| r == f) {
                         out.remapped[i] = Some(v);
