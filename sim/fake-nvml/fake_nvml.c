@@ -31,7 +31,8 @@
  *   replays, remapped rows, GPM, NVLink counters, an error code for a GPU or
  *   for one call. A GPU without them answers as before (NOT_SUPPORTED for the
  *   readings it lacks). A global `init_fail 1` line makes nvmlInit answer
- *   DRIVER_NOT_LOADED.
+ *   DRIVER_NOT_LOADED; `count_fail 1` makes nvmlDeviceGetCount_v2 answer
+ *   UNKNOWN.
  * - Every type, constant and prototype comes from NVIDIA's nvml.h
  *   (include/, vendored unchanged); dcwattFakeLayout exports the header's
  *   struct layouts and dcwattFakeCallCount(s) the calls per symbol, for tests.

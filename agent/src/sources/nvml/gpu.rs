@@ -898,6 +898,7 @@ impl GpuState {
             let available = match task {
                 Task::Gpm => {
                     !self.unsupported.contains("gpm")
+                        && !self.unsupported.contains("gpm_metrics")
                         && self
                             .gpm
                             .as_ref()
