@@ -137,6 +137,7 @@ fn main() {
     };
     let spec = NvmlSpec {
         library: NvmlLibrary::Path(LIB_PATH.into()),
+        ship_modules: true,
     };
     let source = match NvmlSource::start(spec, Duration::from_secs(1)) {
         Ok(s) => s,
@@ -213,22 +214,57 @@ fn main() {
         "| peak RSS (process) | {:.1} MiB | | | |",
         rss_kib as f64 / 1024.0
     );
-    // Calls per GPU per steady-state tick, by symbol (the XID thread's waits
-    // are not per tick and are left out).
+    print_calls(
+        &format!("back to back, {ticks} ticks (GPM not due: its samples are 100 ms apart)"),
+        &calls,
+        ticks,
+    );
+
+    // The call table of ticks 100 ms apart (GPM due): what a node at a
+    // short interval makes.
+    let paced = 50;
+    if let Err(e) = dcwatt_fake_nvml::introspect::reset_call_counts() {
+        eprintln!("cannot reset the fake library's call counts: {e}");
+        std::process::exit(1);
+    }
+    for _ in 0..paced {
+        std::thread::sleep(Duration::from_millis(100));
+        let _ = rt.block_on(source.collect());
+    }
+    match dcwatt_fake_nvml::introspect::call_counts() {
+        Ok(c) => print_calls(&format!("ticks 100 ms apart, {paced} ticks"), &c, paced),
+        Err(e) => {
+            eprintln!("cannot read the fake library's call counts: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// Calls made once per node per tick, or by the XID thread: not per GPU.
+const NODE_CALLS: [&str; 2] = ["nvmlDeviceGetCount_v2", "nvmlEventSetWait_v2"];
+
+/// Prints NVML calls per GPU per tick, by symbol, and the node's calls apart.
+fn print_calls(what: &str, calls: &std::collections::BTreeMap<String, u64>, ticks: usize) {
     let per_tick = |n: u64| n as f64 / (n_ticks_gpus(ticks) as f64);
-    let tick_calls: Vec<(&String, &u64)> = calls
+    let gpu_calls: Vec<(&String, &u64)> = calls
         .iter()
-        .filter(|(name, n)| name.as_str() != "nvmlEventSetWait_v2" && **n > 0)
+        .filter(|(name, n)| !NODE_CALLS.contains(&name.as_str()) && **n > 0)
         .collect();
-    let total: u64 = tick_calls.iter().map(|(_, n)| **n).sum();
+    let total: u64 = gpu_calls.iter().map(|(_, n)| **n).sum();
     println!();
     println!(
-        "NVML calls per GPU per tick: {:.2} (over {ticks} ticks × 8 GPUs)",
-        per_tick(total)
+        "NVML calls per GPU per tick, {what}: {:.2} (budget {})",
+        per_tick(total),
+        dcwatt_agent::sources::nvml::gpu::CALL_BUDGET
     );
-    for (name, n) in tick_calls {
+    for (name, n) in gpu_calls {
         println!("  {name}: {:.2}", per_tick(*n));
     }
+    let node = calls.get("nvmlDeviceGetCount_v2").copied().unwrap_or(0);
+    println!(
+        "  per node per tick: nvmlDeviceGetCount_v2 {:.2}",
+        node as f64 / ticks.max(1) as f64
+    );
 }
 
 /// GPU-ticks in a run of `ticks` collections of the 8 GPUs.

@@ -78,6 +78,8 @@ pub const GPU_DRAM_ACTIVE_RATIO: &str = "dcwatt_gpu_dram_active_ratio";
 pub const GPU_NVLINK_ERRORS_TOTAL: &str = "dcwatt_gpu_nvlink_errors_total";
 /// PCIe replays (counter).
 pub const GPU_PCIE_REPLAYS_TOTAL: &str = "dcwatt_gpu_pcie_replays_total";
+/// The recovery action NVML asks for (0 none, 1 GPU reset, 2 node reboot, …).
+pub const GPU_RECOVERY_ACTION: &str = "dcwatt_gpu_recovery_action";
 /// Remapped memory rows, label [`CAUSE`] (counter).
 pub const GPU_REMAPPED_ROWS_TOTAL: &str = "dcwatt_gpu_remapped_rows_total";
 /// 1 while a row remapping waits for a GPU reset (gauge).

@@ -72,6 +72,7 @@ fn node() -> Vec<FakeGpu> {
     g0.violation_thermal_ns = Some(500_000_000);
     g0.pcie_gen = Some(5);
     g0.pcie_width = Some(16);
+    g0.recovery_action = Some(1); // NVML asks for a GPU reset
     g0.throttle_reasons = 0x4 | 0x40; // sw_power_cap, hw_thermal_slowdown
     g0.nvlink_links = Some(4);
     g0.nvlink_errors = vec![
@@ -378,6 +379,9 @@ library = "{LIB_PATH}"
     assert_eq!(must(&text, &sl(ecc, 0, "error", "uncorrected")), 1.0);
     assert_eq!(must(&text, &s("dcwatt_gpu_pcie_link_generation", 0)), 5.0);
     assert_eq!(must(&text, &s("dcwatt_gpu_pcie_link_width_lanes", 0)), 16.0);
+    assert_eq!(must(&text, &s("dcwatt_gpu_recovery_action", 0)), 1.0);
+    // A GPU whose driver lacks the field: absent, not 0.
+    assert_eq!(value(&text, &s("dcwatt_gpu_recovery_action", 2)), None);
     assert_eq!(must(&text, &s("dcwatt_gpu_utilization_ratio", 1)), 0.9);
     assert_eq!(must(&text, &s("dcwatt_gpu_memory_used_bytes", 2)), 100e9);
     assert_eq!(

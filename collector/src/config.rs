@@ -113,6 +113,9 @@ pub struct Config {
     /// `[pue]`: when a PUE over a period is exported.
     #[serde(default)]
     pub pue: PueConfig,
+    /// `[utilization]`: what counts as an idle GPU.
+    #[serde(default)]
+    pub utilization: UtilizationConfig,
     /// The operator: reads `/v1/summary`. Without it, `/v1/summary` is open
     /// (a lab setup; a warning is logged at start).
     pub operator: Option<OperatorConfig>,
@@ -495,6 +498,29 @@ fn default_max_uncertainty() -> f64 {
     0.001
 }
 
+/// `[utilization]`: GPU utilization aggregates and idle energy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UtilizationConfig {
+    /// A GPU whose SM activity (GPM, `sm_active_ratio`) is below this is
+    /// idle: its energy then counts as idle energy. A ratio, above 0 and at
+    /// most 1. Default 0.05 (5 %).
+    #[serde(default = "default_idle_sm_active_below")]
+    pub idle_sm_active_below: f64,
+}
+
+impl Default for UtilizationConfig {
+    fn default() -> Self {
+        UtilizationConfig {
+            idle_sm_active_below: default_idle_sm_active_below(),
+        }
+    }
+}
+
+fn default_idle_sm_active_below() -> f64 {
+    0.05
+}
+
 /// A meter as the collector uses it.
 #[derive(Debug, Clone)]
 pub struct Meter {
@@ -544,6 +570,8 @@ pub struct Site {
     pub pue_max_ratio: f64,
     /// See [`PueConfig::max_uncertainty`].
     pub pue_max_uncertainty: f64,
+    /// See [`UtilizationConfig::idle_sm_active_below`].
+    pub idle_sm_active_below: f64,
     /// See [`Config::carbon_intensity_kg_per_kwh`].
     pub carbon_intensity_kg_per_kwh: Option<f64>,
     /// See [`ReportConfig::reference_pue`].
@@ -781,6 +809,13 @@ impl Config {
             return Err(invalid(
                 "pue.max_uncertainty",
                 "must be 0 or more and below 1 (a share: 0.001 is 0.1 %)",
+            ));
+        }
+        let idle = self.utilization.idle_sm_active_below;
+        if !(idle.is_finite() && idle > 0.0 && idle <= 1.0) {
+            return Err(invalid(
+                "utilization.idle_sm_active_below",
+                "must be above 0 and at most 1 (a ratio: 0.05 is 5 % SM activity)",
             ));
         }
         let operator_token = match &self.operator {
@@ -1023,6 +1058,7 @@ impl Config {
             pue_it_floor_watts: self.pue_it_floor_watts,
             pue_max_ratio: self.pue_max_ratio,
             pue_max_uncertainty: self.pue.max_uncertainty,
+            idle_sm_active_below: self.utilization.idle_sm_active_below,
             carbon_intensity_kg_per_kwh: self.carbon_intensity_kg_per_kwh,
             reference_pue: self.report.reference_pue,
             config_sha256: self.source_sha256,
@@ -1224,6 +1260,10 @@ mod tests {
             ("[pue]\nmax_uncertainty = 1.5", &["pue.max_uncertainty"]),
             ("[pue]\nmax_uncertainty = nan", &["pue.max_uncertainty"]),
             ("[pue]\nmaximum = 1", &["maximum"]),
+            ("[utilization]\nidle_sm_active_below = 0.0", &["utilization.idle_sm_active_below"]),
+            ("[utilization]\nidle_sm_active_below = 1.5", &["utilization.idle_sm_active_below"]),
+            ("[utilization]\nidle_sm_active_below = nan", &["utilization.idle_sm_active_below"]),
+            ("[utilization]\nidle = 0.1", &["idle"]),
             ("carbon_intensity_kg_per_kwh = 40.0", &["carbon_intensity_kg_per_kwh"]),
             ("[report]\nreference_pue = [{ name = \"x\", pue = 0.9 }]", &["report.reference_pue[0].pue"]),
             ("[report]\nreference_pue = [{ name = \"x\", pue = 1.2 }, { name = \"\", pue = 1.2 }]", &["report.reference_pue[1].name"]),

@@ -390,57 +390,136 @@ pub fn render(
 
     let [in_excursion, cdus_in_excursion, excursions, tenant_excursions] =
         thermal_families(state, site);
+    let mut gpu_families = utilization_families(site, &figures.gpu_utilization);
     let tenant_utilization = tenant_utilization(state, site, figures.now_ms);
-    encode(vec![
-        tenant_utilization,
-        in_excursion,
-        cdus_in_excursion,
-        excursions,
-        tenant_excursions,
-        erf,
-        reff,
-        cue,
-        wue,
-        wue_lower,
-        wue_upper,
-        residual,
-        invalid,
-        unbooked,
-        tenant_energy,
-        tenant_seconds,
-        tenant_minutes,
-        tenant_month,
-        tenant_target,
-        unattributed,
-        unleased,
-        energy,
-        power,
-        pue,
-        pue_lower,
-        pue_upper,
-        pue_uncertainty,
-        instant,
-        coverage,
-        partial,
-        partial_lower,
-        partial_upper,
-        meter_energy,
-        meter_water,
-        water,
-        meter_resets,
-        meter_gaps,
-        meter_glitches,
-        meter_events,
-        meter_up,
-        gpu_power,
-        gpu_energy,
-        gpu_resets,
-        gpu_glitches,
-        last_seen,
-        batches,
-        readings,
-        ignored,
-    ])
+    encode(
+        vec![
+            tenant_utilization,
+            in_excursion,
+            cdus_in_excursion,
+            excursions,
+            tenant_excursions,
+            erf,
+            reff,
+            cue,
+            wue,
+            wue_lower,
+            wue_upper,
+            residual,
+            invalid,
+            unbooked,
+            tenant_energy,
+            tenant_seconds,
+            tenant_minutes,
+            tenant_month,
+            tenant_target,
+            unattributed,
+            unleased,
+            energy,
+            power,
+            pue,
+            pue_lower,
+            pue_upper,
+            pue_uncertainty,
+            instant,
+            coverage,
+            partial,
+            partial_lower,
+            partial_upper,
+            meter_energy,
+            meter_water,
+            water,
+            meter_resets,
+            meter_gaps,
+            meter_glitches,
+            meter_events,
+            meter_up,
+            gpu_power,
+            gpu_energy,
+            gpu_resets,
+            gpu_glitches,
+        ]
+        .into_iter()
+        .chain(gpu_families.drain(..))
+        .chain([last_seen, batches, readings, ignored])
+        .collect(),
+    )
+}
+
+/// Utilization means (live and 1h, per zone and site), idle energy and XID
+/// errors (counters, every configured zone at 0 from the start), modules.
+fn utilization_families(site: &Site, u: &crate::utilization::UtilizationFigures) -> Vec<Family> {
+    let mut zone_ratio = Family::gauge(
+        n::ZONE_GPUS_UTILIZATION_RATIO,
+        "GPU-time-weighted mean of each utilization kind in a zone: window live (fresh GPUs' latest values) or 1h.",
+    );
+    let mut site_ratio = Family::gauge(
+        n::GPUS_UTILIZATION_RATIO,
+        "GPU-time-weighted mean of each utilization kind over the site: window live (fresh GPUs' latest values) or 1h.",
+    );
+    let mut zone_idle = Family::counter(
+        n::ZONE_GPUS_IDLE_ENERGY_JOULES_TOTAL,
+        "GPU energy spent while SM activity was below [utilization] idle_sm_active_below, per zone, joules.",
+    );
+    let mut site_idle = Family::counter(
+        n::GPUS_IDLE_ENERGY_JOULES_TOTAL,
+        "GPU energy spent while SM activity was below [utilization] idle_sm_active_below, joules.",
+    );
+    let mut zone_xid = Family::counter(
+        n::ZONE_GPUS_XID_ERRORS_TOTAL,
+        "XID (critical error) events of the GPUs in a zone, every code.",
+    );
+    let mut site_xid = Family::counter(
+        n::GPUS_XID_ERRORS_TOTAL,
+        "XID (critical error) events of every GPU, every code.",
+    );
+    let mut module_power = Family::gauge(
+        n::MODULES_POWER_WATTS,
+        "Sum of the fresh superchip module power readings (GPUs, CPU, memory), watts.",
+    );
+    let mut module_energy = Family::counter(
+        n::MODULES_ENERGY_JOULES_TOTAL,
+        "Superchip modules' energy integrated by their agents from power (method integrated), joules.",
+    );
+    let empty = crate::utilization::ScopeFigures::default();
+    let mut zones: std::collections::BTreeSet<&str> =
+        site.zones.iter().map(String::as_str).collect();
+    zones.extend(u.zones.keys().map(String::as_str));
+    for zone in zones {
+        let z = u.zones.get(zone).unwrap_or(&empty);
+        for (kind, m) in &z.ratios {
+            for (window, v) in [("live", m.live), ("1h", m.hour)] {
+                if let Some(v) = v {
+                    zone_ratio.add(&[(n::ZONE, zone), (n::KIND, kind), (n::WINDOW, window)], v);
+                }
+            }
+        }
+        zone_idle.add(&[(n::ZONE, zone)], z.idle_energy_joules);
+        zone_xid.add(&[(n::ZONE, zone)], z.xid_errors);
+    }
+    for (kind, m) in &u.site.ratios {
+        for (window, v) in [("live", m.live), ("1h", m.hour)] {
+            if let Some(v) = v {
+                site_ratio.add(&[(n::KIND, kind), (n::WINDOW, window)], v);
+            }
+        }
+    }
+    site_idle.add(&[], u.site.idle_energy_joules);
+    site_xid.add(&[], u.site.xid_errors);
+    if let Some(w) = u.site.module_power_watts {
+        module_power.add(&[], w);
+    }
+    module_energy.add(&[], u.site.module_energy_joules);
+    vec![
+        zone_ratio,
+        site_ratio,
+        zone_idle,
+        site_idle,
+        zone_xid,
+        site_xid,
+        module_power,
+        module_energy,
+    ]
 }
 
 /// The thermal excursion families: every zone, kind and tenant present, 0 when none.

@@ -88,6 +88,9 @@ pub struct Figures {
     /// Metered nodes' energy beyond their GPUs that could not be booked to
     /// anyone, J (from the store, as last read).
     pub unbooked_node_joules: f64,
+    /// GPU utilization means, idle energy, XID errors and modules, per zone
+    /// and for the site ([`crate::utilization`]).
+    pub gpu_utilization: crate::utilization::UtilizationFigures,
 }
 
 fn required(m: &MeterState) -> bool {
@@ -157,6 +160,7 @@ pub fn compute(
         pue_instant,
         pue_live,
         windows,
+        gpu_utilization: crate::utilization::figures(state, site, now_ms),
     }
 }
 

@@ -167,8 +167,13 @@ pub fn validate(batch: &Batch, agent: &str, site: &Site, now_ms: i64) -> Result<
                 &format!("{} is outside the accepted range [{oldest}, {newest}] (collector clock {now_ms})", r.ts_ms),
             ));
         }
-        let (Entity::Gpu(id) | Entity::Meter(id) | Entity::Node(id)) = &r.entity;
-        check_id(id).map_err(|why| bad(format!("readings[{i}].entity"), why))?;
+        // An unknown entity kind (a newer agent) is not checked: it is
+        // ignored and counted when applied.
+        if let Entity::Gpu(id) | Entity::Meter(id) | Entity::Node(id) | Entity::Module(id) =
+            &r.entity
+        {
+            check_id(id).map_err(|why| bad(format!("readings[{i}].entity"), why))?;
+        }
         check_value(r.quantity, r.value)
             .map_err(|why| bad(format!("readings[{i}].value"), &why))?;
     }
@@ -225,7 +230,15 @@ fn check_value(q: Quantity, v: f64) -> Result<(), String> {
         }
         Quantity::EnergyJoules => (0.0, 1e18),
         Quantity::TemperatureCelsius | Quantity::MemoryTemperatureCelsius => (-100.0, 250.0),
-        Quantity::UtilizationRatio | Quantity::MemoryUtilizationRatio => (0.0, 1.0),
+        Quantity::UtilizationRatio
+        | Quantity::MemoryUtilizationRatio
+        | Quantity::SmActiveRatio
+        | Quantity::SmOccupancyRatio
+        | Quantity::TensorActiveRatio
+        | Quantity::DramActiveRatio => (0.0, 1.0),
+        // Counters: a decrease is a reset, applied as such.
+        Quantity::XidErrorsTotal => (0.0, 1e12),
+        Quantity::IntegratedEnergyJoules => (0.0, 1e18),
         Quantity::MemoryUsedBytes | Quantity::MemoryTotalBytes => (0.0, 1e15),
         Quantity::GpuUp
         | Quantity::ThrottleSwPowerCap

@@ -20,6 +20,7 @@
 //!   [`efficiency_html`]: the same as one self-contained page.
 //! - [`pue`]: PUE and its ISO/IEC 30134-2 category, as pure functions.
 //! - [`figures`]: the derived figures at one instant, shared by `/metrics` and the summary.
+//! - [`utilization`]: GPU utilization aggregates, idle energy, XID counts, modules.
 //! - [`export`]: the Prometheus exposition; [`names`]: every metric name.
 //! - [`api`]: the HTTP routes.
 //! - [`run`]: serves a router on a bound listener until `shutdown` resolves.
@@ -44,6 +45,7 @@ pub mod store;
 pub mod tenants;
 pub mod thermal;
 pub mod transparency;
+pub mod utilization;
 pub mod windows;
 
 use std::future::Future;

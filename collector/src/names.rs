@@ -127,6 +127,22 @@ pub const THERMAL_EXCURSIONS_TOTAL: &str = "dcwatt_thermal_excursions_total";
 pub const TENANT_THERMAL_EXCURSIONS_TOTAL: &str = "dcwatt_tenant_thermal_excursions_total";
 /// Label: what went out of range.
 pub const KIND: &str = "kind";
+/// GPU-time-weighted mean utilization of every kind, per zone and window.
+pub const ZONE_GPUS_UTILIZATION_RATIO: &str = "dcwatt_zone_gpus_utilization_ratio";
+/// The same for the whole site.
+pub const GPUS_UTILIZATION_RATIO: &str = "dcwatt_gpus_utilization_ratio";
+/// GPU energy spent while SM activity was below the idle threshold, per zone, J.
+pub const ZONE_GPUS_IDLE_ENERGY_JOULES_TOTAL: &str = "dcwatt_zone_gpus_idle_energy_joules_total";
+/// The same for the whole site.
+pub const GPUS_IDLE_ENERGY_JOULES_TOTAL: &str = "dcwatt_gpus_idle_energy_joules_total";
+/// XID errors of the GPUs, per zone.
+pub const ZONE_GPUS_XID_ERRORS_TOTAL: &str = "dcwatt_zone_gpus_xid_errors_total";
+/// The same for the whole site.
+pub const GPUS_XID_ERRORS_TOTAL: &str = "dcwatt_gpus_xid_errors_total";
+/// Power of the fresh superchip modules, W.
+pub const MODULES_POWER_WATTS: &str = "dcwatt_modules_power_watts";
+/// Superchip modules' energy, integrated by their agents, J.
+pub const MODULES_ENERGY_JOULES_TOTAL: &str = "dcwatt_modules_energy_joules_total";
 /// Mean utilization of the GPUs a tenant leases now (fresh readings only).
 pub const TENANT_GPU_UTILIZATION_RATIO: &str = "dcwatt_tenant_gpu_utilization_ratio";
 

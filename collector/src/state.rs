@@ -20,6 +20,7 @@ use crate::energy::{
 };
 use crate::figures::LIVE_WINDOW_MS;
 use crate::thermal::{self, Coolant, Excursion, GpuThermals, Kind, Transition};
+use crate::utilization::{self as util, Aggregates, GpuUtil, ModuleState};
 
 /// What a meter has counted: the part of its state that is persisted.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -195,6 +196,10 @@ pub struct GpuState {
     /// Its delivery gauges and minute in progress (GPU service levels).
     #[serde(default, skip_serializing_if = "is_default")]
     pub delivery: crate::delivery::Tracker,
+    /// Latest utilization of every kind, idle energy, XID count
+    /// ([`crate::utilization`]).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub util: GpuUtil,
 }
 
 impl GpuState {
@@ -273,6 +278,8 @@ pub enum Ignored {
     Glitch,
     /// Energy or power of a `water` meter, or a water volume of any other meter.
     NotForRole,
+    /// An entity kind this collector does not know (sent by a newer agent).
+    UnknownEntity,
 }
 
 impl Ignored {
@@ -285,6 +292,7 @@ impl Ignored {
             Ignored::UnusedEntity => "unused_entity",
             Ignored::Glitch => "glitch",
             Ignored::NotForRole => "not_for_role",
+            Ignored::UnknownEntity => "unknown_entity",
         }
     }
 }
@@ -343,6 +351,10 @@ pub struct State {
     /// GPUs per owning agent (kept as GPUs are first claimed, recounted on
     /// load), so the per-agent GPU cap is checked without scanning every GPU.
     agent_gpus: HashMap<String, usize>,
+    /// GPU-time-weighted utilization per zone, the last hour (in memory).
+    pub utilization: Aggregates,
+    /// Superchip modules by (node, module id) (in memory).
+    pub modules: BTreeMap<(String, String), ModuleState>,
 }
 
 impl State {
@@ -502,7 +514,30 @@ impl State {
         let mut coolant_meters = BTreeSet::new();
         for r in &batch.readings {
             let outcome = match (&r.entity, r.quantity) {
+                (Entity::Other(_), _) => Err(Ignored::UnknownEntity),
                 (_, Quantity::Other) => Err(Ignored::UnknownQuantity),
+                (Entity::Module(id), q) => {
+                    let m = self
+                        .modules
+                        .entry((batch.node.clone(), id.clone()))
+                        .or_default();
+                    m.agent.clone_from(&batch.agent);
+                    match q {
+                        Quantity::PowerWatts => {
+                            if m.power.is_some_and(|(t, _)| t > r.ts_ms) {
+                                Err(Ignored::OutOfOrder)
+                            } else {
+                                m.power = Some((r.ts_ms, r.value));
+                                Ok(())
+                            }
+                        }
+                        Quantity::IntegratedEnergyJoules => {
+                            m.energy(r.value);
+                            Ok(())
+                        }
+                        _ => Err(Ignored::UnusedEntity),
+                    }
+                }
                 (Entity::Meter(id), q) => {
                     let out = self.apply_meter(id, q, r.ts_ms, r.value, site, &mut changes);
                     if out.is_ok() && coolant_quantity(q) {
@@ -519,10 +554,12 @@ impl State {
                         q,
                         r.ts_ms,
                         r.value,
-                        stale,
+                        site,
                         &mut changes,
                     );
                     if out.is_ok() {
+                        let zone = util::zone_of(site, &batch.agent);
+                        self.apply_gpu_util(uuid, zone, q, r.ts_ms, r.value, stale);
                         changes.gpus.insert(uuid.clone());
                     }
                     if out != Err(Ignored::OutOfOrder) {
@@ -727,9 +764,10 @@ impl State {
         q: Quantity,
         ts: i64,
         v: f64,
-        stale_ms: i64,
+        site: &Site,
         changes: &mut Changes,
     ) -> Result<(), Ignored> {
+        let (stale_ms, idle_below) = (site.stale_after_ms, site.idle_sm_active_below);
         let g = match self.gpus.get_mut(uuid) {
             Some(g) => g,
             None => self.gpus.entry(uuid.to_owned()).or_default(),
@@ -803,11 +841,17 @@ impl State {
                 }
                 CounterStep::Delta(s) => {
                     g.energy_joules += s.joules;
+                    if g.util.idle_at(s.to_ms, stale_ms, idle_below) {
+                        g.util.idle_joules += s.joules;
+                    }
                     s.to_ms - s.from_ms <= stale_ms
                 }
                 CounterStep::Reset(s) => {
                     g.resets += 1;
                     g.energy_joules += s.joules;
+                    if g.util.idle_at(s.to_ms, stale_ms, idle_below) {
+                        g.util.idle_joules += s.joules;
+                    }
                     false
                 }
                 CounterStep::OutOfOrder => return Err(Ignored::OutOfOrder),
@@ -830,6 +874,40 @@ impl State {
 /// of an excursion is not counted against a GPU's service level).
 fn in_excursion(e: &thermal::Episode) -> bool {
     e.open_ms.is_some() && e.clearing_ms.is_none()
+}
+
+impl State {
+    /// A GPU's utilization reading (into the zone's time-weighted means: its
+    /// span is the time since the GPU's previous reading of that kind, up to
+    /// `stale_ms`) or XID counter.
+    fn apply_gpu_util(
+        &mut self,
+        uuid: &str,
+        zone: &str,
+        q: Quantity,
+        ts: i64,
+        v: f64,
+        stale_ms: i64,
+    ) {
+        let Some(g) = self.gpus.get_mut(uuid) else {
+            return;
+        };
+        if q == Quantity::XidErrorsTotal {
+            g.util.xid(v);
+            return;
+        }
+        let Some(kind) = util::Kind::of(q) else {
+            return;
+        };
+        let prev = g.util.last.get(&kind).map(|(t, _)| *t);
+        if prev.is_some_and(|t| t > ts) {
+            return; // out of order: the later value stays
+        }
+        g.util.last.insert(kind, (ts, v));
+        if let Some(t) = prev.filter(|t| ts - t <= stale_ms) {
+            self.utilization.add(zone, kind, ts, ts - t, v);
+        }
+    }
 }
 
 fn coolant_quantity(q: Quantity) -> bool {

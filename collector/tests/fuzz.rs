@@ -204,7 +204,7 @@ proptest! {
             // Every accepted value is finite and every id plain.
             for r in &b.readings {
                 prop_assert!(r.value.is_finite());
-                let (Entity::Gpu(i) | Entity::Meter(i) | Entity::Node(i)) = &r.entity;
+                let (_, i) = r.entity.parts();
                 prop_assert!(i.bytes().all(|c| c.is_ascii_alphanumeric() || b"-_.:".contains(&c)));
             }
             prop_assert_eq!(&b.agent, "a");

@@ -47,7 +47,31 @@ fn batch(seq: u64, ts: i64, k: f64) -> Batch {
             ),
             gpu(Quantity::PowerWatts, 1_000.0),
             gpu(Quantity::TemperatureCelsius, 70.0),
+            // Idle by SM activity (below 5 %) while NVML calls it half busy.
+            gpu(Quantity::UtilizationRatio, 0.5),
+            gpu(Quantity::SmActiveRatio, 0.02),
+            gpu(Quantity::TensorActiveRatio, 0.0),
+            gpu(Quantity::XidErrorsTotal, 2.0),
             gpu(Quantity::EnergyJoules, 5.0e6 + k * 1_000.0),
+            Reading {
+                ts_ms: ts,
+                entity: Entity::Module("sn-1".into()),
+                quantity: Quantity::PowerWatts,
+                value: 1_400.0,
+            },
+            Reading {
+                ts_ms: ts,
+                entity: Entity::Module("sn-1".into()),
+                quantity: Quantity::IntegratedEnergyJoules,
+                value: k * 1_400.0,
+            },
+            // An entity kind of a later version: ignored, counted.
+            Reading {
+                ts_ms: ts,
+                entity: Entity::Other("rack".into()),
+                quantity: Quantity::PowerWatts,
+                value: 1.0,
+            },
         ],
     }
 }
@@ -132,6 +156,14 @@ fn metrics_match_golden() {
         "dcwatt_water_cubic_meters_total{zone=\"hall-1\"} 0.3515625\n",
         "dcwatt_meter_water_cubic_meters_total{meter=\"water-1\",role=\"water\",zone=\"hall-1\"} 0.3515625\n",
         "dcwatt_wue_litres_per_kilowatt_hour{window=\"5m\"} 175.78125\n",
+        // Every GPU joule after the first reading was spent below 5 % SM activity.
+        "dcwatt_zone_gpus_idle_energy_joules_total{zone=\"default\"} 360000\n",
+        "dcwatt_gpus_idle_energy_joules_total 360000\n",
+        "dcwatt_gpus_utilization_ratio{kind=\"sm_active\",window=\"1h\"} 0.02\n",
+        "dcwatt_gpus_utilization_ratio{kind=\"utilization\",window=\"1h\"} 0.5\n",
+        "dcwatt_zone_gpus_xid_errors_total{zone=\"default\"} 2\n",
+        "dcwatt_modules_energy_joules_total 504000\n",
+        "dcwatt_ingest_ignored_readings_total{reason=\"unknown_entity\"} 361\n",
     ] {
         assert!(text.contains(line), "missing {line}");
     }

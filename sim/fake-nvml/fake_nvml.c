@@ -31,7 +31,8 @@
  *   replays, remapped rows, GPM, NVLink counters, an error code for a GPU or
  *   for one call. A GPU without them answers as before (NOT_SUPPORTED for the
  *   readings it lacks). A global `init_fail 1` line makes nvmlInit answer
- *   DRIVER_NOT_LOADED.
+ *   DRIVER_NOT_LOADED; `count_fail 1` makes nvmlDeviceGetCount_v2 answer
+ *   UNKNOWN.
  * - Every type, constant and prototype comes from NVIDIA's nvml.h
  *   (include/, vendored unchanged); dcwattFakeLayout exports the header's
  *   struct layouts and dcwattFakeCallCount(s) the calls per symbol, for tests.
@@ -112,6 +113,7 @@ enum key {
     K_GPM_TENSOR_ACTIVE,
     K_GPM_DRAM_ACTIVE,
     K_NVLINK_LINKS,
+    K_RECOVERY_ACTION,
     K_COUNT
 };
 static const char *const KEY_NAMES[K_COUNT] = {
@@ -123,7 +125,7 @@ static const char *const KEY_NAMES[K_COUNT] = {
     "mem_reserved_bytes", "tlimit_c", "tlimit_shutdown", "tlimit_slowdown", "tlimit_mem_max", "tlimit_gpu_max",
     "energy_skew_ppm", "pcie_replay", "remapped_corr", "remapped_unc", "remapped_pending", "remapped_failure",
     "gpm_sm_active_pct", "gpm_sm_occupancy_pct", "gpm_tensor_active_pct", "gpm_dram_active_pct",
-    "nvlink_links",
+    "nvlink_links", "recovery_action",
 };
 /* Keys whose value is signed (T.Limit offsets can be negative); stored as the
  * two's complement in `val`, read back with sval(). */
@@ -191,6 +193,9 @@ struct state {
     long long horizon_ms;
     /* `init_fail 1`: nvmlInit answers DRIVER_NOT_LOADED. */
     int init_fail;
+    /* `count_fail 1`: nvmlDeviceGetCount_v2 answers UNKNOWN (a driver that
+     * went away under a running agent: it re-initializes NVML). */
+    int count_fail;
     unsigned int count;
     struct gpu gpus[MAX_GPUS];
 };
@@ -532,6 +537,11 @@ static int parse_state(char *text, struct state *st) {
             if (parse_gpu(line + 4, st) != 0) return -1;
         } else if (strncmp(line, "set ", 4) == 0) {
             if (parse_set(line + 4, st) != 0) return -1;
+        } else if (strncmp(line, "count_fail ", 11) == 0) {
+            char *s = line + 11;
+            unsigned long long v;
+            if (parse_ull(&s, &v) != 0 || v > 1) return -1;
+            st->count_fail = (int)v;
         } else if (strncmp(line, "init_fail ", 10) == 0) {
             char *s = line + 10;
             unsigned long long v;
@@ -773,6 +783,10 @@ EXPORT nvmlReturn_t nvmlDeviceGetCount_v2(unsigned int *count) {
     if (count == NULL) return NVML_ERROR_INVALID_ARGUMENT;
     nvmlReturn_t ret = enter();
     if (ret != NVML_SUCCESS) return ret;
+    if (g_st->count_fail) {
+        leave();
+        return NVML_ERROR_UNKNOWN;
+    }
     *count = g_st->count;
     leave();
     return NVML_SUCCESS;
@@ -1506,6 +1520,21 @@ static void field_value(const struct gpu *g, nvmlFieldValue_t *v) {
         k = K_VIOLATION_THERMAL_NS;
         break;
     case NVML_FI_DEV_PCIE_REPLAY_COUNTER: k = K_PCIE_REPLAY; break;
+    case NVML_FI_DEV_GET_GPU_RECOVERY_ACTION: k = K_RECOVERY_ACTION; break;
+    /* Remapped rows, as nvmlDeviceGetRemappedRows answers them (supported
+     * where `remapped_corr` is set; the other keys default to 0). */
+    case NVML_FI_DEV_REMAPPED_COR:
+    case NVML_FI_DEV_REMAPPED_UNC:
+    case NVML_FI_DEV_REMAPPED_PENDING:
+    case NVML_FI_DEV_REMAPPED_FAILURE: {
+        static const enum key REMAP[4] = {K_REMAP_CORR, K_REMAP_UNC, K_REMAP_PENDING, K_REMAP_FAILURE};
+        enum key rk = REMAP[v->fieldId - NVML_FI_DEV_REMAPPED_COR];
+        supported = supported && g->has[K_REMAP_CORR] && !is_unsupported(g, "nvmlDeviceGetRemappedRows");
+        unsigned long long x = g->val[rk];
+        if (rk == K_REMAP_PENDING || rk == K_REMAP_FAILURE) x = x ? 1 : 0;
+        v->value.uiVal = clamp_u32(x);
+        break;
+    }
     case NVML_FI_DEV_NVLINK_LINK_COUNT: k = K_NVLINK_LINKS; break;
     /* NVLink error counters of Blackwell (the DL replay/recovery/CRC fields
      * 161-163 are "unsupported for Blackwell+" and answer NOT_SUPPORTED). */

@@ -77,8 +77,14 @@ pub struct Reading {
 }
 
 /// What a reading is about. Serialized as a one-key object: `{"gpu": "GPU-…"}`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+///
+/// Decoding is forward compatible: an object whose one key this version does
+/// not know (an entity kind added later) decodes as [`Entity::Other`] with
+/// that key, so that a collector ignores (and counts) such readings instead
+/// of refusing the whole batch. Collectors before this catch-all refuse a
+/// batch with an unknown entity: agents send [`Entity::Module`] only when
+/// told to (see `docs/operations.md`, rollout order).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Entity {
     /// A GPU, by NVML UUID.
     Gpu(String),
@@ -86,6 +92,77 @@ pub enum Entity {
     Meter(String),
     /// A node, by name.
     Node(String),
+    /// A superchip module (Grace-Blackwell: one Grace CPU, two GPUs, LPDDR),
+    /// by the agent's module id (`sn-<board serial>`, `pci-<domain>`), unique
+    /// within its node.
+    Module(String),
+    /// An entity kind this version does not know, by its key: decoded, never
+    /// applied. Encodes as `{"<key>": null}`.
+    Other(String),
+}
+
+impl Entity {
+    /// The key it is encoded under, and its id (empty for [`Entity::Other`]).
+    pub fn parts(&self) -> (&str, &str) {
+        match self {
+            Entity::Gpu(id) => ("gpu", id),
+            Entity::Meter(id) => ("meter", id),
+            Entity::Node(id) => ("node", id),
+            Entity::Module(id) => ("module", id),
+            Entity::Other(key) => (key, ""),
+        }
+    }
+}
+
+impl Serialize for Entity {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(1))?;
+        match self {
+            Entity::Other(key) => map.serialize_entry(key, &())?,
+            e => {
+                let (key, id) = e.parts();
+                map.serialize_entry(key, id)?;
+            }
+        }
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Entity {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Entity;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object with one key: gpu, meter, node or module")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Entity, A::Error> {
+                use serde::de::Error;
+                let Some(key) = map.next_key::<String>()? else {
+                    return Err(A::Error::invalid_length(0, &self));
+                };
+                let entity = match key.as_str() {
+                    "gpu" => Entity::Gpu(map.next_value()?),
+                    "meter" => Entity::Meter(map.next_value()?),
+                    "node" => Entity::Node(map.next_value()?),
+                    "module" => Entity::Module(map.next_value()?),
+                    _ => {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                        Entity::Other(key)
+                    }
+                };
+                if map.next_key::<String>()?.is_some() {
+                    return Err(A::Error::invalid_length(2, &self));
+                }
+                Ok(entity)
+            }
+        }
+        d.deserialize_map(Visit)
+    }
 }
 
 /// The kind of a reading's value; the name carries the unit.
@@ -147,6 +224,24 @@ pub enum Quantity {
     /// The GPU's default power limit, watts (what a power cap below it is
     /// judged against: a GPU capped below its default delivers less).
     PowerDefaultLimitWatts,
+    /// GPM: the share of SMs busy over the agent's sample window, 0..=1
+    /// (`NVML_GPM_METRIC_SM_UTIL`).
+    SmActiveRatio,
+    /// GPM: active warps against the SMs' maximum, 0..=1 (`…_SM_OCCUPANCY`).
+    SmOccupancyRatio,
+    /// GPM: the share of time any tensor pipe was busy, 0..=1 (`…_ANY_TENSOR_UTIL`).
+    TensorActiveRatio,
+    /// GPM: DRAM bandwidth used against the maximum, 0..=1 (`…_DRAM_BW_UTIL`).
+    DramActiveRatio,
+    /// A counter of the GPU's XID (critical error) events seen by the agent,
+    /// every XID code together, since the agent started: it never decreases
+    /// while the agent runs, and restarts from 0 with the agent (a decrease is
+    /// a reset, the new value the count since it).
+    XidErrorsTotal,
+    /// Energy the agent integrated from power readings (not a device
+    /// counter), joules since the agent started: a module's energy
+    /// (`Entity::Module`). A decrease is a reset (agent restart).
+    IntegratedEnergyJoules,
     /// A quantity this version does not know (sent by a newer agent): kept
     /// decodable so that one new quantity does not reject a whole batch.
     #[serde(other)]
@@ -215,6 +310,44 @@ mod tests {
         let json = r#"{"ts_ms":1,"entity":{"meter":"m"},"quantity":"flux_capacitance","value":1}"#;
         let r: Reading = serde_json::from_str(json).unwrap();
         assert_eq!(r.quantity, Quantity::Other);
+    }
+
+    #[test]
+    fn entities_encode_as_before_and_unknown_kinds_decode_as_other() {
+        for (e, json) in [
+            (Entity::Gpu("GPU-1".into()), r#"{"gpu":"GPU-1"}"#),
+            (Entity::Meter("m".into()), r#"{"meter":"m"}"#),
+            (Entity::Node("n".into()), r#"{"node":"n"}"#),
+            (Entity::Module("sn-1".into()), r#"{"module":"sn-1"}"#),
+        ] {
+            assert_eq!(serde_json::to_string(&e).unwrap(), json);
+            assert_eq!(serde_json::from_str::<Entity>(json).unwrap(), e);
+        }
+        let json = r#"{"ts_ms":1,"entity":{"rack":{"id":7}},"quantity":"power_watts","value":1}"#;
+        let r: Reading = serde_json::from_str(json).unwrap();
+        assert_eq!(r.entity, Entity::Other("rack".into()));
+        for bad in [
+            r#"{}"#,
+            r#"{"gpu":"a","meter":"b"}"#,
+            r#"{"gpu":7}"#,
+            r#""gpu""#,
+        ] {
+            assert!(serde_json::from_str::<Entity>(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn new_quantities_are_snake_case() {
+        for (q, name) in [
+            (Quantity::SmActiveRatio, "sm_active_ratio"),
+            (Quantity::SmOccupancyRatio, "sm_occupancy_ratio"),
+            (Quantity::TensorActiveRatio, "tensor_active_ratio"),
+            (Quantity::DramActiveRatio, "dram_active_ratio"),
+            (Quantity::XidErrorsTotal, "xid_errors_total"),
+            (Quantity::IntegratedEnergyJoules, "integrated_energy_joules"),
+        ] {
+            assert_eq!(serde_json::to_string(&q).unwrap(), format!("\"{name}\""));
+        }
     }
 
     #[test]

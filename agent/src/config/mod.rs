@@ -101,6 +101,10 @@ pub enum SourceConfig {
 pub struct NvmlConfig {
     /// Path of `libnvidia-ml.so.1` to load. Default: the system's (`libnvidia-ml.so`).
     pub library: Option<PathBuf>,
+    /// Ship each superchip module's power and integrated energy to the
+    /// collectors (`Entity::Module`). Default false: collectors before the
+    /// entity catch-all refuse such batches (`docs/operations.md`).
+    pub ship_modules: bool,
 }
 
 /// `type = "redfish"`.
@@ -226,6 +230,8 @@ struct RawSource {
     r#type: SourceType,
     #[serde(default)]
     library: Option<PathBuf>,
+    #[serde(default)]
+    ship_modules: Option<bool>,
     #[serde(default)]
     meter: Option<String>,
     #[serde(default)]
@@ -355,12 +361,18 @@ impl TryFrom<RawSource> for SourceConfig {
                 if let Some(key) = r.meter_key_set() {
                     return Err(not_for(key, "nvml"));
                 }
-                Ok(Self::Nvml(NvmlConfig { library: r.library }))
+                Ok(Self::Nvml(NvmlConfig {
+                    library: r.library,
+                    ship_modules: r.ship_modules.unwrap_or(false),
+                }))
             }
             SourceType::Redfish => {
                 let ty = "redfish";
                 if r.library.is_some() {
                     return Err(not_for("library", ty));
+                }
+                if r.ship_modules.is_some() {
+                    return Err(not_for("ship_modules", ty));
                 }
                 for (key, set) in [
                     ("headers", r.headers.is_some()),
@@ -392,6 +404,7 @@ impl TryFrom<RawSource> for SourceConfig {
                 let ty = if json { "http_json" } else { "prometheus_text" };
                 let mut forbidden = vec![
                     ("library", r.library.is_some()),
+                    ("ship_modules", r.ship_modules.is_some()),
                     ("discover", r.discover.is_some()),
                     ("auth", r.auth.is_some()),
                     ("username", r.username.is_some()),
@@ -709,7 +722,10 @@ fn build_nvml(i: usize, n: NvmlConfig) -> Result<NvmlSpec, ConfigError> {
         }
         Some(p) => NvmlLibrary::Path(p),
     };
-    Ok(NvmlSpec { library })
+    Ok(NvmlSpec {
+        library,
+        ship_modules: n.ship_modules,
+    })
 }
 
 /// The node is the agent's id towards collectors: refuse here what a collector

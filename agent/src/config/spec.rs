@@ -64,6 +64,8 @@ pub enum SourceSpec {
 pub struct NvmlSpec {
     /// Which NVML library to load.
     pub library: NvmlLibrary,
+    /// Ship module power and integrated energy (`Entity::Module`).
+    pub ship_modules: bool,
 }
 
 /// Which NVML library to load.

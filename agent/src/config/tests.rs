@@ -24,7 +24,8 @@ fn minimal_config_gets_defaults() {
     assert_eq!(
         c.sources,
         vec![SourceSpec::Nvml(NvmlSpec {
-            library: NvmlLibrary::System
+            library: NvmlLibrary::System,
+            ship_modules: false,
         })]
     );
 }
@@ -65,7 +66,8 @@ timeout = "500ms"
     assert_eq!(
         c.sources[0],
         SourceSpec::Nvml(NvmlSpec {
-            library: NvmlLibrary::Path("/opt/libnvidia-ml.so.1".into())
+            library: NvmlLibrary::Path("/opt/libnvidia-ml.so.1".into()),
+            ship_modules: false,
         })
     );
     match &c.sources[1] {
@@ -204,6 +206,30 @@ fn missing_required_key_is_named() {
         err.contains("key `url` is not valid for type = \"nvml\""),
         "{err}"
     );
+}
+
+#[test]
+fn ship_modules_is_an_nvml_key_off_by_default() {
+    let c = build("[[sources]]\ntype = \"nvml\"\nship_modules = true\n").unwrap();
+    assert_eq!(
+        c.sources,
+        vec![SourceSpec::Nvml(NvmlSpec {
+            library: NvmlLibrary::System,
+            ship_modules: true,
+        })]
+    );
+    let c = build("[[sources]]\ntype = \"nvml\"\n").unwrap();
+    assert!(matches!(&c.sources[0], SourceSpec::Nvml(n) if !n.ship_modules));
+    let err = build(
+        "[[sources]]\ntype = \"redfish\"\nmeter = \"m\"\nurl = \"http://h/\"\nship_modules = true\n",
+    )
+    .unwrap_err();
+    assert!(
+        err.contains("key `ship_modules` is not valid for type = \"redfish\""),
+        "{err}"
+    );
+    let err = build("[[sources]]\ntype = \"nvml\"\nship_modules = \"yes\"\n").unwrap_err();
+    assert!(err.contains("ship_modules"), "{err}");
 }
 
 #[test]

@@ -47,7 +47,7 @@ pub struct Collected {
     /// Each meter this source read, up or down (meter sources only).
     pub meters: Vec<MeterStatus>,
     /// Superchip modules and their power, read once per module (NVML only;
-    /// on the agent's `/metrics`, not shipped: `docs/nvml.md`).
+    /// on the agent's `/metrics`; shipped as `Entity::Module` only with `ship_modules`).
     pub modules: Vec<ModuleStatus>,
 }
 

@@ -167,6 +167,10 @@ pub struct FakeGpu {
     pub energy_skew_ppm: Option<i32>,
     /// PCIe replay counter; `None`: not supported.
     pub pcie_replay: Option<u32>,
+    /// The recovery action NVML asks for (field
+    /// `NVML_FI_DEV_GET_GPU_RECOVERY_ACTION`: 0 none, 1 GPU reset, 2 node
+    /// reboot, 3 drain P2P, 4 drain and reset); `None`: not supported.
+    pub recovery_action: Option<u32>,
     /// Remapped rows; `None`: not supported.
     pub remapped_rows: Option<FakeRemappedRows>,
     /// Every call on the GPU but its identity (UUID, name, PCI info, serial,
@@ -472,6 +476,7 @@ fn render_optional(out: &mut String, g: &FakeGpu) -> io::Result<()> {
     set("module_id", g.module_id.map(u64::from));
     set("mem_reserved_bytes", g.mem_reserved_bytes);
     set("pcie_replay", g.pcie_replay.map(u64::from));
+    set("recovery_action", g.recovery_action.map(u64::from));
     set("nvlink_links", g.nvlink_links.map(u64::from));
     if let Some(r) = g.remapped_rows {
         set("remapped_corr", Some(u64::from(r.corrected)));

@@ -293,6 +293,8 @@ impl CaptureTray {
                     tlimit_offsets: Some(self.tlimit),
                     energy_skew_ppm: Some(ENERGY_SKEW_PPM),
                     pcie_replay: Some(0),
+                    // "None", as the GB200 capture's <gpu_recovery_action>.
+                    recovery_action: Some(0),
                     remapped_rows: Some(FakeRemappedRows::default()),
                     // Not in the captures; idle like them (0 % utilization).
                     gpm: Some(FakeGpm::default()),

@@ -45,6 +45,8 @@ pub enum Fam {
     TlimitOffset,
     /// `dcwatt_gpu_pcie_replays_total`.
     PcieReplays,
+    /// `dcwatt_gpu_recovery_action`.
+    RecoveryAction,
     /// `dcwatt_gpu_remapped_rows_total{cause}`.
     RemappedRows,
     /// `dcwatt_gpu_remapped_rows_pending`.
@@ -67,7 +69,7 @@ pub enum Fam {
 
 impl Fam {
     /// Every family, in rendering order.
-    pub const ALL: [Fam; 28] = [
+    pub const ALL: [Fam; 29] = [
         Fam::PowerInstant,
         Fam::MemoryPower,
         Fam::PowerDefaultLimit,
@@ -83,6 +85,7 @@ impl Fam {
         Fam::PcieGeneration,
         Fam::PcieWidth,
         Fam::PcieReplays,
+        Fam::RecoveryAction,
         Fam::RemappedRows,
         Fam::RemappedRowsPending,
         Fam::RemappedRowsFailure,
@@ -120,6 +123,7 @@ impl Fam {
             Fam::MemoryReserved => n::GPU_MEMORY_RESERVED_BYTES,
             Fam::TlimitOffset => n::GPU_TEMPERATURE_TLIMIT_OFFSET_CELSIUS,
             Fam::PcieReplays => n::GPU_PCIE_REPLAYS_TOTAL,
+            Fam::RecoveryAction => n::GPU_RECOVERY_ACTION,
             Fam::RemappedRows => n::GPU_REMAPPED_ROWS_TOTAL,
             Fam::RemappedRowsPending => n::GPU_REMAPPED_ROWS_PENDING,
             Fam::RemappedRowsFailure => n::GPU_REMAPPED_ROWS_FAILURE,
@@ -164,15 +168,18 @@ impl Fam {
                 "The GPU's temperature thresholds as offsets from T.Limit, degrees Celsius (signed)."
             }
             Fam::PcieReplays => "PCIe replays of the GPU's link.",
+            Fam::RecoveryAction => {
+                "The recovery action NVML asks for: 0 none, 1 GPU reset, 2 node reboot, 3 drain P2P, 4 drain and reset, 5 recover the IMEX domain."
+            }
             Fam::RemappedRows => "GPU memory rows remapped, by cause.",
             Fam::RemappedRowsPending => "1 while a row remapping waits for a GPU reset.",
             Fam::RemappedRowsFailure => "1 once a row remapping failed.",
             Fam::DownInfo => "1 while the GPU is down, with the NVML error that put it down.",
             Fam::NvlinkErrors => "NVLink error counters per link, by counter (read every 10 s).",
-            Fam::GpmSmActive => "Share of SMs busy over the last tick, 0..1 (GPM).",
-            Fam::GpmSmOccupancy => "Active warps over the theoretical maximum, last tick, 0..1 (GPM).",
-            Fam::GpmTensorActive => "Share of time SMs ran any tensor operation, last tick, 0..1 (GPM).",
-            Fam::GpmDramActive => "DRAM bandwidth used over its maximum, last tick, 0..1 (GPM).",
+            Fam::GpmSmActive => "Share of SMs busy over the last GPM window, 0..1.",
+            Fam::GpmSmOccupancy => "Active warps over the theoretical maximum, last GPM window, 0..1.",
+            Fam::GpmTensorActive => "Share of time SMs ran any tensor operation, last GPM window, 0..1.",
+            Fam::GpmDramActive => "DRAM bandwidth used over its maximum, last GPM window, 0..1.",
         }
     }
 

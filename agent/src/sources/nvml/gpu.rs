@@ -7,14 +7,18 @@
 //!
 //! # Calls per tick
 //! Static facts (limits, thresholds, PCIe link, MIG, supported clock-event
-//! reasons, fans, remapped rows) are read on the first tick and again every
+//! reasons, fans) are read on the first tick and again every
 //! [`STATIC_REFRESH`]; between refreshes they are repeated from the cache.
 //! The dynamic readings that NVML serves as field values (power by scope,
-//! energy, memory temperature, violation time, ECC, PCIe replays) come from
-//! one `nvmlDeviceGetFieldValues` call; each falls back to its classic call
-//! only where the field is not supported. The rest have no field:
-//! temperature (`nvmlDeviceGetTemperatureV`), the margin to slowdown,
-//! utilization, memory, clock-event reasons and the SM and memory clocks.
+//! energy, memory temperature, violation time, ECC, PCIe replays, remapped
+//! rows) come from one `nvmlDeviceGetFieldValues` call; each falls back to
+//! its classic call only where the field is not supported. The GPU
+//! temperature (`nvmlDeviceGetTemperatureV`) is read every tick too. The
+//! readings that have no field ([`Task`]: GPM, clock-event reasons,
+//! utilization, memory, the margin, clocks, fans, NVLink counters) share
+//! the [`CALL_BUDGET`]'s remaining calls, the most overdue first: each is
+//! read at least every other tick while few are due, and its last value is
+//! repeated in between.
 //!
 //! # Errors
 //! See [`Failure`]: a GPU is reported down, with a reason, when its core
@@ -49,6 +53,78 @@ use crate::sources::now_ms;
 /// How often static facts are read again.
 pub const STATIC_REFRESH: Duration = Duration::from_secs(300);
 
+/// NVML calls per GPU per steady-state tick (static refreshes aside, and
+/// on a driver that serves the field values and NVML 13's calls): the
+/// field-values call, the temperature, and two [`Task`] calls.
+pub const CALL_BUDGET: u32 = 4;
+
+/// The calls a tick has for [`Task`]s.
+const TASK_SLOTS: u32 = CALL_BUDGET - 2;
+
+/// A reading without a field value, read when its turn comes (the most
+/// overdue first, [`Task::period`]) within [`TASK_SLOTS`] calls a tick;
+/// its last value is repeated in between.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Task {
+    /// `nvmlGpmSampleGet` + `nvmlGpmMetricsGet` (two calls): the GPM
+    /// ratios over the time since the previous sample.
+    Gpm,
+    /// `nvmlDeviceGetCurrentClocksEventReasons`.
+    Reasons,
+    /// `nvmlDeviceGetUtilizationRates`.
+    Utilization,
+    /// `nvmlDeviceGetMemoryInfo_v2`.
+    Memory,
+    /// `nvmlDeviceGetMarginTemperature`.
+    Margin,
+    /// `nvmlDeviceGetClockInfo` (SM).
+    ClockSm,
+    /// `nvmlDeviceGetClockInfo` (memory).
+    ClockMem,
+    /// `nvmlDeviceGetFanSpeed_v2` of one fan.
+    Fan(u32),
+    /// One NVLink field-values call ([`NVLINK_FIELDS_PER_CALL`] fields).
+    Nvlink,
+}
+
+impl Task {
+    /// The wanted interval, ticks: the share of the budget each gets when
+    /// more is due than fits (every reading's interval then stretches alike).
+    fn period(self) -> f64 {
+        match self {
+            Task::Gpm | Task::Reasons | Task::Utilization => 2.0,
+            Task::Memory | Task::Margin | Task::ClockSm | Task::ClockMem | Task::Fan(_) => 10.0,
+            Task::Nvlink => 1.0,
+        }
+    }
+
+    fn cost(self) -> u32 {
+        if self == Task::Gpm {
+            2
+        } else {
+            1
+        }
+    }
+}
+
+/// The last values of the [`Task`] readings, repeated between reads.
+#[derive(Debug, Default)]
+struct Held {
+    /// The tick each task last ran.
+    last: std::collections::BTreeMap<Task, u64>,
+    reasons: Option<u64>,
+    /// `(gpu, memory)`, percent.
+    utilization: Option<(u32, u32)>,
+    /// `(used, total, reserved)`, bytes.
+    memory: Option<(u64, u64, u64)>,
+    /// The margin NVML gave, °C, and the GPU temperature of that tick.
+    margin: Option<(f64, Option<f64>)>,
+    /// SM and memory clocks, MHz.
+    clocks: [Option<u32>; 2],
+    /// Fan speeds, percent, by fan.
+    fans: std::collections::BTreeMap<u32, u32>,
+}
+
 /// How often the NVLink error counters are read: their own field-values
 /// calls ([`NVLINK_FIELDS_PER_CALL`] fields each), apart from the tick's core
 /// call, so that a driver refusing them loses NVLink only.
@@ -59,6 +135,11 @@ const NVLINK_FIELDS_PER_CALL: usize = 32;
 
 /// `NVML_FI_DEV_NVLINK_LINK_COUNT`.
 const FI_NVLINK_LINK_COUNT: u32 = 91;
+
+/// `NVML_FI_DEV_GET_GPU_RECOVERY_ACTION`: what NVML asks the operator to do
+/// (`nvmlDeviceGpuRecoveryAction_t`: 0 none, 1 GPU reset, 2 node reboot, 3
+/// drain P2P, 4 drain and reset, 5 recover the IMEX domain).
+const FI_RECOVERY_ACTION: u32 = 230;
 
 /// NVLink error counters, per link (`scopeId` = link): field id and the
 /// `counter` label. 161–163 are the pre-Blackwell data-link counters
@@ -301,9 +382,16 @@ pub struct GpuState {
     nvlink_links: u32,
     nvlink_at: Option<Instant>,
     nvlink_samples: Vec<Sample>,
-    /// GPM sample buffers, once allocated (buffers of an earlier NVML init
-    /// are dropped unfreed: that library instance is gone).
+    /// GPM sample buffers, once allocated; freed by [`GpuState::release`]
+    /// before NVML is shut down for a re-init.
     gpm: Option<GpmState>,
+    /// Ticks read, for [`Task`] turns.
+    ticks: u64,
+    held: Held,
+    /// The next NVLink chunk to read (0: a new round) and the samples of
+    /// the round so far.
+    nvlink_cursor: usize,
+    nvlink_pending: Vec<Sample>,
 }
 
 /// Dynamic field values of one tick, by what they are.
@@ -321,6 +409,10 @@ struct Fields {
     ecc_corrected: Option<f64>,
     ecc_uncorrected: Option<f64>,
     pcie_replays: Option<f64>,
+    /// Remapped rows: correctable, uncorrectable, pending, failure.
+    remapped: [Option<f64>; 4],
+    /// `NVML_FI_DEV_GET_GPU_RECOVERY_ACTION`.
+    recovery_action: Option<f64>,
     tlimit: Vec<(&'static str, f64)>,
     nvlink_links: Option<f64>,
 }
@@ -332,6 +424,16 @@ impl GpuState {
             index,
             module_reader: true,
             ..Self::default()
+        }
+    }
+
+    /// Frees what this GPU holds of the NVML instance `nvml` (the GPM sample
+    /// buffers), before that instance is shut down. A GPU whose state is
+    /// busy in a hung call keeps them: freeing under a running call is worse.
+    pub fn release(&mut self, nvml: &Nvml) {
+        if let Some(g) = self.gpm.take() {
+            let _ = raw::gpm_sample_free(nvml, g.earlier);
+            let _ = raw::gpm_sample_free(nvml, g.spare);
         }
     }
 
@@ -378,6 +480,9 @@ impl GpuState {
                     warn!(gpu = self.index, error = %f.0, reason = %reason, "GPU read failed; marking it down.");
                 }
                 self.down = Some(reason.clone());
+                // Back up, it is read whole (a burst) before anything is repeated.
+                self.held = Held::default();
+                self.statics_at = None;
                 let mut samples = self.kept_samples();
                 samples.push(Sample::labelled(
                     Fam::DownInfo,
@@ -582,16 +687,15 @@ impl GpuState {
         if let Some(links) = fields.nvlink_links {
             self.nvlink_links = links.clamp(0.0, 64.0) as u32;
         }
-        if self.nvlink_links > 0 && self.nvlink_at.is_none_or(|t| t.elapsed() >= NVLINK_REFRESH) {
-            self.read_nvlink(dev)?;
-        }
-        samples.extend(self.nvlink_samples.iter().cloned());
         if refresh {
             let statics = self.read_statics(dev, fields.tlimit.clone())?;
             self.statics = Some(statics);
             self.statics_at = Some(Instant::now());
         }
         let statics = self.statics.clone().unwrap_or_default();
+        self.ticks += 1;
+        self.run_tasks(dev, refresh, &statics, gpu_temp)?;
+        samples.extend(self.nvlink_samples.iter().cloned());
 
         for (label, c, q) in &statics.thresholds {
             push(*q, *c);
@@ -605,31 +709,31 @@ impl GpuState {
                 *c,
             ));
         }
-        // The margin to slowdown: NVML's own (T.Limit parts), else the classic
-        // slowdown threshold minus the temperature.
-        let margin = self.optional("margin_temperature", || raw::margin_temperature(dev))?;
+        // The margin to slowdown: NVML's own (T.Limit parts), carried between
+        // its reads by the change of the GPU temperature (T.Limit is fixed);
+        // else the classic slowdown threshold minus the temperature.
         let classic_slowdown = statics
             .thresholds
             .iter()
             .find(|t| t.0 == "slowdown")
             .map(|t| t.1);
-        match (margin, classic_slowdown, gpu_temp) {
-            (Some(m), _, _) => samples.push(Sample::plain(Fam::SlowdownMargin, f64::from(m))),
+        match (self.held.margin, classic_slowdown, gpu_temp) {
+            (Some((m, Some(then))), _, Some(now)) => {
+                samples.push(Sample::plain(Fam::SlowdownMargin, m - (now - then)));
+            }
+            (Some((m, _)), _, _) => samples.push(Sample::plain(Fam::SlowdownMargin, m)),
             (None, Some(s), Some(t)) => samples.push(Sample::plain(Fam::SlowdownMargin, s - t)),
             _ => {}
         }
 
-        if let Some(u) = self.optional("utilization_rates", || dev.utilization_rates())? {
-            push(Quantity::UtilizationRatio, f64::from(u.gpu) / 100.0);
-            push(
-                Quantity::MemoryUtilizationRatio,
-                f64::from(u.memory) / 100.0,
-            );
+        if let Some((gpu, mem)) = self.held.utilization {
+            push(Quantity::UtilizationRatio, f64::from(gpu) / 100.0);
+            push(Quantity::MemoryUtilizationRatio, f64::from(mem) / 100.0);
         }
-        if let Some(m) = self.optional("memory_info", || dev.memory_info())? {
-            push(Quantity::MemoryUsedBytes, m.used as f64);
-            push(Quantity::MemoryTotalBytes, m.total as f64);
-            samples.push(Sample::plain(Fam::MemoryReserved, m.reserved as f64));
+        if let Some((used, total, reserved)) = self.held.memory {
+            push(Quantity::MemoryUsedBytes, used as f64);
+            push(Quantity::MemoryTotalBytes, total as f64);
+            samples.push(Sample::plain(Fam::MemoryReserved, reserved as f64));
         }
         if let Some(w) = statics.power_limit_w {
             push(Quantity::PowerLimitWatts, w);
@@ -640,28 +744,15 @@ impl GpuState {
         }
 
         // Clock-event (throttle) reasons: every reason the GPU supports, 0 or 1.
-        if let Some(supported) = statics.supported_reasons {
-            let current = match self.optional("clocks_event_reasons", || {
-                raw::clocks_event_reasons(dev, false)
-            })? {
-                Some(b) => Some(b),
-                None if self.unsupported.contains("clocks_event_reasons") => self
-                    .optional("current_throttle_reasons", || {
-                        dev.current_throttle_reasons()
-                    })?
-                    .map(|r| r.bits()),
-                None => None,
-            };
-            if let Some(bits) = current {
-                for (bit, label, q) in THROTTLE_REASONS {
-                    if supported & bit == 0 {
-                        continue;
-                    }
-                    let v = if bits & bit == 0 { 0.0 } else { 1.0 };
-                    samples.push(Sample::labelled(Fam::ThrottleActive, n::REASON, label, v));
-                    if let Some(q) = q {
-                        push(q, v);
-                    }
+        if let (Some(supported), Some(bits)) = (statics.supported_reasons, self.held.reasons) {
+            for (bit, label, q) in THROTTLE_REASONS {
+                if supported & bit == 0 {
+                    continue;
+                }
+                let v = if bits & bit == 0 { 0.0 } else { 1.0 };
+                samples.push(Sample::labelled(Fam::ThrottleActive, n::REASON, label, v));
+                if let Some(q) = q {
+                    push(q, v);
                 }
             }
         }
@@ -700,11 +791,8 @@ impl GpuState {
             }
         }
 
-        for (label, clock, call) in [
-            ("sm", Clock::SM, "clock_info:sm"),
-            ("memory", Clock::Memory, "clock_info:memory"),
-        ] {
-            if let Some(mhz) = self.optional(call, || dev.clock_info(clock))? {
+        for (label, mhz) in ["sm", "memory"].into_iter().zip(self.held.clocks) {
+            if let Some(mhz) = mhz {
                 samples.push(Sample::labelled(
                     Fam::Clock,
                     n::CLOCK,
@@ -713,15 +801,13 @@ impl GpuState {
                 ));
             }
         }
-        for fan in 0..statics.fans {
-            if let Some(pct) = self.optional("fan_speed", || dev.fan_speed(fan))? {
-                samples.push(Sample::labelled(
-                    Fam::FanSpeed,
-                    n::FAN,
-                    fan.to_string(),
-                    f64::from(pct) / 100.0,
-                ));
-            }
+        for (fan, pct) in &self.held.fans {
+            samples.push(Sample::labelled(
+                Fam::FanSpeed,
+                n::FAN,
+                fan.to_string(),
+                f64::from(*pct) / 100.0,
+            ));
         }
 
         // ECC (aggregate): the fields, else the classic call.
@@ -752,9 +838,27 @@ impl GpuState {
                 samples.push(Sample::labelled(Fam::EccErrors, n::ERROR, label, c));
             }
         }
-        self.read_gpm(dev, &mut samples)?;
+        if let Some(g) = &self.gpm {
+            for (fam, v) in &g.values {
+                samples.push(Sample::plain(*fam, *v));
+                let q = match fam {
+                    Fam::GpmSmActive => Quantity::SmActiveRatio,
+                    Fam::GpmSmOccupancy => Quantity::SmOccupancyRatio,
+                    Fam::GpmTensorActive => Quantity::TensorActiveRatio,
+                    _ => Quantity::DramActiveRatio,
+                };
+                // NVML's percent can round past 100: the wire's range is 0..=1.
+                push(q, v.clamp(0.0, 1.0));
+            }
+        }
         if let Some(r) = fields.pcie_replays {
             samples.push(Sample::plain(Fam::PcieReplays, r));
+        }
+        if let Some(a) = fields.recovery_action {
+            samples.push(Sample::plain(Fam::RecoveryAction, a));
+        }
+        if let [Some(corr), Some(unc), Some(pending), Some(failure)] = fields.remapped {
+            samples.extend(remapped_samples(corr, unc, pending != 0.0, failure != 0.0));
         }
         samples.extend(statics.samples.iter().cloned());
 
@@ -777,60 +881,237 @@ impl GpuState {
         })
     }
 
-    /// The NVLink error counters of every link, in field-values calls of
-    /// their own (not the core call: a refusal loses NVLink only). A counter a
-    /// link does not support is learned once, like any field.
-    fn read_nvlink(&mut self, dev: &Device<'_>) -> Result<(), Failure> {
+    /// The [`Task`]s this GPU has, with how overdue each is (`None`: not
+    /// due at all).
+    fn due_tasks(&self, statics: &Statics) -> Vec<(f64, Task)> {
+        let mut tasks = vec![
+            Task::Gpm,
+            Task::Reasons,
+            Task::Utilization,
+            Task::Memory,
+            Task::Margin,
+            Task::ClockSm,
+            Task::ClockMem,
+        ];
+        tasks.extend((0..statics.fans).map(Task::Fan));
+        let mut out = Vec::with_capacity(tasks.len() + 1);
+        for task in tasks {
+            let available = match task {
+                Task::Gpm => {
+                    !self.unsupported.contains("gpm")
+                        && !self.unsupported.contains("gpm_metrics")
+                        && self
+                            .gpm
+                            .as_ref()
+                            .is_none_or(|g| g.at.elapsed() >= GPM_MIN_INTERVAL)
+                }
+                Task::Reasons => {
+                    statics.supported_reasons.is_some()
+                        && !(self.unsupported.contains("clocks_event_reasons")
+                            && self.unsupported.contains("current_throttle_reasons"))
+                }
+                Task::Utilization => !self.unsupported.contains("utilization_rates"),
+                Task::Memory => !self.unsupported.contains("memory_info"),
+                Task::Margin => !self.unsupported.contains("margin_temperature"),
+                Task::ClockSm => !self.unsupported.contains("clock_info:sm"),
+                Task::ClockMem => !self.unsupported.contains("clock_info:memory"),
+                Task::Fan(_) => !self.unsupported.contains("fan_speed"),
+                Task::Nvlink => false,
+            };
+            if available {
+                let score = match self.held.last.get(&task) {
+                    None => f64::INFINITY,
+                    Some(&t) => self.ticks.saturating_sub(t) as f64 / task.period(),
+                };
+                out.push((score, task));
+            }
+        }
+        if self.nvlink_links > 0 && !self.unsupported.contains("nvlink_fields") {
+            let score = match self.nvlink_at {
+                _ if self.nvlink_cursor > 0 => Some(Task::Nvlink.period()),
+                None => Some(f64::INFINITY),
+                Some(t) => {
+                    let s = t.elapsed().as_secs_f64() / NVLINK_REFRESH.as_secs_f64();
+                    (s >= 1.0).then_some(s)
+                }
+            };
+            if let Some(s) = score {
+                out.push((s, Task::Nvlink));
+            }
+        }
+        out.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        out
+    }
+
+    /// Reads the [`Task`]s whose turn it is: the most overdue first, within
+    /// [`TASK_SLOTS`] calls; every task (every NVLink chunk) when `burst`
+    /// (the first tick and each static refresh), so that every series is
+    /// there from the first tick.
+    fn run_tasks(
+        &mut self,
+        dev: &Device<'_>,
+        burst: bool,
+        statics: &Statics,
+        gpu_temp: Option<f64>,
+    ) -> Result<(), Failure> {
+        let mut slots = TASK_SLOTS;
+        for (_, task) in self.due_tasks(statics) {
+            if !burst {
+                if task.cost() > slots {
+                    continue;
+                }
+                slots -= task.cost();
+            }
+            self.run_task(dev, task, gpu_temp)?;
+            if burst && task == Task::Nvlink {
+                while self.nvlink_cursor > 0 {
+                    self.run_task(dev, task, gpu_temp)?;
+                }
+            }
+            self.held.last.insert(task, self.ticks);
+            if !burst && slots == 0 {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn run_task(
+        &mut self,
+        dev: &Device<'_>,
+        task: Task,
+        gpu_temp: Option<f64>,
+    ) -> Result<(), Failure> {
+        match task {
+            Task::Gpm => self.read_gpm(dev)?,
+            Task::Reasons => {
+                let current = match self.optional("clocks_event_reasons", || {
+                    raw::clocks_event_reasons(dev, false)
+                })? {
+                    Some(b) => Some(b),
+                    None if self.unsupported.contains("clocks_event_reasons") => self
+                        .optional("current_throttle_reasons", || {
+                            dev.current_throttle_reasons()
+                        })?
+                        .map(|r| r.bits()),
+                    None => None,
+                };
+                self.held.reasons = current;
+            }
+            Task::Utilization => {
+                self.held.utilization = self
+                    .optional("utilization_rates", || dev.utilization_rates())?
+                    .map(|u| (u.gpu, u.memory));
+            }
+            Task::Memory => {
+                self.held.memory = self
+                    .optional("memory_info", || dev.memory_info())?
+                    .map(|m| (m.used, m.total, m.reserved));
+            }
+            Task::Margin => {
+                self.held.margin = self
+                    .optional("margin_temperature", || raw::margin_temperature(dev))?
+                    .map(|m| (f64::from(m), gpu_temp));
+            }
+            Task::ClockSm | Task::ClockMem => {
+                let (i, clock, call) = if task == Task::ClockSm {
+                    (0, Clock::SM, "clock_info:sm")
+                } else {
+                    (1, Clock::Memory, "clock_info:memory")
+                };
+                self.held.clocks[i] = self.optional(call, || dev.clock_info(clock))?;
+            }
+            Task::Fan(fan) => {
+                match self.optional("fan_speed", || dev.fan_speed(fan))? {
+                    Some(pct) => self.held.fans.insert(fan, pct),
+                    None => self.held.fans.remove(&fan),
+                };
+            }
+            Task::Nvlink => self.read_nvlink_chunk(dev)?,
+        }
+        Ok(())
+    }
+
+    /// One chunk of the NVLink error counters of every link, in a
+    /// field-values call of its own (not the core call: a refusal loses
+    /// NVLink only). A round of chunks ends with the samples replaced. A
+    /// counter a link does not support is learned once, like any field.
+    fn read_nvlink_chunk(&mut self, dev: &Device<'_>) -> Result<(), Failure> {
         let req: Vec<(u32, u32)> = (0..self.nvlink_links.min(64))
             .flat_map(|link| NVLINK_COUNTERS.iter().map(move |(id, _)| (*id, link)))
             .filter(|r| !self.unsupported_fields.contains(r))
             .collect();
-        let mut out = Vec::with_capacity(req.len());
-        for chunk in req.chunks(NVLINK_FIELDS_PER_CALL) {
-            let Some(values) = self.optional("nvlink_fields", || raw::field_values(dev, chunk))?
-            else {
-                return Ok(()); // unsupported (learned) or failed this time: keep the last
-            };
-            for (&(id, link), value) in chunk.iter().zip(values) {
-                match value {
-                    Ok(v) if v.is_finite() => {
-                        if let Some((_, label)) = NVLINK_COUNTERS.iter().find(|c| c.0 == id) {
-                            out.push(Sample {
-                                fam: Fam::NvlinkErrors,
-                                labels: vec![
-                                    (n::LINK, link.to_string()),
-                                    (n::COUNTER, (*label).to_owned()),
-                                ],
-                                value: v,
-                            });
-                        }
+        let start = self.nvlink_cursor.min(req.len());
+        let chunk = &req[start..req.len().min(start + NVLINK_FIELDS_PER_CALL)];
+        if self.nvlink_cursor == 0 {
+            self.nvlink_pending.clear();
+        }
+        let values = if chunk.is_empty() {
+            Some(Vec::new())
+        } else {
+            self.optional("nvlink_fields", || raw::field_values(dev, chunk))?
+        };
+        let Some(values) = values else {
+            // Unsupported (learned) or failed this time: keep the last round.
+            self.nvlink_cursor = 0;
+            self.nvlink_at = Some(Instant::now());
+            return Ok(());
+        };
+        let mut consumed = 0;
+        for (&(id, link), value) in chunk.iter().zip(values) {
+            consumed += 1;
+            match value {
+                Ok(v) if v.is_finite() => {
+                    if let Some((_, label)) = NVLINK_COUNTERS.iter().find(|c| c.0 == id) {
+                        self.nvlink_pending.push(Sample {
+                            fam: Fam::NvlinkErrors,
+                            labels: vec![
+                                (n::LINK, link.to_string()),
+                                (n::COUNTER, (*label).to_owned()),
+                            ],
+                            value: v,
+                        });
                     }
-                    Ok(_) => {}
-                    Err(NvmlError::GpuLost) => return Err(Failure(NvmlError::GpuLost)),
-                    Err(e) if is_lacking(&e) || matches!(e, NvmlError::NoPermission) => {
-                        if self.unsupported_fields.insert((id, link)) {
-                            debug!(
-                                gpu = self.index,
-                                field = id,
-                                link,
-                                "NVLink counter not available."
-                            );
-                        }
-                    }
-                    Err(_) => {}
                 }
+                Ok(_) => {}
+                Err(NvmlError::GpuLost) => return Err(Failure(NvmlError::GpuLost)),
+                Err(e) if is_lacking(&e) || matches!(e, NvmlError::NoPermission) => {
+                    // Learned: the next rounds leave it out, so this chunk's
+                    // later fields shift left; they are read again next chunk.
+                    if self.unsupported_fields.insert((id, link)) {
+                        debug!(
+                            gpu = self.index,
+                            field = id,
+                            link,
+                            "NVLink counter not available."
+                        );
+                    }
+                    consumed -= 1;
+                }
+                Err(_) => {}
             }
         }
-        self.nvlink_samples = out;
-        self.nvlink_at = Some(Instant::now());
+        let next = start + consumed;
+        let left = (0..self.nvlink_links.min(64))
+            .flat_map(|link| NVLINK_COUNTERS.iter().map(move |(id, _)| (*id, link)))
+            .filter(|r| !self.unsupported_fields.contains(r))
+            .count();
+        if next >= left || chunk.is_empty() {
+            self.nvlink_samples = std::mem::take(&mut self.nvlink_pending);
+            self.nvlink_cursor = 0;
+            self.nvlink_at = Some(Instant::now());
+        } else {
+            self.nvlink_cursor = next;
+        }
         Ok(())
     }
 
-    /// GPM utilization over the last interval: a new sample when the earlier
-    /// one is at least [`GPM_MIN_INTERVAL`] old (else the last values are
-    /// repeated), metrics between the two, buffers swapped. Two calls a tick;
-    /// absent where GPM is not supported (learned once).
-    fn read_gpm(&mut self, dev: &Device<'_>, samples: &mut Vec<Sample>) -> Result<(), Failure> {
+    /// GPM utilization over the time since the previous sample (at least
+    /// [`GPM_MIN_INTERVAL`]: else nothing is read), metrics between the two,
+    /// buffers swapped: two calls. The first time, the buffers are allocated
+    /// and the first sample taken. Absent where GPM is not supported
+    /// (learned once).
+    fn read_gpm(&mut self, dev: &Device<'_>) -> Result<(), Failure> {
         if self.unsupported.contains("gpm") {
             return Ok(());
         }
@@ -880,7 +1161,6 @@ impl GpuState {
             std::mem::swap(&mut g.earlier, &mut g.spare);
             g.at = at;
         }
-        samples.extend(g.values.iter().map(|(fam, v)| Sample::plain(*fam, *v)));
         if self.unsupported.contains("gpm") {
             let _ = raw::gpm_sample_free(nvml, g.earlier);
             let _ = raw::gpm_sample_free(nvml, g.spare);
@@ -937,27 +1217,18 @@ impl GpuState {
         {
             s.samples.push(Sample::plain(Fam::PcieWidth, f64::from(w)));
         }
-        if let Some(r) = self.optional("remapped_rows", || raw::remapped_rows(dev))? {
-            s.samples.push(Sample::labelled(
-                Fam::RemappedRows,
-                n::CAUSE,
-                "correctable",
-                f64::from(r.corrected),
-            ));
-            s.samples.push(Sample::labelled(
-                Fam::RemappedRows,
-                n::CAUSE,
-                "uncorrectable",
-                f64::from(r.uncorrected),
-            ));
-            s.samples.push(Sample::plain(
-                Fam::RemappedRowsPending,
-                if r.pending { 1.0 } else { 0.0 },
-            ));
-            s.samples.push(Sample::plain(
-                Fam::RemappedRowsFailure,
-                if r.failure { 1.0 } else { 0.0 },
-            ));
+        // Remapped rows: the fields every tick; the call (static) only on a
+        // GPU that does not serve them.
+        let fielded = REMAPPED_FIELDS.iter().all(|&f| self.field_ok(f, SCOPE_GPU));
+        if !fielded {
+            if let Some(r) = self.optional("remapped_rows", || raw::remapped_rows(dev))? {
+                s.samples.extend(remapped_samples(
+                    f64::from(r.corrected),
+                    f64::from(r.uncorrected),
+                    r.pending,
+                    r.failure,
+                ));
+            }
         }
         self.read_mig(dev, &mut s.samples)?;
         Ok(s)
@@ -1022,6 +1293,8 @@ impl GpuState {
             (NVML_FI_DEV_ECC_DBE_AGG_TOTAL, SCOPE_GPU),
             (NVML_FI_DEV_PCIE_REPLAY_COUNTER, SCOPE_GPU),
         ];
+        req.extend(REMAPPED_FIELDS.iter().map(|&f| (f, SCOPE_GPU)));
+        req.push((FI_RECOVERY_ACTION, SCOPE_GPU));
         if self.module_reader {
             req.push((NVML_FI_DEV_POWER_AVERAGE, SCOPE_MODULE));
             req.push((NVML_FI_DEV_POWER_INSTANT, SCOPE_MODULE));
@@ -1072,6 +1345,12 @@ impl GpuState {
                 (NVML_FI_DEV_ECC_DBE_AGG_TOTAL, _) => out.ecc_uncorrected = Some(v),
                 (NVML_FI_DEV_PCIE_REPLAY_COUNTER, _) => out.pcie_replays = Some(v),
                 (FI_NVLINK_LINK_COUNT, _) => out.nvlink_links = Some(v),
+                (FI_RECOVERY_ACTION, _) => out.recovery_action = Some(v),
+                (f, _) if REMAPPED_FIELDS.contains(&f) => {
+                    if let Some(i) = REMAPPED_FIELDS.iter().position(|&r| r == f) {
+                        out.remapped[i] = Some(v);
+                    }
+                }
                 (other, _) => {
                     // T.Limit offsets: signed, kept as NVML gives them.
                     if let Some(t) = THRESHOLDS.iter().find(|t| t.2 == other) {
@@ -1082,6 +1361,19 @@ impl GpuState {
         }
         Ok(out)
     }
+}
+
+/// `NVML_FI_DEV_REMAPPED_COR`, `_UNC`, `_PENDING`, `_FAILURE`.
+const REMAPPED_FIELDS: [u32; 4] = [142, 143, 144, 145];
+
+/// The remapped-row series of one GPU.
+fn remapped_samples(corr: f64, unc: f64, pending: bool, failure: bool) -> [Sample; 4] {
+    [
+        Sample::labelled(Fam::RemappedRows, n::CAUSE, "correctable", corr),
+        Sample::labelled(Fam::RemappedRows, n::CAUSE, "uncorrectable", unc),
+        Sample::plain(Fam::RemappedRowsPending, if pending { 1.0 } else { 0.0 }),
+        Sample::plain(Fam::RemappedRowsFailure, if failure { 1.0 } else { 0.0 }),
+    ]
 }
 
 /// The superchip module a GPU belongs to (`docs/nvml.md`, "Module power"):

@@ -118,6 +118,7 @@ impl NvmlSource {
         // One request in flight at most: a hung driver must not pile up requests.
         let (tx, rx) = mpsc::sync_channel::<Request>(1);
         let mut control = Control::new(spec.library, timeout);
+        control.ship_modules = spec.ship_modules;
         std::thread::Builder::new()
             .name("dcwatt-nvml".to_owned())
             .spawn(move || {
@@ -322,6 +323,8 @@ struct Control {
     xid_counts: XidCounts,
     /// Per module id: energy integrated from its power.
     modules: BTreeMap<String, ModuleEnergy>,
+    /// Ship module power and energy (`Entity::Module`) to collectors.
+    ship_modules: bool,
 }
 
 impl Control {
@@ -346,6 +349,7 @@ impl Control {
             xid_count: 0,
             xid_counts: XidCounts::default(),
             modules: BTreeMap::new(),
+            ship_modules: false,
         }
     }
 
@@ -405,6 +409,7 @@ impl Control {
             Ok(c) => c,
             Err(e) => {
                 // Re-initialize on the next tick: the driver may have been reloaded.
+                self.release_gpus(&nvml);
                 self.nvml = None;
                 self.xid = None;
                 return Collected::failed(format!("nvml device count: {e}"));
@@ -418,6 +423,18 @@ impl Control {
         }
         let reads = self.read_gpus(&nvml, count, deadline);
         self.assemble(count, reads)
+    }
+
+    /// Frees what the GPUs hold of `nvml` (GPM sample buffers) before it is
+    /// shut down. A GPU busy in a (hung) call is left alone.
+    fn release_gpus(&self, nvml: &Nvml) {
+        for state in &self.states {
+            match state.try_lock() {
+                Ok(mut s) => s.release(nvml),
+                Err(TryLockError::Poisoned(p)) => p.into_inner().release(nvml),
+                Err(TryLockError::WouldBlock) => {}
+            }
+        }
     }
 
     /// Reads every GPU that is free, on one reader thread, in index order
@@ -565,6 +582,13 @@ impl Control {
             };
             let mut detail = read.detail.clone();
             if let Some(codes) = xids.get(&info.uuid) {
+                // Shipped: every code together, a counter (wire docs).
+                out.readings.push(Reading {
+                    ts_ms: now_ms(),
+                    entity: Entity::Gpu(info.uuid.clone()),
+                    quantity: Quantity::XidErrorsTotal,
+                    value: codes.values().sum::<u64>() as f64,
+                });
                 for (code, c) in codes {
                     detail.samples.push(Sample::labelled(
                         Fam::XidErrors,
@@ -590,6 +614,26 @@ impl Control {
         }
         self.silent = silent;
         out.modules = self.modules(groups);
+        if self.ship_modules {
+            let ts = now_ms();
+            for m in &out.modules {
+                let entity = Entity::Module(m.id.clone());
+                if let Some(w) = m.power_w {
+                    out.readings.push(Reading {
+                        ts_ms: ts,
+                        entity: entity.clone(),
+                        quantity: Quantity::PowerWatts,
+                        value: w,
+                    });
+                }
+                out.readings.push(Reading {
+                    ts_ms: ts,
+                    entity,
+                    quantity: Quantity::IntegratedEnergyJoules,
+                    value: m.energy_j,
+                });
+            }
+        }
         out
     }
 
@@ -638,6 +682,9 @@ impl Drop for Control {
     fn drop(&mut self) {
         // Stop the XID thread before the library handle goes away.
         self.xid = None;
+        if let Some(nvml) = self.nvml.take() {
+            self.release_gpus(&nvml);
+        }
     }
 }
 

@@ -73,7 +73,7 @@ impl Drop for XidThread {
 
 /// Registers every GPU that supports XID events; a GPU whose registration
 /// fails is left out (a failed registration frees the set: start over).
-fn register(nvml: &Nvml, count: u32) -> Result<EventSet<'_>, NvmlError> {
+fn register<'n>(nvml: &'n Nvml, count: u32, counts: &XidCounts) -> Result<EventSet<'n>, NvmlError> {
     let mut skip = Vec::new();
     'again: loop {
         let mut set = nvml.create_event_set()?;
@@ -97,7 +97,18 @@ fn register(nvml: &Nvml, count: u32) -> Result<EventSet<'_>, NvmlError> {
                 continue;
             }
             match dev.register_events(EventTypes::CRITICAL_XID_ERROR, set) {
-                Ok(s) => set = s,
+                Ok(s) => {
+                    set = s;
+                    // Counted from now on: a registered GPU has an entry, even
+                    // with no XID yet (its shipped count is 0, not absent).
+                    if let Ok(uuid) = dev.uuid() {
+                        counts
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .entry(uuid)
+                            .or_default();
+                    }
+                }
                 Err(e) => {
                     warn!(gpu = index, error = %e.error, "Cannot register for XID events; XIDs of this GPU are not counted.");
                     skip.push(index);
@@ -110,7 +121,7 @@ fn register(nvml: &Nvml, count: u32) -> Result<EventSet<'_>, NvmlError> {
 }
 
 fn run(nvml: &Nvml, count: u32, counts: &XidCounts, stop: &AtomicBool, ready: &mpsc::Sender<()>) {
-    let set = match register(nvml, count) {
+    let set = match register(nvml, count, counts) {
         Ok(s) => s,
         Err(e) => {
             warn!(error = %e, "Cannot create an NVML event set; XID errors are not counted.");

@@ -1,0 +1,394 @@
+//! GPU utilization aggregates, idle energy, XID counts and superchip modules.
+//!
+//! Every utilization kind the agents ship (NVML's utilization and memory
+//! utilization, GPM's SM activity, SM occupancy, tensor activity and DRAM
+//! activity) is averaged per zone and for the site, weighted by GPU time:
+//! - **live**: the mean of the latest value of every GPU that reported the
+//!   kind within `stale_after` (at one instant each GPU weighs the same);
+//! - **1h**: Σ value × span / Σ span over the last hour, where a reading's
+//!   span is the time since the GPU's previous reading of that kind (a
+//!   reading is a mean over that span: NVML's sample period, the agent's GPM
+//!   window), counted only up to `stale_after` (a GPU that went silent adds
+//!   no time). Kept in minute buckets in memory: after a restart the 1 h
+//!   mean fills again over an hour.
+//!
+//! **Idle energy**: the GPU energy (NVML counter deltas, as counted for the
+//! GPU's own energy) of every stretch that ends while the GPU's latest SM
+//! activity, no older than `stale_after`, is below
+//! `[utilization] idle_sm_active_below` (default 0.05). A GPU without GPM
+//! has no idle energy: absent, never guessed from `utilization`.
+//!
+//! **XID errors**: each GPU's shipped `xid_errors_total` counter is summed
+//! into a collector-side count (a decrease is a reset: the agent restarted,
+//! and its new value is counted whole), per zone and for the site, so that
+//! site-wide alerts can fire.
+//!
+//! **Modules**: a superchip module's power and agent-integrated energy
+//! (`Entity::Module`), per node and module; in memory only (a restart starts
+//! their energy at 0, a counter reset to Prometheus).
+
+use std::collections::{BTreeMap, VecDeque};
+
+use dcwatt_wire::Quantity;
+use serde::{Deserialize, Serialize};
+
+use crate::config::Site;
+use crate::state::State;
+
+/// The utilization kinds, with the `kind` label each has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// NVML `utilization.gpu`: the share of time a kernel ran.
+    Utilization,
+    /// NVML `utilization.memory`.
+    MemoryUtilization,
+    /// GPM SM activity.
+    SmActive,
+    /// GPM SM occupancy.
+    SmOccupancy,
+    /// GPM tensor activity.
+    TensorActive,
+    /// GPM DRAM bandwidth activity.
+    DramActive,
+}
+
+impl Kind {
+    /// Every kind, in label order.
+    pub const ALL: [Kind; 6] = [
+        Kind::Utilization,
+        Kind::MemoryUtilization,
+        Kind::SmActive,
+        Kind::SmOccupancy,
+        Kind::TensorActive,
+        Kind::DramActive,
+    ];
+
+    /// The kind a wire quantity is, if it is one.
+    pub fn of(q: Quantity) -> Option<Kind> {
+        Some(match q {
+            Quantity::UtilizationRatio => Kind::Utilization,
+            Quantity::MemoryUtilizationRatio => Kind::MemoryUtilization,
+            Quantity::SmActiveRatio => Kind::SmActive,
+            Quantity::SmOccupancyRatio => Kind::SmOccupancy,
+            Quantity::TensorActiveRatio => Kind::TensorActive,
+            Quantity::DramActiveRatio => Kind::DramActive,
+            _ => return None,
+        })
+    }
+
+    /// The `kind` label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Utilization => "utilization",
+            Kind::MemoryUtilization => "memory_utilization",
+            Kind::SmActive => "sm_active",
+            Kind::SmOccupancy => "sm_occupancy",
+            Kind::TensorActive => "tensor_active",
+            Kind::DramActive => "dram_active",
+        }
+    }
+}
+
+/// One GPU's latest value of each kind, its idle energy and its XID count;
+/// persisted with the GPU.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GpuUtil {
+    /// Latest reading of each kind: (Unix ms, ratio).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub last: BTreeMap<Kind, (i64, f64)>,
+    /// Energy counted while the GPU was idle, J.
+    #[serde(default)]
+    pub idle_joules: f64,
+    /// The agent's XID counter as last shipped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xid_last: Option<f64>,
+    /// XID errors counted by the collector (resets of the agent's counter
+    /// folded in).
+    #[serde(default)]
+    pub xid_errors: f64,
+    /// Decreases of the agent's XID counter seen.
+    #[serde(default)]
+    pub xid_resets: u64,
+}
+
+impl GpuUtil {
+    /// Whether the GPU was idle at `ts_ms`: its latest SM activity, no older
+    /// than `stale_ms`, is below `below`.
+    pub fn idle_at(&self, ts_ms: i64, stale_ms: i64, below: f64) -> bool {
+        self.last
+            .get(&Kind::SmActive)
+            .is_some_and(|(t, v)| ts_ms - t <= stale_ms && *v < below)
+    }
+
+    /// One shipped XID counter value: counted on top of the last (the whole
+    /// value at the first reading and after a reset).
+    pub fn xid(&mut self, v: f64) {
+        match self.xid_last {
+            Some(last) if v >= last => self.xid_errors += v - last,
+            Some(_) => {
+                self.xid_resets += 1;
+                self.xid_errors += v;
+            }
+            None => self.xid_errors += v,
+        }
+        self.xid_last = Some(v);
+    }
+}
+
+/// How long the time-weighted means reach back.
+pub const HOUR_MS: i64 = 3_600_000;
+
+/// GPU time and value × time of one zone, one kind, one UTC minute.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    minute_ms: i64,
+    weighted: f64,
+    ms: f64,
+}
+
+/// Time-weighted utilization per zone and kind, in minute buckets over the
+/// last hour.
+#[derive(Debug, Default)]
+pub struct Aggregates {
+    buckets: BTreeMap<(String, Kind), VecDeque<Bucket>>,
+}
+
+impl Aggregates {
+    /// A reading `v` of `kind` at `ts_ms` that stands for the `span_ms`
+    /// before it, in `zone`.
+    pub fn add(&mut self, zone: &str, kind: Kind, ts_ms: i64, span_ms: i64, v: f64) {
+        if span_ms <= 0 || !v.is_finite() {
+            return;
+        }
+        let minute_ms = ts_ms - ts_ms.rem_euclid(60_000);
+        let q = self.buckets.entry((zone.to_owned(), kind)).or_default();
+        match q.iter_mut().rev().find(|b| b.minute_ms == minute_ms) {
+            Some(b) => {
+                b.weighted += v * span_ms as f64;
+                b.ms += span_ms as f64;
+            }
+            None => {
+                let at = q.partition_point(|b| b.minute_ms < minute_ms);
+                q.insert(
+                    at,
+                    Bucket {
+                        minute_ms,
+                        weighted: v * span_ms as f64,
+                        ms: span_ms as f64,
+                    },
+                );
+            }
+        }
+        // Keep an hour and a minute behind the newest bucket.
+        let newest = q.back().map_or(minute_ms, |b| b.minute_ms);
+        while q
+            .front()
+            .is_some_and(|b| b.minute_ms < newest - HOUR_MS - 60_000)
+        {
+            q.pop_front();
+        }
+    }
+
+    /// The GPU-time-weighted mean of `kind` over the minutes that start in
+    /// `(now − window, now]`, in `zone` (or every zone): `None` without GPU time.
+    pub fn mean(&self, zone: Option<&str>, kind: Kind, now_ms: i64, window_ms: i64) -> Option<f64> {
+        let (mut weighted, mut ms) = (0.0, 0.0);
+        for ((z, k), q) in &self.buckets {
+            if *k != kind || zone.is_some_and(|zone| zone != z) {
+                continue;
+            }
+            for b in q.iter().filter(|b| b.minute_ms > now_ms - window_ms) {
+                weighted += b.weighted;
+                ms += b.ms;
+            }
+        }
+        (ms > 0.0).then(|| (weighted / ms).clamp(0.0, 1.0))
+    }
+}
+
+/// A kind's means: live and over the last hour.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Means {
+    /// Mean of the fresh GPUs' latest values.
+    pub live: Option<f64>,
+    /// GPU-time-weighted mean over the last hour.
+    #[serde(rename = "1h")]
+    pub hour: Option<f64>,
+}
+
+/// One zone's (or the site's) utilization figures.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ScopeFigures {
+    /// Means by kind (`utilization`, `sm_active`, …); a kind no GPU reports
+    /// is absent.
+    pub ratios: BTreeMap<&'static str, Means>,
+    /// GPU energy spent while idle, J (GPUs with GPM only).
+    pub idle_energy_joules: f64,
+    /// XID errors counted, every GPU and code together.
+    pub xid_errors: f64,
+    /// Power of the fresh superchip modules, W (shipped by agents with
+    /// `ship_modules`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub module_power_watts: Option<f64>,
+    /// Modules' energy integrated by their agents, J.
+    pub module_energy_joules: f64,
+}
+
+/// The utilization figures of `/metrics` and `/v1/summary`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct UtilizationFigures {
+    /// `[utilization] idle_sm_active_below`.
+    pub idle_sm_active_below: f64,
+    /// The whole site.
+    pub site: ScopeFigures,
+    /// Per zone (of the agent that reports the GPU).
+    pub zones: BTreeMap<String, ScopeFigures>,
+}
+
+/// A superchip module as the collector keeps it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ModuleState {
+    /// The agent that reports it.
+    pub agent: String,
+    /// Latest power (Unix ms, W).
+    pub power: Option<(i64, f64)>,
+    /// The agent's integrated energy as last shipped, J.
+    pub last_energy: Option<f64>,
+    /// Energy counted since the collector started, J.
+    pub energy_joules: f64,
+}
+
+impl ModuleState {
+    /// One shipped integrated-energy value: a decrease is a reset (the
+    /// agent restarted), its new value counted whole; the first value is
+    /// the baseline.
+    pub fn energy(&mut self, v: f64) {
+        match self.last_energy {
+            Some(last) if v >= last => self.energy_joules += v - last,
+            Some(_) => self.energy_joules += v,
+            None => {}
+        }
+        self.last_energy = Some(v);
+    }
+}
+
+/// The zone of an agent's GPUs and modules.
+pub fn zone_of<'a>(site: &'a Site, agent: &str) -> &'a str {
+    site.agent_zones
+        .get(agent)
+        .map_or("default", String::as_str)
+}
+
+/// The figures at `now_ms`.
+pub fn figures(state: &State, site: &Site, now_ms: i64) -> UtilizationFigures {
+    let fresh = |t: i64| now_ms - t <= site.stale_after_ms;
+    let mut out = UtilizationFigures {
+        idle_sm_active_below: site.idle_sm_active_below,
+        ..UtilizationFigures::default()
+    };
+    // Live sums per (zone, kind), and the counters.
+    let mut live: BTreeMap<(&str, Kind), (f64, usize)> = BTreeMap::new();
+    for g in state.gpus.values() {
+        let zone = zone_of(site, &g.agent);
+        let z = out.zones.entry(zone.to_owned()).or_default();
+        z.idle_energy_joules += g.util.idle_joules;
+        z.xid_errors += g.util.xid_errors;
+        out.site.idle_energy_joules += g.util.idle_joules;
+        out.site.xid_errors += g.util.xid_errors;
+        for (kind, (t, v)) in &g.util.last {
+            if fresh(*t) {
+                let e = live.entry((zone, *kind)).or_default();
+                e.0 += v;
+                e.1 += 1;
+            }
+        }
+    }
+    for m in state.modules.values() {
+        let zone = zone_of(site, &m.agent);
+        let z = out.zones.entry(zone.to_owned()).or_default();
+        z.module_energy_joules += m.energy_joules;
+        out.site.module_energy_joules += m.energy_joules;
+        if let Some((_, w)) = m.power.filter(|(t, _)| fresh(*t)) {
+            *z.module_power_watts.get_or_insert(0.0) += w;
+            *out.site.module_power_watts.get_or_insert(0.0) += w;
+        }
+    }
+    let zones: Vec<String> = out.zones.keys().cloned().collect();
+    for kind in Kind::ALL {
+        let mut site_live = (0.0, 0usize);
+        for zone in &zones {
+            let l = live.get(&(zone.as_str(), kind)).copied();
+            if let Some((sum, n)) = l {
+                site_live.0 += sum;
+                site_live.1 += n;
+            }
+            let means = Means {
+                live: l.map(|(sum, n)| sum / n as f64),
+                hour: state.utilization.mean(Some(zone), kind, now_ms, HOUR_MS),
+            };
+            if means != Means::default() {
+                if let Some(z) = out.zones.get_mut(zone) {
+                    z.ratios.insert(kind.as_str(), means);
+                }
+            }
+        }
+        let means = Means {
+            live: (site_live.1 > 0).then(|| site_live.0 / site_live.1 as f64),
+            hour: state.utilization.mean(None, kind, now_ms, HOUR_MS),
+        };
+        if means != Means::default() {
+            out.site.ratios.insert(kind.as_str(), means);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn means_weigh_gpu_time() {
+        let mut a = Aggregates::default();
+        let t0 = 1_800_000_000_000;
+        // Zone a: 0.2 for 9 s and 1.0 for 1 s; zone b: 0.5 for 10 s.
+        a.add("a", Kind::SmActive, t0 + 9_000, 9_000, 0.2);
+        a.add("a", Kind::SmActive, t0 + 10_000, 1_000, 1.0);
+        a.add("b", Kind::SmActive, t0 + 10_000, 10_000, 0.5);
+        let now = t0 + 20_000;
+        let m = |z, k| a.mean(z, k, now, HOUR_MS);
+        assert!((m(Some("a"), Kind::SmActive).unwrap() - 0.28).abs() < 1e-12);
+        assert!((m(Some("b"), Kind::SmActive).unwrap() - 0.5).abs() < 1e-12);
+        assert!((m(None, Kind::SmActive).unwrap() - 0.39).abs() < 1e-12);
+        assert_eq!(m(Some("a"), Kind::TensorActive), None);
+        // An hour later those minutes are out of the window.
+        assert_eq!(
+            a.mean(None, Kind::SmActive, now + HOUR_MS + 60_000, HOUR_MS),
+            None
+        );
+        // No span: nothing counted.
+        a.add("c", Kind::SmActive, t0, 0, 1.0);
+        assert_eq!(a.mean(Some("c"), Kind::SmActive, now, HOUR_MS), None);
+    }
+
+    #[test]
+    fn xid_counter_counts_resets_whole() {
+        let mut u = GpuUtil::default();
+        for v in [2.0, 2.0, 5.0, 1.0, 3.0] {
+            u.xid(v);
+        }
+        // 2 (first) + 3 + reset to 1 (counted whole) + 2.
+        assert_eq!(u.xid_errors, 8.0);
+        assert_eq!(u.xid_resets, 1);
+    }
+
+    #[test]
+    fn module_energy_starts_at_its_baseline() {
+        let mut m = ModuleState::default();
+        for v in [100.0, 150.0, 20.0, 50.0] {
+            m.energy(v);
+        }
+        assert_eq!(m.energy_joules, 50.0 + 20.0 + 30.0);
+    }
+}
