@@ -132,7 +132,7 @@ async fn shipped_rules_run_in_prometheus_against_a_live_hall() {
             "close_after = \"1s\"\n\
              [operator]\ntoken_sha256 = \"{}\"\n[metrics]\ntoken_sha256 = \"{}\"\n\
              [thermal]\nmin_duration = \"1s\"\n\
-             [[tenants]]\nid = \"lab-a\"\ntoken_sha256 = \"{}\"\n\
+             [[tenants]]\nid = \"lab-a\"\ntoken_sha256 = \"{}\"\navailability_target = 0.995\n\
              [[tenants]]\nid = \"lab-b\"\ntoken_sha256 = \"{}\"\n\
              [[leases]]\ntenant = \"lab-a\"\nnodes = [\"r1-*\"]\nfrom = \"2020-01-01T00:00:00Z\"\nto = \"2100-01-01T00:00:00Z\"\n\
              [[leases]]\ntenant = \"lab-b\"\nnodes = [\"r2-*\"]\nfrom = \"2020-01-01T00:00:00Z\"\nto = \"2100-01-01T00:00:00Z\"\n",
