@@ -532,7 +532,7 @@ impl State {
                             }
                         }
                         Quantity::IntegratedEnergyJoules => {
-                            m.energy(r.value);
+                            m.energy(r.ts_ms, r.value);
                             Ok(())
                         }
                         _ => Err(Ignored::UnusedEntity),

@@ -253,25 +253,30 @@ pub struct ModuleState {
     pub agent: String,
     /// Latest power (Unix ms, W).
     pub power: Option<(i64, f64)>,
-    /// The agent's integrated energy as last shipped, J.
-    pub last_energy: Option<f64>,
+    /// The agent's integrated energy counter, judged like every other
+    /// counter against [`MODULE_MAX_WATTS`].
+    pub counter: crate::energy::Counter,
     /// Energy counted since the collector started, J.
     pub energy_joules: f64,
 }
 
 impl ModuleState {
-    /// One shipped integrated-energy value: a decrease is a reset (the
-    /// agent restarted), its new value counted whole; the first value is
-    /// the baseline.
-    pub fn energy(&mut self, v: f64) {
-        match self.last_energy {
-            Some(last) if v >= last => self.energy_joules += v - last,
-            Some(_) => self.energy_joules += v,
-            None => {}
+    /// One shipped integrated-energy value at `ts_ms`, judged by
+    /// [`crate::energy::Counter::observe`]: a believable increase or reset
+    /// (agent restart) is counted, a glitch counts nothing; the first value
+    /// is the baseline.
+    pub fn energy(&mut self, ts_ms: i64, v: f64) {
+        use crate::energy::CounterStep as S;
+        match self.counter.observe(ts_ms, v, MODULE_MAX_WATTS) {
+            S::Delta(span) | S::Reset(span) | S::Rebased(span) => self.energy_joules += span.joules,
+            S::Baseline | S::Glitch | S::OutOfOrder => {}
         }
-        self.last_energy = Some(v);
     }
 }
+
+/// The most a superchip module can draw (two GPUs at the GPU ceiling, CPU
+/// and memory within it), W: a module counter step beyond it is a glitch.
+pub const MODULE_MAX_WATTS: f64 = 2.0 * crate::state::GPU_MAX_WATTS_CEILING;
 
 /// The zone of an agent's GPUs and modules.
 pub fn zone_of<'a>(site: &'a Site, agent: &str) -> &'a str {
@@ -386,8 +391,9 @@ mod tests {
     #[test]
     fn module_energy_starts_at_its_baseline() {
         let mut m = ModuleState::default();
-        for v in [100.0, 150.0, 20.0, 50.0] {
-            m.energy(v);
+        // A glitch (1 PJ in a second) counts nothing and keeps the base.
+        for (i, v) in [100.0, 150.0, 20.0, 1e15, 50.0].into_iter().enumerate() {
+            m.energy(1_000 * (i as i64 + 1), v);
         }
         assert_eq!(m.energy_joules, 50.0 + 20.0 + 30.0);
     }
