@@ -280,7 +280,14 @@ pub enum Ignored {
     NotForRole,
     /// An entity kind this collector does not know (sent by a newer agent).
     UnknownEntity,
+    /// A new module of a node that already has [`MAX_MODULES_PER_NODE`].
+    TooManyModules,
 }
+
+/// The most superchip modules the collector keeps for one node (a GB300
+/// tray has 2): module ids past it are ignored, so no agent can grow the
+/// collector's memory by inventing ids.
+pub const MAX_MODULES_PER_NODE: usize = 16;
 
 impl Ignored {
     /// The label value.
@@ -293,6 +300,7 @@ impl Ignored {
             Ignored::Glitch => "glitch",
             Ignored::NotForRole => "not_for_role",
             Ignored::UnknownEntity => "unknown_entity",
+            Ignored::TooManyModules => "too_many_modules",
         }
     }
 }
@@ -516,6 +524,17 @@ impl State {
             let outcome = match (&r.entity, r.quantity) {
                 (Entity::Other(_), _) => Err(Ignored::UnknownEntity),
                 (_, Quantity::Other) => Err(Ignored::UnknownQuantity),
+                (Entity::Module(id), _)
+                    if !self.modules.contains_key(&(batch.node.clone(), id.clone()))
+                        && self
+                            .modules
+                            .range((batch.node.clone(), String::new())..)
+                            .take_while(|((n, _), _)| *n == batch.node)
+                            .count()
+                            >= MAX_MODULES_PER_NODE =>
+                {
+                    Err(Ignored::TooManyModules)
+                }
                 (Entity::Module(id), q) => {
                     let m = self
                         .modules

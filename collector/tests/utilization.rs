@@ -273,10 +273,36 @@ async fn unknown_entity_is_ignored_and_counted_today_format_still_works() {
         Some(1.0)
     );
     assert_eq!(sample(&metrics, "dcwatt_gpus_power_watts"), Some(800.0));
+    // Invented module ids cannot grow the collector's memory: past 16 per
+    // node they are ignored and counted.
+    let many = batch(
+        "n1",
+        3,
+        (0..20)
+            .map(|i| Reading {
+                ts_ms: ts + 2,
+                entity: Entity::Module(format!("sn-{i}")),
+                quantity: Quantity::PowerWatts,
+                value: 100.0,
+            })
+            .collect(),
+    );
+    let (status, ack) = post(&http, &url, A, serde_json::to_vec(&many).unwrap()).await;
+    assert_eq!(status, 200, "{ack}");
+    assert_eq!(ack["accepted"], 16, "{ack}");
+    let metrics = get(&http, &format!("{url}/metrics")).await;
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"dcwatt_ingest_ignored_readings_total{reason="too_many_modules"}"#
+        ),
+        Some(4.0)
+    );
+    assert_eq!(sample(&metrics, "dcwatt_modules_power_watts"), Some(1600.0));
     // A module id outside the id alphabet is refused like any entity id.
     let bad = batch(
         "n1",
-        3,
+        4,
         vec![Reading {
             ts_ms: ts + 2,
             entity: Entity::Module("sn/1".into()),
