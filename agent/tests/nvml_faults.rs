@@ -669,8 +669,12 @@ library = "{LIB_PATH}"
         publish(&state, &gpus);
         let t = agent
             .wait_for(Duration::from_secs(10), |t| {
+                // Utilization is a rotating reading (every other tick), so
+                // it is waited for, not assumed to land with the power.
                 value(t, &up(0)) == Some(0.0)
                     && value(t, &s("dcwatt_gpu_power_watts", 2)) == Some(p2 as f64 / 1000.0)
+                    && value(t, &s("dcwatt_gpu_utilization_ratio", 1))
+                        == Some(f64::from(u1) / 100.0)
             })
             .await;
         assert_eq!(must(&t, &up(1)), 1.0, "{t}");
