@@ -52,6 +52,7 @@ pub fn sample_batch(seq: u64) -> Vec<u8> {
             uuid,
             index: g,
             model: "NVIDIA GB300".into(),
+            module: None,
         });
     }
     readings.push(Reading {

@@ -643,6 +643,7 @@ mod tests {
             uuid: uuid.into(),
             index,
             model: "NVIDIA GB300".into(),
+            module: None,
         };
         let c = Collected {
             readings: vec![
@@ -722,6 +723,7 @@ mod tests {
                     uuid: "GPU-a".into(),
                     index: 0,
                     model: "M".into(),
+                    module: None,
                 },
                 up: true,
                 detail,

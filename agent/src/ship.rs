@@ -922,6 +922,7 @@ mod tests {
                 uuid: gpu.into(),
                 index: 0,
                 model: "m".into(),
+                module: None,
             }],
             readings: vec![Reading {
                 ts_ms: seq as i64,

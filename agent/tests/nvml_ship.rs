@@ -137,6 +137,10 @@ async fn gb300_ships_gpm_xids_and_modules_when_told() {
             .all(|r| matches!(r.entity, Entity::Gpu(_) | Entity::Meter(_))),
         "a non-GPU entity without ship_modules"
     );
+    assert!(
+        plain.iter().flat_map(|b| &b.gpus).all(|g| g.module.is_none()),
+        "a GPU names its module without ship_modules"
+    );
     // GPM ratios per GPU, as NVML's percent / 100.
     let sm = last(&plain, Quantity::SmActiveRatio);
     assert_eq!(sm.len(), 4, "{sm:?}");
@@ -170,6 +174,21 @@ async fn gb300_ships_gpm_xids_and_modules_when_told() {
         assert!(
             module_mw.iter().any(|mw| f64::from(*mw) / 1000.0 == **w),
             "{w} W is no GPU's module power {module_mw:?}"
+        );
+    }
+    // Each GPU names the module it shares with its superchip sibling: two
+    // GPUs per module, every module shipped.
+    let mut members: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
+    for g in told.iter().flat_map(|b| &b.gpus) {
+        let m = g.module.clone().expect("a GPU without its module");
+        members.entry(m).or_default().insert(g.uuid.clone());
+    }
+    assert_eq!(members.len(), 2, "{members:?}");
+    for (m, gpus) in &members {
+        assert_eq!(gpus.len(), 2, "{m}: {gpus:?}");
+        assert!(
+            modules.iter().any(|(e, _)| **e == Entity::Module(m.clone())),
+            "{m} is not a shipped module"
         );
     }
     let mut energies: BTreeMap<Entity, Vec<f64>> = BTreeMap::new();

@@ -56,6 +56,7 @@ pub fn batch(i: usize, seq: u64, ts_ms: i64) -> Batch {
             uuid: uuid.clone(),
             index: g,
             model: "NVIDIA GB300".into(),
+            module: None,
         });
         for (q, v) in GPU_QUANTITIES {
             let value = if q == Quantity::EnergyJoules {

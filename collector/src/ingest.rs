@@ -155,6 +155,20 @@ pub fn validate(batch: &Batch, agent: &str, site: &Site, now_ms: i64) -> Result<
                 "must be at most 256 printable characters",
             ));
         }
+        if let Some(m) = &g.module {
+            check_id(m).map_err(|why| bad(format!("gpus[{i}].module"), why))?;
+            // One GPU, one module: the same GPU listed again with another
+            // module is refused (its module's energy could not be split).
+            if let Some(j) = batch.gpus[..i]
+                .iter()
+                .position(|o| o.uuid == g.uuid && o.module.as_ref().is_some_and(|om| om != m))
+            {
+                return Err(bad(
+                    format!("gpus[{i}].module"),
+                    &format!("GPU {} already names module in gpus[{j}]: a GPU belongs to one module", g.uuid),
+                ));
+            }
+        }
     }
     let (oldest, newest) = (
         now_ms.saturating_sub(site.max_age_ms),

@@ -47,6 +47,12 @@ CREATE TABLE IF NOT EXISTS tenant_open (
     degraded_ms INTEGER,
     down_ms INTEGER,
     unknown_ms INTEGER,
+    sm_sum REAL NOT NULL DEFAULT 0,
+    sm_n REAL NOT NULL DEFAULT 0,
+    tensor_sum REAL NOT NULL DEFAULT 0,
+    tensor_n REAL NOT NULL DEFAULT 0,
+    idle_joules REAL,
+    module_joules REAL,
     PRIMARY KEY (minute_ms, tenant)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS ledger (
@@ -69,7 +75,11 @@ CREATE TABLE IF NOT EXISTS ledger (
     degraded_ms INTEGER,
     down_ms INTEGER,
     unknown_ms INTEGER,
-    delivery_digest TEXT
+    delivery_digest TEXT,
+    sm_active_mean REAL,
+    tensor_active_mean REAL,
+    idle_joules REAL,
+    module_joules REAL
 );
 CREATE INDEX IF NOT EXISTS ledger_tenant ON ledger (tenant, minute_ms);
 -- Metered nodes: the node meter's energy per minute (with the GPUs its agent
@@ -243,7 +253,10 @@ fn share_nodes(tx: &rusqlite::Transaction<'_>, cutoff: i64, now_ms: i64) -> Resu
         if !ready || gpu_ms <= 0 {
             continue;
         }
-        let rest = (meter_joules - gpu_joules).max(0.0);
+        // The module remainders of the node-minute are billed as module
+        // energy (crate::modules): never twice.
+        let modules = crate::modules::shared_rest(tx, minute, &node)?;
+        let rest = (meter_joules - gpu_joules - modules).max(0.0);
         let mut given = 0.0;
         for (i, (owner, _, ms, booked)) in owners.iter().enumerate() {
             // Exact: the last owner takes the remainder.
@@ -359,11 +372,13 @@ impl Store {
     ) -> Result<usize, StoreError> {
         let tx = self.conn.transaction()?;
         let cutoff = now_ms - 60_000 - site.close_after_ms;
+        crate::modules::share(&tx, cutoff, now_ms)?;
         share_nodes(&tx, cutoff, now_ms)?;
         let open: Vec<OpenRow> = tx
             .prepare_cached(
                 "SELECT minute_ms, tenant, it_joules, gpu_ms, util_sum, util_n, peak_w, excursions, node_joules,
-                 available_ms, degraded_ms, down_ms, unknown_ms FROM tenant_open
+                 available_ms, degraded_ms, down_ms, unknown_ms, sm_sum, sm_n, tensor_sum, tensor_n, idle_joules, module_joules
+                 FROM tenant_open
                  WHERE minute_ms <= ?1 ORDER BY minute_ms, tenant",
             )?
             .query_map(params![cutoff], |r| {
@@ -378,6 +393,9 @@ impl Store {
                     excursions: r.get(7)?,
                     node_joules: r.get(8)?,
                     delivery: [r.get(9)?, r.get(10)?, r.get(11)?, r.get(12)?],
+                    activity: [r.get(13)?, r.get(14)?, r.get(15)?, r.get(16)?],
+                    idle_joules: r.get(17)?,
+                    module_joules: r.get(18)?,
                 })
             })?
             .collect::<Result<_, _>>()?;
@@ -446,14 +464,20 @@ impl Store {
                 excursions: o.excursions,
                 node_joules: o.node_joules,
                 delivery,
+                sm_active_mean: (o.activity[1] > 0.0)
+                    .then(|| (o.activity[0] / o.activity[1]).clamp(0.0, 1.0)),
+                tensor_active_mean: (o.activity[3] > 0.0)
+                    .then(|| (o.activity[2] / o.activity[3]).clamp(0.0, 1.0)),
+                idle_joules: o.idle_joules,
+                module_joules: o.module_joules,
             };
             let (hash, leaf) = row.hashes();
             row.hash = hash;
             leaves.push((row.id, leaf));
             tx.prepare_cached(
                 "INSERT INTO ledger (id, minute_ms, tenant, it_joules, facility_joules, pue, pue_basis, gpu_ms, late, prev_hash, hash, util_mean, peak_watts, excursions, node_joules,
-                 available_ms, degraded_ms, down_ms, unknown_ms, delivery_digest)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
+                 available_ms, degraded_ms, down_ms, unknown_ms, delivery_digest, sm_active_mean, tensor_active_mean, idle_joules, module_joules)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24)",
             )?
             .execute(params![
                 row.id,
@@ -475,7 +499,11 @@ impl Store {
                 row.delivery.as_ref().map(|d| d.degraded_ms),
                 row.delivery.as_ref().map(|d| d.down_ms),
                 row.delivery.as_ref().map(|d| d.unknown_ms),
-                row.delivery.as_ref().map(|d| d.digest.clone())
+                row.delivery.as_ref().map(|d| d.digest.clone()),
+                row.sm_active_mean,
+                row.tensor_active_mean,
+                row.idle_joules,
+                row.module_joules
             ])?;
             crate::delivery::book(&tx, row.id, &entries)?;
             prev_hash = row.hash;
@@ -691,7 +719,8 @@ impl TenantTotal {
 
 /// The ledger columns [`read_row`] reads, in its order.
 pub(crate) const ROW_COLUMNS: &str =
-    "id, minute_ms, tenant, it_joules, facility_joules, pue, pue_basis, gpu_ms, late, prev_hash, hash, util_mean, peak_watts, excursions, node_joules, available_ms, degraded_ms, down_ms, unknown_ms, delivery_digest";
+    "id, minute_ms, tenant, it_joules, facility_joules, pue, pue_basis, gpu_ms, late, prev_hash, hash, util_mean, peak_watts, excursions, node_joules, available_ms, degraded_ms, down_ms, unknown_ms, delivery_digest,
+     sm_active_mean, tensor_active_mean, idle_joules, module_joules";
 
 pub(crate) fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
     Ok(Row {
@@ -721,6 +750,10 @@ pub(crate) fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
                 gpus: Vec::new(),
             }),
         },
+        sm_active_mean: r.get(20)?,
+        tensor_active_mean: r.get(21)?,
+        idle_joules: r.get(22)?,
+        module_joules: r.get(23)?,
     })
 }
 
@@ -737,6 +770,10 @@ struct OpenRow {
     node_joules: Option<f64>,
     /// GPU time per delivery state (available, degraded, down, unknown), ms.
     delivery: [Option<i64>; 4],
+    /// SM activity Σ and weight, tensor activity Σ and weight.
+    activity: [f64; 4],
+    idle_joules: Option<f64>,
+    module_joules: Option<f64>,
 }
 
 /// Columns added in schema version 2, added to a version-1 database on open.
@@ -765,6 +802,17 @@ pub const MIGRATIONS: &[(&str, &str, &str)] = &[
     ("ledger", "down_ms", "INTEGER"),
     ("ledger", "unknown_ms", "INTEGER"),
     ("ledger", "delivery_digest", "TEXT"),
+    // Activity, idle and module energy (ledger v4).
+    ("tenant_open", "sm_sum", "REAL NOT NULL DEFAULT 0"),
+    ("tenant_open", "sm_n", "REAL NOT NULL DEFAULT 0"),
+    ("tenant_open", "tensor_sum", "REAL NOT NULL DEFAULT 0"),
+    ("tenant_open", "tensor_n", "REAL NOT NULL DEFAULT 0"),
+    ("tenant_open", "idle_joules", "REAL"),
+    ("tenant_open", "module_joules", "REAL"),
+    ("ledger", "sm_active_mean", "REAL"),
+    ("ledger", "tensor_active_mean", "REAL"),
+    ("ledger", "idle_joules", "REAL"),
+    ("ledger", "module_joules", "REAL"),
 ];
 
 /// The PUE of one complete minute, if it is complete and valid.

@@ -36,6 +36,7 @@ pub mod export;
 pub mod figures;
 pub mod ingest;
 pub mod ledger;
+pub mod modules;
 pub mod names;
 pub mod pue;
 pub mod serve;

@@ -200,6 +200,10 @@ pub struct GpuState {
     /// ([`crate::utilization`]).
     #[serde(default, skip_serializing_if = "is_default")]
     pub util: GpuUtil,
+    /// The superchip module its agent says it belongs to (`GpuInfo::module`),
+    /// once the module reports on its node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub module: Option<String>,
 }
 
 impl GpuState {
@@ -282,6 +286,9 @@ pub enum Ignored {
     UnknownEntity,
     /// A new module of a node that already has [`MAX_MODULES_PER_NODE`].
     TooManyModules,
+    /// A GPU naming a module that its node does not report
+    /// (`gpus[].module`): the GPU is taken as in no module.
+    UnknownModule,
 }
 
 /// The most superchip modules the collector keeps for one node (a GB300
@@ -301,6 +308,7 @@ impl Ignored {
             Ignored::NotForRole => "not_for_role",
             Ignored::UnknownEntity => "unknown_entity",
             Ignored::TooManyModules => "too_many_modules",
+            Ignored::UnknownModule => "unknown_module",
         }
     }
 }
@@ -326,6 +334,10 @@ pub struct Changes {
     pub gpu_stats: Vec<(String, String, GpuMinuteStats)>,
     /// GPU-minutes judged for service levels: (UUID, node, minute).
     pub gpu_delivery: Vec<(String, String, crate::delivery::DeliveredMinute)>,
+    /// Superchip modules whose state changed: (node, module id).
+    pub modules: BTreeSet<(String, String)>,
+    /// Fixed UTC minutes that modules completed: (node, module id, minute).
+    pub module_minutes: Vec<(String, String, MinuteEnergy)>,
 }
 
 /// A change to the excursion log.
@@ -551,8 +563,18 @@ impl State {
                             }
                         }
                         Quantity::IntegratedEnergyJoules => {
-                            m.energy(r.ts_ms, r.value);
-                            Ok(())
+                            let before = m.glitches;
+                            let done = m.energy(r.ts_ms, r.value, site.stale_after_ms);
+                            let key = (batch.node.clone(), id.clone());
+                            changes.module_minutes.extend(
+                                done.into_iter().map(|w| (key.0.clone(), key.1.clone(), w)),
+                            );
+                            changes.modules.insert(key);
+                            if m.glitches > before {
+                                Err(Ignored::Glitch)
+                            } else {
+                                Ok(())
+                            }
                         }
                         _ => Err(Ignored::UnusedEntity),
                     }
@@ -594,8 +616,59 @@ impl State {
             }
         }
         self.readings += applied as u64;
+        self.apply_gpu_modules(batch, &mut changes);
         self.judge_thermals(batch, &coolant_meters, site, &mut changes);
         (applied, changes)
+    }
+
+    /// The module each GPU of the batch names (`gpus[].module`), kept when
+    /// its node reports that module (after this batch's readings); a module
+    /// the node does not report is ignored (`unknown_module`, or
+    /// `too_many_modules` when the node is at its cap) and the GPU taken as
+    /// in none. A GPU whose agent names no module is in none.
+    fn apply_gpu_modules(&mut self, batch: &Batch, changes: &mut Changes) {
+        for g in &batch.gpus {
+            let module = match &g.module {
+                Some(m) if self.modules.contains_key(&(batch.node.clone(), m.clone())) => {
+                    Some(m.clone())
+                }
+                Some(_) => {
+                    let at_cap = self
+                        .modules
+                        .range((batch.node.clone(), String::new())..)
+                        .take_while(|((n, _), _)| *n == batch.node)
+                        .count()
+                        >= MAX_MODULES_PER_NODE;
+                    let why = if at_cap {
+                        Ignored::TooManyModules
+                    } else {
+                        Ignored::UnknownModule
+                    };
+                    *self.ignored.entry(why).or_default() += 1;
+                    None
+                }
+                None => None,
+            };
+            if let Some(gpu) = self.gpus.get_mut(&g.uuid) {
+                if gpu.module != module {
+                    let node = gpu.node.clone();
+                    if let Some(old) = gpu.module.take() {
+                        if let Some(m) = self.modules.get_mut(&(node.clone(), old.clone())) {
+                            m.gpus.remove(&g.uuid);
+                            changes.modules.insert((node.clone(), old));
+                        }
+                    }
+                    if let Some(new) = &module {
+                        if let Some(m) = self.modules.get_mut(&(node.clone(), new.clone())) {
+                            m.gpus.insert(g.uuid.clone());
+                            changes.modules.insert((node, new.clone()));
+                        }
+                    }
+                    gpu.module = module;
+                    changes.gpus.insert(g.uuid.clone());
+                }
+            }
+        }
     }
 
     /// Judges the thermal state of the GPUs and CDUs this batch reported on.

@@ -211,6 +211,8 @@ impl Store {
             .map_err(open_err)?;
         conn.execute_batch(crate::delivery::SCHEMA)
             .map_err(open_err)?;
+        conn.execute_batch(crate::modules::SCHEMA)
+            .map_err(open_err)?;
         // Energy bounds: events and meter spans (an older database gains them).
         crate::bounds::migrate(&conn).map_err(open_err)?;
         migrate(&conn)?;
@@ -327,6 +329,22 @@ impl Store {
             state.gpus.insert(uuid, gpu);
         }
         state.recount_agent_gpus();
+        let mut stmt = self.conn.prepare("SELECT node, id, state FROM modules")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })?;
+        for row in rows {
+            let (node, id, json) = row?;
+            let m = serde_json::from_str(&json).map_err(|source| StoreError::Decode {
+                what: format!("module {id} of node {node}"),
+                source,
+            })?;
+            state.modules.insert((node, id), m);
+        }
         let mut stmt = self
             .conn
             .prepare("SELECT zone, kind, count(*) FROM excursions GROUP BY zone, kind")?;
@@ -367,6 +385,7 @@ impl Store {
         conn.execute_batch(SCHEMA)?;
         conn.execute_batch(crate::ledger::SCHEMA)?;
         conn.execute_batch(crate::delivery::SCHEMA)?;
+        conn.execute_batch(crate::modules::SCHEMA)?;
         conn.execute_batch(crate::bounds::SCHEMA)?;
         Ok(Store { conn, path: None })
     }
@@ -511,6 +530,12 @@ pub struct Prepared {
     node_minutes: Vec<(String, MinuteEnergy, i64)>,
     /// Meter events and spans (energy bounds).
     bounds: crate::bounds::Prepared,
+    /// Superchip modules: (node, id, state JSON).
+    modules: Vec<(String, String, String)>,
+    /// Modules' minutes: (node, id, minute, the GPUs naming the module).
+    module_minutes: Vec<(String, String, MinuteEnergy, i64)>,
+    /// The minutes of GPUs in a module.
+    gpu_module_minutes: Vec<crate::modules::GpuModuleMinute>,
 }
 
 /// Serializes what one applied batch changed (call right after applying it).
@@ -551,6 +576,28 @@ pub fn prepare(agent: &str, state: &State, changes: &Changes) -> Result<Prepared
         }
     }
     p.gpu_minutes.clone_from(&changes.gpu_minutes);
+    for (node, id) in &changes.modules {
+        if let Some(m) = state.modules.get(&(node.clone(), id.clone())) {
+            let json = serde_json::to_string(m).map_err(|source| StoreError::Decode {
+                what: format!("module {id} of node {node}"),
+                source,
+            })?;
+            p.modules.push((node.clone(), id.clone(), json));
+        }
+    }
+    for (node, id, w) in &changes.module_minutes {
+        let gpus = state
+            .modules
+            .get(&(node.clone(), id.clone()))
+            .map_or(0, |m| i64::try_from(m.gpus.len()).unwrap_or(i64::MAX));
+        p.module_minutes.push((node.clone(), id.clone(), *w, gpus));
+    }
+    for (uuid, node, w) in &changes.gpu_minutes {
+        if let Some(m) = state.gpus.get(uuid).and_then(|g| g.module.as_ref()) {
+            p.gpu_module_minutes
+                .push((uuid.clone(), node.clone(), m.clone(), *w));
+        }
+    }
     p.excursions.clone_from(&changes.excursions);
     p.gpu_stats.clone_from(&changes.gpu_stats);
     p.gpu_delivery.clone_from(&changes.gpu_delivery);
@@ -568,6 +615,13 @@ fn write_prepared(
     }
     crate::bounds::write(tx, &p.bounds)?;
     crate::ledger::attribute(tx, site, &p.gpu_minutes)?;
+    crate::modules::write(
+        tx,
+        site,
+        &p.modules,
+        &p.module_minutes,
+        &p.gpu_module_minutes,
+    )?;
     crate::ledger::attribute_stats(tx, site, &p.gpu_stats)?;
     crate::delivery::attribute(tx, site, &p.gpu_delivery)?;
     for (node, w, gpus) in &p.node_minutes {
@@ -1033,6 +1087,10 @@ mod tests {
                 peak_watts: None,
                 excursions: 0,
                 node_joules: None,
+                sm_active_mean: None,
+                tensor_active_mean: None,
+                idle_joules: None,
+                module_joules: None,
                 delivery: None,
             };
             row.hash = row.compute_hash();

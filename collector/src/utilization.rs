@@ -24,8 +24,11 @@
 //! site-wide alerts can fire.
 //!
 //! **Modules**: a superchip module's power and agent-integrated energy
-//! (`Entity::Module`), per node and module; in memory only (a restart starts
-//! their energy at 0, a counter reset to Prometheus).
+//! (`Entity::Module`), per node and module. Its counted energy is cut into
+//! UTC minutes like a GPU's and persisted with the module (table `modules`),
+//! so the ledger bills the module's energy beyond its GPUs
+//! ([`crate::modules`]); the power and the exported energy total restart
+//! with the collector (a counter reset to Prometheus).
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -246,31 +249,69 @@ pub struct UtilizationFigures {
     pub zones: BTreeMap<String, ScopeFigures>,
 }
 
-/// A superchip module as the collector keeps it.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// A superchip module as the collector keeps it (persisted, but for its
+/// power and `energy_joules`, which restart with the collector).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ModuleState {
     /// The agent that reports it.
+    #[serde(default)]
     pub agent: String,
     /// Latest power (Unix ms, W).
+    #[serde(skip)]
     pub power: Option<(i64, f64)>,
     /// The agent's integrated energy counter, judged like every other
     /// counter against [`MODULE_MAX_WATTS`].
+    #[serde(default)]
     pub counter: crate::energy::Counter,
     /// Energy counted since the collector started, J.
+    #[serde(skip)]
     pub energy_joules: f64,
+    /// Energy counted since the module was first seen, J (the curve its
+    /// minutes are cut from).
+    #[serde(default)]
+    pub counted_joules: f64,
+    /// The fixed UTC minutes of its energy, for the tenant ledger.
+    #[serde(default)]
+    pub minutes: crate::energy::Minutes,
+    /// Counter glitches seen (not counted).
+    #[serde(default)]
+    pub glitches: u64,
+    /// The GPUs that name it (`GpuInfo::module`), by UUID.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
+    pub gpus: std::collections::BTreeSet<String>,
 }
 
 impl ModuleState {
     /// One shipped integrated-energy value at `ts_ms`, judged by
     /// [`crate::energy::Counter::observe`]: a believable increase or reset
     /// (agent restart) is counted, a glitch counts nothing; the first value
-    /// is the baseline.
-    pub fn energy(&mut self, ts_ms: i64, v: f64) {
+    /// is the baseline. Returns the UTC minutes this value completed (a
+    /// minute is complete when no stretch in it was longer than `stale_ms`,
+    /// a reset or a rebase).
+    pub fn energy(&mut self, ts_ms: i64, v: f64, stale_ms: i64) -> Vec<crate::energy::MinuteEnergy> {
         use crate::energy::CounterStep as S;
-        match self.counter.observe(ts_ms, v, MODULE_MAX_WATTS) {
-            S::Delta(span) | S::Reset(span) | S::Rebased(span) => self.energy_joules += span.joules,
-            S::Baseline | S::Glitch | S::OutOfOrder => {}
-        }
+        let clean = match self.counter.observe(ts_ms, v, MODULE_MAX_WATTS) {
+            S::Delta(span) => {
+                self.energy_joules += span.joules;
+                self.counted_joules += span.joules;
+                span.to_ms - span.from_ms <= stale_ms
+            }
+            S::Reset(span) | S::Rebased(span) => {
+                self.energy_joules += span.joules;
+                self.counted_joules += span.joules;
+                false
+            }
+            S::Baseline => false,
+            S::Glitch => {
+                self.glitches += 1;
+                return Vec::new();
+            }
+            S::OutOfOrder => return Vec::new(),
+        };
+        let mut out = Vec::new();
+        self.minutes
+            .push(ts_ms, self.counted_joules, clean, &mut out);
+        out
     }
 }
 
@@ -393,8 +434,9 @@ mod tests {
         let mut m = ModuleState::default();
         // A glitch (1 PJ in a second) counts nothing and keeps the base.
         for (i, v) in [100.0, 150.0, 20.0, 1e15, 50.0].into_iter().enumerate() {
-            m.energy(1_000 * (i as i64 + 1), v);
+            m.energy(1_000 * (i as i64 + 1), v, 60_000);
         }
         assert_eq!(m.energy_joules, 50.0 + 20.0 + 30.0);
+        assert_eq!(m.glitches, 1);
     }
 }

@@ -444,6 +444,7 @@ async fn hostile_batches_are_refused_and_change_nothing() {
         uuid: "GPU-1".into(),
         index: 0,
         model: "x\u{7}".into(),
+        module: None,
     }];
     let mut replay = ok();
     replay.seq = 10;

@@ -45,6 +45,7 @@ fn good_batch() -> Batch {
             uuid: "GPU-1".into(),
             index: 0,
             model: "NVIDIA GB300".into(),
+            module: None,
         }],
         readings: vec![
             Reading {
@@ -144,7 +145,7 @@ fn batch() -> impl Strategy<Value = Batch> {
                 created_ms: NOW,
                 gpus: gpus
                     .into_iter()
-                    .map(|(uuid, index, model)| GpuInfo { uuid, index, model })
+                    .map(|(uuid, index, model)| GpuInfo { uuid, index, model, module: None })
                     .collect(),
                 readings,
             },

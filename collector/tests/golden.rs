@@ -33,6 +33,7 @@ fn batch(seq: u64, ts: i64, k: f64) -> Batch {
             uuid: "GPU-1".into(),
             index: 0,
             model: "NVIDIA GB300".into(),
+            module: None,
         }],
         readings: vec![
             meter("utility-a", Quantity::PowerWatts, 24_000.0),

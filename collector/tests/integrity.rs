@@ -352,6 +352,7 @@ async fn counter_dips_glitches_and_resets_count_only_what_was_measured() {
             uuid: "GPU-a".into(),
             index: 0,
             model: "NVIDIA GB300".into(),
+            module: None,
         }];
         b
     };
@@ -501,6 +502,7 @@ async fn a_gpu_listed_by_another_agent_is_refused() {
         uuid: "GPU-a".into(),
         index: 0,
         model: "NVIDIA GB300".into(),
+        module: None,
     }];
     assert_eq!(post(&http, &url, TOKEN, &mine).await.0, 200);
     let mut theirs = batch("n2", 1, vec![]);
@@ -508,6 +510,7 @@ async fn a_gpu_listed_by_another_agent_is_refused() {
         uuid: "GPU-a".into(),
         index: 3,
         model: "renamed".into(),
+        module: None,
     }];
     let (status, body) = post(&http, &url, OTHER, &theirs).await;
     assert_eq!(status, 403, "{body}");

@@ -87,6 +87,7 @@ fn batch(agent: &str, seq: u64, gpus: &[&str], readings: Vec<Reading>) -> Batch 
                 uuid: (*u).into(),
                 index: i as u32,
                 model: "NVIDIA GB300".into(),
+                module: None,
             })
             .collect(),
         readings,

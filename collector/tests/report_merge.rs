@@ -68,6 +68,7 @@ async fn feed(url: &str, hall: &Hall, t0: i64) {
                 uuid: hall.gpu.into(),
                 index: 0,
                 model: "NVIDIA GB300".into(),
+                module: None,
             }],
             readings: vec![
                 Reading {

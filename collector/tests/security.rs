@@ -41,6 +41,7 @@ fn batch(seq: u64, gpus: &[&str]) -> Batch {
                 uuid: (*u).into(),
                 index: i as u32,
                 model: "NVIDIA GB300".into(),
+                module: None,
             })
             .collect(),
         readings: gpus

@@ -243,6 +243,7 @@ async fn outages_throttling_and_silence_are_booked_as_gpu_minutes_per_state() {
                         uuid: (*g).into(),
                         index: i as u32,
                         model: "NVIDIA GB300".into(),
+                        module: None,
                     })
                     .collect(),
                 readings: gpus.iter().flat_map(|g| gpu_readings(g, ts, s)).collect(),

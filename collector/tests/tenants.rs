@@ -96,6 +96,7 @@ async fn leases_book_gpu_energy_and_only_the_right_caller_reads_it() {
                         uuid: g.1.into(),
                         index: i as u32,
                         model: "NVIDIA GB300".into(),
+                        module: None,
                     })
                     .collect(),
                 // Energy at constant power; power readings with a 100 W spike
@@ -546,6 +547,7 @@ async fn a_metered_nodes_energy_beyond_its_gpus_is_shared_by_gpu_time() {
                     uuid: (*u).into(),
                     index: i as u32,
                     model: "NVIDIA GB300".into(),
+                    module: None,
                 })
                 .collect(),
             readings: vec![

@@ -113,6 +113,7 @@ async fn post(http: &reqwest::Client, url: &str, agent: usize, k: i64, ts: i64) 
             uuid: uuid.into(),
             index: 0,
             model: "NVIDIA GB300".into(),
+            module: None,
         }],
         readings: readings(k, ts, agent),
     };
@@ -398,6 +399,7 @@ async fn tenant_utilization_is_the_mean_over_the_gpus_it_leases_now() {
                     uuid: (*uuid).into(),
                     index: i as u32,
                     model: "NVIDIA GB300".into(),
+                    module: None,
                 })
                 .collect(),
             readings: gpus

@@ -66,7 +66,7 @@ fn attribute(db: &Path, rows: &[(i64, &str, f64)]) {
 fn ledger_leaves(db: &Path) -> Vec<merkle::Hash> {
     let c = rusqlite::Connection::open(db).unwrap();
     let mut stmt = c
-        .prepare("SELECT id, minute_ms, tenant, it_joules, facility_joules, pue, pue_basis, gpu_ms, late, prev_hash, hash, util_mean, peak_watts, excursions, node_joules FROM ledger ORDER BY id")
+        .prepare("SELECT id, minute_ms, tenant, it_joules, facility_joules, pue, pue_basis, gpu_ms, late, prev_hash, hash, util_mean, peak_watts, excursions, node_joules, sm_active_mean, tensor_active_mean, idle_joules, module_joules FROM ledger ORDER BY id")
         .unwrap();
     stmt.query_map([], |r| {
         Ok(dcwatt_collector::ledger::Row {
@@ -85,6 +85,10 @@ fn ledger_leaves(db: &Path) -> Vec<merkle::Hash> {
             peak_watts: r.get(12)?,
             excursions: r.get(13)?,
             node_joules: r.get(14)?,
+            sm_active_mean: r.get(15)?,
+            tensor_active_mean: r.get(16)?,
+            idle_joules: r.get(17)?,
+            module_joules: r.get(18)?,
             delivery: None,
         })
     })
@@ -297,6 +301,7 @@ async fn post_eight_minutes(http: &reqwest::Client, url: &str) -> i64 {
                     uuid: g.0.into(),
                     index: i as u32,
                     model: "NVIDIA GB300".into(),
+                    module: None,
                 })
                 .collect(),
             readings: gpus

@@ -203,7 +203,7 @@ fn verify(dir: &Path, args: &[OsString]) -> (i32, String) {
 /// Every row, in id order.
 fn rows(c: &rusqlite::Connection) -> Vec<Row> {
     let mut stmt = c
-        .prepare("SELECT id, minute_ms, tenant, it_joules, facility_joules, pue, pue_basis, gpu_ms, late, prev_hash, hash, util_mean, peak_watts, excursions, node_joules FROM ledger ORDER BY id")
+        .prepare("SELECT id, minute_ms, tenant, it_joules, facility_joules, pue, pue_basis, gpu_ms, late, prev_hash, hash, util_mean, peak_watts, excursions, node_joules, sm_active_mean, tensor_active_mean, idle_joules, module_joules FROM ledger ORDER BY id")
         .unwrap();
     stmt.query_map([], |r| {
         Ok(Row {
@@ -222,6 +222,10 @@ fn rows(c: &rusqlite::Connection) -> Vec<Row> {
             peak_watts: r.get(12)?,
             excursions: r.get(13)?,
             node_joules: r.get(14)?,
+            sm_active_mean: r.get(15)?,
+            tensor_active_mean: r.get(16)?,
+            idle_joules: r.get(17)?,
+            module_joules: r.get(18)?,
             // Booked without service levels: v1/v2 bytes.
             delivery: None,
         })

@@ -68,6 +68,7 @@ fn statements_equal_the_truth_of_each_tenants_gpus() {
                         uuid: u.clone(),
                         index: i as u32,
                         model: "NVIDIA GB300".into(),
+                        module: None,
                     })
                     .collect(),
                 // The counter counts from the start of the simulation.

@@ -29,6 +29,16 @@
 //! added or dropped incident breaks the row's hash. Rows without delivery
 //! data keep their v1/v2 bytes.
 //!
+//! and, for a row with activity or module data (mean SM or tensor activity,
+//! idle energy or module energy present), that text (v1, v2 or v3) wrapped
+//! once more as
+//!
+//! ```text
+//! dcwatt-ledger-v4|{the v1, v2 or v3 text}|{sm_active_mean}|{tensor_active_mean}|{idle_joules}|{module_joules}
+//! ```
+//!
+//! Rows without them keep their earlier bytes.
+//!
 //! They cover every column of the row except `hash`, which is derived from
 //! them. The chain hash is `hex(SHA-256(canonical))`; the row's Merkle leaf is
 //! `SHA-256(0x00 ‖ canonical)` ([`crate::merkle::leaf_hash`]).
@@ -76,6 +86,21 @@ pub struct Row {
     /// GPU service levels of the minute (from version 3 on), when booked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivery: Option<Delivery>,
+    /// GPU-time-weighted mean GPM SM activity of its GPUs in the minute,
+    /// 0..1, when any of them has GPM (from version 4 on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sm_active_mean: Option<f64>,
+    /// GPU-time-weighted mean GPM tensor activity, 0..1 (version 4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tensor_active_mean: Option<f64>,
+    /// Its GPUs' energy while their SM activity was below the idle
+    /// threshold, J (part of its GPU energy; version 4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_joules: Option<f64>,
+    /// Its share of superchip modules' energy beyond their GPUs (Grace CPU,
+    /// LPDDR, board), J (part of `it_joules`; version 4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub module_joules: Option<f64>,
     /// The previous row's hash.
     pub prev_hash: String,
     /// This row's hash.
@@ -116,12 +141,28 @@ impl Row {
                 bits(self.node_joules)
             )
         };
-        match &self.delivery {
+        let content = match &self.delivery {
             None => content,
             Some(d) => format!(
                 "dcwatt-ledger-v3|{content}|{}|{}|{}|{}|{}",
                 d.available_ms, d.degraded_ms, d.down_ms, d.unknown_ms, d.digest
             ),
+        };
+        // Activity and module energy (version 4); rows without keep their bytes.
+        if self.sm_active_mean.is_none()
+            && self.tensor_active_mean.is_none()
+            && self.idle_joules.is_none()
+            && self.module_joules.is_none()
+        {
+            content
+        } else {
+            format!(
+                "dcwatt-ledger-v4|{content}|{}|{}|{}|{}",
+                bits(self.sm_active_mean),
+                bits(self.tensor_active_mean),
+                bits(self.idle_joules),
+                bits(self.module_joules)
+            )
         }
     }
 
@@ -219,6 +260,10 @@ mod tests {
             excursions: 0,
             node_joules: None,
             delivery: None,
+            sm_active_mean: None,
+            tensor_active_mean: None,
+            idle_joules: None,
+            module_joules: None,
             prev_hash: GENESIS.into(),
             hash: String::new(),
         }
@@ -270,5 +315,34 @@ mod tests {
             delivery_digest(&[]),
             hex::encode(Sha256::digest(b"dcwatt-delivery-v1"))
         );
+    }
+
+    #[test]
+    fn activity_and_module_energy_wrap_as_v4() {
+        let v1 =
+            format!("dcwatt-ledger-v1|3|60000|lab-a|3ff0000000000000|-|-|none|60000|0|{GENESIS}");
+        let mut r = row();
+        r.module_joules = Some(2.0);
+        assert_eq!(
+            r.canonical(),
+            format!("dcwatt-ledger-v4|{v1}|-|-|-|4000000000000000")
+        );
+        r.sm_active_mean = Some(0.5);
+        r.idle_joules = Some(1.0);
+        assert_eq!(
+            r.canonical(),
+            format!("dcwatt-ledger-v4|{v1}|3fe0000000000000|-|3ff0000000000000|4000000000000000")
+        );
+        let h = r.compute_hash();
+        for edit in [
+            |r: &mut Row| r.idle_joules = Some(0.5),
+            |r: &mut Row| r.module_joules = Some(3.0),
+            |r: &mut Row| r.sm_active_mean = None,
+            |r: &mut Row| r.tensor_active_mean = Some(0.1),
+        ] {
+            let mut e = r.clone();
+            edit(&mut e);
+            assert_ne!(e.compute_hash(), h, "{e:?}");
+        }
     }
 }

@@ -52,6 +52,10 @@ fn row() -> impl Strategy<Value = (Row, u64, Option<Vec<String>>)> {
                     peak_watts: None,
                     excursions: 0,
                     node_joules: None,
+                    sm_active_mean: None,
+                    tensor_active_mean: None,
+                    idle_joules: None,
+                    module_joules: None,
                     // Hostile delivery counts and lists, their digest right
                     // or not.
                     delivery: delivery.map(|(ms, gpus, right)| {

@@ -60,6 +60,12 @@ pub struct GpuInfo {
     pub index: u32,
     /// The model name (`NVIDIA GB300`, …).
     pub model: String,
+    /// The superchip module (`Entity::Module` id) whose power scope holds
+    /// this GPU, sent only by agents with `ship_modules = true` (collectors
+    /// before this field refuse it: `deny_unknown_fields`). Absent: the
+    /// GPU's module is not known, or not shipped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub module: Option<String>,
 }
 
 /// One value of one quantity of one entity at one instant.

@@ -22,6 +22,7 @@ fn sample() -> Batch {
             uuid: "GPU-5d1c4a32-7e4f-4b61-9c1e-2f6a8b0d9e11".into(),
             index: 0,
             model: "NVIDIA GB300".into(),
+            module: None,
         }],
         readings: vec![
             gpu(Quantity::PowerWatts, 1104.25),

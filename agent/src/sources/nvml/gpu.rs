@@ -580,6 +580,7 @@ impl GpuState {
             uuid,
             index: self.index,
             model,
+            module: None,
         };
         let pci = self.optional("pci_info", || dev.pci_info())?;
         let serial = self

@@ -617,6 +617,11 @@ impl Control {
         if self.ship_modules {
             let ts = now_ms();
             for m in &out.modules {
+                // Each GPU names its module, so the collector can bill the
+                // module's energy beyond its GPUs to whoever leases them.
+                for g in out.gpus.iter_mut().filter(|g| m.gpus.contains(&g.info.index)) {
+                    g.info.module = Some(m.id.clone());
+                }
                 let entity = Entity::Module(m.id.clone());
                 if let Some(w) = m.power_w {
                     out.readings.push(Reading {
