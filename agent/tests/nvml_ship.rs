@@ -138,7 +138,10 @@ async fn gb300_ships_gpm_xids_and_modules_when_told() {
         "a non-GPU entity without ship_modules"
     );
     assert!(
-        plain.iter().flat_map(|b| &b.gpus).all(|g| g.module.is_none()),
+        plain
+            .iter()
+            .flat_map(|b| &b.gpus)
+            .all(|g| g.module.is_none()),
         "a GPU names its module without ship_modules"
     );
     // GPM ratios per GPU, as NVML's percent / 100.
@@ -187,7 +190,9 @@ async fn gb300_ships_gpm_xids_and_modules_when_told() {
     for (m, gpus) in &members {
         assert_eq!(gpus.len(), 2, "{m}: {gpus:?}");
         assert!(
-            modules.iter().any(|(e, _)| **e == Entity::Module(m.clone())),
+            modules
+                .iter()
+                .any(|(e, _)| **e == Entity::Module(m.clone())),
             "{m} is not a shipped module"
         );
     }

@@ -1213,6 +1213,11 @@ struct EnergyStep {
     thermal_excursions: i64,
     /// Of `it_joules`: the share of metered nodes' energy beyond their GPUs.
     node_joules: f64,
+    /// Of `it_joules`: the share of superchip modules' energy beyond their GPUs.
+    module_joules: f64,
+    /// GPU energy while idle (SM activity below the threshold), J; absent
+    /// without GPM.
+    idle_joules: Option<f64>,
     #[serde(skip)]
     util_weight: (f64, f64),
 }
@@ -1237,6 +1242,10 @@ impl EnergyStep {
         }
         self.thermal_excursions += r.excursions;
         self.node_joules += r.node_joules.unwrap_or(0.0);
+        self.module_joules += r.module_joules.unwrap_or(0.0);
+        if let Some(j) = r.idle_joules {
+            *self.idle_joules.get_or_insert(0.0) += j;
+        }
     }
 }
 
@@ -1296,11 +1305,11 @@ async fn tenant_energy(
     };
     if csv {
         let mut out = String::from(
-            "from_ms,to_ms,it_joules,facility_joules,gpu_seconds,rows,rows_without_pue,late_rows,mean_utilization,peak_watts,thermal_excursions,node_joules\n",
+            "from_ms,to_ms,it_joules,facility_joules,gpu_seconds,rows,rows_without_pue,late_rows,mean_utilization,peak_watts,thermal_excursions,node_joules,module_joules,idle_joules\n",
         );
         for s in &steps {
             out += &format!(
-                "{},{},{},{},{},{},{},{},{},{},{},{}\n",
+                "{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
                 s.from_ms,
                 s.to_ms,
                 s.it_joules,
@@ -1312,7 +1321,9 @@ async fn tenant_energy(
                 s.mean_utilization.map_or(String::new(), |u| u.to_string()),
                 s.peak_watts.map_or(String::new(), |p| p.to_string()),
                 s.thermal_excursions,
-                s.node_joules
+                s.node_joules,
+                s.module_joules,
+                s.idle_joules.map_or(String::new(), |j| j.to_string())
             );
         }
         return ([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], out).into_response();

@@ -165,7 +165,10 @@ pub fn validate(batch: &Batch, agent: &str, site: &Site, now_ms: i64) -> Result<
             {
                 return Err(bad(
                     format!("gpus[{i}].module"),
-                    &format!("GPU {} already names module in gpus[{j}]: a GPU belongs to one module", g.uuid),
+                    &format!(
+                        "GPU {} already names module in gpus[{j}]: a GPU belongs to one module",
+                        g.uuid
+                    ),
                 ));
             }
         }

@@ -325,20 +325,36 @@ pub fn attribute_stats(
                 continue;
             }
             let frac = ms as f64 / 60_000.0;
+            // Activity: each GPU's minute mean weighted by the owner's GPU
+            // time of it; idle energy shared by time like the GPU's energy,
+            // present wherever the GPU has GPM.
+            let mean = |sum: f64, n: u32| (n > 0).then(|| sum / f64::from(n));
+            let (sm, tensor) = (mean(st.sm_sum, st.sm_n), mean(st.tensor_sum, st.tensor_n));
+            let idle = (st.sm_n > 0 || st.idle_joules > 0.0).then_some(st.idle_joules * frac);
             tx.prepare_cached(
-                "INSERT INTO tenant_open (minute_ms, tenant, it_joules, gpu_ms, util_sum, util_n, peak_w)
-                 VALUES (?1, ?2, 0, 0, ?3, ?4, ?5)
+                "INSERT INTO tenant_open (minute_ms, tenant, it_joules, gpu_ms, util_sum, util_n, peak_w,
+                 sm_sum, sm_n, tensor_sum, tensor_n, idle_joules)
+                 VALUES (?1, ?2, 0, 0, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
                  ON CONFLICT (minute_ms, tenant) DO UPDATE SET
                  util_sum = util_sum + excluded.util_sum, util_n = util_n + excluded.util_n,
                  peak_w = CASE WHEN excluded.peak_w IS NULL THEN peak_w
-                               ELSE COALESCE(peak_w, 0) + excluded.peak_w END",
+                               ELSE COALESCE(peak_w, 0) + excluded.peak_w END,
+                 sm_sum = sm_sum + excluded.sm_sum, sm_n = sm_n + excluded.sm_n,
+                 tensor_sum = tensor_sum + excluded.tensor_sum, tensor_n = tensor_n + excluded.tensor_n,
+                 idle_joules = CASE WHEN excluded.idle_joules IS NULL THEN idle_joules
+                               ELSE COALESCE(idle_joules, 0) + excluded.idle_joules END",
             )?
             .execute(params![
                 st.minute_ms,
                 owner,
                 st.util_sum * frac,
                 f64::from(st.util_n) * frac,
-                st.peak_w
+                st.peak_w,
+                sm.map_or(0.0, |m| m * frac),
+                if sm.is_some() { frac } else { 0.0 },
+                tensor.map_or(0.0, |m| m * frac),
+                if tensor.is_some() { frac } else { 0.0 },
+                idle
             ])?;
         }
     }

@@ -257,3 +257,11 @@ pub fn split_by_time(rest: f64, owners: &[(String, f64, i64, f64)]) -> Vec<f64> 
     }
     out
 }
+
+/// A statement's activity section as CSV lines (after the daily lines).
+pub fn activity_csv(a: &dcwatt_verify::activity::Activity) -> String {
+    let opt = |v: Option<f64>| v.map(|x| x.to_string()).unwrap_or_default();
+    let (names, values): (Vec<&str>, Vec<String>) =
+        a.fields().into_iter().map(|(n, v)| (n, opt(v))).unzip();
+    format!("# activity\n{}\n{}\n", names.join(","), values.join(","))
+}

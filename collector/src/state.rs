@@ -227,6 +227,35 @@ pub struct GpuMinuteStats {
     pub util_n: u32,
     /// The highest power reading in the minute, W.
     pub peak_w: Option<f64>,
+    /// Sum and number of the GPM SM activity readings (0..1) in the minute.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub sm_sum: f64,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub sm_n: u32,
+    /// Sum and number of the GPM tensor activity readings in the minute.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub tensor_sum: f64,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub tensor_n: u32,
+    /// Energy counted in the minute while the GPU was idle (SM activity
+    /// below `[utilization] idle_sm_active_below`), J.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub idle_joules: f64,
+}
+
+/// One value a GPU-minute's statistics take in.
+#[derive(Debug, Clone, Copy)]
+pub enum MinuteValue {
+    /// A utilization reading.
+    Util(f64),
+    /// A power reading, W.
+    Power(f64),
+    /// A GPM SM activity reading.
+    SmActive(f64),
+    /// A GPM tensor activity reading.
+    TensorActive(f64),
+    /// Energy counted while idle, J.
+    Idle(f64),
 }
 
 impl GpuMinuteStats {
@@ -234,10 +263,29 @@ impl GpuMinuteStats {
     /// this reading starts a later minute. Readings of an earlier minute
     /// than the one in progress are left out.
     fn add(&mut self, ts: i64, util: Option<f64>, power: Option<f64>) -> Option<GpuMinuteStats> {
+        let v = match (util, power) {
+            (Some(u), _) => MinuteValue::Util(u),
+            (None, Some(w)) => MinuteValue::Power(w),
+            (None, None) => return None,
+        };
+        self.take(ts, v)
+    }
+
+    /// Whether the minute holds anything to book.
+    fn any(&self) -> bool {
+        self.util_n > 0
+            || self.peak_w.is_some()
+            || self.sm_n > 0
+            || self.tensor_n > 0
+            || self.idle_joules > 0.0
+    }
+
+    /// As [`GpuMinuteStats::add`], for any kind of value.
+    pub fn take(&mut self, ts: i64, v: MinuteValue) -> Option<GpuMinuteStats> {
         let minute = ts.div_euclid(60_000) * 60_000;
         let mut done = None;
         if minute > self.minute_ms {
-            if self.util_n > 0 || self.peak_w.is_some() {
+            if self.any() {
                 done = Some(*self);
             }
             *self = GpuMinuteStats {
@@ -247,6 +295,24 @@ impl GpuMinuteStats {
         } else if minute < self.minute_ms {
             return None;
         }
+        let (util, power) = match v {
+            MinuteValue::Util(u) => (Some(u), None),
+            MinuteValue::Power(w) => (None, Some(w)),
+            MinuteValue::SmActive(x) => {
+                self.sm_sum += x;
+                self.sm_n += 1;
+                (None, None)
+            }
+            MinuteValue::TensorActive(x) => {
+                self.tensor_sum += x;
+                self.tensor_n += 1;
+                (None, None)
+            }
+            MinuteValue::Idle(j) => {
+                self.idle_joules += j;
+                (None, None)
+            }
+        };
         if let Some(u) = util {
             self.util_sum += u;
             self.util_n += 1;
@@ -919,6 +985,21 @@ impl State {
                 g.power_limit_watts = Some(v);
                 return Ok(());
             }
+            Quantity::SmActiveRatio | Quantity::TensorActiveRatio => {
+                // Per tenant-minute activity (the zone means are kept by
+                // apply_gpu_util).
+                let value = if q == Quantity::SmActiveRatio {
+                    MinuteValue::SmActive(v)
+                } else {
+                    MinuteValue::TensorActive(v)
+                };
+                if let Some(done) = g.minute_stats.take(ts, value) {
+                    changes
+                        .gpu_stats
+                        .push((uuid.to_owned(), g.node.clone(), done));
+                }
+                return Ok(());
+            }
             Quantity::EnergyJoules => match g.counter.observe(ts, v, g.max_watts()) {
                 CounterStep::Baseline => false,
                 CounterStep::Rebased(s) => {
@@ -935,6 +1016,11 @@ impl State {
                     g.energy_joules += s.joules;
                     if g.util.idle_at(s.to_ms, stale_ms, idle_below) {
                         g.util.idle_joules += s.joules;
+                        if let Some(done) = g.minute_stats.take(ts, MinuteValue::Idle(s.joules)) {
+                            changes
+                                .gpu_stats
+                                .push((uuid.to_owned(), g.node.clone(), done));
+                        }
                     }
                     s.to_ms - s.from_ms <= stale_ms
                 }
@@ -943,6 +1029,11 @@ impl State {
                     g.energy_joules += s.joules;
                     if g.util.idle_at(s.to_ms, stale_ms, idle_below) {
                         g.util.idle_joules += s.joules;
+                        if let Some(done) = g.minute_stats.take(ts, MinuteValue::Idle(s.joules)) {
+                            changes
+                                .gpu_stats
+                                .push((uuid.to_owned(), g.node.clone(), done));
+                        }
                     }
                     false
                 }

@@ -124,6 +124,10 @@ pub struct Statement {
     /// row of the month has delivery data).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub service: Option<crate::delivery::Service>,
+    /// GPU activity (SM, tensor), idle energy and energy beyond the GPUs
+    /// (module, node) of the month (absent when no row carries any).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub activity: Option<dcwatt_verify::activity::Activity>,
     /// The month's rows, each with its leaf index and inclusion proof, and
     /// the signed checkpoint they are proven against. Only this tenant's rows
     /// appear; other rows enter only as hashes inside the proofs.
@@ -212,6 +216,7 @@ pub fn statement(
         days,
         gaps,
         service,
+        activity: dcwatt_verify::activity::Activity::of_rows(&rows),
         proofs,
     }))
 }
@@ -247,6 +252,9 @@ impl Statement {
             self.ledger_head,
             self.gaps.len()
         );
+        if let Some(a) = &self.activity {
+            out += &crate::modules::activity_csv(a);
+        }
         if let Some(s) = &self.service {
             out += &s.to_csv();
         }

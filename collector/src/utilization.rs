@@ -288,7 +288,12 @@ impl ModuleState {
     /// is the baseline. Returns the UTC minutes this value completed (a
     /// minute is complete when no stretch in it was longer than `stale_ms`,
     /// a reset or a rebase).
-    pub fn energy(&mut self, ts_ms: i64, v: f64, stale_ms: i64) -> Vec<crate::energy::MinuteEnergy> {
+    pub fn energy(
+        &mut self,
+        ts_ms: i64,
+        v: f64,
+        stale_ms: i64,
+    ) -> Vec<crate::energy::MinuteEnergy> {
         use crate::energy::CounterStep as S;
         let clean = match self.counter.observe(ts_ms, v, MODULE_MAX_WATTS) {
             S::Delta(span) => {

@@ -145,7 +145,12 @@ fn batch() -> impl Strategy<Value = Batch> {
                 created_ms: NOW,
                 gpus: gpus
                     .into_iter()
-                    .map(|(uuid, index, model)| GpuInfo { uuid, index, model, module: None })
+                    .map(|(uuid, index, model)| GpuInfo {
+                        uuid,
+                        index,
+                        model,
+                        module: None,
+                    })
                     .collect(),
                 readings,
             },

@@ -80,6 +80,15 @@ fn history(conf: &Path, db: &Path) -> i64 {
                     rusqlite::params![hour + m * 60_000, owner, joules],
                 )
                 .unwrap();
+                if owner == "lab-a" {
+                    // Ledger v4: SM activity, idle and module energy.
+                    c.execute(
+                        "UPDATE tenant_open SET sm_sum = 0.5, sm_n = 1, idle_joules = 1000, module_joules = 8000
+                         WHERE minute_ms = ?1 AND tenant = 'lab-a'",
+                        rusqlite::params![hour + m * 60_000],
+                    )
+                    .unwrap();
+                }
             }
         }
         let then = hour + HOUR + site.close_after_ms + 60_001;
@@ -305,6 +314,8 @@ async fn tampering_is_caught_by_the_tenants_verifier() {
     let (code, said) = verify(d, &args);
     assert_eq!(code, 0, "{said}");
     assert!(said.contains("verified"), "{said}");
+    // Ledger v4 rows: the statement's activity is checked against them.
+    assert!(said.contains("ok: activity equals the rows'"), "{said}");
     // A statement without the consistency proofs is not accepted.
     let (code, said) = verify(d, &args[..2]);
     assert_eq!(code, 1, "{said}");
@@ -317,10 +328,22 @@ async fn tampering_is_caught_by_the_tenants_verifier() {
     // Each tampering on its own copy, the collector restarted on it; the
     // tenant fetches the statement and consistency proofs anew.
     // Row 8 is lab-a's (ids: minute by minute, `_unleased`, lab-a, lab-b).
-    let cases: [(&str, &str, bool, &[&str]); 4] = [
+    let cases: [(&str, &str, bool, &[&str]); 6] = [
         (
             "edited",
             "UPDATE ledger SET it_joules = it_joules * 0.9 WHERE id = 8",
+            false,
+            &["the ledger was rewritten", "not what was signed"],
+        ),
+        (
+            "idle",
+            "UPDATE ledger SET idle_joules = 0 WHERE id = 8",
+            false,
+            &["the ledger was rewritten", "not what was signed"],
+        ),
+        (
+            "module",
+            "UPDATE ledger SET module_joules = 4000, it_joules = it_joules - 4000 WHERE id = 8",
             false,
             &["the ledger was rewritten", "not what was signed"],
         ),

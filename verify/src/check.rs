@@ -73,6 +73,10 @@ pub struct StatementView {
     /// GPU service levels, when the statement carries them.
     #[serde(default)]
     pub service: Option<ServiceView>,
+    /// GPU activity, idle, module and node energy, when the statement
+    /// carries them.
+    #[serde(default)]
+    pub activity: Option<crate::activity::Activity>,
 }
 
 /// The parts of a statement's service levels the verifier reads: GPU-minutes
@@ -366,7 +370,17 @@ pub fn verify(inputs: &Inputs, said: &mut Vec<String>) -> Result<(), String> {
         "ok: totals equal the sum of the rows: {} kWh IT, {} kWh facility, {} GPU-hours",
         st.it_kwh, st.facility_kwh, st.gpu_hours
     ));
-    // 6. The service levels are the sums of the rows' delivery.
+    // 6. Activity, idle, module and node energy are those of the rows.
+    check_activity(st)?;
+    if let Some(a) = &st.activity {
+        said.push(format!(
+            "ok: activity equals the rows': {} kWh idle, {} kWh module, {} kWh node",
+            a.idle_kwh.unwrap_or(0.0),
+            a.module_kwh,
+            a.node_kwh
+        ));
+    }
+    // 7. The service levels are the sums of the rows' delivery.
     if let Some(sv) = &st.service {
         let sum = |f: fn(&crate::row::Delivery) -> i64| -> f64 {
             rows.clone()
@@ -406,6 +420,44 @@ pub fn verify(inputs: &Inputs, said: &mut Vec<String>) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// The statement's activity section is what its rows give (absent exactly
+/// when the rows carry none).
+fn check_activity(st: &StatementView) -> Result<(), String> {
+    let summed = crate::activity::Activity::of_rows(st.proofs.rows.iter().map(|p| &p.row));
+    match (&st.activity, &summed) {
+        (None, None) => Ok(()),
+        // Statements from collectors before ledger v4 carry no activity
+        // section even where rows have node energy.
+        (None, Some(b))
+            if b.sm_active_mean.is_none()
+                && b.tensor_active_mean.is_none()
+                && b.idle_kwh.is_none()
+                && b.module_kwh == 0.0 =>
+        {
+            Ok(())
+        }
+        (None, Some(_)) => {
+            Err("activity is missing but the rows carry activity, idle or module energy".into())
+        }
+        (Some(_), None) => Err("activity is stated but no row carries any".into()),
+        (Some(a), Some(b)) => {
+            for ((what, stated), (_, rows)) in a.fields().into_iter().zip(b.fields()) {
+                let same = match (stated, rows) {
+                    (Some(x), Some(y)) => close(x, y),
+                    (None, None) => true,
+                    _ => false,
+                };
+                if !same {
+                    return Err(format!(
+                        "activity.{what} is {stated:?} but its rows give {rows:?}"
+                    ));
+                }
+            }
+            Ok(())
+        }
+    }
 }
 
 /// A row's list of GPUs not available matches its digest and its counts.

@@ -10,9 +10,12 @@
 //! - [`checkpoint`]: the signed tree head and its exact message.
 //! - [`check`]: the verifier's checks over saved checkpoints, consistency
 //!   proofs and a statement.
+//! - [`activity`]: a statement's GPU activity, idle and module energy,
+//!   summed from its rows.
 //!
 //! No network, no database: the `dcwatt-verify` binary reads files.
 
+pub mod activity;
 pub mod check;
 pub mod checkpoint;
 pub mod merkle;

@@ -619,7 +619,11 @@ impl Control {
             for m in &out.modules {
                 // Each GPU names its module, so the collector can bill the
                 // module's energy beyond its GPUs to whoever leases them.
-                for g in out.gpus.iter_mut().filter(|g| m.gpus.contains(&g.info.index)) {
+                for g in out
+                    .gpus
+                    .iter_mut()
+                    .filter(|g| m.gpus.contains(&g.info.index))
+                {
                     g.info.module = Some(m.id.clone());
                 }
                 let entity = Entity::Module(m.id.clone());
