@@ -664,11 +664,14 @@ impl State {
                         site,
                         &mut changes,
                     );
-                    if out.is_ok() {
-                        let zone = util::zone_of(site, &batch.agent);
-                        self.apply_gpu_util(uuid, zone, q, r.ts_ms, r.value, stale);
-                        changes.gpus.insert(uuid.clone());
-                    }
+                    let out = match out {
+                        Ok(()) => {
+                            let zone = util::zone_of(site, &batch.agent);
+                            changes.gpus.insert(uuid.clone());
+                            self.apply_gpu_util(uuid, zone, q, r.ts_ms, r.value, stale)
+                        }
+                        e => e,
+                    };
                     if out != Err(Ignored::OutOfOrder) {
                         self.observe_delivery(uuid, q, r.ts_ms, r.value, site, &mut changes);
                     }
@@ -1062,7 +1065,7 @@ fn in_excursion(e: &thermal::Episode) -> bool {
 impl State {
     /// A GPU's utilization reading (into the zone's time-weighted means: its
     /// span is the time since the GPU's previous reading of that kind, up to
-    /// `stale_ms`) or XID counter.
+    /// `stale_ms`) or XID counter (a glitch of which is ignored: `Err`).
     fn apply_gpu_util(
         &mut self,
         uuid: &str,
@@ -1071,25 +1074,29 @@ impl State {
         ts: i64,
         v: f64,
         stale_ms: i64,
-    ) {
+    ) -> Result<(), Ignored> {
         let Some(g) = self.gpus.get_mut(uuid) else {
-            return;
+            return Ok(());
         };
         if q == Quantity::XidErrorsTotal {
-            g.util.xid(v);
-            return;
+            return if g.util.xid(ts, v) {
+                Ok(())
+            } else {
+                Err(Ignored::Glitch)
+            };
         }
         let Some(kind) = util::Kind::of(q) else {
-            return;
+            return Ok(());
         };
         let prev = g.util.last.get(&kind).map(|(t, _)| *t);
         if prev.is_some_and(|t| t > ts) {
-            return; // out of order: the later value stays
+            return Ok(()); // out of order: the later value stays
         }
         g.util.last.insert(kind, (ts, v));
         if let Some(t) = prev.filter(|t| ts - t <= stale_ms) {
             self.utilization.add(zone, kind, ts, ts - t, v);
         }
+        Ok(())
     }
 }
 

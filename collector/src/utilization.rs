@@ -18,10 +18,14 @@
 //! `[utilization] idle_sm_active_below` (default 0.05). A GPU without GPM
 //! has no idle energy: absent, never guessed from `utilization`.
 //!
-//! **XID errors**: each GPU's shipped `xid_errors_total` counter is summed
-//! into a collector-side count (a decrease is a reset: the agent restarted,
-//! and its new value is counted whole), per zone and for the site, so that
-//! site-wide alerts can fire.
+//! **XID errors**: each GPU's shipped `xid_errors_total` counter is judged
+//! like an energy counter ([`crate::energy::Counter::observe`], rated at
+//! [`XID_MAX_PER_SECOND`]): a step up within the rating is counted, a
+//! decrease to a value countable since the last reading is a reset (the
+//! agent restarted; the new value counted whole), anything else a glitch,
+//! counted (`xid_glitches`, and the reading ignored as `glitch`), never
+//! added. The first value is counted whole up to an hour at the rating. The
+//! sums per zone and for the site let site-wide alerts fire.
 //!
 //! **Modules**: a superchip module's power and agent-integrated energy
 //! (`Entity::Module`), per node and module. Its counted energy is cut into
@@ -103,9 +107,16 @@ pub struct GpuUtil {
     /// Energy counted while the GPU was idle, J.
     #[serde(default)]
     pub idle_joules: f64,
-    /// The agent's XID counter as last shipped.
+    /// The agent's XID counter as last shipped, as collectors before the
+    /// judged counter kept it (read once after an upgrade, then dropped).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub xid_last: Option<f64>,
+    /// The agent's XID counter, judged.
+    #[serde(default, skip_serializing_if = "crate::utilization::counter_is_empty")]
+    pub xid_counter: crate::energy::Counter,
+    /// XID counter values judged glitches (not counted).
+    #[serde(default)]
+    pub xid_glitches: u64,
     /// XID errors counted by the collector (resets of the agent's counter
     /// folded in).
     #[serde(default)]
@@ -124,19 +135,52 @@ impl GpuUtil {
             .is_some_and(|(t, v)| ts_ms - t <= stale_ms && *v < below)
     }
 
-    /// One shipped XID counter value: counted on top of the last (the whole
-    /// value at the first reading and after a reset).
-    pub fn xid(&mut self, v: f64) {
-        match self.xid_last {
-            Some(last) if v >= last => self.xid_errors += v - last,
-            Some(_) => {
-                self.xid_resets += 1;
-                self.xid_errors += v;
+    /// One shipped XID counter value at `ts_ms`, judged (see the module
+    /// documentation). Returns false for a glitch.
+    pub fn xid(&mut self, ts_ms: i64, v: f64) -> bool {
+        use crate::energy::CounterStep as S;
+        // After an upgrade: the last value an older collector kept.
+        let legacy = self.xid_last.take().filter(|_| self.xid_counter.last().is_none());
+        match self.xid_counter.observe(ts_ms, v, XID_MAX_PER_SECOND) {
+            S::Baseline => {
+                let add = match legacy {
+                    Some(l) if v >= l => v - l,
+                    _ => v,
+                };
+                if add > crate::energy::max_step(XID_MAX_PER_SECOND, XID_FIRST_SPAN_MS) {
+                    self.xid_glitches += 1;
+                    return false;
+                }
+                self.xid_errors += add;
             }
-            None => self.xid_errors += v,
+            S::Delta(s) | S::Rebased(s) => self.xid_errors += s.joules,
+            S::Reset(s) => {
+                self.xid_resets += 1;
+                self.xid_errors += s.joules;
+            }
+            S::Glitch => {
+                self.xid_glitches += 1;
+                return false;
+            }
+            S::OutOfOrder => {}
         }
-        self.xid_last = Some(v);
+        true
     }
+}
+
+/// The most XID errors a GPU is taken to log per second (a storm of one
+/// code repeating logs a few per second): a counter step beyond it is a
+/// glitch.
+pub const XID_MAX_PER_SECOND: f64 = 100.0;
+
+/// The first XID counter value seen is counted whole up to this long at
+/// [`XID_MAX_PER_SECOND`] (what an agent up for an hour can have counted
+/// before its first batch), ms.
+pub const XID_FIRST_SPAN_MS: i64 = 3_600_000;
+
+/// Whether a counter has never been fed (left out of the GPU's JSON).
+pub fn counter_is_empty(c: &crate::energy::Counter) -> bool {
+    *c == crate::energy::Counter::default()
 }
 
 /// How long the time-weighted means reach back.
@@ -426,12 +470,51 @@ mod tests {
     #[test]
     fn xid_counter_counts_resets_whole() {
         let mut u = GpuUtil::default();
-        for v in [2.0, 2.0, 5.0, 1.0, 3.0] {
-            u.xid(v);
+        for (i, v) in [2.0, 2.0, 5.0, 1.0, 3.0].into_iter().enumerate() {
+            assert!(u.xid(1_000 * (i as i64 + 1), v));
         }
         // 2 (first) + 3 + reset to 1 (counted whole) + 2.
         assert_eq!(u.xid_errors, 8.0);
         assert_eq!(u.xid_resets, 1);
+    }
+
+    #[test]
+    fn xid_glitches_are_counted_not_added() {
+        let mut u = GpuUtil::default();
+        let steps = [
+            (1_000, 1000.0, true),
+            // 1e12 XIDs in a second: a glitch, nothing counted.
+            (2_000, 1e12, false),
+            (3_000, 1010.0, true),
+            // Down to more than can have been counted since a restart: a
+            // glitch, not a reset.
+            (4_000, 500.0, false),
+            (5_000, 1015.0, true),
+            // Down to what a restarted agent can have counted: a reset.
+            (6_000, 3.0, true),
+            (7_000, 5.0, true),
+        ];
+        let mut seen = Vec::new();
+        for (ts, v, _) in steps {
+            seen.push(u.xid(ts, v));
+        }
+        assert_eq!(seen, steps.map(|s| s.2).to_vec());
+        assert_eq!(u.xid_glitches, 2);
+        assert_eq!(u.xid_resets, 1);
+        assert_eq!(u.xid_errors, 1000.0 + 10.0 + 5.0 + 3.0 + 2.0);
+        // A first value beyond an hour at the rating is a glitch too.
+        let mut v = GpuUtil::default();
+        assert!(!v.xid(1_000, 1e9));
+        assert_eq!((v.xid_errors, v.xid_glitches), (0.0, 1));
+        // After an upgrade, the first value counts on top of the kept one.
+        let mut w = GpuUtil {
+            xid_last: Some(7.0),
+            xid_errors: 7.0,
+            ..GpuUtil::default()
+        };
+        assert!(w.xid(1_000, 9.0));
+        assert_eq!(w.xid_errors, 9.0);
+        assert_eq!(w.xid_last, None);
     }
 
     #[test]
