@@ -140,7 +140,10 @@ impl GpuUtil {
     pub fn xid(&mut self, ts_ms: i64, v: f64) -> bool {
         use crate::energy::CounterStep as S;
         // After an upgrade: the last value an older collector kept.
-        let legacy = self.xid_last.take().filter(|_| self.xid_counter.last().is_none());
+        let legacy = self
+            .xid_last
+            .take()
+            .filter(|_| self.xid_counter.last().is_none());
         match self.xid_counter.observe(ts_ms, v, XID_MAX_PER_SECOND) {
             S::Baseline => {
                 let add = match legacy {

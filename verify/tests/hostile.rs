@@ -52,10 +52,11 @@ fn row() -> impl Strategy<Value = (Row, u64, Option<Vec<String>>)> {
                     peak_watts: None,
                     excursions: 0,
                     node_joules: None,
-                    sm_active_mean: None,
+                    // Hostile activity, idle and module energy (v4).
+                    sm_active_mean: late.then_some(it_joules),
                     tensor_active_mean: None,
-                    idle_joules: None,
-                    module_joules: None,
+                    idle_joules: (gpu_ms % 3 == 0).then_some(it_joules),
+                    module_joules: (gpu_ms % 2 == 0).then_some(f64::MAX),
                     // Hostile delivery counts and lists, their digest right
                     // or not.
                     delivery: delivery.map(|(ms, gpus, right)| {
@@ -124,6 +125,11 @@ proptest! {
                 degraded_gpu_minutes: totals.1,
                 down_gpu_minutes: 0.0,
                 unknown_gpu_minutes: f64::MAX,
+            }),
+            activity: Some(dcwatt_verify::activity::Activity {
+                sm_active_mean: Some(totals.0),
+                idle_kwh: Some(f64::MAX),
+                ..Default::default()
             }),
             proofs: Proofs {
                 checkpoint_choice: "latest".into(),
