@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use dcwatt_collector::config::{token_hash, Config, Site};
 use dcwatt_collector::ingest;
+use dcwatt_collector::ledger::NODE_WAIT_MS;
 use dcwatt_collector::state::{Ignored, State};
 use dcwatt_collector::store::Store;
 use dcwatt_wire::{Batch, Entity, GpuInfo, Quantity, Reading, VERSION};
@@ -259,4 +260,74 @@ fn bad_module_claims_are_refused_or_ignored_and_counted() {
     // the GPU's claim.
     assert_eq!(state.ignored.get(&Ignored::TooManyModules), Some(&3));
     assert_eq!(state.gpus["GPU-a1"].module, None);
+}
+
+#[test]
+fn a_late_gpu_minute_adjusts_the_module_share() {
+    let site = site(false);
+    let mut state = State::new(&site);
+    let mut store = Store::in_memory().unwrap();
+    let instants: Vec<i64> = (0..=MINUTES * 6).map(|k| T0 + k * 10_000).collect();
+    let mut seq = 0;
+    // GPU-a2's energy readings are held back (a spool replay later).
+    for ts in &instants {
+        seq += 1;
+        let mut b = batch(seq, *ts, false);
+        b.readings
+            .retain(|r| r.entity != Entity::Gpu("GPU-a2".into()));
+        let (_, changes) = state.apply(&b, &site, *ts);
+        store.commit("n1", &state, &changes, &site).unwrap();
+    }
+    let end = T0 + MINUTES * 60_000;
+    let module_of = |store: &Store, owner: &str| -> f64 {
+        store
+            .tenant_rows(owner, T0, end)
+            .unwrap()
+            .iter()
+            .filter_map(|r| r.module_joules)
+            .sum()
+    };
+    let m = MINUTES as f64 * 60.0;
+    // m0's minutes wait for GPU-a2, then take it as down: lab-a, the only
+    // owner with GPU time in m0, gets m0's whole 2000 − 1000 W.
+    let first = end + 60_000 + site.close_after_ms + 1;
+    store.close_minutes(&site, first, None).unwrap();
+    assert!(close(module_of(&store, "lab-a"), 250.0 * m));
+    store
+        .close_minutes(&site, first + NODE_WAIT_MS, None)
+        .unwrap();
+    assert!(close(module_of(&store, "lab-a"), (1000.0 + 250.0) * m));
+    // GPU-a2's minutes arrive: corrected by adjustment rows.
+    seq += 1;
+    let mut late = batch(seq, instants[instants.len() - 1], false);
+    late.readings = instants
+        .iter()
+        .map(|ts| Reading {
+            ts_ms: *ts,
+            entity: Entity::Gpu("GPU-a2".into()),
+            quantity: Quantity::EnergyJoules,
+            value: 1.0e6 + 600.0 * (ts - T0) as f64 / 1000.0,
+        })
+        .collect();
+    let (_, changes) = state.apply(&late, &site, first + NODE_WAIT_MS);
+    store.commit("n1", &state, &changes, &site).unwrap();
+    store
+        .close_minutes(&site, first + NODE_WAIT_MS + 10_000, None)
+        .unwrap();
+    assert!(close(module_of(&store, "lab-a"), (200.0 + 250.0) * m));
+    assert!(close(module_of(&store, "lab-b"), 200.0 * m));
+    let rows = store.tenant_rows("lab-a", T0, end).unwrap();
+    assert!(
+        rows.iter()
+            .any(|r| r.late && r.module_joules.is_some_and(|j| j < 0.0)),
+        "the correction is a late adjustment row: {rows:?}"
+    );
+    let total: f64 = ["lab-a", "lab-b", "_unleased"]
+        .iter()
+        .flat_map(|o| store.tenant_rows(o, T0, end).unwrap())
+        .map(|r| r.it_joules)
+        .sum();
+    let gpus: f64 = GPUS.iter().map(|g| g.2).sum::<f64>() * m;
+    assert!(close(total, gpus + 900.0 * m), "{total}");
+    assert!(store.verify_ledger().unwrap().broken.is_none());
 }
