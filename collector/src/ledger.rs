@@ -257,15 +257,9 @@ fn share_nodes(tx: &rusqlite::Transaction<'_>, cutoff: i64, now_ms: i64) -> Resu
         // energy (crate::modules): never twice.
         let modules = crate::modules::shared_rest(tx, minute, &node)?;
         let rest = (meter_joules - gpu_joules - modules).max(0.0);
-        let mut given = 0.0;
-        for (i, (owner, _, ms, booked)) in owners.iter().enumerate() {
-            // Exact: the last owner takes the remainder.
-            let share = if i + 1 == owners.len() {
-                rest - given
-            } else {
-                rest * *ms as f64 / gpu_ms as f64
-            };
-            given += share;
+        // Exact: the last owner takes the remainder.
+        let split = crate::modules::split_by_time(rest, &owners);
+        for ((owner, _, _, booked), share) in owners.iter().zip(split) {
             let delta = share - booked;
             if delta != 0.0 {
                 tx.prepare_cached(
