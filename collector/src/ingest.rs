@@ -147,6 +147,8 @@ pub fn validate(batch: &Batch, agent: &str, site: &Site, now_ms: i64) -> Result<
             ));
         }
     }
+    // The first module each GPU names, and where.
+    let mut named: std::collections::HashMap<&str, (usize, &str)> = Default::default();
     for (i, g) in batch.gpus.iter().enumerate() {
         check_id(&g.uuid).map_err(|why| bad(format!("gpus[{i}].uuid"), why))?;
         if g.model.len() > 256 || g.model.chars().any(char::is_control) {
@@ -159,10 +161,10 @@ pub fn validate(batch: &Batch, agent: &str, site: &Site, now_ms: i64) -> Result<
             check_id(m).map_err(|why| bad(format!("gpus[{i}].module"), why))?;
             // One GPU, one module: the same GPU listed again with another
             // module is refused (its module's energy could not be split).
-            if let Some(j) = batch.gpus[..i]
-                .iter()
-                .position(|o| o.uuid == g.uuid && o.module.as_ref().is_some_and(|om| om != m))
-            {
+            // (A map, not a scan of the earlier entries: a body of many
+            // thousand entries must not cost quadratic time.)
+            let (j, other) = *named.entry(g.uuid.as_str()).or_insert((i, m.as_str()));
+            if other != m {
                 return Err(bad(
                     format!("gpus[{i}].module"),
                     &format!(
