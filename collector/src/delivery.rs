@@ -177,6 +177,34 @@ struct MinuteTime {
     throttled: i64,
     #[serde(default, skip_serializing_if = "is_zero")]
     facility: i64,
+    /// The down reason's code last held in the minute (wire `DOWN_REASONS`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    code: Option<u32>,
+    /// Down time that followed an XID (see [`XID_TOOK_IT_OUT_MS`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    xid: i64,
+}
+
+/// An XID seen at most this long before a GPU went down (or while it is
+/// down) is taken as what put it down: its down minutes say `xid`.
+pub const XID_TOOK_IT_OUT_MS: i64 = 60_000;
+
+/// The reason a down minute gives for the agent's down reason code (wire
+/// `DOWN_REASONS`): `lost` (fell off the bus), `reset_required`,
+/// `no_permission`, `insufficient_power`, `no_answer` (NVML did not answer
+/// within the agent's timeout), `nvml_error` (any other NVML error that put
+/// it down), `gpu_down` (no code: an older agent, or one this collector
+/// does not know).
+pub fn down_reason(code: Option<u32>) -> &'static str {
+    match code.and_then(|c| dcwatt_wire::down_reason_of(f64::from(c))) {
+        Some("gpu_lost") => "lost",
+        Some("reset_required") => "reset_required",
+        Some("no_permission") => "no_permission",
+        Some("insufficient_power") => "insufficient_power",
+        Some("no_answer") => "no_answer",
+        Some("other") | None => "gpu_down",
+        Some(_) => "nvml_error",
+    }
 }
 
 /// One GPU's delivery gauges (as last reported) and its minute in progress.
@@ -187,6 +215,18 @@ pub struct Tracker {
     last_ms: i64,
     #[serde(default, skip_serializing_if = "is_false")]
     down: bool,
+    /// When it last went down (while down).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    down_since: i64,
+    /// Its down reason's code (while down, when the agent sent one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    down_code: Option<u32>,
+    /// The XID counter's last value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    xid_total: Option<f64>,
+    /// When the XID counter last rose.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    xid_ms: i64,
     #[serde(default, skip_serializing_if = "is_false")]
     hw_thermal: bool,
     #[serde(default, skip_serializing_if = "is_false")]
@@ -271,7 +311,24 @@ impl Tracker {
         self.last_ms = ts;
         let on = v >= 0.5;
         match q {
-            Quantity::GpuUp => self.down = !on,
+            Quantity::GpuUp => self.set_down(!on, ts),
+            Quantity::GpuDownReasonCode => {
+                // Validated a whole number at ingest; a code not listed is
+                // kept and read as "down, reason not listed".
+                self.down_code = (v >= 0.0 && v <= f64::from(u32::MAX)).then_some(v as u32);
+            }
+            Quantity::XidErrorsTotal => {
+                // A rise, or a decrease to a non-zero count (the agent
+                // restarted and saw XIDs since).
+                let rose = match self.xid_total {
+                    Some(prev) => v > prev || (v < prev && v > 0.0),
+                    None => false,
+                };
+                if rose {
+                    self.xid_ms = ts;
+                }
+                self.xid_total = Some(v);
+            }
             Quantity::ThrottleHwThermalSlowdown => self.hw_thermal = on,
             Quantity::ThrottleSwThermalSlowdown => self.sw_thermal = on,
             Quantity::ThrottleHwSlowdown => self.hw_slowdown = on,
@@ -281,10 +338,27 @@ impl Tracker {
             Quantity::PowerDefaultLimitWatts => self.default_w = Some(v),
             // Energy, power, utilization, …: the GPU answers NVML.
             Quantity::PowerWatts | Quantity::EnergyJoules | Quantity::UtilizationRatio => {
-                self.down = false;
+                self.set_down(false, ts);
             }
             _ => {}
         }
+    }
+
+    fn set_down(&mut self, down: bool, ts: i64) {
+        if down && !self.down {
+            self.down_since = ts;
+        }
+        if !down {
+            self.down_since = 0;
+            self.down_code = None;
+        }
+        self.down = down;
+    }
+
+    /// Down after an XID: one at most [`XID_TOOK_IT_OUT_MS`] before it
+    /// went down, or while down.
+    fn down_by_xid(&self) -> bool {
+        self.down && self.xid_ms > 0 && self.xid_ms >= self.down_since - XID_TOOK_IT_OUT_MS
     }
 
     /// Capped below its default limit (both known).
@@ -297,6 +371,7 @@ impl Tracker {
         let thermal = self.hw_thermal || self.sw_thermal || (self.hw_slowdown && !self.brake);
         let capped = self.capped();
         let throttled = thermal || self.brake || capped || self.excursion;
+        let by_xid = self.down_by_xid();
         let mut a = from;
         while a < to {
             let m = floor_minute(a);
@@ -317,6 +392,12 @@ impl Tracker {
             t.covered += d;
             if self.down {
                 t.down += d;
+                if self.down_code.is_some() {
+                    t.code = self.down_code;
+                }
+                if by_xid {
+                    t.xid += d;
+                }
             }
             if thermal {
                 t.thermal += d;
@@ -352,6 +433,8 @@ impl Tracker {
         }
         out.push(judge(&t, sla));
         self.minute.covered = 0;
+        self.minute.code = None;
+        self.minute.xid = 0;
     }
 }
 
@@ -362,7 +445,12 @@ fn judge(t: &MinuteTime, sla: &SlaConfig) -> DeliveredMinute {
         return DeliveredMinute {
             minute_ms: t.minute_ms,
             state: DeliveryState::Down,
-            reason: "gpu_down",
+            // An XID before most of its down time: the XID took it out.
+            reason: if t.xid * 2 > t.down {
+                "xid"
+            } else {
+                down_reason(t.code)
+            },
             cause,
         };
     }
@@ -870,6 +958,55 @@ mod tests {
                 (7, "available", ""),
             ]
         );
+    }
+
+    #[test]
+    fn a_down_minute_gives_the_agents_reason_or_the_xid() {
+        let base = 1_800_000_000_000 / 60_000 * 60_000;
+        // (code sent with gpu_up 0, XID counter rising this long before
+        // the GPU went down, reason wanted)
+        for (code, xid_before, want) in [
+            (None, None, "gpu_down"),
+            (Some(1.0), None, "lost"),
+            (Some(2.0), None, "reset_required"),
+            (Some(4.0), None, "no_permission"),
+            (Some(13.0), None, "no_answer"),
+            (Some(3.0), None, "nvml_error"),
+            (Some(0.0), None, "gpu_down"),
+            (Some(999.0), None, "gpu_down"),
+            (Some(2.0), Some(20_000), "xid"),
+            // An XID long before it went down did not take it out.
+            (Some(2.0), Some(2 * XID_TOOK_IT_OUT_MS), "reset_required"),
+        ] {
+            let mut t = Tracker::default();
+            let mut ticks: Vec<(i64, Vec<(Quantity, f64)>)> = Vec::new();
+            // Up for three minutes, down from minute 3 on.
+            for s in (0..300).step_by(5) {
+                let ts = base + s * 1000;
+                let down = s >= 180;
+                let mut rs = vec![(Quantity::GpuUp, if down { 0.0 } else { 1.0 })];
+                if down {
+                    if let Some(c) = code {
+                        rs.insert(0, (Quantity::GpuDownReasonCode, c));
+                    }
+                }
+                let xid = match xid_before {
+                    Some(b) if s * 1000 >= 180_000 - b => 1.0,
+                    _ => 0.0,
+                };
+                rs.insert(0, (Quantity::XidErrorsTotal, xid));
+                ticks.push((ts, rs));
+            }
+            let refs: Vec<(i64, &[(Quantity, f64)])> =
+                ticks.iter().map(|(t, v)| (*t, v.as_slice())).collect();
+            let out = run(&mut t, &refs);
+            let got: Vec<(i64, &str)> = out
+                .iter()
+                .filter(|d| d.state == DeliveryState::Down)
+                .map(|d| ((d.minute_ms - base) / 60_000, d.reason))
+                .collect();
+            assert_eq!(got, vec![(3, want)], "{code:?} {xid_before:?}");
+        }
     }
 
     #[test]
