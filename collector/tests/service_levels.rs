@@ -37,11 +37,29 @@ const NODES: [(&str, &str, &str, &[&str]); 3] = [
 ];
 const FAC: (&str, &str) = ("fac", "fac-token");
 
-fn config(db: &std::path::Path, key: &std::path::Path) -> String {
+/// Unix ms as RFC 3339 (UTC, whole seconds).
+fn rfc3339(ms: i64) -> String {
+    let (y, m, d) = dcwatt_collector::statement::civil_from_days(ms.div_euclid(86_400_000));
+    let s = ms.div_euclid(1000).rem_euclid(86_400);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        s / 3600,
+        s / 60 % 60,
+        s % 60
+    )
+}
+
+/// The leases end with the run (`lease_end_ms`): the GPUs' silence after
+/// it is not booked. Silent minutes are booked an hour after they end (the
+/// batches of this test are older; n2's 3 minutes are booked when its
+/// agent reports again, not raced by the silence booking while the test
+/// posts; `tests/silence.rs` tests the silence booking).
+fn config(db: &std::path::Path, key: &std::path::Path, lease_end_ms: i64) -> String {
     let h = |t: &str| hex::encode(token_hash(t));
     let mut c = format!(
         "agent_batches_per_second = 1000.0\nagent_batch_burst = 1000\n\
-         [ledger]\npath = \"{}\"\nsigning_key_file = \"{}\"\n[operator]\ntoken_sha256 = \"{}\"\n",
+         [ledger]\npath = \"{}\"\nsigning_key_file = \"{}\"\n[operator]\ntoken_sha256 = \"{}\"\n\
+         [sla]\nsilence_after = \"1h\"\n",
         db.display(),
         key.display(),
         h(OPERATOR)
@@ -64,8 +82,9 @@ fn config(db: &std::path::Path, key: &std::path::Path) -> String {
         h(LAB_A),
         h(LAB_B)
     );
-    c += "[[leases]]\ntenant = \"lab-a\"\nnodes = [\"n1\", \"n2\"]\nfrom = \"2020-01-01T00:00:00Z\"\nto = \"2100-01-01T00:00:00Z\"\n";
-    c += "[[leases]]\ntenant = \"lab-b\"\nnodes = [\"n3\"]\nfrom = \"2020-01-01T00:00:00Z\"\nto = \"2100-01-01T00:00:00Z\"\n";
+    let to = rfc3339(lease_end_ms);
+    c += &format!("[[leases]]\ntenant = \"lab-a\"\nnodes = [\"n1\", \"n2\"]\nfrom = \"2020-01-01T00:00:00Z\"\nto = \"{to}\"\n");
+    c += &format!("[[leases]]\ntenant = \"lab-b\"\nnodes = [\"n3\"]\nfrom = \"2020-01-01T00:00:00Z\"\nto = \"{to}\"\n");
     c
 }
 
@@ -177,9 +196,6 @@ async fn outages_throttling_and_silence_are_booked_as_gpu_minutes_per_state() {
     let db = dir.path().join("c.sqlite");
     let key = dir.path().join("signing.key");
     dcwatt_collector::transparency::write_new_key(&key).unwrap();
-    let (url, stop) = common::start(&config(&db, &key)).await;
-    let http = reqwest::Client::new();
-
     // 22 minutes of ticks ending 8 minutes ago, all in one UTC month.
     let now = now_ms();
     let mut t0 = now.div_euclid(MIN) * MIN - 30 * MIN;
@@ -187,6 +203,8 @@ async fn outages_throttling_and_silence_are_booked_as_gpu_minutes_per_state() {
     if t0 < month_start {
         t0 = month_start - 30 * MIN;
     }
+    let (url, stop) = common::start(&config(&db, &key, t0 + 22 * MIN)).await;
+    let http = reqwest::Client::new();
     let (y, m, _) = dcwatt_collector::statement::civil_from_days(t0.div_euclid(86_400_000));
     let month = format!("{y:04}-{m:02}");
     for k in 0..=132i64 {
@@ -420,7 +438,7 @@ async fn outages_throttling_and_silence_are_booked_as_gpu_minutes_per_state() {
 
     // `dcwatt-collector report` builds the same statement offline from the
     // database: the same service levels.
-    let site = dcwatt_collector::config::Config::from_toml(&config(&db, &key))
+    let site = dcwatt_collector::config::Config::from_toml(&config(&db, &key, t0 + 22 * MIN))
         .unwrap()
         .build()
         .unwrap();
