@@ -215,6 +215,12 @@ pub struct TenantConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LeaseConfig {
+    /// The lease's id (`[A-Za-z0-9._:-]`, unique among the leases), named
+    /// in statements' per-lease service levels. Default: the tenant and
+    /// the lease's 1-based position among the tenant's leases in the file
+    /// (`lab-a.1`, `lab-a.2`, …): set it to keep it when leases move.
+    #[serde(default)]
+    pub id: Option<String>,
     /// The tenant.
     pub tenant: String,
     /// Node names or globs.

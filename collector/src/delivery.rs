@@ -35,7 +35,7 @@
 
 use std::collections::BTreeMap;
 
-use rusqlite::params;
+use rusqlite::{params, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
 use dcwatt_wire::Quantity;
@@ -61,6 +61,16 @@ pub struct SlaConfig {
     /// Default 0 (any down time).
     #[serde(default)]
     pub down_share: f64,
+    /// How long after a GPU's silent minute ends (no reading of it) it is
+    /// booked `unknown` without waiting for the GPU to report again: time
+    /// for an agent's spooled batches to arrive after a network outage.
+    /// At least the ledger's `close_after`, at most a day. Default 5 min.
+    #[serde(default = "default_silence_after", with = "humantime_serde")]
+    pub silence_after: std::time::Duration,
+}
+
+fn default_silence_after() -> std::time::Duration {
+    std::time::Duration::from_secs(300)
 }
 
 fn default_degraded_share() -> f64 {
@@ -72,6 +82,7 @@ impl Default for SlaConfig {
         SlaConfig {
             degraded_share: default_degraded_share(),
             down_share: 0.0,
+            silence_after: default_silence_after(),
         }
     }
 }
@@ -86,6 +97,12 @@ impl SlaConfig {
             if !(v.is_finite() && (0.0..1.0).contains(&v)) {
                 return Err((key, format!("{v} is not a share in [0, 1)")));
             }
+        }
+        if self.silence_after > std::time::Duration::from_secs(86_400) {
+            return Err((
+                "silence_after",
+                format!("{:?} is longer than a day", self.silence_after),
+            ));
         }
         Ok(())
     }
@@ -504,6 +521,11 @@ CREATE TABLE IF NOT EXISTS ledger_delivery (
     ms INTEGER NOT NULL,
     PRIMARY KEY (row_id, uuid)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS delivery_silence (
+    uuid TEXT PRIMARY KEY,
+    from_ms INTEGER NOT NULL,
+    through_ms INTEGER NOT NULL
+) WITHOUT ROWID;
 CREATE TRIGGER IF NOT EXISTS ledger_delivery_no_update BEFORE UPDATE ON ledger_delivery
 BEGIN SELECT RAISE(ABORT, 'the ledger is append-only: delivery rows cannot be updated'); END;
 CREATE TRIGGER IF NOT EXISTS ledger_delivery_no_delete BEFORE DELETE ON ledger_delivery
@@ -518,6 +540,11 @@ pub fn attribute(
     minutes: &[(String, String, DeliveredMinute)],
 ) -> Result<(), StoreError> {
     for (uuid, node, d) in minutes {
+        if booked_silent(tx, uuid, d.minute_ms)? {
+            // Booked `unknown` while the GPU was silent (data that come
+            // later for it, e.g. replayed from a spool, change nothing).
+            continue;
+        }
         for (owner, ms) in site
             .leases
             .split(node, uuid, d.minute_ms, d.minute_ms + MINUTE_MS)
@@ -550,6 +577,126 @@ pub fn attribute(
         }
     }
     Ok(())
+}
+
+/// True when the silence booking booked this GPU-minute.
+fn booked_silent(
+    tx: &rusqlite::Transaction<'_>,
+    uuid: &str,
+    minute_ms: i64,
+) -> Result<bool, StoreError> {
+    Ok(tx
+        .prepare_cached(
+            "SELECT 1 FROM delivery_silence WHERE uuid = ?1 AND from_ms <= ?2 AND ?2 < through_ms",
+        )?
+        .query_row(params![uuid, minute_ms], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
+
+/// The most GPU-minutes of silence one booking pass books (a bound on the
+/// pass's work after a long stop of the collector; the rest follows in the
+/// next passes).
+pub const SILENCE_MINUTES_PER_PASS: usize = 100_000;
+
+impl crate::store::Store {
+    /// Books the closed minutes of GPUs that stopped reporting as
+    /// `unknown` (`no_data`), as they close, without waiting for the GPU to
+    /// report again: every GPU the collector knows and some agent owns
+    /// (one released by the operator is not booked), from the minute after
+    /// its last reading's to the last minute ended `[sla] silence_after`
+    /// (at least `close_after`) before `now_ms` (one silence booked for at most
+    /// [`UNKNOWN_GAP_MAX_MINUTES`] before it is first seen), split among
+    /// the leases covering each minute (none: nothing booked). Each GPU's
+    /// booked stretch is kept (`delivery_silence`, in the same
+    /// transaction), so a minute is never booked twice: not by the next
+    /// pass, not after a restart, not when the GPU reports again (its
+    /// tracker's unknown minutes and any late data for the stretch are
+    /// skipped by [`attribute`]). Returns the GPU-minutes booked.
+    pub fn book_silences(&mut self, site: &Site, now_ms: i64) -> Result<usize, StoreError> {
+        let after = i64::try_from(site.sla.silence_after.as_millis()).unwrap_or(i64::MAX);
+        let cutoff = now_ms - MINUTE_MS - site.close_after_ms.max(after);
+        let end = floor_minute(cutoff) + MINUTE_MS;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        // Committed state only: an ingest that is not committed has not
+        // booked its minutes either.
+        let gpus: Vec<(
+            String,
+            String,
+            String,
+            Option<i64>,
+            Option<i64>,
+            Option<i64>,
+        )> = tx
+            .prepare_cached(
+                "SELECT g.uuid, COALESCE(json_extract(g.state, '$.node'), ''),
+                 COALESCE(json_extract(g.state, '$.agent'), ''),
+                 json_extract(g.state, '$.delivery.last_ms'), s.from_ms, s.through_ms
+                 FROM gpus g LEFT JOIN delivery_silence s ON s.uuid = g.uuid",
+            )?
+            .query_map([], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            })?
+            .collect::<Result<_, _>>()?;
+        let mut budget = SILENCE_MINUTES_PER_PASS;
+        let mut booked = 0;
+        for (uuid, node, agent, last_ms, from, through) in gpus {
+            let Some(last_ms) = last_ms.filter(|t| *t > 0) else {
+                continue;
+            };
+            if agent.is_empty() || budget == 0 {
+                continue;
+            }
+            let silent_from = floor_minute(last_ms) + MINUTE_MS;
+            // The same silence goes on where the last pass stopped; a new
+            // one starts after the last reading (at most a day back).
+            let (from, begin) = match (from, through) {
+                (Some(f), Some(t)) if t >= silent_from => (f, t),
+                _ => {
+                    let b = silent_from.max(end - UNKNOWN_GAP_MAX_MINUTES * MINUTE_MS);
+                    (b, b)
+                }
+            };
+            if begin >= end {
+                continue;
+            }
+            let stop = end.min(begin.saturating_add(budget as i64 * MINUTE_MS));
+            let mut minutes = Vec::new();
+            let mut m = begin;
+            while m < stop {
+                minutes.push((
+                    uuid.clone(),
+                    node.clone(),
+                    DeliveredMinute {
+                        minute_ms: m,
+                        state: DeliveryState::Unknown,
+                        reason: "no_data",
+                        cause: "unknown",
+                    },
+                ));
+                m += MINUTE_MS;
+            }
+            budget = budget.saturating_sub(minutes.len());
+            booked += minutes.len();
+            attribute(&tx, site, &minutes)?;
+            tx.prepare_cached(
+                "INSERT INTO delivery_silence (uuid, from_ms, through_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (uuid) DO UPDATE SET from_ms = excluded.from_ms, through_ms = excluded.through_ms",
+            )?
+            .execute(params![uuid, from, stop])?;
+        }
+        tx.commit()?;
+        Ok(booked)
+    }
 }
 
 /// The open list of a tenant-minute's GPUs not available, sorted.
@@ -683,6 +830,133 @@ pub struct Service {
     pub gpu: ByCause,
     /// The incidents, by start.
     pub incidents: Vec<Incident>,
+    /// The same GPU-minutes per lease (see [`LeaseService`]): each state
+    /// adds up over the leases to the tenant's figure above.
+    pub leases: Vec<LeaseService>,
+}
+
+/// The id under which GPU-minutes no single lease of the tenant accounts
+/// for are listed (leases changed since they were booked).
+pub const UNMATCHED_LEASE: &str = "_unmatched";
+
+/// One lease's GPU-minutes in a statement's period. A non-available
+/// GPU-minute counts for the lease covering its GPU at the minute's start
+/// (else at its end); a row's available time is split among the tenant's
+/// leases in force in its minute by their GPU time in it (the GPUs the
+/// collector knows each lease to cover, times the lease's time in the
+/// minute), the last taking the remainder, so every state adds up exactly
+/// over the leases.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct LeaseService {
+    /// The lease's id ([`UNMATCHED_LEASE`] for time no lease accounts for).
+    pub id: String,
+    /// The lease's start, Unix ms (absent for [`UNMATCHED_LEASE`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from_ms: Option<i64>,
+    /// Its end (exclusive), Unix ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub to_ms: Option<i64>,
+    /// The four states added up.
+    pub leased_gpu_minutes: f64,
+    /// Available GPU-minutes.
+    pub available_gpu_minutes: f64,
+    /// Degraded GPU-minutes.
+    pub degraded_gpu_minutes: f64,
+    /// Down GPU-minutes.
+    pub down_gpu_minutes: f64,
+    /// Unknown GPU-minutes.
+    pub unknown_gpu_minutes: f64,
+    /// (available + degraded) / (leased − unknown).
+    pub availability_ratio: Option<f64>,
+}
+
+/// Per-lease ms per state, in [`DeliveryState::ALL`] order.
+fn per_lease(
+    store: &crate::store::Store,
+    site: &Site,
+    tenant: &str,
+    rows: &[dcwatt_verify::row::Row],
+) -> Result<Vec<LeaseService>, StoreError> {
+    let leases = site.leases.snapshot();
+    let mine: Vec<&crate::tenants::Lease> =
+        leases.all().iter().filter(|l| l.tenant == tenant).collect();
+    let nodes: BTreeMap<String, String> = store
+        .conn
+        .prepare_cached("SELECT uuid, COALESCE(json_extract(state, '$.node'), '') FROM gpus")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    // The GPUs the collector knows each lease to cover.
+    let gpus: Vec<i64> = mine
+        .iter()
+        .map(|l| nodes.iter().filter(|(u, n)| l.covers(n, u)).count() as i64)
+        .collect();
+    let mut ms: BTreeMap<String, [i64; 4]> = BTreeMap::new();
+    for r in rows {
+        let Some(d) = r.delivery.as_ref() else {
+            continue;
+        };
+        let (m, end) = (r.minute_ms, r.minute_ms + MINUTE_MS);
+        for e in &d.gpus {
+            let node = nodes.get(&e.uuid).map_or("", String::as_str);
+            let lease = [m, end - 1].into_iter().find_map(|t| {
+                leases
+                    .lease_at(node, &e.uuid, t)
+                    .filter(|l| l.tenant == tenant)
+            });
+            let id = lease.map_or(UNMATCHED_LEASE, |l| l.id.as_str());
+            let k = match e.state.as_str() {
+                "degraded" => 1,
+                "down" => 2,
+                "unknown" => 3,
+                _ => 0,
+            };
+            let slot = &mut ms.entry(id.to_owned()).or_default()[k];
+            *slot = slot.saturating_add(e.ms);
+        }
+        // The available time, by the leases' GPU time in the minute.
+        let weights: Vec<(&str, i64)> = mine
+            .iter()
+            .zip(&gpus)
+            .filter(|(l, _)| l.from_ms < end && m < l.to_ms)
+            .map(|(l, n)| (l.id.as_str(), n * (l.to_ms.min(end) - l.from_ms.max(m))))
+            .collect();
+        let total: i64 = weights.iter().map(|w| w.1).sum();
+        let mut left = d.available_ms;
+        if total <= 0 {
+            let id = weights.first().map_or(UNMATCHED_LEASE, |w| w.0);
+            ms.entry(id.to_owned()).or_default()[0] += left;
+            continue;
+        }
+        for (i, (id, w)) in weights.iter().enumerate() {
+            let part = if i + 1 == weights.len() {
+                left
+            } else {
+                (i128::from(d.available_ms) * i128::from(*w) / i128::from(total)) as i64
+            };
+            left -= part;
+            ms.entry((*id).to_owned()).or_default()[0] += part;
+        }
+    }
+    let min = |v: i64| v as f64 / 60_000.0;
+    Ok(ms
+        .into_iter()
+        .map(|(id, [a, dg, dn, u])| {
+            let lease = mine.iter().find(|l| l.id == id);
+            let observed = a.saturating_add(dg).saturating_add(dn);
+            LeaseService {
+                from_ms: lease.map(|l| l.from_ms),
+                to_ms: lease.map(|l| l.to_ms),
+                id,
+                leased_gpu_minutes: min(observed.saturating_add(u)),
+                available_gpu_minutes: min(a),
+                degraded_gpu_minutes: min(dg),
+                down_gpu_minutes: min(dn),
+                unknown_gpu_minutes: min(u),
+                availability_ratio: (observed > 0)
+                    .then(|| a.saturating_add(dg) as f64 / observed as f64),
+            }
+        })
+        .collect())
 }
 
 impl crate::store::Store {
@@ -795,6 +1069,7 @@ pub fn service(
             i = j;
         }
     }
+    let leases = per_lease(store, site, tenant, rows)?;
     let incidents = merged
         .into_iter()
         .map(
@@ -830,6 +1105,7 @@ pub fn service(
         facility,
         gpu,
         incidents,
+        leases,
     }))
 }
 
@@ -1065,6 +1341,7 @@ mod tests {
         for (text, key) in [
             ("[sla]\ndegraded_share = 1.5\n".to_owned(), "sla.degraded_share"),
             ("[sla]\ndown_share = -1\n".to_owned(), "sla.down_share"),
+            ("[sla]\nsilence_after = \"2d\"\n".to_owned(), "sla.silence_after"),
             (
                 format!("[[tenants]]\nid = \"lab-a\"\ntoken_sha256 = \"{token}\"\navailability_target = 1.2\n"),
                 "tenants[0].availability_target",
@@ -1090,8 +1367,12 @@ mod tests {
             .unwrap();
         assert_eq!(site.availability_targets.get("lab-a"), Some(&0.995));
         assert_eq!(site.sla.degraded_share, 0.2);
-        // Unknown keys are refused too.
+        // Unknown keys and bad durations are refused too.
         assert!(crate::config::Config::from_toml("[sla]\nshare = 0.2\n").is_err());
+        let e = crate::config::Config::from_toml("[sla]\nsilence_after = \"soon\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("silence_after"), "{e}");
     }
 
     #[test]
@@ -1099,7 +1380,7 @@ mod tests {
         for bad in [-0.1, 1.0, f64::NAN] {
             let c = SlaConfig {
                 degraded_share: bad,
-                down_share: 0.0,
+                ..SlaConfig::default()
             };
             assert_eq!(c.validate().unwrap_err().0, "degraded_share");
         }
