@@ -844,8 +844,8 @@ pub const UNMATCHED_LEASE: &str = "_unmatched";
 /// (else at its end); a row's available time is split among the tenant's
 /// leases in force in its minute by their GPU time in it (the GPUs the
 /// collector knows each lease to cover, times the lease's time in the
-/// minute), the last taking the remainder, so every state adds up exactly
-/// over the leases.
+/// minute) less their non-available time, the last taking the remainder,
+/// so every state adds up exactly over the leases.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct LeaseService {
     /// The lease's id ([`UNMATCHED_LEASE`] for time no lease accounts for).
@@ -896,6 +896,8 @@ fn per_lease(
             continue;
         };
         let (m, end) = (r.minute_ms, r.minute_ms + MINUTE_MS);
+        // Each lease's non-available time in this minute.
+        let mut not_available: BTreeMap<&str, i64> = BTreeMap::new();
         for e in &d.gpus {
             let node = nodes.get(&e.uuid).map_or("", String::as_str);
             let lease = [m, end - 1].into_iter().find_map(|t| {
@@ -904,6 +906,7 @@ fn per_lease(
                     .filter(|l| l.tenant == tenant)
             });
             let id = lease.map_or(UNMATCHED_LEASE, |l| l.id.as_str());
+            *not_available.entry(id).or_default() += e.ms;
             let k = match e.state.as_str() {
                 "degraded" => 1,
                 "down" => 2,
@@ -913,12 +916,17 @@ fn per_lease(
             let slot = &mut ms.entry(id.to_owned()).or_default()[k];
             *slot = slot.saturating_add(e.ms);
         }
-        // The available time, by the leases' GPU time in the minute.
+        // The available time, by the leases' GPU time in the minute less
+        // their non-available time.
         let weights: Vec<(&str, i64)> = mine
             .iter()
             .zip(&gpus)
             .filter(|(l, _)| l.from_ms < end && m < l.to_ms)
-            .map(|(l, n)| (l.id.as_str(), n * (l.to_ms.min(end) - l.from_ms.max(m))))
+            .map(|(l, n)| {
+                let time = n * (l.to_ms.min(end) - l.from_ms.max(m));
+                let off = not_available.get(l.id.as_str()).copied().unwrap_or(0);
+                (l.id.as_str(), (time - off).max(0))
+            })
             .collect();
         let total: i64 = weights.iter().map(|w| w.1).sum();
         let mut left = d.available_ms;
@@ -1154,6 +1162,21 @@ state,gpu_minutes,facility_gpu_minutes,gpu_gpu_minutes
             opt(self.availability_target),
             self.target_met.map(|m| m.to_string()).unwrap_or_default()
         );
+        out += "# leases
+lease,leased_gpu_minutes,available_gpu_minutes,degraded_gpu_minutes,down_gpu_minutes,unknown_gpu_minutes
+";
+        for l in &self.leases {
+            out += &format!(
+                "{},{},{},{},{},{}
+",
+                l.id,
+                l.leased_gpu_minutes,
+                l.available_gpu_minutes,
+                l.degraded_gpu_minutes,
+                l.down_gpu_minutes,
+                l.unknown_gpu_minutes
+            );
+        }
         out += "# incidents
 start_ms,end_ms,state,reason,cause,gpu_minutes,gpus
 ";

@@ -386,6 +386,47 @@ mod tests {
     }
 
     #[test]
+    fn lease_ids_are_checked_unique_and_derived_by_default() {
+        let tenants: HashSet<&str> = ["a", "b"].into();
+        let t = ("2026-01-01T00:00:00Z", "2026-02-01T00:00:00Z");
+        let with_id = |id: &str, tenant: &str, node: &str| LeaseConfig {
+            id: Some(id.into()),
+            ..lease(tenant, &[node], &[], t.0, t.1)
+        };
+        let ok = Leases::build(
+            &[
+                lease("a", &["n1"], &[], t.0, t.1),
+                with_id("a-big", "a", "n2"),
+                lease("b", &["n3"], &[], t.0, t.1),
+                lease("a", &["n4"], &[], t.0, t.1),
+            ],
+            &tenants,
+        )
+        .unwrap();
+        let ids: Vec<&str> = ok.all().iter().map(|l| l.id.as_str()).collect();
+        assert_eq!(ids, ["a.1", "a-big", "b.1", "a.3"]);
+        for (leases, key) in [
+            (
+                vec![with_id("x", "a", "n1"), with_id("x", "b", "n2")],
+                "leases[1].id",
+            ),
+            // An explicit id that is another lease's default.
+            (
+                vec![
+                    lease("a", &["n1"], &[], t.0, t.1),
+                    with_id("a.1", "a", "n2"),
+                ],
+                "leases[1].id",
+            ),
+            (vec![with_id("bad id", "a", "n1")], "leases[0].id"),
+            (vec![with_id("", "a", "n1")], "leases[0].id"),
+        ] {
+            let e = Leases::build(&leases, &tenants).unwrap_err().to_string();
+            assert!(e.contains(key), "{e}");
+        }
+    }
+
+    #[test]
     fn globs() {
         assert!(glob("r12-*", "r12-n03"));
         assert!(glob("r1?-n0*", "r12-n03"));

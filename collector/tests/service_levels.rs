@@ -83,7 +83,9 @@ fn config(db: &std::path::Path, key: &std::path::Path, lease_end_ms: i64) -> Str
         h(LAB_B)
     );
     let to = rfc3339(lease_end_ms);
-    c += &format!("[[leases]]\ntenant = \"lab-a\"\nnodes = [\"n1\", \"n2\"]\nfrom = \"2020-01-01T00:00:00Z\"\nto = \"{to}\"\n");
+    // lab-a: two leases, one with an id, one with the default (lab-a.2).
+    c += &format!("[[leases]]\nid = \"a-n1\"\ntenant = \"lab-a\"\nnodes = [\"n1\"]\nfrom = \"2020-01-01T00:00:00Z\"\nto = \"{to}\"\n");
+    c += &format!("[[leases]]\ntenant = \"lab-a\"\nnodes = [\"n2\"]\nfrom = \"2020-01-01T00:00:00Z\"\nto = \"{to}\"\n");
     c += &format!("[[leases]]\ntenant = \"lab-b\"\nnodes = [\"n3\"]\nfrom = \"2020-01-01T00:00:00Z\"\nto = \"{to}\"\n");
     c
 }
@@ -336,6 +338,42 @@ async fn outages_throttling_and_silence_are_booked_as_gpu_minutes_per_state() {
         ],
         "{sa}"
     );
+    // Per lease: n1's 4 GPUs (a-n1) took the down and degraded minutes,
+    // n2's 2 GPUs (lab-a.2) the unknown ones; each state adds up to the
+    // tenant's.
+    let leases: Vec<(String, [f64; 5])> = sa["leases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            let f = |k: &str| l[format!("{k}_gpu_minutes")].as_f64().unwrap();
+            (
+                l["id"].as_str().unwrap().to_owned(),
+                [
+                    f("leased"),
+                    f("available"),
+                    f("degraded"),
+                    f("down"),
+                    f("unknown"),
+                ],
+            )
+        })
+        .collect();
+    assert_eq!(
+        leases,
+        vec![
+            (s("a-n1"), [88.0, 75.0, 6.0, 7.0, 0.0]),
+            (s("lab-a.2"), [44.0, 38.0, 0.0, 0.0, 6.0]),
+        ],
+        "{sa}"
+    );
+    for (k, state) in ["leased", "available", "degraded", "down", "unknown"]
+        .iter()
+        .enumerate()
+    {
+        let sum: f64 = leases.iter().map(|l| l.1[k]).sum();
+        assert_eq!(sum, minutes(&a, state), "{state}");
+    }
     // lab-b: its own GPU's 2 minutes down, nothing of lab-a's.
     assert_eq!(minutes(&b, "down"), 2.0, "{b}");
     assert_eq!(minutes(&b, "available"), 20.0, "{b}");
@@ -354,6 +392,7 @@ async fn outages_throttling_and_silence_are_booked_as_gpu_minutes_per_state() {
     assert_eq!(status, 200);
     assert!(csv.contains("\ndown,7,0,7\n"), "{csv}");
     assert!(csv.contains("\nunknown,6,,\n"), "{csv}");
+    assert!(csv.contains("\na-n1,88,75,6,7,0\n"), "{csv}");
 
     // The ledger verifies: the chain, and the statement's rows, digests
     // and totals as dcwatt-verify checks them.
@@ -384,6 +423,10 @@ async fn outages_throttling_and_silence_are_booked_as_gpu_minutes_per_state() {
     t["proofs"]["rows"][i]["row"]["delivery"]["gpus"][0]["state"] = "degraded".into();
     let e = verify(&t, &public_key).unwrap_err();
     assert!(e.contains("delivery digest"), "{e}");
+    let mut t = a.clone();
+    t["service"]["leases"][0]["down_gpu_minutes"] = 0.0.into();
+    let e = verify(&t, &public_key).unwrap_err();
+    assert!(e.contains("service.leases"), "{e}");
     let mut t = a.clone();
     t["service"]["down_gpu_minutes"] = 0.0.into();
     let e = verify(&t, &public_key).unwrap_err();

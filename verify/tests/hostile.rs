@@ -120,6 +120,7 @@ proptest! {
                 degraded_gpu_minutes: totals.1,
                 down_gpu_minutes: 0.0,
                 unknown_gpu_minutes: f64::MAX,
+                leases: Vec::new(),
             }),
             proofs: Proofs {
                 checkpoint_choice: "latest".into(),
