@@ -108,6 +108,89 @@ impl SlaConfig {
     }
 }
 
+/// `[[power_events]]`: a site power event the operator declares (a utility
+/// outage, a UPS or PDU failure, a breaker trip): the degraded, down and
+/// unknown GPU-minutes of the GPUs in its zone (every zone without one)
+/// that it overlaps have cause `facility`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PowerEventConfig {
+    /// The zone (an agent's or a meter's); absent: the whole site.
+    #[serde(default)]
+    pub zone: Option<String>,
+    /// Start, RFC 3339.
+    pub from: String,
+    /// End (exclusive), RFC 3339.
+    pub to: String,
+    /// What happened (for the operator; not used).
+    #[serde(default)]
+    pub note: String,
+}
+
+/// A site power event, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PowerEvent {
+    /// Its zone; `None`: every zone.
+    pub zone: Option<String>,
+    /// Start, Unix ms.
+    pub from_ms: i64,
+    /// End (exclusive), Unix ms.
+    pub to_ms: i64,
+}
+
+/// Validates `[[power_events]]` against the configured zones.
+pub fn build_power_events(
+    config: &[PowerEventConfig],
+    zones: &std::collections::BTreeSet<String>,
+) -> Result<Vec<PowerEvent>, crate::config::ConfigError> {
+    use crate::config::invalid;
+    let mut out = Vec::with_capacity(config.len());
+    for (i, e) in config.iter().enumerate() {
+        if let Some(z) = &e.zone {
+            if !zones.contains(z) {
+                return Err(invalid(
+                    format!("power_events[{i}].zone"),
+                    format!("{z:?} is no agent's or meter's zone"),
+                ));
+            }
+        }
+        let from_ms = crate::tenants::parse_time(&format!("power_events[{i}].from"), &e.from)?;
+        let to_ms = crate::tenants::parse_time(&format!("power_events[{i}].to"), &e.to)?;
+        if to_ms <= from_ms {
+            return Err(invalid(
+                format!("power_events[{i}].to"),
+                "must be after from",
+            ));
+        }
+        if to_ms - from_ms > 31 * 86_400_000 {
+            return Err(invalid(
+                format!("power_events[{i}].to"),
+                "an event longer than 31 days is not a power event",
+            ));
+        }
+        out.push(PowerEvent {
+            zone: e.zone.clone(),
+            from_ms,
+            to_ms,
+        });
+    }
+    Ok(out)
+}
+
+/// True when a declared power event of the node's zone (or the site)
+/// overlaps the minute.
+fn in_power_event(site: &Site, node: &str, minute_ms: i64) -> bool {
+    if site.power_events.is_empty() {
+        return false;
+    }
+    let zone = site.agent_zones.get(node);
+    site.power_events.iter().any(|e| {
+        e.from_ms < minute_ms + MINUTE_MS
+            && minute_ms < e.to_ms
+            && e.zone.as_ref().is_none_or(|z| Some(z) == zone)
+    })
+}
+
 /// A GPU-minute's delivery state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum DeliveryState {
@@ -553,6 +636,13 @@ pub fn attribute(
                 continue;
             }
             let col = d.state.column();
+            // A declared power event of its zone: the facility's doing.
+            let cause =
+                if d.state != DeliveryState::Available && in_power_event(site, node, d.minute_ms) {
+                    "facility"
+                } else {
+                    d.cause
+                };
             tx.prepare_cached(&format!(
                 "INSERT INTO tenant_open (minute_ms, tenant, it_joules, gpu_ms, {col}) VALUES (?1, ?2, 0, 0, ?3)
                  ON CONFLICT (minute_ms, tenant) DO UPDATE SET {col} = COALESCE({col}, 0) + excluded.{col}"
@@ -570,7 +660,7 @@ pub fn attribute(
                     uuid,
                     d.state.as_str(),
                     d.reason,
-                    d.cause,
+                    cause,
                     ms
                 ])?;
             }
@@ -773,6 +863,8 @@ pub struct ByCause {
     pub degraded_gpu_minutes: f64,
     /// Down GPU-minutes.
     pub down_gpu_minutes: f64,
+    /// Unknown GPU-minutes (the facility's: a declared power event).
+    pub unknown_gpu_minutes: f64,
 }
 
 /// Consecutive non-available minutes of GPUs with the same state, reason
@@ -1044,6 +1136,7 @@ pub fn service(
             match e.state.as_str() {
                 "degraded" => by.degraded_gpu_minutes += e.ms as f64 / 60_000.0,
                 "down" => by.down_gpu_minutes += e.ms as f64 / 60_000.0,
+                "unknown" => by.unknown_gpu_minutes += e.ms as f64 / 60_000.0,
                 _ => {}
             }
             runs.entry((
@@ -1150,9 +1243,9 @@ state,gpu_minutes,facility_gpu_minutes,gpu_gpu_minutes
             self.down_gpu_minutes, self.facility.down_gpu_minutes, self.gpu.down_gpu_minutes
         );
         out += &format!(
-            "unknown,{},,
+            "unknown,{},{},
 ",
-            self.unknown_gpu_minutes
+            self.unknown_gpu_minutes, self.facility.unknown_gpu_minutes
         );
         out += &format!(
             "# availability_ratio {} undegraded_ratio {} availability_target {} target_met {}
@@ -1365,6 +1458,22 @@ mod tests {
             ("[sla]\ndegraded_share = 1.5\n".to_owned(), "sla.degraded_share"),
             ("[sla]\ndown_share = -1\n".to_owned(), "sla.down_share"),
             ("[sla]\nsilence_after = \"2d\"\n".to_owned(), "sla.silence_after"),
+            (
+                "[[power_events]]\nzone = \"nowhere\"\nfrom = \"2026-01-01T00:00:00Z\"\nto = \"2026-01-01T01:00:00Z\"\n".to_owned(),
+                "power_events[0].zone",
+            ),
+            (
+                "[[power_events]]\nfrom = \"2026-01-01T01:00:00Z\"\nto = \"2026-01-01T00:00:00Z\"\n".to_owned(),
+                "power_events[0].to",
+            ),
+            (
+                "[[power_events]]\nfrom = \"yesterday\"\nto = \"2026-01-01T00:00:00Z\"\n".to_owned(),
+                "power_events[0].from",
+            ),
+            (
+                "[[power_events]]\nfrom = \"2026-01-01T00:00:00Z\"\nto = \"2026-03-01T00:00:00Z\"\n".to_owned(),
+                "power_events[0].to",
+            ),
             (
                 format!("[[tenants]]\nid = \"lab-a\"\ntoken_sha256 = \"{token}\"\navailability_target = 1.2\n"),
                 "tenants[0].availability_target",

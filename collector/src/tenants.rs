@@ -54,7 +54,7 @@ pub struct Leases {
     with_globs: Vec<usize>,
 }
 
-fn parse_time(key: &str, text: &str) -> Result<i64, ConfigError> {
+pub(crate) fn parse_time(key: &str, text: &str) -> Result<i64, ConfigError> {
     humantime_serde::re::humantime::parse_rfc3339(text)
         .ok()
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())

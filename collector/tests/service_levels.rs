@@ -4,8 +4,11 @@
 //! lab-a's GPUs down for 7 minutes, throttle another thermally for 4, stop
 //! one node's agent for 3 minutes, and power-brake a GPU for 2 minutes while
 //! its zone's CDU is in a supply-temperature excursion; lab-b's GPU goes
-//! down for 2 minutes. The statements must show exactly those GPU-minutes
-//! in those states with those causes, availability computed from them, each
+//! down for 2 minutes. GPU-a1's agent says why (RESET_REQUIRED); two
+//! declared power events of zone z2 make a minute of n2's silence and one
+//! of GPU-c0's down minutes the facility's. The statements must show
+//! exactly those GPU-minutes in those states with those reasons and
+//! causes, per lease and in total, availability computed from them, each
 //! tenant only its own incidents; the ledger verifies (chain and
 //! `dcwatt-verify`'s checks of the statement), and a statement with one
 //! state count or one listed GPU changed fails verification.
@@ -54,7 +57,10 @@ fn rfc3339(ms: i64) -> String {
 /// batches of this test are older; n2's 3 minutes are booked when its
 /// agent reports again, not raced by the silence booking while the test
 /// posts; `tests/silence.rs` tests the silence booking).
-fn config(db: &std::path::Path, key: &std::path::Path, lease_end_ms: i64) -> String {
+/// Two site power events in zone z2 (declared by the operator): minute 15
+/// (n2 silent) and minute 3 (GPU-c0 down) have cause `facility`.
+fn config(db: &std::path::Path, key: &std::path::Path, t0: i64) -> String {
+    let lease_end_ms = t0 + 22 * MIN;
     let h = |t: &str| hex::encode(token_hash(t));
     let mut c = format!(
         "agent_batches_per_second = 1000.0\nagent_batch_burst = 1000\n\
@@ -76,6 +82,13 @@ fn config(db: &std::path::Path, key: &std::path::Path, lease_end_ms: i64) -> Str
         h(FAC.1)
     );
     c += "[[meters]]\nid = \"cdu1\"\nrole = \"cooling\"\nzone = \"z1\"\n";
+    for m in [15, 3] {
+        c += &format!(
+            "[[power_events]]\nzone = \"z2\"\nfrom = \"{}\"\nto = \"{}\"\nnote = \"PDU B tripped\"\n",
+            rfc3339(t0 + m * MIN),
+            rfc3339(t0 + (m + 1) * MIN)
+        );
+    }
     c += &format!(
         "[[tenants]]\nid = \"lab-a\"\ntoken_sha256 = \"{}\"\navailability_target = 0.995\n\
          [[tenants]]\nid = \"lab-b\"\ntoken_sha256 = \"{}\"\n",
@@ -105,7 +118,11 @@ fn gpu_readings(uuid: &str, ts: i64, s: i64) -> Vec<Reading> {
         value,
     };
     if down {
-        // What the agent sends for a lost GPU: up 0, nothing else.
+        // What the agent sends for a GPU down: up 0 and why (GPU-a1: code 2,
+        // RESET_REQUIRED; GPU-c0 as an older agent: no code).
+        if uuid == "GPU-a1" {
+            return vec![r(Quantity::GpuDownReasonCode, 2.0), r(Quantity::GpuUp, 0.0)];
+        }
         return vec![r(Quantity::GpuUp, 0.0)];
     }
     let thermal = uuid == "GPU-a2" && within(s, 8, 12);
@@ -205,7 +222,7 @@ async fn outages_throttling_and_silence_are_booked_as_gpu_minutes_per_state() {
     if t0 < month_start {
         t0 = month_start - 30 * MIN;
     }
-    let (url, stop) = common::start(&config(&db, &key, t0 + 22 * MIN)).await;
+    let (url, stop) = common::start(&config(&db, &key, t0)).await;
     let http = reqwest::Client::new();
     let (y, m, _) = dcwatt_collector::statement::civil_from_days(t0.div_euclid(86_400_000));
     let month = format!("{y:04}-{m:02}");
@@ -313,14 +330,32 @@ async fn outages_throttling_and_silence_are_booked_as_gpu_minutes_per_state() {
     assert_eq!(sa["gpu"]["degraded_gpu_minutes"], 4.0, "{sa}");
     assert_eq!(sa["gpu"]["down_gpu_minutes"], 7.0, "{sa}");
     assert_eq!(sa["facility"]["down_gpu_minutes"], 0.0, "{sa}");
+    // n2's minute 15 fell in a declared power event of its zone.
+    assert_eq!(sa["facility"]["unknown_gpu_minutes"], 2.0, "{sa}");
     let s = |x: &str| x.to_owned();
     assert_eq!(
         incidents(&a, t0),
         vec![
-            (5, 12, s("down"), s("gpu_down"), s("gpu"), s("GPU-a1")),
+            (5, 12, s("down"), s("reset_required"), s("gpu"), s("GPU-a1")),
             (8, 12, s("degraded"), s("thermal"), s("gpu"), s("GPU-a2")),
             (
                 14,
+                15,
+                s("unknown"),
+                s("no_data"),
+                s("unknown"),
+                s("GPU-b0 GPU-b1")
+            ),
+            (
+                15,
+                16,
+                s("unknown"),
+                s("no_data"),
+                s("facility"),
+                s("GPU-b0 GPU-b1")
+            ),
+            (
+                16,
                 17,
                 s("unknown"),
                 s("no_data"),
@@ -380,8 +415,13 @@ async fn outages_throttling_and_silence_are_booked_as_gpu_minutes_per_state() {
     assert_eq!(service(&b)["availability_target"], Value::Null);
     assert_eq!(
         incidents(&b, t0),
-        vec![(2, 4, s("down"), s("gpu_down"), s("gpu"), s("GPU-c0"))]
+        vec![
+            (2, 3, s("down"), s("gpu_down"), s("gpu"), s("GPU-c0")),
+            (3, 4, s("down"), s("gpu_down"), s("facility"), s("GPU-c0"))
+        ]
     );
+    assert_eq!(service(&b)["facility"]["down_gpu_minutes"], 1.0);
+    assert_eq!(service(&b)["gpu"]["down_gpu_minutes"], 1.0);
     assert!(!b.to_string().contains("GPU-a"), "{b}");
     assert!(!a.to_string().contains("GPU-c0"), "{a}");
     // A tenant reads only its own statement.
@@ -391,7 +431,7 @@ async fn outages_throttling_and_silence_are_booked_as_gpu_minutes_per_state() {
     let (status, csv) = get_as(&http, &(statement_url("lab-a") + "&format=csv"), LAB_A).await;
     assert_eq!(status, 200);
     assert!(csv.contains("\ndown,7,0,7\n"), "{csv}");
-    assert!(csv.contains("\nunknown,6,,\n"), "{csv}");
+    assert!(csv.contains("\nunknown,6,2,\n"), "{csv}");
     assert!(csv.contains("\na-n1,88,75,6,7,0\n"), "{csv}");
 
     // The ledger verifies: the chain, and the statement's rows, digests
@@ -481,7 +521,7 @@ async fn outages_throttling_and_silence_are_booked_as_gpu_minutes_per_state() {
 
     // `dcwatt-collector report` builds the same statement offline from the
     // database: the same service levels.
-    let site = dcwatt_collector::config::Config::from_toml(&config(&db, &key, t0 + 22 * MIN))
+    let site = dcwatt_collector::config::Config::from_toml(&config(&db, &key, t0))
         .unwrap()
         .build()
         .unwrap();
