@@ -692,7 +692,8 @@ pub const SILENCE_MINUTES_PER_PASS: usize = 100_000;
 impl crate::store::Store {
     /// Books the closed minutes of GPUs that stopped reporting as
     /// `unknown` (`no_data`), as they close, without waiting for the GPU to
-    /// report again: every GPU the collector knows and some agent owns
+    /// report again: every GPU the collector knows whose owning agent it
+    /// has not heard from (no batch applied) for `[sla] silence_after`
     /// (one released by the operator is not booked), from the minute after
     /// its last reading's to the last minute ended `[sla] silence_after`
     /// (at least `close_after`) before `now_ms` (one silence booked for at most
@@ -712,6 +713,10 @@ impl crate::store::Store {
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         // Committed state only: an ingest that is not committed has not
         // booked its minutes either.
+        // GPUs whose agent the collector has not heard from (no batch
+        // applied) for `silence_after`: an agent that still sends is
+        // catching up, or reports the GPU down.
+        let heard_after = now_ms.saturating_sub(after);
         let gpus: Vec<(
             String,
             String,
@@ -724,9 +729,11 @@ impl crate::store::Store {
                 "SELECT g.uuid, COALESCE(json_extract(g.state, '$.node'), ''),
                  COALESCE(json_extract(g.state, '$.agent'), ''),
                  json_extract(g.state, '$.delivery.last_ms'), s.from_ms, s.through_ms
-                 FROM gpus g LEFT JOIN delivery_silence s ON s.uuid = g.uuid",
+                 FROM gpus g LEFT JOIN delivery_silence s ON s.uuid = g.uuid
+                 LEFT JOIN agents a ON a.id = json_extract(g.state, '$.agent')
+                 WHERE COALESCE(a.last_seen_ms, 0) <= ?1",
             )?
-            .query_map([], |r| {
+            .query_map(params![heard_after], |r| {
                 Ok((
                     r.get(0)?,
                     r.get(1)?,
@@ -1057,6 +1064,164 @@ fn per_lease(
             }
         })
         .collect())
+}
+
+/// An incident in one hall of a [`CombinedService`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HallIncident {
+    /// The hall: the collector configuration its statement was read with.
+    pub hall: String,
+    /// The incident.
+    #[serde(flatten)]
+    pub incident: Incident,
+}
+
+/// A lease's figures in one hall of a [`CombinedService`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HallLease {
+    /// The hall.
+    pub hall: String,
+    /// The lease's figures there.
+    #[serde(flatten)]
+    pub lease: LeaseService,
+}
+
+/// A tenant's service levels across halls (`dcwatt-collector report` with
+/// several `--config`): each state's GPU-minutes added up over the halls,
+/// the ratios recomputed from the sums (never a mean of the halls'
+/// ratios), incidents and leases listed with their hall.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CombinedService {
+    /// GPU-minutes leased and judged in every hall.
+    pub leased_gpu_minutes: f64,
+    /// Available GPU-minutes.
+    pub available_gpu_minutes: f64,
+    /// Degraded GPU-minutes.
+    pub degraded_gpu_minutes: f64,
+    /// Down GPU-minutes.
+    pub down_gpu_minutes: f64,
+    /// Unknown GPU-minutes.
+    pub unknown_gpu_minutes: f64,
+    /// (available + degraded) / (leased − unknown), from the sums.
+    pub availability_ratio: Option<f64>,
+    /// available / (leased − unknown), from the sums.
+    pub undegraded_ratio: Option<f64>,
+    /// The tenant's target (the first hall's that has one).
+    pub availability_target: Option<f64>,
+    /// `availability_ratio >= availability_target`.
+    pub target_met: Option<bool>,
+    /// Non-available GPU-minutes the facility caused, every hall.
+    pub facility: ByCause,
+    /// Non-available GPU-minutes the GPUs caused, every hall.
+    pub gpu: ByCause,
+    /// Every hall's incidents, by start, then hall.
+    pub incidents: Vec<HallIncident>,
+    /// Every hall's leases.
+    pub leases: Vec<HallLease>,
+}
+
+/// Adds up the halls' service levels: `(hall, service)`; `None` without any.
+pub fn combine_service<'a>(
+    halls: impl IntoIterator<Item = (&'a str, &'a Service)>,
+) -> Option<CombinedService> {
+    let mut out: Option<CombinedService> = None;
+    for (hall, s) in halls {
+        let c = out.get_or_insert_with(|| CombinedService {
+            leased_gpu_minutes: 0.0,
+            available_gpu_minutes: 0.0,
+            degraded_gpu_minutes: 0.0,
+            down_gpu_minutes: 0.0,
+            unknown_gpu_minutes: 0.0,
+            availability_ratio: None,
+            undegraded_ratio: None,
+            availability_target: None,
+            target_met: None,
+            facility: ByCause::default(),
+            gpu: ByCause::default(),
+            incidents: Vec::new(),
+            leases: Vec::new(),
+        });
+        c.leased_gpu_minutes += s.leased_gpu_minutes;
+        c.available_gpu_minutes += s.available_gpu_minutes;
+        c.degraded_gpu_minutes += s.degraded_gpu_minutes;
+        c.down_gpu_minutes += s.down_gpu_minutes;
+        c.unknown_gpu_minutes += s.unknown_gpu_minutes;
+        c.availability_target = c.availability_target.or(s.availability_target);
+        for (to, from) in [(&mut c.facility, &s.facility), (&mut c.gpu, &s.gpu)] {
+            to.degraded_gpu_minutes += from.degraded_gpu_minutes;
+            to.down_gpu_minutes += from.down_gpu_minutes;
+            to.unknown_gpu_minutes += from.unknown_gpu_minutes;
+        }
+        c.incidents.extend(s.incidents.iter().map(|i| HallIncident {
+            hall: hall.to_owned(),
+            incident: i.clone(),
+        }));
+        c.leases.extend(s.leases.iter().map(|l| HallLease {
+            hall: hall.to_owned(),
+            lease: l.clone(),
+        }));
+    }
+    let c = out.as_mut()?;
+    let observed = c.available_gpu_minutes + c.degraded_gpu_minutes + c.down_gpu_minutes;
+    let ratio = |num: f64| (observed > 0.0).then(|| num / observed);
+    c.availability_ratio = ratio(c.available_gpu_minutes + c.degraded_gpu_minutes);
+    c.undegraded_ratio = ratio(c.available_gpu_minutes);
+    c.target_met = c
+        .availability_ratio
+        .zip(c.availability_target)
+        .map(|(r, t)| r >= t);
+    c.incidents
+        .sort_by(|a, b| (a.incident.start_ms, &a.hall).cmp(&(b.incident.start_ms, &b.hall)));
+    out
+}
+
+impl CombinedService {
+    /// As CSV lines after a `# service (all halls)` line.
+    pub fn to_csv(&self) -> String {
+        let opt = |v: Option<f64>| v.map(|x| x.to_string()).unwrap_or_default();
+        let mut out = String::from(
+            "# service (all halls)\nstate,gpu_minutes,facility_gpu_minutes,gpu_gpu_minutes\n",
+        );
+        out += &format!("leased,{},,\n", self.leased_gpu_minutes);
+        out += &format!("available,{},,\n", self.available_gpu_minutes);
+        out += &format!(
+            "degraded,{},{},{}\n",
+            self.degraded_gpu_minutes,
+            self.facility.degraded_gpu_minutes,
+            self.gpu.degraded_gpu_minutes
+        );
+        out += &format!(
+            "down,{},{},{}\n",
+            self.down_gpu_minutes, self.facility.down_gpu_minutes, self.gpu.down_gpu_minutes
+        );
+        out += &format!(
+            "unknown,{},{},\n",
+            self.unknown_gpu_minutes, self.facility.unknown_gpu_minutes
+        );
+        out += &format!(
+            "# availability_ratio {} undegraded_ratio {} availability_target {} target_met {}\n",
+            opt(self.availability_ratio),
+            opt(self.undegraded_ratio),
+            opt(self.availability_target),
+            self.target_met.map(|m| m.to_string()).unwrap_or_default()
+        );
+        out += "# incidents\nhall,start_ms,end_ms,state,reason,cause,gpu_minutes,gpus\n";
+        for h in &self.incidents {
+            let i = &h.incident;
+            out += &format!(
+                "{},{},{},{},{},{},{},{}\n",
+                h.hall,
+                i.start_ms,
+                i.end_ms,
+                i.state,
+                i.reason,
+                i.cause,
+                i.gpu_minutes,
+                i.gpus.join(" ")
+            );
+        }
+        out
+    }
 }
 
 impl crate::store::Store {

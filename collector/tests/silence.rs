@@ -42,7 +42,7 @@ fn config(db: &std::path::Path, t0: i64) -> String {
     let mut c = format!(
         "agent_batches_per_second = 1000.0\nagent_batch_burst = 1000\n\
          [ledger]\npath = \"{}\"\nclose_after = \"1s\"\n[operator]\ntoken_sha256 = \"{}\"\n\
-         [sla]\nsilence_after = \"0s\"\n",
+         [sla]\nsilence_after = \"3s\"\n",
         db.display(),
         h(OPERATOR)
     );
