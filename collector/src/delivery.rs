@@ -684,6 +684,17 @@ fn booked_silent(
         .is_some())
 }
 
+/// (UUID, node, agent, last reading, booked stretch's start and end) of a
+/// GPU the silence booking looks at.
+type SilentGpu = (
+    String,
+    String,
+    String,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+);
+
 /// The most GPU-minutes of silence one booking pass books (a bound on the
 /// pass's work after a long stop of the collector; the rest follows in the
 /// next passes).
@@ -717,14 +728,7 @@ impl crate::store::Store {
         // applied) for `silence_after`: an agent that still sends is
         // catching up, or reports the GPU down.
         let heard_after = now_ms.saturating_sub(after);
-        let gpus: Vec<(
-            String,
-            String,
-            String,
-            Option<i64>,
-            Option<i64>,
-            Option<i64>,
-        )> = tx
+        let gpus: Vec<SilentGpu> = tx
             .prepare_cached(
                 "SELECT g.uuid, COALESCE(json_extract(g.state, '$.node'), ''),
                  COALESCE(json_extract(g.state, '$.agent'), ''),

@@ -113,13 +113,12 @@ async fn post(http: &reqwest::Client, url: &str, node: usize, seq: u64, ts: i64,
     assert_eq!(status, 200, "{}", resp.text().await.unwrap());
 }
 
+/// (GPU, minute) → [(state, reason, ms)], one element per booking.
+type Booked = BTreeMap<(String, i64), Vec<(String, String, i64)>>;
+
 /// Every booked non-available GPU-minute of lab-a in the months of `t0` and
-/// `now`: (GPU, minute) → [(state, reason, ms)], one element per booking.
-async fn booked(
-    http: &reqwest::Client,
-    url: &str,
-    t0: i64,
-) -> BTreeMap<(String, i64), Vec<(String, String, i64)>> {
+/// `now`.
+async fn booked(http: &reqwest::Client, url: &str, t0: i64) -> Booked {
     let mut months: Vec<String> = [t0, now_ms()]
         .iter()
         .map(|t| {
@@ -153,7 +152,7 @@ async fn booked(
 }
 
 /// The minutes of `uuid` booked, each checked booked once, whole, unknown.
-fn minutes_of(b: &BTreeMap<(String, i64), Vec<(String, String, i64)>>, uuid: &str) -> Vec<i64> {
+fn minutes_of(b: &Booked, uuid: &str) -> Vec<i64> {
     b.iter()
         .filter(|((u, _), _)| u == uuid)
         .map(|((_, m), v)| {
@@ -171,14 +170,14 @@ fn contiguous(from: i64, to: i64) -> Vec<i64> {
     (from..to).step_by(MIN as usize).collect()
 }
 
-async fn wait_for<F: Fn(&BTreeMap<(String, i64), Vec<(String, String, i64)>>) -> bool>(
+async fn wait_for<F: Fn(&Booked) -> bool>(
     http: &reqwest::Client,
     url: &str,
     t0: i64,
     secs: u64,
     what: &str,
     done: F,
-) -> BTreeMap<(String, i64), Vec<(String, String, i64)>> {
+) -> Booked {
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
         let b = booked(http, url, t0).await;
