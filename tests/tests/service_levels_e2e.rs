@@ -79,7 +79,7 @@ async fn a_lost_gpu_is_booked_down_with_its_reason_end_to_end() {
     let booked_to = to.div_euclid(MIN) * MIN + MIN;
     let st = wait_for(
         "the down minutes booked",
-        Duration::from_secs(120),
+        Duration::from_secs(200),
         || async {
             let st = statement(&collector, &month).await;
             let last = st["proofs"]["rows"]
