@@ -537,6 +537,19 @@ library = "{LIB_PATH}"
         .readings
         .iter()
         .any(|r| r.entity == Entity::Gpu(UUIDS[2].into()) && r.quantity == Quantity::PowerWatts));
+    // The reason travels with it, as a code (1: GPU_IS_LOST); the up GPUs
+    // carry none.
+    let code = |b: &Batch, gpu: usize| {
+        b.readings
+            .iter()
+            .find(|r| {
+                r.entity == Entity::Gpu(UUIDS[gpu].into())
+                    && r.quantity == Quantity::GpuDownReasonCode
+            })
+            .map(|r| r.value)
+    };
+    assert_eq!(code(&batch, 2), Some(1.0));
+    assert_eq!(code(&batch, 0), None);
     let down = |gpu: usize, reason: &str| sl("dcwatt_gpu_down_info", gpu, "reason", reason);
     assert_eq!(must(&text, &down(2, "gpu_lost")), 1.0);
     assert!(!text.contains(&format!("dcwatt_gpu_down_info{{{}", labels(0))));
@@ -573,6 +586,9 @@ library = "{LIB_PATH}"
             None,
             "{reason}"
         );
+        let want = f64::from(dcwatt_wire::down_reason_code(reason));
+        assert!(want > 0.0, "{reason}");
+        wait_batch(&received, |b| code(b, 2) == Some(want)).await;
         // One reason at a time.
         assert_eq!(
             text.matches(&format!("dcwatt_gpu_down_info{{{}", labels(2)))
@@ -639,6 +655,8 @@ library = "{LIB_PATH}"
     })
     .await;
     assert_eq!(reading(&batch, 2, Quantity::GpuUp), Some(0.0));
+    // A hung GPU's reason: the agent's own timeout (13, `no_answer`).
+    assert_eq!(reading(&batch, 2, Quantity::GpuDownReasonCode), Some(13.0));
     assert_eq!(reading(&batch, 2, Quantity::PowerWatts), None);
     assert_eq!(reading(&batch, 1, Quantity::GpuUp), Some(1.0));
 

@@ -148,6 +148,10 @@ pub struct Config {
     /// `[sla]`: how GPU-minutes are judged for service levels.
     #[serde(default)]
     pub sla: crate::delivery::SlaConfig,
+    /// `[[power_events]]`: site power events declared by the operator
+    /// (their GPUs' non-available minutes have cause `facility`).
+    #[serde(default)]
+    pub power_events: Vec<crate::delivery::PowerEventConfig>,
 }
 
 /// `[report]`: what the efficiency report compares the site's PUE with.
@@ -215,6 +219,12 @@ pub struct TenantConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LeaseConfig {
+    /// The lease's id (`[A-Za-z0-9._:-]`, unique among the leases), named
+    /// in statements' per-lease service levels. Default: the tenant and
+    /// the lease's 1-based position among the tenant's leases in the file
+    /// (`lab-a.1`, `lab-a.2`, …): set it to keep it when leases move.
+    #[serde(default)]
+    pub id: Option<String>,
     /// The tenant.
     pub tenant: String,
     /// Node names or globs.
@@ -621,6 +631,8 @@ pub struct Site {
     pub thermal: crate::thermal::ThermalConfig,
     /// How GPU-minutes are judged for service levels.
     pub sla: crate::delivery::SlaConfig,
+    /// Declared site power events.
+    pub power_events: Vec<crate::delivery::PowerEvent>,
     /// Each tenant's availability target, where one is set.
     pub availability_targets: std::collections::BTreeMap<String, f64>,
     /// TLS, if configured.
@@ -1024,11 +1036,12 @@ impl Config {
             .values()
             .filter(|m| m.counted() && m.role == Role::Water)
             .count();
-        let zones = meters
+        let zones: std::collections::BTreeSet<String> = meters
             .values()
             .map(|m| m.zone.clone())
             .chain(agent_zones.values().cloned())
             .collect();
+        let power_events = crate::delivery::build_power_events(&self.power_events, &zones)?;
         let metered_nodes = meters.values().filter_map(|m| m.node.clone()).collect();
         Ok(Site {
             metered_nodes,
@@ -1047,6 +1060,7 @@ impl Config {
             config_path: None,
             thermal: self.thermal,
             sla: self.sla,
+            power_events,
             availability_targets,
             listen: self.listen,
             stale_after_ms: millis(self.stale_after),

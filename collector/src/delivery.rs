@@ -35,7 +35,7 @@
 
 use std::collections::BTreeMap;
 
-use rusqlite::params;
+use rusqlite::{params, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
 use dcwatt_wire::Quantity;
@@ -61,6 +61,16 @@ pub struct SlaConfig {
     /// Default 0 (any down time).
     #[serde(default)]
     pub down_share: f64,
+    /// How long after a GPU's silent minute ends (no reading of it) it is
+    /// booked `unknown` without waiting for the GPU to report again: time
+    /// for an agent's spooled batches to arrive after a network outage.
+    /// At least the ledger's `close_after`, at most a day. Default 5 min.
+    #[serde(default = "default_silence_after", with = "humantime_serde")]
+    pub silence_after: std::time::Duration,
+}
+
+fn default_silence_after() -> std::time::Duration {
+    std::time::Duration::from_secs(300)
 }
 
 fn default_degraded_share() -> f64 {
@@ -72,6 +82,7 @@ impl Default for SlaConfig {
         SlaConfig {
             degraded_share: default_degraded_share(),
             down_share: 0.0,
+            silence_after: default_silence_after(),
         }
     }
 }
@@ -87,8 +98,97 @@ impl SlaConfig {
                 return Err((key, format!("{v} is not a share in [0, 1)")));
             }
         }
+        if self.silence_after > std::time::Duration::from_secs(86_400) {
+            return Err((
+                "silence_after",
+                format!("{:?} is longer than a day", self.silence_after),
+            ));
+        }
         Ok(())
     }
+}
+
+/// `[[power_events]]`: a site power event the operator declares (a utility
+/// outage, a UPS or PDU failure, a breaker trip): the degraded, down and
+/// unknown GPU-minutes of the GPUs in its zone (every zone without one)
+/// that it overlaps have cause `facility`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PowerEventConfig {
+    /// The zone (an agent's or a meter's); absent: the whole site.
+    #[serde(default)]
+    pub zone: Option<String>,
+    /// Start, RFC 3339.
+    pub from: String,
+    /// End (exclusive), RFC 3339.
+    pub to: String,
+    /// What happened (for the operator; not used).
+    #[serde(default)]
+    pub note: String,
+}
+
+/// A site power event, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PowerEvent {
+    /// Its zone; `None`: every zone.
+    pub zone: Option<String>,
+    /// Start, Unix ms.
+    pub from_ms: i64,
+    /// End (exclusive), Unix ms.
+    pub to_ms: i64,
+}
+
+/// Validates `[[power_events]]` against the configured zones.
+pub fn build_power_events(
+    config: &[PowerEventConfig],
+    zones: &std::collections::BTreeSet<String>,
+) -> Result<Vec<PowerEvent>, crate::config::ConfigError> {
+    use crate::config::invalid;
+    let mut out = Vec::with_capacity(config.len());
+    for (i, e) in config.iter().enumerate() {
+        if let Some(z) = &e.zone {
+            if !zones.contains(z) {
+                return Err(invalid(
+                    format!("power_events[{i}].zone"),
+                    format!("{z:?} is no agent's or meter's zone"),
+                ));
+            }
+        }
+        let from_ms = crate::tenants::parse_time(&format!("power_events[{i}].from"), &e.from)?;
+        let to_ms = crate::tenants::parse_time(&format!("power_events[{i}].to"), &e.to)?;
+        if to_ms <= from_ms {
+            return Err(invalid(
+                format!("power_events[{i}].to"),
+                "must be after from",
+            ));
+        }
+        if to_ms - from_ms > 31 * 86_400_000 {
+            return Err(invalid(
+                format!("power_events[{i}].to"),
+                "an event longer than 31 days is not a power event",
+            ));
+        }
+        out.push(PowerEvent {
+            zone: e.zone.clone(),
+            from_ms,
+            to_ms,
+        });
+    }
+    Ok(out)
+}
+
+/// True when a declared power event of the node's zone (or the site)
+/// overlaps the minute.
+fn in_power_event(site: &Site, node: &str, minute_ms: i64) -> bool {
+    if site.power_events.is_empty() {
+        return false;
+    }
+    let zone = site.agent_zones.get(node);
+    site.power_events.iter().any(|e| {
+        e.from_ms < minute_ms + MINUTE_MS
+            && minute_ms < e.to_ms
+            && e.zone.as_ref().is_none_or(|z| Some(z) == zone)
+    })
 }
 
 /// A GPU-minute's delivery state.
@@ -177,6 +277,34 @@ struct MinuteTime {
     throttled: i64,
     #[serde(default, skip_serializing_if = "is_zero")]
     facility: i64,
+    /// The down reason's code last held in the minute (wire `DOWN_REASONS`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    code: Option<u32>,
+    /// Down time that followed an XID (see [`XID_TOOK_IT_OUT_MS`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    xid: i64,
+}
+
+/// An XID seen at most this long before a GPU went down (or while it is
+/// down) is taken as what put it down: its down minutes say `xid`.
+pub const XID_TOOK_IT_OUT_MS: i64 = 60_000;
+
+/// The reason a down minute gives for the agent's down reason code (wire
+/// `DOWN_REASONS`): `lost` (fell off the bus), `reset_required`,
+/// `no_permission`, `insufficient_power`, `no_answer` (NVML did not answer
+/// within the agent's timeout), `nvml_error` (any other NVML error that put
+/// it down), `gpu_down` (no code: an older agent, or one this collector
+/// does not know).
+pub fn down_reason(code: Option<u32>) -> &'static str {
+    match code.and_then(|c| dcwatt_wire::down_reason_of(f64::from(c))) {
+        Some("gpu_lost") => "lost",
+        Some("reset_required") => "reset_required",
+        Some("no_permission") => "no_permission",
+        Some("insufficient_power") => "insufficient_power",
+        Some("no_answer") => "no_answer",
+        Some("other") | None => "gpu_down",
+        Some(_) => "nvml_error",
+    }
 }
 
 /// One GPU's delivery gauges (as last reported) and its minute in progress.
@@ -187,6 +315,18 @@ pub struct Tracker {
     last_ms: i64,
     #[serde(default, skip_serializing_if = "is_false")]
     down: bool,
+    /// When it last went down (while down).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    down_since: i64,
+    /// Its down reason's code (while down, when the agent sent one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    down_code: Option<u32>,
+    /// The XID counter's last value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    xid_total: Option<f64>,
+    /// When the XID counter last rose.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    xid_ms: i64,
     #[serde(default, skip_serializing_if = "is_false")]
     hw_thermal: bool,
     #[serde(default, skip_serializing_if = "is_false")]
@@ -271,7 +411,24 @@ impl Tracker {
         self.last_ms = ts;
         let on = v >= 0.5;
         match q {
-            Quantity::GpuUp => self.down = !on,
+            Quantity::GpuUp => self.set_down(!on, ts),
+            Quantity::GpuDownReasonCode => {
+                // Validated a whole number at ingest; a code not listed is
+                // kept and read as "down, reason not listed".
+                self.down_code = (v >= 0.0 && v <= f64::from(u32::MAX)).then_some(v as u32);
+            }
+            Quantity::XidErrorsTotal => {
+                // A rise, or a decrease to a non-zero count (the agent
+                // restarted and saw XIDs since).
+                let rose = match self.xid_total {
+                    Some(prev) => v > prev || (v < prev && v > 0.0),
+                    None => false,
+                };
+                if rose {
+                    self.xid_ms = ts;
+                }
+                self.xid_total = Some(v);
+            }
             Quantity::ThrottleHwThermalSlowdown => self.hw_thermal = on,
             Quantity::ThrottleSwThermalSlowdown => self.sw_thermal = on,
             Quantity::ThrottleHwSlowdown => self.hw_slowdown = on,
@@ -281,10 +438,27 @@ impl Tracker {
             Quantity::PowerDefaultLimitWatts => self.default_w = Some(v),
             // Energy, power, utilization, …: the GPU answers NVML.
             Quantity::PowerWatts | Quantity::EnergyJoules | Quantity::UtilizationRatio => {
-                self.down = false;
+                self.set_down(false, ts);
             }
             _ => {}
         }
+    }
+
+    fn set_down(&mut self, down: bool, ts: i64) {
+        if down && !self.down {
+            self.down_since = ts;
+        }
+        if !down {
+            self.down_since = 0;
+            self.down_code = None;
+        }
+        self.down = down;
+    }
+
+    /// Down after an XID: one at most [`XID_TOOK_IT_OUT_MS`] before it
+    /// went down, or while down.
+    fn down_by_xid(&self) -> bool {
+        self.down && self.xid_ms > 0 && self.xid_ms >= self.down_since - XID_TOOK_IT_OUT_MS
     }
 
     /// Capped below its default limit (both known).
@@ -297,6 +471,7 @@ impl Tracker {
         let thermal = self.hw_thermal || self.sw_thermal || (self.hw_slowdown && !self.brake);
         let capped = self.capped();
         let throttled = thermal || self.brake || capped || self.excursion;
+        let by_xid = self.down_by_xid();
         let mut a = from;
         while a < to {
             let m = floor_minute(a);
@@ -317,6 +492,12 @@ impl Tracker {
             t.covered += d;
             if self.down {
                 t.down += d;
+                if self.down_code.is_some() {
+                    t.code = self.down_code;
+                }
+                if by_xid {
+                    t.xid += d;
+                }
             }
             if thermal {
                 t.thermal += d;
@@ -352,6 +533,8 @@ impl Tracker {
         }
         out.push(judge(&t, sla));
         self.minute.covered = 0;
+        self.minute.code = None;
+        self.minute.xid = 0;
     }
 }
 
@@ -362,7 +545,12 @@ fn judge(t: &MinuteTime, sla: &SlaConfig) -> DeliveredMinute {
         return DeliveredMinute {
             minute_ms: t.minute_ms,
             state: DeliveryState::Down,
-            reason: "gpu_down",
+            // An XID before most of its down time: the XID took it out.
+            reason: if t.xid * 2 > t.down {
+                "xid"
+            } else {
+                down_reason(t.code)
+            },
             cause,
         };
     }
@@ -416,6 +604,11 @@ CREATE TABLE IF NOT EXISTS ledger_delivery (
     ms INTEGER NOT NULL,
     PRIMARY KEY (row_id, uuid)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS delivery_silence (
+    uuid TEXT PRIMARY KEY,
+    from_ms INTEGER NOT NULL,
+    through_ms INTEGER NOT NULL
+) WITHOUT ROWID;
 CREATE TRIGGER IF NOT EXISTS ledger_delivery_no_update BEFORE UPDATE ON ledger_delivery
 BEGIN SELECT RAISE(ABORT, 'the ledger is append-only: delivery rows cannot be updated'); END;
 CREATE TRIGGER IF NOT EXISTS ledger_delivery_no_delete BEFORE DELETE ON ledger_delivery
@@ -430,6 +623,11 @@ pub fn attribute(
     minutes: &[(String, String, DeliveredMinute)],
 ) -> Result<(), StoreError> {
     for (uuid, node, d) in minutes {
+        if booked_silent(tx, uuid, d.minute_ms)? {
+            // Booked `unknown` while the GPU was silent (data that come
+            // later for it, e.g. replayed from a spool, change nothing).
+            continue;
+        }
         for (owner, ms) in site
             .leases
             .split(node, uuid, d.minute_ms, d.minute_ms + MINUTE_MS)
@@ -438,6 +636,13 @@ pub fn attribute(
                 continue;
             }
             let col = d.state.column();
+            // A declared power event of its zone: the facility's doing.
+            let cause =
+                if d.state != DeliveryState::Available && in_power_event(site, node, d.minute_ms) {
+                    "facility"
+                } else {
+                    d.cause
+                };
             tx.prepare_cached(&format!(
                 "INSERT INTO tenant_open (minute_ms, tenant, it_joules, gpu_ms, {col}) VALUES (?1, ?2, 0, 0, ?3)
                  ON CONFLICT (minute_ms, tenant) DO UPDATE SET {col} = COALESCE({col}, 0) + excluded.{col}"
@@ -455,13 +660,144 @@ pub fn attribute(
                     uuid,
                     d.state.as_str(),
                     d.reason,
-                    d.cause,
+                    cause,
                     ms
                 ])?;
             }
         }
     }
     Ok(())
+}
+
+/// True when the silence booking booked this GPU-minute.
+fn booked_silent(
+    tx: &rusqlite::Transaction<'_>,
+    uuid: &str,
+    minute_ms: i64,
+) -> Result<bool, StoreError> {
+    Ok(tx
+        .prepare_cached(
+            "SELECT 1 FROM delivery_silence WHERE uuid = ?1 AND from_ms <= ?2 AND ?2 < through_ms",
+        )?
+        .query_row(params![uuid, minute_ms], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
+
+/// (UUID, node, agent, last reading, booked stretch's start and end) of a
+/// GPU the silence booking looks at.
+type SilentGpu = (
+    String,
+    String,
+    String,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+);
+
+/// The most GPU-minutes of silence one booking pass books (a bound on the
+/// pass's work after a long stop of the collector; the rest follows in the
+/// next passes).
+pub const SILENCE_MINUTES_PER_PASS: usize = 100_000;
+
+impl crate::store::Store {
+    /// Books the closed minutes of GPUs that stopped reporting as
+    /// `unknown` (`no_data`), as they close, without waiting for the GPU to
+    /// report again: every GPU the collector knows whose owning agent it
+    /// has not heard from (no batch applied) for `[sla] silence_after`
+    /// (one released by the operator is not booked), from the minute after
+    /// its last reading's to the last minute ended `[sla] silence_after`
+    /// (at least `close_after`) before `now_ms` (one silence booked for at most
+    /// [`UNKNOWN_GAP_MAX_MINUTES`] before it is first seen), split among
+    /// the leases covering each minute (none: nothing booked). Each GPU's
+    /// booked stretch is kept (`delivery_silence`, in the same
+    /// transaction), so a minute is never booked twice: not by the next
+    /// pass, not after a restart, not when the GPU reports again (its
+    /// tracker's unknown minutes and any late data for the stretch are
+    /// skipped by [`attribute`]). Returns the GPU-minutes booked.
+    pub fn book_silences(&mut self, site: &Site, now_ms: i64) -> Result<usize, StoreError> {
+        let after = i64::try_from(site.sla.silence_after.as_millis()).unwrap_or(i64::MAX);
+        let cutoff = now_ms - MINUTE_MS - site.close_after_ms.max(after);
+        let end = floor_minute(cutoff) + MINUTE_MS;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        // Committed state only: an ingest that is not committed has not
+        // booked its minutes either.
+        // GPUs whose agent the collector has not heard from (no batch
+        // applied) for `silence_after`: an agent that still sends is
+        // catching up, or reports the GPU down.
+        let heard_after = now_ms.saturating_sub(after);
+        let gpus: Vec<SilentGpu> = tx
+            .prepare_cached(
+                "SELECT g.uuid, COALESCE(json_extract(g.state, '$.node'), ''),
+                 COALESCE(json_extract(g.state, '$.agent'), ''),
+                 json_extract(g.state, '$.delivery.last_ms'), s.from_ms, s.through_ms
+                 FROM gpus g LEFT JOIN delivery_silence s ON s.uuid = g.uuid
+                 LEFT JOIN agents a ON a.id = json_extract(g.state, '$.agent')
+                 WHERE COALESCE(a.last_seen_ms, 0) <= ?1",
+            )?
+            .query_map(params![heard_after], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            })?
+            .collect::<Result<_, _>>()?;
+        let mut budget = SILENCE_MINUTES_PER_PASS;
+        let mut booked = 0;
+        for (uuid, node, agent, last_ms, from, through) in gpus {
+            let Some(last_ms) = last_ms.filter(|t| *t > 0) else {
+                continue;
+            };
+            if agent.is_empty() || budget == 0 {
+                continue;
+            }
+            let silent_from = floor_minute(last_ms) + MINUTE_MS;
+            // The same silence goes on where the last pass stopped; a new
+            // one starts after the last reading (at most a day back).
+            let (from, begin) = match (from, through) {
+                (Some(f), Some(t)) if t >= silent_from => (f, t),
+                _ => {
+                    let b = silent_from.max(end - UNKNOWN_GAP_MAX_MINUTES * MINUTE_MS);
+                    (b, b)
+                }
+            };
+            if begin >= end {
+                continue;
+            }
+            let stop = end.min(begin.saturating_add(budget as i64 * MINUTE_MS));
+            let mut minutes = Vec::new();
+            let mut m = begin;
+            while m < stop {
+                minutes.push((
+                    uuid.clone(),
+                    node.clone(),
+                    DeliveredMinute {
+                        minute_ms: m,
+                        state: DeliveryState::Unknown,
+                        reason: "no_data",
+                        cause: "unknown",
+                    },
+                ));
+                m += MINUTE_MS;
+            }
+            budget = budget.saturating_sub(minutes.len());
+            booked += minutes.len();
+            attribute(&tx, site, &minutes)?;
+            tx.prepare_cached(
+                "INSERT INTO delivery_silence (uuid, from_ms, through_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (uuid) DO UPDATE SET from_ms = excluded.from_ms, through_ms = excluded.through_ms",
+            )?
+            .execute(params![uuid, from, stop])?;
+        }
+        tx.commit()?;
+        Ok(booked)
+    }
 }
 
 /// The open list of a tenant-minute's GPUs not available, sorted.
@@ -538,6 +874,8 @@ pub struct ByCause {
     pub degraded_gpu_minutes: f64,
     /// Down GPU-minutes.
     pub down_gpu_minutes: f64,
+    /// Unknown GPU-minutes (the facility's: a declared power event).
+    pub unknown_gpu_minutes: f64,
 }
 
 /// Consecutive non-available minutes of GPUs with the same state, reason
@@ -595,6 +933,299 @@ pub struct Service {
     pub gpu: ByCause,
     /// The incidents, by start.
     pub incidents: Vec<Incident>,
+    /// The same GPU-minutes per lease (see [`LeaseService`]): each state
+    /// adds up over the leases to the tenant's figure above.
+    pub leases: Vec<LeaseService>,
+}
+
+/// The id under which GPU-minutes no single lease of the tenant accounts
+/// for are listed (leases changed since they were booked).
+pub const UNMATCHED_LEASE: &str = "_unmatched";
+
+/// One lease's GPU-minutes in a statement's period. A non-available
+/// GPU-minute counts for the lease covering its GPU at the minute's start
+/// (else at its end); a row's available time is split among the tenant's
+/// leases in force in its minute by their GPU time in it (the GPUs the
+/// collector knows each lease to cover, times the lease's time in the
+/// minute) less their non-available time, the last taking the remainder,
+/// so every state adds up exactly over the leases.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct LeaseService {
+    /// The lease's id ([`UNMATCHED_LEASE`] for time no lease accounts for).
+    pub id: String,
+    /// The lease's start, Unix ms (absent for [`UNMATCHED_LEASE`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from_ms: Option<i64>,
+    /// Its end (exclusive), Unix ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub to_ms: Option<i64>,
+    /// The four states added up.
+    pub leased_gpu_minutes: f64,
+    /// Available GPU-minutes.
+    pub available_gpu_minutes: f64,
+    /// Degraded GPU-minutes.
+    pub degraded_gpu_minutes: f64,
+    /// Down GPU-minutes.
+    pub down_gpu_minutes: f64,
+    /// Unknown GPU-minutes.
+    pub unknown_gpu_minutes: f64,
+    /// (available + degraded) / (leased − unknown).
+    pub availability_ratio: Option<f64>,
+}
+
+/// Per-lease ms per state, in [`DeliveryState::ALL`] order.
+fn per_lease(
+    store: &crate::store::Store,
+    site: &Site,
+    tenant: &str,
+    rows: &[dcwatt_verify::row::Row],
+) -> Result<Vec<LeaseService>, StoreError> {
+    let leases = site.leases.snapshot();
+    let mine: Vec<&crate::tenants::Lease> =
+        leases.all().iter().filter(|l| l.tenant == tenant).collect();
+    let nodes: BTreeMap<String, String> = store
+        .conn
+        .prepare_cached("SELECT uuid, COALESCE(json_extract(state, '$.node'), '') FROM gpus")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    // The GPUs the collector knows each lease to cover.
+    let gpus: Vec<i64> = mine
+        .iter()
+        .map(|l| nodes.iter().filter(|(u, n)| l.covers(n, u)).count() as i64)
+        .collect();
+    let mut ms: BTreeMap<String, [i64; 4]> = BTreeMap::new();
+    for r in rows {
+        let Some(d) = r.delivery.as_ref() else {
+            continue;
+        };
+        let (m, end) = (r.minute_ms, r.minute_ms + MINUTE_MS);
+        // Each lease's non-available time in this minute.
+        let mut not_available: BTreeMap<&str, i64> = BTreeMap::new();
+        for e in &d.gpus {
+            let node = nodes.get(&e.uuid).map_or("", String::as_str);
+            let lease = [m, end - 1].into_iter().find_map(|t| {
+                leases
+                    .lease_at(node, &e.uuid, t)
+                    .filter(|l| l.tenant == tenant)
+            });
+            let id = lease.map_or(UNMATCHED_LEASE, |l| l.id.as_str());
+            *not_available.entry(id).or_default() += e.ms;
+            let k = match e.state.as_str() {
+                "degraded" => 1,
+                "down" => 2,
+                "unknown" => 3,
+                _ => 0,
+            };
+            let slot = &mut ms.entry(id.to_owned()).or_default()[k];
+            *slot = slot.saturating_add(e.ms);
+        }
+        // The available time, by the leases' GPU time in the minute less
+        // their non-available time.
+        let weights: Vec<(&str, i64)> = mine
+            .iter()
+            .zip(&gpus)
+            .filter(|(l, _)| l.from_ms < end && m < l.to_ms)
+            .map(|(l, n)| {
+                let time = n * (l.to_ms.min(end) - l.from_ms.max(m));
+                let off = not_available.get(l.id.as_str()).copied().unwrap_or(0);
+                (l.id.as_str(), (time - off).max(0))
+            })
+            .collect();
+        let total: i64 = weights.iter().map(|w| w.1).sum();
+        let mut left = d.available_ms;
+        if total <= 0 {
+            let id = weights.first().map_or(UNMATCHED_LEASE, |w| w.0);
+            ms.entry(id.to_owned()).or_default()[0] += left;
+            continue;
+        }
+        for (i, (id, w)) in weights.iter().enumerate() {
+            let part = if i + 1 == weights.len() {
+                left
+            } else {
+                (i128::from(d.available_ms) * i128::from(*w) / i128::from(total)) as i64
+            };
+            left -= part;
+            ms.entry((*id).to_owned()).or_default()[0] += part;
+        }
+    }
+    let min = |v: i64| v as f64 / 60_000.0;
+    Ok(ms
+        .into_iter()
+        .map(|(id, [a, dg, dn, u])| {
+            let lease = mine.iter().find(|l| l.id == id);
+            let observed = a.saturating_add(dg).saturating_add(dn);
+            LeaseService {
+                from_ms: lease.map(|l| l.from_ms),
+                to_ms: lease.map(|l| l.to_ms),
+                id,
+                leased_gpu_minutes: min(observed.saturating_add(u)),
+                available_gpu_minutes: min(a),
+                degraded_gpu_minutes: min(dg),
+                down_gpu_minutes: min(dn),
+                unknown_gpu_minutes: min(u),
+                availability_ratio: (observed > 0)
+                    .then(|| a.saturating_add(dg) as f64 / observed as f64),
+            }
+        })
+        .collect())
+}
+
+/// An incident in one hall of a [`CombinedService`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HallIncident {
+    /// The hall: the collector configuration its statement was read with.
+    pub hall: String,
+    /// The incident.
+    #[serde(flatten)]
+    pub incident: Incident,
+}
+
+/// A lease's figures in one hall of a [`CombinedService`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HallLease {
+    /// The hall.
+    pub hall: String,
+    /// The lease's figures there.
+    #[serde(flatten)]
+    pub lease: LeaseService,
+}
+
+/// A tenant's service levels across halls (`dcwatt-collector report` with
+/// several `--config`): each state's GPU-minutes added up over the halls,
+/// the ratios recomputed from the sums (never a mean of the halls'
+/// ratios), incidents and leases listed with their hall.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CombinedService {
+    /// GPU-minutes leased and judged in every hall.
+    pub leased_gpu_minutes: f64,
+    /// Available GPU-minutes.
+    pub available_gpu_minutes: f64,
+    /// Degraded GPU-minutes.
+    pub degraded_gpu_minutes: f64,
+    /// Down GPU-minutes.
+    pub down_gpu_minutes: f64,
+    /// Unknown GPU-minutes.
+    pub unknown_gpu_minutes: f64,
+    /// (available + degraded) / (leased − unknown), from the sums.
+    pub availability_ratio: Option<f64>,
+    /// available / (leased − unknown), from the sums.
+    pub undegraded_ratio: Option<f64>,
+    /// The tenant's target (the first hall's that has one).
+    pub availability_target: Option<f64>,
+    /// `availability_ratio >= availability_target`.
+    pub target_met: Option<bool>,
+    /// Non-available GPU-minutes the facility caused, every hall.
+    pub facility: ByCause,
+    /// Non-available GPU-minutes the GPUs caused, every hall.
+    pub gpu: ByCause,
+    /// Every hall's incidents, by start, then hall.
+    pub incidents: Vec<HallIncident>,
+    /// Every hall's leases.
+    pub leases: Vec<HallLease>,
+}
+
+/// Adds up the halls' service levels: `(hall, service)`; `None` without any.
+pub fn combine_service<'a>(
+    halls: impl IntoIterator<Item = (&'a str, &'a Service)>,
+) -> Option<CombinedService> {
+    let mut out: Option<CombinedService> = None;
+    for (hall, s) in halls {
+        let c = out.get_or_insert_with(|| CombinedService {
+            leased_gpu_minutes: 0.0,
+            available_gpu_minutes: 0.0,
+            degraded_gpu_minutes: 0.0,
+            down_gpu_minutes: 0.0,
+            unknown_gpu_minutes: 0.0,
+            availability_ratio: None,
+            undegraded_ratio: None,
+            availability_target: None,
+            target_met: None,
+            facility: ByCause::default(),
+            gpu: ByCause::default(),
+            incidents: Vec::new(),
+            leases: Vec::new(),
+        });
+        c.leased_gpu_minutes += s.leased_gpu_minutes;
+        c.available_gpu_minutes += s.available_gpu_minutes;
+        c.degraded_gpu_minutes += s.degraded_gpu_minutes;
+        c.down_gpu_minutes += s.down_gpu_minutes;
+        c.unknown_gpu_minutes += s.unknown_gpu_minutes;
+        c.availability_target = c.availability_target.or(s.availability_target);
+        for (to, from) in [(&mut c.facility, &s.facility), (&mut c.gpu, &s.gpu)] {
+            to.degraded_gpu_minutes += from.degraded_gpu_minutes;
+            to.down_gpu_minutes += from.down_gpu_minutes;
+            to.unknown_gpu_minutes += from.unknown_gpu_minutes;
+        }
+        c.incidents.extend(s.incidents.iter().map(|i| HallIncident {
+            hall: hall.to_owned(),
+            incident: i.clone(),
+        }));
+        c.leases.extend(s.leases.iter().map(|l| HallLease {
+            hall: hall.to_owned(),
+            lease: l.clone(),
+        }));
+    }
+    let c = out.as_mut()?;
+    let observed = c.available_gpu_minutes + c.degraded_gpu_minutes + c.down_gpu_minutes;
+    let ratio = |num: f64| (observed > 0.0).then(|| num / observed);
+    c.availability_ratio = ratio(c.available_gpu_minutes + c.degraded_gpu_minutes);
+    c.undegraded_ratio = ratio(c.available_gpu_minutes);
+    c.target_met = c
+        .availability_ratio
+        .zip(c.availability_target)
+        .map(|(r, t)| r >= t);
+    c.incidents
+        .sort_by(|a, b| (a.incident.start_ms, &a.hall).cmp(&(b.incident.start_ms, &b.hall)));
+    out
+}
+
+impl CombinedService {
+    /// As CSV lines after a `# service (all halls)` line.
+    pub fn to_csv(&self) -> String {
+        let opt = |v: Option<f64>| v.map(|x| x.to_string()).unwrap_or_default();
+        let mut out = String::from(
+            "# service (all halls)\nstate,gpu_minutes,facility_gpu_minutes,gpu_gpu_minutes\n",
+        );
+        out += &format!("leased,{},,\n", self.leased_gpu_minutes);
+        out += &format!("available,{},,\n", self.available_gpu_minutes);
+        out += &format!(
+            "degraded,{},{},{}\n",
+            self.degraded_gpu_minutes,
+            self.facility.degraded_gpu_minutes,
+            self.gpu.degraded_gpu_minutes
+        );
+        out += &format!(
+            "down,{},{},{}\n",
+            self.down_gpu_minutes, self.facility.down_gpu_minutes, self.gpu.down_gpu_minutes
+        );
+        out += &format!(
+            "unknown,{},{},\n",
+            self.unknown_gpu_minutes, self.facility.unknown_gpu_minutes
+        );
+        out += &format!(
+            "# availability_ratio {} undegraded_ratio {} availability_target {} target_met {}\n",
+            opt(self.availability_ratio),
+            opt(self.undegraded_ratio),
+            opt(self.availability_target),
+            self.target_met.map(|m| m.to_string()).unwrap_or_default()
+        );
+        out += "# incidents\nhall,start_ms,end_ms,state,reason,cause,gpu_minutes,gpus\n";
+        for h in &self.incidents {
+            let i = &h.incident;
+            out += &format!(
+                "{},{},{},{},{},{},{},{}\n",
+                h.hall,
+                i.start_ms,
+                i.end_ms,
+                i.state,
+                i.reason,
+                i.cause,
+                i.gpu_minutes,
+                i.gpus.join(" ")
+            );
+        }
+        out
+    }
 }
 
 impl crate::store::Store {
@@ -674,6 +1305,7 @@ pub fn service(
             match e.state.as_str() {
                 "degraded" => by.degraded_gpu_minutes += e.ms as f64 / 60_000.0,
                 "down" => by.down_gpu_minutes += e.ms as f64 / 60_000.0,
+                "unknown" => by.unknown_gpu_minutes += e.ms as f64 / 60_000.0,
                 _ => {}
             }
             runs.entry((
@@ -707,6 +1339,7 @@ pub fn service(
             i = j;
         }
     }
+    let leases = per_lease(store, site, tenant, rows)?;
     let incidents = merged
         .into_iter()
         .map(
@@ -742,6 +1375,7 @@ pub fn service(
         facility,
         gpu,
         incidents,
+        leases,
     }))
 }
 
@@ -778,9 +1412,9 @@ state,gpu_minutes,facility_gpu_minutes,gpu_gpu_minutes
             self.down_gpu_minutes, self.facility.down_gpu_minutes, self.gpu.down_gpu_minutes
         );
         out += &format!(
-            "unknown,{},,
+            "unknown,{},{},
 ",
-            self.unknown_gpu_minutes
+            self.unknown_gpu_minutes, self.facility.unknown_gpu_minutes
         );
         out += &format!(
             "# availability_ratio {} undegraded_ratio {} availability_target {} target_met {}
@@ -790,6 +1424,21 @@ state,gpu_minutes,facility_gpu_minutes,gpu_gpu_minutes
             opt(self.availability_target),
             self.target_met.map(|m| m.to_string()).unwrap_or_default()
         );
+        out += "# leases
+lease,leased_gpu_minutes,available_gpu_minutes,degraded_gpu_minutes,down_gpu_minutes,unknown_gpu_minutes
+";
+        for l in &self.leases {
+            out += &format!(
+                "{},{},{},{},{},{}
+",
+                l.id,
+                l.leased_gpu_minutes,
+                l.available_gpu_minutes,
+                l.degraded_gpu_minutes,
+                l.down_gpu_minutes,
+                l.unknown_gpu_minutes
+            );
+        }
         out += "# incidents
 start_ms,end_ms,state,reason,cause,gpu_minutes,gpus
 ";
@@ -873,6 +1522,55 @@ mod tests {
     }
 
     #[test]
+    fn a_down_minute_gives_the_agents_reason_or_the_xid() {
+        let base = 1_800_000_000_000 / 60_000 * 60_000;
+        // (code sent with gpu_up 0, XID counter rising this long before
+        // the GPU went down, reason wanted)
+        for (code, xid_before, want) in [
+            (None, None, "gpu_down"),
+            (Some(1.0), None, "lost"),
+            (Some(2.0), None, "reset_required"),
+            (Some(4.0), None, "no_permission"),
+            (Some(13.0), None, "no_answer"),
+            (Some(3.0), None, "nvml_error"),
+            (Some(0.0), None, "gpu_down"),
+            (Some(999.0), None, "gpu_down"),
+            (Some(2.0), Some(20_000), "xid"),
+            // An XID long before it went down did not take it out.
+            (Some(2.0), Some(2 * XID_TOOK_IT_OUT_MS), "reset_required"),
+        ] {
+            let mut t = Tracker::default();
+            let mut ticks: Vec<(i64, Vec<(Quantity, f64)>)> = Vec::new();
+            // Up for three minutes, down from minute 3 on.
+            for s in (0..300).step_by(5) {
+                let ts = base + s * 1000;
+                let down = s >= 180;
+                let mut rs = vec![(Quantity::GpuUp, if down { 0.0 } else { 1.0 })];
+                if down {
+                    if let Some(c) = code {
+                        rs.insert(0, (Quantity::GpuDownReasonCode, c));
+                    }
+                }
+                let xid = match xid_before {
+                    Some(b) if s * 1000 >= 180_000 - b => 1.0,
+                    _ => 0.0,
+                };
+                rs.insert(0, (Quantity::XidErrorsTotal, xid));
+                ticks.push((ts, rs));
+            }
+            let refs: Vec<(i64, &[(Quantity, f64)])> =
+                ticks.iter().map(|(t, v)| (*t, v.as_slice())).collect();
+            let out = run(&mut t, &refs);
+            let got: Vec<(i64, &str)> = out
+                .iter()
+                .filter(|d| d.state == DeliveryState::Down)
+                .map(|d| ((d.minute_ms - base) / 60_000, d.reason))
+                .collect();
+            assert_eq!(got, vec![(3, want)], "{code:?} {xid_before:?}");
+        }
+    }
+
+    #[test]
     fn a_cap_counts_only_below_the_default_limit() {
         let base = 1_800_000_000_000 / 60_000 * 60_000;
         for (limit, want) in [(700.0, "available"), (500.0, "degraded")] {
@@ -928,6 +1626,23 @@ mod tests {
         for (text, key) in [
             ("[sla]\ndegraded_share = 1.5\n".to_owned(), "sla.degraded_share"),
             ("[sla]\ndown_share = -1\n".to_owned(), "sla.down_share"),
+            ("[sla]\nsilence_after = \"2d\"\n".to_owned(), "sla.silence_after"),
+            (
+                "[[power_events]]\nzone = \"nowhere\"\nfrom = \"2026-01-01T00:00:00Z\"\nto = \"2026-01-01T01:00:00Z\"\n".to_owned(),
+                "power_events[0].zone",
+            ),
+            (
+                "[[power_events]]\nfrom = \"2026-01-01T01:00:00Z\"\nto = \"2026-01-01T00:00:00Z\"\n".to_owned(),
+                "power_events[0].to",
+            ),
+            (
+                "[[power_events]]\nfrom = \"yesterday\"\nto = \"2026-01-01T00:00:00Z\"\n".to_owned(),
+                "power_events[0].from",
+            ),
+            (
+                "[[power_events]]\nfrom = \"2026-01-01T00:00:00Z\"\nto = \"2026-03-01T00:00:00Z\"\n".to_owned(),
+                "power_events[0].to",
+            ),
             (
                 format!("[[tenants]]\nid = \"lab-a\"\ntoken_sha256 = \"{token}\"\navailability_target = 1.2\n"),
                 "tenants[0].availability_target",
@@ -953,8 +1668,12 @@ mod tests {
             .unwrap();
         assert_eq!(site.availability_targets.get("lab-a"), Some(&0.995));
         assert_eq!(site.sla.degraded_share, 0.2);
-        // Unknown keys are refused too.
+        // Unknown keys and bad durations are refused too.
         assert!(crate::config::Config::from_toml("[sla]\nshare = 0.2\n").is_err());
+        let e = crate::config::Config::from_toml("[sla]\nsilence_after = \"soon\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("silence_after"), "{e}");
     }
 
     #[test]
@@ -962,7 +1681,7 @@ mod tests {
         for bad in [-0.1, 1.0, f64::NAN] {
             let c = SlaConfig {
                 degraded_share: bad,
-                down_share: 0.0,
+                ..SlaConfig::default()
             };
             assert_eq!(c.validate().unwrap_err().0, "degraded_share");
         }

@@ -258,6 +258,14 @@ fn check_value(q: Quantity, v: f64) -> Result<(), String> {
         // Counters: a decrease is a reset, applied as such.
         Quantity::XidErrorsTotal => (0.0, 1e12),
         Quantity::IntegratedEnergyJoules => (0.0, 1e18),
+        // A code (wire `DOWN_REASONS`): a whole number; one not listed (a
+        // newer agent's) is taken as "down, reason not listed".
+        Quantity::GpuDownReasonCode => {
+            if v.fract() != 0.0 {
+                return Err(format!("{v} is not a whole gpu_down_reason_code"));
+            }
+            (0.0, f64::from(u32::MAX))
+        }
         Quantity::MemoryUsedBytes | Quantity::MemoryTotalBytes => (0.0, 1e15),
         Quantity::GpuUp
         | Quantity::ThrottleSwPowerCap
@@ -355,6 +363,24 @@ mod tests {
             let e = validate(&b, "a1", &s, now).unwrap_err().to_string();
             assert!(e.contains(needle), "{e}");
         }
+        // A down reason code: a whole number; one not listed is taken.
+        for (v, ok) in [
+            (2.0, true),
+            (999.0, true),
+            (1.5, false),
+            (-1.0, false),
+            (f64::NAN, false),
+            (1e12, false),
+        ] {
+            assert_eq!(
+                check_value(Quantity::GpuDownReasonCode, v).is_ok(),
+                ok,
+                "{v}"
+            );
+        }
+        assert!(check_value(Quantity::GpuDownReasonCode, 1.5)
+            .unwrap_err()
+            .contains("gpu_down_reason_code"));
         assert!(matches!(
             validate(&batch(1.0, now), "other", &s, now),
             Err(Rejection::Forbidden(_))

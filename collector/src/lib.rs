@@ -200,6 +200,10 @@ async fn refresh_windows(shared: Arc<api::Shared>) {
                         .iter()
                         .find(|p| p.window == Some("24h") && p.complete)
                         .and_then(|p| p.pue);
+                    // Silent GPUs' closed minutes first, booked with the rest.
+                    if let Err(e) = s.store().book_silences(&s.site, now) {
+                        tracing::warn!(error = %e, "Booking silent GPU minutes failed.");
+                    }
                     let booked = s.store().close_minutes(&s.site, now, fallback);
                     match booked {
                         // Signed only once the hour's minutes are booked.

@@ -309,6 +309,10 @@ pub struct Combined {
     pub late_rows: usize,
     /// Per day, every hall's rows added.
     pub days: Vec<CombinedDay>,
+    /// GPU service levels of every hall added up (absent when no hall has
+    /// any): see [`crate::delivery::combine_service`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<crate::delivery::CombinedService>,
     /// Each hall's own statement, in the order given.
     pub halls: Vec<HallStatement>,
 }
@@ -332,6 +336,11 @@ pub fn combine(tenant: &str, month: &str, issued_ms: i64, halls: Vec<HallStateme
         }
     }
     let days: Vec<CombinedDay> = days.into_values().collect();
+    let service = crate::delivery::combine_service(
+        halls
+            .iter()
+            .filter_map(|h| Some((h.config.as_str(), h.statement.service.as_ref()?))),
+    );
     Combined {
         tenant: tenant.to_owned(),
         month: month.to_owned(),
@@ -341,6 +350,7 @@ pub fn combine(tenant: &str, month: &str, issued_ms: i64, halls: Vec<HallStateme
         gpu_hours: days.iter().map(|d| d.gpu_hours).sum(),
         late_rows: halls.iter().map(|h| h.statement.late_rows).sum(),
         days,
+        service,
         halls,
     }
 }
@@ -379,6 +389,9 @@ impl Combined {
                 s.ledger_head,
                 s.gaps.len()
             );
+        }
+        if let Some(sv) = &self.service {
+            out += &sv.to_csv();
         }
         out
     }

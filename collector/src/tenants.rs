@@ -19,6 +19,8 @@ pub const UNATTRIBUTED: &str = "_unattributed";
 /// One lease, validated.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Lease {
+    /// Its id (configured, else `{tenant}.{n}`: see [`LeaseConfig::id`]).
+    pub id: String,
     /// The tenant.
     pub tenant: String,
     /// Node names or globs.
@@ -32,7 +34,8 @@ pub struct Lease {
 }
 
 impl Lease {
-    fn covers(&self, node: &str, uuid: &str) -> bool {
+    /// Whether it lists this GPU or its node (whatever the time).
+    pub fn covers(&self, node: &str, uuid: &str) -> bool {
         self.gpus.iter().any(|g| g == uuid) || self.nodes.iter().any(|p| glob(p, node))
     }
 }
@@ -51,7 +54,7 @@ pub struct Leases {
     with_globs: Vec<usize>,
 }
 
-fn parse_time(key: &str, text: &str) -> Result<i64, ConfigError> {
+pub(crate) fn parse_time(key: &str, text: &str) -> Result<i64, ConfigError> {
     humantime_serde::re::humantime::parse_rfc3339(text)
         .ok()
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
@@ -71,6 +74,8 @@ impl Leases {
         let mut leases: Vec<Lease> = Vec::with_capacity(config.len());
         let mut gpu_index: HashMap<String, Vec<usize>> = HashMap::new();
         let mut node_index: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut ids: HashMap<String, usize> = HashMap::new();
+        let mut per_tenant: HashMap<&str, usize> = HashMap::new();
         for (i, l) in config.iter().enumerate() {
             if !tenants.contains(l.tenant.as_str()) {
                 return Err(invalid(
@@ -93,7 +98,23 @@ impl Leases {
             if to_ms <= from_ms {
                 return Err(invalid(format!("leases[{i}].to"), "must be after from"));
             }
+            let n = per_tenant.entry(l.tenant.as_str()).or_default();
+            *n += 1;
+            let id = match &l.id {
+                Some(id) => {
+                    check_id(&format!("leases[{i}].id"), id)?;
+                    id.clone()
+                }
+                None => format!("{}.{n}", l.tenant),
+            };
+            if let Some(k) = ids.insert(id.clone(), i) {
+                return Err(invalid(
+                    format!("leases[{i}].id"),
+                    format!("{id:?} is the id of leases[{k}] too (ids are unique; a lease without `id` is `tenant.n`)"),
+                ));
+            }
             let lease = Lease {
+                id,
                 tenant: l.tenant.clone(),
                 nodes: l.nodes.clone(),
                 gpus: l.gpus.clone(),
@@ -180,6 +201,16 @@ impl Leases {
     /// The leases.
     pub fn all(&self) -> &[Lease] {
         &self.leases
+    }
+
+    /// The one lease of this GPU at `at_ms`, if exactly one covers it.
+    pub fn lease_at(&self, node: &str, uuid: &str, at_ms: i64) -> Option<&Lease> {
+        let mut it = self
+            .candidates(node, uuid)
+            .into_iter()
+            .filter(|l| l.from_ms <= at_ms && at_ms < l.to_ms && l.covers(node, uuid));
+        let one = it.next()?;
+        it.next().is_none().then_some(one)
     }
 
     /// Splits `[from_ms, to_ms)` of one GPU by owner: (owner, ms), the owners
@@ -345,11 +376,53 @@ mod tests {
 
     fn lease(tenant: &str, nodes: &[&str], gpus: &[&str], from: &str, to: &str) -> LeaseConfig {
         LeaseConfig {
+            id: None,
             tenant: tenant.into(),
             nodes: nodes.iter().map(|s| (*s).into()).collect(),
             gpus: gpus.iter().map(|s| (*s).into()).collect(),
             from: from.into(),
             to: to.into(),
+        }
+    }
+
+    #[test]
+    fn lease_ids_are_checked_unique_and_derived_by_default() {
+        let tenants: HashSet<&str> = ["a", "b"].into();
+        let t = ("2026-01-01T00:00:00Z", "2026-02-01T00:00:00Z");
+        let with_id = |id: &str, tenant: &str, node: &str| LeaseConfig {
+            id: Some(id.into()),
+            ..lease(tenant, &[node], &[], t.0, t.1)
+        };
+        let ok = Leases::build(
+            &[
+                lease("a", &["n1"], &[], t.0, t.1),
+                with_id("a-big", "a", "n2"),
+                lease("b", &["n3"], &[], t.0, t.1),
+                lease("a", &["n4"], &[], t.0, t.1),
+            ],
+            &tenants,
+        )
+        .unwrap();
+        let ids: Vec<&str> = ok.all().iter().map(|l| l.id.as_str()).collect();
+        assert_eq!(ids, ["a.1", "a-big", "b.1", "a.3"]);
+        for (leases, key) in [
+            (
+                vec![with_id("x", "a", "n1"), with_id("x", "b", "n2")],
+                "leases[1].id",
+            ),
+            // An explicit id that is another lease's default.
+            (
+                vec![
+                    lease("a", &["n1"], &[], t.0, t.1),
+                    with_id("a.1", "a", "n2"),
+                ],
+                "leases[1].id",
+            ),
+            (vec![with_id("bad id", "a", "n1")], "leases[0].id"),
+            (vec![with_id("", "a", "n1")], "leases[0].id"),
+        ] {
+            let e = Leases::build(&leases, &tenants).unwrap_err().to_string();
+            assert!(e.contains(key), "{e}");
         }
     }
 
@@ -482,6 +555,7 @@ mod tests {
         // Two leases of the same node at once: unattributed.
         let both = Leases::from_leases(vec![
             Lease {
+                id: "a.1".into(),
                 tenant: "a".into(),
                 nodes: vec!["r1-*".into()],
                 gpus: vec![],
@@ -489,6 +563,7 @@ mod tests {
                 to_ms: m + 60_000,
             },
             Lease {
+                id: "b.1".into(),
                 tenant: "b".into(),
                 nodes: vec!["r1-n1".into()],
                 gpus: vec![],
@@ -505,6 +580,7 @@ mod tests {
     fn the_index_finds_the_same_leases_as_a_scan() {
         let m = 1_800_000_000_000;
         let lease = |t: &str, nodes: &[&str], gpus: &[&str], from_ms: i64, to_ms: i64| Lease {
+            id: format!("{t}.1"),
             tenant: t.into(),
             nodes: nodes.iter().map(|n| (*n).into()).collect(),
             gpus: gpus.iter().map(|g| (*g).into()).collect(),

@@ -1,7 +1,11 @@
 //! A tenant leasing nodes in two halls (two collectors, two databases) gets
 //! one statement from `dcwatt-collector report --config A --config B`: its
 //! energy is the sum of the halls' ledger rows, day by day, and each hall's
-//! own statement is kept beside. The same database twice is refused.
+//! own statement is kept beside. The same database twice is refused. GPU
+//! service levels add up too: hall 1's GPU is thermally throttled for 2
+//! minutes, hall 2's second GPU (no energy readings, only its state) is
+//! lost for 2; the combined `service` sums the halls' GPU-minutes, computes
+//! availability from the sums and lists each incident with its hall.
 
 use std::time::{Duration, Instant};
 
@@ -52,11 +56,48 @@ fn config(db: &std::path::Path, hall: &Hall) -> String {
     )
 }
 
+/// Hall 2's second GPU: reports its state only (no energy).
+const SECOND: &str = "GPU-h2b";
+
 /// Eight minutes of readings every 10 s, ending 4 minutes ago (booked after 2).
 async fn feed(url: &str, hall: &Hall, t0: i64) {
     let http = reqwest::Client::new();
     for k in 0..=48i64 {
         let ts = t0 + k * 10_000;
+        let mut extra = Vec::new();
+        let mut gpus = Vec::new();
+        if hall.node == "h1-n1" {
+            // Thermally throttled in minutes 5 and 6.
+            extra.push(Reading {
+                ts_ms: ts,
+                entity: Entity::Gpu(hall.gpu.into()),
+                quantity: Quantity::ThrottleHwThermalSlowdown,
+                value: if (30..42).contains(&k) { 1.0 } else { 0.0 },
+            });
+        } else {
+            // Lost (GPU_IS_LOST, code 1) in minutes 2 and 3.
+            let lost = (12..24).contains(&k);
+            gpus.push(GpuInfo {
+                uuid: SECOND.into(),
+                index: 1,
+                model: "NVIDIA GB300".into(),
+                module: None,
+            });
+            if lost {
+                extra.push(Reading {
+                    ts_ms: ts,
+                    entity: Entity::Gpu(SECOND.into()),
+                    quantity: Quantity::GpuDownReasonCode,
+                    value: 1.0,
+                });
+            }
+            extra.push(Reading {
+                ts_ms: ts,
+                entity: Entity::Gpu(SECOND.into()),
+                quantity: Quantity::GpuUp,
+                value: if lost { 0.0 } else { 1.0 },
+            });
+        }
         let batch = Batch {
             version: VERSION,
             agent: hall.node.into(),
@@ -64,13 +105,16 @@ async fn feed(url: &str, hall: &Hall, t0: i64) {
             first_seq: None,
             node: hall.node.into(),
             created_ms: ts,
-            gpus: vec![GpuInfo {
+            gpus: [GpuInfo {
                 uuid: hall.gpu.into(),
                 index: 0,
                 model: "NVIDIA GB300".into(),
                 module: None,
-            }],
-            readings: vec![
+            }]
+            .into_iter()
+            .chain(gpus)
+            .collect(),
+            readings: [
                 Reading {
                     ts_ms: ts,
                     entity: Entity::Gpu(hall.gpu.into()),
@@ -83,7 +127,10 @@ async fn feed(url: &str, hall: &Hall, t0: i64) {
                     quantity: Quantity::PowerWatts,
                     value: hall.watts,
                 },
-            ],
+            ]
+            .into_iter()
+            .chain(extra)
+            .collect(),
         };
         let resp = http
             .post(format!("{url}/v1/batches"))
@@ -230,6 +277,92 @@ async fn a_tenant_in_two_halls_gets_one_statement_summing_both() {
     }
     assert_ne!(halls[0]["ledger_head"], halls[1]["ledger_head"]);
 
+    // Service levels: the halls' GPU-minutes added up (hall 1: one GPU × 8
+    // minutes, 2 degraded; hall 2: two GPUs × 8, 2 down), availability from
+    // the sums, each incident with its hall.
+    let sv = &c["service"];
+    let min = |s: &Value, k: &str| s[format!("{k}_gpu_minutes")].as_f64().unwrap();
+    for (k, want) in [
+        ("leased", 24.0),
+        ("available", 20.0),
+        ("degraded", 2.0),
+        ("down", 2.0),
+        ("unknown", 0.0),
+    ] {
+        assert_eq!(min(sv, k), want, "{k}: {sv}");
+        assert_eq!(
+            min(sv, k),
+            min(&s1["service"], k) + min(&s2["service"], k),
+            "{k}"
+        );
+    }
+    assert!(
+        close(sv["availability_ratio"].as_f64().unwrap(), 22.0 / 24.0),
+        "{sv}"
+    );
+    assert!(
+        close(sv["undegraded_ratio"].as_f64().unwrap(), 20.0 / 24.0),
+        "{sv}"
+    );
+    // Not a mean of the halls' ratios (1 and 14/16).
+    assert!(!close(
+        sv["availability_ratio"].as_f64().unwrap(),
+        (s1["service"]["availability_ratio"].as_f64().unwrap()
+            + s2["service"]["availability_ratio"].as_f64().unwrap())
+            / 2.0
+    ));
+    let hall = |i: usize| confs[i].0.display().to_string();
+    let incidents: Vec<(String, i64, i64, String, String, String)> = sv["incidents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            let s = |k: &str| i[k].as_str().unwrap().to_owned();
+            (
+                s("hall"),
+                (i["start_ms"].as_i64().unwrap() - t0) / 60_000,
+                (i["end_ms"].as_i64().unwrap() - t0) / 60_000,
+                s("state"),
+                s("reason"),
+                i["gpus"][0].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        incidents,
+        vec![
+            (hall(1), 2, 4, "down".into(), "lost".into(), SECOND.into()),
+            (
+                hall(0),
+                5,
+                7,
+                "degraded".into(),
+                "thermal".into(),
+                "GPU-h1".into()
+            ),
+        ],
+        "{sv}"
+    );
+    let leases: Vec<(String, String, f64)> = sv["leases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                l["hall"].as_str().unwrap().to_owned(),
+                l["id"].as_str().unwrap().to_owned(),
+                l["leased_gpu_minutes"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        leases,
+        vec![
+            (hall(0), "lab-a.1".into(), 8.0),
+            (hall(1), "lab-a.1".into(), 16.0)
+        ]
+    );
+
     // CSV: the totals line carries the sum.
     let (code, csv, err) = report(&[&confs[0].0, &confs[1].0], &month, "csv");
     assert_eq!(code, 0, "{err}");
@@ -240,6 +373,12 @@ async fn a_tenant_in_two_halls_gets_one_statement_summing_both() {
         .unwrap();
     assert!(close(total, it), "{csv}");
     assert_eq!(csv.lines().filter(|l| l.starts_with("# hall ")).count(), 2);
+    assert!(csv.contains("# service (all halls)\n"), "{csv}");
+    assert!(csv.contains("\ndown,2,0,2\n"), "{csv}");
+    assert!(
+        csv.contains(&format!("\n{},", hall(1))) && csv.contains(",down,lost,gpu,2,GPU-h2b\n"),
+        "{csv}"
+    );
 
     // One database twice (the same file, or two configs naming it) is refused.
     let (code, _, err) = report(&[&confs[0].0, &confs[0].0], &month, "json");

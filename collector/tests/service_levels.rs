@@ -4,8 +4,11 @@
 //! lab-a's GPUs down for 7 minutes, throttle another thermally for 4, stop
 //! one node's agent for 3 minutes, and power-brake a GPU for 2 minutes while
 //! its zone's CDU is in a supply-temperature excursion; lab-b's GPU goes
-//! down for 2 minutes. The statements must show exactly those GPU-minutes
-//! in those states with those causes, availability computed from them, each
+//! down for 2 minutes. GPU-a1's agent says why (RESET_REQUIRED); two
+//! declared power events of zone z2 make a minute of n2's silence and one
+//! of GPU-c0's down minutes the facility's. The statements must show
+//! exactly those GPU-minutes in those states with those reasons and
+//! causes, per lease and in total, availability computed from them, each
 //! tenant only its own incidents; the ledger verifies (chain and
 //! `dcwatt-verify`'s checks of the statement), and a statement with one
 //! state count or one listed GPU changed fails verification.
@@ -37,11 +40,32 @@ const NODES: [(&str, &str, &str, &[&str]); 3] = [
 ];
 const FAC: (&str, &str) = ("fac", "fac-token");
 
-fn config(db: &std::path::Path, key: &std::path::Path) -> String {
+/// Unix ms as RFC 3339 (UTC, whole seconds).
+fn rfc3339(ms: i64) -> String {
+    let (y, m, d) = dcwatt_collector::statement::civil_from_days(ms.div_euclid(86_400_000));
+    let s = ms.div_euclid(1000).rem_euclid(86_400);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        s / 3600,
+        s / 60 % 60,
+        s % 60
+    )
+}
+
+/// The leases end with the run (`lease_end_ms`): the GPUs' silence after
+/// it is not booked. Silent minutes are booked an hour after they end (the
+/// batches of this test are older; n2's 3 minutes are booked when its
+/// agent reports again, not raced by the silence booking while the test
+/// posts; `tests/silence.rs` tests the silence booking).
+/// Two site power events in zone z2 (declared by the operator): minute 15
+/// (n2 silent) and minute 3 (GPU-c0 down) have cause `facility`.
+fn config(db: &std::path::Path, key: &std::path::Path, t0: i64) -> String {
+    let lease_end_ms = t0 + 22 * MIN;
     let h = |t: &str| hex::encode(token_hash(t));
     let mut c = format!(
         "agent_batches_per_second = 1000.0\nagent_batch_burst = 1000\n\
-         [ledger]\npath = \"{}\"\nsigning_key_file = \"{}\"\n[operator]\ntoken_sha256 = \"{}\"\n",
+         [ledger]\npath = \"{}\"\nsigning_key_file = \"{}\"\n[operator]\ntoken_sha256 = \"{}\"\n\
+         [sla]\nsilence_after = \"1h\"\n",
         db.display(),
         key.display(),
         h(OPERATOR)
@@ -58,14 +82,24 @@ fn config(db: &std::path::Path, key: &std::path::Path) -> String {
         h(FAC.1)
     );
     c += "[[meters]]\nid = \"cdu1\"\nrole = \"cooling\"\nzone = \"z1\"\n";
+    for m in [15, 3] {
+        c += &format!(
+            "[[power_events]]\nzone = \"z2\"\nfrom = \"{}\"\nto = \"{}\"\nnote = \"PDU B tripped\"\n",
+            rfc3339(t0 + m * MIN),
+            rfc3339(t0 + (m + 1) * MIN)
+        );
+    }
     c += &format!(
         "[[tenants]]\nid = \"lab-a\"\ntoken_sha256 = \"{}\"\navailability_target = 0.995\n\
          [[tenants]]\nid = \"lab-b\"\ntoken_sha256 = \"{}\"\n",
         h(LAB_A),
         h(LAB_B)
     );
-    c += "[[leases]]\ntenant = \"lab-a\"\nnodes = [\"n1\", \"n2\"]\nfrom = \"2020-01-01T00:00:00Z\"\nto = \"2100-01-01T00:00:00Z\"\n";
-    c += "[[leases]]\ntenant = \"lab-b\"\nnodes = [\"n3\"]\nfrom = \"2020-01-01T00:00:00Z\"\nto = \"2100-01-01T00:00:00Z\"\n";
+    let to = rfc3339(lease_end_ms);
+    // lab-a: two leases, one with an id, one with the default (lab-a.2).
+    c += &format!("[[leases]]\nid = \"a-n1\"\ntenant = \"lab-a\"\nnodes = [\"n1\"]\nfrom = \"2020-01-01T00:00:00Z\"\nto = \"{to}\"\n");
+    c += &format!("[[leases]]\ntenant = \"lab-a\"\nnodes = [\"n2\"]\nfrom = \"2020-01-01T00:00:00Z\"\nto = \"{to}\"\n");
+    c += &format!("[[leases]]\ntenant = \"lab-b\"\nnodes = [\"n3\"]\nfrom = \"2020-01-01T00:00:00Z\"\nto = \"{to}\"\n");
     c
 }
 
@@ -84,7 +118,11 @@ fn gpu_readings(uuid: &str, ts: i64, s: i64) -> Vec<Reading> {
         value,
     };
     if down {
-        // What the agent sends for a lost GPU: up 0, nothing else.
+        // What the agent sends for a GPU down: up 0 and why (GPU-a1: code 2,
+        // RESET_REQUIRED; GPU-c0 as an older agent: no code).
+        if uuid == "GPU-a1" {
+            return vec![r(Quantity::GpuDownReasonCode, 2.0), r(Quantity::GpuUp, 0.0)];
+        }
         return vec![r(Quantity::GpuUp, 0.0)];
     }
     let thermal = uuid == "GPU-a2" && within(s, 8, 12);
@@ -177,9 +215,6 @@ async fn outages_throttling_and_silence_are_booked_as_gpu_minutes_per_state() {
     let db = dir.path().join("c.sqlite");
     let key = dir.path().join("signing.key");
     dcwatt_collector::transparency::write_new_key(&key).unwrap();
-    let (url, stop) = common::start(&config(&db, &key)).await;
-    let http = reqwest::Client::new();
-
     // 22 minutes of ticks ending 8 minutes ago, all in one UTC month.
     let now = now_ms();
     let mut t0 = now.div_euclid(MIN) * MIN - 30 * MIN;
@@ -187,6 +222,8 @@ async fn outages_throttling_and_silence_are_booked_as_gpu_minutes_per_state() {
     if t0 < month_start {
         t0 = month_start - 30 * MIN;
     }
+    let (url, stop) = common::start(&config(&db, &key, t0)).await;
+    let http = reqwest::Client::new();
     let (y, m, _) = dcwatt_collector::statement::civil_from_days(t0.div_euclid(86_400_000));
     let month = format!("{y:04}-{m:02}");
     for k in 0..=132i64 {
@@ -294,14 +331,32 @@ async fn outages_throttling_and_silence_are_booked_as_gpu_minutes_per_state() {
     assert_eq!(sa["gpu"]["degraded_gpu_minutes"], 4.0, "{sa}");
     assert_eq!(sa["gpu"]["down_gpu_minutes"], 7.0, "{sa}");
     assert_eq!(sa["facility"]["down_gpu_minutes"], 0.0, "{sa}");
+    // n2's minute 15 fell in a declared power event of its zone.
+    assert_eq!(sa["facility"]["unknown_gpu_minutes"], 2.0, "{sa}");
     let s = |x: &str| x.to_owned();
     assert_eq!(
         incidents(&a, t0),
         vec![
-            (5, 12, s("down"), s("gpu_down"), s("gpu"), s("GPU-a1")),
+            (5, 12, s("down"), s("reset_required"), s("gpu"), s("GPU-a1")),
             (8, 12, s("degraded"), s("thermal"), s("gpu"), s("GPU-a2")),
             (
                 14,
+                15,
+                s("unknown"),
+                s("no_data"),
+                s("unknown"),
+                s("GPU-b0 GPU-b1")
+            ),
+            (
+                15,
+                16,
+                s("unknown"),
+                s("no_data"),
+                s("facility"),
+                s("GPU-b0 GPU-b1")
+            ),
+            (
+                16,
                 17,
                 s("unknown"),
                 s("no_data"),
@@ -319,14 +374,55 @@ async fn outages_throttling_and_silence_are_booked_as_gpu_minutes_per_state() {
         ],
         "{sa}"
     );
+    // Per lease: n1's 4 GPUs (a-n1) took the down and degraded minutes,
+    // n2's 2 GPUs (lab-a.2) the unknown ones; each state adds up to the
+    // tenant's.
+    let leases: Vec<(String, [f64; 5])> = sa["leases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            let f = |k: &str| l[format!("{k}_gpu_minutes")].as_f64().unwrap();
+            (
+                l["id"].as_str().unwrap().to_owned(),
+                [
+                    f("leased"),
+                    f("available"),
+                    f("degraded"),
+                    f("down"),
+                    f("unknown"),
+                ],
+            )
+        })
+        .collect();
+    assert_eq!(
+        leases,
+        vec![
+            (s("a-n1"), [88.0, 75.0, 6.0, 7.0, 0.0]),
+            (s("lab-a.2"), [44.0, 38.0, 0.0, 0.0, 6.0]),
+        ],
+        "{sa}"
+    );
+    for (k, state) in ["leased", "available", "degraded", "down", "unknown"]
+        .iter()
+        .enumerate()
+    {
+        let sum: f64 = leases.iter().map(|l| l.1[k]).sum();
+        assert_eq!(sum, minutes(&a, state), "{state}");
+    }
     // lab-b: its own GPU's 2 minutes down, nothing of lab-a's.
     assert_eq!(minutes(&b, "down"), 2.0, "{b}");
     assert_eq!(minutes(&b, "available"), 20.0, "{b}");
     assert_eq!(service(&b)["availability_target"], Value::Null);
     assert_eq!(
         incidents(&b, t0),
-        vec![(2, 4, s("down"), s("gpu_down"), s("gpu"), s("GPU-c0"))]
+        vec![
+            (2, 3, s("down"), s("gpu_down"), s("gpu"), s("GPU-c0")),
+            (3, 4, s("down"), s("gpu_down"), s("facility"), s("GPU-c0"))
+        ]
     );
+    assert_eq!(service(&b)["facility"]["down_gpu_minutes"], 1.0);
+    assert_eq!(service(&b)["gpu"]["down_gpu_minutes"], 1.0);
     assert!(!b.to_string().contains("GPU-a"), "{b}");
     assert!(!a.to_string().contains("GPU-c0"), "{a}");
     // A tenant reads only its own statement.
@@ -336,7 +432,8 @@ async fn outages_throttling_and_silence_are_booked_as_gpu_minutes_per_state() {
     let (status, csv) = get_as(&http, &(statement_url("lab-a") + "&format=csv"), LAB_A).await;
     assert_eq!(status, 200);
     assert!(csv.contains("\ndown,7,0,7\n"), "{csv}");
-    assert!(csv.contains("\nunknown,6,,\n"), "{csv}");
+    assert!(csv.contains("\nunknown,6,2,\n"), "{csv}");
+    assert!(csv.contains("\na-n1,88,75,6,7,0\n"), "{csv}");
 
     // The ledger verifies: the chain, and the statement's rows, digests
     // and totals as dcwatt-verify checks them.
@@ -367,6 +464,10 @@ async fn outages_throttling_and_silence_are_booked_as_gpu_minutes_per_state() {
     t["proofs"]["rows"][i]["row"]["delivery"]["gpus"][0]["state"] = "degraded".into();
     let e = verify(&t, &public_key).unwrap_err();
     assert!(e.contains("delivery digest"), "{e}");
+    let mut t = a.clone();
+    t["service"]["leases"][0]["down_gpu_minutes"] = 0.0.into();
+    let e = verify(&t, &public_key).unwrap_err();
+    assert!(e.contains("service.leases"), "{e}");
     let mut t = a.clone();
     t["service"]["down_gpu_minutes"] = 0.0.into();
     let e = verify(&t, &public_key).unwrap_err();
@@ -421,7 +522,7 @@ async fn outages_throttling_and_silence_are_booked_as_gpu_minutes_per_state() {
 
     // `dcwatt-collector report` builds the same statement offline from the
     // database: the same service levels.
-    let site = dcwatt_collector::config::Config::from_toml(&config(&db, &key))
+    let site = dcwatt_collector::config::Config::from_toml(&config(&db, &key, t0))
         .unwrap()
         .build()
         .unwrap();

@@ -366,6 +366,7 @@ proptest! {
         let configs: Vec<LeaseConfig> = leases
             .iter()
             .map(|(t, from, len, by_glob)| LeaseConfig {
+                id: None,
                 tenant: format!("t{t}"),
                 nodes: if *by_glob { vec!["r1-*".into()] } else { vec![] },
                 gpus: if *by_glob { vec![] } else { vec![format!("GPU-{t}")] },

@@ -136,6 +136,8 @@ pub struct Hall {
     gpu_reset_pending: Vec<bool>,
     gpu_reset_ms: Vec<Option<i64>>,
     gpu_heat_c: Vec<f64>,
+    /// GPUs NVML reports lost (`GPU_IS_LOST`).
+    gpu_lost: Vec<bool>,
     /// Each GPU's XID events (the last [`MAX_XIDS_PER_GPU`]), ids hall-wide.
     gpu_xids: Vec<Vec<dcwatt_fake_nvml::FakeXid>>,
     next_xid: u64,
@@ -238,6 +240,7 @@ impl Hall {
             gpu_reset_pending: vec![false; gpu_count],
             gpu_reset_ms: vec![None; gpu_count],
             gpu_heat_c: vec![0.0; gpu_count],
+            gpu_lost: vec![false; gpu_count],
             gpu_xids: vec![Vec::new(); gpu_count],
             next_xid: 1,
         };
@@ -487,6 +490,14 @@ impl Hall {
         Ok(())
     }
 
+    /// Makes NVML report a GPU lost (`GPU_IS_LOST`, fallen off the bus)
+    /// from the next state file on, or found again.
+    pub fn lose_gpu(&mut self, uuid: &str, lost: bool) -> Result<(), HallError> {
+        let g = self.gpu_index(uuid)?;
+        self.gpu_lost[g] = lost;
+        Ok(())
+    }
+
     /// Raises an XID event with `code` on a GPU from the next state file on;
     /// the agent reads it through NVML's event API. Returns the event's id.
     pub fn xid_gpu(&mut self, uuid: &str, code: u64) -> Result<u64, HallError> {
@@ -547,7 +558,7 @@ impl Hall {
                     mem_used_bytes: node.load.mem_used_bytes().min(GPU_MEM_TOTAL_BYTES),
                     power_limit_mw: load::POWER_LIMIT_W as u32 * 1000,
                     throttle_reasons: throttle,
-                    lost: false,
+                    lost: self.gpu_lost[g],
                     name: GPU_MODEL.into(),
                     thresholds: Some(GPU_THRESHOLDS),
                     xids: self.gpu_xids[g].clone(),

@@ -456,6 +456,7 @@ enum Fault {
     ResetGpuCounter { gpu: String },
     HeatGpu { gpu: String, celsius: f64 },
     Xid { gpu: String, code: u64 },
+    LoseGpu { gpu: String, lost: bool },
 }
 
 /// `POST /sim/fault`: restarts a counter from zero → `{"at_ms": T}`.
@@ -477,6 +478,13 @@ async fn fault(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
         Fault::HeatGpu { gpu, celsius } => match shared.hall().heat_gpu(&gpu, celsius) {
             Ok(()) => {
                 info!(gpu = %gpu, celsius, "GPU heated.");
+                Json(json!({ "at_ms": now_ms() })).into_response()
+            }
+            Err(e) => hall_error(&e),
+        },
+        Fault::LoseGpu { gpu, lost } => match shared.hall().lose_gpu(&gpu, lost) {
+            Ok(()) => {
+                info!(gpu = %gpu, lost, "GPU lost or found.");
                 Json(json!({ "at_ms": now_ms() })).into_response()
             }
             Err(e) => hall_error(&e),

@@ -91,6 +91,24 @@ pub struct ServiceView {
     pub down_gpu_minutes: f64,
     /// GPU-minutes with no data.
     pub unknown_gpu_minutes: f64,
+    /// The same per lease (absent from older statements).
+    #[serde(default)]
+    pub leases: Vec<LeaseView>,
+}
+
+/// One lease's GPU-minutes per state in a statement's service levels.
+#[derive(Debug, Clone, Deserialize)]
+pub struct LeaseView {
+    /// The lease's id.
+    pub id: String,
+    /// Available GPU-minutes.
+    pub available_gpu_minutes: f64,
+    /// Degraded GPU-minutes.
+    pub degraded_gpu_minutes: f64,
+    /// Down GPU-minutes.
+    pub down_gpu_minutes: f64,
+    /// GPU-minutes with no data.
+    pub unknown_gpu_minutes: f64,
 }
 
 /// The parts of a statement's day the verifier reads.
@@ -412,6 +430,21 @@ pub fn verify(inputs: &Inputs, said: &mut Vec<String>) -> Result<(), String> {
                 return Err(format!(
                     "service.{what} is {stated} but its rows add up to {summed}"
                 ));
+            }
+            // The leases add up to the same.
+            if !sv.leases.is_empty() {
+                let of = |l: &LeaseView| match what {
+                    "available_gpu_minutes" => l.available_gpu_minutes,
+                    "degraded_gpu_minutes" => l.degraded_gpu_minutes,
+                    "down_gpu_minutes" => l.down_gpu_minutes,
+                    _ => l.unknown_gpu_minutes,
+                };
+                let leases: f64 = sv.leases.iter().map(of).sum();
+                if !close(leases, summed) {
+                    return Err(format!(
+                        "service.leases add up to {leases} {what} but the rows to {summed}"
+                    ));
+                }
             }
         }
         said.push(format!(

@@ -125,6 +125,7 @@ proptest! {
                 degraded_gpu_minutes: totals.1,
                 down_gpu_minutes: 0.0,
                 unknown_gpu_minutes: f64::MAX,
+                leases: Vec::new(),
             }),
             activity: Some(dcwatt_verify::activity::Activity {
                 sm_active_mean: Some(totals.0),

@@ -248,10 +248,56 @@ pub enum Quantity {
     /// counter), joules since the agent started: a module's energy
     /// (`Entity::Module`). A decrease is a reset (agent restart).
     IntegratedEnergyJoules,
+    /// Why the GPU is down, as a numeric code ([`DOWN_REASONS`]), sent with
+    /// `gpu_up` 0 (absent while it is up). A code this version does not know
+    /// means "down, for a reason not listed".
+    GpuDownReasonCode,
     /// A quantity this version does not know (sent by a newer agent): kept
     /// decodable so that one new quantity does not reject a whole batch.
     #[serde(other)]
     Other,
+}
+
+/// The codes of [`Quantity::GpuDownReasonCode`]: `(code, agent reason)`,
+/// the agent's reason being the `reason` label of its
+/// `dcwatt_gpu_down_info` (the NVML error that put the GPU down, or
+/// `no_answer` when NVML did not answer within the agent's timeout). Codes
+/// are never reused; 0 is "a reason the agent could not name".
+pub const DOWN_REASONS: &[(u32, &str)] = &[
+    (0, "other"),
+    (1, "gpu_lost"),
+    (2, "reset_required"),
+    (3, "unknown"),
+    (4, "no_permission"),
+    (5, "corrupted_inforom"),
+    (6, "irq_issue"),
+    (7, "insufficient_power"),
+    (8, "lib_rm_version_mismatch"),
+    (9, "operating_system"),
+    (10, "uninitialized"),
+    (11, "driver_not_loaded"),
+    (12, "timeout"),
+    (13, "no_answer"),
+];
+
+/// The code of an agent's down reason (0 for one not listed).
+pub fn down_reason_code(reason: &str) -> u32 {
+    DOWN_REASONS
+        .iter()
+        .find(|(_, r)| *r == reason)
+        .map_or(0, |(c, _)| *c)
+}
+
+/// The agent's reason of a code, `None` for a code not listed (from a newer
+/// agent) or a value that is not a whole number.
+pub fn down_reason_of(value: f64) -> Option<&'static str> {
+    if !(value.is_finite() && value >= 0.0 && value.fract() == 0.0) {
+        return None;
+    }
+    DOWN_REASONS
+        .iter()
+        .find(|(c, _)| f64::from(*c) == value)
+        .map(|(_, r)| *r)
 }
 
 /// The collector's answer to an accepted batch.
@@ -351,8 +397,21 @@ mod tests {
             (Quantity::DramActiveRatio, "dram_active_ratio"),
             (Quantity::XidErrorsTotal, "xid_errors_total"),
             (Quantity::IntegratedEnergyJoules, "integrated_energy_joules"),
+            (Quantity::GpuDownReasonCode, "gpu_down_reason_code"),
         ] {
             assert_eq!(serde_json::to_string(&q).unwrap(), format!("\"{name}\""));
+        }
+    }
+
+    #[test]
+    fn down_reason_codes_round_trip_and_unknown_ones_are_none() {
+        for (c, r) in DOWN_REASONS {
+            assert_eq!(down_reason_code(r), *c);
+            assert_eq!(down_reason_of(f64::from(*c)), Some(*r));
+        }
+        assert_eq!(down_reason_code("nvml_error_999"), 0);
+        for bad in [f64::NAN, f64::INFINITY, -1.0, 1.5, 999.0] {
+            assert_eq!(down_reason_of(bad), None, "{bad}");
         }
     }
 

@@ -599,6 +599,17 @@ impl Control {
                 }
             }
             out.readings.append(&mut read.readings);
+            if !read.up {
+                // Why, as a code (wire `DOWN_REASONS`), before `gpu_up`.
+                out.readings.push(Reading {
+                    ts_ms: now_ms(),
+                    entity: Entity::Gpu(info.uuid.clone()),
+                    quantity: Quantity::GpuDownReasonCode,
+                    value: f64::from(dcwatt_wire::down_reason_code(
+                        read.down_reason.as_deref().unwrap_or_default(),
+                    )),
+                });
+            }
             out.readings.push(Reading {
                 ts_ms: now_ms(),
                 entity: Entity::Gpu(info.uuid.clone()),
