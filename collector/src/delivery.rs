@@ -604,10 +604,14 @@ CREATE TABLE IF NOT EXISTS ledger_delivery (
     ms INTEGER NOT NULL,
     PRIMARY KEY (row_id, uuid)
 ) WITHOUT ROWID;
+-- Every booked silence stretch [from_ms, through_ms) of a GPU (not only
+-- its latest: late data for an older stretch must find it), pruned once
+-- no reading old enough to fall in it can be accepted.
 CREATE TABLE IF NOT EXISTS delivery_silence (
-    uuid TEXT PRIMARY KEY,
+    uuid TEXT NOT NULL,
     from_ms INTEGER NOT NULL,
-    through_ms INTEGER NOT NULL
+    through_ms INTEGER NOT NULL,
+    PRIMARY KEY (uuid, from_ms)
 ) WITHOUT ROWID;
 CREATE TRIGGER IF NOT EXISTS ledger_delivery_no_update BEFORE UPDATE ON ledger_delivery
 BEGIN SELECT RAISE(ABORT, 'the ledger is append-only: delivery rows cannot be updated'); END;
@@ -734,6 +738,7 @@ impl crate::store::Store {
                  COALESCE(json_extract(g.state, '$.agent'), ''),
                  json_extract(g.state, '$.delivery.last_ms'), s.from_ms, s.through_ms
                  FROM gpus g LEFT JOIN delivery_silence s ON s.uuid = g.uuid
+                 AND s.from_ms = (SELECT MAX(from_ms) FROM delivery_silence WHERE uuid = g.uuid)
                  LEFT JOIN agents a ON a.id = json_extract(g.state, '$.agent')
                  WHERE COALESCE(a.last_seen_ms, 0) <= ?1",
             )?
@@ -791,10 +796,16 @@ impl crate::store::Store {
             attribute(&tx, site, &minutes)?;
             tx.prepare_cached(
                 "INSERT INTO delivery_silence (uuid, from_ms, through_ms) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (uuid) DO UPDATE SET from_ms = excluded.from_ms, through_ms = excluded.through_ms",
+                 ON CONFLICT (uuid, from_ms) DO UPDATE SET through_ms = excluded.through_ms",
             )?
             .execute(params![uuid, from, stop])?;
         }
+        // Stretches no acceptable reading can fall in any more (readings
+        // older than `max_reading_age` are refused at ingest) go.
+        tx.prepare_cached("DELETE FROM delivery_silence WHERE through_ms < ?1")?
+            .execute(params![now_ms
+                .saturating_sub(site.max_age_ms)
+                .saturating_sub(2 * MINUTE_MS)])?;
         tx.commit()?;
         Ok(booked)
     }
