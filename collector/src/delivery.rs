@@ -913,9 +913,10 @@ pub struct Incident {
 /// left empty where GPUs are merged).
 type IncidentKind = (String, String, String, String);
 
-/// A tenant's GPU service levels over a statement's rows.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Service {
+/// GPU-minutes per state, the ratios from them and the causes: a tenant's
+/// in one hall ([`Service`]) or in every hall ([`CombinedService`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Levels {
     /// GPU-minutes leased and judged: the four states below added up.
     pub leased_gpu_minutes: f64,
     /// Up and reporting, not degraded.
@@ -942,6 +943,47 @@ pub struct Service {
     /// Non-available GPU-minutes the GPU itself caused (as far as the data
     /// tells).
     pub gpu: ByCause,
+}
+
+impl Levels {
+    /// The state lines and the ratios as CSV, after `heading` (a `# …` line).
+    fn to_csv(&self, heading: &str) -> String {
+        let opt = |v: Option<f64>| v.map(|x| x.to_string()).unwrap_or_default();
+        let mut out =
+            format!("{heading}\nstate,gpu_minutes,facility_gpu_minutes,gpu_gpu_minutes\n");
+        out += &format!("leased,{},,\n", self.leased_gpu_minutes);
+        out += &format!("available,{},,\n", self.available_gpu_minutes);
+        out += &format!(
+            "degraded,{},{},{}\n",
+            self.degraded_gpu_minutes,
+            self.facility.degraded_gpu_minutes,
+            self.gpu.degraded_gpu_minutes
+        );
+        out += &format!(
+            "down,{},{},{}\n",
+            self.down_gpu_minutes, self.facility.down_gpu_minutes, self.gpu.down_gpu_minutes
+        );
+        out += &format!(
+            "unknown,{},{},\n",
+            self.unknown_gpu_minutes, self.facility.unknown_gpu_minutes
+        );
+        out += &format!(
+            "# availability_ratio {} undegraded_ratio {} availability_target {} target_met {}\n",
+            opt(self.availability_ratio),
+            opt(self.undegraded_ratio),
+            opt(self.availability_target),
+            self.target_met.map(|m| m.to_string()).unwrap_or_default()
+        );
+        out
+    }
+}
+
+/// A tenant's GPU service levels over a statement's rows.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Service {
+    /// The GPU-minutes per state, ratios and causes.
+    #[serde(flatten)]
+    pub levels: Levels,
     /// The incidents, by start.
     pub incidents: Vec<Incident>,
     /// The same GPU-minutes per lease (see [`LeaseService`]): each state
@@ -1107,28 +1149,10 @@ pub struct HallLease {
 /// ratios), incidents and leases listed with their hall.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CombinedService {
-    /// GPU-minutes leased and judged in every hall.
-    pub leased_gpu_minutes: f64,
-    /// Available GPU-minutes.
-    pub available_gpu_minutes: f64,
-    /// Degraded GPU-minutes.
-    pub degraded_gpu_minutes: f64,
-    /// Down GPU-minutes.
-    pub down_gpu_minutes: f64,
-    /// Unknown GPU-minutes.
-    pub unknown_gpu_minutes: f64,
-    /// (available + degraded) / (leased − unknown), from the sums.
-    pub availability_ratio: Option<f64>,
-    /// available / (leased − unknown), from the sums.
-    pub undegraded_ratio: Option<f64>,
-    /// The tenant's target (the first hall's that has one).
-    pub availability_target: Option<f64>,
-    /// `availability_ratio >= availability_target`.
-    pub target_met: Option<bool>,
-    /// Non-available GPU-minutes the facility caused, every hall.
-    pub facility: ByCause,
-    /// Non-available GPU-minutes the GPUs caused, every hall.
-    pub gpu: ByCause,
+    /// Each state's GPU-minutes added up over the halls, the ratios from
+    /// the sums, the tenant's target (the first hall's that has one).
+    #[serde(flatten)]
+    pub levels: Levels,
     /// Every hall's incidents, by start, then hall.
     pub incidents: Vec<HallIncident>,
     /// Every hall's leases.
@@ -1142,27 +1166,18 @@ pub fn combine_service<'a>(
     let mut out: Option<CombinedService> = None;
     for (hall, s) in halls {
         let c = out.get_or_insert_with(|| CombinedService {
-            leased_gpu_minutes: 0.0,
-            available_gpu_minutes: 0.0,
-            degraded_gpu_minutes: 0.0,
-            down_gpu_minutes: 0.0,
-            unknown_gpu_minutes: 0.0,
-            availability_ratio: None,
-            undegraded_ratio: None,
-            availability_target: None,
-            target_met: None,
-            facility: ByCause::default(),
-            gpu: ByCause::default(),
+            levels: Levels::default(),
             incidents: Vec::new(),
             leases: Vec::new(),
         });
-        c.leased_gpu_minutes += s.leased_gpu_minutes;
-        c.available_gpu_minutes += s.available_gpu_minutes;
-        c.degraded_gpu_minutes += s.degraded_gpu_minutes;
-        c.down_gpu_minutes += s.down_gpu_minutes;
-        c.unknown_gpu_minutes += s.unknown_gpu_minutes;
-        c.availability_target = c.availability_target.or(s.availability_target);
-        for (to, from) in [(&mut c.facility, &s.facility), (&mut c.gpu, &s.gpu)] {
+        let (l, h) = (&mut c.levels, &s.levels);
+        l.leased_gpu_minutes += h.leased_gpu_minutes;
+        l.available_gpu_minutes += h.available_gpu_minutes;
+        l.degraded_gpu_minutes += h.degraded_gpu_minutes;
+        l.down_gpu_minutes += h.down_gpu_minutes;
+        l.unknown_gpu_minutes += h.unknown_gpu_minutes;
+        l.availability_target = l.availability_target.or(h.availability_target);
+        for (to, from) in [(&mut l.facility, &h.facility), (&mut l.gpu, &h.gpu)] {
             to.degraded_gpu_minutes += from.degraded_gpu_minutes;
             to.down_gpu_minutes += from.down_gpu_minutes;
             to.unknown_gpu_minutes += from.unknown_gpu_minutes;
@@ -1177,13 +1192,14 @@ pub fn combine_service<'a>(
         }));
     }
     let c = out.as_mut()?;
-    let observed = c.available_gpu_minutes + c.degraded_gpu_minutes + c.down_gpu_minutes;
+    let l = &mut c.levels;
+    let observed = l.available_gpu_minutes + l.degraded_gpu_minutes + l.down_gpu_minutes;
     let ratio = |num: f64| (observed > 0.0).then(|| num / observed);
-    c.availability_ratio = ratio(c.available_gpu_minutes + c.degraded_gpu_minutes);
-    c.undegraded_ratio = ratio(c.available_gpu_minutes);
-    c.target_met = c
+    l.availability_ratio = ratio(l.available_gpu_minutes + l.degraded_gpu_minutes);
+    l.undegraded_ratio = ratio(l.available_gpu_minutes);
+    l.target_met = l
         .availability_ratio
-        .zip(c.availability_target)
+        .zip(l.availability_target)
         .map(|(r, t)| r >= t);
     c.incidents
         .sort_by(|a, b| (a.incident.start_ms, &a.hall).cmp(&(b.incident.start_ms, &b.hall)));
@@ -1193,33 +1209,7 @@ pub fn combine_service<'a>(
 impl CombinedService {
     /// As CSV lines after a `# service (all halls)` line.
     pub fn to_csv(&self) -> String {
-        let opt = |v: Option<f64>| v.map(|x| x.to_string()).unwrap_or_default();
-        let mut out = String::from(
-            "# service (all halls)\nstate,gpu_minutes,facility_gpu_minutes,gpu_gpu_minutes\n",
-        );
-        out += &format!("leased,{},,\n", self.leased_gpu_minutes);
-        out += &format!("available,{},,\n", self.available_gpu_minutes);
-        out += &format!(
-            "degraded,{},{},{}\n",
-            self.degraded_gpu_minutes,
-            self.facility.degraded_gpu_minutes,
-            self.gpu.degraded_gpu_minutes
-        );
-        out += &format!(
-            "down,{},{},{}\n",
-            self.down_gpu_minutes, self.facility.down_gpu_minutes, self.gpu.down_gpu_minutes
-        );
-        out += &format!(
-            "unknown,{},{},\n",
-            self.unknown_gpu_minutes, self.facility.unknown_gpu_minutes
-        );
-        out += &format!(
-            "# availability_ratio {} undegraded_ratio {} availability_target {} target_met {}\n",
-            opt(self.availability_ratio),
-            opt(self.undegraded_ratio),
-            opt(self.availability_target),
-            self.target_met.map(|m| m.to_string()).unwrap_or_default()
-        );
+        let mut out = self.levels.to_csv("# service (all halls)");
         out += "# incidents\nhall,start_ms,end_ms,state,reason,cause,gpu_minutes,gpus\n";
         for h in &self.incidents {
             let i = &h.incident;
@@ -1372,19 +1362,21 @@ pub fn service(
     let availability_ratio = ratio(a.saturating_add(dg));
     let availability_target = site.availability_targets.get(tenant).copied();
     Ok(Some(Service {
-        leased_gpu_minutes: min(observed.saturating_add(u)),
-        available_gpu_minutes: min(a),
-        degraded_gpu_minutes: min(dg),
-        down_gpu_minutes: min(dn),
-        unknown_gpu_minutes: min(u),
-        availability_ratio,
-        undegraded_ratio: ratio(a),
-        availability_target,
-        target_met: availability_ratio
-            .zip(availability_target)
-            .map(|(r, t)| r >= t),
-        facility,
-        gpu,
+        levels: Levels {
+            leased_gpu_minutes: min(observed.saturating_add(u)),
+            available_gpu_minutes: min(a),
+            degraded_gpu_minutes: min(dg),
+            down_gpu_minutes: min(dn),
+            unknown_gpu_minutes: min(u),
+            availability_ratio,
+            undegraded_ratio: ratio(a),
+            availability_target,
+            target_met: availability_ratio
+                .zip(availability_target)
+                .map(|(r, t)| r >= t),
+            facility,
+            gpu,
+        },
         incidents,
         leases,
     }))
@@ -1394,47 +1386,7 @@ impl Service {
     /// The service levels and incidents as CSV lines (appended to the
     /// statement's CSV after a `# service` line).
     pub fn to_csv(&self) -> String {
-        let opt = |v: Option<f64>| v.map(|x| x.to_string()).unwrap_or_default();
-        let mut out = String::from(
-            "# service
-state,gpu_minutes,facility_gpu_minutes,gpu_gpu_minutes
-",
-        );
-        out += &format!(
-            "leased,{},,
-",
-            self.leased_gpu_minutes
-        );
-        out += &format!(
-            "available,{},,
-",
-            self.available_gpu_minutes
-        );
-        out += &format!(
-            "degraded,{},{},{}
-",
-            self.degraded_gpu_minutes,
-            self.facility.degraded_gpu_minutes,
-            self.gpu.degraded_gpu_minutes
-        );
-        out += &format!(
-            "down,{},{},{}
-",
-            self.down_gpu_minutes, self.facility.down_gpu_minutes, self.gpu.down_gpu_minutes
-        );
-        out += &format!(
-            "unknown,{},{},
-",
-            self.unknown_gpu_minutes, self.facility.unknown_gpu_minutes
-        );
-        out += &format!(
-            "# availability_ratio {} undegraded_ratio {} availability_target {} target_met {}
-",
-            opt(self.availability_ratio),
-            opt(self.undegraded_ratio),
-            opt(self.availability_target),
-            self.target_met.map(|m| m.to_string()).unwrap_or_default()
-        );
+        let mut out = self.levels.to_csv("# service");
         out += "# leases
 lease,leased_gpu_minutes,available_gpu_minutes,degraded_gpu_minutes,down_gpu_minutes,unknown_gpu_minutes
 ";
