@@ -11,6 +11,18 @@
 //! Senders are independent: a slow or absent mirror never delays the primary, and
 //! a mirror that comes back catches up from its own cursor.
 //!
+//! # Pacing
+//! With `[[collectors]] ship_interval` above zero, a sender waits that long
+//! after the start of an acknowledged request before it reads the spool again,
+//! so the batches spooled meanwhile go as one merged request (below): one
+//! request and one durable write per agent per interval at the collector,
+//! instead of one per tick. Every batch is spooled first: with `[spool]` on
+//! disk a crash or stop while waiting loses nothing (the next run sends it);
+//! with the in-memory spool a stop loses what waits, as it loses any unsent
+//! batch. Failures keep their own backoff; a backlog (a request at half the
+//! merge byte limit or at the batch limit) catches up at [`CATCHUP_INTERVAL`],
+//! and a refused merged batch is isolated, without pacing.
+//!
 //! # Catch-up
 //! When more than one batch waits, up to [`MAX_MERGE_BATCHES`] consecutive ones
 //! (at most [`MAX_MERGE_BYTES`] of JSON) go as one merged batch carrying
@@ -399,6 +411,7 @@ impl Shipper {
                 label: labels[index].clone(),
                 token: c.token,
                 tuning,
+                ship_interval: c.ship_interval,
                 sent_max: sent_before,
                 warn_protocol: Warner::default(),
                 warn_refused: Warner::default(),
@@ -551,6 +564,9 @@ struct Sender {
     label: String,
     token: String,
     tuning: Tuning,
+    /// Shortest time between two steady-state requests (`[[collectors]]
+    /// ship_interval`; zero: each batch at once).
+    ship_interval: Duration,
     /// The highest seq this collector can have been sent: the highest posted
     /// to it by this process, or any seq spooled before it started.
     sent_max: u64,
@@ -597,8 +613,13 @@ impl Sender {
                     continue;
                 }
             };
+            // A request at (about) the merge limits is catch-up: more may wait
+            // behind it, so it is not paced.
+            let catching_up =
+                records.len() >= MAX_MERGE_BATCHES || body.len() * 2 >= MAX_MERGE_BYTES;
             // From here on the collector may have seen up to `last`.
             self.sent_max = self.sent_max.max(last);
+            let posted = Instant::now();
             let outcome = tokio::select! {
                 o = self.post(body) => o,
                 _ = stopped(&mut stop) => return,
@@ -637,6 +658,15 @@ impl Sender {
                     failing = false;
                     refused_since = None;
                     backoff = self.tuning.backoff_initial;
+                    // Paced: the batches of the next `ship_interval` go as one
+                    // request. Not while catching up or isolating a refused batch.
+                    let pace = self.ship_interval.saturating_sub(posted.elapsed());
+                    if !pace.is_zero() && !catching_up && last >= single_until {
+                        tokio::select! {
+                            _ = tokio::time::sleep(pace) => {}
+                            _ = stopped(&mut stop) => return,
+                        }
+                    }
                 }
                 Outcome::Conflict { last_seq } if last_seq > after => {
                     debug!(collector = %self.label, first, last, last_seq, "Merged batch overlaps what the collector applied; re-merging.");

@@ -208,3 +208,72 @@ url = "http://{meters}{METRICS}"
     // The refusing collector never accepted anything, and the good one did not wait for it.
     assert!(refusing.accepted.lock().unwrap().is_empty());
 }
+
+/// `ship_interval`: the ticks of each interval go as one merged request, in
+/// order, none lost, none twice; the request count follows the interval, not
+/// the ticks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ship_interval_merges_the_ticks_of_each_interval() {
+    let fixture = pdu_fixture();
+    let meters = serve(Router::new().route(METRICS, get(move || async move { fixture }))).await;
+    let good = collector("s3cret", 0);
+    let addr = serve(collector_router(Arc::clone(&good))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("agent.token");
+    std::fs::write(&token, "s3cret\n").unwrap();
+
+    let agent = Agent::start(&format!(
+        r#"
+interval = "100ms"
+node = "r1-n1"
+[[collectors]]
+url = "http://{addr}"
+token_file = "{token}"
+ship_interval = "1s"
+[[sources]]
+type = "redfish"
+meter = "pdu-1"
+url = "http://{meters}{METRICS}"
+"#,
+        token = token.display()
+    ))
+    .await;
+    let ok_series =
+        format!(r#"dcwatt_ship_batches_total{{collector="http://{addr}",result="ok"}}"#);
+    agent
+        .wait_for(Duration::from_secs(30), |t| {
+            common::value(t, &ok_series).is_some_and(|v| v >= 30.0)
+        })
+        .await;
+    agent.stop().await;
+
+    let accepted = good.accepted.lock().unwrap().clone();
+    let posts = good.posts.load(Ordering::SeqCst) as u64;
+    let mut next = accepted[0].first_seq.unwrap_or(accepted[0].seq);
+    let mut ticks = 0;
+    for (i, b) in accepted.iter().enumerate() {
+        let from = b.first_seq.unwrap_or(b.seq);
+        assert_eq!(from, next, "request {i} out of order");
+        next = b.seq + 1;
+        ticks += b.seq - from + 1;
+        assert_eq!(b.readings.len() as u64, 2 * (b.seq - from + 1));
+    }
+    assert!(ticks >= 30, "{ticks} ticks");
+    // At 100 ms ticks and one request a second, about 10 ticks per request;
+    // without pacing every tick is its own request (posts == ticks).
+    assert!(
+        posts * 4 <= ticks,
+        "{posts} requests carried {ticks} ticks: not paced"
+    );
+    // Every request after the first carries several ticks.
+    let merged = accepted
+        .iter()
+        .skip(1)
+        .filter(|b| b.first_seq.is_some())
+        .count();
+    assert!(
+        merged + 1 >= accepted.len(),
+        "{merged} of {} merged",
+        accepted.len()
+    );
+}

@@ -213,6 +213,7 @@ fn start(url: &str, spool: &SpoolSpec, tuning: Tuning) -> Running {
         timeout: Duration::from_secs(10),
         ca_pem: None,
         identity_pem: None,
+        ship_interval: Duration::ZERO,
     };
     let (stop, stop_rx) = watch::channel(false);
     let started =

@@ -7,6 +7,12 @@
 //! Reports batches/s, readings/s, latency p50/p99/max, the collector's CPU
 //! seconds and peak RSS (from `/proc`), and, as the ceiling, the rate at which
 //! this process decodes the same batches with serde alone.
+//!
+//! `--ticks-per-request K` models agents with `[[collectors]] ship_interval`
+//! = K × interval: each request is one merged batch (`first_seq..=seq`)
+//! carrying K ticks, sent every K intervals. "batches" in the report are
+//! always ticks (one agent's readings of one interval), so rows with
+//! different K compare per unit of work.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -52,6 +58,10 @@ pub struct LoadArgs {
     /// transaction synced before the acknowledgement) or `normal`.
     #[arg(long, default_value = "full", value_parser = ["full", "normal"])]
     pub synchronous: String,
+    /// Ticks per request (1..=60): K > 1 sends one merged batch of K ticks
+    /// every K intervals, as an agent with `ship_interval` = K × interval.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=60))]
+    pub ticks_per_request: u64,
 }
 
 /// What a run measured.
@@ -59,11 +69,15 @@ pub struct LoadArgs {
 pub struct LoadReport {
     /// Agents simulated.
     pub agents: usize,
-    /// Batches acknowledged per second.
+    /// Ticks carried by one request (`--ticks-per-request`).
+    pub ticks_per_request: u64,
+    /// Requests acknowledged per second.
+    pub requests_per_s: f64,
+    /// Batches (ticks) acknowledged per second.
     pub batches_per_s: f64,
     /// Readings acknowledged per second.
     pub readings_per_s: f64,
-    /// Batches that failed (non-2xx or transport error).
+    /// Requests that failed (non-2xx or transport error).
     pub failed: u64,
     /// Batches the schedule wanted but that could not start on time (the
     /// generator or the collector fell behind).
@@ -171,6 +185,30 @@ fn batch(agent: usize, gpus: usize, seq: u64, ts: i64) -> Value {
     json!({"version": 1, "agent": node, "seq": seq, "node": node, "created_ms": ts, "gpus": infos, "readings": readings})
 }
 
+/// The placeholder time of tick `k` in a template (13 digits, distinct per tick).
+fn placeholder_ts(k: u64) -> i64 {
+    1_795_000_000_000 + k as i64
+}
+
+/// The JSON template of one request of `ticks` ticks: one batch, or a merged
+/// batch whose `first_seq` is the placeholder 999999 and whose readings carry
+/// each tick's placeholder time.
+fn template(agent: usize, gpus: usize, ticks: u64) -> String {
+    let mut one = batch(agent, gpus, 1, placeholder_ts(ticks - 1));
+    if ticks > 1 {
+        let mut readings = Vec::new();
+        for k in 0..ticks {
+            if let Some(Value::Array(r)) = batch(agent, gpus, 1, placeholder_ts(k)).get("readings")
+            {
+                readings.extend(r.iter().cloned());
+            }
+        }
+        one["readings"] = Value::Array(readings);
+        one["first_seq"] = json!(999_999);
+    }
+    serde_json::to_string(&one).unwrap_or_default()
+}
+
 fn now_ms() -> i64 {
     crate::now_ms()
 }
@@ -238,6 +276,8 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<LoadReport> {
     let gate = Arc::new(tokio::sync::Semaphore::new(args.max_in_flight));
     let interval = Duration::from_secs_f64(args.interval_s.max(0.01));
     let readings_per_batch = (args.gpus * 9 + 2) as u64;
+    let ticks = args.ticks_per_request.max(1);
+    let request_interval = interval * ticks as u32;
     let warmup = Duration::from_secs(3);
     let t0 = Instant::now();
     let end = t0 + warmup + Duration::from_secs(args.duration_s);
@@ -247,13 +287,14 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<LoadReport> {
     for i in 0..args.agents {
         let (http, url, gate, tx) = (http.clone(), url.clone(), Arc::clone(&gate), tx.clone());
         let token = token(i);
-        let template =
-            serde_json::to_string(&batch(i, args.gpus, 1, 1_795_000_000_000)).unwrap_or_default();
+        let template = template(i, args.gpus, ticks);
         // Phases spread over the interval, as real agents' clocks are.
-        let phase = interval.mul_f64(i as f64 / args.agents as f64);
+        let phase = request_interval.mul_f64(i as f64 / args.agents as f64);
         tasks.push(tokio::spawn(async move {
-            let mut tick =
-                tokio::time::interval_at(tokio::time::Instant::from_std(t0 + phase), interval);
+            let mut tick = tokio::time::interval_at(
+                tokio::time::Instant::from_std(t0 + phase),
+                request_interval,
+            );
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
             let mut seq = 0u64;
             loop {
@@ -261,15 +302,22 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<LoadReport> {
                 if Instant::now() >= end {
                     return;
                 }
-                let late = due.elapsed() > interval / 2;
-                seq += 1;
-                // The JSON is rendered once per agent; only seq, time and the
-                // counters change (cheap text substitution, so the generator
-                // spends its CPU on requests, not on building JSON).
-                let body = template
+                let late = due.elapsed() > request_interval / 2;
+                let first = seq + 1;
+                seq += ticks;
+                // The JSON is rendered once per agent; only seq and times
+                // change (cheap text substitution, so the generator spends its
+                // CPU on requests, not on building JSON).
+                let now = now_ms();
+                let mut body = template
                     .replace("\"seq\":1,", &format!("\"seq\":{seq},"))
-                    .replace("1795000000000", &now_ms().to_string())
-                    .into_bytes();
+                    .replace("\"first_seq\":999999,", &format!("\"first_seq\":{first},"));
+                for k in 0..ticks {
+                    let at =
+                        now - ((ticks - 1 - k) as f64 * interval.as_secs_f64() * 1000.0) as i64;
+                    body = body.replace(&placeholder_ts(k).to_string(), &at.to_string());
+                }
+                let body = body.into_bytes();
                 let Ok(permit) = Arc::clone(&gate).acquire_owned().await else {
                     return;
                 };
@@ -386,8 +434,10 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<LoadReport> {
     };
     Ok(LoadReport {
         agents: args.agents,
-        batches_per_s: ok_count as f64 / total_for,
-        readings_per_s: (ok_count * readings_per_batch) as f64 / total_for,
+        ticks_per_request: ticks,
+        requests_per_s: ok_count as f64 / total_for,
+        batches_per_s: (ok_count * ticks) as f64 / total_for,
+        readings_per_s: (ok_count * ticks * readings_per_batch) as f64 / total_for,
         failed,
         late_starts,
         p50_ms: pct(0.5),
@@ -408,12 +458,14 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<LoadReport> {
 /// The report as a table row (Markdown).
 pub fn table(reports: &[LoadReport]) -> String {
     let mut out = String::from(
-        "| agents | batches/s | readings/s | p50 ms | p99 ms | max ms | collector p99 ≤ ms | collector ≤ 50 ms | failed | late starts | generator CPU (cores) | collector CPU (cores) | collector peak RSS MiB | collector CPU µs/batch | batches/commit | decode-only batches/s | ingest / decode, per core | /metrics ms | slowest scrape under load, ms |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| agents | ticks/request | requests/s | batches/s | readings/s | p50 ms | p99 ms | max ms | collector p99 ≤ ms | collector ≤ 50 ms | failed | late starts | generator CPU (cores) | collector CPU (cores) | collector peak RSS MiB | collector CPU µs/batch | batches/commit | decode-only batches/s | ingest / decode, per core | /metrics ms | slowest scrape under load, ms |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in reports {
         out += &format!(
-            "| {} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} | {} | {:.2} % | {} | {} | {:.2} | {:.2} | {:.1} | {:.0} | {:.1} | {:.0} | {:.1} % | {:.1} | {:.1} |\n",
+            "| {} | {} | {:.0} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} | {} | {:.2} % | {} | {} | {:.2} | {:.2} | {:.1} | {:.0} | {:.1} | {:.0} | {:.1} % | {:.1} | {:.1} |\n",
             r.agents,
+            r.ticks_per_request,
+            r.requests_per_s,
             r.batches_per_s,
             r.readings_per_s,
             r.p50_ms,

@@ -5,10 +5,11 @@ use std::process::Command;
 
 use dcwatt_sim::launch::bin_dir;
 
-#[test]
-fn load_generator_runs_and_reports() {
+/// One run's table: (header cells, the row's cells, all of stdout).
+fn run(extra: &[&str]) -> (Vec<String>, Vec<String>, String) {
     let out = Command::new(bin_dir().join("dcwatt-sim"))
         .args(["load", "--agents", "40", "--duration-s", "2"])
+        .args(extra)
         .output()
         .expect("dcwatt-sim (build the workspace first)");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -29,12 +30,20 @@ fn load_generator_runs_and_reports() {
         .map(str::trim)
         .collect();
     let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+    let owned = |v: Vec<&str>| v.into_iter().map(String::from).collect();
+    (owned(header), owned(cells), stdout.into_owned())
+}
+
+#[test]
+fn load_generator_runs_and_reports() {
+    let (header, cells, stdout) = run(&[]);
+    let row = &cells.join(" | ");
     let cell = |name: &str| {
         let i = header
             .iter()
-            .position(|h| *h == name)
+            .position(|h| h == name)
             .unwrap_or_else(|| panic!("no column {name:?}: {stdout}"));
-        cells[i]
+        cells[i].as_str()
     };
     let batches: f64 = cell("batches/s").parse().unwrap();
     assert!(batches > 0.0, "{row}");
@@ -45,4 +54,25 @@ fn load_generator_runs_and_reports() {
         .parse()
         .unwrap_or_else(|e| panic!("{e}: {row}"));
     assert!(within > 0.0, "{row}");
+}
+
+/// Merged requests of several ticks (agents with a `ship_interval`) are
+/// accepted: none fails, and each request carries the ticks it claims.
+#[test]
+fn load_generator_sends_merged_ticks() {
+    let (header, cells, stdout) = run(&["--ticks-per-request", "5", "--interval-s", "0.2"]);
+    let cell = |name: &str| -> f64 {
+        let i = header
+            .iter()
+            .position(|h| h == name)
+            .unwrap_or_else(|| panic!("no column {name:?}: {stdout}"));
+        cells[i]
+            .parse()
+            .unwrap_or_else(|e| panic!("{name}: {e}: {stdout}"))
+    };
+    assert_eq!(cell("ticks/request"), 5.0, "{stdout}");
+    assert_eq!(cell("failed"), 0.0, "failed requests: {stdout}");
+    let (requests, batches) = (cell("requests/s"), cell("batches/s"));
+    assert!(requests > 0.0, "{stdout}");
+    assert!((batches - 5.0 * requests).abs() <= 3.0, "{stdout}");
 }

@@ -76,7 +76,19 @@ pub struct CollectorConfig {
     pub client_cert_file: Option<PathBuf>,
     /// The client certificate's private key (PEM).
     pub client_key_file: Option<PathBuf>,
+    /// Shortest time between two steady-state requests to this collector,
+    /// humantime, at most [`MAX_SHIP_INTERVAL`]. Default `0s`: each tick's
+    /// batch is sent at once. Above the agent's `interval`, the batches spooled
+    /// meanwhile go as one merged request (`first_seq..=seq`), so a collector
+    /// takes one request and one durable write per agent per `ship_interval`.
+    #[serde(default, with = "humantime_serde")]
+    pub ship_interval: Option<Duration>,
 }
+
+/// The longest `[[collectors]] ship_interval`: well below the collector's
+/// default `stale_after` (30 s), so the live view never goes stale between two
+/// requests.
+pub const MAX_SHIP_INTERVAL: Duration = Duration::from_secs(15);
 
 /// One `[[sources]]` entry, tagged by `type`.
 ///
@@ -705,12 +717,24 @@ fn build_collector(i: usize, c: CollectorConfig) -> Result<Collector, ConfigErro
             "ca_file and client certificates need an https:// URL",
         ));
     }
+    let ship_interval = c.ship_interval.unwrap_or(Duration::ZERO);
+    if ship_interval > MAX_SHIP_INTERVAL {
+        return Err(invalid(
+            format!("collectors[{i}].ship_interval"),
+            format!(
+                "{} is above the longest accepted, {}",
+                humantime_serde::re::humantime::format_duration(ship_interval),
+                humantime_serde::re::humantime::format_duration(MAX_SHIP_INTERVAL)
+            ),
+        ));
+    }
     Ok(Collector {
         url,
         token,
         timeout: c.timeout,
         ca_pem: ca,
         identity_pem: identity,
+        ship_interval,
     })
 }
 

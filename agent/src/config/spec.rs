@@ -33,6 +33,8 @@ pub struct Collector {
     pub ca_pem: Option<Vec<u8>>,
     /// The client certificate and key (PEM, checked), for mutual TLS.
     pub identity_pem: Option<Vec<u8>>,
+    /// Shortest time between two steady-state requests (zero: each batch at once).
+    pub ship_interval: Duration,
 }
 
 impl std::fmt::Debug for Collector {
@@ -42,6 +44,7 @@ impl std::fmt::Debug for Collector {
             .field("url", &self.url.as_str())
             .field("token", &"<redacted>")
             .field("timeout", &self.timeout)
+            .field("ship_interval", &self.ship_interval)
             .finish()
     }
 }

@@ -119,6 +119,31 @@ fn missing_token_file_names_the_key() {
 }
 
 #[test]
+fn ship_interval_defaults_to_zero_and_is_bounded() {
+    let tok = token_file("t\n");
+    let with = |extra: &str| {
+        build(&format!(
+            "[[collectors]]\nurl = \"http://c:9400\"\ntoken_file = \"{}\"\n{extra}",
+            tok.path().display()
+        ))
+    };
+    assert_eq!(
+        with("").unwrap().collectors[0].ship_interval,
+        Duration::ZERO
+    );
+    assert_eq!(
+        with("ship_interval = \"5s\"\n").unwrap().collectors[0].ship_interval,
+        Duration::from_secs(5)
+    );
+    assert_eq!(
+        with("ship_interval = \"16s\"\n").unwrap_err(),
+        "collectors[0].ship_interval: 16s is above the longest accepted, 15s"
+    );
+    let err = with("ship_interval = \"often\"\n").unwrap_err();
+    assert!(err.contains("ship_interval"), "{err}");
+}
+
+#[test]
 fn empty_token_is_refused() {
     let tok = token_file(" \n");
     let err = build(&format!(
