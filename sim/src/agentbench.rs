@@ -36,6 +36,14 @@ pub struct AgentBenchArgs {
     /// The agent's collection interval (humantime).
     #[arg(long, default_value = "1s")]
     pub interval: String,
+    /// Each Redfish meter's own read interval (humantime; `[[sources]]
+    /// interval`). Default: the agent's interval.
+    #[arg(long)]
+    pub meter_interval: Option<String>,
+    /// With `--with-collector`: the agent's `[[collectors]] ship_interval`
+    /// (humantime). Default: each batch at once.
+    #[arg(long)]
+    pub ship_interval: Option<String>,
     /// Seconds between two scrapes of the agent's `/metrics` while CPU is
     /// measured (default: node_exporter's, as one Prometheus scrapes both).
     #[arg(long, default_value_t = 15.0)]
@@ -346,9 +354,15 @@ pub async fn run(args: &AgentBenchArgs) -> anyhow::Result<AgentBenchReport> {
             &dir.join("collector.log"),
         )?;
         agent_toml += &format!(
-            "\n[[collectors]]\nurl = {}\ntoken_file = {}\n\n[spool]\ndir = {}\n",
+            "\n[[collectors]]\nurl = {}\ntoken_file = {}\n",
             toml_str(&c.url()),
             toml_str(&token_file.display().to_string()),
+        );
+        if let Some(every) = &args.ship_interval {
+            agent_toml += &format!("ship_interval = {}\n", toml_str(every));
+        }
+        agent_toml += &format!(
+            "\n[spool]\ndir = {}\n",
             toml_str(&dir.join("spool").display().to_string())
         );
         Some(c)
@@ -365,6 +379,9 @@ pub async fn run(args: &AgentBenchArgs) -> anyhow::Result<AgentBenchReport> {
             toml_str(&m.id),
             toml_str(&m.url)
         );
+        if let Some(every) = &args.meter_interval {
+            agent_toml += &format!("interval = {}\n", toml_str(every));
+        }
     }
     let agent_conf = dir.join("agent.toml");
     std::fs::write(&agent_conf, agent_toml)

@@ -56,7 +56,16 @@ fn agent_bench_runs_and_reports() {
 
 #[test]
 fn agent_bench_with_collector_runs() {
-    let stdout = agent_bench(&["--with-collector", "--no-node-exporter"]);
+    // With the meters read every 2 s and batches shipped every 2 s: the
+    // agent takes both settings (a refused config fails the run).
+    let stdout = agent_bench(&[
+        "--with-collector",
+        "--no-node-exporter",
+        "--meter-interval",
+        "2s",
+        "--ship-interval",
+        "2s",
+    ]);
     row(&stdout, "dcwatt-agent");
     row(&stdout, "dcwatt-collector");
 }
