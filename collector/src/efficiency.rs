@@ -14,7 +14,7 @@
 //! [`crate::efficiency_html`] renders it as one self-contained page.
 //!
 //! Size: one report: its periods, figures, provenance and CSV; each part is
-//! short and they share private helpers.
+//! short and they share private functions.
 
 use std::collections::BTreeMap;
 

@@ -7,7 +7,7 @@
 //! GPUs: derived at export, never kept twice.
 //!
 //! Size: the live state and `apply`, the one place a batch changes memory;
-//! its helpers share the state's private fields.
+//! the functions around it share the state's private fields.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
