@@ -209,7 +209,7 @@ fn time(what: &str, plan: Plan, per_call: usize, mut op: impl FnMut()) -> Row {
 
 /// Runs every row.
 pub fn run(plan: Plan) -> Vec<Row> {
-    let now = dcwatt_collector::api::now_ms();
+    let now = dcwatt_wire::time::now_ms();
     let site = site(plan.agents);
     let mut rows = Vec::new();
 

@@ -53,8 +53,10 @@ use std::collections::BTreeMap;
 use rusqlite::{params, OptionalExtension};
 use serde::Serialize;
 
-use crate::config::{Meter, Role, Site};
+use dcwatt_wire::time::{DAY_MS, HOUR_MS, MINUTE_MS};
+
 use crate::energy::{max_step, RATE_SLACK};
+use crate::site::{Meter, Role, Site};
 use crate::state::{Changes, State};
 use crate::store::{Resolution, Store, StoreError};
 
@@ -141,10 +143,6 @@ CREATE TABLE IF NOT EXISTS meter_span (
     end_ms INTEGER NOT NULL
 ) WITHOUT ROWID;
 ";
-
-const HOUR_MS: i64 = 3_600_000;
-const DAY_MS: i64 = 86_400_000;
-const MINUTE_MS: i64 = 60_000;
 
 /// Creates the tables; in a database that held energy before them, records
 /// where the bounds' history starts (see the module docs).
@@ -612,7 +610,7 @@ mod tests {
         .build()
         .unwrap();
         // Nothing reported yet: the whole period is unreported, bounded by the rating.
-        let b = period_bounds(&store, &site, 0, 60_000, Resolution::Minute).unwrap();
+        let b = period_bounds(&store, &site, 0, MINUTE_MS, Resolution::Minute).unwrap();
         assert_eq!(b.events.len(), 1);
         assert_eq!(b.events[0].kind, "not_reported");
         let s = b.spreads[&("default".to_owned(), Role::Facility)];
@@ -626,7 +624,7 @@ mod tests {
     fn a_database_from_before_bounds_keeps_its_complete_past() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("old.sqlite");
-        let t = 1_795_000_000_000i64.div_euclid(DAY_MS) * DAY_MS + 3_600_000;
+        let t = 1_795_000_000_000i64.div_euclid(DAY_MS) * DAY_MS + HOUR_MS;
         {
             let store = Store::open(&path).unwrap();
             store
@@ -635,7 +633,7 @@ mod tests {
                 .unwrap();
             for (k, complete) in [(0, true), (1, true), (2, false)] {
                 let m = t + k * MINUTE_MS;
-                for (res, start) in [("minute", m), ("hour", t), ("day", t - 3_600_000)] {
+                for (res, start) in [("minute", m), ("hour", t), ("day", t - HOUR_MS)] {
                     for (role, joules) in [("facility", 1.2e6), ("it", 1.0e6)] {
                         store
                             .conn
@@ -659,7 +657,7 @@ mod tests {
             }
         }
         let store = Store::open(&path).unwrap();
-        assert_eq!(bounds_since(&store).unwrap(), Some(t - 3_600_000 + DAY_MS));
+        assert_eq!(bounds_since(&store).unwrap(), Some(t - HOUR_MS + DAY_MS));
         let site = crate::config::Config::from_toml(
             "[[meters]]\nid = \"f\"\nrole = \"facility\"\n\
              [[meters]]\nid = \"i\"\nrole = \"it\"\nit_point = \"it_input\"",
@@ -679,7 +677,7 @@ mod tests {
         // Opening again keeps the instant.
         drop(store);
         let store = Store::open(&path).unwrap();
-        assert_eq!(bounds_since(&store).unwrap(), Some(t - 3_600_000 + DAY_MS));
+        assert_eq!(bounds_since(&store).unwrap(), Some(t - HOUR_MS + DAY_MS));
     }
 
     /// A reset and a swap are stored with their times: after a restart the
@@ -770,7 +768,7 @@ mod tests {
             10_000.0,
             0.0,
             1000.0,
-            (60_000, 240_000),
+            (MINUTE_MS, 240_000),
         );
         assert_eq!(
             s,

@@ -3,12 +3,19 @@
 //!
 //! [`Config`] is what the file says; [`Config::build`] validates it into a
 //! [`Site`], the runtime form, or names the offending key and why.
+//!
+//! Size: every TOML section with its defaults and its validation into a
+//! `Site`; the domain types are to move to their own module.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
+
+pub use crate::site::{
+    token_hash, ItPoint, Meter, ReferencePue, Role, Site, Synchronous, TlsConfig,
+};
 
 /// A configuration error: the key (TOML path) and what is wrong with it.
 #[derive(Debug, thiserror::Error)]
@@ -173,16 +180,6 @@ impl Default for ReportConfig {
     }
 }
 
-/// One reference PUE the report compares the measured PUE with.
-#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct ReferencePue {
-    /// What it is, e.g. `Uptime Institute 2024 industry average`.
-    pub name: String,
-    /// The reference value, 1 to 10.
-    pub pue: f64,
-}
-
 /// The most reference values `[report] reference_pue` may list.
 pub const MAX_REFERENCES: usize = 16;
 
@@ -265,18 +262,6 @@ pub struct LedgerConfig {
     pub collector_id: Option<String>,
 }
 
-/// SQLite's `synchronous` setting for the store (WAL mode).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Synchronous {
-    /// Every transaction synced before it counts as committed (one fsync per
-    /// group commit, shared by every batch in the group).
-    #[default]
-    Full,
-    /// Synced at checkpoints only.
-    Normal,
-}
-
 /// The operator principal.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -292,18 +277,6 @@ pub struct MetricsConfig {
     /// SHA-256 of the bearer token Prometheus presents (its `authorization`
     /// setting), 64 hex digits. It reads `/metrics` only.
     pub token_sha256: String,
-}
-
-/// `[tls]`: the listener's certificate, and client certificates for mutual TLS.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsConfig {
-    /// The server certificate chain, PEM.
-    pub cert_file: std::path::PathBuf,
-    /// Its private key, PEM (PKCS#8, PKCS#1 or SEC1).
-    pub key_file: std::path::PathBuf,
-    /// When set, every client must present a certificate signed by this CA (PEM).
-    pub client_ca_file: Option<std::path::PathBuf>,
 }
 
 /// One agent allowed to post batches.
@@ -353,81 +326,6 @@ pub struct MeterConfig {
     /// role `it`). The node's energy beyond its GPUs' is shared among the
     /// tenants of its GPUs by GPU time, into their ledger rows.
     pub node: Option<String>,
-}
-
-/// What a meter measures.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Role {
-    /// The facility's total input (utility feed): PUE's numerator.
-    Facility,
-    /// IT load: PUE's denominator.
-    It,
-    /// Cooling plant (CDUs, chillers, dry coolers, pumps).
-    Cooling,
-    /// Power infrastructure losses (UPS, transformers, distribution).
-    PowerInfra,
-    /// Anything else (lighting, offices).
-    Other,
-    /// Energy exported for reuse (waste heat to a district network): ERF's numerator.
-    Reused,
-    /// Renewable energy supplied to the facility: REF's numerator.
-    Renewable,
-    /// Site water input (make-up, humidification, adiabatic cooling): WUE's
-    /// numerator. Its counter is a volume (m³), never an energy: it counts in
-    /// no energy total, PUE or coverage of PUE.
-    Water,
-}
-
-impl Role {
-    /// Every role.
-    pub const ALL: [Role; 8] = [
-        Role::Facility,
-        Role::It,
-        Role::Cooling,
-        Role::PowerInfra,
-        Role::Other,
-        Role::Reused,
-        Role::Renewable,
-        Role::Water,
-    ];
-
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Facility => "facility",
-            Role::It => "it",
-            Role::Cooling => "cooling",
-            Role::PowerInfra => "power_infra",
-            Role::Other => "other",
-            Role::Reused => "reused",
-            Role::Renewable => "renewable",
-            Role::Water => "water",
-        }
-    }
-}
-
-/// Where IT energy is measured (ISO/IEC 30134-2 PUE categories).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ItPoint {
-    /// UPS output: category 1.
-    UpsOutput,
-    /// PDU output: category 2.
-    PduOutput,
-    /// IT equipment input: category 3.
-    ItInput,
-}
-
-impl ItPoint {
-    /// The ISO/IEC 30134-2 category number.
-    pub fn category(self) -> u8 {
-        match self {
-            ItPoint::UpsOutput => 1,
-            ItPoint::PduOutput => 2,
-            ItPoint::ItInput => 3,
-        }
-    }
 }
 
 fn default_listen() -> String {
@@ -529,139 +427,6 @@ impl Default for UtilizationConfig {
 
 fn default_idle_sm_active_below() -> f64 {
     0.05
-}
-
-/// A meter as the collector uses it.
-#[derive(Debug, Clone)]
-pub struct Meter {
-    /// Role.
-    pub role: Role,
-    /// Zone.
-    pub zone: String,
-    /// IT measurement point (role `it` only).
-    pub it_point: Option<ItPoint>,
-    /// See [`MeterConfig::nominal_max_watts`].
-    pub nominal_max_watts: Option<f64>,
-    /// See [`MeterConfig::nominal_max_cubic_meters_per_hour`].
-    pub nominal_max_cubic_meters_per_hour: Option<f64>,
-    /// See [`MeterConfig::parent`].
-    pub parent: Option<String>,
-    /// See [`MeterConfig::node`].
-    pub node: Option<String>,
-}
-
-impl Meter {
-    /// Whether the meter counts in its role's totals: not a sub-meter.
-    pub fn counted(&self) -> bool {
-        self.parent.is_none()
-    }
-}
-
-/// The validated runtime configuration.
-#[derive(Debug, Clone)]
-pub struct Site {
-    /// Listen address as configured (`main` binds it).
-    pub listen: String,
-    /// See [`Config::stale_after`], in ms.
-    pub stale_after_ms: i64,
-    /// See [`Config::max_gap`], in ms.
-    pub max_gap_ms: i64,
-    /// See [`Config::max_reading_age`], in ms.
-    pub max_age_ms: i64,
-    /// See [`Config::max_clock_skew`], in ms.
-    pub max_future_ms: i64,
-    /// See [`Config::max_body_bytes`].
-    pub max_body_bytes: usize,
-    /// See [`Config::max_readings_per_batch`].
-    pub max_readings: usize,
-    /// See [`Config::pue_it_floor_watts`].
-    pub pue_it_floor_watts: f64,
-    /// See [`Config::pue_max_ratio`].
-    pub pue_max_ratio: f64,
-    /// See [`PueConfig::max_uncertainty`].
-    pub pue_max_uncertainty: f64,
-    /// See [`UtilizationConfig::idle_sm_active_below`].
-    pub idle_sm_active_below: f64,
-    /// See [`Config::carbon_intensity_kg_per_kwh`].
-    pub carbon_intensity_kg_per_kwh: Option<f64>,
-    /// See [`ReportConfig::reference_pue`].
-    pub reference_pue: Vec<ReferencePue>,
-    /// SHA-256 of the configuration file as read (hex); `None` when built
-    /// from text.
-    pub config_sha256: Option<String>,
-    /// See [`Config::meter_tree_tolerance`].
-    pub meter_tree_tolerance: f64,
-    /// Facility and IT meters (those PUE needs) per zone.
-    pub required_per_zone: std::collections::BTreeMap<String, usize>,
-    /// Water meters that count (not sub-meters), all zones: those WUE needs.
-    pub water_meters: usize,
-    /// The SQLite database, if state is kept.
-    pub ledger_path: Option<std::path::PathBuf>,
-    /// See [`LedgerConfig::synchronous`].
-    pub ledger_synchronous: Synchronous,
-    /// See [`LedgerConfig::close_after`], in ms.
-    pub close_after_ms: i64,
-    /// The checkpoint signing key ([`LedgerConfig::signing_key_file`]), read at start.
-    pub ledger_key: Option<ed25519_dalek::SigningKey>,
-    /// See [`LedgerConfig::collector_id`].
-    pub collector_id: String,
-    /// SHA-256 of each tenant's token → tenant id.
-    pub tenant_tokens: HashMap<[u8; 32], String>,
-    /// The leases in force (reloadable).
-    pub leases: crate::tenants::LeaseBook,
-    /// The file this was read from, for reloading leases.
-    pub config_path: Option<std::path::PathBuf>,
-    /// SHA-256 of the operator token, if one is configured.
-    pub operator_token: Option<[u8; 32]>,
-    /// SHA-256 of the scrape token (`[metrics]`), if one is configured.
-    pub metrics_token: Option<[u8; 32]>,
-    /// SHA-256 of each agent's token → agent id.
-    pub agent_tokens: HashMap<[u8; 32], String>,
-    /// Agent id → the meters it may report (empty: none).
-    pub agent_meters: HashMap<String, HashSet<String>>,
-    /// Meters by id.
-    pub meters: HashMap<String, Meter>,
-    /// Agent id → the zone of its node.
-    pub agent_zones: HashMap<String, String>,
-    /// Nodes whose input power a meter measures.
-    pub metered_nodes: HashSet<String>,
-    /// Every zone named by a meter or an agent.
-    pub zones: std::collections::BTreeSet<String>,
-    /// Thermal excursion limits.
-    pub thermal: crate::thermal::ThermalConfig,
-    /// How GPU-minutes are judged for service levels.
-    pub sla: crate::delivery::SlaConfig,
-    /// Declared site power events.
-    pub power_events: Vec<crate::delivery::PowerEvent>,
-    /// Each tenant's availability target, where one is set.
-    pub availability_targets: std::collections::BTreeMap<String, f64>,
-    /// TLS, if configured.
-    pub tls: Option<TlsConfig>,
-    /// Connection limits of the listener.
-    pub limits: crate::serve::Limits,
-    /// See [`Config::request_timeout`].
-    pub request_timeout: Duration,
-    /// See [`Config::agent_batches_per_second`].
-    pub agent_rate: f64,
-    /// See [`Config::agent_batch_burst`].
-    pub agent_burst: u32,
-    /// See [`Config::max_gpus_per_agent`].
-    pub max_gpus_per_agent: usize,
-}
-
-impl Site {
-    /// The configured meters that no agent may report (no `[[agents]]`
-    /// lists them): they will never count, which is likely a mistake.
-    pub fn unreported_meters(&self) -> Vec<&str> {
-        let mut out: Vec<&str> = self
-            .meters
-            .keys()
-            .filter(|m| !self.agent_meters.values().any(|a| a.contains(*m)))
-            .map(String::as_str)
-            .collect();
-        out.sort_unstable();
-        out
-    }
 }
 
 impl Config {
@@ -1130,11 +895,6 @@ fn parse_sha256(key: &str, text: &str) -> Result<[u8; 32], ConfigError> {
     hex::decode_to_slice(text.trim(), &mut out)
         .map_err(|_| invalid(key, "must be 64 hex digits (the SHA-256 of the token)"))?;
     Ok(out)
-}
-
-/// SHA-256 of a bearer token, as stored in the config.
-pub fn token_hash(token: &str) -> [u8; 32] {
-    Sha256::digest(token.as_bytes()).into()
 }
 
 #[cfg(test)]

@@ -32,6 +32,9 @@
 //! not available (UUID, state, reason, cause, ms); the row's hash covers the
 //! sorted list through its digest ([`dcwatt_verify::row::delivery_digest`]),
 //! so storage grows with incidents, not with GPUs.
+//!
+//! Size: the delivery rules, their per-GPU tracker, storage and reports form
+//! one rule set (documented for tenants in `docs/tenants.md`).
 
 use std::collections::BTreeMap;
 
@@ -40,73 +43,16 @@ use serde::{Deserialize, Serialize};
 
 use dcwatt_wire::Quantity;
 
-use crate::config::Site;
+use dcwatt_wire::time::{DAY_MS, MINUTE_MS};
+
+use crate::site::Site;
 use crate::store::StoreError;
 
 /// The most unknown minutes booked for one silence of one GPU (one day):
 /// a GPU back after longer is booked unknown for the day before its return.
 pub const UNKNOWN_GAP_MAX_MINUTES: i64 = 1440;
 
-const MINUTE_MS: i64 = 60_000;
-
-/// `[sla]`: how GPU-minutes are judged.
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SlaConfig {
-    /// A minute throttled (thermal, power brake, cap below default) for more
-    /// than this share of its covered time is degraded. Default 0.1.
-    #[serde(default = "default_degraded_share")]
-    pub degraded_share: f64,
-    /// A minute down for more than this share of its covered time is down.
-    /// Default 0 (any down time).
-    #[serde(default)]
-    pub down_share: f64,
-    /// How long after a GPU's silent minute ends (no reading of it) it is
-    /// booked `unknown` without waiting for the GPU to report again: time
-    /// for an agent's spooled batches to arrive after a network outage.
-    /// At least the ledger's `close_after`, at most a day. Default 5 min.
-    #[serde(default = "default_silence_after", with = "humantime_serde")]
-    pub silence_after: std::time::Duration,
-}
-
-fn default_silence_after() -> std::time::Duration {
-    std::time::Duration::from_secs(300)
-}
-
-fn default_degraded_share() -> f64 {
-    0.1
-}
-
-impl Default for SlaConfig {
-    fn default() -> Self {
-        SlaConfig {
-            degraded_share: default_degraded_share(),
-            down_share: 0.0,
-            silence_after: default_silence_after(),
-        }
-    }
-}
-
-impl SlaConfig {
-    /// Checks the shares: `(key, why)` of the first bad one.
-    pub fn validate(&self) -> Result<(), (&'static str, String)> {
-        for (key, v) in [
-            ("degraded_share", self.degraded_share),
-            ("down_share", self.down_share),
-        ] {
-            if !(v.is_finite() && (0.0..1.0).contains(&v)) {
-                return Err((key, format!("{v} is not a share in [0, 1)")));
-            }
-        }
-        if self.silence_after > std::time::Duration::from_secs(86_400) {
-            return Err((
-                "silence_after",
-                format!("{:?} is longer than a day", self.silence_after),
-            ));
-        }
-        Ok(())
-    }
-}
+pub use crate::site::{PowerEvent, SlaConfig};
 
 /// `[[power_events]]`: a site power event the operator declares (a utility
 /// outage, a UPS or PDU failure, a breaker trip): the degraded, down and
@@ -125,17 +71,6 @@ pub struct PowerEventConfig {
     /// What happened (for the operator; not used).
     #[serde(default)]
     pub note: String,
-}
-
-/// A site power event, validated.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PowerEvent {
-    /// Its zone; `None`: every zone.
-    pub zone: Option<String>,
-    /// Start, Unix ms.
-    pub from_ms: i64,
-    /// End (exclusive), Unix ms.
-    pub to_ms: i64,
 }
 
 /// Validates `[[power_events]]` against the configured zones.
@@ -162,7 +97,7 @@ pub fn build_power_events(
                 "must be after from",
             ));
         }
-        if to_ms - from_ms > 31 * 86_400_000 {
+        if to_ms - from_ms > 31 * DAY_MS {
             return Err(invalid(
                 format!("power_events[{i}].to"),
                 "an event longer than 31 days is not a power event",
@@ -287,7 +222,7 @@ struct MinuteTime {
 
 /// An XID seen at most this long before a GPU went down (or while it is
 /// down) is taken as what put it down: its down minutes say `xid`.
-pub const XID_TOOK_IT_OUT_MS: i64 = 60_000;
+pub const XID_TOOK_IT_OUT_MS: i64 = MINUTE_MS;
 
 /// The reason a down minute gives for the agent's down reason code (wire
 /// `DOWN_REASONS`): `lost` (fell off the bus), `reset_required`,
@@ -1101,7 +1036,7 @@ fn per_lease(
             ms.entry((*id).to_owned()).or_default()[0] += part;
         }
     }
-    let min = |v: i64| v as f64 / 60_000.0;
+    let min = |v: i64| v as f64 / MINUTE_MS as f64;
     Ok(ms
         .into_iter()
         .map(|(id, [a, dg, dn, u])| {
@@ -1304,9 +1239,9 @@ pub fn service(
                 _ => &mut ByCause::default(),
             };
             match e.state.as_str() {
-                "degraded" => by.degraded_gpu_minutes += e.ms as f64 / 60_000.0,
-                "down" => by.down_gpu_minutes += e.ms as f64 / 60_000.0,
-                "unknown" => by.unknown_gpu_minutes += e.ms as f64 / 60_000.0,
+                "degraded" => by.degraded_gpu_minutes += e.ms as f64 / MINUTE_MS as f64,
+                "down" => by.down_gpu_minutes += e.ms as f64 / MINUTE_MS as f64,
+                "unknown" => by.unknown_gpu_minutes += e.ms as f64 / MINUTE_MS as f64,
                 _ => {}
             }
             runs.entry((
@@ -1351,11 +1286,11 @@ pub fn service(
                 reason,
                 cause,
                 gpus,
-                gpu_minutes: total as f64 / 60_000.0,
+                gpu_minutes: total as f64 / MINUTE_MS as f64,
             },
         )
         .collect();
-    let min = |v: i64| v as f64 / 60_000.0;
+    let min = |v: i64| v as f64 / MINUTE_MS as f64;
     let [a, dg, dn, u] = ms;
     let observed = a.saturating_add(dg).saturating_add(dn);
     let ratio = |num: i64| (observed > 0).then(|| num as f64 / observed as f64);
@@ -1439,7 +1374,7 @@ mod tests {
     #[test]
     fn minutes_are_judged_by_held_time() {
         let mut t = Tracker::default();
-        let base = 1_800_000_000_000 / 60_000 * 60_000;
+        let base = 1_800_000_000_000 / MINUTE_MS * MINUTE_MS;
         let mut ticks: Vec<(i64, Vec<(Quantity, f64)>)> = Vec::new();
         // Minute 0 available, minute 1 throttled 20 s (degraded), minute 2
         // throttled 5 s (available), minute 3 down 10 s (down), then silent
@@ -1467,7 +1402,7 @@ mod tests {
         let out = run(&mut t, &refs);
         let states: Vec<(i64, &str, &str)> = out
             .iter()
-            .map(|d| ((d.minute_ms - base) / 60_000, d.state.as_str(), d.reason))
+            .map(|d| ((d.minute_ms - base) / MINUTE_MS, d.state.as_str(), d.reason))
             .collect();
         assert_eq!(
             states,
@@ -1486,7 +1421,7 @@ mod tests {
 
     #[test]
     fn a_down_minute_gives_the_agents_reason_or_the_xid() {
-        let base = 1_800_000_000_000 / 60_000 * 60_000;
+        let base = 1_800_000_000_000 / MINUTE_MS * MINUTE_MS;
         // (code sent with gpu_up 0, XID counter rising this long before
         // the GPU went down, reason wanted)
         for (code, xid_before, want) in [
@@ -1527,7 +1462,7 @@ mod tests {
             let got: Vec<(i64, &str)> = out
                 .iter()
                 .filter(|d| d.state == DeliveryState::Down)
-                .map(|d| ((d.minute_ms - base) / 60_000, d.reason))
+                .map(|d| ((d.minute_ms - base) / MINUTE_MS, d.reason))
                 .collect();
             assert_eq!(got, vec![(3, want)], "{code:?} {xid_before:?}");
         }
@@ -1535,7 +1470,7 @@ mod tests {
 
     #[test]
     fn a_cap_counts_only_below_the_default_limit() {
-        let base = 1_800_000_000_000 / 60_000 * 60_000;
+        let base = 1_800_000_000_000 / MINUTE_MS * MINUTE_MS;
         for (limit, want) in [(700.0, "available"), (500.0, "degraded")] {
             let mut t = Tracker::default();
             let mut ticks = Vec::new();
@@ -1559,7 +1494,7 @@ mod tests {
 
     #[test]
     fn a_tracker_persisted_mid_minute_goes_on_the_same() {
-        let base = 1_800_000_000_000 / 60_000 * 60_000;
+        let base = 1_800_000_000_000 / MINUTE_MS * MINUTE_MS;
         let steady: &[(Quantity, f64)] = &[
             (Quantity::GpuUp, 1.0),
             (Quantity::PowerLimitWatts, 700.0),

@@ -12,19 +12,21 @@
 //! is read from the ledger database: `dcwatt-collector report efficiency`
 //! (offline) and `GET /v1/reports/efficiency` (operator) give the same one.
 //! [`crate::efficiency_html`] renders it as one self-contained page.
+//!
+//! Size: one report: its periods, figures, provenance and CSV; each part is
+//! short and they share private functions.
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use dcwatt_wire::time::{civil_from_days, days_from_civil, month_of, DAY_MS, HOUR_MS};
+
 use crate::bounds::{self, EventView};
-use crate::config::{Role, Site};
-use crate::statement::{civil_from_days, days_from_civil, month_of};
+use crate::site::{Role, Site};
 use crate::store::{Resolution, Store, StoreError};
 use crate::windows::{self, Period};
 
-const DAY_MS: i64 = 86_400_000;
-const HOUR_MS: i64 = 3_600_000;
 const JOULES_PER_KWH: f64 = 3.6e6;
 
 /// The most events a report lists (the rest are counted in `events_left_out`).
@@ -54,10 +56,8 @@ pub fn parse_day(key: &'static str, text: &str) -> Result<i64, ReportError> {
     } else if let Ok(ms) = text.parse::<i64>() {
         ms
     } else {
-        humantime_serde::re::humantime::parse_rfc3339(text)
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .and_then(|d| i64::try_from(d.as_millis()).ok())
+        dcwatt_wire::time::parse_rfc3339_ms(text)
+            .filter(|ms| *ms >= 0)
             .ok_or_else(|| {
                 bad(format!(
                     "{text:?} is neither a date (2026-01-01), RFC 3339 (2026-01-01T00:00:00Z) nor Unix milliseconds"
@@ -395,11 +395,11 @@ pub struct MeterRow {
     pub events: usize,
 }
 
-fn point_name(p: crate::config::ItPoint) -> &'static str {
+fn point_name(p: crate::site::ItPoint) -> &'static str {
     match p {
-        crate::config::ItPoint::UpsOutput => "ups_output",
-        crate::config::ItPoint::PduOutput => "pdu_output",
-        crate::config::ItPoint::ItInput => "it_input",
+        crate::site::ItPoint::UpsOutput => "ups_output",
+        crate::site::ItPoint::PduOutput => "pdu_output",
+        crate::site::ItPoint::ItInput => "it_input",
     }
 }
 
@@ -660,7 +660,7 @@ pub fn report(
                 role: m.role.as_str(),
                 zone: m.zone.clone(),
                 it_point: m.it_point.map(point_name),
-                category: m.it_point.map(crate::config::ItPoint::category),
+                category: m.it_point.map(crate::site::ItPoint::category),
                 parent: m.parent.clone(),
                 nominal_max_watts: m.nominal_max_watts,
                 nominal_max_cubic_meters_per_hour: m.nominal_max_cubic_meters_per_hour,

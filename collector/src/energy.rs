@@ -11,6 +11,8 @@
 
 use std::collections::VecDeque;
 
+use dcwatt_wire::time::MINUTE_MS;
+
 /// Energy attributed to a time span.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Span {
@@ -307,9 +309,6 @@ impl Curve {
     }
 }
 
-/// The width of the base energy window: one UTC minute.
-pub const MINUTE_MS: i64 = 60_000;
-
 /// A meter's energy in one UTC minute `[minute_ms, minute_ms + 60 s)`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct MinuteEnergy {
@@ -498,7 +497,7 @@ mod tests {
             out,
             vec![
                 MinuteEnergy {
-                    minute_ms: 60_000,
+                    minute_ms: MINUTE_MS,
                     joules: 6000.0,
                     complete: true
                 },

@@ -2,21 +2,24 @@
 //! from the live state at scrape time. Energies are exported as counters so that
 //! `increase(facility) / increase(it)` gives the PUE of any window across any
 //! number of collectors.
+//!
+//! Size: the whole Prometheus exposition, every family with its help text in
+//! one place (the metric list reads top to bottom).
 
 use dcwatt_expo::{encode, Family};
 
-use crate::config::Site;
 use crate::figures::Figures;
 use crate::names as n;
+use crate::site::Site;
 use crate::state::State;
 
 /// The collector's own families: the group commit's transactions and the
 /// batches they held (their ratio is the mean group size), and the ingest
-/// latency histogram (`(buckets, sum, count)`).
+/// latency histogram.
 pub fn self_families(
     commits: u64,
     batches: u64,
-    latency: (Vec<(f64, u64)>, f64, u64),
+    latency: crate::latency::LatencySnapshot,
 ) -> Vec<Family> {
     let mut c = Family::counter(
         n::STORE_COMMITS_TOTAL,
@@ -28,7 +31,11 @@ pub fn self_families(
         "Batches written by the group commit (÷ commits: the mean group size).",
     );
     b.add(&[], batches as f64);
-    let (buckets, sum, count) = latency;
+    let crate::latency::LatencySnapshot {
+        buckets,
+        sum_s: sum,
+        count,
+    } = latency;
     let l = Family::histogram(
         n::INGEST_REQUEST_DURATION_SECONDS,
         "Time to answer POST /v1/batches, from the handler's start (headers read) to its answer, including the wait for the group commit.",
@@ -529,14 +536,14 @@ fn thermal_families(state: &State, site: &Site) -> [Family; 4] {
     let mut cdus = gpus.clone();
     let mut open_gpus: BTreeSet<(&str, &str)> = BTreeSet::new();
     let open = state.open_excursions(site);
-    for (zone, entity_kind, entity, _, _) in &open {
-        if open_gpus.insert((entity_kind, entity)) {
-            let map = if *entity_kind == "gpu" {
+    for e in &open {
+        if open_gpus.insert((e.entity_kind, e.entity.as_str())) {
+            let map = if e.entity_kind == "gpu" {
                 &mut gpus
             } else {
                 &mut cdus
             };
-            *map.entry(zone.as_str()).or_default() += 1.0;
+            *map.entry(e.zone.as_str()).or_default() += 1.0;
         }
     }
     let mut in_excursion = Family::gauge(

@@ -12,15 +12,14 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::config::{Role, Site};
 use crate::pue::{self, NoPue};
+use crate::site::{Role, Site};
 use crate::state::{MeterState, State};
 
 /// The live window's label.
 pub const LIVE_WINDOW: &str = "5m";
 
-/// The live window's length: how much of its energy curve each meter keeps.
-pub const LIVE_WINDOW_MS: i64 = 300_000;
+pub use crate::state::LIVE_WINDOW_MS;
 
 /// One energy-based PUE figure over a trailing window.
 #[derive(Debug, Clone, Serialize)]

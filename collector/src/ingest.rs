@@ -7,7 +7,8 @@
 
 use dcwatt_wire::{Batch, Entity, Quantity, VERSION};
 
-use crate::config::{token_hash, Site};
+use crate::site::token_hash;
+use crate::site::Site;
 
 /// Why a request was refused; each maps to one HTTP status.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -299,6 +300,7 @@ fn check_value(q: Quantity, v: f64) -> Result<(), String> {
 mod tests {
     use super::*;
     use crate::config::Config;
+    use dcwatt_wire::time::{DAY_MS, HOUR_MS};
     use dcwatt_wire::Reading;
 
     fn site() -> Site {
@@ -357,8 +359,8 @@ mod tests {
             (batch(-1.0, now), "readings[0].value"),
             (batch(f64::NAN, now), "not a finite"),
             (batch(f64::INFINITY, now), "not a finite"),
-            (batch(1.0, now - 400 * 86_400_000), "readings[0].ts_ms"),
-            (batch(1.0, now + 3_600_000), "readings[0].ts_ms"),
+            (batch(1.0, now - 400 * DAY_MS), "readings[0].ts_ms"),
+            (batch(1.0, now + HOUR_MS), "readings[0].ts_ms"),
         ] {
             let e = validate(&b, "a1", &s, now).unwrap_err().to_string();
             assert!(e.contains(needle), "{e}");

@@ -22,13 +22,18 @@
 //! minute is complete (`pue_basis = "minute"`); otherwise the trailing 24 h PUE
 //! if that window is complete (`"24h"`); otherwise none (`"none"`, no
 //! facility energy in the row).
+//!
+//! Size: the ledger's schema, row format, chaining and the minute close that
+//! books it; a candidate to move under `store/`.
 
 use rusqlite::{params, OptionalExtension};
 use serde::Serialize;
 
-use crate::config::Site;
+use dcwatt_wire::time::MINUTE_MS;
+
 use crate::energy::MinuteEnergy;
 use crate::pue;
+use crate::site::Site;
 use crate::store::{Store, StoreError};
 
 /// The ledger's tables.
@@ -163,7 +168,7 @@ pub fn attribute(
     minutes: &[(String, String, MinuteEnergy)],
 ) -> Result<(), StoreError> {
     for (uuid, node, w) in minutes {
-        let end = w.minute_ms + 60_000;
+        let end = w.minute_ms + MINUTE_MS;
         for (owner, joules, ms) in site
             .leases
             .attribute(node, uuid, w.minute_ms, end, w.joules)
@@ -193,12 +198,7 @@ pub fn attribute(
     Ok(())
 }
 
-/// How long after the close that first saw a metered node-minute it is
-/// kept, so that late GPU minutes adjust its share (ms).
-pub const NODE_KEEP_MS: i64 = 3_600_000;
-/// How long after the close that first saw it a node-minute waits for GPUs
-/// of the node that have not reported their minute (then taken as down), ms.
-pub const NODE_WAIT_MS: i64 = 300_000;
+pub use crate::modules::{NODE_KEEP_MS, NODE_WAIT_MS};
 
 /// Shares each metered node-minute up to `cutoff` among the owners of its
 /// GPUs: the node meter's energy less its GPUs' energy (never below 0), split
@@ -248,7 +248,7 @@ fn share_nodes(tx: &rusqlite::Transaction<'_>, cutoff: i64, now_ms: i64) -> Resu
             .collect::<Result<_, _>>()?;
         let gpu_joules: f64 = owners.iter().map(|o| o.1).sum();
         let gpu_ms: i64 = owners.iter().map(|o| o.2).sum();
-        let all_in = expected.is_some_and(|n| gpu_ms >= n.saturating_mul(60_000));
+        let all_in = expected.is_some_and(|n| gpu_ms >= n.saturating_mul(MINUTE_MS));
         let ready = shared == 2 || all_in || seen <= now_ms.saturating_sub(NODE_WAIT_MS);
         if !ready || gpu_ms <= 0 {
             continue;
@@ -313,12 +313,12 @@ pub fn attribute_stats(
     for (uuid, node, st) in stats {
         for (owner, ms) in site
             .leases
-            .split(node, uuid, st.minute_ms, st.minute_ms + 60_000)
+            .split(node, uuid, st.minute_ms, st.minute_ms + MINUTE_MS)
         {
             if ms <= 0 {
                 continue;
             }
-            let frac = ms as f64 / 60_000.0;
+            let frac = ms as f64 / MINUTE_MS as f64;
             // Activity: each GPU's minute mean weighted by the owner's GPU
             // time of it; idle energy shared by time like the GPU's energy,
             // present wherever the GPU has GPM.
@@ -361,7 +361,7 @@ pub fn attribute_excursion(
     tenant: &str,
     opened_ms: i64,
 ) -> Result<(), StoreError> {
-    let minute = opened_ms.div_euclid(60_000) * 60_000;
+    let minute = opened_ms.div_euclid(MINUTE_MS) * MINUTE_MS;
     tx.prepare_cached(
         "INSERT INTO tenant_open (minute_ms, tenant, it_joules, gpu_ms, excursions) VALUES (?1, ?2, 0, 0, 1)
          ON CONFLICT (minute_ms, tenant) DO UPDATE SET excursions = excursions + 1",
@@ -381,7 +381,7 @@ impl Store {
         fallback_pue: Option<f64>,
     ) -> Result<usize, StoreError> {
         let tx = self.conn.transaction()?;
-        let cutoff = now_ms - 60_000 - site.close_after_ms;
+        let cutoff = now_ms - MINUTE_MS - site.close_after_ms;
         crate::modules::share(&tx, cutoff, now_ms)?;
         share_nodes(&tx, cutoff, now_ms)?;
         let open: Vec<OpenRow> = tx

@@ -134,7 +134,7 @@ fn efficiency(
         eprintln!("{}: [ledger] path: no database to read", config.display());
         return ExitCode::from(2);
     };
-    let now = dcwatt_collector::api::now_ms();
+    let now = dcwatt_wire::time::now_ms();
     let result = dcwatt_collector::store::Store::open(&db)
         .map_err(ReportError::from)
         .and_then(|store| efficiency::report(&store, &site, from_ms, to_ms, zone, now));
@@ -215,7 +215,7 @@ fn report(configs: &[PathBuf], tenant: &str, month: &str, format: &str) -> ExitC
         eprintln!("--format: {format:?} is neither json nor csv");
         return ExitCode::from(2);
     }
-    let now = dcwatt_collector::api::now_ms();
+    let now = dcwatt_wire::time::now_ms();
     let mut halls = Vec::new();
     let mut databases: Vec<(PathBuf, &PathBuf)> = Vec::new();
     for config in configs {

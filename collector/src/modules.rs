@@ -29,9 +29,17 @@
 
 use rusqlite::params;
 
+use dcwatt_wire::time::{HOUR_MS, MINUTE_MS};
+
 use crate::energy::MinuteEnergy;
-use crate::ledger::{NODE_KEEP_MS, NODE_WAIT_MS};
 use crate::store::StoreError;
+
+/// How long after the close that first saw a metered node-minute it is
+/// kept, so that late GPU minutes adjust its share (ms).
+pub const NODE_KEEP_MS: i64 = HOUR_MS;
+/// How long after the close that first saw it a node-minute waits for GPUs
+/// of the node that have not reported their minute (then taken as down), ms.
+pub const NODE_WAIT_MS: i64 = 300_000;
 
 /// The module tables.
 pub const SCHEMA: &str = "
@@ -79,7 +87,7 @@ pub type GpuModuleMinute = (String, String, String, MinuteEnergy);
 /// and their GPUs' minutes, split among the GPUs' owners.
 pub fn write(
     tx: &rusqlite::Transaction<'_>,
-    site: &crate::config::Site,
+    site: &crate::site::Site,
     states: &[(String, String, String)],
     minutes: &[(String, String, MinuteEnergy, i64)],
     gpu_minutes: &[GpuModuleMinute],
@@ -100,7 +108,7 @@ pub fn write(
         .execute(params![w.minute_ms, node, module, w.joules, gpus])?;
     }
     for (uuid, node, module, w) in gpu_minutes {
-        let end = w.minute_ms + 60_000;
+        let end = w.minute_ms + MINUTE_MS;
         for (owner, joules, ms) in site
             .leases
             .attribute(node, uuid, w.minute_ms, end, w.joules)
@@ -161,7 +169,7 @@ pub fn share(tx: &rusqlite::Transaction<'_>, cutoff: i64, now_ms: i64) -> Result
             .collect::<Result<_, _>>()?;
         let gpu_joules: f64 = owners.iter().map(|o| o.1).sum();
         let gpu_ms: i64 = owners.iter().map(|o| o.2).sum();
-        let all_in = expected.is_some_and(|n| n > 0 && gpu_ms >= n.saturating_mul(60_000));
+        let all_in = expected.is_some_and(|n| n > 0 && gpu_ms >= n.saturating_mul(MINUTE_MS));
         let ready = shared == 2 || all_in || seen <= now_ms.saturating_sub(NODE_WAIT_MS);
         if !ready || gpu_ms <= 0 {
             continue;

@@ -4,7 +4,7 @@
 //! ISO/IEC 30134-2): a ratio of sums, never a mean of ratios. The category says
 //! where IT energy was measured; with mixed points, the lowest category holds.
 
-use crate::config::ItPoint;
+use crate::site::ItPoint;
 
 /// Why no PUE figure is given.
 #[derive(Debug, Clone, Copy, PartialEq)]

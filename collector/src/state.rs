@@ -5,20 +5,24 @@
 //!
 //! Totals per role and zone, and over all GPUs, are sums over the meters and
 //! GPUs: derived at export, never kept twice.
+//!
+//! Size: the live state and `apply`, the one place a batch changes memory;
+//! the functions around it share the state's private fields.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use dcwatt_wire::{Batch, Entity, Quantity};
 use serde::{Deserialize, Serialize};
 
+use dcwatt_wire::time::MINUTE_MS;
+
 use crate::bounds::{EventKind, MeterEvent};
-use crate::config::Site;
-use crate::config::{ItPoint, Role};
 use crate::energy::{
     max_step, Counter, CounterStep, Curve, CurveEdit, Integrator, MinuteEnergy, Minutes, PowerStep,
     Span,
 };
-use crate::figures::LIVE_WINDOW_MS;
+use crate::site::Site;
+use crate::site::{ItPoint, Role};
 use crate::thermal::{self, Coolant, Excursion, GpuThermals, Kind, Transition};
 use crate::utilization::{self as util, Aggregates, GpuUtil, ModuleState};
 
@@ -80,6 +84,25 @@ pub const DEFAULT_WATER_MAX_CUBIC_METERS_PER_SECOND: f64 = 1.0;
 pub const DEFAULT_GPU_MAX_WATTS: f64 = 2000.0;
 /// A reported power limit above this is not believed (the default is used), W.
 pub const GPU_MAX_WATTS_CEILING: f64 = 5000.0;
+
+/// The live window's length: how much of its energy curve each meter keeps.
+pub const LIVE_WINDOW_MS: i64 = 300_000;
+
+/// An open thermal excursion of a GPU or a meter (a CDU). Ordered by
+/// zone, entity kind, entity, kind and start.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+pub struct OpenExcursion {
+    /// The entity's zone.
+    pub zone: String,
+    /// `gpu` or `meter`.
+    pub entity_kind: &'static str,
+    /// The GPU's UUID or the meter's id.
+    pub entity: String,
+    /// What is out of range.
+    pub kind: Kind,
+    /// When it opened, Unix ms.
+    pub since_ms: i64,
+}
 
 /// One configured meter's state.
 #[derive(Debug, Clone)]
@@ -282,7 +305,7 @@ impl GpuMinuteStats {
 
     /// As [`GpuMinuteStats::add`], for any kind of value.
     pub fn take(&mut self, ts: i64, v: MinuteValue) -> Option<GpuMinuteStats> {
-        let minute = ts.div_euclid(60_000) * 60_000;
+        let minute = ts.div_euclid(MINUTE_MS) * MINUTE_MS;
         let mut done = None;
         if minute > self.minute_ms {
             if self.any() {
@@ -864,7 +887,7 @@ impl State {
     }
 
     /// The open excursions, GPUs first, each with its zone.
-    pub fn open_excursions(&self, site: &Site) -> Vec<(String, &'static str, String, Kind, i64)> {
+    pub fn open_excursions(&self, site: &Site) -> Vec<OpenExcursion> {
         let mut out = Vec::new();
         for (uuid, g) in &self.gpus {
             let zone = site
@@ -873,14 +896,26 @@ impl State {
                 .map_or("default", String::as_str);
             for (kind, e) in &g.thermals.episodes {
                 if let Some(at) = e.open_ms {
-                    out.push((zone.to_owned(), "gpu", uuid.clone(), *kind, at));
+                    out.push(OpenExcursion {
+                        zone: zone.to_owned(),
+                        entity_kind: "gpu",
+                        entity: uuid.clone(),
+                        kind: *kind,
+                        since_ms: at,
+                    });
                 }
             }
         }
         for (id, m) in &self.meters {
             for (kind, e) in &m.acc.coolant.episodes {
                 if let Some(at) = e.open_ms {
-                    out.push((m.zone.clone(), "meter", id.clone(), *kind, at));
+                    out.push(OpenExcursion {
+                        zone: m.zone.clone(),
+                        entity_kind: "meter",
+                        entity: id.clone(),
+                        kind: *kind,
+                        since_ms: at,
+                    });
                 }
             }
         }
@@ -1124,7 +1159,7 @@ impl Outputs {
         let joules = m.acc.energy_joules;
         self.edits.extend(m.curve.push(ts, joules));
         self.edits
-            .extend(m.curve.trim(ts - LIVE_WINDOW_MS - 60_000));
+            .extend(m.curve.trim(ts - LIVE_WINDOW_MS - MINUTE_MS));
         m.acc.minutes.push(ts, joules, clean, &mut self.minutes);
     }
 }

@@ -10,46 +10,11 @@
 
 use serde::Serialize;
 
-use crate::config::Site;
+use dcwatt_wire::time::{civil_from_days, days_from_civil, month_of, DAY_MS, HOUR_MS, MINUTE_MS};
+
+use crate::site::Site;
 use crate::store::{Resolution, Store, StoreError};
 use crate::windows;
-
-const DAY_MS: i64 = 86_400_000;
-
-/// Days since 1970-01-01 of a civil date (proleptic Gregorian).
-pub fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// The civil date (year, month, day) of a day number since 1970-01-01.
-pub fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
-}
-
-/// The UTC calendar month holding `ts_ms`: `[its first instant, the next
-/// month's first instant)`, Unix ms.
-pub fn month_of(ts_ms: i64) -> (i64, i64) {
-    let (y, m, _) = civil_from_days(ts_ms.div_euclid(DAY_MS));
-    let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
-    (
-        days_from_civil(y, m, 1) * DAY_MS,
-        days_from_civil(ny, nm, 1) * DAY_MS,
-    )
-}
 
 /// `YYYY-MM` → the month's `[from, to)` in Unix ms, UTC.
 pub fn month_range(month: &str) -> Option<(i64, i64)> {
@@ -147,7 +112,7 @@ pub fn statement(
     };
     let mut rows = store.tenant_rows(tenant, from, to)?;
     let service = crate::delivery::service(store, site, tenant, from, to, &mut rows)?;
-    let booked_until = (now_ms - 60_000 - site.close_after_ms).div_euclid(60_000) * 60_000;
+    let booked_until = (now_ms - MINUTE_MS - site.close_after_ms).div_euclid(MINUTE_MS) * MINUTE_MS;
     let mut days = Vec::new();
     let mut day = from;
     while day < to && day <= now_ms {
@@ -167,7 +132,7 @@ pub fn statement(
             date: format!("{y:04}-{m:02}-{d:02}"),
             it_joules: it,
             facility_joules: fac,
-            gpu_hours: ms as f64 / 3_600_000.0,
+            gpu_hours: ms as f64 / HOUR_MS as f64,
             pue: p.pue,
             category: p.category,
             coverage_ratio: p.coverage_ratio,
@@ -192,17 +157,17 @@ pub fn statement(
     while minute < to.min(booked_until) {
         let is_leased = leased
             .iter()
-            .any(|(a, b)| *a <= minute && minute + 60_000 <= *b);
+            .any(|(a, b)| *a <= minute && minute + MINUTE_MS <= *b);
         if is_leased && !booked.contains(&minute) {
             match gaps.last_mut() {
-                Some(g) if g.to_ms == minute => g.to_ms += 60_000,
+                Some(g) if g.to_ms == minute => g.to_ms += MINUTE_MS,
                 _ => gaps.push(Gap {
                     from_ms: minute,
-                    to_ms: minute + 60_000,
+                    to_ms: minute + MINUTE_MS,
                 }),
             }
         }
-        minute += 60_000;
+        minute += MINUTE_MS;
     }
     Ok(Some(Statement {
         tenant: tenant.to_owned(),

@@ -15,13 +15,18 @@
 //! (kill -9, OOM, panic) but a power cut may lose the last ones. WAL
 //! checkpoints (copying the WAL into the database file, and syncing it) run on
 //! their own thread and connection, never inside a commit.
+//!
+//! Size: the connection, schema, load, prepare and the group commit's
+//! transaction; to be split into `store/` (ledger, migrations).
 
 use std::path::{Path, PathBuf};
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use crate::config::{Role, Site};
+use dcwatt_wire::time::{DAY_MS, HOUR_MS, MINUTE_MS};
+
 use crate::energy::{Curve, CurveEdit, MinuteEnergy};
+use crate::site::{Role, Site};
 use crate::state::{AgentState, Changes, ExcursionEdit, State};
 use crate::thermal::{Excursion, Kind};
 
@@ -98,9 +103,9 @@ impl Resolution {
     /// The period length, ms.
     pub fn ms(self) -> i64 {
         match self {
-            Resolution::Minute => 60_000,
-            Resolution::Hour => 3_600_000,
-            Resolution::Day => 86_400_000,
+            Resolution::Minute => MINUTE_MS,
+            Resolution::Hour => HOUR_MS,
+            Resolution::Day => DAY_MS,
         }
     }
 
@@ -128,9 +133,9 @@ impl Resolution {
 }
 
 /// How long minute rows are kept: late data older than this lands only in hours and days.
-pub const MINUTE_RETENTION_MS: i64 = 8 * 86_400_000;
+pub const MINUTE_RETENTION_MS: i64 = 8 * DAY_MS;
 /// How long hour rows are kept.
-pub const HOUR_RETENTION_MS: i64 = 400 * 86_400_000;
+pub const HOUR_RETENTION_MS: i64 = 400 * DAY_MS;
 
 /// A store failure, naming the file or the record.
 #[derive(Debug, thiserror::Error)]
@@ -403,10 +408,10 @@ impl Store {
     }
 
     /// Sets when a transaction counts as committed (see [`Synchronous`]).
-    pub fn set_synchronous(&self, sync: crate::config::Synchronous) -> Result<(), StoreError> {
+    pub fn set_synchronous(&self, sync: crate::site::Synchronous) -> Result<(), StoreError> {
         let value = match sync {
-            crate::config::Synchronous::Full => "FULL",
-            crate::config::Synchronous::Normal => "NORMAL",
+            crate::site::Synchronous::Full => "FULL",
+            crate::site::Synchronous::Normal => "NORMAL",
         };
         self.conn.pragma_update(None, "synchronous", value)?;
         Ok(())
@@ -1073,13 +1078,13 @@ mod tests {
             // A version-1 row, hashed as version 1 did.
             let mut row = crate::ledger::Row {
                 id: 1,
-                minute_ms: 60_000,
+                minute_ms: MINUTE_MS,
                 tenant: "lab-a".into(),
                 it_joules: 1.0,
                 facility_joules: None,
                 pue: None,
                 pue_basis: "none".into(),
-                gpu_ms: 60_000,
+                gpu_ms: MINUTE_MS,
                 late: false,
                 prev_hash: crate::ledger::GENESIS.into(),
                 hash: String::new(),
@@ -1131,7 +1136,7 @@ mod tests {
         assert_eq!((v.rows, v.broken), (2, None));
         let rows = store.tenant_rows("lab-a", 0, 1_000_000).unwrap();
         let d = rows[1].delivery.clone().unwrap();
-        assert_eq!((d.available_ms, d.down_ms), (60_000, 60_000));
+        assert_eq!((d.available_ms, d.down_ms), (MINUTE_MS, MINUTE_MS));
         let listed = store.delivery_entries(2).unwrap();
         assert_eq!(d.digest, dcwatt_verify::row::delivery_digest(&listed));
         assert_eq!(listed[0].uuid, "GPU-1");
@@ -1156,7 +1161,7 @@ mod tests {
     fn booking_an_hour_checks_every_row_first() {
         let site = site();
         let mut store = Store::in_memory().unwrap();
-        let h = 1_795_000_000_000i64.div_euclid(3_600_000) * 3_600_000;
+        let h = 1_795_000_000_000i64.div_euclid(HOUR_MS) * HOUR_MS;
         let row = |meter, joules, complete_minutes| MeterHour {
             meter,
             joules,
@@ -1210,10 +1215,10 @@ mod tests {
             45
         );
         let spans = crate::bounds::meter_spans(&store).unwrap();
-        assert_eq!(spans["m"], (h, h + 3_600_000));
+        assert_eq!(spans["m"], (h, h + HOUR_MS));
     }
 
-    fn site() -> crate::config::Site {
+    fn site() -> crate::site::Site {
         Config::from_toml(
             "[[meters]]\nid = \"m\"\nrole = \"facility\"\n[[meters]]\nid = \"p\"\nrole = \"other\"",
         )

@@ -55,10 +55,9 @@ pub struct Leases {
 }
 
 pub(crate) fn parse_time(key: &str, text: &str) -> Result<i64, ConfigError> {
-    humantime_serde::re::humantime::parse_rfc3339(text)
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .and_then(|d| i64::try_from(d.as_millis()).ok())
+    // UTC only (`Z`): a lease names the instant as the ledger books it.
+    dcwatt_wire::time::parse_rfc3339_ms(text)
+        .filter(|ms| *ms >= 0 && text.ends_with('Z'))
         .ok_or_else(|| {
             invalid(
                 key,
@@ -373,6 +372,7 @@ pub fn glob(pattern: &str, text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dcwatt_wire::time::MINUTE_MS;
 
     fn lease(tenant: &str, nodes: &[&str], gpus: &[&str], from: &str, to: &str) -> LeaseConfig {
         LeaseConfig {
@@ -546,7 +546,7 @@ mod tests {
         )
         .unwrap();
         let m = parse_time("t", "2026-01-01T00:00:00Z").unwrap();
-        let parts = leases.attribute("r1-n1", "GPU-1", m, m + 60_000, 600.0);
+        let parts = leases.attribute("r1-n1", "GPU-1", m, m + MINUTE_MS, 600.0);
         let t = totals(parts.clone());
         assert_eq!(t["a"], (150.0, 15_000));
         assert_eq!(t["b"], (250.0, 25_000)); // 30–40 s and 45–60 s
@@ -560,7 +560,7 @@ mod tests {
                 nodes: vec!["r1-*".into()],
                 gpus: vec![],
                 from_ms: m,
-                to_ms: m + 60_000,
+                to_ms: m + MINUTE_MS,
             },
             Lease {
                 id: "b.1".into(),
@@ -571,7 +571,7 @@ mod tests {
                 to_ms: m + 30_000,
             },
         ]);
-        let t = totals(both.attribute("r1-n1", "GPU-1", m, m + 60_000, 60.0));
+        let t = totals(both.attribute("r1-n1", "GPU-1", m, m + MINUTE_MS, 60.0));
         assert_eq!(t[UNATTRIBUTED], (30.0, 30_000));
         assert_eq!(t["a"], (30.0, 30_000));
     }
@@ -588,8 +588,8 @@ mod tests {
             to_ms,
         };
         let leases = Leases::from_leases(vec![
-            lease("a", &["r1-*"], &[], m, m + 60_000),
-            lease("b", &["r2-n1", "r2-n2"], &[], m, m + 60_000),
+            lease("a", &["r1-*"], &[], m, m + MINUTE_MS),
+            lease("b", &["r2-n1", "r2-n2"], &[], m, m + MINUTE_MS),
             lease("c", &[], &["GPU-9", "GPU-7"], m + 10_000, m + 50_000),
             lease("d", &["r?-n3"], &["GPU-1"], m + 20_000, m + 40_000),
         ]);
@@ -609,7 +609,7 @@ mod tests {
             }
         }
         // r2-n1's GPU-9: b's for the minute, c's from 10 to 50 s as well.
-        let t = totals(leases.attribute("r2-n1", "GPU-9", m, m + 60_000, 60.0));
+        let t = totals(leases.attribute("r2-n1", "GPU-9", m, m + MINUTE_MS, 60.0));
         assert_eq!(t["b"], (20.0, 20_000));
         assert_eq!(t[UNATTRIBUTED], (40.0, 40_000));
     }

@@ -17,6 +17,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use dcwatt_wire::time::MINUTE_MS;
+
 /// What went out of range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -318,7 +320,7 @@ pub struct Coolant {
 }
 
 /// Readings older than this next to the one judged are not combined with it.
-const PAIR_MS: i64 = 60_000;
+const PAIR_MS: i64 = MINUTE_MS;
 
 fn fresh(v: Option<(i64, f64)>, ts: i64) -> Option<f64> {
     v.filter(|(t, _)| (ts - t).abs() <= PAIR_MS).map(|(_, x)| x)

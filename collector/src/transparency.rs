@@ -12,29 +12,28 @@
 //!   ledger minutes, signs `(tree size, root, hour, collector id)` once per
 //!   closed hour with the `[ledger] signing_key_file` key (the message is
 //!   [`dcwatt_verify::checkpoint::message`]).
-//! - HTTP: `GET /v1/ledger/public-key` (open), `GET /v1/ledger/checkpoints`
-//!   and `GET /v1/ledger/consistency` (any tenant token or the operator's);
-//!   a statement's inclusion proofs come from [`Store::statement_proofs`].
+//! - HTTP (in `http::ledger`): `GET /v1/ledger/public-key` (open),
+//!   `GET /v1/ledger/checkpoints` and `GET /v1/ledger/consistency` (any
+//!   tenant token or the operator's); a statement's inclusion proofs come
+//!   from [`Store::statement_proofs`].
+//!
+//! Size: the Merkle tree, its stored nodes, checkpoints and proofs are one
+//! mechanism; splitting them would spread one invariant over files.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
 
-use axum::extract::{Query, State as Extract};
-use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::Json;
-use dcwatt_verify::check::{ConsistencyProof, Proofs, ProvenRow};
+use dcwatt_verify::check::{Proofs, ProvenRow};
 use dcwatt_verify::checkpoint::{self, Checkpoint, CheckpointError};
 use dcwatt_verify::merkle::{self, Frontier, Hash, Nodes, ProofError};
 use ed25519_dalek::SigningKey;
 use rusqlite::{params, Connection, OptionalExtension};
-use serde::Deserialize;
 
-use crate::api::Shared;
-use crate::config::{invalid, ConfigError, LedgerConfig, Site};
-use crate::ingest;
+use dcwatt_wire::time::{HOUR_MS, MINUTE_MS};
+
+use crate::config::{invalid, ConfigError, LedgerConfig};
 use crate::ledger::Row;
+use crate::site::Site;
 use crate::store::{Store, StoreError};
 
 /// Complete nodes are stored on the levels that are multiples of this (not
@@ -275,9 +274,11 @@ fn append(
 /// The UTC hour whose every minute is booked at `now_ms`, with the collector
 /// booking minutes `close_after_ms` after their end: its start, Unix ms.
 pub fn last_closed_hour(now_ms: i64, close_after_ms: i64) -> i64 {
-    let cutoff = now_ms.saturating_sub(60_000).saturating_sub(close_after_ms);
-    let booked_until = cutoff.div_euclid(60_000) * 60_000 + 60_000;
-    booked_until.div_euclid(3_600_000) * 3_600_000 - 3_600_000
+    let cutoff = now_ms
+        .saturating_sub(MINUTE_MS)
+        .saturating_sub(close_after_ms);
+    let booked_until = cutoff.div_euclid(MINUTE_MS) * MINUTE_MS + MINUTE_MS;
+    booked_until.div_euclid(HOUR_MS) * HOUR_MS - HOUR_MS
 }
 
 fn read_checkpoint(r: &rusqlite::Row<'_>) -> rusqlite::Result<Checkpoint> {
@@ -408,7 +409,7 @@ impl Store {
                  WHERE hour_ms >= ?1 AND tree_size >= ?2 AND tree_size <= ?3 ORDER BY hour_ms LIMIT 1"
             ))?
             .query_row(
-                params![month_end_ms.saturating_sub(3_600_000), last_id, size_i],
+                params![month_end_ms.saturating_sub(HOUR_MS), last_id, size_i],
                 read_checkpoint,
             )
             .optional()?;
@@ -603,227 +604,11 @@ impl Gauges {
     }
 }
 
-fn error(status: StatusCode, text: impl Into<String>) -> Response {
-    (status, Json(serde_json::json!({ "error": text.into() }))).into_response()
-}
-
-/// A refused request: its status and why.
-#[derive(Debug, thiserror::Error)]
-#[error("{1}")]
-pub struct HttpError(StatusCode, String);
-
-impl IntoResponse for HttpError {
-    fn into_response(self) -> Response {
-        error(self.0, self.1)
-    }
-}
-
-/// Any tenant's token or the operator's (401 otherwise).
-fn any_reader(site: &Site, headers: &HeaderMap) -> Result<(), HttpError> {
-    let auth = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    let token =
-        ingest::bearer(auth).map_err(|e| HttpError(StatusCode::UNAUTHORIZED, e.to_string()))?;
-    if ingest::is_operator(site, auth)
-        || site
-            .tenant_tokens
-            .contains_key(&crate::config::token_hash(token))
-    {
-        Ok(())
-    } else {
-        Err(HttpError(
-            StatusCode::UNAUTHORIZED,
-            "this needs a tenant's or the operator's token".into(),
-        ))
-    }
-}
-
-/// `GET /v1/ledger/public-key`: the checkpoints' Ed25519 public key (open to
-/// anyone: it is public). 404 when the collector signs nothing.
-pub async fn public_key(Extract(shared): Extract<Arc<Shared>>) -> Response {
-    match &shared.site.ledger_key {
-        Some(key) => Json(serde_json::json!({
-            "algorithm": "ed25519",
-            "public_key": hex::encode(key.verifying_key().to_bytes()),
-            "collector_id": shared.site.collector_id,
-        }))
-        .into_response(),
-        None => error(
-            StatusCode::NOT_FOUND,
-            "no [ledger] signing_key_file: this collector signs no checkpoints",
-        ),
-    }
-}
-
-/// `GET /v1/ledger/checkpoints` query: both optional.
-#[derive(Deserialize)]
-pub struct CheckpointQuery {
-    from: Option<String>,
-    to: Option<String>,
-}
-
-/// An instant of a query: Unix ms or RFC 3339.
-fn instant(key: &str, text: &str) -> Result<i64, HttpError> {
-    if let Ok(ms) = text.parse::<i64>() {
-        return Ok(ms);
-    }
-    humantime_serde::re::humantime::parse_rfc3339(text)
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .and_then(|d| i64::try_from(d.as_millis()).ok())
-        .ok_or_else(|| {
-            HttpError(
-                StatusCode::BAD_REQUEST,
-                format!("{key}: {text:?} is neither RFC 3339 (2026-11-01T00:00:00Z) nor Unix milliseconds"),
-            )
-        })
-}
-
-/// `GET /v1/ledger/checkpoints?from=…&to=…`: the signed checkpoints whose
-/// hour is in `[from, to)` (default: all), oldest first, at most
-/// [`MAX_CHECKPOINTS`] (`more: true` when cut: ask again from the last hour + 1).
-pub async fn checkpoints(
-    Extract(shared): Extract<Arc<Shared>>,
-    headers: HeaderMap,
-    query: Result<Query<CheckpointQuery>, axum::extract::rejection::QueryRejection>,
-) -> Response {
-    if let Err(r) = any_reader(&shared.site, &headers) {
-        return r.into_response();
-    }
-    let Ok(Query(q)) = query else {
-        return error(StatusCode::BAD_REQUEST, "query: from and to are instants");
-    };
-    let from = match q.from.as_deref().map(|t| instant("from", t)).transpose() {
-        Ok(v) => v.unwrap_or(i64::MIN),
-        Err(r) => return r.into_response(),
-    };
-    let to = match q.to.as_deref().map(|t| instant("to", t)).transpose() {
-        Ok(v) => v.unwrap_or(i64::MAX),
-        Err(r) => return r.into_response(),
-    };
-    if to < from {
-        return error(StatusCode::BAD_REQUEST, "to: must not be before from");
-    }
-    let list = read(&shared, move |store| {
-        store.checkpoints(from, to, MAX_CHECKPOINTS + 1)
-    })
-    .await;
-    match list {
-        Ok(mut list) => {
-            let more = list.len() > MAX_CHECKPOINTS;
-            list.truncate(MAX_CHECKPOINTS);
-            Json(serde_json::json!({
-                "collector_id": shared.site.collector_id,
-                "public_key": shared.site.ledger_key.as_ref().map(|k| hex::encode(k.verifying_key().to_bytes())),
-                "checkpoints": list,
-                "more": more,
-            }))
-            .into_response()
-        }
-        Err(e) => e.into_response(),
-    }
-}
-
-/// Runs `f` on a read connection, off the async workers (a store error is a
-/// 503): the committer neither waits for it nor holds it up.
-async fn read<T: Send + 'static>(
-    shared: &Arc<Shared>,
-    f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, HttpError> {
-    let shared = Arc::clone(shared);
-    match tokio::task::spawn_blocking(move || shared.with_reader(f)).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(HttpError(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("store: {e}"),
-        )),
-        Err(e) => Err(HttpError(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("reading the store failed: {e}"),
-        )),
-    }
-}
-
-/// `GET /v1/ledger/consistency` query.
-#[derive(Deserialize)]
-pub struct ConsistencyQuery {
-    from_size: Option<String>,
-    to_size: Option<String>,
-}
-
-/// A size of the query: a whole number (400 naming the parameter otherwise).
-fn size_param(key: &str, text: Option<&str>) -> Result<u64, HttpError> {
-    let text = text.ok_or_else(|| HttpError(StatusCode::BAD_REQUEST, format!("{key}: missing")))?;
-    text.parse::<u64>().map_err(|_| {
-        HttpError(
-            StatusCode::BAD_REQUEST,
-            format!("{key}: {text:?} is not a whole number"),
-        )
-    })
-}
-
-/// `GET /v1/ledger/consistency?from_size=M&to_size=N`: the RFC 9162
-/// consistency proof from the tree of M rows to the tree of N rows
-/// (`1 ≤ M ≤ N ≤` the tree's size), as [`ConsistencyProof`].
-pub async fn consistency(
-    Extract(shared): Extract<Arc<Shared>>,
-    headers: HeaderMap,
-    query: Result<Query<ConsistencyQuery>, axum::extract::rejection::QueryRejection>,
-) -> Response {
-    if let Err(r) = any_reader(&shared.site, &headers) {
-        return r.into_response();
-    }
-    let Ok(Query(q)) = query else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "query: from_size and to_size are whole numbers",
-        );
-    };
-    let (from, to) = match (
-        size_param("from_size", q.from_size.as_deref()),
-        size_param("to_size", q.to_size.as_deref()),
-    ) {
-        (Ok(f), Ok(t)) => (f, t),
-        (Err(r), _) | (_, Err(r)) => return r.into_response(),
-    };
-    if from == 0 {
-        return error(StatusCode::BAD_REQUEST, "from_size: must be at least 1");
-    }
-    if from > to {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "from_size: must be at most to_size",
-        );
-    }
-    // The tree only grows: a size read first stays provable after it.
-    let answer = read(&shared, move |store| {
-        let size = store.tree_head()?.0;
-        if to > size {
-            return Ok(Err(HttpError(
-                StatusCode::BAD_REQUEST,
-                format!("to_size: must be at most the tree's size, {size}"),
-            )));
-        }
-        store.consistency_proof(from, to).map(Ok)
-    })
-    .await;
-    match answer {
-        Ok(Ok(proof)) => Json(ConsistencyProof {
-            from_size: from,
-            to_size: to,
-            proof: proof.iter().map(hex::encode).collect(),
-        })
-        .into_response(),
-        Ok(Err(e)) | Err(e) => e.into_response(),
-    }
-}
-
 /// The booking job's step after each booking pass: signs the checkpoint of
 /// the last closed hour when due and refreshes the gauges. Failures are
 /// logged; booking goes on.
-pub fn after_booking(store: &mut Store, shared: &Shared, now_ms: i64) {
-    match store.checkpoint_due(&shared.site, now_ms) {
+pub fn after_booking(store: &mut Store, site: &Site, gauges: &Gauges, now_ms: i64) {
+    match store.checkpoint_due(site, now_ms) {
         Ok(Some(c)) => tracing::info!(
             hour_ms = c.hour_ms,
             tree_size = c.tree_size,
@@ -834,7 +619,7 @@ pub fn after_booking(store: &mut Store, shared: &Shared, now_ms: i64) {
         Err(e) => tracing::warn!(error = %e, "Signing the ledger checkpoint failed."),
     }
     match store.tree_head() {
-        Ok((size, latest)) => shared.transparency.set(size, latest.as_ref()),
+        Ok((size, latest)) => gauges.set(size, latest.as_ref()),
         Err(e) => tracing::warn!(error = %e, "Reading the ledger tree failed."),
     }
 }

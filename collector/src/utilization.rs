@@ -39,7 +39,9 @@ use std::collections::{BTreeMap, VecDeque};
 use dcwatt_wire::Quantity;
 use serde::{Deserialize, Serialize};
 
-use crate::config::Site;
+use dcwatt_wire::time::{HOUR_MS, MINUTE_MS};
+
+use crate::site::Site;
 use crate::state::State;
 
 /// The utilization kinds, with the `kind` label each has.
@@ -179,15 +181,12 @@ pub const XID_MAX_PER_SECOND: f64 = 100.0;
 /// The first XID counter value seen is counted whole up to this long at
 /// [`XID_MAX_PER_SECOND`] (what an agent up for an hour can have counted
 /// before its first batch), ms.
-pub const XID_FIRST_SPAN_MS: i64 = 3_600_000;
+pub const XID_FIRST_SPAN_MS: i64 = HOUR_MS;
 
 /// Whether a counter has never been fed (left out of the GPU's JSON).
 pub fn counter_is_empty(c: &crate::energy::Counter) -> bool {
     *c == crate::energy::Counter::default()
 }
-
-/// How long the time-weighted means reach back.
-pub const HOUR_MS: i64 = 3_600_000;
 
 /// GPU time and value × time of one zone, one kind, one UTC minute.
 #[derive(Debug, Clone, Copy)]
@@ -211,7 +210,7 @@ impl Aggregates {
         if span_ms <= 0 || !v.is_finite() {
             return;
         }
-        let minute_ms = ts_ms - ts_ms.rem_euclid(60_000);
+        let minute_ms = ts_ms - ts_ms.rem_euclid(MINUTE_MS);
         let q = self.buckets.entry((zone.to_owned(), kind)).or_default();
         match q.iter_mut().rev().find(|b| b.minute_ms == minute_ms) {
             Some(b) => {
@@ -234,7 +233,7 @@ impl Aggregates {
         let newest = q.back().map_or(minute_ms, |b| b.minute_ms);
         while q
             .front()
-            .is_some_and(|b| b.minute_ms < newest - HOUR_MS - 60_000)
+            .is_some_and(|b| b.minute_ms < newest - HOUR_MS - MINUTE_MS)
         {
             q.pop_front();
         }
@@ -462,7 +461,7 @@ mod tests {
         assert_eq!(m(Some("a"), Kind::TensorActive), None);
         // An hour later those minutes are out of the window.
         assert_eq!(
-            a.mean(None, Kind::SmActive, now + HOUR_MS + 60_000, HOUR_MS),
+            a.mean(None, Kind::SmActive, now + HOUR_MS + MINUTE_MS, HOUR_MS),
             None
         );
         // No span: nothing counted.
@@ -525,7 +524,7 @@ mod tests {
         let mut m = ModuleState::default();
         // A glitch (1 PJ in a second) counts nothing and keeps the base.
         for (i, v) in [100.0, 150.0, 20.0, 1e15, 50.0].into_iter().enumerate() {
-            m.energy(1_000 * (i as i64 + 1), v, 60_000);
+            m.energy(1_000 * (i as i64 + 1), v, MINUTE_MS);
         }
         assert_eq!(m.energy_joules, 50.0 + 20.0 + 30.0);
         assert_eq!(m.glitches, 1);

@@ -27,15 +27,12 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
-use crate::bounds::{self as unknowns, Spread};
-use crate::config::{Role, Site};
-use crate::pue::{self, NoPue};
-use crate::statement::month_of;
-use crate::store::{Resolution, Store, StoreError};
+use dcwatt_wire::time::{month_of, DAY_MS, HOUR_MS, MINUTE_MS};
 
-const MINUTE_MS: i64 = 60_000;
-const HOUR_MS: i64 = 3_600_000;
-const DAY_MS: i64 = 86_400_000;
+use crate::bounds::{self as unknowns, Spread};
+use crate::pue::{self, NoPue};
+use crate::site::{Role, Site};
+use crate::store::{Resolution, Store, StoreError};
 
 /// How a trailing window's edges follow from the last closed instant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -275,7 +272,7 @@ pub fn period(
     to_ms: i64,
     resolution: Resolution,
 ) -> Result<Period, StoreError> {
-    let minutes = ((to_ms - from_ms) / 60_000).max(1) as f64;
+    let minutes = ((to_ms - from_ms) / MINUTE_MS).max(1) as f64;
     let rows = store.energy(resolution, from_ms, to_ms)?;
     let role_of = |r: &str| Role::ALL.into_iter().find(|x| x.as_str() == r);
     let mut energy_joules: BTreeMap<&'static str, f64> = BTreeMap::new();
@@ -535,7 +532,7 @@ pub fn trailing(store: &Store, site: &Site, now_ms: i64) -> Result<Vec<Period>, 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::statement::days_from_civil;
+    use dcwatt_wire::time::days_from_civil;
 
     /// Unix ms of a UTC date and time.
     fn utc(y: i64, mo: i64, d: i64, h: i64, mi: i64) -> i64 {

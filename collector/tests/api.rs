@@ -2,8 +2,8 @@
 //! energy arithmetic, resets, duplicates, and hostile batches that must change
 //! nothing.
 
-use dcwatt_collector::api::now_ms;
 use dcwatt_collector::config::token_hash;
+use dcwatt_wire::time::now_ms;
 use dcwatt_wire::{Batch, Entity, Quantity, Reading, VERSION};
 use serde_json::Value;
 

@@ -19,7 +19,7 @@ fn hot_paths_benchmark_runs() {
 #[test]
 fn bench_batches_pass_validation() {
     let site = bench::site(3);
-    let now = dcwatt_collector::api::now_ms();
+    let now = dcwatt_wire::time::now_ms();
     let body = serde_json::to_vec(&bench::batch(2, 1, now)).unwrap();
     let batch = dcwatt_collector::ingest::decode(&body, "n00002", &site, now).unwrap();
     assert_eq!(batch.readings.len(), 4 * 19 + 2);

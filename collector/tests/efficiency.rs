@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use dcwatt_collector::bounds::{EventKind, MeterEvent};
 use dcwatt_collector::config::{token_hash, Config, Site};
-use dcwatt_collector::statement::days_from_civil;
 use dcwatt_collector::store::{MeterHour, Store};
+use dcwatt_wire::time::days_from_civil;
 use serde_json::Value;
 use sha2::Digest as _;
 
@@ -781,7 +781,7 @@ fn bad_options_are_refused_naming_them() {
     assert!(!dir.path().join("missing.sqlite").exists());
     // A period still open, after the data: no PUE, and why; every counted
     // meter not reported over it.
-    let today = dcwatt_collector::api::now_ms().div_euclid(DAY) * DAY;
+    let today = dcwatt_wire::time::now_ms().div_euclid(DAY) * DAY;
     let (from, to) = (
         dcwatt_collector::efficiency::date(today - 10 * DAY),
         dcwatt_collector::efficiency::date(today + DAY),

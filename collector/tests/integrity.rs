@@ -6,8 +6,8 @@
 
 use std::time::Duration;
 
-use dcwatt_collector::api::now_ms;
 use dcwatt_collector::config::token_hash;
+use dcwatt_wire::time::now_ms;
 use dcwatt_wire::{Batch, Entity, GpuInfo, Quantity, Reading, VERSION};
 use proptest::prelude::*;
 use serde_json::Value;

@@ -9,10 +9,11 @@
 
 use std::time::{Duration, Instant};
 
-use dcwatt_collector::api::now_ms;
 use dcwatt_collector::config::token_hash;
-use dcwatt_collector::statement::{civil_from_days, month_of, month_range};
+use dcwatt_collector::statement::month_range;
 use dcwatt_collector::store::Store;
+use dcwatt_wire::time::now_ms;
+use dcwatt_wire::time::{civil_from_days, month_of};
 use dcwatt_wire::{Batch, Entity, GpuInfo, Quantity, Reading, VERSION};
 use serde_json::Value;
 

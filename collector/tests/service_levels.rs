@@ -15,8 +15,8 @@
 
 use std::time::{Duration, Instant};
 
-use dcwatt_collector::api::now_ms;
 use dcwatt_collector::config::token_hash;
+use dcwatt_wire::time::now_ms;
 use dcwatt_wire::{Batch, Entity, GpuInfo, Quantity, Reading, VERSION};
 use serde_json::Value;
 
@@ -42,7 +42,7 @@ const FAC: (&str, &str) = ("fac", "fac-token");
 
 /// Unix ms as RFC 3339 (UTC, whole seconds).
 fn rfc3339(ms: i64) -> String {
-    let (y, m, d) = dcwatt_collector::statement::civil_from_days(ms.div_euclid(86_400_000));
+    let (y, m, d) = dcwatt_wire::time::civil_from_days(ms.div_euclid(86_400_000));
     let s = ms.div_euclid(1000).rem_euclid(86_400);
     format!(
         "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
@@ -218,13 +218,13 @@ async fn outages_throttling_and_silence_are_booked_as_gpu_minutes_per_state() {
     // 22 minutes of ticks ending 8 minutes ago, all in one UTC month.
     let now = now_ms();
     let mut t0 = now.div_euclid(MIN) * MIN - 30 * MIN;
-    let month_start = dcwatt_collector::statement::month_of(now).0;
+    let month_start = dcwatt_wire::time::month_of(now).0;
     if t0 < month_start {
         t0 = month_start - 30 * MIN;
     }
     let (url, stop) = common::start(&config(&db, &key, t0)).await;
     let http = reqwest::Client::new();
-    let (y, m, _) = dcwatt_collector::statement::civil_from_days(t0.div_euclid(86_400_000));
+    let (y, m, _) = dcwatt_wire::time::civil_from_days(t0.div_euclid(86_400_000));
     let month = format!("{y:04}-{m:02}");
     for k in 0..=132i64 {
         let s = k * 10;

@@ -8,8 +8,8 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use dcwatt_collector::api::now_ms;
 use dcwatt_collector::config::token_hash;
+use dcwatt_wire::time::now_ms;
 use dcwatt_wire::{Batch, Entity, GpuInfo, Quantity, Reading, VERSION};
 use serde_json::Value;
 
@@ -26,7 +26,7 @@ const NODES: [(&str, &str, &[&str]); 2] = [
 ];
 
 fn rfc3339(ms: i64) -> String {
-    let (y, m, d) = dcwatt_collector::statement::civil_from_days(ms.div_euclid(86_400_000));
+    let (y, m, d) = dcwatt_wire::time::civil_from_days(ms.div_euclid(86_400_000));
     let s = ms.div_euclid(1000).rem_euclid(86_400);
     format!(
         "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
@@ -123,7 +123,7 @@ async fn booked(http: &reqwest::Client, url: &str, t0: i64) -> Booked {
     let mut months: Vec<String> = [t0, now_ms()]
         .iter()
         .map(|t| {
-            let (y, m, _) = dcwatt_collector::statement::civil_from_days(t.div_euclid(86_400_000));
+            let (y, m, _) = dcwatt_wire::time::civil_from_days(t.div_euclid(86_400_000));
             format!("{y:04}-{m:02}")
         })
         .collect();

@@ -140,7 +140,7 @@ fn activity_and_idle_energy_are_booked_per_tenant_minute() {
 
     // The statement: means weighted by GPU time, idle energy and its share
     // of the GPU energy, in JSON and CSV.
-    let (y, mo, _) = dcwatt_collector::statement::civil_from_days(T0 / 86_400_000);
+    let (y, mo, _) = dcwatt_wire::time::civil_from_days(T0 / 86_400_000);
     let month = format!("{y:04}-{mo:02}");
     let st = dcwatt_collector::statement::statement(&store, &site, "lab-a", &month, now)
         .unwrap()

@@ -3,9 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use dcwatt_collector::api::now_ms;
 use dcwatt_collector::config::{token_hash, Config};
 use dcwatt_collector::store::Store;
+use dcwatt_wire::time::now_ms;
 use dcwatt_wire::{Batch, Entity, GpuInfo, Quantity, Reading, VERSION};
 use proptest::prelude::*;
 use serde_json::Value;
@@ -231,7 +231,7 @@ async fn leases_book_gpu_energy_and_only_the_right_caller_reads_it() {
     assert!(csv.contains(",240000,"), "{csv}");
     // The monthly statement, online and offline, agree.
     let month = {
-        let (y, m, _) = dcwatt_collector::statement::civil_from_days(t0 / 86_400_000);
+        let (y, m, _) = dcwatt_wire::time::civil_from_days(t0 / 86_400_000);
         format!("{y:04}-{m:02}")
     };
     let statement: Value = common::get_json_as(

@@ -3,8 +3,8 @@
 //! only after the minimum duration, closed only after the all-clear holds;
 //! booked to the tenant leasing the GPU, and still there after a restart.
 
-use dcwatt_collector::api::now_ms;
 use dcwatt_collector::config::{token_hash, Config};
+use dcwatt_wire::time::now_ms;
 use dcwatt_wire::{Batch, Entity, GpuInfo, Quantity, Reading, VERSION};
 use serde_json::Value;
 

@@ -5,12 +5,12 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use dcwatt_collector::api::now_ms;
 use dcwatt_collector::config::{token_hash, Config, Site};
 use dcwatt_collector::store::Store;
 use dcwatt_verify::check::{self, ConsistencyProof, Inputs, StatementView};
 use dcwatt_verify::checkpoint::{self, Checkpoint};
 use dcwatt_verify::merkle::{self, hash_from_hex, MemTree};
+use dcwatt_wire::time::now_ms;
 use dcwatt_wire::{Batch, Entity, GpuInfo, Quantity, Reading, VERSION};
 use serde_json::Value;
 
@@ -464,7 +464,7 @@ async fn tenants_read_checkpoints_and_proofs_of_their_own_rows_only() {
 
     // The statement: lab-a's rows only, each with its proof; lab-b's token is refused.
     let month = {
-        let (y, m, _) = dcwatt_collector::statement::civil_from_days(t0 / 86_400_000);
+        let (y, m, _) = dcwatt_wire::time::civil_from_days(t0 / 86_400_000);
         format!("{y:04}-{m:02}")
     };
     let path = format!("{url}/v1/tenants/lab-a/statement?month={month}");

@@ -3,8 +3,8 @@
 //! the wire format go in, `/metrics` and `/v1/summary` come out, and every
 //! figure is checked against what the readings add up to by hand.
 
-use dcwatt_collector::api::now_ms;
 use dcwatt_collector::config::token_hash;
+use dcwatt_wire::time::now_ms;
 use dcwatt_wire::{Batch, Entity, Quantity, Reading, VERSION};
 use serde_json::Value;
 

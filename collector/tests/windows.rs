@@ -2,8 +2,8 @@
 //! known load posted over HTTP, one meter with a five-minute gap, and the
 //! energies, PUE, partial PUE per zone and coverage checked exactly.
 
-use dcwatt_collector::api::now_ms;
 use dcwatt_collector::config::{token_hash, Config};
+use dcwatt_wire::time::now_ms;
 use dcwatt_wire::{Batch, Entity, Quantity, Reading, VERSION};
 use serde_json::Value;
 
@@ -363,7 +363,7 @@ fn rfc3339(ms: i64) -> String {
 /// Unix ms of a UTC date and time (Python's calendar.timegm agrees:
 /// 2028-02-29T22:00:00Z is 1835474400000).
 fn utc(y: i64, mo: i64, d: i64, h: i64, mi: i64) -> i64 {
-    use dcwatt_collector::statement::days_from_civil;
+    use dcwatt_wire::time::days_from_civil;
     days_from_civil(y, mo, d) * 86_400_000 + h * HOUR + mi * 60_000
 }
 

@@ -117,7 +117,7 @@ async fn hall(dir: &Path, n: u32, mirror: bool) -> (Proc, Deployment, i64) {
         ),
     };
     // The truth starts before the collector does.
-    let started = dcwatt_collector::api::now_ms();
+    let started = dcwatt_wire::time::now_ms();
     let dep = launch(&sim.url(), &opts).await.unwrap();
     (sim, dep, started)
 }
@@ -280,7 +280,7 @@ async fn campus_figures_from_the_global_store_match_the_truth() {
     // Stop the agents: the collectors' counters are final.
     hall1.agents.clear();
     hall2.agents.clear();
-    let stopped = dcwatt_collector::api::now_ms();
+    let stopped = dcwatt_wire::time::now_ms();
 
     // The store converges on the halls' collectors' counters (the mirror's
     // not among them): a batch in flight may still land, so until stable.

@@ -24,7 +24,7 @@ const LAB_B: &str = "lab-b-token";
 const HOUR: i64 = 3_600_000;
 
 fn now_ms() -> i64 {
-    dcwatt_collector::api::now_ms()
+    dcwatt_wire::time::now_ms()
 }
 
 fn keygen(path: &Path) -> String {
@@ -285,7 +285,7 @@ async fn tampering_is_caught_by_the_tenants_verifier() {
     let conf = config(d, &db, &key);
     let first = history(&conf, &db);
     let month = {
-        let (y, m, _) = dcwatt_collector::statement::civil_from_days(first / 86_400_000);
+        let (y, m, _) = dcwatt_wire::time::civil_from_days(first / 86_400_000);
         format!("{y:04}-{m:02}")
     };
 

@@ -21,11 +21,11 @@ use dcwatt_collector::config::{Config, Site};
 use dcwatt_collector::export;
 use dcwatt_collector::figures;
 use dcwatt_collector::state::State;
-use dcwatt_collector::statement::days_from_civil;
 use dcwatt_collector::store::{Resolution, Store};
 use dcwatt_collector::windows::{self, Period};
 use dcwatt_sim::hall::{Entity as SimEntity, Hall};
 use dcwatt_sim::SimConfig;
+use dcwatt_wire::time::days_from_civil;
 use dcwatt_wire::{Batch, Entity, Quantity, Reading, VERSION};
 
 const MINUTE: i64 = 60_000;

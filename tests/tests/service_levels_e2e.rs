@@ -70,7 +70,7 @@ async fn a_lost_gpu_is_booked_down_with_its_reason_end_to_end() {
     let from = lose(&sim.url(), &lost, true).await;
     tokio::time::sleep(Duration::from_secs(70)).await;
     let to = lose(&sim.url(), &lost, false).await;
-    let (y, m, _) = dcwatt_collector::statement::civil_from_days(to.div_euclid(86_400_000));
+    let (y, m, _) = dcwatt_wire::time::civil_from_days(to.div_euclid(86_400_000));
     let month = format!("{y:04}-{m:02}");
 
     // Booked once the minute after it is closed: one incident, that GPU,

@@ -9,10 +9,11 @@ use std::collections::BTreeMap;
 
 use dcwatt_collector::config::{token_hash, Config};
 use dcwatt_collector::state::State;
-use dcwatt_collector::statement::{days_from_civil, statement};
+use dcwatt_collector::statement::statement;
 use dcwatt_collector::store::Store;
 use dcwatt_sim::hall::{Entity as SimEntity, Hall};
 use dcwatt_sim::SimConfig;
+use dcwatt_wire::time::days_from_civil;
 use dcwatt_wire::{Batch, Entity, GpuInfo, Quantity, Reading, VERSION};
 
 const MINUTES: i64 = 40;

@@ -14,6 +14,9 @@
 //! - [`Reading`]: one value of one quantity of one entity at one instant.
 //! - [`Entity`], [`Quantity`]: what was measured, and what kind of value it is.
 //! - [`GpuInfo`]: static facts about a GPU, so the collector can map GPUs to nodes.
+//! - [`time`]: Unix-ms time shared by both binaries.
+
+pub mod time;
 
 use serde::{Deserialize, Serialize};
 

@@ -86,7 +86,9 @@ fn timestamp_ms(v: &Value, t: &TimestampSpec) -> Option<i64> {
         _ => None,
     };
     let ms = match t.format {
-        TimestampFormat::Rfc3339 => return v.as_str().and_then(meter::parse_rfc3339_ms),
+        TimestampFormat::Rfc3339 => {
+            return v.as_str().and_then(dcwatt_wire::time::parse_rfc3339_ms)
+        }
         TimestampFormat::UnixSeconds => num()? * 1000.0,
         TimestampFormat::UnixMillis => num()?,
     };

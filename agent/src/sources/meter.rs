@@ -10,6 +10,7 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use dcwatt_wire::time::MINUTE_MS;
 use dcwatt_wire::Quantity;
 use reqwest::{Method, StatusCode, Url};
 
@@ -417,79 +418,10 @@ pub fn check_value(quantity: Quantity, v: f64, field: &str) -> Result<f64, Meter
     Ok(v)
 }
 
-/// Parses an RFC 3339 date-time (`2024-05-01T12:00:00Z`, `…+02:00`, fractional
-/// seconds allowed) to Unix milliseconds.
-pub fn parse_rfc3339_ms(s: &str) -> Option<i64> {
-    let b = s.as_bytes();
-    if b.len() < 20 {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| -> Option<i64> {
-        let t = s.get(r)?;
-        if t.bytes().all(|c| c.is_ascii_digit()) {
-            t.parse().ok()
-        } else {
-            None
-        }
-    };
-    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    if b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
-        return None;
-    }
-    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if b[13] != b':' || b[16] != b':' {
-        return None;
-    }
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
-        return None;
-    }
-    let mut i = 19;
-    let mut ms = 0i64;
-    if b.get(i) == Some(&b'.') {
-        i += 1;
-        let start = i;
-        while b.get(i).is_some_and(u8::is_ascii_digit) {
-            i += 1;
-        }
-        if i == start {
-            return None;
-        }
-        let frac = &s[start..i.min(start + 3)];
-        ms = frac.parse::<i64>().ok()? * 10i64.pow(3 - frac.len() as u32);
-    }
-    let offset_min = match s.get(i..)? {
-        "Z" | "z" => 0,
-        rest if rest.len() == 6 && matches!(rest.as_bytes()[0], b'+' | b'-') => {
-            let oh = num(i + 1..i + 3)?;
-            let om = num(i + 4..i + 6)?;
-            if rest.as_bytes()[3] != b':' {
-                return None;
-            }
-            let sign = if rest.as_bytes()[0] == b'-' { -1 } else { 1 };
-            sign * (oh * 60 + om)
-        }
-        _ => return None,
-    };
-    let days = days_from_civil(y, mo, d);
-    let secs = days * 86_400 + h * 3600 + mi * 60 + sec - offset_min * 60;
-    Some(secs * 1000 + ms)
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
 /// The largest difference accepted between a device's own reading time and our
 /// request midpoint; beyond it the device clock is wrong and the midpoint is used
 /// (the collector refuses readings far from its own clock).
-pub const MAX_CLOCK_SKEW_MS: i64 = 60_000;
+pub const MAX_CLOCK_SKEW_MS: i64 = MINUTE_MS;
 
 /// The device's time when it is plausible, else the request midpoint.
 pub fn pick_ts(device_ms: Option<i64>, midpoint_ms: i64) -> i64 {
@@ -542,6 +474,7 @@ impl ResetTracker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dcwatt_wire::time::parse_rfc3339_ms;
 
     #[test]
     fn rfc3339() {

@@ -11,8 +11,9 @@ pub mod nvml;
 pub mod prometheus_text;
 pub mod redfish;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
+pub use dcwatt_wire::time::now_ms;
 use dcwatt_wire::{GpuInfo, Reading};
 
 use crate::config::SourceSpec;
@@ -220,14 +221,6 @@ impl Source {
             Self::PrometheusText(r) => r.collect().await,
         }
     }
-}
-
-/// Now, Unix milliseconds.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 /// An error and its causes, joined by `: ` (reqwest's own text omits the cause).

@@ -18,7 +18,8 @@
 use dcwatt_wire::Quantity;
 use serde_json::{Map, Value};
 
-use crate::sources::meter::{check_value, parse_rfc3339_ms, ErrorKind, MeterError, Unit};
+use crate::sources::meter::{check_value, ErrorKind, MeterError, Unit};
+use dcwatt_wire::time::parse_rfc3339_ms;
 
 /// What one resource says, in SI units.
 #[derive(Debug, Clone, Default, PartialEq)]
