@@ -711,6 +711,17 @@ mod tests {
         g.name = "a\nb".into();
         assert!(render_state(DEFAULT_DRIVER, 0, &[g]).is_err());
         assert!(render_state("5 8", 0, &[]).is_err());
+        let mut g = gpu();
+        g.mig_mode = Some(true);
+        g.mig_instances = vec![FakeMig {
+            gpu_instance: 1,
+            profile: "1g.35gb".into(),
+            gpm: Some(FakeGpm {
+                dram_active_pct: 101,
+                ..FakeGpm::default()
+            }),
+        }];
+        assert!(render_state(DEFAULT_DRIVER, 0, &[g]).is_err());
     }
 
     #[test]
