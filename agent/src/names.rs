@@ -74,6 +74,15 @@ pub const GPU_SM_OCCUPANCY_RATIO: &str = "dcwatt_gpu_sm_occupancy_ratio";
 pub const GPU_TENSOR_ACTIVE_RATIO: &str = "dcwatt_gpu_tensor_active_ratio";
 /// DRAM bandwidth used over its maximum, 0..1 (gauge; GPM).
 pub const GPU_DRAM_ACTIVE_RATIO: &str = "dcwatt_gpu_dram_active_ratio";
+/// Share of a MIG instance's SMs busy over its last GPM window, 0..1, labels
+/// [`MIG_UUID`], [`GPU_INSTANCE`] (gauge; GPM per instance).
+pub const GPU_MIG_SM_ACTIVE_RATIO: &str = "dcwatt_gpu_mig_sm_active_ratio";
+/// A MIG instance's SM occupancy, 0..1 (gauge; GPM per instance).
+pub const GPU_MIG_SM_OCCUPANCY_RATIO: &str = "dcwatt_gpu_mig_sm_occupancy_ratio";
+/// A MIG instance's tensor activity, 0..1 (gauge; GPM per instance).
+pub const GPU_MIG_TENSOR_ACTIVE_RATIO: &str = "dcwatt_gpu_mig_tensor_active_ratio";
+/// A MIG instance's DRAM bandwidth use, 0..1 (gauge; GPM per instance).
+pub const GPU_MIG_DRAM_ACTIVE_RATIO: &str = "dcwatt_gpu_mig_dram_active_ratio";
 /// NVLink error counters, labels [`LINK`], [`COUNTER`] (counter).
 pub const GPU_NVLINK_ERRORS_TOTAL: &str = "dcwatt_gpu_nvlink_errors_total";
 /// PCIe replays (counter).

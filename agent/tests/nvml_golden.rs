@@ -68,10 +68,12 @@ fn gpus() -> Vec<FakeGpu> {
                     FakeMig {
                         gpu_instance: 1,
                         profile: "3g.141gb".into(),
+                        gpm: None,
                     },
                     FakeMig {
                         gpu_instance: 2,
                         profile: "3g.141gb".into(),
+                        gpm: None,
                     },
                 ];
             }

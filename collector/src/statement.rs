@@ -278,6 +278,13 @@ pub struct Combined {
     /// any): see [`crate::delivery::combine_service`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub service: Option<crate::delivery::CombinedService>,
+    /// GPU activity, idle and module energy of every hall's rows together:
+    /// SM and tensor activity means weighted by each row's GPU time, idle,
+    /// module and node energy summed (absent when no hall's row carries
+    /// any). The same definition as one hall's `activity`, over the rows of
+    /// all halls (each hall's statement lists them in `proofs`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub activity: Option<dcwatt_verify::activity::Activity>,
     /// Each hall's own statement, in the order given.
     pub halls: Vec<HallStatement>,
 }
@@ -306,6 +313,11 @@ pub fn combine(tenant: &str, month: &str, issued_ms: i64, halls: Vec<HallStateme
             .iter()
             .filter_map(|h| Some((h.config.as_str(), h.statement.service.as_ref()?))),
     );
+    let activity = dcwatt_verify::activity::Activity::of_rows(
+        halls
+            .iter()
+            .flat_map(|h| h.statement.proofs.rows.iter().map(|p| &p.row)),
+    );
     Combined {
         tenant: tenant.to_owned(),
         month: month.to_owned(),
@@ -316,6 +328,7 @@ pub fn combine(tenant: &str, month: &str, issued_ms: i64, halls: Vec<HallStateme
         late_rows: halls.iter().map(|h| h.statement.late_rows).sum(),
         days,
         service,
+        activity,
         halls,
     }
 }
@@ -354,6 +367,9 @@ impl Combined {
                 s.ledger_head,
                 s.gaps.len()
             );
+        }
+        if let Some(a) = &self.activity {
+            out += &crate::modules::activity_csv(a);
         }
         if let Some(sv) = &self.service {
             out += &sv.to_csv();

@@ -5,7 +5,10 @@
 //! service levels add up too: hall 1's GPU is thermally throttled for 2
 //! minutes, hall 2's second GPU (no energy readings, only its state) is
 //! lost for 2; the combined `service` sums the halls' GPU-minutes, computes
-//! availability from the sums and lists each incident with its hall.
+//! availability from the sums and lists each incident with its hall. So does
+//! GPU activity: hall 1's GPU is busy (GPM) for its first 4 minutes, hall 2's
+//! idle for all 8; the combined `activity` weights each row's SM and tensor
+//! activity by its GPU time and sums the idle energy.
 
 use std::time::{Duration, Instant};
 
@@ -67,6 +70,25 @@ async fn feed(url: &str, hall: &Hall, t0: i64) {
         let ts = t0 + k * 10_000;
         let mut extra = Vec::new();
         let mut gpus = Vec::new();
+        // GPM: hall 1's GPU busy in minutes 0–3 only, hall 2's idle throughout.
+        let gpm = if hall.node == "h1-n1" {
+            (k < 24).then_some((0.8, 0.5))
+        } else {
+            Some((0.02, 0.0))
+        };
+        if let Some((sm, tensor)) = gpm {
+            for (quantity, value) in [
+                (Quantity::SmActiveRatio, sm),
+                (Quantity::TensorActiveRatio, tensor),
+            ] {
+                extra.push(Reading {
+                    ts_ms: ts,
+                    entity: Entity::Gpu(hall.gpu.into()),
+                    quantity,
+                    value,
+                });
+            }
+        }
         if hall.node == "h1-n1" {
             // Thermally throttled in minutes 5 and 6.
             extra.push(Reading {
@@ -208,10 +230,12 @@ async fn a_tenant_in_two_halls_gets_one_statement_summing_both() {
     // What each hall's ledger holds for the month.
     let (from, to) = month_range(&month).unwrap();
     let mut rows_j = Vec::new();
+    let mut all_rows = Vec::new();
     for (_, db) in &confs {
         let store = Store::open(db).unwrap();
         let rows = store.tenant_rows("lab-a", from, to).unwrap();
         assert!(!rows.is_empty());
+        all_rows.extend(rows.iter().cloned());
         rows_j.push((
             rows.iter().map(|r| r.it_joules).sum::<f64>(),
             rows.iter().map(|r| r.gpu_ms).sum::<i64>() as f64 / 3_600_000.0,
@@ -364,6 +388,52 @@ async fn a_tenant_in_two_halls_gets_one_statement_summing_both() {
         ]
     );
 
+    // Activity: the rows of both halls together, each row's SM and tensor
+    // activity weighted by its GPU time; idle and module energy summed.
+    let weighted = |f: fn(&dcwatt_verify::row::Row) -> Option<f64>| {
+        let (mut sum, mut w) = (0.0, 0.0);
+        for r in &all_rows {
+            if let Some(v) = f(r) {
+                sum += v * r.gpu_ms as f64;
+                w += r.gpu_ms as f64;
+            }
+        }
+        sum / w
+    };
+    let a = &c["activity"];
+    let num = |v: &Value, k: &str| v[k].as_f64().unwrap_or_else(|| panic!("{k}: {v}"));
+    let sm = num(a, "sm_active_mean");
+    assert!(close(sm, weighted(|r| r.sm_active_mean)), "{a}");
+    assert!(
+        close(
+            num(a, "tensor_active_mean"),
+            weighted(|r| r.tensor_active_mean)
+        ),
+        "{a}"
+    );
+    // Hall 1 busy for 4 GPU-minutes, hall 2 idle for 8: not the halls'
+    // plain mean.
+    let (a1, a2) = (&s1["activity"], &s2["activity"]);
+    assert!(num(a1, "sm_active_mean") > 0.5 && num(a2, "sm_active_mean") < 0.05);
+    assert!(
+        !close(
+            sm,
+            (num(a1, "sm_active_mean") + num(a2, "sm_active_mean")) / 2.0
+        ),
+        "{a}"
+    );
+    assert!(sm > 0.02 && sm < 0.8, "{a}");
+    let idle_j: f64 = all_rows.iter().filter_map(|r| r.idle_joules).sum();
+    assert!(idle_j > 0.0);
+    assert!(close(num(a, "idle_kwh"), idle_j / 3.6e6), "{a}");
+    assert!(close(
+        num(a, "idle_kwh"),
+        num(a1, "idle_kwh") + num(a2, "idle_kwh")
+    ));
+    for k in ["module_kwh", "node_kwh"] {
+        assert!(close(num(a, k), num(a1, k) + num(a2, k)), "{k}: {a}");
+    }
+
     // CSV: the totals line carries the sum.
     let (code, csv, err) = report(&[&confs[0].0, &confs[1].0], &month, "csv");
     assert_eq!(code, 0, "{err}");
@@ -375,6 +445,16 @@ async fn a_tenant_in_two_halls_gets_one_statement_summing_both() {
     assert!(close(total, it), "{csv}");
     assert_eq!(csv.lines().filter(|l| l.starts_with("# hall ")).count(), 2);
     assert!(csv.contains("# service (all halls)\n"), "{csv}");
+    let activity: Vec<&str> = csv
+        .split("# activity\n")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no activity: {csv}"))
+        .lines()
+        .take(2)
+        .collect();
+    assert!(activity[0].starts_with("sm_active_mean,"), "{csv}");
+    let sm_csv: f64 = activity[1].split(',').next().unwrap().parse().unwrap();
+    assert!(close(sm_csv, sm), "{csv}");
     assert!(csv.contains("\ndown,2,0,2\n"), "{csv}");
     assert!(
         csv.contains(&format!("\n{},", hall(1))) && csv.contains(",down,lost,gpu,2,GPU-h2b\n"),

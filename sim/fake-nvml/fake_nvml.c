@@ -164,6 +164,10 @@ struct gpu {
     unsigned int mig_count;
     unsigned int mig_gi[MAX_MIG];
     char mig_profile[MAX_MIG][PROFILE_LEN];
+    /* `set <i> mig_gpm <gi> <sm> <occ> <tensor> <dram>`: GPM of one instance
+     * (nvmlGpmMigSampleGet); an instance without it answers NOT_SUPPORTED. */
+    unsigned char mig_gpm_has[MAX_MIG];
+    unsigned int mig_gpm[MAX_MIG][4];
     unsigned int xid_count;
     unsigned long long xid_id[MAX_XID];
     unsigned long long xid_code[MAX_XID];
@@ -467,6 +471,17 @@ static int parse_set(char *s, struct state *st) {
         if (parse_uint(&s, &g->mig_gi[g->mig_count]) != 0) return -1;
         if (parse_word(&s, g->mig_profile[g->mig_count], PROFILE_LEN) != 0) return -1;
         g->mig_count++;
+    } else if (strcmp(key, "mig_gpm") == 0) {
+        unsigned int gi, v[4];
+        if (parse_uint(&s, &gi) != 0) return -1;
+        for (int k = 0; k < 4; k++) {
+            if (parse_uint(&s, &v[k]) != 0 || v[k] > 100) return -1;
+        }
+        unsigned int m = 0;
+        while (m < g->mig_count && g->mig_gi[m] != gi) m++;
+        if (m == g->mig_count) return -1; /* after its mig_instance line */
+        memcpy(g->mig_gpm[m], v, sizeof v);
+        g->mig_gpm_has[m] = 1;
     } else if (strcmp(key, "nvlink") == 0) {
         unsigned int n = g->nvlink_count;
         if (n >= MAX_NVLINK_COUNTERS || parse_uint(&s, &g->nvlink_link[n]) != 0 ||
@@ -1277,6 +1292,23 @@ EXPORT nvmlReturn_t nvmlDeviceGetMigDeviceHandleByIndex(nvmlDevice_t device, uns
     return ret;
 }
 
+/* The GPU instance id of a MIG device handle (a board handle: NOT_SUPPORTED). */
+EXPORT nvmlReturn_t nvmlDeviceGetGpuInstanceId(nvmlDevice_t device, unsigned int *id) {
+    count_call(__func__);
+    if (id == NULL) return NVML_ERROR_INVALID_ARGUMENT;
+    const struct gpu *g;
+    int mig;
+    nvmlReturn_t ret = enter_call(device, &g, __func__, 1, &mig);
+    if (ret != NVML_SUCCESS) return ret;
+    if (mig < 0) {
+        ret = NVML_ERROR_NOT_SUPPORTED;
+    } else {
+        *id = g->mig_gi[mig];
+    }
+    leave();
+    return ret;
+}
+
 EXPORT nvmlReturn_t nvmlDeviceIsMigDeviceHandle(nvmlDevice_t device, unsigned int *is_mig) {
     count_call(__func__);
     if (is_mig == NULL) return NVML_ERROR_INVALID_ARGUMENT;
@@ -1778,10 +1810,14 @@ EXPORT const struct dcwatt_layout_row *dcwattFakeLayout(unsigned int *count) {
  * is the `gpm_*_pct` the GPU's state gives (constant over any interval).
  * Two samples less than 100 ms apart, as NVML documents, answer
  * INVALID_ARGUMENT: a caller that samples too fast is caught. A GPU without
- * any `gpm_*` key answers NOT_SUPPORTED to nvmlGpmSampleGet. ---- */
+ * any `gpm_*` key answers NOT_SUPPORTED to nvmlGpmSampleGet. A MIG
+ * instance's sample (nvmlGpmMigSampleGet) gives its own `mig_gpm` values;
+ * metrics between samples of different GPUs or instances are refused. ---- */
 struct nvmlGpmSample_st {
     int filled;
     unsigned int gpu;
+    /* -1: the board; else the instance's slot (mig_gi[slot] is its id). */
+    int mig;
     double t_ms;
 };
 
@@ -1817,6 +1853,34 @@ EXPORT nvmlReturn_t nvmlGpmSampleGet(nvmlDevice_t device, nvmlGpmSample_t gpmSam
     } else {
         gpmSample->filled = 1;
         gpmSample->gpu = g->index;
+        gpmSample->mig = -1;
+        gpmSample->t_ms = now_ms();
+    }
+    leave();
+    return ret;
+}
+
+/* GPM of the GPU instance `gpuInstanceId` of a board in MIG mode. MIG off
+ * (or not supported): NOT_SUPPORTED; no instance with that id: NOT_FOUND; an
+ * instance without `mig_gpm` values: NOT_SUPPORTED. */
+EXPORT nvmlReturn_t nvmlGpmMigSampleGet(nvmlDevice_t device, unsigned int gpuInstanceId, nvmlGpmSample_t gpmSample) {
+    count_call(__func__);
+    if (gpmSample == NULL) return NVML_ERROR_INVALID_ARGUMENT;
+    const struct gpu *g;
+    nvmlReturn_t ret = enter_device(device, &g);
+    if (ret != NVML_SUCCESS) return ret;
+    unsigned int m = 0;
+    while (m < g->mig_count && g->mig_gi[m] != gpuInstanceId) m++;
+    if (!g->has[K_MIG_MODE] || !g->val[K_MIG_MODE]) {
+        ret = NVML_ERROR_NOT_SUPPORTED;
+    } else if (m == g->mig_count) {
+        ret = NVML_ERROR_NOT_FOUND;
+    } else if (!g->mig_gpm_has[m]) {
+        ret = NVML_ERROR_NOT_SUPPORTED;
+    } else {
+        gpmSample->filled = 1;
+        gpmSample->gpu = g->index;
+        gpmSample->mig = (int)m;
         gpmSample->t_ms = now_ms();
     }
     leave();
@@ -1840,7 +1904,7 @@ EXPORT nvmlReturn_t nvmlGpmMetricsGet(nvmlGpmMetricsGet_t *metricsGet) {
     if (metricsGet == NULL) return NVML_ERROR_INVALID_ARGUMENT;
     if (metricsGet->version != NVML_GPM_METRICS_GET_VERSION) return NVML_ERROR_ARGUMENT_VERSION_MISMATCH;
     const struct nvmlGpmSample_st *a = metricsGet->sample1, *b = metricsGet->sample2;
-    if (a == NULL || b == NULL || !a->filled || !b->filled || a->gpu != b->gpu ||
+    if (a == NULL || b == NULL || !a->filled || !b->filled || a->gpu != b->gpu || a->mig != b->mig ||
         metricsGet->numMetrics > NVML_GPM_METRIC_MAX)
         return NVML_ERROR_INVALID_ARGUMENT;
     if (b->t_ms - a->t_ms < 100.0) return NVML_ERROR_INVALID_ARGUMENT;
@@ -1860,7 +1924,12 @@ EXPORT nvmlReturn_t nvmlGpmMetricsGet(nvmlGpmMetricsGet_t *metricsGet) {
         m->metricInfo.shortName = NULL;
         m->metricInfo.longName = NULL;
         m->metricInfo.unit = NULL;
-        if (g == NULL || k < 0 || !g->has[k]) {
+        if (a->mig >= 0) {
+            /* The instance's values, in K_GPM_* order. */
+            int ok = g != NULL && k >= 0 && (unsigned int)a->mig < g->mig_count && g->mig_gpm_has[a->mig];
+            m->nvmlReturn = ok ? NVML_SUCCESS : NVML_ERROR_NOT_SUPPORTED;
+            m->value = ok ? (double)g->mig_gpm[a->mig][k - K_GPM_SM_ACTIVE] : 0.0;
+        } else if (g == NULL || k < 0 || !g->has[k]) {
             m->nvmlReturn = NVML_ERROR_NOT_SUPPORTED;
             m->value = 0.0;
         } else {

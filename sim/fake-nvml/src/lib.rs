@@ -309,12 +309,15 @@ pub struct FakeThresholds {
 }
 
 /// One MIG instance of a GPU.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FakeMig {
-    /// GPU instance id; the MIG UUID is `MIG-<parent uuid without GPU->-<id>`.
+    /// GPU instance id (`nvmlDeviceGetGpuInstanceId`); the MIG UUID is
+    /// `MIG-<parent uuid without GPU->-<id>`.
     pub gpu_instance: u32,
     /// Profile (`1g.35gb`); its name is `<model> MIG <profile>`. No whitespace.
     pub profile: String,
+    /// The instance's GPM metrics (`nvmlGpmMigSampleGet`); `None`: not supported.
+    pub gpm: Option<FakeGpm>,
 }
 
 /// One XID event.
@@ -567,6 +570,25 @@ fn render_optional(out: &mut String, g: &FakeGpu) -> io::Result<()> {
             )));
         }
         let _ = writeln!(out, "set {i} mig_instance {} {}", m.gpu_instance, m.profile);
+        if let Some(p) = m.gpm {
+            let pcts = [
+                p.sm_active_pct,
+                p.sm_occupancy_pct,
+                p.tensor_active_pct,
+                p.dram_active_pct,
+            ];
+            if pcts.iter().any(|&v| v > 100) {
+                return Err(invalid(format!(
+                    "gpu {i}: MIG instance {} GPM percent above 100",
+                    m.gpu_instance
+                )));
+            }
+            let _ = writeln!(
+                out,
+                "set {i} mig_gpm {} {} {} {} {}",
+                m.gpu_instance, pcts[0], pcts[1], pcts[2], pcts[3]
+            );
+        }
     }
     if g.xids.len() > 64 {
         return Err(invalid(format!("gpu {i}: at most 64 XID events")));
@@ -640,6 +662,12 @@ mod tests {
         g.mig_instances = vec![FakeMig {
             gpu_instance: 1,
             profile: "1g.35gb".into(),
+            gpm: Some(FakeGpm {
+                sm_active_pct: 61,
+                sm_occupancy_pct: 42,
+                tensor_active_pct: 33,
+                dram_active_pct: 24,
+            }),
         }];
         let text = render_state(DEFAULT_DRIVER, 1, &[g]).unwrap();
         for line in [
@@ -648,7 +676,7 @@ mod tests {
             "set 0 unsupported nvmlDeviceGetPowerUsage\n",
             "set 0 xid 1 79\n",
             "set 0 mig_mode 1\n",
-            "set 0 mig_instance 1 1g.35gb\n",
+            "set 0 mig_instance 1 1g.35gb\nset 0 mig_gpm 1 61 42 33 24\n",
         ] {
             assert!(text.contains(line), "{line} in {text}");
         }
@@ -683,6 +711,17 @@ mod tests {
         g.name = "a\nb".into();
         assert!(render_state(DEFAULT_DRIVER, 0, &[g]).is_err());
         assert!(render_state("5 8", 0, &[]).is_err());
+        let mut g = gpu();
+        g.mig_mode = Some(true);
+        g.mig_instances = vec![FakeMig {
+            gpu_instance: 1,
+            profile: "1g.35gb".into(),
+            gpm: Some(FakeGpm {
+                dram_active_pct: 101,
+                ..FakeGpm::default()
+            }),
+        }];
+        assert!(render_state(DEFAULT_DRIVER, 0, &[g]).is_err());
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! The fake library's Grace-Blackwell answers, through nvml-wrapper and its
 //! raw function table (the agent's two paths), on the GB300 profile: scoped
 //! power field values, NVML 13's versioned calls, identity, reserved memory,
-//! a skewed energy counter, remapped rows, GPM's 100 ms rule, injected error
-//! codes, and the call counts. Reads and writes only a temporary directory.
+//! a skewed energy counter, remapped rows, GPM's 100 ms rule, GPM per MIG
+//! instance, injected error codes, and the call counts. Reads and writes only a temporary directory.
 //!
 //! One process loads one instance of the library and has one environment, so
 //! everything runs in one test function, in order.
@@ -11,7 +11,7 @@ use std::ffi::OsStr;
 
 use dcwatt_fake_nvml::introspect::{call_counts, reset_call_counts};
 use dcwatt_fake_nvml::profiles::{gb300_tray, ENERGY_SKEW_PPM, ENERGY_START_MJ, GB300};
-use dcwatt_fake_nvml::{FakeError, FakeNode, LIB_PATH, STATE_ENV};
+use dcwatt_fake_nvml::{FakeError, FakeGpm, FakeMig, FakeNode, LIB_PATH, STATE_ENV};
 use nvml_wrapper::error::{nvml_try, NvmlError};
 use nvml_wrapper::{Device, Nvml};
 use nvml_wrapper_sys::bindings as b;
@@ -171,6 +171,58 @@ fn gb300_profile_through_nvml() {
     let got = nvml_wrapper::gpm::gpm_metrics_get(&nvml, &s1, &s3, &ids).unwrap();
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].as_ref().unwrap().value, 0.0);
+
+    // GPM per MIG instance: GPU 1 in MIG mode, instance 1 with its own
+    // values, instance 2 without GPM; GPU 0 not in MIG mode.
+    let mut gpus = gb300_tray();
+    gpus[1].mig_mode = Some(true);
+    gpus[1].mig_instances = vec![
+        FakeMig {
+            gpu_instance: 1,
+            profile: "3g.139gb".into(),
+            gpm: Some(FakeGpm {
+                sm_active_pct: 71,
+                sm_occupancy_pct: 52,
+                tensor_active_pct: 43,
+                dram_active_pct: 34,
+            }),
+        },
+        FakeMig {
+            gpu_instance: 2,
+            profile: "3g.139gb".into(),
+            gpm: None,
+        },
+    ];
+    write(gpus);
+    let d1 = nvml.device_by_index(1).unwrap();
+    assert!(matches!(d0.gpm_mig_sample(1), Err(NvmlError::NotSupported)));
+    assert!(matches!(d1.gpm_mig_sample(9), Err(NvmlError::NotFound)));
+    assert!(matches!(d1.gpm_mig_sample(2), Err(NvmlError::NotSupported)));
+    let m1 = d1.gpm_mig_sample(1).unwrap();
+    let board = d1.gpm_sample().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(120));
+    let m2 = d1.gpm_mig_sample(1).unwrap();
+    use nvml_wrapper::enums::gpm::GpmMetricId as G;
+    let ids = [G::SmUtil, G::SmOccupancy, G::AnyTensorUtil, G::DramBwUtil];
+    let got: Vec<f64> = nvml_wrapper::gpm::gpm_metrics_get(&nvml, &m1, &m2, &ids)
+        .unwrap()
+        .into_iter()
+        .map(|m| m.unwrap().value)
+        .collect();
+    assert_eq!(got, vec![71.0, 52.0, 43.0, 34.0]);
+    // An instance's sample and the board's do not pair.
+    assert!(matches!(
+        nvml_wrapper::gpm::gpm_metrics_get(&nvml, &board, &m2, &ids),
+        Err(NvmlError::InvalidArg)
+    ));
+    // The instance id of a MIG device handle.
+    let mig = d1.mig_device_by_index(1).unwrap();
+    let mut gi = 0u32;
+    // SAFETY: a live MIG handle and a valid out-pointer.
+    let r = unsafe { lib.nvmlDeviceGetGpuInstanceId.as_ref().unwrap()(mig.handle(), &mut gi) };
+    assert_eq!((r, gi), (0, 2));
+    drop((m1, m2, board));
+    write(gb300_tray());
 
     // Counts per symbol.
     reset_call_counts().unwrap();

@@ -65,11 +65,19 @@ pub enum Fam {
     GpmTensorActive,
     /// `dcwatt_gpu_dram_active_ratio` (GPM).
     GpmDramActive,
+    /// `dcwatt_gpu_mig_sm_active_ratio{mig_uuid,gpu_instance}` (GPM per MIG instance).
+    MigSmActive,
+    /// `dcwatt_gpu_mig_sm_occupancy_ratio{mig_uuid,gpu_instance}`.
+    MigSmOccupancy,
+    /// `dcwatt_gpu_mig_tensor_active_ratio{mig_uuid,gpu_instance}`.
+    MigTensorActive,
+    /// `dcwatt_gpu_mig_dram_active_ratio{mig_uuid,gpu_instance}`.
+    MigDramActive,
 }
 
 impl Fam {
     /// Every family, in rendering order.
-    pub const ALL: [Fam; 29] = [
+    pub const ALL: [Fam; 33] = [
         Fam::PowerInstant,
         Fam::MemoryPower,
         Fam::PowerDefaultLimit,
@@ -99,6 +107,10 @@ impl Fam {
         Fam::XidErrors,
         Fam::MigEnabled,
         Fam::MigInstance,
+        Fam::MigSmActive,
+        Fam::MigSmOccupancy,
+        Fam::MigTensorActive,
+        Fam::MigDramActive,
     ];
 
     /// The metric name.
@@ -133,6 +145,10 @@ impl Fam {
             Fam::GpmSmOccupancy => n::GPU_SM_OCCUPANCY_RATIO,
             Fam::GpmTensorActive => n::GPU_TENSOR_ACTIVE_RATIO,
             Fam::GpmDramActive => n::GPU_DRAM_ACTIVE_RATIO,
+            Fam::MigSmActive => n::GPU_MIG_SM_ACTIVE_RATIO,
+            Fam::MigSmOccupancy => n::GPU_MIG_SM_OCCUPANCY_RATIO,
+            Fam::MigTensorActive => n::GPU_MIG_TENSOR_ACTIVE_RATIO,
+            Fam::MigDramActive => n::GPU_MIG_DRAM_ACTIVE_RATIO,
         }
     }
 
@@ -180,6 +196,16 @@ impl Fam {
             Fam::GpmSmOccupancy => "Active warps over the theoretical maximum, last GPM window, 0..1.",
             Fam::GpmTensorActive => "Share of time SMs ran any tensor operation, last GPM window, 0..1.",
             Fam::GpmDramActive => "DRAM bandwidth used over its maximum, last GPM window, 0..1.",
+            Fam::MigSmActive => "Share of the MIG instance's SMs busy over its last GPM window, 0..1.",
+            Fam::MigSmOccupancy => {
+                "The MIG instance's active warps over the theoretical maximum, last GPM window, 0..1."
+            }
+            Fam::MigTensorActive => {
+                "Share of time the MIG instance's SMs ran any tensor operation, last GPM window, 0..1."
+            }
+            Fam::MigDramActive => {
+                "The MIG instance's DRAM bandwidth used over its maximum, last GPM window, 0..1."
+            }
         }
     }
 

@@ -69,6 +69,9 @@ enum Task {
     /// `nvmlGpmSampleGet` + `nvmlGpmMetricsGet` (two calls): the GPM
     /// ratios over the time since the previous sample.
     Gpm,
+    /// `nvmlGpmMigSampleGet` + `nvmlGpmMetricsGet` (two calls) for one MIG
+    /// instance: the instances of a GPU in MIG mode take turns.
+    GpmMig,
     /// `nvmlDeviceGetCurrentClocksEventReasons`.
     Reasons,
     /// `nvmlDeviceGetUtilizationRates`.
@@ -92,14 +95,14 @@ impl Task {
     /// more is due than fits (every reading's interval then stretches alike).
     fn period(self) -> f64 {
         match self {
-            Task::Gpm | Task::Reasons | Task::Utilization => 2.0,
+            Task::Gpm | Task::GpmMig | Task::Reasons | Task::Utilization => 2.0,
             Task::Memory | Task::Margin | Task::ClockSm | Task::ClockMem | Task::Fan(_) => 10.0,
             Task::Nvlink => 1.0,
         }
     }
 
     fn cost(self) -> u32 {
-        if self == Task::Gpm {
+        if matches!(self, Task::Gpm | Task::GpmMig) {
             2
         } else {
             1
@@ -174,6 +177,38 @@ struct GpmState {
     spare: raw::GpmSample,
     at: Instant,
     values: Vec<(Fam, f64)>,
+}
+
+/// GPM of one MIG instance: its MIG UUID (a label) and its buffers, once
+/// its first sample is taken.
+#[derive(Debug)]
+struct MigGpm {
+    uuid: String,
+    gpm: Option<GpmState>,
+}
+
+/// The `unsupported` key of one MIG instance's GPM (by GPU instance id).
+fn mig_gpm_call(gpu_instance: u32) -> String {
+    format!("gpm_mig:{gpu_instance}")
+}
+
+/// The per-instance family of a board GPM family.
+fn mig_fam(board: Fam) -> Fam {
+    match board {
+        Fam::GpmSmActive => Fam::MigSmActive,
+        Fam::GpmSmOccupancy => Fam::MigSmOccupancy,
+        Fam::GpmTensorActive => Fam::MigTensorActive,
+        _ => Fam::MigDramActive,
+    }
+}
+
+/// GPM metrics as ratios, the ones NVML answered (finite), by board family.
+fn gpm_values(values: Vec<Result<f64, NvmlError>>) -> Vec<(Fam, f64)> {
+    GPM_METRICS
+        .iter()
+        .zip(values)
+        .filter_map(|((_, fam), v)| v.ok().filter(|v| v.is_finite()).map(|v| (*fam, v / 100.0)))
+        .collect()
 }
 
 /// `nvmlPowerScopeType_t`: the GPU alone, the whole module (superchip: GPUs,
@@ -348,6 +383,8 @@ struct Statics {
     fans: u32,
     /// PCIe link, remapped rows, MIG: samples repeated as read.
     samples: Vec<Sample>,
+    /// MIG instances whose GPU instance id NVML gave: `(id, MIG UUID)`.
+    mig: Vec<(u32, String)>,
 }
 
 /// A GPU's state that outlives one read: identity, static facts, what it
@@ -385,6 +422,11 @@ pub struct GpuState {
     /// GPM sample buffers, once allocated; freed by [`GpuState::release`]
     /// before NVML is shut down for a re-init.
     gpm: Option<GpmState>,
+    /// GPM per MIG instance, by GPU instance id (instances of the last
+    /// static refresh); freed like `gpm`.
+    mig_gpm: std::collections::BTreeMap<u32, MigGpm>,
+    /// The GPU instance whose GPM was read last (instances take turns).
+    mig_cursor: Option<u32>,
     /// Ticks read, for [`Task`] turns.
     ticks: u64,
     held: Held,
@@ -434,6 +476,12 @@ impl GpuState {
         if let Some(g) = self.gpm.take() {
             let _ = raw::gpm_sample_free(nvml, g.earlier);
             let _ = raw::gpm_sample_free(nvml, g.spare);
+        }
+        for (_, m) in std::mem::take(&mut self.mig_gpm) {
+            if let Some(g) = m.gpm {
+                let _ = raw::gpm_sample_free(nvml, g.earlier);
+                let _ = raw::gpm_sample_free(nvml, g.spare);
+            }
         }
     }
 
@@ -690,6 +738,7 @@ impl GpuState {
         }
         if refresh {
             let statics = self.read_statics(dev, fields.tlimit.clone())?;
+            self.prune_mig_gpm(dev.nvml(), &statics);
             self.statics = Some(statics);
             self.statics_at = Some(Instant::now());
         }
@@ -852,6 +901,20 @@ impl GpuState {
                 push(q, v.clamp(0.0, 1.0));
             }
         }
+        // Per MIG instance: agent-only families (the wire's GPM quantities
+        // are per GPU), labelled as `dcwatt_gpu_mig_instance_info`.
+        for (gi, m) in &self.mig_gpm {
+            for (fam, v) in m.gpm.iter().flat_map(|g| &g.values) {
+                samples.push(Sample {
+                    fam: mig_fam(*fam),
+                    labels: vec![
+                        (n::MIG_UUID, m.uuid.clone()),
+                        (n::GPU_INSTANCE, gi.to_string()),
+                    ],
+                    value: *v,
+                });
+            }
+        }
         if let Some(r) = fields.pcie_replays {
             samples.push(Sample::plain(Fam::PcieReplays, r));
         }
@@ -887,6 +950,7 @@ impl GpuState {
     fn due_tasks(&self, statics: &Statics) -> Vec<(f64, Task)> {
         let mut tasks = vec![
             Task::Gpm,
+            Task::GpmMig,
             Task::Reasons,
             Task::Utilization,
             Task::Memory,
@@ -906,6 +970,7 @@ impl GpuState {
                             .as_ref()
                             .is_none_or(|g| g.at.elapsed() >= GPM_MIN_INTERVAL)
                 }
+                Task::GpmMig => !self.mig_gpm_due(statics).is_empty(),
                 Task::Reasons => {
                     statics.supported_reasons.is_some()
                         && !(self.unsupported.contains("clocks_event_reasons")
@@ -963,7 +1028,19 @@ impl GpuState {
                 }
                 slots -= task.cost();
             }
-            self.run_task(dev, task, gpu_temp)?;
+            match task {
+                // A burst takes every instance's turn (each one's first
+                // sample, or its window so far).
+                Task::GpmMig => {
+                    for gi in self.mig_gpm_due(statics) {
+                        self.read_gpm_mig(dev, gi, statics)?;
+                        if !burst {
+                            break;
+                        }
+                    }
+                }
+                _ => self.run_task(dev, task, gpu_temp)?,
+            }
             if burst && task == Task::Nvlink {
                 while self.nvlink_cursor > 0 {
                     self.run_task(dev, task, gpu_temp)?;
@@ -985,6 +1062,8 @@ impl GpuState {
     ) -> Result<(), Failure> {
         match task {
             Task::Gpm => self.read_gpm(dev)?,
+            // Read by `run_tasks`, which has the instances.
+            Task::GpmMig => {}
             Task::Reasons => {
                 let current = match self.optional("clocks_event_reasons", || {
                     raw::clocks_event_reasons(dev, false)
@@ -1151,13 +1230,7 @@ impl GpuState {
             if let Some(values) = self.optional("gpm_metrics", || {
                 raw::gpm_metrics_get(nvml, g.earlier, g.spare, &ids)
             })? {
-                g.values = GPM_METRICS
-                    .iter()
-                    .zip(values)
-                    .filter_map(|((_, fam), v)| {
-                        v.ok().filter(|v| v.is_finite()).map(|v| (*fam, v / 100.0))
-                    })
-                    .collect();
+                g.values = gpm_values(values);
             }
             std::mem::swap(&mut g.earlier, &mut g.spare);
             g.at = at;
@@ -1169,6 +1242,131 @@ impl GpuState {
             self.gpm = Some(g);
         }
         Ok(())
+    }
+
+    /// The MIG instances whose GPM can be read now (listed by the last
+    /// static refresh, not known to lack GPM, their previous sample at least
+    /// [`GPM_MIN_INTERVAL`] old), in turn order: those after the one read
+    /// last first.
+    fn mig_gpm_due(&self, statics: &Statics) -> Vec<u32> {
+        if self.unsupported.contains("gpm_metrics") {
+            return Vec::new();
+        }
+        let mut ids: Vec<u32> = statics
+            .mig
+            .iter()
+            .map(|(gi, _)| *gi)
+            .filter(|gi| !self.unsupported.contains(&mig_gpm_call(*gi)))
+            .filter(|gi| {
+                self.mig_gpm
+                    .get(gi)
+                    .and_then(|m| m.gpm.as_ref())
+                    .is_none_or(|g| g.at.elapsed() >= GPM_MIN_INTERVAL)
+            })
+            .collect();
+        if let Some(c) = self.mig_cursor {
+            ids.sort_by_key(|gi| (*gi <= c, *gi));
+        }
+        ids
+    }
+
+    /// GPM of the MIG instance `gi`, as [`Self::read_gpm`] for the board:
+    /// the first time two buffers and the first sample
+    /// (`nvmlGpmMigSampleGet`); then a sample and the metrics since the
+    /// previous one (two calls). Absent where the instance has no GPM
+    /// (learned once per instance); a sample that fails otherwise leaves the
+    /// instance's ratios absent until its next read.
+    fn read_gpm_mig(
+        &mut self,
+        dev: &Device<'_>,
+        gi: u32,
+        statics: &Statics,
+    ) -> Result<(), Failure> {
+        let call = mig_gpm_call(gi);
+        let nvml = dev.nvml();
+        self.mig_cursor = Some(gi);
+        let uuid = statics
+            .mig
+            .iter()
+            .find(|(id, _)| *id == gi)
+            .map(|(_, u)| u.clone())
+            .unwrap_or_default();
+        let Some(mut g) = self.mig_gpm.get_mut(&gi).and_then(|m| m.gpm.take()) else {
+            let a = self.optional(&call, || raw::gpm_sample_alloc(nvml))?;
+            let b = match a {
+                Some(_) => self.optional(&call, || raw::gpm_sample_alloc(nvml)),
+                None => Ok(None),
+            };
+            let first = match (a, &b) {
+                (Some(a), Ok(Some(_))) => {
+                    self.optional(&call, || raw::gpm_mig_sample_get(dev, gi, a))
+                }
+                _ => Ok(None),
+            };
+            match (a, b, first) {
+                (Some(earlier), Ok(Some(spare)), Ok(Some(()))) => {
+                    let gpm = Some(GpmState {
+                        earlier,
+                        spare,
+                        at: Instant::now(),
+                        values: Vec::new(),
+                    });
+                    self.mig_gpm.insert(gi, MigGpm { uuid, gpm });
+                }
+                (a, b, first) => {
+                    let b_buf = b.as_ref().ok().copied().flatten();
+                    for s in [a, b_buf].into_iter().flatten() {
+                        let _ = raw::gpm_sample_free(nvml, s);
+                    }
+                    b?;
+                    first?;
+                }
+            }
+            return Ok(());
+        };
+        let mut result = Ok(());
+        match self.optional(&call, || raw::gpm_mig_sample_get(dev, gi, g.spare)) {
+            Ok(Some(())) => {
+                let at = Instant::now();
+                let ids: Vec<u32> = GPM_METRICS.iter().map(|m| m.0).collect();
+                match self.optional("gpm_metrics", || {
+                    raw::gpm_metrics_get(nvml, g.earlier, g.spare, &ids)
+                }) {
+                    Ok(Some(values)) => g.values = gpm_values(values),
+                    Ok(None) => g.values.clear(),
+                    Err(e) => result = Err(e),
+                }
+                std::mem::swap(&mut g.earlier, &mut g.spare);
+                g.at = at;
+            }
+            Ok(None) => g.values.clear(),
+            Err(e) => result = Err(e),
+        }
+        if self.unsupported.contains(&call) || self.unsupported.contains("gpm_metrics") {
+            let _ = raw::gpm_sample_free(nvml, g.earlier);
+            let _ = raw::gpm_sample_free(nvml, g.spare);
+            self.mig_gpm.remove(&gi);
+        } else {
+            self.mig_gpm.insert(gi, MigGpm { uuid, gpm: Some(g) });
+        }
+        result
+    }
+
+    /// Frees the GPM buffers of MIG instances the static refresh no longer
+    /// lists (destroyed, or MIG turned off).
+    fn prune_mig_gpm(&mut self, nvml: &Nvml, statics: &Statics) {
+        let gone: Vec<u32> = self
+            .mig_gpm
+            .keys()
+            .filter(|gi| !statics.mig.iter().any(|(id, _)| id == *gi))
+            .copied()
+            .collect();
+        for gi in gone {
+            if let Some(g) = self.mig_gpm.remove(&gi).and_then(|m| m.gpm) {
+                let _ = raw::gpm_sample_free(nvml, g.earlier);
+                let _ = raw::gpm_sample_free(nvml, g.spare);
+            }
+        }
     }
 
     /// Facts that change rarely, read on the first tick and every
@@ -1231,20 +1429,26 @@ impl GpuState {
                 ));
             }
         }
-        self.read_mig(dev, &mut s.samples)?;
+        s.mig = self.read_mig(dev, &mut s.samples)?;
         Ok(s)
     }
 
     /// MIG mode and instances. Power and energy are read from the board only,
-    /// so they are never repeated per instance.
-    fn read_mig(&mut self, dev: &Device<'_>, samples: &mut Vec<Sample>) -> Result<(), Failure> {
+    /// so they are never repeated per instance. Returns the instances whose
+    /// GPU instance id NVML gave (`nvmlDeviceGetGpuInstanceId`), for GPM.
+    fn read_mig(
+        &mut self,
+        dev: &Device<'_>,
+        samples: &mut Vec<Sample>,
+    ) -> Result<Vec<(u32, String)>, Failure> {
+        let mut listed = Vec::new();
         let Some(mode) = self.optional("mig_mode", || dev.mig_mode())? else {
-            return Ok(());
+            return Ok(listed);
         };
         let on = mode.current == 1;
         samples.push(Sample::plain(Fam::MigEnabled, if on { 1.0 } else { 0.0 }));
         if !on {
-            return Ok(());
+            return Ok(listed);
         }
         let slots = self.optional("mig_device_count", || dev.mig_device_count())?;
         for slot in 0..slots.unwrap_or(0) {
@@ -1263,7 +1467,15 @@ impl GpuState {
                 .map_or(name.as_str(), |(_, p)| p)
                 .trim()
                 .to_owned();
-            let instance = uuid.rsplit('-').next().unwrap_or("").to_owned();
+            // The GPU instance id NVML gives the MIG device; a library
+            // without the call: the UUID's last dash-separated part, as before.
+            let instance = match self.optional("gpu_instance_id", || raw::gpu_instance_id(&mig))? {
+                Some(gi) => {
+                    listed.push((gi, uuid.clone()));
+                    gi.to_string()
+                }
+                None => uuid.rsplit('-').next().unwrap_or("").to_owned(),
+            };
             samples.push(Sample {
                 fam: Fam::MigInstance,
                 labels: vec![
@@ -1274,7 +1486,7 @@ impl GpuState {
                 value: 1.0,
             });
         }
-        Ok(())
+        Ok(listed)
     }
 
     /// One `nvmlDeviceGetFieldValues` call (through the library handle, so

@@ -7,7 +7,9 @@
 //!   (versioned structs, NVML 13);
 //! - `nvmlDeviceGetCurrentClocksEventReasons` and
 //!   `nvmlDeviceGetSupportedClocksEventReasons` (the wrapper calls the
-//!   deprecated `…ClocksThrottleReasons` names).
+//!   deprecated `…ClocksThrottleReasons` names);
+//! - GPM (`nvmlGpmSample*`, `nvmlGpmMigSampleGet`, `nvmlGpmMetricsGet`) on
+//!   buffers the agent keeps across ticks, and `nvmlDeviceGetGpuInstanceId`.
 //!
 //! A symbol the loaded library lacks answers
 //! `NvmlError::FailedToLoadSymbol`, as in the wrapper, never a panic. The
@@ -188,6 +190,27 @@ pub fn gpm_sample_get(dev: &Device<'_>, s: GpmSample) -> Result<(), NvmlError> {
     let f = nvml_sym(dev.nvml().lib().nvmlGpmSampleGet.as_ref())?;
     // SAFETY: a live handle and a sample this library allocated.
     nvml_try(unsafe { f(dev.handle(), s as b::nvmlGpmSample_t) })
+}
+
+/// `nvmlGpmMigSampleGet`: fills `s` with the counters of the GPU instance
+/// `gpu_instance` (its id, `nvmlDeviceGetGpuInstanceId`) of the board `dev`.
+pub fn gpm_mig_sample_get(
+    dev: &Device<'_>,
+    gpu_instance: u32,
+    s: GpmSample,
+) -> Result<(), NvmlError> {
+    let f = nvml_sym(dev.nvml().lib().nvmlGpmMigSampleGet.as_ref())?;
+    // SAFETY: a live board handle and a sample this library allocated.
+    nvml_try(unsafe { f(dev.handle(), gpu_instance, s as b::nvmlGpmSample_t) })
+}
+
+/// `nvmlDeviceGetGpuInstanceId` of a MIG device handle.
+pub fn gpu_instance_id(mig: &Device<'_>) -> Result<u32, NvmlError> {
+    let f = nvml_sym(mig.nvml().lib().nvmlDeviceGetGpuInstanceId.as_ref())?;
+    let mut id = 0u32;
+    // SAFETY: a live MIG device handle and a valid out-pointer.
+    nvml_try(unsafe { f(mig.handle(), &mut id) })?;
+    Ok(id)
 }
 
 /// `nvmlGpmMetricsGet` between two filled samples: each metric's value
