@@ -23,6 +23,7 @@ use dcwatt_fake_nvml::profiles::{gb300_tray, ENERGY_SKEW_PPM};
 use dcwatt_fake_nvml::{FakeNode, LIB_PATH, STATE_ENV};
 use dcwatt_sim::launch::Proc;
 use dcwatt_tests::wait_for;
+use dcwatt_wire::time::{civil_from_days, DAY_MS, MINUTE_MS};
 use serde_json::Value;
 use sha2::Digest;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -33,7 +34,7 @@ const TENANT_TOKEN: &str = "lab-a-token";
 const AGENT_TOKEN: &str = "gb300-n1-agent-token";
 /// The node's input power, W: its GPUs, modules and the rest of the tray.
 const NODE_W: f64 = 1500.0;
-const MIN: i64 = 60_000;
+const MIN: i64 = MINUTE_MS;
 
 fn now_ms() -> i64 {
     dcwatt_agent::sources::now_ms()
@@ -196,7 +197,7 @@ async fn module_energy_is_billed_once_end_to_end() {
     // Complete minutes: after the agent's first readings (a margin for its
     // start), every GPU leased for the whole minute.
     let first = (started + 5_000).div_euclid(MIN) * MIN + MIN;
-    let (y, m, _) = dcwatt_collector::statement::civil_from_days(first.div_euclid(86_400_000));
+    let (y, m, _) = civil_from_days(first.div_euclid(DAY_MS));
     let month = format!("{y:04}-{m:02}");
     let url = format!(
         "{}/v1/tenants/lab-a/statement?month={month}",
