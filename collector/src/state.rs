@@ -464,6 +464,11 @@ pub struct State {
     pub utilization: Aggregates,
     /// Superchip modules by (node, module id) (in memory).
     pub modules: BTreeMap<(String, String), ModuleState>,
+    /// The meters that may carry coolant state (a coolant reading or an
+    /// episode), built from every meter on first use (after the store has
+    /// loaded the accounts) and kept as coolant readings arrive: a batch
+    /// checks its zone's CDUs without scanning every meter of the hall.
+    coolant_index: Option<BTreeSet<String>>,
 }
 
 impl State {
@@ -818,16 +823,11 @@ impl State {
             changes.meters.insert((*id).to_owned());
         }
         // Service levels: whether each GPU and its zone's CDUs are in excursion.
-        let cdu_zones: BTreeSet<&str> = self
-            .meters
-            .values()
-            .filter(|m| m.acc.coolant.episodes.values().any(in_excursion))
-            .map(|m| m.zone.as_str())
-            .collect();
+        let facility = self.zone_coolant_in_excursion(zone, coolant_meters);
         for uuid in &changes.gpus {
             if let Some(g) = self.gpus.get_mut(uuid) {
                 g.delivery.excursion = g.thermals.episodes.values().any(in_excursion);
-                g.delivery.facility = cdu_zones.contains(zone);
+                g.delivery.facility = facility;
             }
         }
         for ((entity_kind, entity, node), zone, kind, t, tenant) in events {
@@ -1088,6 +1088,30 @@ impl State {
                 .map(|w| (uuid.to_owned(), node.clone(), w)),
         );
         Ok(())
+    }
+}
+
+impl State {
+    /// Whether a coolant meter of `zone` is in excursion. `fresh` are the
+    /// meters that have just had a coolant reading (added to the index).
+    fn zone_coolant_in_excursion(&mut self, zone: &str, fresh: &BTreeSet<&str>) -> bool {
+        let meters = &self.meters;
+        let index = self.coolant_index.get_or_insert_with(|| {
+            meters
+                .iter()
+                .filter(|(_, m)| m.acc.coolant.has_state())
+                .map(|(id, _)| id.clone())
+                .collect()
+        });
+        for id in fresh {
+            if !index.contains(*id) {
+                index.insert((*id).to_owned());
+            }
+        }
+        index
+            .iter()
+            .filter_map(|id| meters.get(id))
+            .any(|m| m.zone == zone && m.acc.coolant.episodes.values().any(in_excursion))
     }
 }
 

@@ -319,6 +319,16 @@ pub struct Coolant {
     pub episodes: Episodes,
 }
 
+impl Coolant {
+    /// Whether it holds a reading or an episode.
+    pub fn has_state(&self) -> bool {
+        self.supply.is_some()
+            || self.ret.is_some()
+            || self.flow.is_some()
+            || !self.episodes.is_empty()
+    }
+}
+
 /// Readings older than this next to the one judged are not combined with it.
 const PAIR_MS: i64 = MINUTE_MS;
 

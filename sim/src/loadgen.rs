@@ -278,7 +278,10 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<LoadReport> {
     let readings_per_batch = (args.gpus * 9 + 2) as u64;
     let ticks = args.ticks_per_request.max(1);
     let request_interval = interval * ticks as u32;
-    let warmup = Duration::from_secs(3);
+    // Every agent's first request (which registers its GPUs, a one-off
+    // cost) falls inside the warm-up, and the first phase-spread round of
+    // requests has settled: 3 s, or two request intervals when longer.
+    let warmup = Duration::from_secs(3).max(request_interval * 2);
     let t0 = Instant::now();
     let end = t0 + warmup + Duration::from_secs(args.duration_s);
     // (ok, latency ms, sent after the warm-up, started late)
