@@ -125,8 +125,13 @@ async fn refresh_windows(collector: Arc<Collector>) {
                         .iter()
                         .find(|p| p.window == Some("24h") && p.complete)
                         .and_then(|p| p.pue);
-                    // Silent GPUs' closed minutes first, booked with the rest.
-                    if let Err(e) = s.store().book_silences(&s.site, now) {
+                    // Silent GPUs' closed minutes first, booked with the rest:
+                    // found on a read connection (a scan of every GPU), then
+                    // booked, checked again, under the write lock.
+                    let booked = s
+                        .with_reader(|r| r.silence_candidates(&s.site, now))
+                        .and_then(|c| s.store().book_silences_among(&s.site, now, &c));
+                    if let Err(e) = booked {
                         tracing::warn!(error = %e, "Booking silent GPU minutes failed.");
                     }
                     let booked = s.store().close_minutes(&s.site, now, fallback);
