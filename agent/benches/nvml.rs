@@ -166,10 +166,10 @@ fn main() {
     let start = Instant::now();
     for _ in 0..ticks {
         let t = Instant::now();
-        let c = rt.block_on(source.collect());
+        let mut c = rt.block_on(source.collect());
         let took = t.elapsed();
         walls.push(took.as_secs_f64());
-        snap.apply("nvml", None, &c, took);
+        snap.apply("nvml", None, &mut c, took);
     }
     let wall = start.elapsed().as_secs_f64();
     let cpu1 = usage();

@@ -6,7 +6,7 @@
 //! spool and the senders keep their own counters ([`ship::Shared`]), read at
 //! render time.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -86,7 +86,8 @@ pub struct SourceEntry {
 
 impl Snapshot {
     /// Records one source's collection. `meter` is the meter it reads, if any.
-    pub fn apply(&mut self, label: &str, meter: Option<&str>, c: &Collected, took: Duration) {
+    /// The GPUs' details are moved out of `c` (the rest of it is left).
+    pub fn apply(&mut self, label: &str, meter: Option<&str>, c: &mut Collected, took: Duration) {
         let ok = c.error.is_none();
         let src = self.sources.entry(label.to_owned()).or_default();
         src.up = ok;
@@ -115,21 +116,27 @@ impl Snapshot {
             for m in &c.modules {
                 self.modules.insert(m.id.clone(), m.clone());
             }
+            // Each GPU's latest values, in one pass over the readings.
+            let mut values: HashMap<&str, BTreeMap<Quantity, f64>> = HashMap::new();
+            for r in &c.readings {
+                if let Entity::Gpu(u) = &r.entity {
+                    values.entry(u).or_default().insert(r.quantity, r.value);
+                }
+            }
             self.gpus = c
                 .gpus
-                .iter()
+                .iter_mut()
                 .map(|g| {
                     let uuid = &g.info.uuid;
-                    let values = if g.up {
-                        values_of(c, |e| matches!(e, Entity::Gpu(u) if u == uuid))
-                    } else {
-                        BTreeMap::new()
+                    let values = match values.remove(uuid.as_str()) {
+                        Some(v) if g.up => v,
+                        _ => BTreeMap::new(),
                     };
                     let entry = GpuEntry {
                         info: g.info.clone(),
                         up: g.up,
                         values,
-                        detail: g.detail.clone(),
+                        detail: std::mem::take(&mut g.detail),
                     };
                     (uuid.clone(), entry)
                 })
@@ -404,7 +411,7 @@ fn gpu_detail_families(node: &str, gpus: &[(String, &GpuEntry)]) -> Vec<Family> 
                     (n::UUID, &g.info.uuid),
                     (n::MODEL, &g.info.model),
                 ];
-                labels.extend(s.labels.iter().map(|(k, v)| (*k, v.as_str())));
+                labels.extend(s.labels.iter().map(|(k, v)| (*k, v.as_ref())));
                 f.add(&labels, s.value);
             }
         }
@@ -645,7 +652,7 @@ mod tests {
             model: "NVIDIA GB300".into(),
             module: None,
         };
-        let c = Collected {
+        let mut c = Collected {
             readings: vec![
                 reading(Entity::Gpu("GPU-a".into()), Quantity::PowerWatts, 1100.0),
                 reading(
@@ -670,7 +677,7 @@ mod tests {
             meters: Vec::new(),
             modules: Vec::new(),
         };
-        snap.apply("nvml", None, &c, Duration::from_millis(5));
+        snap.apply("nvml", None, &mut c, Duration::from_millis(5));
         let text = render("n1", &snap, None);
         assert!(text.contains(
             r#"dcwatt_gpu_power_watts{node="n1",gpu="0",uuid="GPU-a",model="NVIDIA GB300"} 1100"#
@@ -691,7 +698,7 @@ mod tests {
             "{text}"
         );
 
-        snap.apply("nvml", None, &Collected::failed("gone"), Duration::ZERO);
+        snap.apply("nvml", None, &mut Collected::failed("gone"), Duration::ZERO);
         let text = render("n1", &snap, None);
         assert!(
             text.contains(r#"dcwatt_gpu_up{node="n1",gpu="0",uuid="GPU-a"} 0"#),
@@ -716,7 +723,7 @@ mod tests {
                 Sample::labelled(Fam::Clock, n::CLOCK, "sm", 1.98e9),
             ],
         };
-        let c = Collected {
+        let mut c = Collected {
             readings: Vec::new(),
             gpus: vec![GpuStatus {
                 info: GpuInfo {
@@ -731,7 +738,7 @@ mod tests {
             error: None,
             ..Collected::default()
         };
-        snap.apply("nvml", None, &c, Duration::ZERO);
+        snap.apply("nvml", None, &mut c, Duration::ZERO);
         let text = render("n1", &snap, None);
         let base = r#"node="n1",gpu="0",uuid="GPU-a",model="M""#;
         assert!(
@@ -755,7 +762,7 @@ mod tests {
         );
 
         // NVML fails as a whole: readings go, the agent's own counters stay.
-        snap.apply("nvml", None, &Collected::failed("x"), Duration::ZERO);
+        snap.apply("nvml", None, &mut Collected::failed("x"), Duration::ZERO);
         let text = render("n1", &snap, None);
         assert!(
             text.contains(&format!(
@@ -769,12 +776,12 @@ mod tests {
     #[test]
     fn failed_meter_loses_its_values() {
         let mut snap = Snapshot::default();
-        let ok = Collected::ok(vec![reading(
+        let mut ok = Collected::ok(vec![reading(
             Entity::Meter("m".into()),
             Quantity::EnergyJoules,
             7.2e6,
         )]);
-        snap.apply("redfish:m", Some("m"), &ok, Duration::ZERO);
+        snap.apply("redfish:m", Some("m"), &mut ok, Duration::ZERO);
         let text = render("n1", &snap, None);
         assert!(
             text.contains(r#"dcwatt_meter_energy_joules_total{meter="m"} 7200000"#),
@@ -785,7 +792,7 @@ mod tests {
         snap.apply(
             "redfish:m",
             Some("m"),
-            &Collected::failed("x"),
+            &mut Collected::failed("x"),
             Duration::ZERO,
         );
         let text = render("n1", &snap, None);
@@ -799,7 +806,7 @@ mod tests {
     #[test]
     fn modules_render_and_keep_their_energy_when_nvml_fails() {
         let mut snap = Snapshot::default();
-        let c = Collected {
+        let mut c = Collected {
             modules: vec![ModuleStatus {
                 id: "sn-1".into(),
                 gpus: vec![0, 1],
@@ -809,7 +816,7 @@ mod tests {
             }],
             ..Collected::default()
         };
-        snap.apply("nvml", None, &c, Duration::ZERO);
+        snap.apply("nvml", None, &mut c, Duration::ZERO);
         let text = render("n1", &snap, None);
         for line in [
             "dcwatt_module_power_watts{node=\"n1\",module=\"sn-1\"} 488.29\n",
@@ -821,7 +828,7 @@ mod tests {
             assert!(text.contains(line), "{line} in {text}");
         }
         // NVML fails as a whole: the power goes, the agent's own counter stays.
-        snap.apply("nvml", None, &Collected::failed("x"), Duration::ZERO);
+        snap.apply("nvml", None, &mut Collected::failed("x"), Duration::ZERO);
         let text = render("n1", &snap, None);
         assert!(!text.contains("dcwatt_module_power_watts{"), "{text}");
         assert!(text.contains("dcwatt_module_energy_joules_total{node=\"n1\",module=\"sn-1\",method=\"integrated\"} 1234.5\n"));

@@ -73,13 +73,13 @@ pub async fn run(
         }
         let tick_start = Instant::now();
         start_due_meters(&mut meters, interval, tick_start);
-        let results = collect_all(&sources).await;
+        let mut results = collect_all(&sources).await;
         let meter_results = finished_meters(&mut meters, tick_start, interval * 3 / 4).await;
 
         let mut gpus: Vec<GpuInfo> = Vec::new();
         let mut readings = Vec::new();
         state.update(|snap| {
-            for (source, (took, c)) in sources.iter().zip(&results) {
+            for (source, (took, c)) in sources.iter().zip(results.iter_mut()) {
                 snap.apply(&source.label(), source.meter(), c, *took);
             }
         });

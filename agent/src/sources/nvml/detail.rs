@@ -2,6 +2,8 @@
 //! to collectors: `dcwatt_wire::Quantity` has no variant for them): each is a
 //! [`Sample`] of one [`Fam`] (metric family), with extra labels.
 
+use std::borrow::Cow;
+
 use crate::names as n;
 
 /// One agent-only metric family of the GPU section of `/metrics`.
@@ -235,8 +237,9 @@ impl Fam {
 pub struct Sample {
     /// Its family.
     pub fam: Fam,
-    /// Labels beyond `node, gpu, uuid, model`.
-    pub labels: Vec<(&'static str, String)>,
+    /// Labels beyond `node, gpu, uuid, model` (a fixed value, such as a
+    /// threshold's or a throttle reason's name, is borrowed, not copied).
+    pub labels: Vec<(&'static str, Cow<'static, str>)>,
     /// The value, in the family's unit.
     pub value: f64,
 }
@@ -252,7 +255,12 @@ impl Sample {
     }
 
     /// A sample with one extra label.
-    pub fn labelled(fam: Fam, key: &'static str, label: impl Into<String>, value: f64) -> Self {
+    pub fn labelled(
+        fam: Fam,
+        key: &'static str,
+        label: impl Into<Cow<'static, str>>,
+        value: f64,
+    ) -> Self {
         Self {
             fam,
             labels: vec![(key, label.into())],

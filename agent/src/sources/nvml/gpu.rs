@@ -25,6 +25,7 @@
 //! call (the field values, else the temperature) fails, or when any call
 //! answers an error that means the GPU as a whole is unusable.
 
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -908,8 +909,8 @@ impl GpuState {
                 samples.push(Sample {
                     fam: mig_fam(*fam),
                     labels: vec![
-                        (n::MIG_UUID, m.uuid.clone()),
-                        (n::GPU_INSTANCE, gi.to_string()),
+                        (n::MIG_UUID, m.uuid.clone().into()),
+                        (n::GPU_INSTANCE, gi.to_string().into()),
                     ],
                     value: *v,
                 });
@@ -1146,8 +1147,8 @@ impl GpuState {
                         self.nvlink_pending.push(Sample {
                             fam: Fam::NvlinkErrors,
                             labels: vec![
-                                (n::LINK, link.to_string()),
-                                (n::COUNTER, (*label).to_owned()),
+                                (n::LINK, link.to_string().into()),
+                                (n::COUNTER, Cow::Borrowed(*label)),
                             ],
                             value: v,
                         });
@@ -1479,9 +1480,9 @@ impl GpuState {
             samples.push(Sample {
                 fam: Fam::MigInstance,
                 labels: vec![
-                    (n::MIG_UUID, uuid.clone()),
-                    (n::GPU_INSTANCE, instance),
-                    (n::PROFILE, profile),
+                    (n::MIG_UUID, uuid.clone().into()),
+                    (n::GPU_INSTANCE, instance.into()),
+                    (n::PROFILE, profile.into()),
                 ],
                 value: 1.0,
             });

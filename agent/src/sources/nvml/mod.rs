@@ -52,7 +52,7 @@ use tracing::{info, warn};
 use super::{now_ms, Collected, GpuStatus, ModuleStatus, SourceError};
 use crate::config::{NvmlLibrary, NvmlSpec};
 use crate::names as n;
-use detail::{Fam, Sample};
+use detail::{Fam, GpuDetail, Sample};
 use gpu::{GpuRead, GpuState};
 use xid::{XidCounts, XidThread};
 
@@ -580,7 +580,20 @@ impl Control {
             let Some(info) = read.info.clone() else {
                 continue; // never identified: nothing to name it by
             };
-            let mut detail = read.detail.clone();
+            // The detail goes out with this tick; the last read keeps only
+            // what a GPU that stops answering still shows (its identity
+            // and the counters the agent keeps), not a copy of every sample.
+            let mut detail = std::mem::take(&mut read.detail);
+            read.detail = GpuDetail {
+                driver_version: detail.driver_version.clone(),
+                pci_bus_id: detail.pci_bus_id.clone(),
+                samples: detail
+                    .samples
+                    .iter()
+                    .filter(|s| s.fam.agent_kept())
+                    .cloned()
+                    .collect(),
+            };
             if let Some(codes) = xids.get(&info.uuid) {
                 // Shipped: every code together, a counter (wire docs).
                 out.readings.push(Reading {
