@@ -151,26 +151,58 @@ impl<'de> Deserialize<'de> for Entity {
                 mut map: A,
             ) -> Result<Entity, A::Error> {
                 use serde::de::Error;
-                let Some(key) = map.next_key::<String>()? else {
+                let Some(key) = map.next_key::<EntityKey>()? else {
                     return Err(A::Error::invalid_length(0, &self));
                 };
-                let entity = match key.as_str() {
-                    "gpu" => Entity::Gpu(map.next_value()?),
-                    "meter" => Entity::Meter(map.next_value()?),
-                    "node" => Entity::Node(map.next_value()?),
-                    "module" => Entity::Module(map.next_value()?),
-                    _ => {
+                let entity = match key {
+                    EntityKey::Gpu => Entity::Gpu(map.next_value()?),
+                    EntityKey::Meter => Entity::Meter(map.next_value()?),
+                    EntityKey::Node => Entity::Node(map.next_value()?),
+                    EntityKey::Module => Entity::Module(map.next_value()?),
+                    EntityKey::Other(key) => {
                         map.next_value::<serde::de::IgnoredAny>()?;
                         Entity::Other(key)
                     }
                 };
-                if map.next_key::<String>()?.is_some() {
+                if map.next_key::<serde::de::IgnoredAny>()?.is_some() {
                     return Err(A::Error::invalid_length(2, &self));
                 }
                 Ok(entity)
             }
         }
         d.deserialize_map(Visit)
+    }
+}
+
+/// An entity's key, decoded without allocating for the known ones (one
+/// reading in a batch is one entity: this is the hot path of ingest).
+enum EntityKey {
+    Gpu,
+    Meter,
+    Node,
+    Module,
+    Other(String),
+}
+
+impl<'de> Deserialize<'de> for EntityKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl serde::de::Visitor<'_> for Visit {
+            type Value = EntityKey;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an entity kind")
+            }
+            fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<EntityKey, E> {
+                Ok(match key {
+                    "gpu" => EntityKey::Gpu,
+                    "meter" => EntityKey::Meter,
+                    "node" => EntityKey::Node,
+                    "module" => EntityKey::Module,
+                    other => EntityKey::Other(other.to_owned()),
+                })
+            }
+        }
+        d.deserialize_str(Visit)
     }
 }
 
