@@ -5,6 +5,7 @@
 //! A rejected batch changes nothing: validation is a pure function of the batch,
 //! and the state is touched only after it passed.
 
+use dcwatt_wire::binary::Encoding;
 use dcwatt_wire::{Batch, Entity, Quantity, VERSION};
 
 use crate::site::token_hash;
@@ -97,10 +98,26 @@ fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Parses and validates a batch body for the authenticated `agent`.
+/// Parses and validates a JSON batch body for the authenticated `agent`.
 pub fn decode(body: &[u8], agent: &str, site: &Site, now_ms: i64) -> Result<Batch, Rejection> {
-    let batch: Batch = serde_json::from_slice(body)
-        .map_err(|e| Rejection::Invalid(format!("malformed batch: {e}")))?;
+    decode_as(Encoding::Json, body, agent, site, now_ms)
+}
+
+/// Parses a batch body in either encoding and validates it (the same
+/// checks for both) for the authenticated `agent`.
+pub fn decode_as(
+    encoding: Encoding,
+    body: &[u8],
+    agent: &str,
+    site: &Site,
+    now_ms: i64,
+) -> Result<Batch, Rejection> {
+    let batch: Batch = match encoding {
+        Encoding::Json => serde_json::from_slice(body)
+            .map_err(|e| Rejection::Invalid(format!("malformed batch: {e}")))?,
+        Encoding::Binary => dcwatt_wire::binary::decode(body)
+            .map_err(|e| Rejection::Invalid(format!("malformed binary batch: {e}")))?,
+    };
     validate(&batch, agent, site, now_ms)?;
     Ok(batch)
 }

@@ -453,6 +453,16 @@ async fn hostile_batches_are_refused_and_change_nothing() {
     foreign_meter.node = "n2".into();
     let json = "application/json";
     let enc = |b: &Batch| serde_json::to_vec(b).unwrap();
+    let binary = dcwatt_wire::binary::CONTENT_TYPE;
+    let bin = |b: &Batch| dcwatt_wire::binary::encode(b);
+    let mut nan_value = ok();
+    nan_value.readings[0].value = f64::NAN;
+    // A good binary batch's head, then a reading count of 10^9 and nothing.
+    let mut no_readings = ok();
+    no_readings.readings.clear();
+    let mut lying_count = bin(&no_readings);
+    lying_count.pop();
+    lying_count.extend_from_slice(&[0x80, 0x94, 0xeb, 0xdc, 0x03]);
     // (name, token, content type, body, expected status, what the error must mention)
     type Case<'a> = (&'a str, Option<&'a str>, &'a str, Vec<u8>, u16, &'a str);
     let cases: Vec<Case> = vec![
@@ -744,6 +754,56 @@ async fn hostile_batches_are_refused_and_change_nothing() {
             415,
             "content-type",
         ),
+        // The binary form: refused for the same reasons, with its own
+        // decoding errors.
+        (
+            "binary: truncated",
+            Some(TOKEN),
+            binary,
+            bin(&ok())[..40].to_vec(),
+            400,
+            "malformed binary batch",
+        ),
+        (
+            "binary: JSON body",
+            Some(TOKEN),
+            binary,
+            good.clone(),
+            400,
+            "magic",
+        ),
+        (
+            "binary: NaN value",
+            Some(TOKEN),
+            binary,
+            bin(&nan_value),
+            400,
+            "not a finite",
+        ),
+        (
+            "binary: negative energy",
+            Some(TOKEN),
+            binary,
+            bin(&neg_energy),
+            400,
+            "readings[1].value",
+        ),
+        (
+            "binary: another agent's node",
+            Some(TOKEN),
+            binary,
+            bin(&other_node),
+            403,
+            "own node",
+        ),
+        (
+            "binary: a billion readings in a few bytes",
+            Some(TOKEN),
+            binary,
+            lying_count,
+            400,
+            "do not fit",
+        ),
         // A replay is answered 200 and changes nothing.
         (
             "duplicate sequence",
@@ -771,6 +831,39 @@ async fn hostile_batches_are_refused_and_change_nothing() {
     // And the good batch still applies afterwards.
     assert_eq!(c.post_raw(Some(TOKEN), json, good).await.0, 200);
     assert_ne!(c.state().await, before);
+}
+
+#[tokio::test]
+async fn a_binary_batch_applies_as_its_json_twin_and_both_forms_dedupe_each_other() {
+    let (j, b) = (start().await, start().await);
+    let now = now_ms();
+    let binary = dcwatt_wire::binary::CONTENT_TYPE;
+    for (seq, dt, f, p1, p2) in [
+        (1, 30_000, 1.0e9, 5.0e8, 2.0e8),
+        (2, 0, 1.3e9, 6.1e8, 2.4e8),
+    ] {
+        let batch = counters(seq, now - dt, f, p1, p2);
+        assert_eq!(j.post(&batch).await.0, 200);
+        let (status, ack) = b
+            .post_raw(Some(TOKEN), binary, dcwatt_wire::binary::encode(&batch))
+            .await;
+        assert_eq!(status, 200, "{ack}");
+        assert_eq!(ack["accepted"], batch.readings.len(), "{ack}");
+    }
+    // The same state, but for when each collector heard from the agent.
+    let heard = |mut v: Value| {
+        v["agents"][0]["last_seen_ms"] = Value::Null;
+        v
+    };
+    assert_eq!(heard(j.state().await), heard(b.state().await));
+    assert!(j.state().await["meters"][0]["energy_joules"].as_f64() > Some(0.0));
+    // The JSON form of a batch the binary form delivered is a duplicate.
+    let (status, ack) = b.post(&counters(2, now, 1.3e9, 6.1e8, 2.4e8)).await;
+    assert_eq!(
+        (status, &ack["duplicate"]),
+        (200, &Value::Bool(true)),
+        "{ack}"
+    );
 }
 
 #[tokio::test]

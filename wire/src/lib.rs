@@ -1,6 +1,7 @@
 //! # dcwatt-wire: the agent ↔ collector contract
 //!
-//! An agent sends a [`Batch`] as JSON in the body of `POST /v1/batches`; the
+//! An agent sends a [`Batch`] as JSON (or, when told to, in the compact
+//! [`binary`] form) in the body of `POST /v1/batches`; the
 //! collector answers [`BatchAck`] (2xx) or [`ErrorBody`] (4xx/5xx). This crate
 //! holds the types and their serde shape only: no I/O, no validation (that is
 //! the collector's `ingest`), no async runtime.
@@ -15,7 +16,9 @@
 //! - [`Entity`], [`Quantity`]: what was measured, and what kind of value it is.
 //! - [`GpuInfo`]: static facts about a GPU, so the collector can map GPUs to nodes.
 //! - [`time`]: Unix-ms time shared by both binaries.
+//! - [`binary`]: the compact binary form of a batch.
 
+pub mod binary;
 pub mod time;
 
 use serde::{Deserialize, Serialize};

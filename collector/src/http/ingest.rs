@@ -7,6 +7,7 @@ use axum::extract::State as Extract;
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use dcwatt_wire::binary::Encoding;
 use dcwatt_wire::time::now_ms;
 use dcwatt_wire::BatchAck;
 
@@ -62,11 +63,13 @@ async fn accept_batch(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    if !content_type.trim_start().starts_with("application/json") {
+    let Some(encoding) = Encoding::of_content_type(content_type) else {
         return Err(Rejection::UnsupportedMediaType(format!(
-            "content-type must be application/json, not {content_type:?}"
+            "content-type must be {} or {}, not {content_type:?}",
+            Encoding::Json.content_type(),
+            Encoding::Binary.content_type()
         )));
-    }
+    };
     collector
         .take_token(agent)
         .map_err(|retry_after_s| Rejection::TooManyRequests {
@@ -88,7 +91,7 @@ async fn accept_batch(
             Rejection::TooLarge(format!("body larger than {} bytes", site.max_body_bytes))
         })?;
     let now = now_ms();
-    let batch = ingest::decode(&bytes, agent, site, now)?;
+    let batch = ingest::decode_as(encoding, &bytes, agent, site, now)?;
     // A resend of a batch that is applied but not yet committed waits for its
     // group's outcome: a duplicate is answered only for what is durable.
     let deadline = tokio::time::Instant::now() + site.request_timeout;
