@@ -85,6 +85,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use dcwatt_wire::binary::Encoding;
 use dcwatt_wire::{Batch, BatchAck, ErrorBody, GpuInfo, Reading, BATCHES_PATH, VERSION};
 use reqwest::StatusCode;
 use tokio::sync::{watch, Notify};
@@ -412,6 +413,7 @@ impl Shipper {
                 token: c.token,
                 tuning,
                 ship_interval: c.ship_interval,
+                encoding: c.encoding,
                 sent_max: sent_before,
                 warn_protocol: Warner::default(),
                 warn_refused: Warner::default(),
@@ -567,6 +569,8 @@ struct Sender {
     /// Shortest time between two steady-state requests (`[[collectors]]
     /// ship_interval`; zero: each batch at once).
     ship_interval: Duration,
+    /// How the request bodies are encoded (`[[collectors]] encoding`).
+    encoding: Encoding,
     /// The highest seq this collector can have been sent: the highest posted
     /// to it by this process, or any seq spooled before it started.
     sent_max: u64,
@@ -605,7 +609,7 @@ impl Sender {
                 }
                 last_merged = Some(Instant::now());
             }
-            let body = match merge(&records) {
+            let body = match merge(&records, self.encoding) {
                 Some(b) => b,
                 None => {
                     warn!(collector = %self.label, first, last, "Spooled batches do not decode; skipped.");
@@ -804,7 +808,7 @@ impl Sender {
             .client
             .post(&self.endpoint)
             .bearer_auth(&self.token)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header(reqwest::header::CONTENT_TYPE, self.encoding.content_type())
             .body(body)
             .send()
             .await;
@@ -890,10 +894,11 @@ fn jitter(d: Duration) -> Duration {
     half + Duration::from_nanos(fastrand::u64(0..=nanos))
 }
 
-/// The request body for `records`: a single batch as spooled, or several merged
-/// into one carrying `first_seq..=seq`. `None` when nothing decodes.
-fn merge(records: &[Record]) -> Option<Vec<u8>> {
-    if let [one] = records {
+/// The request body for `records` in `encoding`: a single batch as spooled
+/// (re-encoded for the binary form), or several merged into one carrying
+/// `first_seq..=seq`. `None` when nothing decodes.
+fn merge(records: &[Record], encoding: Encoding) -> Option<Vec<u8>> {
+    if let ([one], Encoding::Json) = (records, encoding) {
         return Some(one.body.to_vec());
     }
     let mut merged: Option<Batch> = None;
@@ -927,7 +932,10 @@ fn merge(records: &[Record]) -> Option<Vec<u8>> {
         m.first_seq = None;
     }
     m.gpus = gpus.into_values().collect();
-    serde_json::to_vec(&m).ok()
+    match encoding {
+        Encoding::Json => serde_json::to_vec(&m).ok(),
+        Encoding::Binary => Some(dcwatt_wire::binary::encode(&m)),
+    }
 }
 
 /// Resolves when `stop` turns true or its sender is gone.
@@ -972,8 +980,16 @@ mod tests {
     fn merge_carries_the_range_and_every_reading() {
         let one = record(5, "GPU-a", 1.0);
         assert_eq!(
-            merge(std::slice::from_ref(&one)).unwrap(),
+            merge(std::slice::from_ref(&one), Encoding::Json).unwrap(),
             one.body.to_vec()
+        );
+        let spooled: Batch = serde_json::from_slice(&one.body).unwrap();
+        assert_eq!(
+            dcwatt_wire::binary::decode(
+                &merge(std::slice::from_ref(&one), Encoding::Binary).unwrap()
+            )
+            .unwrap(),
+            spooled
         );
         let recs = vec![
             record(5, "GPU-a", 1.0),
@@ -985,7 +1001,9 @@ mod tests {
             },
             record(8, "GPU-b", 3.0),
         ];
-        let m: Batch = serde_json::from_slice(&merge(&recs).unwrap()).unwrap();
+        let m: Batch = serde_json::from_slice(&merge(&recs, Encoding::Json).unwrap()).unwrap();
+        let b = dcwatt_wire::binary::decode(&merge(&recs, Encoding::Binary).unwrap()).unwrap();
+        assert_eq!(b, m);
         assert_eq!((m.first_seq, m.seq, m.created_ms), (Some(5), 8, 8));
         let values: Vec<f64> = m.readings.iter().map(|r| r.value).collect();
         assert_eq!(values, vec![1.0, 2.0, 3.0]);

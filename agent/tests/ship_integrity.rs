@@ -214,6 +214,7 @@ fn start(url: &str, spool: &SpoolSpec, tuning: Tuning) -> Running {
         ca_pem: None,
         identity_pem: None,
         ship_interval: Duration::ZERO,
+        encoding: dcwatt_wire::binary::Encoding::Json,
     };
     let (stop, stop_rx) = watch::channel(false);
     let started =

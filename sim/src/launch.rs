@@ -244,7 +244,8 @@ pub struct LaunchOptions {
     pub interval: String,
     /// `RUST_LOG` for the children.
     pub log_filter: String,
-    /// Also start a mirror collector (same config, its own port); every agent
+    /// Also start a mirror collector (same config, its own port, sent the
+    /// binary encoding where the primary gets JSON); every agent
     /// ships to both.
     pub mirror: bool,
     /// TOML tables appended to the collectors' config (`[thermal]` limits, say).
@@ -454,8 +455,10 @@ pub async fn launch(sim_url: &str, opts: &LaunchOptions) -> anyhow::Result<Deplo
             toml_str(&token_files[i].display().to_string()),
         );
         if let Some(m) = &mirror {
+            // The mirror is sent the binary form, the primary JSON: what
+            // compares the two collectors checks both encodings end to end.
             toml += &format!(
-                "\n[[collectors]]\nurl = {}\ntoken_file = {}\n",
+                "\n[[collectors]]\nurl = {}\ntoken_file = {}\nencoding = \"binary\"\n",
                 toml_str(&m.url()),
                 toml_str(&token_files[i].display().to_string()),
             );

@@ -23,6 +23,8 @@ use anyhow::Context;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+use dcwatt_wire::binary::Encoding;
+
 use crate::launch::Proc;
 
 /// Options of the load run.
@@ -62,6 +64,10 @@ pub struct LoadArgs {
     /// every K intervals, as an agent with `ship_interval` = K × interval.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=60))]
     pub ticks_per_request: u64,
+    /// How the requests are encoded: `json`, or `binary` (the compact form,
+    /// as an agent with `[[collectors]] encoding = "binary"`).
+    #[arg(long, default_value = "json", value_parser = ["json", "binary"])]
+    pub encoding: String,
 }
 
 /// What a run measured.
@@ -71,6 +77,8 @@ pub struct LoadReport {
     pub agents: usize,
     /// Ticks carried by one request (`--ticks-per-request`).
     pub ticks_per_request: u64,
+    /// The requests' encoding (`--encoding`).
+    pub encoding: String,
     /// Requests acknowledged per second.
     pub requests_per_s: f64,
     /// Batches (ticks) acknowledged per second.
@@ -255,16 +263,33 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<LoadReport> {
     )?;
     let url = format!("{}/v1/batches", collector.url());
 
-    // The decode-only ceiling, on the same batches.
+    // The decode-only ceiling, on the same batches in the same encoding.
+    let encoding = if args.encoding == "binary" {
+        Encoding::Binary
+    } else {
+        Encoding::Json
+    };
     let sample: Vec<Vec<u8>> = (0..200)
-        .map(|i| serde_json::to_vec(&batch(i, args.gpus, 1, now_ms())).unwrap_or_default())
+        .map(|i| {
+            let b = batch(i, args.gpus, 1, now_ms());
+            match (
+                encoding,
+                serde_json::from_value::<dcwatt_wire::Batch>(b.clone()),
+            ) {
+                (Encoding::Binary, Ok(b)) => dcwatt_wire::binary::encode(&b),
+                _ => serde_json::to_vec(&b).unwrap_or_default(),
+            }
+        })
         .collect();
     let start = Instant::now();
     let mut decoded = 0u64;
     while start.elapsed() < Duration::from_secs(2) {
         for b in &sample {
-            let parsed: Result<dcwatt_wire::Batch, _> = serde_json::from_slice(b);
-            decoded += u64::from(parsed.is_ok());
+            let parsed = match encoding {
+                Encoding::Json => serde_json::from_slice::<dcwatt_wire::Batch>(b).is_ok(),
+                Encoding::Binary => dcwatt_wire::binary::decode(b).is_ok(),
+            };
+            decoded += u64::from(parsed);
         }
     }
     let decode_only_per_s = decoded as f64 / start.elapsed().as_secs_f64();
@@ -291,6 +316,11 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<LoadReport> {
         let (http, url, gate, tx) = (http.clone(), url.clone(), Arc::clone(&gate), tx.clone());
         let token = token(i);
         let template = template(i, args.gpus, ticks);
+        // The binary form is built from the parsed template per request.
+        let parsed: Option<dcwatt_wire::Batch> = match encoding {
+            Encoding::Binary => serde_json::from_str(&template).ok(),
+            Encoding::Json => None,
+        };
         // Phases spread over the interval, as real agents' clocks are.
         let phase = request_interval.mul_f64(i as f64 / args.agents as f64);
         tasks.push(tokio::spawn(async move {
@@ -312,15 +342,27 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<LoadReport> {
                 // change (cheap text substitution, so the generator spends its
                 // CPU on requests, not on building JSON).
                 let now = now_ms();
-                let mut body = template
-                    .replace("\"seq\":1,", &format!("\"seq\":{seq},"))
-                    .replace("\"first_seq\":999999,", &format!("\"first_seq\":{first},"));
-                for k in 0..ticks {
-                    let at =
-                        now - ((ticks - 1 - k) as f64 * interval.as_secs_f64() * 1000.0) as i64;
-                    body = body.replace(&placeholder_ts(k).to_string(), &at.to_string());
-                }
-                let body = body.into_bytes();
+                let at = |k: u64| {
+                    now - ((ticks - 1 - k) as f64 * interval.as_secs_f64() * 1000.0) as i64
+                };
+                let body = if let Some(t) = &parsed {
+                    let mut b = t.clone();
+                    b.seq = seq;
+                    b.first_seq = (ticks > 1).then_some(first);
+                    b.created_ms = now;
+                    for r in &mut b.readings {
+                        r.ts_ms = at(r.ts_ms.saturating_sub(placeholder_ts(0)).max(0) as u64);
+                    }
+                    dcwatt_wire::binary::encode(&b)
+                } else {
+                    let mut body = template
+                        .replace("\"seq\":1,", &format!("\"seq\":{seq},"))
+                        .replace("\"first_seq\":999999,", &format!("\"first_seq\":{first},"));
+                    for k in 0..ticks {
+                        body = body.replace(&placeholder_ts(k).to_string(), &at(k).to_string());
+                    }
+                    body.into_bytes()
+                };
                 let Ok(permit) = Arc::clone(&gate).acquire_owned().await else {
                     return;
                 };
@@ -330,7 +372,7 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<LoadReport> {
                     let ok = http
                         .post(&url)
                         .bearer_auth(&token)
-                        .header("content-type", "application/json")
+                        .header("content-type", encoding.content_type())
                         .body(body)
                         .send()
                         .await
@@ -438,6 +480,7 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<LoadReport> {
     Ok(LoadReport {
         agents: args.agents,
         ticks_per_request: ticks,
+        encoding: args.encoding.clone(),
         requests_per_s: ok_count as f64 / total_for,
         batches_per_s: (ok_count * ticks) as f64 / total_for,
         readings_per_s: (ok_count * ticks * readings_per_batch) as f64 / total_for,
@@ -461,13 +504,14 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<LoadReport> {
 /// The report as a table row (Markdown).
 pub fn table(reports: &[LoadReport]) -> String {
     let mut out = String::from(
-        "| agents | ticks/request | requests/s | batches/s | readings/s | p50 ms | p99 ms | max ms | collector p99 ≤ ms | collector ≤ 50 ms | failed | late starts | generator CPU (cores) | collector CPU (cores) | collector peak RSS MiB | collector CPU µs/batch | batches/commit | decode-only batches/s | ingest / decode, per core | /metrics ms | slowest scrape under load, ms |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| agents | ticks/request | encoding | requests/s | batches/s | readings/s | p50 ms | p99 ms | max ms | collector p99 ≤ ms | collector ≤ 50 ms | failed | late starts | generator CPU (cores) | collector CPU (cores) | collector peak RSS MiB | collector CPU µs/batch | batches/commit | decode-only batches/s | ingest / decode, per core | /metrics ms | slowest scrape under load, ms |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in reports {
         out += &format!(
-            "| {} | {} | {:.0} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} | {} | {:.2} % | {} | {} | {:.2} | {:.2} | {:.1} | {:.0} | {:.1} | {:.0} | {:.1} % | {:.1} | {:.1} |\n",
+            "| {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} | {} | {:.2} % | {} | {} | {:.2} | {:.2} | {:.1} | {:.0} | {:.1} | {:.0} | {:.1} % | {:.1} | {:.1} |\n",
             r.agents,
             r.ticks_per_request,
+            r.encoding,
             r.requests_per_s,
             r.batches_per_s,
             r.readings_per_s,

@@ -57,10 +57,26 @@ fn load_generator_runs_and_reports() {
 }
 
 /// Merged requests of several ticks (agents with a `ship_interval`) are
-/// accepted: none fails, and each request carries the ticks it claims.
+/// accepted, in either encoding: none fails, and each request carries the
+/// ticks it claims.
 #[test]
 fn load_generator_sends_merged_ticks() {
-    let (header, cells, stdout) = run(&["--ticks-per-request", "5", "--interval-s", "0.2"]);
+    for encoding in ["json", "binary"] {
+        merged_ticks(encoding);
+    }
+}
+
+fn merged_ticks(encoding: &str) {
+    let (header, cells, stdout) = run(&[
+        "--ticks-per-request",
+        "5",
+        "--interval-s",
+        "0.2",
+        "--encoding",
+        encoding,
+    ]);
+    let i = header.iter().position(|h| h == "encoding").unwrap();
+    assert_eq!(cells[i], encoding, "{stdout}");
     let cell = |name: &str| -> f64 {
         let i = header
             .iter()

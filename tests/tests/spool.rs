@@ -7,7 +7,8 @@
 //! agents are then restarted without sources, so they replay whatever their
 //! spool still holds and add no readings; at the end both collectors hold every
 //! batch, once, with the same energies, and the primary's energies equal the
-//! simulator's ground truth.
+//! simulator's ground truth. The agents send the primary JSON and the mirror
+//! the binary encoding, so the comparison also holds the two encodings equal.
 
 use std::time::Duration;
 

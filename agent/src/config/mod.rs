@@ -12,6 +12,7 @@ use std::time::Duration;
 use reqwest::Url;
 use serde::Deserialize;
 
+use dcwatt_wire::binary::Encoding;
 use dcwatt_wire::Quantity;
 
 use crate::sources::meter::{Dimension, TlsSpec, Unit};
@@ -83,6 +84,10 @@ pub struct CollectorConfig {
     /// takes one request and one durable write per agent per `ship_interval`.
     #[serde(default, with = "humantime_serde")]
     pub ship_interval: Option<Duration>,
+    /// How batches are encoded: `json` (default, every collector reads it)
+    /// or `binary` (the compact form, cheaper for the collector to decode;
+    /// needs a collector that reads it: upgrade collectors first).
+    pub encoding: Option<String>,
 }
 
 /// The longest `[[collectors]] ship_interval`: well below the collector's
@@ -728,6 +733,16 @@ fn build_collector(i: usize, c: CollectorConfig) -> Result<Collector, ConfigErro
             ),
         ));
     }
+    let encoding = match c.encoding.as_deref() {
+        None | Some("json") => Encoding::Json,
+        Some("binary") => Encoding::Binary,
+        Some(other) => {
+            return Err(invalid(
+                format!("collectors[{i}].encoding"),
+                format!("{other:?} is not one of \"json\", \"binary\""),
+            ))
+        }
+    };
     Ok(Collector {
         url,
         token,
@@ -735,6 +750,7 @@ fn build_collector(i: usize, c: CollectorConfig) -> Result<Collector, ConfigErro
         ca_pem: ca,
         identity_pem: identity,
         ship_interval,
+        encoding,
     })
 }
 

@@ -35,6 +35,8 @@ pub struct Collector {
     pub identity_pem: Option<Vec<u8>>,
     /// Shortest time between two steady-state requests (zero: each batch at once).
     pub ship_interval: Duration,
+    /// How batches are encoded on the wire.
+    pub encoding: Encoding,
 }
 
 impl std::fmt::Debug for Collector {
@@ -45,6 +47,7 @@ impl std::fmt::Debug for Collector {
             .field("token", &"<redacted>")
             .field("timeout", &self.timeout)
             .field("ship_interval", &self.ship_interval)
+            .field("encoding", &self.encoding)
             .finish()
     }
 }

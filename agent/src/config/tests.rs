@@ -144,6 +144,31 @@ fn ship_interval_defaults_to_zero_and_is_bounded() {
 }
 
 #[test]
+fn encoding_defaults_to_json_and_names_the_key_when_wrong() {
+    use dcwatt_wire::binary::Encoding;
+    let tok = token_file("t\n");
+    let with = |extra: &str| {
+        build(&format!(
+            "[[collectors]]\nurl = \"http://c:9400\"\ntoken_file = \"{}\"\n{extra}",
+            tok.path().display()
+        ))
+    };
+    assert_eq!(with("").unwrap().collectors[0].encoding, Encoding::Json);
+    assert_eq!(
+        with("encoding = \"json\"\n").unwrap().collectors[0].encoding,
+        Encoding::Json
+    );
+    assert_eq!(
+        with("encoding = \"binary\"\n").unwrap().collectors[0].encoding,
+        Encoding::Binary
+    );
+    assert_eq!(
+        with("encoding = \"cbor\"\n").unwrap_err(),
+        "collectors[0].encoding: \"cbor\" is not one of \"json\", \"binary\""
+    );
+}
+
+#[test]
 fn empty_token_is_refused() {
     let tok = token_file(" \n");
     let err = build(&format!(
