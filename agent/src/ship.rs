@@ -520,6 +520,9 @@ fn refusal(status: StatusCode, error: &str) -> Refusal {
         StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Refusal::Forbidden,
         StatusCode::NOT_FOUND => Refusal::NotFound,
         StatusCode::BAD_REQUEST if names_clock_or_version(error) => Refusal::Held,
+        // An encoding the collector does not read (`encoding = "binary"`
+        // ahead of the collector's upgrade): as a version mismatch.
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => Refusal::Held,
         _ => Refusal::Final,
     }
 }
@@ -1031,6 +1034,10 @@ mod tests {
             assert_eq!(refusal(StatusCode::BAD_REQUEST, final_), Refusal::Final);
         }
         assert_eq!(refusal(StatusCode::PAYLOAD_TOO_LARGE, skew), Refusal::Final);
+        assert_eq!(
+            refusal(StatusCode::UNSUPPORTED_MEDIA_TYPE, "content-type must be"),
+            Refusal::Held
+        );
         assert_eq!(refusal(StatusCode::FORBIDDEN, skew), Refusal::Forbidden);
         assert_eq!(refusal(StatusCode::UNAUTHORIZED, ""), Refusal::Forbidden);
         assert_eq!(refusal(StatusCode::NOT_FOUND, ""), Refusal::NotFound);
