@@ -1,6 +1,7 @@
 //! Hostile input, by property: 10,000 cases each (PROPTEST_CASES overrides).
 //! Batch bodies (random bytes, mutations of a valid batch, structured batches
-//! with extreme values) through the real decoder and validator, and what it
+//! with extreme values; JSON and the binary form) through the real decoder
+//! and validator, and what it
 //! accepts through `State::apply`; collector configs (valid ones with keys
 //! replaced by random values) through the real parser and validator. Nothing
 //! may panic; a rejected batch never reaches the state (the decoder runs
@@ -9,6 +10,7 @@
 use dcwatt_collector::config::{token_hash, Config, Site};
 use dcwatt_collector::ingest;
 use dcwatt_collector::state::State;
+use dcwatt_wire::binary::Encoding;
 use dcwatt_wire::{Batch, Entity, GpuInfo, Quantity, Reading, VERSION};
 use proptest::prelude::*;
 
@@ -159,7 +161,11 @@ fn batch() -> impl Strategy<Value = Batch> {
 
 /// Decodes; what is accepted is applied to a fresh state (must not panic).
 fn decode_and_apply(site: &Site, body: &[u8]) -> bool {
-    match ingest::decode(body, "a", site, NOW) {
+    decode_and_apply_as(Encoding::Json, site, body)
+}
+
+fn decode_and_apply_as(encoding: Encoding, site: &Site, body: &[u8]) -> bool {
+    match ingest::decode_as(encoding, body, "a", site, NOW) {
         Ok(b) => {
             let mut state = State::new(site);
             let (applied, _) = state.apply(&b, site, NOW);
@@ -202,10 +208,42 @@ proptest! {
     }
 
     #[test]
+    fn random_binary_bodies_never_panic(body in prop::collection::vec(any::<u8>(), 0..512)) {
+        let site = site();
+        // Past the magic, so the binary decoder's own checks are reached.
+        let mut b = b"DCWB\x01".to_vec();
+        b.extend_from_slice(&body);
+        decode_and_apply_as(Encoding::Binary, &site, &b);
+        decode_and_apply_as(Encoding::Binary, &site, &body);
+    }
+
+    #[test]
+    fn mutated_binary_batches_never_panic(
+        edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6),
+        cut in any::<prop::sample::Index>(),
+        truncate in any::<bool>(),
+    ) {
+        let site = site();
+        let mut body = dcwatt_wire::binary::encode(&good_batch());
+        for (at, byte) in edits {
+            let i = at.index(body.len());
+            body[i] = byte;
+        }
+        if truncate {
+            let n = cut.index(body.len());
+            body.truncate(n);
+        }
+        decode_and_apply_as(Encoding::Binary, &site, &body);
+    }
+
+    #[test]
     fn structured_batches_are_accepted_only_when_valid(b in batch()) {
         let site = site();
         let body = serde_json::to_vec(&b).unwrap();
         let accepted = decode_and_apply(&site, &body);
+        // The binary form of the same batch gets the same verdict.
+        let binary = decode_and_apply_as(Encoding::Binary, &site, &dcwatt_wire::binary::encode(&b));
+        prop_assert_eq!(binary, accepted);
         if accepted {
             // Every accepted value is finite and every id plain.
             for r in &b.readings {
