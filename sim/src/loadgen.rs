@@ -331,7 +331,14 @@ pub async fn run(args: &LoadArgs) -> anyhow::Result<LoadReport> {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
             let mut seq = 0u64;
             loop {
-                let due = tick.tick().await;
+                // Stops at the end of the span, not at the next tick after
+                // it (that wait, up to a request interval, would count in the
+                // measured time and lower every rate).
+                let Ok(due) =
+                    tokio::time::timeout_at(tokio::time::Instant::from_std(end), tick.tick()).await
+                else {
+                    return;
+                };
                 if Instant::now() >= end {
                     return;
                 }
