@@ -22,7 +22,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use dcwatt_collector::config::{Config, Site};
-use dcwatt_collector::ledger::{Row, GENESIS};
+use dcwatt_collector::store::ledger::{Row, GENESIS};
 use dcwatt_collector::store::Store;
 use dcwatt_collector::transparency;
 use dcwatt_verify::merkle::{self, Frontier, Hash};
@@ -167,7 +167,7 @@ pub fn run(plan: Plan) -> Vec<Timing> {
         }
         drop(stmt);
         tx.commit().unwrap();
-        c.execute_batch(dcwatt_collector::ledger::SCHEMA).unwrap();
+        c.execute_batch(dcwatt_collector::store::ledger::SCHEMA).unwrap();
     }
     let mut out = Vec::new();
 

@@ -51,7 +51,7 @@ pub fn render(
     state: &State,
     site: &Site,
     figures: &Figures,
-    tenant_totals: &[crate::ledger::TenantTotal],
+    tenant_totals: &[crate::store::ledger::TenantTotal],
 ) -> String {
     let mut tenant_energy = Family::counter(
         n::TENANT_ENERGY_JOULES_TOTAL,

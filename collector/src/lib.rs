@@ -52,7 +52,6 @@ pub mod figures;
 pub mod http;
 pub mod ingest;
 pub mod latency;
-pub mod ledger;
 pub mod modules;
 pub mod names;
 pub mod pue;

@@ -32,7 +32,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use dcwatt_wire::time::{HOUR_MS, MINUTE_MS};
 
 use crate::config::{invalid, ConfigError, LedgerConfig};
-use crate::ledger::Row;
+use crate::store::ledger::Row;
 use crate::site::Site;
 use crate::store::{Store, StoreError};
 
@@ -136,11 +136,11 @@ impl<'c> StoredNodes<'c> {
             .conn
             .prepare_cached(&format!(
                 "SELECT {} FROM ledger WHERE id > ?1 AND id <= ?2 ORDER BY id",
-                crate::ledger::ROW_COLUMNS
+                crate::store::ledger::ROW_COLUMNS
             ))?
             .query_map(
                 params![first_id, first_id.saturating_add(1 << STORED_EVERY)],
-                crate::ledger::read_row,
+                crate::store::ledger::read_row,
             )?
             .collect::<Result<_, _>>()?;
         for (k, row) in rows.iter().enumerate() {
@@ -225,9 +225,9 @@ pub fn extend_tree(
         let older: Vec<(i64, Hash)> = tx
             .prepare_cached(&format!(
                 "SELECT {} FROM ledger WHERE id > ?1 AND id <= ?2 ORDER BY id",
-                crate::ledger::ROW_COLUMNS
+                crate::store::ledger::ROW_COLUMNS
             ))?
-            .query_map(params![start_id, before_new], crate::ledger::read_row)?
+            .query_map(params![start_id, before_new], crate::store::ledger::read_row)?
             .map(|r| r.map(|row| (row.id, row.leaf_hash())))
             .collect::<Result<_, _>>()?;
         append(tx, &mut frontier, &older)?;

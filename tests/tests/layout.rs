@@ -30,10 +30,9 @@ const COLLECTOR_BACK_EDGES: &[(&str, &str)] = &[
     ("config", "delivery"),
     ("config", "transparency"),
     ("delivery", "store"),
-    ("ledger", "store"),
-    ("ledger", "transparency"),
     ("modules", "store"),
     ("state", "utilization"),
+    ("store::ledger", "transparency"),
     ("tenants", "config"),
 ];
 

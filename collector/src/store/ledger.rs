@@ -23,8 +23,8 @@
 //! if that window is complete (`"24h"`); otherwise none (`"none"`, no
 //! facility energy in the row).
 //!
-//! Size: the ledger's schema, row format, chaining and the minute close that
-//! books it; a candidate to move under `store/`.
+//! Size: the ledger's schema, row format, chaining, the minute close that
+//! books it and the totals read from it share one table and its invariants.
 
 use rusqlite::{params, OptionalExtension};
 use serde::Serialize;
