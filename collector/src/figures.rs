@@ -12,9 +12,12 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use dcwatt_wire::time::HOUR_MS;
+
 use crate::pue::{self, NoPue};
 use crate::site::{Role, Site};
 use crate::state::{MeterState, State};
+use crate::utilization::{zone_of, Kind, Means, UtilizationFigures};
 
 /// The live window's label.
 pub const LIVE_WINDOW: &str = "5m";
@@ -89,7 +92,7 @@ pub struct Figures {
     pub unbooked_node_joules: f64,
     /// GPU utilization means, idle energy, XID errors and modules, per zone
     /// and for the site ([`crate::utilization`]).
-    pub gpu_utilization: crate::utilization::UtilizationFigures,
+    pub gpu_utilization: UtilizationFigures,
 }
 
 fn required(m: &MeterState) -> bool {
@@ -159,7 +162,7 @@ pub fn compute(
         pue_instant,
         pue_live,
         windows,
-        gpu_utilization: crate::utilization::figures(state, site, now_ms),
+        gpu_utilization: utilization(state, site, now_ms),
     }
 }
 
@@ -395,6 +398,70 @@ fn tree_residuals(
         out.insert(id.clone(), ratio);
     }
     (out, warnings)
+}
+
+/// The GPU utilization figures at `now_ms`.
+fn utilization(state: &State, site: &Site, now_ms: i64) -> UtilizationFigures {
+    let fresh = |t: i64| now_ms - t <= site.stale_after_ms;
+    let mut out = UtilizationFigures {
+        idle_sm_active_below: site.idle_sm_active_below,
+        ..UtilizationFigures::default()
+    };
+    // Live sums per (zone, kind), and the counters.
+    let mut live: BTreeMap<(&str, Kind), (f64, usize)> = BTreeMap::new();
+    for g in state.gpus.values() {
+        let zone = zone_of(site, &g.agent);
+        let z = out.zones.entry(zone.to_owned()).or_default();
+        z.idle_energy_joules += g.util.idle_joules;
+        z.xid_errors += g.util.xid_errors;
+        out.site.idle_energy_joules += g.util.idle_joules;
+        out.site.xid_errors += g.util.xid_errors;
+        for (kind, (t, v)) in &g.util.last {
+            if fresh(*t) {
+                let e = live.entry((zone, *kind)).or_default();
+                e.0 += v;
+                e.1 += 1;
+            }
+        }
+    }
+    for m in state.modules.values() {
+        let zone = zone_of(site, &m.agent);
+        let z = out.zones.entry(zone.to_owned()).or_default();
+        z.module_energy_joules += m.energy_joules;
+        out.site.module_energy_joules += m.energy_joules;
+        if let Some((_, w)) = m.power.filter(|(t, _)| fresh(*t)) {
+            *z.module_power_watts.get_or_insert(0.0) += w;
+            *out.site.module_power_watts.get_or_insert(0.0) += w;
+        }
+    }
+    let zones: Vec<String> = out.zones.keys().cloned().collect();
+    for kind in Kind::ALL {
+        let mut site_live = (0.0, 0usize);
+        for zone in &zones {
+            let l = live.get(&(zone.as_str(), kind)).copied();
+            if let Some((sum, n)) = l {
+                site_live.0 += sum;
+                site_live.1 += n;
+            }
+            let means = Means {
+                live: l.map(|(sum, n)| sum / n as f64),
+                hour: state.utilization.mean(Some(zone), kind, now_ms, HOUR_MS),
+            };
+            if means != Means::default() {
+                if let Some(z) = out.zones.get_mut(zone) {
+                    z.ratios.insert(kind.as_str(), means);
+                }
+            }
+        }
+        let means = Means {
+            live: (site_live.1 > 0).then(|| site_live.0 / site_live.1 as f64),
+            hour: state.utilization.mean(None, kind, now_ms, HOUR_MS),
+        };
+        if means != Means::default() {
+            out.site.ratios.insert(kind.as_str(), means);
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -42,6 +42,7 @@
 
 pub mod app;
 pub mod bounds;
+pub mod check;
 pub mod config;
 pub mod delivery;
 pub mod efficiency;
@@ -52,7 +53,6 @@ pub mod figures;
 pub mod http;
 pub mod ingest;
 pub mod latency;
-pub mod modules;
 pub mod names;
 pub mod pue;
 pub mod serve;

@@ -83,7 +83,7 @@ pub const DEFAULT_WATER_MAX_CUBIC_METERS_PER_SECOND: f64 = 1.0;
 /// The power a GPU that reports no power limit is judged against, W.
 pub const DEFAULT_GPU_MAX_WATTS: f64 = 2000.0;
 /// A reported power limit above this is not believed (the default is used), W.
-pub const GPU_MAX_WATTS_CEILING: f64 = 5000.0;
+pub use crate::utilization::GPU_MAX_WATTS_CEILING;
 
 /// The live window's length: how much of its energy curve each meter keeps.
 pub const LIVE_WINDOW_MS: i64 = 300_000;

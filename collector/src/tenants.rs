@@ -9,12 +9,39 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use crate::config::{check_id, invalid, ConfigError, LeaseConfig};
+use serde::Deserialize;
+
+use crate::check::{check_id, invalid, ConfigError};
 
 /// The owner of GPU time no lease covers.
 pub const UNLEASED: &str = "_unleased";
 /// The owner of GPU time more than one lease covers.
 pub const UNATTRIBUTED: &str = "_unattributed";
+
+/// A lease: a tenant's nodes (names or globs with `*` and `?`) or GPUs (UUIDs)
+/// over `[from, to)`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseConfig {
+    /// The lease's id (`[A-Za-z0-9._:-]`, unique among the leases), named
+    /// in statements' per-lease service levels. Default: the tenant and
+    /// the lease's 1-based position among the tenant's leases in the file
+    /// (`lab-a.1`, `lab-a.2`, …): set it to keep it when leases move.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// The tenant.
+    pub tenant: String,
+    /// Node names or globs.
+    #[serde(default)]
+    pub nodes: Vec<String>,
+    /// GPU UUIDs.
+    #[serde(default)]
+    pub gpus: Vec<String>,
+    /// Start, RFC 3339.
+    pub from: String,
+    /// End (exclusive), RFC 3339.
+    pub to: String,
+}
 
 /// One lease, validated.
 #[derive(Debug, Clone, PartialEq)]

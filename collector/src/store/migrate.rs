@@ -64,7 +64,6 @@ CREATE TABLE IF NOT EXISTS excursions (
 CREATE INDEX IF NOT EXISTS excursions_tenant ON excursions (tenant, opened_ms);
 ";
 
-
 /// Adds the columns of later schema versions that an older database lacks.
 fn add_columns(conn: &Connection) -> Result<(), StoreError> {
     for (table, column, decl) in crate::store::ledger::MIGRATIONS {
@@ -84,10 +83,10 @@ fn add_columns(conn: &Connection) -> Result<(), StoreError> {
 pub(super) fn create(conn: &Connection) -> Result<(), rusqlite::Error> {
     conn.execute_batch(SCHEMA)?;
     conn.execute_batch(super::ledger::SCHEMA)?;
-    conn.execute_batch(crate::delivery::SCHEMA)?;
-    conn.execute_batch(crate::modules::SCHEMA)?;
+    conn.execute_batch(super::delivery::SCHEMA)?;
+    conn.execute_batch(super::modules::SCHEMA)?;
     // Energy bounds: events and meter spans (an older database gains them).
-    crate::bounds::migrate(conn)?;
+    super::bounds::migrate(conn)?;
     Ok(())
 }
 

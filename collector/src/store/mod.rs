@@ -21,8 +21,13 @@
 //! tenant ledger, its minute close and totals). This file: the connection,
 //! load, the group commit and the reads.
 
+pub mod bounds;
+pub mod delivery;
 pub mod ledger;
 mod migrate;
+pub mod modules;
+mod rows;
+pub mod tree;
 mod write;
 
 use std::path::{Path, PathBuf};
@@ -31,9 +36,9 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use dcwatt_wire::time::{DAY_MS, HOUR_MS, MINUTE_MS};
 
-use crate::energy::{Curve, CurveEdit, MinuteEnergy};
-use crate::site::{Role, Site};
-use crate::state::{AgentState, Changes, ExcursionEdit, State};
+use crate::energy::Curve;
+use crate::site::Site;
+use crate::state::{AgentState, Changes, State};
 use crate::thermal::{Excursion, Kind};
 
 pub use migrate::SCHEMA_VERSION;
@@ -409,7 +414,6 @@ impl Drop for Checkpointer {
     }
 }
 
-
 impl Store {
     /// The excursions that started in `[from_ms, to_ms)`, oldest first; only
     /// one tenant's when `tenant` is given.
@@ -534,7 +538,6 @@ impl Store {
         Ok(v.and_then(|v| v.parse().ok()).unwrap_or(0.0))
     }
 
-
     /// Drops minute rows older than [`MINUTE_RETENTION_MS`] and hour rows older
     /// than [`HOUR_RETENTION_MS`] before `now_ms`.
     pub fn prune(&mut self, now_ms: i64) -> Result<(), StoreError> {
@@ -560,7 +563,6 @@ impl Store {
         Ok(())
     }
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -723,7 +725,7 @@ mod tests {
                 .unwrap(),
             45
         );
-        let spans = crate::bounds::meter_spans(&store).unwrap();
+        let spans = bounds::meter_spans(&store).unwrap();
         assert_eq!(spans["m"], (h, h + HOUR_MS));
     }
 

@@ -37,13 +37,13 @@ pub struct Prepared {
     /// (node, minute, the GPUs its agent reports).
     node_minutes: Vec<(String, MinuteEnergy, i64)>,
     /// Meter events and spans (energy bounds).
-    bounds: crate::bounds::Prepared,
+    bounds: super::bounds::Prepared,
     /// Superchip modules: (node, id, state JSON).
     modules: Vec<(String, String, String)>,
     /// Modules' minutes: (node, id, minute, the GPUs naming the module).
     module_minutes: Vec<(String, String, MinuteEnergy, i64)>,
     /// The minutes of GPUs in a module.
-    gpu_module_minutes: Vec<crate::modules::GpuModuleMinute>,
+    gpu_module_minutes: Vec<crate::store::modules::GpuModuleMinute>,
 }
 
 /// Serializes what one applied batch changed (call right after applying it).
@@ -109,7 +109,7 @@ pub fn prepare(agent: &str, state: &State, changes: &Changes) -> Result<Prepared
     p.excursions.clone_from(&changes.excursions);
     p.gpu_stats.clone_from(&changes.gpu_stats);
     p.gpu_delivery.clone_from(&changes.gpu_delivery);
-    p.bounds = crate::bounds::prepare(state, changes);
+    p.bounds = super::bounds::prepare(state, changes);
     Ok(p)
 }
 
@@ -121,9 +121,9 @@ pub(super) fn write_prepared(
     for (role, zone, w) in &p.minutes {
         add_minute(tx, site, *role, zone, w)?;
     }
-    crate::bounds::write(tx, &p.bounds)?;
+    super::bounds::write(tx, &p.bounds)?;
     crate::store::ledger::attribute(tx, site, &p.gpu_minutes)?;
-    crate::modules::write(
+    crate::store::modules::write(
         tx,
         site,
         &p.modules,
@@ -131,7 +131,7 @@ pub(super) fn write_prepared(
         &p.gpu_module_minutes,
     )?;
     crate::store::ledger::attribute_stats(tx, site, &p.gpu_stats)?;
-    crate::delivery::attribute(tx, site, &p.gpu_delivery)?;
+    super::delivery::attribute(tx, site, &p.gpu_delivery)?;
     for (node, w, gpus) in &p.node_minutes {
         // A change to a minute already shared marks it for an adjustment.
         tx.prepare_cached(
@@ -280,10 +280,10 @@ impl Store {
                     add_energy(&tx, r, r.floor(hour_ms), &m.zone, m.role, h.joules)?;
                 }
             }
-            crate::bounds::write_one(&tx, h.meter, None, Some((hour_ms, hour_end)))?;
+            super::bounds::write_one(&tx, h.meter, None, Some((hour_ms, hour_end)))?;
         }
         for (meter, e) in events {
-            crate::bounds::write_one(&tx, meter, Some(e), None)?;
+            super::bounds::write_one(&tx, meter, Some(e), None)?;
         }
         let covered = |kind: &str, start: i64, zone: &str, minutes: i64| {
             tx.prepare_cached(
