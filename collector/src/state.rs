@@ -35,11 +35,12 @@ pub struct MeterAccount {
     pub counter: Counter,
     /// Power integration, for a meter without a counter.
     pub integrator: Integrator,
-    /// Energy counted since the collector first saw the meter, J; for a
-    /// `water` meter, the volume counted, m³ (its counter is cut and stored by
-    /// the same code: see [`MeterState::energy_joules`] and
-    /// [`MeterState::water_cubic_meters`]).
-    pub energy_joules: f64,
+    /// What the meter counted since the collector first saw it, in its
+    /// counter's unit: energy in J, or for a `water` meter volume in m³ (the
+    /// same code cuts and stores both; read it through
+    /// [`MeterState::energy_joules`] and [`MeterState::water_cubic_meters`]).
+    /// Stored as `counted` (schema version 3; `energy_joules` before).
+    pub counted: f64,
     /// The instant energy counting started from (the first counter or power reading).
     pub energy_from_ms: Option<i64>,
     /// The instant of the last reading that added energy.
@@ -145,13 +146,13 @@ impl MeterState {
         if self.role == Role::Water {
             0.0
         } else {
-            self.acc.energy_joules
+            self.acc.counted
         }
     }
 
     /// Volume counted, m³, for a `water` meter.
     pub fn water_cubic_meters(&self) -> Option<f64> {
-        (self.role == Role::Water).then_some(self.acc.energy_joules)
+        (self.role == Role::Water).then_some(self.acc.counted)
     }
 
     /// The largest believable counter increase per second, in the counter's
@@ -504,7 +505,7 @@ impl State {
             .values()
             .filter(|m| m.parent.is_none() && m.role != Role::Water)
         {
-            *out.entry((m.role, m.zone.as_str())).or_default() += m.acc.energy_joules;
+            *out.entry((m.role, m.zone.as_str())).or_default() += m.acc.counted;
         }
         out
     }
@@ -1156,7 +1157,7 @@ impl Outputs {
     /// A new point of the counted-energy curve; `clean` says whether the stretch
     /// since the previous point was measured.
     fn point(&mut self, m: &mut MeterState, ts: i64, clean: bool) {
-        let joules = m.acc.energy_joules;
+        let joules = m.acc.counted;
         self.edits.extend(m.curve.push(ts, joules));
         self.edits
             .extend(m.curve.trim(ts - LIVE_WINDOW_MS - MINUTE_MS));
@@ -1198,7 +1199,7 @@ fn meter_reading(
     let (span, clean) = match q {
         q if q == counter => match acc.counter.observe(ts, v, max_rate) {
             CounterStep::Baseline => {
-                if acc.energy_joules == 0.0 {
+                if acc.counted == 0.0 {
                     acc.energy_from_ms = Some(ts);
                 }
                 out.point(m, ts, false);
@@ -1314,7 +1315,7 @@ fn meter_reading(
         }
         _ => return Ok(()), // temperatures and the like: latest value only, nothing to keep yet
     };
-    acc.energy_joules += span.joules;
+    acc.counted += span.joules;
     acc.energy_to_ms = Some(span.to_ms);
     out.point(m, span.to_ms, clean);
     Ok(())
@@ -1363,7 +1364,7 @@ mod tests {
         assert_eq!(feed(&mut state, 2000, 1e9), 0); // a spike: rejected
         assert_eq!(feed(&mut state, 3000, 2000.0), 1); // back to normal: 1100 J over 2 s
         let acc = &state.meters["m"].acc;
-        assert_eq!((acc.energy_joules, acc.glitches), (2000.0, 1));
+        assert_eq!((acc.counted, acc.glitches), (2000.0, 1));
         // A new level that holds three readings is a replaced meter: rebased;
         // what it counted from its first reading is kept, nothing across the jump.
         for (i, ts) in [4000, 5000, 6000].into_iter().enumerate() {
@@ -1374,7 +1375,7 @@ mod tests {
         let acc = &state.meters["m"].acc;
         // Four jumps seen (the spike, three at the new level); three readings
         // refused. The new meter's 1000 J from its first reading are kept.
-        assert_eq!((acc.energy_joules, acc.glitches), (3500.0, 4));
+        assert_eq!((acc.counted, acc.glitches), (3500.0, 4));
         assert_eq!(state.ignored[&Ignored::Glitch], 3);
     }
 }

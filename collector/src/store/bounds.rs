@@ -543,7 +543,7 @@ mod tests {
         );
         assert_eq!((s.below, s.unmeasured), (0.0, 12_500.0));
         assert_eq!(
-            loaded.meters["m"].acc.energy_joules,
+            loaded.meters["m"].acc.counted,
             45_000.0 + 47_500.0 + 50_000.0
         );
     }

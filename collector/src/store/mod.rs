@@ -460,7 +460,8 @@ impl Store {
         Ok(out)
     }
 
-    /// Energy per (zone, role) over the periods of `resolution` that start in `[from_ms, to_ms)`.
+    /// Energy per (zone, role) over the periods of `resolution` that start in
+    /// `[from_ms, to_ms)`; for the `water` role, the volume (m³).
     pub fn energy(
         &self,
         resolution: Resolution,
@@ -468,8 +469,13 @@ impl Store {
         to_ms: i64,
     ) -> Result<Vec<(String, String, f64)>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT zone, role, SUM(joules) FROM energy
-             WHERE resolution = ?1 AND start_ms >= ?2 AND start_ms < ?3 GROUP BY zone, role",
+            "SELECT zone, role, SUM(amount) FROM (
+               SELECT zone, role, joules AS amount FROM energy
+               WHERE resolution = ?1 AND start_ms >= ?2 AND start_ms < ?3
+               UNION ALL
+               SELECT zone, 'water', volume_m3 FROM water
+               WHERE resolution = ?1 AND start_ms >= ?2 AND start_ms < ?3
+             ) GROUP BY zone, role",
         )?;
         let rows = stmt
             .query_map(params![resolution.key(), from_ms, to_ms], |r| {
@@ -548,11 +554,19 @@ impl Store {
             params![minutes],
         )?;
         tx.execute(
+            "DELETE FROM water WHERE resolution = 'minute' AND start_ms < ?1",
+            params![minutes],
+        )?;
+        tx.execute(
             "DELETE FROM coverage WHERE kind IN ('minute', 'meters', 'water_minute', 'water_meters') AND start_ms < ?1",
             params![minutes],
         )?;
         tx.execute(
             "DELETE FROM energy WHERE resolution = 'hour' AND start_ms < ?1",
+            params![hours],
+        )?;
+        tx.execute(
+            "DELETE FROM water WHERE resolution = 'hour' AND start_ms < ?1",
             params![hours],
         )?;
         tx.execute(
@@ -837,8 +851,8 @@ mod tests {
                 assert_eq!(loaded.meters[id].curve.at(t), m.curve.at(t), "{id} at {t}");
             }
         }
-        assert_eq!(loaded.meters["m"].acc.energy_joules, 39.0 * 90.0);
-        assert_eq!(loaded.meters["p"].acc.energy_joules, 100.0 * 39.0 * 0.7);
+        assert_eq!(loaded.meters["m"].acc.counted, 39.0 * 90.0);
+        assert_eq!(loaded.meters["p"].acc.counted, 100.0 * 39.0 * 0.7);
         // The GPUs each agent owns are counted again on load: the cap holds
         // across a restart (agent "a" owns GPU-1; a second one makes two).
         let mut another = batch(41, 2_000_000, 9_000.0);

@@ -329,7 +329,8 @@ fn bump(
     Ok(n)
 }
 
-/// Adds energy to one stored period of a zone and role.
+/// Adds a meter's count to one stored period of a zone and role: energy (J),
+/// or for the `water` role volume (m³, in its own table).
 fn add_energy(
     tx: &rusqlite::Transaction<'_>,
     r: Resolution,
@@ -338,6 +339,14 @@ fn add_energy(
     role: Role,
     joules: f64,
 ) -> Result<(), StoreError> {
+    if role == Role::Water {
+        tx.prepare_cached(
+            "INSERT INTO water (resolution, start_ms, zone, volume_m3) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (resolution, start_ms, zone) DO UPDATE SET volume_m3 = volume_m3 + excluded.volume_m3",
+        )?
+        .execute(params![r.key(), start_ms, zone, joules])?;
+        return Ok(());
+    }
     tx.prepare_cached(
         "INSERT INTO energy (resolution, start_ms, zone, role, joules) VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT (resolution, start_ms, zone, role) DO UPDATE SET joules = joules + excluded.joules",
