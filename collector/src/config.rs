@@ -711,10 +711,8 @@ impl Config {
             }
         }
         let tenant_ids: HashSet<&str> = self.tenants.iter().map(|t| t.id.as_str()).collect();
-        let leases = crate::tenants::LeaseBook::new(crate::tenants::Leases::build(
-            &self.leases,
-            &tenant_ids,
-        )?);
+        let leases =
+            crate::site::LeaseBook::new(crate::tenants::Leases::build(&self.leases, &tenant_ids)?);
         for (i, m) in self.meters.iter().enumerate() {
             let Some(parent) = &m.parent else { continue };
             let key = format!("meters[{i}].parent");

@@ -39,7 +39,7 @@
 //!   - [`pue`]: PUE and its ISO/IEC 30134-2 category, as pure functions.
 //!   - [`names`]: every metric name; [`latency`]: the ingest latency histogram.
 //! - [`site`]: the domain model ([`site::Role`], [`site::ItPoint`],
-//!   [`site::Meter`], [`site::Site`]); [`check`]: the one `ConfigError`
+//!   [`site::Meter`], [`site::Site`], [`site::LeaseBook`]); [`check`]: the one `ConfigError`
 //!   and the id check. Time: `dcwatt_wire::time`.
 //! - [`serve`]: the listener (TLS, limits); [`run`]: serves the collector
 //!   on a bound listener until `shutdown` resolves.

@@ -309,59 +309,6 @@ impl Leases {
     }
 }
 
-/// The leases in force, replaceable while the collector runs (reload on
-/// SIGHUP or `POST /v1/admin/leases/reload`). Each call sees one consistent set.
-#[derive(Debug, Clone, Default)]
-pub struct LeaseBook(std::sync::Arc<std::sync::RwLock<Leases>>);
-
-impl LeaseBook {
-    /// A book holding `leases`.
-    pub fn new(leases: Leases) -> LeaseBook {
-        LeaseBook(std::sync::Arc::new(std::sync::RwLock::new(leases)))
-    }
-
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, Leases> {
-        self.0
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Replaces every lease at once.
-    pub fn replace(&self, leases: Leases) {
-        *self
-            .0
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = leases;
-    }
-
-    /// A copy of the leases in force.
-    pub fn snapshot(&self) -> Leases {
-        self.read().clone()
-    }
-
-    /// True when no lease is configured.
-    pub fn is_empty(&self) -> bool {
-        self.read().leases.is_empty()
-    }
-
-    /// See [`Leases::split`].
-    pub fn split(&self, node: &str, uuid: &str, from_ms: i64, to_ms: i64) -> Vec<(String, i64)> {
-        self.read().split(node, uuid, from_ms, to_ms)
-    }
-
-    /// See [`Leases::attribute`].
-    pub fn attribute(
-        &self,
-        node: &str,
-        uuid: &str,
-        from_ms: i64,
-        to_ms: i64,
-        joules: f64,
-    ) -> Vec<(String, f64, i64)> {
-        self.read().attribute(node, uuid, from_ms, to_ms, joules)
-    }
-}
-
 /// Sums per owner, for tests and reports.
 pub fn totals(parts: impl IntoIterator<Item = (String, f64, i64)>) -> BTreeMap<String, (f64, i64)> {
     let mut out: BTreeMap<String, (f64, i64)> = BTreeMap::new();
