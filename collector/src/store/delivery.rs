@@ -11,7 +11,10 @@ use rusqlite::{params, OptionalExtension};
 use dcwatt_wire::time::MINUTE_MS;
 
 use super::{Store, StoreError};
-use crate::delivery::*;
+use crate::delivery::{
+    floor_minute, in_power_event, ByCause, DeliveredMinute, DeliveryState, Incident, IncidentKind,
+    LeaseService, Levels, Service, UNKNOWN_GAP_MAX_MINUTES, UNMATCHED_LEASE,
+};
 use crate::site::Site;
 
 /// Tables: each tenant-minute's GPUs not available until it is booked

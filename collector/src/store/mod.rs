@@ -318,7 +318,7 @@ impl Store {
         self.commit_group([&prepared], site)
     }
 
-    /// Sets when a transaction counts as committed (see [`Synchronous`]).
+    /// Sets when a transaction counts as committed (see [`crate::site::Synchronous`]).
     pub fn set_synchronous(&self, sync: crate::site::Synchronous) -> Result<(), StoreError> {
         let value = match sync {
             crate::site::Synchronous::Full => "FULL",
