@@ -96,7 +96,7 @@ pub struct Figures {
 }
 
 fn required(m: &MeterState) -> bool {
-    m.parent.is_none() && matches!(m.role, Role::Facility | Role::It)
+    m.meter.parent.is_none() && matches!(m.meter.role, Role::Facility | Role::It)
 }
 
 /// Computes the figures at `now_ms`; `windows` are the stored trailing windows
@@ -116,18 +116,21 @@ pub fn compute(
             n_required += 1;
             reporting += usize::from(fresh(m.acc.last_ms));
         }
-        if let Some((t, w)) = m.acc.power.filter(|_| m.parent.is_none()) {
+        if let Some((t, w)) = m.acc.power.filter(|_| m.meter.parent.is_none()) {
             if fresh(Some(t)) {
                 *zone_power_watts
-                    .entry((m.role, m.zone.clone()))
+                    .entry((m.meter.role, m.meter.zone.clone()))
                     .or_default() += w;
-                *power_watts.entry(m.role.as_str()).or_default() += w;
+                *power_watts.entry(m.meter.role.as_str()).or_default() += w;
             }
         }
     }
     let all_fresh = n_required > 0 && reporting == n_required;
-    let category = pue::category(state.meters.values().filter_map(|m| m.it_point));
-    let has_facility = state.meters.values().any(|m| m.role == Role::Facility);
+    let category = pue::category(state.meters.values().filter_map(|m| m.meter.it_point));
+    let has_facility = state
+        .meters
+        .values()
+        .any(|m| m.meter.role == Role::Facility);
     let model_ok = has_facility && category.is_some();
 
     let pue_instant = if all_fresh && model_ok {
@@ -200,7 +203,7 @@ fn instant_pue(state: &State, site: &Site, now_ms: i64) -> Option<f64> {
             return None;
         }
         let e = m.curve.between(start, end)?;
-        match m.role {
+        match m.meter.role {
             Role::Facility => facility += e,
             Role::It => it += e,
             _ => {}
@@ -261,11 +264,11 @@ fn window_pue(
     out.complete = all_fresh && out.coverage_ratio >= 1.0 - lag_allowance;
 
     let mut roles: BTreeMap<Role, Option<f64>> = BTreeMap::new();
-    for m in state.meters.values().filter(|m| m.parent.is_none()) {
-        if m.role == Role::Water {
+    for m in state.meters.values().filter(|m| m.meter.parent.is_none()) {
+        if m.meter.role == Role::Water {
             continue; // a volume, not an energy: below
         }
-        let e = roles.entry(m.role).or_insert(Some(0.0));
+        let e = roles.entry(m.meter.role).or_insert(Some(0.0));
         *e = e.and_then(|sum| Some(sum + m.curve.between(a, b)?));
     }
     out.energy_joules = roles
@@ -310,12 +313,12 @@ fn live_wue(
     (a, b): (i64, i64),
     out: &mut WindowPue,
 ) {
-    let counted = |m: &&MeterState| m.parent.is_none();
+    let counted = |m: &&MeterState| m.meter.parent.is_none();
     let water: Vec<&MeterState> = state
         .meters
         .values()
         .filter(counted)
-        .filter(|m| m.role == Role::Water)
+        .filter(|m| m.meter.role == Role::Water)
         .collect();
     let Some(spans) = water
         .iter()
@@ -334,7 +337,7 @@ fn live_wue(
         .meters
         .values()
         .filter(counted)
-        .filter(|m| m.role == Role::It)
+        .filter(|m| m.meter.role == Role::It)
         .map(|m| m.curve.between(wa, wb))
         .sum();
     let (Some(volume), Some(it)) = (volume, it) else {
@@ -370,7 +373,7 @@ fn tree_residuals(
         let children: Vec<&MeterState> = state
             .meters
             .values()
-            .filter(|m| m.parent.as_deref() == Some(id))
+            .filter(|m| m.meter.parent.as_deref() == Some(id))
             .collect();
         if children.is_empty() {
             continue;

@@ -22,7 +22,7 @@ use crate::energy::{
     Span,
 };
 use crate::site::Site;
-use crate::site::{ItPoint, Role};
+use crate::site::{Meter, Role};
 use crate::thermal::{self, Coolant, Excursion, GpuThermals, Kind, Transition};
 use crate::utilization::{self as util, Aggregates, GpuUtil, ModuleState};
 
@@ -108,21 +108,8 @@ pub struct OpenExcursion {
 /// One configured meter's state.
 #[derive(Debug, Clone)]
 pub struct MeterState {
-    /// Role from the config.
-    pub role: Role,
-    /// Zone from the config.
-    pub zone: String,
-    /// IT measurement point (role `it`).
-    pub it_point: Option<ItPoint>,
-    /// The most this meter can measure, W, if configured: bigger counter jumps are glitches.
-    pub nominal_max_watts: Option<f64>,
-    /// A water meter's largest flow, m³/h, if configured: bigger volume jumps are glitches.
-    pub nominal_max_cubic_meters_per_hour: Option<f64>,
-    /// The meter it is a sub-meter of, if any: then it does not count in the
-    /// role's totals (its parent does).
-    pub parent: Option<String>,
-    /// The node whose input it measures, if any.
-    pub node: Option<String>,
+    /// The meter as configured (role, zone, rating, parent, node).
+    pub meter: Meter,
     /// What it has counted.
     pub acc: MeterAccount,
     /// Counted energy over time (cumulative J) for the trailing windows, cut at
@@ -134,7 +121,7 @@ impl MeterState {
     /// The counter quantity this meter counts: a volume for a `water` meter,
     /// energy otherwise.
     pub fn counter_quantity(&self) -> Quantity {
-        if self.role == Role::Water {
+        if self.meter.role == Role::Water {
             Quantity::WaterVolumeCubicMeters
         } else {
             Quantity::EnergyJoules
@@ -143,7 +130,7 @@ impl MeterState {
 
     /// Energy counted, J (0 for a `water` meter: it counts volume).
     pub fn energy_joules(&self) -> f64 {
-        if self.role == Role::Water {
+        if self.meter.role == Role::Water {
             0.0
         } else {
             self.acc.counted
@@ -152,7 +139,7 @@ impl MeterState {
 
     /// Volume counted, m³, for a `water` meter.
     pub fn water_cubic_meters(&self) -> Option<f64> {
-        (self.role == Role::Water).then_some(self.acc.counted)
+        (self.meter.role == Role::Water).then_some(self.acc.counted)
     }
 
     /// The largest believable counter increase per second, in the counter's
@@ -160,19 +147,24 @@ impl MeterState {
     /// The meter's configured rating in its counter's unit per second (W, or
     /// m³/s), if any: what bounds the energy it may have missed.
     pub fn rating(&self) -> Option<f64> {
-        if self.role == Role::Water {
-            self.nominal_max_cubic_meters_per_hour.map(|q| q / 3600.0)
+        if self.meter.role == Role::Water {
+            self.meter
+                .nominal_max_cubic_meters_per_hour
+                .map(|q| q / 3600.0)
         } else {
-            self.nominal_max_watts
+            self.meter.nominal_max_watts
         }
     }
 
     fn max_counter_rate(&self) -> f64 {
-        if self.role == Role::Water {
-            self.nominal_max_cubic_meters_per_hour
+        if self.meter.role == Role::Water {
+            self.meter
+                .nominal_max_cubic_meters_per_hour
                 .map_or(DEFAULT_WATER_MAX_CUBIC_METERS_PER_SECOND, |q| q / 3600.0)
         } else {
-            self.nominal_max_watts.unwrap_or(DEFAULT_METER_MAX_WATTS)
+            self.meter
+                .nominal_max_watts
+                .unwrap_or(DEFAULT_METER_MAX_WATTS)
         }
     }
 }
@@ -475,13 +467,7 @@ impl State {
             state.meters.insert(
                 id.clone(),
                 MeterState {
-                    role: m.role,
-                    zone: m.zone.clone(),
-                    it_point: m.it_point,
-                    nominal_max_watts: m.nominal_max_watts,
-                    nominal_max_cubic_meters_per_hour: m.nominal_max_cubic_meters_per_hour,
-                    parent: m.parent.clone(),
-                    node: m.node.clone(),
+                    meter: m.clone(),
                     acc: MeterAccount::default(),
                     curve: Curve::default(),
                 },
@@ -503,9 +489,10 @@ impl State {
         for m in self
             .meters
             .values()
-            .filter(|m| m.parent.is_none() && m.role != Role::Water)
+            .filter(|m| m.meter.parent.is_none() && m.meter.role != Role::Water)
         {
-            *out.entry((m.role, m.zone.as_str())).or_default() += m.acc.counted;
+            *out.entry((m.meter.role, m.meter.zone.as_str()))
+                .or_default() += m.acc.counted;
         }
         out
     }
@@ -810,7 +797,7 @@ impl State {
             for (kind, t) in thermal::judge_coolant(&mut m.acc.coolant, ts, &site.thermal) {
                 events.push((
                     ("meter", (*id).to_owned(), None),
-                    m.zone.clone(),
+                    m.meter.zone.clone(),
                     kind,
                     t,
                     None,
@@ -823,7 +810,7 @@ impl State {
             .meters
             .values()
             .filter(|m| m.acc.coolant.episodes.values().any(in_excursion))
-            .map(|m| m.zone.as_str())
+            .map(|m| m.meter.zone.as_str())
             .collect();
         for uuid in &changes.gpus {
             if let Some(g) = self.gpus.get_mut(uuid) {
@@ -911,7 +898,7 @@ impl State {
             for (kind, e) in &m.acc.coolant.episodes {
                 if let Some(at) = e.open_ms {
                     out.push(OpenExcursion {
-                        zone: m.zone.clone(),
+                        zone: m.meter.zone.clone(),
                         entity_kind: "meter",
                         entity: id.clone(),
                         kind: *kind,
@@ -1184,8 +1171,8 @@ fn meter_reading(
     // The most a meter can have counted over `ms` and that was not counted.
     let unknown = |ms: i64, counted: f64| rating.map(|r| (max_step(r, ms) - counted).max(0.0));
     let misplaced = match q {
-        Quantity::EnergyJoules | Quantity::PowerWatts => m.role == Role::Water,
-        Quantity::WaterVolumeCubicMeters => m.role != Role::Water,
+        Quantity::EnergyJoules | Quantity::PowerWatts => m.meter.role == Role::Water,
+        Quantity::WaterVolumeCubicMeters => m.meter.role != Role::Water,
         _ => false,
     };
     if misplaced {

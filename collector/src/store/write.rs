@@ -63,10 +63,10 @@ pub fn prepare(agent: &str, state: &State, changes: &Changes) -> Result<Prepared
         }
     }
     for (id, w) in &changes.minutes {
-        if let Some(m) = state.meters.get(id).filter(|m| m.parent.is_none()) {
-            p.minutes.push((m.role, m.zone.clone(), *w));
+        if let Some(m) = state.meters.get(id).filter(|m| m.meter.parent.is_none()) {
+            p.minutes.push((m.meter.role, m.meter.zone.clone(), *w));
         }
-        if let Some(node) = state.meters.get(id).and_then(|m| m.node.as_ref()) {
+        if let Some(node) = state.meters.get(id).and_then(|m| m.meter.node.as_ref()) {
             if w.complete {
                 let gpus = i64::try_from(state.gpus_of(node)).unwrap_or(i64::MAX);
                 p.node_minutes.push((node.clone(), *w, gpus));
