@@ -5,7 +5,7 @@
 //!   whole booking pass: chain hashes, inserts, the tree);
 //! - what the tree adds to it: the leaf hashes (one SHA-256 per row over the
 //!   canonical bytes the chain hash already wrote), and
-//!   `transparency::extend_tree` for those 20,000 leaves (frontier, node
+//!   `store::tree::extend_tree` for those 20,000 leaves (frontier, node
 //!   hashes, node inserts) on a tree of `--prefill` leaves, in a transaction
 //!   rolled back after each run; their sum; and the node hashing alone;
 //! - `checkpoint`: `Store::checkpoint_due` (frontier read back, Ed25519
@@ -22,8 +22,8 @@ use std::path::Path;
 use std::time::Instant;
 
 use dcwatt_collector::config::{Config, Site};
-use dcwatt_collector::ledger::{Row, GENESIS};
-use dcwatt_collector::store::Store;
+use dcwatt_collector::store::ledger::{Row, GENESIS};
+use dcwatt_collector::store::{tree, Store};
 use dcwatt_collector::transparency;
 use dcwatt_verify::merkle::{self, Frontier, Hash};
 
@@ -150,7 +150,7 @@ pub fn run(plan: Plan) -> Vec<Timing> {
         let tx = c.transaction().unwrap();
         let rows: Vec<Row> = (1..=plan.prefill as i64).map(|i| row(i, hour)).collect();
         let leaves: Vec<(i64, Hash)> = rows.iter().map(|r| (r.id, r.leaf_hash())).collect();
-        transparency::extend_tree(&tx, &leaves).unwrap();
+        tree::extend_tree(&tx, &leaves).unwrap();
         // The tree's leaves must match ledger ids: insert the rows too.
         let mut stmt = tx
             .prepare("INSERT INTO ledger (id, minute_ms, tenant, it_joules, pue_basis, gpu_ms, late, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, 'minute', 60000, 0, ?5, ?5)")
@@ -167,7 +167,8 @@ pub fn run(plan: Plan) -> Vec<Timing> {
         }
         drop(stmt);
         tx.commit().unwrap();
-        c.execute_batch(dcwatt_collector::ledger::SCHEMA).unwrap();
+        c.execute_batch(dcwatt_collector::store::ledger::SCHEMA)
+            .unwrap();
     }
     let mut out = Vec::new();
 
@@ -197,7 +198,7 @@ pub fn run(plan: Plan) -> Vec<Timing> {
     for _ in 0..plan.runs {
         let tx = c.transaction().unwrap();
         let start = Instant::now();
-        transparency::extend_tree(&tx, &leaves).unwrap();
+        tree::extend_tree(&tx, &leaves).unwrap();
         ms.push(start.elapsed().as_secs_f64() * 1e3);
         tx.rollback().unwrap();
     }

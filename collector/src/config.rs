@@ -13,41 +13,11 @@ use std::time::Duration;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+pub use crate::check::{check_id, invalid, ConfigError};
 pub use crate::site::{
     token_hash, ItPoint, Meter, ReferencePue, Role, Site, Synchronous, TlsConfig,
 };
-
-/// A configuration error: the key (TOML path) and what is wrong with it.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
-    Read {
-        /// The file.
-        path: String,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// TOML syntax or a type/unknown-key error (toml's text names the key and line).
-    #[error("{0}")]
-    Parse(String),
-    /// A value that parses but is not acceptable.
-    #[error("{key}: {reason}")]
-    Invalid {
-        /// The TOML path of the key, e.g. `meters[2].it_point`.
-        key: String,
-        /// Why it is not acceptable.
-        reason: String,
-    },
-}
-
-/// A [`ConfigError::Invalid`].
-pub fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key: key.into(),
-        reason: reason.into(),
-    }
-}
+pub use crate::tenants::LeaseConfig;
 
 /// The collector's configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -209,31 +179,6 @@ pub struct TenantConfig {
     /// against it.
     #[serde(default)]
     pub availability_target: Option<f64>,
-}
-
-/// A lease: a tenant's nodes (names or globs with `*` and `?`) or GPUs (UUIDs)
-/// over `[from, to)`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LeaseConfig {
-    /// The lease's id (`[A-Za-z0-9._:-]`, unique among the leases), named
-    /// in statements' per-lease service levels. Default: the tenant and
-    /// the lease's 1-based position among the tenant's leases in the file
-    /// (`lab-a.1`, `lab-a.2`, …): set it to keep it when leases move.
-    #[serde(default)]
-    pub id: Option<String>,
-    /// The tenant.
-    pub tenant: String,
-    /// Node names or globs.
-    #[serde(default)]
-    pub nodes: Vec<String>,
-    /// GPU UUIDs.
-    #[serde(default)]
-    pub gpus: Vec<String>,
-    /// Start, RFC 3339.
-    pub from: String,
-    /// End (exclusive), RFC 3339.
-    pub to: String,
 }
 
 /// The durable store.
@@ -536,8 +481,7 @@ impl Config {
                 ));
             }
         }
-        let (ledger_key, collector_id) =
-            crate::transparency::ledger_identity(self.ledger.as_ref())?;
+        let (ledger_key, collector_id) = ledger_identity(self.ledger.as_ref())?;
         if self
             .carbon_intensity_kg_per_kwh
             .is_some_and(|c| !(c.is_finite() && (0.0..=5.0).contains(&c)))
@@ -767,10 +711,8 @@ impl Config {
             }
         }
         let tenant_ids: HashSet<&str> = self.tenants.iter().map(|t| t.id.as_str()).collect();
-        let leases = crate::tenants::LeaseBook::new(crate::tenants::Leases::build(
-            &self.leases,
-            &tenant_ids,
-        )?);
+        let leases =
+            crate::site::LeaseBook::new(crate::tenants::Leases::build(&self.leases, &tenant_ids)?);
         for (i, m) in self.meters.iter().enumerate() {
             let Some(parent) = &m.parent else { continue };
             let key = format!("meters[{i}].parent");
@@ -873,28 +815,50 @@ fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// Ids become label values and URL path segments: keep them plain.
-pub fn check_id(key: &str, id: &str) -> Result<(), ConfigError> {
-    if id.is_empty() || id.len() > 128 {
-        return Err(invalid(key, "must be 1 to 128 characters"));
-    }
-    if !id
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
-    {
-        return Err(invalid(
-            key,
-            format!("{id:?} may only contain ASCII letters, digits, '-', '_', '.', ':'"),
-        ));
-    }
-    Ok(())
-}
-
 fn parse_sha256(key: &str, text: &str) -> Result<[u8; 32], ConfigError> {
     let mut out = [0u8; 32];
     hex::decode_to_slice(text.trim(), &mut out)
         .map_err(|_| invalid(key, "must be 64 hex digits (the SHA-256 of the token)"))?;
     Ok(out)
+}
+
+/// The signing key and collector id of `[ledger]` (start-up: the key file is
+/// read and checked here, so a bad one stops the collector naming the key).
+pub fn ledger_identity(
+    ledger: Option<&LedgerConfig>,
+) -> Result<(Option<ed25519_dalek::SigningKey>, String), ConfigError> {
+    let id = match ledger.and_then(|l| l.collector_id.clone()) {
+        Some(id) => {
+            if !dcwatt_verify::checkpoint::valid_collector_id(&id) {
+                return Err(invalid(
+                    "ledger.collector_id",
+                    "must be 1 to 128 characters of [A-Za-z0-9._:-]",
+                ));
+            }
+            id
+        }
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| h.trim().to_owned())
+            .filter(|h| dcwatt_verify::checkpoint::valid_collector_id(h))
+            .unwrap_or_else(|| "collector".to_owned()),
+    };
+    let Some(path) = ledger.and_then(|l| l.signing_key_file.as_ref()) else {
+        return Ok((None, id));
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        invalid(
+            "ledger.signing_key_file",
+            format!("{}: {e}", path.display()),
+        )
+    })?;
+    let key = dcwatt_verify::checkpoint::parse_secret_key(&text).map_err(|e| {
+        invalid(
+            "ledger.signing_key_file",
+            format!("{}: {e}", path.display()),
+        )
+    })?;
+    Ok((Some(key), id))
 }
 
 #[cfg(test)]

@@ -33,12 +33,12 @@
 //! sorted list through its digest ([`dcwatt_verify::row::delivery_digest`]),
 //! so storage grows with incidents, not with GPUs.
 //!
-//! Size: the delivery rules, their per-GPU tracker, storage and reports form
+//! The tables, the booking of silences and the reports read from the store
+//! are in `store::delivery`.
+//!
+//! Size: the delivery rules, their per-GPU tracker and the report types form
 //! one rule set (documented for tenants in `docs/tenants.md`).
 
-use std::collections::BTreeMap;
-
-use rusqlite::{params, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
 use dcwatt_wire::Quantity;
@@ -46,7 +46,6 @@ use dcwatt_wire::Quantity;
 use dcwatt_wire::time::{DAY_MS, MINUTE_MS};
 
 use crate::site::Site;
-use crate::store::StoreError;
 
 /// The most unknown minutes booked for one silence of one GPU (one day):
 /// a GPU back after longer is booked unknown for the day before its return.
@@ -77,8 +76,8 @@ pub struct PowerEventConfig {
 pub fn build_power_events(
     config: &[PowerEventConfig],
     zones: &std::collections::BTreeSet<String>,
-) -> Result<Vec<PowerEvent>, crate::config::ConfigError> {
-    use crate::config::invalid;
+) -> Result<Vec<PowerEvent>, crate::check::ConfigError> {
+    use crate::check::invalid;
     let mut out = Vec::with_capacity(config.len());
     for (i, e) in config.iter().enumerate() {
         if let Some(z) = &e.zone {
@@ -114,7 +113,7 @@ pub fn build_power_events(
 
 /// True when a declared power event of the node's zone (or the site)
 /// overlaps the minute.
-fn in_power_event(site: &Site, node: &str, minute_ms: i64) -> bool {
+pub(crate) fn in_power_event(site: &Site, node: &str, minute_ms: i64) -> bool {
     if site.power_events.is_empty() {
         return false;
     }
@@ -159,7 +158,7 @@ impl DeliveryState {
     }
 
     /// The ledger column of its GPU time.
-    fn column(self) -> &'static str {
+    pub(crate) fn column(self) -> &'static str {
         match self {
             DeliveryState::Available => "available_ms",
             DeliveryState::Degraded => "degraded_ms",
@@ -285,7 +284,7 @@ pub struct Tracker {
     minute: MinuteTime,
 }
 
-fn floor_minute(ts: i64) -> i64 {
+pub(crate) fn floor_minute(ts: i64) -> i64 {
     ts.div_euclid(MINUTE_MS) * MINUTE_MS
 }
 
@@ -516,361 +515,6 @@ fn judge(t: &MinuteTime, sla: &SlaConfig) -> DeliveredMinute {
     }
 }
 
-/// Tables: each tenant-minute's GPUs not available until it is booked
-/// (`delivery_open`), and once booked (`ledger_delivery`, keyed by the
-/// ledger row, append-only like the ledger).
-pub const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS delivery_open (
-    minute_ms INTEGER NOT NULL,
-    tenant TEXT NOT NULL,
-    uuid TEXT NOT NULL,
-    state TEXT NOT NULL,
-    reason TEXT NOT NULL,
-    cause TEXT NOT NULL,
-    ms INTEGER NOT NULL,
-    PRIMARY KEY (minute_ms, tenant, uuid)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS ledger_delivery (
-    row_id INTEGER NOT NULL,
-    uuid TEXT NOT NULL,
-    state TEXT NOT NULL,
-    reason TEXT NOT NULL,
-    cause TEXT NOT NULL,
-    ms INTEGER NOT NULL,
-    PRIMARY KEY (row_id, uuid)
-) WITHOUT ROWID;
--- Every booked silence stretch [from_ms, through_ms) of a GPU (not only
--- its latest: late data for an older stretch must find it), pruned once
--- no reading old enough to fall in it can be accepted.
-CREATE TABLE IF NOT EXISTS delivery_silence (
-    uuid TEXT NOT NULL,
-    from_ms INTEGER NOT NULL,
-    through_ms INTEGER NOT NULL,
-    PRIMARY KEY (uuid, from_ms)
-) WITHOUT ROWID;
-CREATE TRIGGER IF NOT EXISTS ledger_delivery_no_update BEFORE UPDATE ON ledger_delivery
-BEGIN SELECT RAISE(ABORT, 'the ledger is append-only: delivery rows cannot be updated'); END;
-CREATE TRIGGER IF NOT EXISTS ledger_delivery_no_delete BEFORE DELETE ON ledger_delivery
-BEGIN SELECT RAISE(ABORT, 'the ledger is append-only: delivery rows cannot be deleted'); END;
-";
-
-/// Books judged GPU-minutes into the open table, split among their leases
-/// (tenants only: unleased time has no service level).
-pub fn attribute(
-    tx: &rusqlite::Transaction<'_>,
-    site: &Site,
-    minutes: &[(String, String, DeliveredMinute)],
-) -> Result<(), StoreError> {
-    for (uuid, node, d) in minutes {
-        if booked_silent(tx, uuid, d.minute_ms)? {
-            // Booked `unknown` while the GPU was silent (data that come
-            // later for it, e.g. replayed from a spool, change nothing).
-            continue;
-        }
-        for (owner, ms) in site
-            .leases
-            .split(node, uuid, d.minute_ms, d.minute_ms + MINUTE_MS)
-        {
-            if ms <= 0 || owner.starts_with('_') {
-                continue;
-            }
-            let col = d.state.column();
-            // A declared power event of its zone: the facility's doing.
-            let cause =
-                if d.state != DeliveryState::Available && in_power_event(site, node, d.minute_ms) {
-                    "facility"
-                } else {
-                    d.cause
-                };
-            tx.prepare_cached(&format!(
-                "INSERT INTO tenant_open (minute_ms, tenant, it_joules, gpu_ms, {col}) VALUES (?1, ?2, 0, 0, ?3)
-                 ON CONFLICT (minute_ms, tenant) DO UPDATE SET {col} = COALESCE({col}, 0) + excluded.{col}"
-            ))?
-            .execute(params![d.minute_ms, owner, ms])?;
-            if d.state != DeliveryState::Available {
-                tx.prepare_cached(
-                    "INSERT INTO delivery_open (minute_ms, tenant, uuid, state, reason, cause, ms)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-                     ON CONFLICT (minute_ms, tenant, uuid) DO UPDATE SET ms = ms + excluded.ms",
-                )?
-                .execute(params![
-                    d.minute_ms,
-                    owner,
-                    uuid,
-                    d.state.as_str(),
-                    d.reason,
-                    cause,
-                    ms
-                ])?;
-            }
-        }
-    }
-    Ok(())
-}
-
-/// True when the silence booking booked this GPU-minute.
-fn booked_silent(
-    tx: &rusqlite::Transaction<'_>,
-    uuid: &str,
-    minute_ms: i64,
-) -> Result<bool, StoreError> {
-    Ok(tx
-        .prepare_cached(
-            "SELECT 1 FROM delivery_silence WHERE uuid = ?1 AND from_ms <= ?2 AND ?2 < through_ms",
-        )?
-        .query_row(params![uuid, minute_ms], |_| Ok(()))
-        .optional()?
-        .is_some())
-}
-
-/// (UUID, node, agent, last reading, booked stretch's start and end) of a
-/// GPU the silence booking looks at.
-type SilentGpu = (
-    String,
-    String,
-    String,
-    Option<i64>,
-    Option<i64>,
-    Option<i64>,
-);
-
-/// The GPUs whose owning agent the collector has not heard from (no batch
-/// applied, committed) since `?1`: [`SilentGpu`] rows. Agents that still
-/// send are catching up, or report the GPU down.
-macro_rules! silent_gpus_sql {
-    () => {
-        "SELECT g.uuid, COALESCE(json_extract(g.state, '$.node'), ''),
-         COALESCE(json_extract(g.state, '$.agent'), ''),
-         json_extract(g.state, '$.delivery.last_ms'), s.from_ms, s.through_ms
-         FROM gpus g LEFT JOIN delivery_silence s ON s.uuid = g.uuid
-         AND s.from_ms = (SELECT MAX(from_ms) FROM delivery_silence WHERE uuid = g.uuid)
-         LEFT JOIN agents a ON a.id = json_extract(g.state, '$.agent')
-         WHERE COALESCE(a.last_seen_ms, 0) <= ?1"
-    };
-}
-
-fn silent_gpu(r: &rusqlite::Row<'_>) -> rusqlite::Result<SilentGpu> {
-    Ok((
-        r.get(0)?,
-        r.get(1)?,
-        r.get(2)?,
-        r.get(3)?,
-        r.get(4)?,
-        r.get(5)?,
-    ))
-}
-
-/// A booking pass's (heard after, end): agents heard from before the first
-/// are silent; minutes before the second are closed for silence.
-fn silence_bounds(site: &Site, now_ms: i64) -> (i64, i64) {
-    let after = i64::try_from(site.sla.silence_after.as_millis()).unwrap_or(i64::MAX);
-    let cutoff = now_ms - MINUTE_MS - site.close_after_ms.max(after);
-    (
-        now_ms.saturating_sub(after),
-        floor_minute(cutoff) + MINUTE_MS,
-    )
-}
-
-/// The (stretch start, first minute to book) of a silent GPU, or `None`
-/// when it has nothing to book before `end` (never read, released by the
-/// operator, or booked up to `end` already). The same silence goes on where
-/// the last pass stopped; a new one starts after the last reading (at most
-/// a day back).
-fn silence_stretch(g: &SilentGpu, end: i64) -> Option<(i64, i64)> {
-    let (_, _, agent, last_ms, from, through) = g;
-    let last_ms = last_ms.filter(|t| *t > 0)?;
-    if agent.is_empty() {
-        return None;
-    }
-    let silent_from = floor_minute(last_ms) + MINUTE_MS;
-    let (from, begin) = match (from, through) {
-        (Some(f), Some(t)) if *t >= silent_from => (*f, *t),
-        _ => {
-            let b = silent_from.max(end - UNKNOWN_GAP_MAX_MINUTES * MINUTE_MS);
-            (b, b)
-        }
-    };
-    (begin < end).then_some((from, begin))
-}
-
-/// The most GPU-minutes of silence one booking pass books (a bound on the
-/// pass's work after a long stop of the collector; the rest follows in the
-/// next passes).
-pub const SILENCE_MINUTES_PER_PASS: usize = 100_000;
-
-impl crate::store::Store {
-    /// Books the closed minutes of GPUs that stopped reporting as
-    /// `unknown` (`no_data`), as they close, without waiting for the GPU to
-    /// report again: every GPU the collector knows whose owning agent it
-    /// has not heard from (no batch applied) for `[sla] silence_after`
-    /// (one released by the operator is not booked), from the minute after
-    /// its last reading's to the last minute ended `[sla] silence_after`
-    /// (at least `close_after`) before `now_ms` (one silence booked for at most
-    /// [`UNKNOWN_GAP_MAX_MINUTES`] before it is first seen), split among
-    /// the leases covering each minute (none: nothing booked). Each GPU's
-    /// booked stretch is kept (`delivery_silence`, in the same
-    /// transaction), so a minute is never booked twice: not by the next
-    /// pass, not after a restart, not when the GPU reports again (its
-    /// tracker's unknown minutes and any late data for the stretch are
-    /// skipped by [`attribute`]). Returns the GPU-minutes booked.
-    pub fn book_silences(&mut self, site: &Site, now_ms: i64) -> Result<usize, StoreError> {
-        let candidates = self.silence_candidates(site, now_ms)?;
-        self.book_silences_among(site, now_ms, &candidates)
-    }
-
-    /// The GPUs a booking pass at `now_ms` would book minutes for, read
-    /// without a write transaction (on a read connection, the committer goes
-    /// on meanwhile: the scan reads every GPU's state). A GPU that falls
-    /// silent after this read is found by the next pass.
-    pub fn silence_candidates(&self, site: &Site, now_ms: i64) -> Result<Vec<String>, StoreError> {
-        let (heard_after, end) = silence_bounds(site, now_ms);
-        let rows: Vec<SilentGpu> = self
-            .conn
-            .prepare_cached(concat!(silent_gpus_sql!(), " ORDER BY g.uuid"))?
-            .query_map(params![heard_after], silent_gpu)?
-            .collect::<Result<_, _>>()?;
-        Ok(rows
-            .into_iter()
-            .filter(|g| silence_stretch(g, end).is_some())
-            .map(|g| g.0)
-            .collect())
-    }
-
-    /// [`Self::book_silences`] for the given GPUs only (each checked again
-    /// inside the booking transaction, on the committed state).
-    pub fn book_silences_among(
-        &mut self,
-        site: &Site,
-        now_ms: i64,
-        uuids: &[String],
-    ) -> Result<usize, StoreError> {
-        let (heard_after, end) = silence_bounds(site, now_ms);
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        // Committed state only: an ingest that is not committed has not
-        // booked its minutes either.
-        let mut gpus: Vec<SilentGpu> = Vec::new();
-        for uuid in uuids {
-            gpus.extend(
-                tx.prepare_cached(concat!(silent_gpus_sql!(), " AND g.uuid = ?2"))?
-                    .query_row(params![heard_after, uuid], silent_gpu)
-                    .optional()?,
-            );
-        }
-        let mut budget = SILENCE_MINUTES_PER_PASS;
-        let mut booked = 0;
-        for g in gpus {
-            let Some((from, begin)) = silence_stretch(&g, end) else {
-                continue;
-            };
-            if budget == 0 {
-                break;
-            }
-            let (uuid, node) = (g.0, g.1);
-            let stop = end.min(begin.saturating_add(budget as i64 * MINUTE_MS));
-            let mut minutes = Vec::new();
-            let mut m = begin;
-            while m < stop {
-                minutes.push((
-                    uuid.clone(),
-                    node.clone(),
-                    DeliveredMinute {
-                        minute_ms: m,
-                        state: DeliveryState::Unknown,
-                        reason: "no_data",
-                        cause: "unknown",
-                    },
-                ));
-                m += MINUTE_MS;
-            }
-            budget = budget.saturating_sub(minutes.len());
-            booked += minutes.len();
-            attribute(&tx, site, &minutes)?;
-            tx.prepare_cached(
-                "INSERT INTO delivery_silence (uuid, from_ms, through_ms) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (uuid, from_ms) DO UPDATE SET through_ms = excluded.through_ms",
-            )?
-            .execute(params![uuid, from, stop])?;
-        }
-        // Stretches no acceptable reading can fall in any more (readings
-        // older than `max_reading_age` are refused at ingest) go.
-        tx.prepare_cached("DELETE FROM delivery_silence WHERE through_ms < ?1")?
-            .execute(params![now_ms
-                .saturating_sub(site.max_age_ms)
-                .saturating_sub(2 * MINUTE_MS)])?;
-        tx.commit()?;
-        Ok(booked)
-    }
-}
-
-/// The open list of a tenant-minute's GPUs not available, sorted.
-pub fn open_entries(
-    tx: &rusqlite::Transaction<'_>,
-    minute_ms: i64,
-    tenant: &str,
-) -> Result<Vec<dcwatt_verify::row::DeliveryEntry>, StoreError> {
-    let mut stmt = tx.prepare_cached(
-        "SELECT uuid, state, reason, cause, ms FROM delivery_open WHERE minute_ms = ?1 AND tenant = ?2",
-    )?;
-    let mut v: Vec<_> = stmt
-        .query_map(params![minute_ms, tenant], entry)?
-        .collect::<Result<_, _>>()?;
-    v.sort();
-    Ok(v)
-}
-
-fn entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<dcwatt_verify::row::DeliveryEntry> {
-    Ok(dcwatt_verify::row::DeliveryEntry {
-        uuid: r.get(0)?,
-        state: r.get(1)?,
-        reason: r.get(2)?,
-        cause: r.get(3)?,
-        ms: r.get(4)?,
-    })
-}
-
-/// Stores a booked row's list (in the booking transaction).
-pub fn book(
-    tx: &rusqlite::Transaction<'_>,
-    row_id: i64,
-    entries: &[dcwatt_verify::row::DeliveryEntry],
-) -> Result<(), StoreError> {
-    for e in entries {
-        tx.prepare_cached(
-            "INSERT INTO ledger_delivery (row_id, uuid, state, reason, cause, ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )?
-        .execute(params![row_id, e.uuid, e.state, e.reason, e.cause, e.ms])?;
-    }
-    Ok(())
-}
-
-/// Drops the open lists of the minutes booked.
-pub fn close(tx: &rusqlite::Transaction<'_>, cutoff: i64) -> Result<(), StoreError> {
-    tx.execute(
-        "DELETE FROM delivery_open WHERE minute_ms <= ?1",
-        params![cutoff],
-    )?;
-    Ok(())
-}
-
-impl crate::store::Store {
-    /// A booked row's list of GPUs not available, sorted.
-    pub fn delivery_entries(
-        &self,
-        row_id: i64,
-    ) -> Result<Vec<dcwatt_verify::row::DeliveryEntry>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT uuid, state, reason, cause, ms FROM ledger_delivery WHERE row_id = ?1",
-        )?;
-        let mut v: Vec<_> = stmt
-            .query_map(params![row_id], entry)?
-            .collect::<Result<_, _>>()?;
-        v.sort();
-        Ok(v)
-    }
-}
-
 /// GPU-minutes not available, by cause.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct ByCause {
@@ -904,7 +548,7 @@ pub struct Incident {
 
 /// (UUID, state, reason, cause) of a GPU's non-available minutes (the UUID
 /// left empty where GPUs are merged).
-type IncidentKind = (String, String, String, String);
+pub(crate) type IncidentKind = (String, String, String, String);
 
 /// GPU-minutes per state, the ratios from them and the causes: a tenant's
 /// in one hall ([`Service`]) or in every hall ([`CombinedService`]).
@@ -1019,103 +663,6 @@ pub struct LeaseService {
     pub availability_ratio: Option<f64>,
 }
 
-/// Per-lease ms per state, in [`DeliveryState::ALL`] order.
-fn per_lease(
-    store: &crate::store::Store,
-    site: &Site,
-    tenant: &str,
-    rows: &[dcwatt_verify::row::Row],
-) -> Result<Vec<LeaseService>, StoreError> {
-    let leases = site.leases.snapshot();
-    let mine: Vec<&crate::tenants::Lease> =
-        leases.all().iter().filter(|l| l.tenant == tenant).collect();
-    let nodes: BTreeMap<String, String> = store
-        .conn
-        .prepare_cached("SELECT uuid, COALESCE(json_extract(state, '$.node'), '') FROM gpus")?
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<Result<_, _>>()?;
-    // The GPUs the collector knows each lease to cover.
-    let gpus: Vec<i64> = mine
-        .iter()
-        .map(|l| nodes.iter().filter(|(u, n)| l.covers(n, u)).count() as i64)
-        .collect();
-    let mut ms: BTreeMap<String, [i64; 4]> = BTreeMap::new();
-    for r in rows {
-        let Some(d) = r.delivery.as_ref() else {
-            continue;
-        };
-        let (m, end) = (r.minute_ms, r.minute_ms + MINUTE_MS);
-        // Each lease's non-available time in this minute.
-        let mut not_available: BTreeMap<&str, i64> = BTreeMap::new();
-        for e in &d.gpus {
-            let node = nodes.get(&e.uuid).map_or("", String::as_str);
-            let lease = [m, end - 1].into_iter().find_map(|t| {
-                leases
-                    .lease_at(node, &e.uuid, t)
-                    .filter(|l| l.tenant == tenant)
-            });
-            let id = lease.map_or(UNMATCHED_LEASE, |l| l.id.as_str());
-            *not_available.entry(id).or_default() += e.ms;
-            let k = match e.state.as_str() {
-                "degraded" => 1,
-                "down" => 2,
-                "unknown" => 3,
-                _ => 0,
-            };
-            let slot = &mut ms.entry(id.to_owned()).or_default()[k];
-            *slot = slot.saturating_add(e.ms);
-        }
-        // The available time, by the leases' GPU time in the minute less
-        // their non-available time.
-        let weights: Vec<(&str, i64)> = mine
-            .iter()
-            .zip(&gpus)
-            .filter(|(l, _)| l.from_ms < end && m < l.to_ms)
-            .map(|(l, n)| {
-                let time = n * (l.to_ms.min(end) - l.from_ms.max(m));
-                let off = not_available.get(l.id.as_str()).copied().unwrap_or(0);
-                (l.id.as_str(), (time - off).max(0))
-            })
-            .collect();
-        let total: i64 = weights.iter().map(|w| w.1).sum();
-        let mut left = d.available_ms;
-        if total <= 0 {
-            let id = weights.first().map_or(UNMATCHED_LEASE, |w| w.0);
-            ms.entry(id.to_owned()).or_default()[0] += left;
-            continue;
-        }
-        for (i, (id, w)) in weights.iter().enumerate() {
-            let part = if i + 1 == weights.len() {
-                left
-            } else {
-                (i128::from(d.available_ms) * i128::from(*w) / i128::from(total)) as i64
-            };
-            left -= part;
-            ms.entry((*id).to_owned()).or_default()[0] += part;
-        }
-    }
-    let min = |v: i64| v as f64 / MINUTE_MS as f64;
-    Ok(ms
-        .into_iter()
-        .map(|(id, [a, dg, dn, u])| {
-            let lease = mine.iter().find(|l| l.id == id);
-            let observed = a.saturating_add(dg).saturating_add(dn);
-            LeaseService {
-                from_ms: lease.map(|l| l.from_ms),
-                to_ms: lease.map(|l| l.to_ms),
-                id,
-                leased_gpu_minutes: min(observed.saturating_add(u)),
-                available_gpu_minutes: min(a),
-                degraded_gpu_minutes: min(dg),
-                down_gpu_minutes: min(dn),
-                unknown_gpu_minutes: min(u),
-                availability_ratio: (observed > 0)
-                    .then(|| a.saturating_add(dg) as f64 / observed as f64),
-            }
-        })
-        .collect())
-}
-
 /// An incident in one hall of a [`CombinedService`].
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct HallIncident {
@@ -1220,159 +767,6 @@ impl CombinedService {
         }
         out
     }
-}
-
-impl crate::store::Store {
-    /// The non-available GPUs of a tenant's rows of minutes in
-    /// `[from_ms, to_ms)`, by row id, each list sorted.
-    pub fn tenant_delivery_entries(
-        &self,
-        tenant: &str,
-        from_ms: i64,
-        to_ms: i64,
-    ) -> Result<std::collections::BTreeMap<i64, Vec<dcwatt_verify::row::DeliveryEntry>>, StoreError>
-    {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT d.row_id, d.uuid, d.state, d.reason, d.cause, d.ms FROM ledger_delivery d
-             JOIN ledger l ON l.id = d.row_id
-             WHERE l.tenant = ?1 AND l.minute_ms >= ?2 AND l.minute_ms < ?3",
-        )?;
-        let mut out: std::collections::BTreeMap<i64, Vec<_>> = Default::default();
-        for r in stmt.query_map(params![tenant, from_ms, to_ms], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                dcwatt_verify::row::DeliveryEntry {
-                    uuid: r.get(1)?,
-                    state: r.get(2)?,
-                    reason: r.get(3)?,
-                    cause: r.get(4)?,
-                    ms: r.get(5)?,
-                },
-            ))
-        })? {
-            let (id, e) = r?;
-            out.entry(id).or_default().push(e);
-        }
-        for v in out.values_mut() {
-            v.sort();
-        }
-        Ok(out)
-    }
-}
-
-/// Fills the rows' lists of non-available GPUs (statements carry them, so
-/// a tenant can check each row's digest) and sums the tenant's service
-/// levels; `None` when no row has delivery data.
-pub fn service(
-    store: &crate::store::Store,
-    site: &Site,
-    tenant: &str,
-    from_ms: i64,
-    to_ms: i64,
-    rows: &mut [dcwatt_verify::row::Row],
-) -> Result<Option<Service>, StoreError> {
-    if rows.iter().all(|r| r.delivery.is_none()) {
-        return Ok(None);
-    }
-    let mut lists = store.tenant_delivery_entries(tenant, from_ms, to_ms)?;
-    let mut ms = [0i64; 4];
-    let (mut facility, mut gpu) = (ByCause::default(), ByCause::default());
-    // (uuid, state, reason, cause) -> minutes (with ms)
-    let mut runs: BTreeMap<IncidentKind, Vec<(i64, i64)>> = BTreeMap::new();
-    for r in rows.iter_mut() {
-        let Some(d) = r.delivery.as_mut() else {
-            continue;
-        };
-        for (a, b) in ms
-            .iter_mut()
-            .zip([d.available_ms, d.degraded_ms, d.down_ms, d.unknown_ms])
-        {
-            *a = a.saturating_add(b);
-        }
-        d.gpus = lists.remove(&r.id).unwrap_or_default();
-        for e in &d.gpus {
-            let by = match e.cause.as_str() {
-                "facility" => &mut facility,
-                "gpu" => &mut gpu,
-                _ => &mut ByCause::default(),
-            };
-            match e.state.as_str() {
-                "degraded" => by.degraded_gpu_minutes += e.ms as f64 / MINUTE_MS as f64,
-                "down" => by.down_gpu_minutes += e.ms as f64 / MINUTE_MS as f64,
-                "unknown" => by.unknown_gpu_minutes += e.ms as f64 / MINUTE_MS as f64,
-                _ => {}
-            }
-            runs.entry((
-                e.uuid.clone(),
-                e.state.clone(),
-                e.reason.clone(),
-                e.cause.clone(),
-            ))
-            .or_default()
-            .push((r.minute_ms, e.ms));
-        }
-    }
-    // Each GPU's consecutive minutes of one kind, then GPUs sharing a stretch.
-    let mut merged: BTreeMap<(i64, i64, IncidentKind), (Vec<String>, i64)> = BTreeMap::new();
-    for ((uuid, state, reason, cause), mut minutes) in runs {
-        minutes.sort_unstable();
-        let mut i = 0;
-        while i < minutes.len() {
-            let (start, mut total) = minutes[i];
-            let mut end = start + MINUTE_MS;
-            let mut j = i + 1;
-            while j < minutes.len() && minutes[j].0 <= end {
-                end = end.max(minutes[j].0 + MINUTE_MS);
-                total += minutes[j].1;
-                j += 1;
-            }
-            let kind = (String::new(), state.clone(), reason.clone(), cause.clone());
-            let entry = merged.entry((start, end, kind)).or_default();
-            entry.0.push(uuid.clone());
-            entry.1 += total;
-            i = j;
-        }
-    }
-    let leases = per_lease(store, site, tenant, rows)?;
-    let incidents = merged
-        .into_iter()
-        .map(
-            |((start_ms, end_ms, (_, state, reason, cause)), (gpus, total))| Incident {
-                start_ms,
-                end_ms,
-                state,
-                reason,
-                cause,
-                gpus,
-                gpu_minutes: total as f64 / MINUTE_MS as f64,
-            },
-        )
-        .collect();
-    let min = |v: i64| v as f64 / MINUTE_MS as f64;
-    let [a, dg, dn, u] = ms;
-    let observed = a.saturating_add(dg).saturating_add(dn);
-    let ratio = |num: i64| (observed > 0).then(|| num as f64 / observed as f64);
-    let availability_ratio = ratio(a.saturating_add(dg));
-    let availability_target = site.availability_targets.get(tenant).copied();
-    Ok(Some(Service {
-        levels: Levels {
-            leased_gpu_minutes: min(observed.saturating_add(u)),
-            available_gpu_minutes: min(a),
-            degraded_gpu_minutes: min(dg),
-            down_gpu_minutes: min(dn),
-            unknown_gpu_minutes: min(u),
-            availability_ratio,
-            undegraded_ratio: ratio(a),
-            availability_target,
-            target_met: availability_ratio
-                .zip(availability_target)
-                .map(|(r, t)| r >= t),
-            facility,
-            gpu,
-        },
-        incidents,
-        leases,
-    }))
 }
 
 impl Service {

@@ -22,7 +22,7 @@ use serde::Serialize;
 
 use dcwatt_wire::time::{civil_from_days, days_from_civil, month_of, DAY_MS, HOUR_MS};
 
-use crate::bounds::{self, EventView};
+use crate::bounds::EventView;
 use crate::site::{Role, Site};
 use crate::store::{Resolution, Store, StoreError};
 use crate::windows::{self, Period};
@@ -615,8 +615,14 @@ pub fn report(
         .map(|r| compare(&r.name, r.pue, &total))
         .collect();
     // Every event of the period, not only the hundred a window lists.
-    let listed =
-        bounds::period_bounds_listing(store, site, from_ms, to_ms, Resolution::Day, usize::MAX)?;
+    let listed = crate::store::bounds::period_bounds_listing(
+        store,
+        site,
+        from_ms,
+        to_ms,
+        Resolution::Day,
+        usize::MAX,
+    )?;
     let zone_of = |meter: &str| site.meters.get(meter).map(|m| m.zone.clone());
     let mut all: Vec<EventRow> = listed
         .events
@@ -633,7 +639,7 @@ pub fn report(
     for e in &all {
         *event_counts.entry(e.view.kind.to_owned()).or_default() += 1;
     }
-    let spans = bounds::meter_spans(store)?;
+    let spans = crate::store::bounds::meter_spans(store)?;
     let span_of = |id: &str| spans.get(id).copied();
     let mut meters: Vec<MeterRow> = site
         .meters

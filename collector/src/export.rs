@@ -51,7 +51,7 @@ pub fn render(
     state: &State,
     site: &Site,
     figures: &Figures,
-    tenant_totals: &[crate::ledger::TenantTotal],
+    tenant_totals: &[crate::store::ledger::TenantTotal],
 ) -> String {
     let mut tenant_energy = Family::counter(
         n::TENANT_ENERGY_JOULES_TOTAL,
@@ -308,13 +308,13 @@ pub fn render(
     for (id, m) in &state.meters {
         let labels = [
             (n::METER, id.as_str()),
-            (n::ROLE, m.role.as_str()),
-            (n::ZONE, m.zone.as_str()),
+            (n::ROLE, m.meter.role.as_str()),
+            (n::ZONE, m.meter.zone.as_str()),
         ];
         if let Some(v) = m.water_cubic_meters() {
             meter_water.add(&labels, v);
-            if m.parent.is_none() {
-                *water_by_zone.entry(m.zone.as_str()).or_default() += v;
+            if m.meter.parent.is_none() {
+                *water_by_zone.entry(m.meter.zone.as_str()).or_default() += v;
             }
         } else {
             meter_energy.add(&labels, m.energy_joules());

@@ -12,9 +12,12 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use dcwatt_wire::time::HOUR_MS;
+
 use crate::pue::{self, NoPue};
 use crate::site::{Role, Site};
 use crate::state::{MeterState, State};
+use crate::utilization::{zone_of, Kind, Means, UtilizationFigures};
 
 /// The live window's label.
 pub const LIVE_WINDOW: &str = "5m";
@@ -89,11 +92,11 @@ pub struct Figures {
     pub unbooked_node_joules: f64,
     /// GPU utilization means, idle energy, XID errors and modules, per zone
     /// and for the site ([`crate::utilization`]).
-    pub gpu_utilization: crate::utilization::UtilizationFigures,
+    pub gpu_utilization: UtilizationFigures,
 }
 
 fn required(m: &MeterState) -> bool {
-    m.parent.is_none() && matches!(m.role, Role::Facility | Role::It)
+    m.meter.parent.is_none() && matches!(m.meter.role, Role::Facility | Role::It)
 }
 
 /// Computes the figures at `now_ms`; `windows` are the stored trailing windows
@@ -113,18 +116,21 @@ pub fn compute(
             n_required += 1;
             reporting += usize::from(fresh(m.acc.last_ms));
         }
-        if let Some((t, w)) = m.acc.power.filter(|_| m.parent.is_none()) {
+        if let Some((t, w)) = m.acc.power.filter(|_| m.meter.parent.is_none()) {
             if fresh(Some(t)) {
                 *zone_power_watts
-                    .entry((m.role, m.zone.clone()))
+                    .entry((m.meter.role, m.meter.zone.clone()))
                     .or_default() += w;
-                *power_watts.entry(m.role.as_str()).or_default() += w;
+                *power_watts.entry(m.meter.role.as_str()).or_default() += w;
             }
         }
     }
     let all_fresh = n_required > 0 && reporting == n_required;
-    let category = pue::category(state.meters.values().filter_map(|m| m.it_point));
-    let has_facility = state.meters.values().any(|m| m.role == Role::Facility);
+    let category = pue::category(state.meters.values().filter_map(|m| m.meter.it_point));
+    let has_facility = state
+        .meters
+        .values()
+        .any(|m| m.meter.role == Role::Facility);
     let model_ok = has_facility && category.is_some();
 
     let pue_instant = if all_fresh && model_ok {
@@ -159,7 +165,7 @@ pub fn compute(
         pue_instant,
         pue_live,
         windows,
-        gpu_utilization: crate::utilization::figures(state, site, now_ms),
+        gpu_utilization: utilization(state, site, now_ms),
     }
 }
 
@@ -197,7 +203,7 @@ fn instant_pue(state: &State, site: &Site, now_ms: i64) -> Option<f64> {
             return None;
         }
         let e = m.curve.between(start, end)?;
-        match m.role {
+        match m.meter.role {
             Role::Facility => facility += e,
             Role::It => it += e,
             _ => {}
@@ -258,11 +264,11 @@ fn window_pue(
     out.complete = all_fresh && out.coverage_ratio >= 1.0 - lag_allowance;
 
     let mut roles: BTreeMap<Role, Option<f64>> = BTreeMap::new();
-    for m in state.meters.values().filter(|m| m.parent.is_none()) {
-        if m.role == Role::Water {
+    for m in state.meters.values().filter(|m| m.meter.parent.is_none()) {
+        if m.meter.role == Role::Water {
             continue; // a volume, not an energy: below
         }
-        let e = roles.entry(m.role).or_insert(Some(0.0));
+        let e = roles.entry(m.meter.role).or_insert(Some(0.0));
         *e = e.and_then(|sum| Some(sum + m.curve.between(a, b)?));
     }
     out.energy_joules = roles
@@ -307,12 +313,12 @@ fn live_wue(
     (a, b): (i64, i64),
     out: &mut WindowPue,
 ) {
-    let counted = |m: &&MeterState| m.parent.is_none();
+    let counted = |m: &&MeterState| m.meter.parent.is_none();
     let water: Vec<&MeterState> = state
         .meters
         .values()
         .filter(counted)
-        .filter(|m| m.role == Role::Water)
+        .filter(|m| m.meter.role == Role::Water)
         .collect();
     let Some(spans) = water
         .iter()
@@ -331,7 +337,7 @@ fn live_wue(
         .meters
         .values()
         .filter(counted)
-        .filter(|m| m.role == Role::It)
+        .filter(|m| m.meter.role == Role::It)
         .map(|m| m.curve.between(wa, wb))
         .sum();
     let (Some(volume), Some(it)) = (volume, it) else {
@@ -367,7 +373,7 @@ fn tree_residuals(
         let children: Vec<&MeterState> = state
             .meters
             .values()
-            .filter(|m| m.parent.as_deref() == Some(id))
+            .filter(|m| m.meter.parent.as_deref() == Some(id))
             .collect();
         if children.is_empty() {
             continue;
@@ -395,6 +401,70 @@ fn tree_residuals(
         out.insert(id.clone(), ratio);
     }
     (out, warnings)
+}
+
+/// The GPU utilization figures at `now_ms`.
+fn utilization(state: &State, site: &Site, now_ms: i64) -> UtilizationFigures {
+    let fresh = |t: i64| now_ms - t <= site.stale_after_ms;
+    let mut out = UtilizationFigures {
+        idle_sm_active_below: site.idle_sm_active_below,
+        ..UtilizationFigures::default()
+    };
+    // Live sums per (zone, kind), and the counters.
+    let mut live: BTreeMap<(&str, Kind), (f64, usize)> = BTreeMap::new();
+    for g in state.gpus.values() {
+        let zone = zone_of(site, &g.agent);
+        let z = out.zones.entry(zone.to_owned()).or_default();
+        z.idle_energy_joules += g.util.idle_joules;
+        z.xid_errors += g.util.xid_errors;
+        out.site.idle_energy_joules += g.util.idle_joules;
+        out.site.xid_errors += g.util.xid_errors;
+        for (kind, (t, v)) in &g.util.last {
+            if fresh(*t) {
+                let e = live.entry((zone, *kind)).or_default();
+                e.0 += v;
+                e.1 += 1;
+            }
+        }
+    }
+    for m in state.modules.values() {
+        let zone = zone_of(site, &m.agent);
+        let z = out.zones.entry(zone.to_owned()).or_default();
+        z.module_energy_joules += m.energy_joules;
+        out.site.module_energy_joules += m.energy_joules;
+        if let Some((_, w)) = m.power.filter(|(t, _)| fresh(*t)) {
+            *z.module_power_watts.get_or_insert(0.0) += w;
+            *out.site.module_power_watts.get_or_insert(0.0) += w;
+        }
+    }
+    let zones: Vec<String> = out.zones.keys().cloned().collect();
+    for kind in Kind::ALL {
+        let mut site_live = (0.0, 0usize);
+        for zone in &zones {
+            let l = live.get(&(zone.as_str(), kind)).copied();
+            if let Some((sum, n)) = l {
+                site_live.0 += sum;
+                site_live.1 += n;
+            }
+            let means = Means {
+                live: l.map(|(sum, n)| sum / n as f64),
+                hour: state.utilization.mean(Some(zone), kind, now_ms, HOUR_MS),
+            };
+            if means != Means::default() {
+                if let Some(z) = out.zones.get_mut(zone) {
+                    z.ratios.insert(kind.as_str(), means);
+                }
+            }
+        }
+        let means = Means {
+            live: (site_live.1 > 0).then(|| site_live.0 / site_live.1 as f64),
+            hour: state.utilization.mean(None, kind, now_ms, HOUR_MS),
+        };
+        if means != Means::default() {
+            out.site.ratios.insert(kind.as_str(), means);
+        }
+    }
+    out
 }
 
 #[cfg(test)]

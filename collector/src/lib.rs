@@ -6,42 +6,47 @@
 //! # Layout
 //! The rule: **http → app → {domain, store} → {site, time}; nothing points
 //! back up** (`docs/architecture.md`; `tests/tests/layout.rs` fails on an
-//! import loop between files, and lists the store/domain edges still to cut).
+//! import loop between files, or between folders taken whole).
 //!
 //! - [`http`]: the routes only: extractors for who asks, one error type,
 //!   store reads on a read connection off the async workers.
 //! - [`app`]: the application core, [`app::Collector`]: applies batches,
 //!   the group commit (`app::commit`), the background jobs (`app::jobs`)
-//!   it starts and stops.
-//! - Domain:
-//!   - [`ingest`]: bearer tokens, batch validation (a rejected batch changes nothing).
-//!   - [`state`]: latest values, energy per meter, per role and zone, per GPU; dedup by `(agent, seq)`.
-//!   - [`energy`]: counters with resets, power integration with a gap limit, energy curves.
+//!   it starts and stops. [`config`]: the TOML file and its validation
+//!   into a `Site` (used by `app`).
+//! - Domain that reads the store:
 //!   - [`windows`]: PUE and partial PUE over fixed UTC periods from the stored minutes.
-//!   - [`bounds`]: gaps, resets, swaps and glitches as stored events, and the
-//!     bounds they put on any period's energy.
-//!   - [`tenants`]: leases and the split of each GPU-minute among owners.
-//!   - [`ledger`]: the append-only, hash-chained tenant ledger.
-//!   - [`transparency`]: the ledger's Merkle tree, signed checkpoints and proofs.
+//!   - [`figures`]: the derived figures at one instant, shared by `/metrics` and the summary.
+//!   - [`export`]: the Prometheus exposition.
 //!   - [`statement`]: a tenant's monthly statement (API and offline report).
 //!   - [`efficiency`]: the annual efficiency (KPI) report with its provenance;
 //!     [`efficiency_html`]: the same as one self-contained page.
+//!   - [`transparency`]: the signing key, the checkpoint step of the booking
+//!     job, the ledger tree's gauges.
+//! - [`store`]: the durable state in SQLite; each batch committed with its
+//!   sequence number. Its files: the schema and migrations, the write path,
+//!   the tenant ledger, its Merkle tree, and the tables of bounds, service
+//!   levels and superchip modules.
+//! - Domain that the store persists, and leaves:
+//!   - [`ingest`]: bearer tokens, batch validation (a rejected batch changes nothing).
+//!   - [`state`]: latest values, energy per meter, per role and zone, per GPU; dedup by `(agent, seq)`.
+//!   - [`energy`]: counters with resets, power integration with a gap limit, energy curves.
+//!   - [`bounds`]: gaps, resets, swaps and glitches as events, and the
+//!     bounds they put on any period's energy.
+//!   - [`delivery`]: GPU service levels: the rules, the per-GPU tracker, the report types.
+//!   - [`thermal`], [`utilization`]: thermal excursions; GPU utilization, idle energy, XIDs, modules.
+//!   - [`tenants`]: leases and the split of each GPU-minute among owners.
 //!   - [`pue`]: PUE and its ISO/IEC 30134-2 category, as pure functions.
-//!   - [`figures`]: the derived figures at one instant, shared by `/metrics` and the summary.
-//!   - [`utilization`]: GPU utilization aggregates, idle energy, XID counts, modules.
-//!   - [`delivery`], [`thermal`], [`modules`]: service levels, thermal
-//!     excursions, superchip modules.
-//!   - [`export`]: the Prometheus exposition; [`names`]: every metric name;
-//!     [`latency`]: the ingest latency histogram.
-//! - [`store`]: the durable state in SQLite; each batch committed with its sequence number.
+//!   - [`names`]: every metric name; [`latency`]: the ingest latency histogram.
 //! - [`site`]: the domain model ([`site::Role`], [`site::ItPoint`],
-//!   [`site::Meter`], [`site::Site`]); [`config`]: the TOML file and its
-//!   validation into a `Site`. Time: `dcwatt_wire::time`.
+//!   [`site::Meter`], [`site::Site`], [`site::LeaseBook`]); [`check`]: the one `ConfigError`
+//!   and the id check. Time: `dcwatt_wire::time`.
 //! - [`serve`]: the listener (TLS, limits); [`run`]: serves the collector
 //!   on a bound listener until `shutdown` resolves.
 
 pub mod app;
 pub mod bounds;
+pub mod check;
 pub mod config;
 pub mod delivery;
 pub mod efficiency;
@@ -52,8 +57,6 @@ pub mod figures;
 pub mod http;
 pub mod ingest;
 pub mod latency;
-pub mod ledger;
-pub mod modules;
 pub mod names;
 pub mod pue;
 pub mod serve;

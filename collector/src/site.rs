@@ -1,13 +1,16 @@
 //! The site: the domain model the collector runs on, built from the TOML
 //! file by `config` and read by everything else. What a meter measures
 //! ([`Role`], [`ItPoint`]), a meter as counted ([`Meter`]), and the
-//! validated [`Site`] with its lease book (`tenants::LeaseBook`).
+//! validated [`Site`] with its lease book ([`LeaseBook`]: the leases in
+//! force, replaced on reload; the leases themselves are `tenants`).
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
+
+use crate::tenants::Leases;
 
 /// One reference PUE the report compares the measured PUE with.
 #[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
@@ -195,7 +198,7 @@ pub struct Site {
     /// SHA-256 of each tenant's token → tenant id.
     pub tenant_tokens: HashMap<[u8; 32], String>,
     /// The leases in force (reloadable).
-    pub leases: crate::tenants::LeaseBook,
+    pub leases: LeaseBook,
     /// The file this was read from, for reloading leases.
     pub config_path: Option<std::path::PathBuf>,
     /// SHA-256 of the operator token, if one is configured.
@@ -324,4 +327,57 @@ pub struct PowerEvent {
 /// SHA-256 of a bearer token, as the site stores it.
 pub fn token_hash(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
+}
+
+/// The leases in force, replaceable while the collector runs (reload on
+/// SIGHUP or `POST /v1/admin/leases/reload`). Each call sees one consistent set.
+#[derive(Debug, Clone, Default)]
+pub struct LeaseBook(std::sync::Arc<std::sync::RwLock<Leases>>);
+
+impl LeaseBook {
+    /// A book holding `leases`.
+    pub fn new(leases: Leases) -> LeaseBook {
+        LeaseBook(std::sync::Arc::new(std::sync::RwLock::new(leases)))
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Leases> {
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Replaces every lease at once.
+    pub fn replace(&self, leases: Leases) {
+        *self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = leases;
+    }
+
+    /// A copy of the leases in force.
+    pub fn snapshot(&self) -> Leases {
+        self.read().clone()
+    }
+
+    /// True when no lease is configured.
+    pub fn is_empty(&self) -> bool {
+        self.read().all().is_empty()
+    }
+
+    /// See [`Leases::split`].
+    pub fn split(&self, node: &str, uuid: &str, from_ms: i64, to_ms: i64) -> Vec<(String, i64)> {
+        self.read().split(node, uuid, from_ms, to_ms)
+    }
+
+    /// See [`Leases::attribute`].
+    pub fn attribute(
+        &self,
+        node: &str,
+        uuid: &str,
+        from_ms: i64,
+        to_ms: i64,
+        joules: f64,
+    ) -> Vec<(String, f64, i64)> {
+        self.read().attribute(node, uuid, from_ms, to_ms, joules)
+    }
 }

@@ -22,7 +22,7 @@ use crate::energy::{
     Span,
 };
 use crate::site::Site;
-use crate::site::{ItPoint, Role};
+use crate::site::{Meter, Role};
 use crate::thermal::{self, Coolant, Excursion, GpuThermals, Kind, Transition};
 use crate::utilization::{self as util, Aggregates, GpuUtil, ModuleState};
 
@@ -35,11 +35,12 @@ pub struct MeterAccount {
     pub counter: Counter,
     /// Power integration, for a meter without a counter.
     pub integrator: Integrator,
-    /// Energy counted since the collector first saw the meter, J; for a
-    /// `water` meter, the volume counted, m³ (its counter is cut and stored by
-    /// the same code: see [`MeterState::energy_joules`] and
-    /// [`MeterState::water_cubic_meters`]).
-    pub energy_joules: f64,
+    /// What the meter counted since the collector first saw it, in its
+    /// counter's unit: energy in J, or for a `water` meter volume in m³ (the
+    /// same code cuts and stores both; read it through
+    /// [`MeterState::energy_joules`] and [`MeterState::water_cubic_meters`]).
+    /// Stored as `counted` (schema version 3; `energy_joules` before).
+    pub counted: f64,
     /// The instant energy counting started from (the first counter or power reading).
     pub energy_from_ms: Option<i64>,
     /// The instant of the last reading that added energy.
@@ -83,7 +84,7 @@ pub const DEFAULT_WATER_MAX_CUBIC_METERS_PER_SECOND: f64 = 1.0;
 /// The power a GPU that reports no power limit is judged against, W.
 pub const DEFAULT_GPU_MAX_WATTS: f64 = 2000.0;
 /// A reported power limit above this is not believed (the default is used), W.
-pub const GPU_MAX_WATTS_CEILING: f64 = 5000.0;
+pub use crate::utilization::GPU_MAX_WATTS_CEILING;
 
 /// The live window's length: how much of its energy curve each meter keeps.
 pub const LIVE_WINDOW_MS: i64 = 300_000;
@@ -107,21 +108,8 @@ pub struct OpenExcursion {
 /// One configured meter's state.
 #[derive(Debug, Clone)]
 pub struct MeterState {
-    /// Role from the config.
-    pub role: Role,
-    /// Zone from the config.
-    pub zone: String,
-    /// IT measurement point (role `it`).
-    pub it_point: Option<ItPoint>,
-    /// The most this meter can measure, W, if configured: bigger counter jumps are glitches.
-    pub nominal_max_watts: Option<f64>,
-    /// A water meter's largest flow, m³/h, if configured: bigger volume jumps are glitches.
-    pub nominal_max_cubic_meters_per_hour: Option<f64>,
-    /// The meter it is a sub-meter of, if any: then it does not count in the
-    /// role's totals (its parent does).
-    pub parent: Option<String>,
-    /// The node whose input it measures, if any.
-    pub node: Option<String>,
+    /// The meter as configured (role, zone, rating, parent, node).
+    pub meter: Meter,
     /// What it has counted.
     pub acc: MeterAccount,
     /// Counted energy over time (cumulative J) for the trailing windows, cut at
@@ -133,7 +121,7 @@ impl MeterState {
     /// The counter quantity this meter counts: a volume for a `water` meter,
     /// energy otherwise.
     pub fn counter_quantity(&self) -> Quantity {
-        if self.role == Role::Water {
+        if self.meter.role == Role::Water {
             Quantity::WaterVolumeCubicMeters
         } else {
             Quantity::EnergyJoules
@@ -142,16 +130,16 @@ impl MeterState {
 
     /// Energy counted, J (0 for a `water` meter: it counts volume).
     pub fn energy_joules(&self) -> f64 {
-        if self.role == Role::Water {
+        if self.meter.role == Role::Water {
             0.0
         } else {
-            self.acc.energy_joules
+            self.acc.counted
         }
     }
 
     /// Volume counted, m³, for a `water` meter.
     pub fn water_cubic_meters(&self) -> Option<f64> {
-        (self.role == Role::Water).then_some(self.acc.energy_joules)
+        (self.meter.role == Role::Water).then_some(self.acc.counted)
     }
 
     /// The largest believable counter increase per second, in the counter's
@@ -159,19 +147,24 @@ impl MeterState {
     /// The meter's configured rating in its counter's unit per second (W, or
     /// m³/s), if any: what bounds the energy it may have missed.
     pub fn rating(&self) -> Option<f64> {
-        if self.role == Role::Water {
-            self.nominal_max_cubic_meters_per_hour.map(|q| q / 3600.0)
+        if self.meter.role == Role::Water {
+            self.meter
+                .nominal_max_cubic_meters_per_hour
+                .map(|q| q / 3600.0)
         } else {
-            self.nominal_max_watts
+            self.meter.nominal_max_watts
         }
     }
 
     fn max_counter_rate(&self) -> f64 {
-        if self.role == Role::Water {
-            self.nominal_max_cubic_meters_per_hour
+        if self.meter.role == Role::Water {
+            self.meter
+                .nominal_max_cubic_meters_per_hour
                 .map_or(DEFAULT_WATER_MAX_CUBIC_METERS_PER_SECOND, |q| q / 3600.0)
         } else {
-            self.nominal_max_watts.unwrap_or(DEFAULT_METER_MAX_WATTS)
+            self.meter
+                .nominal_max_watts
+                .unwrap_or(DEFAULT_METER_MAX_WATTS)
         }
     }
 }
@@ -479,13 +472,7 @@ impl State {
             state.meters.insert(
                 id.clone(),
                 MeterState {
-                    role: m.role,
-                    zone: m.zone.clone(),
-                    it_point: m.it_point,
-                    nominal_max_watts: m.nominal_max_watts,
-                    nominal_max_cubic_meters_per_hour: m.nominal_max_cubic_meters_per_hour,
-                    parent: m.parent.clone(),
-                    node: m.node.clone(),
+                    meter: m.clone(),
                     acc: MeterAccount::default(),
                     curve: Curve::default(),
                 },
@@ -507,9 +494,10 @@ impl State {
         for m in self
             .meters
             .values()
-            .filter(|m| m.parent.is_none() && m.role != Role::Water)
+            .filter(|m| m.meter.parent.is_none() && m.meter.role != Role::Water)
         {
-            *out.entry((m.role, m.zone.as_str())).or_default() += m.acc.energy_joules;
+            *out.entry((m.meter.role, m.meter.zone.as_str()))
+                .or_default() += m.acc.counted;
         }
         out
     }
@@ -814,7 +802,7 @@ impl State {
             for (kind, t) in thermal::judge_coolant(&mut m.acc.coolant, ts, &site.thermal) {
                 events.push((
                     ("meter", (*id).to_owned(), None),
-                    m.zone.clone(),
+                    m.meter.zone.clone(),
                     kind,
                     t,
                     None,
@@ -910,7 +898,7 @@ impl State {
             for (kind, e) in &m.acc.coolant.episodes {
                 if let Some(at) = e.open_ms {
                     out.push(OpenExcursion {
-                        zone: m.zone.clone(),
+                        zone: m.meter.zone.clone(),
                         entity_kind: "meter",
                         entity: id.clone(),
                         kind: *kind,
@@ -1111,7 +1099,7 @@ impl State {
         index
             .iter()
             .filter_map(|id| meters.get(id))
-            .any(|m| m.zone == zone && m.acc.coolant.episodes.values().any(in_excursion))
+            .any(|m| m.meter.zone == zone && m.acc.coolant.episodes.values().any(in_excursion))
     }
 }
 
@@ -1180,7 +1168,7 @@ impl Outputs {
     /// A new point of the counted-energy curve; `clean` says whether the stretch
     /// since the previous point was measured.
     fn point(&mut self, m: &mut MeterState, ts: i64, clean: bool) {
-        let joules = m.acc.energy_joules;
+        let joules = m.acc.counted;
         self.edits.extend(m.curve.push(ts, joules));
         self.edits
             .extend(m.curve.trim(ts - LIVE_WINDOW_MS - MINUTE_MS));
@@ -1207,8 +1195,8 @@ fn meter_reading(
     // The most a meter can have counted over `ms` and that was not counted.
     let unknown = |ms: i64, counted: f64| rating.map(|r| (max_step(r, ms) - counted).max(0.0));
     let misplaced = match q {
-        Quantity::EnergyJoules | Quantity::PowerWatts => m.role == Role::Water,
-        Quantity::WaterVolumeCubicMeters => m.role != Role::Water,
+        Quantity::EnergyJoules | Quantity::PowerWatts => m.meter.role == Role::Water,
+        Quantity::WaterVolumeCubicMeters => m.meter.role != Role::Water,
         _ => false,
     };
     if misplaced {
@@ -1222,7 +1210,7 @@ fn meter_reading(
     let (span, clean) = match q {
         q if q == counter => match acc.counter.observe(ts, v, max_rate) {
             CounterStep::Baseline => {
-                if acc.energy_joules == 0.0 {
+                if acc.counted == 0.0 {
                     acc.energy_from_ms = Some(ts);
                 }
                 out.point(m, ts, false);
@@ -1338,7 +1326,7 @@ fn meter_reading(
         }
         _ => return Ok(()), // temperatures and the like: latest value only, nothing to keep yet
     };
-    acc.energy_joules += span.joules;
+    acc.counted += span.joules;
     acc.energy_to_ms = Some(span.to_ms);
     out.point(m, span.to_ms, clean);
     Ok(())
@@ -1387,7 +1375,7 @@ mod tests {
         assert_eq!(feed(&mut state, 2000, 1e9), 0); // a spike: rejected
         assert_eq!(feed(&mut state, 3000, 2000.0), 1); // back to normal: 1100 J over 2 s
         let acc = &state.meters["m"].acc;
-        assert_eq!((acc.energy_joules, acc.glitches), (2000.0, 1));
+        assert_eq!((acc.counted, acc.glitches), (2000.0, 1));
         // A new level that holds three readings is a replaced meter: rebased;
         // what it counted from its first reading is kept, nothing across the jump.
         for (i, ts) in [4000, 5000, 6000].into_iter().enumerate() {
@@ -1398,7 +1386,7 @@ mod tests {
         let acc = &state.meters["m"].acc;
         // Four jumps seen (the spike, three at the new level); three readings
         // refused. The new meter's 1000 J from its first reading are kept.
-        assert_eq!((acc.energy_joules, acc.glitches), (3500.0, 4));
+        assert_eq!((acc.counted, acc.glitches), (3500.0, 4));
         assert_eq!(state.ignored[&Ignored::Glitch], 3);
     }
 }

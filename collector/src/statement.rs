@@ -111,7 +111,7 @@ pub fn statement(
         return Ok(None);
     };
     let mut rows = store.tenant_rows(tenant, from, to)?;
-    let service = crate::delivery::service(store, site, tenant, from, to, &mut rows)?;
+    let service = crate::store::delivery::service(store, site, tenant, from, to, &mut rows)?;
     let booked_until = (now_ms - MINUTE_MS - site.close_after_ms).div_euclid(MINUTE_MS) * MINUTE_MS;
     let mut days = Vec::new();
     let mut day = from;
@@ -218,7 +218,7 @@ impl Statement {
             self.gaps.len()
         );
         if let Some(a) = &self.activity {
-            out += &crate::modules::activity_csv(a);
+            out += &crate::store::modules::activity_csv(a);
         }
         if let Some(s) = &self.service {
             out += &s.to_csv();
@@ -369,7 +369,7 @@ impl Combined {
             );
         }
         if let Some(a) = &self.activity {
-            out += &crate::modules::activity_csv(a);
+            out += &crate::store::modules::activity_csv(a);
         }
         if let Some(sv) = &self.service {
             out += &sv.to_csv();

@@ -9,12 +9,39 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use crate::config::{check_id, invalid, ConfigError, LeaseConfig};
+use serde::Deserialize;
+
+use crate::check::{check_id, invalid, ConfigError};
 
 /// The owner of GPU time no lease covers.
 pub const UNLEASED: &str = "_unleased";
 /// The owner of GPU time more than one lease covers.
 pub const UNATTRIBUTED: &str = "_unattributed";
+
+/// A lease: a tenant's nodes (names or globs with `*` and `?`) or GPUs (UUIDs)
+/// over `[from, to)`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseConfig {
+    /// The lease's id (`[A-Za-z0-9._:-]`, unique among the leases), named
+    /// in statements' per-lease service levels. Default: the tenant and
+    /// the lease's 1-based position among the tenant's leases in the file
+    /// (`lab-a.1`, `lab-a.2`, …): set it to keep it when leases move.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// The tenant.
+    pub tenant: String,
+    /// Node names or globs.
+    #[serde(default)]
+    pub nodes: Vec<String>,
+    /// GPU UUIDs.
+    #[serde(default)]
+    pub gpus: Vec<String>,
+    /// Start, RFC 3339.
+    pub from: String,
+    /// End (exclusive), RFC 3339.
+    pub to: String,
+}
 
 /// One lease, validated.
 #[derive(Debug, Clone, PartialEq)]
@@ -279,59 +306,6 @@ impl Leases {
                 (owner, j, ms)
             })
             .collect()
-    }
-}
-
-/// The leases in force, replaceable while the collector runs (reload on
-/// SIGHUP or `POST /v1/admin/leases/reload`). Each call sees one consistent set.
-#[derive(Debug, Clone, Default)]
-pub struct LeaseBook(std::sync::Arc<std::sync::RwLock<Leases>>);
-
-impl LeaseBook {
-    /// A book holding `leases`.
-    pub fn new(leases: Leases) -> LeaseBook {
-        LeaseBook(std::sync::Arc::new(std::sync::RwLock::new(leases)))
-    }
-
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, Leases> {
-        self.0
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Replaces every lease at once.
-    pub fn replace(&self, leases: Leases) {
-        *self
-            .0
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = leases;
-    }
-
-    /// A copy of the leases in force.
-    pub fn snapshot(&self) -> Leases {
-        self.read().clone()
-    }
-
-    /// True when no lease is configured.
-    pub fn is_empty(&self) -> bool {
-        self.read().leases.is_empty()
-    }
-
-    /// See [`Leases::split`].
-    pub fn split(&self, node: &str, uuid: &str, from_ms: i64, to_ms: i64) -> Vec<(String, i64)> {
-        self.read().split(node, uuid, from_ms, to_ms)
-    }
-
-    /// See [`Leases::attribute`].
-    pub fn attribute(
-        &self,
-        node: &str,
-        uuid: &str,
-        from_ms: i64,
-        to_ms: i64,
-        joules: f64,
-    ) -> Vec<(String, f64, i64)> {
-        self.read().attribute(node, uuid, from_ms, to_ms, joules)
     }
 }
 

@@ -31,7 +31,7 @@
 //! (`Entity::Module`), per node and module. Its counted energy is cut into
 //! UTC minutes like a GPU's and persisted with the module (table `modules`),
 //! so the ledger bills the module's energy beyond its GPUs
-//! ([`crate::modules`]); the power and the exported energy total restart
+//! ([`crate::store::modules`]); the power and the exported energy total restart
 //! with the collector (a counter reset to Prometheus).
 
 use std::collections::{BTreeMap, VecDeque};
@@ -42,7 +42,6 @@ use serde::{Deserialize, Serialize};
 use dcwatt_wire::time::{HOUR_MS, MINUTE_MS};
 
 use crate::site::Site;
-use crate::state::State;
 
 /// The utilization kinds, with the `kind` label each has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -366,79 +365,18 @@ impl ModuleState {
     }
 }
 
+/// A reported power limit above this is not believed (the default is used), W.
+pub const GPU_MAX_WATTS_CEILING: f64 = 5000.0;
+
 /// The most a superchip module can draw (two GPUs at the GPU ceiling, CPU
 /// and memory within it), W: a module counter step beyond it is a glitch.
-pub const MODULE_MAX_WATTS: f64 = 2.0 * crate::state::GPU_MAX_WATTS_CEILING;
+pub const MODULE_MAX_WATTS: f64 = 2.0 * GPU_MAX_WATTS_CEILING;
 
 /// The zone of an agent's GPUs and modules.
 pub fn zone_of<'a>(site: &'a Site, agent: &str) -> &'a str {
     site.agent_zones
         .get(agent)
         .map_or("default", String::as_str)
-}
-
-/// The figures at `now_ms`.
-pub fn figures(state: &State, site: &Site, now_ms: i64) -> UtilizationFigures {
-    let fresh = |t: i64| now_ms - t <= site.stale_after_ms;
-    let mut out = UtilizationFigures {
-        idle_sm_active_below: site.idle_sm_active_below,
-        ..UtilizationFigures::default()
-    };
-    // Live sums per (zone, kind), and the counters.
-    let mut live: BTreeMap<(&str, Kind), (f64, usize)> = BTreeMap::new();
-    for g in state.gpus.values() {
-        let zone = zone_of(site, &g.agent);
-        let z = out.zones.entry(zone.to_owned()).or_default();
-        z.idle_energy_joules += g.util.idle_joules;
-        z.xid_errors += g.util.xid_errors;
-        out.site.idle_energy_joules += g.util.idle_joules;
-        out.site.xid_errors += g.util.xid_errors;
-        for (kind, (t, v)) in &g.util.last {
-            if fresh(*t) {
-                let e = live.entry((zone, *kind)).or_default();
-                e.0 += v;
-                e.1 += 1;
-            }
-        }
-    }
-    for m in state.modules.values() {
-        let zone = zone_of(site, &m.agent);
-        let z = out.zones.entry(zone.to_owned()).or_default();
-        z.module_energy_joules += m.energy_joules;
-        out.site.module_energy_joules += m.energy_joules;
-        if let Some((_, w)) = m.power.filter(|(t, _)| fresh(*t)) {
-            *z.module_power_watts.get_or_insert(0.0) += w;
-            *out.site.module_power_watts.get_or_insert(0.0) += w;
-        }
-    }
-    let zones: Vec<String> = out.zones.keys().cloned().collect();
-    for kind in Kind::ALL {
-        let mut site_live = (0.0, 0usize);
-        for zone in &zones {
-            let l = live.get(&(zone.as_str(), kind)).copied();
-            if let Some((sum, n)) = l {
-                site_live.0 += sum;
-                site_live.1 += n;
-            }
-            let means = Means {
-                live: l.map(|(sum, n)| sum / n as f64),
-                hour: state.utilization.mean(Some(zone), kind, now_ms, HOUR_MS),
-            };
-            if means != Means::default() {
-                if let Some(z) = out.zones.get_mut(zone) {
-                    z.ratios.insert(kind.as_str(), means);
-                }
-            }
-        }
-        let means = Means {
-            live: (site_live.1 > 0).then(|| site_live.0 / site_live.1 as f64),
-            hour: state.utilization.mean(None, kind, now_ms, HOUR_MS),
-        };
-        if means != Means::default() {
-            out.site.ratios.insert(kind.as_str(), means);
-        }
-    }
-    out
 }
 
 #[cfg(test)]

@@ -29,7 +29,7 @@ use serde::Serialize;
 
 use dcwatt_wire::time::{month_of, DAY_MS, HOUR_MS, MINUTE_MS};
 
-use crate::bounds::{self as unknowns, Spread};
+use crate::bounds::Spread;
 use crate::pue::{self, NoPue};
 use crate::site::{Role, Site};
 use crate::store::{Resolution, Store, StoreError};
@@ -351,7 +351,7 @@ pub fn period(
     };
     let wue_litres_per_kwh = pue::wue(water, it, floor).filter(|_| has_water);
     // What is unknown, per role and zone as the energies above are summed.
-    let unknown = unknowns::period_bounds(store, site, from_ms, to_ms, resolution)?;
+    let unknown = crate::store::bounds::period_bounds(store, site, from_ms, to_ms, resolution)?;
     let mut role_spread: BTreeMap<Role, Spread> = BTreeMap::new();
     let mut zone_it_spread: BTreeMap<&str, Spread> = BTreeMap::new();
     let mut zone_infra_spread: BTreeMap<&str, Spread> = BTreeMap::new();

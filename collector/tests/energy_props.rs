@@ -90,7 +90,7 @@ proptest! {
             minutes.extend(c.minutes);
         }
         let m = &state.meters["m"];
-        let counted = m.acc.energy_joules;
+        let counted = m.acc.counted;
         let want = truth - unknowable;
         prop_assert!((counted - want).abs() <= 1e-9 * want.max(1.0), "counted {counted}, truth {want}");
         prop_assert_eq!(m.acc.resets, resets);
@@ -212,7 +212,7 @@ proptest! {
                 _ => feed(&mut state, t, counter),
             }
         }
-        let counted = state.meters["m"].acc.energy_joules;
+        let counted = state.meters["m"].acc.counted;
         let tol = 1e-9 * truth.max(1.0) + 1e-7 * (start + truth);
         prop_assert!(counted <= truth + tol, "counted {counted} > truth {truth}");
         prop_assert!(counted >= truth - hidden - tol, "counted {counted} < truth {truth} - hidden {hidden}");

@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 
 use dcwatt_collector::config::{token_hash, Config, Site};
 use dcwatt_collector::ingest;
-use dcwatt_collector::ledger::NODE_WAIT_MS;
 use dcwatt_collector::state::{Ignored, State};
+use dcwatt_collector::store::ledger::NODE_WAIT_MS;
 use dcwatt_collector::store::Store;
 use dcwatt_wire::{Batch, Entity, GpuInfo, Quantity, Reading, VERSION};
 

@@ -6,7 +6,7 @@
 //! the clock passed in.
 
 use dcwatt_collector::config::{token_hash, Config, Site};
-use dcwatt_collector::ledger::{NODE_KEEP_MS, NODE_WAIT_MS};
+use dcwatt_collector::store::ledger::{NODE_KEEP_MS, NODE_WAIT_MS};
 use dcwatt_collector::{state::State, store::Store};
 use dcwatt_wire::{Batch, Entity, GpuInfo, Quantity, Reading, VERSION};
 

@@ -69,7 +69,7 @@ fn ledger_leaves(db: &Path) -> Vec<merkle::Hash> {
         .prepare("SELECT id, minute_ms, tenant, it_joules, facility_joules, pue, pue_basis, gpu_ms, late, prev_hash, hash, util_mean, peak_watts, excursions, node_joules, sm_active_mean, tensor_active_mean, idle_joules, module_joules FROM ledger ORDER BY id")
         .unwrap();
     stmt.query_map([], |r| {
-        Ok(dcwatt_collector::ledger::Row {
+        Ok(dcwatt_collector::store::ledger::Row {
             id: r.get(0)?,
             minute_ms: r.get(1)?,
             tenant: r.get(2)?,

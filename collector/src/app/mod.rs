@@ -70,14 +70,14 @@ pub struct Collector {
 #[derive(Debug, Default)]
 pub struct LedgerTotals {
     /// Per owner, sorted by owner.
-    pub by_owner: Vec<crate::ledger::TenantTotal>,
+    pub by_owner: Vec<crate::store::ledger::TenantTotal>,
     /// The last ledger row counted.
     pub after_id: i64,
 }
 
 impl LedgerTotals {
     /// Adds the totals of the rows up to `last_id`.
-    pub fn add(&mut self, new: &[crate::ledger::TenantTotal], last_id: i64) {
+    pub fn add(&mut self, new: &[crate::store::ledger::TenantTotal], last_id: i64) {
         for t in new {
             match self
                 .by_owner

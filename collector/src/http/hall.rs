@@ -231,9 +231,9 @@ pub(super) async fn summary(Extract(collector): Extract<Arc<Collector>>, _: Hall
         .iter()
         .map(|(id, m)| MeterView {
             id,
-            role: m.role.as_str(),
-            zone: &m.zone,
-            category: m.it_point.map(|p| p.category()),
+            role: m.meter.role.as_str(),
+            zone: &m.meter.zone,
+            category: m.meter.it_point.map(|p| p.category()),
             power_watts: m.acc.power.map(|(_, w)| w),
             energy_joules: m.energy_joules(),
             water_cubic_meters: m.water_cubic_meters(),

@@ -111,7 +111,7 @@ struct EnergyStep {
 
 impl EnergyStep {
     /// Adds one ledger row.
-    fn add(&mut self, r: &crate::ledger::Row) {
+    fn add(&mut self, r: &crate::store::ledger::Row) {
         self.it_joules += r.it_joules;
         self.facility_joules += r.facility_joules.unwrap_or(0.0);
         self.gpu_seconds += r.gpu_ms as f64 / 1000.0;

@@ -23,8 +23,8 @@
 //! if that window is complete (`"24h"`); otherwise none (`"none"`, no
 //! facility energy in the row).
 //!
-//! Size: the ledger's schema, row format, chaining and the minute close that
-//! books it; a candidate to move under `store/`.
+//! Size: the ledger's schema, row format, chaining, the minute close that
+//! books it and the totals read from it share one table and its invariants.
 
 use rusqlite::{params, OptionalExtension};
 use serde::Serialize;
@@ -150,6 +150,8 @@ BEGIN SELECT RAISE(ABORT, 'checkpoints are append-only: they cannot be deleted')
 
 pub use dcwatt_verify::row::{Row, GENESIS};
 
+use super::rows::{read_row, ROW_COLUMNS};
+
 /// The result of walking the chain.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Verification {
@@ -198,7 +200,7 @@ pub fn attribute(
     Ok(())
 }
 
-pub use crate::modules::{NODE_KEEP_MS, NODE_WAIT_MS};
+pub use crate::store::modules::{NODE_KEEP_MS, NODE_WAIT_MS};
 
 /// Shares each metered node-minute up to `cutoff` among the owners of its
 /// GPUs: the node meter's energy less its GPUs' energy (never below 0), split
@@ -254,11 +256,11 @@ fn share_nodes(tx: &rusqlite::Transaction<'_>, cutoff: i64, now_ms: i64) -> Resu
             continue;
         }
         // The module remainders of the node-minute are billed as module
-        // energy (crate::modules): never twice.
-        let modules = crate::modules::shared_rest(tx, minute, &node)?;
+        // energy (crate::store::modules): never twice.
+        let modules = crate::store::modules::shared_rest(tx, minute, &node)?;
         let rest = (meter_joules - gpu_joules - modules).max(0.0);
         // Exact: the last owner takes the remainder.
-        let split = crate::modules::split_by_time(rest, &owners);
+        let split = crate::store::modules::split_by_time(rest, &owners);
         for ((owner, _, _, booked), share) in owners.iter().zip(split) {
             let delta = share - booked;
             if delta != 0.0 {
@@ -382,7 +384,7 @@ impl Store {
     ) -> Result<usize, StoreError> {
         let tx = self.conn.transaction()?;
         let cutoff = now_ms - MINUTE_MS - site.close_after_ms;
-        crate::modules::share(&tx, cutoff, now_ms)?;
+        crate::store::modules::share(&tx, cutoff, now_ms)?;
         share_nodes(&tx, cutoff, now_ms)?;
         let open: Vec<OpenRow> = tx
             .prepare_cached(
@@ -443,7 +445,7 @@ impl Store {
             // Service levels: the counts, and the list of GPUs not available
             // (hashed into the row through its digest).
             let (delivery, entries) = if o.delivery.iter().any(Option::is_some) {
-                let entries = crate::delivery::open_entries(&tx, minute_ms, &tenant)?;
+                let entries = super::delivery::open_entries(&tx, minute_ms, &tenant)?;
                 let [a, dg, dn, u] = o.delivery.map(|v| v.unwrap_or(0));
                 let d = dcwatt_verify::row::Delivery {
                     available_ms: a,
@@ -515,16 +517,16 @@ impl Store {
                 row.idle_joules,
                 row.module_joules
             ])?;
-            crate::delivery::book(&tx, row.id, &entries)?;
+            super::delivery::book(&tx, row.id, &entries)?;
             prev_hash = row.hash;
         }
         tx.execute(
             "DELETE FROM tenant_open WHERE minute_ms <= ?1",
             params![cutoff],
         )?;
-        crate::delivery::close(&tx, cutoff)?;
+        super::delivery::close(&tx, cutoff)?;
         // The Merkle tree grows with the rows, in the same transaction.
-        crate::transparency::extend_tree(&tx, &leaves)?;
+        super::tree::extend_tree(&tx, &leaves)?;
         tx.commit()?;
         Ok(leaves.len())
     }
@@ -725,46 +727,6 @@ impl TenantTotal {
             }
         }
     }
-}
-
-/// The ledger columns [`read_row`] reads, in its order.
-pub(crate) const ROW_COLUMNS: &str =
-    "id, minute_ms, tenant, it_joules, facility_joules, pue, pue_basis, gpu_ms, late, prev_hash, hash, util_mean, peak_watts, excursions, node_joules, available_ms, degraded_ms, down_ms, unknown_ms, delivery_digest,
-     sm_active_mean, tensor_active_mean, idle_joules, module_joules";
-
-pub(crate) fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
-    Ok(Row {
-        id: r.get(0)?,
-        minute_ms: r.get(1)?,
-        tenant: r.get(2)?,
-        it_joules: r.get(3)?,
-        facility_joules: r.get(4)?,
-        pue: r.get(5)?,
-        pue_basis: r.get(6)?,
-        gpu_ms: r.get(7)?,
-        late: r.get(8)?,
-        prev_hash: r.get(9)?,
-        hash: r.get(10)?,
-        util_mean: r.get(11)?,
-        peak_watts: r.get(12)?,
-        excursions: r.get(13)?,
-        node_joules: r.get(14)?,
-        delivery: match r.get::<_, Option<String>>(19)? {
-            None => None,
-            Some(digest) => Some(dcwatt_verify::row::Delivery {
-                available_ms: r.get::<_, Option<i64>>(15)?.unwrap_or(0),
-                degraded_ms: r.get::<_, Option<i64>>(16)?.unwrap_or(0),
-                down_ms: r.get::<_, Option<i64>>(17)?.unwrap_or(0),
-                unknown_ms: r.get::<_, Option<i64>>(18)?.unwrap_or(0),
-                digest,
-                gpus: Vec::new(),
-            }),
-        },
-        sm_active_mean: r.get(20)?,
-        tensor_active_mean: r.get(21)?,
-        idle_joules: r.get(22)?,
-        module_joules: r.get(23)?,
-    })
 }
 
 /// One open (not yet booked) row of `tenant_open`.

@@ -16,8 +16,21 @@
 //! checkpoints (copying the WAL into the database file, and syncing it) run on
 //! their own thread and connection, never inside a commit.
 //!
-//! Size: the connection, schema, load, prepare and the group commit's
-//! transaction; to be split into `store/` (ledger, migrations).
+//! The store's parts: `migrate` (the schema and its migrations), `write`
+//! (a batch's rows and their transaction, hours booked), [`ledger`] (the
+//! tenant ledger, its minute close and totals), `silence` (silent GPUs'
+//! unknown minutes). This file: the connection,
+//! load, the group commit and the reads.
+
+pub mod bounds;
+pub mod delivery;
+pub mod ledger;
+mod migrate;
+pub mod modules;
+mod rows;
+mod silence;
+pub mod tree;
+mod write;
 
 use std::path::{Path, PathBuf};
 
@@ -25,67 +38,13 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use dcwatt_wire::time::{DAY_MS, HOUR_MS, MINUTE_MS};
 
-use crate::energy::{Curve, CurveEdit, MinuteEnergy};
-use crate::site::{Role, Site};
-use crate::state::{AgentState, Changes, ExcursionEdit, State};
+use crate::energy::Curve;
+use crate::site::Site;
+use crate::state::{AgentState, Changes, State};
 use crate::thermal::{Excursion, Kind};
 
-/// The schema version this collector writes.
-pub const SCHEMA_VERSION: i64 = 2;
-
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS agents (
-    id TEXT PRIMARY KEY,
-    last_seq INTEGER NOT NULL,
-    last_seen_ms INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS meters (id TEXT PRIMARY KEY, account TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS meter_curve (
-    meter TEXT NOT NULL,
-    ts_ms INTEGER NOT NULL,
-    joules REAL NOT NULL,
-    PRIMARY KEY (meter, ts_ms)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS gpus (uuid TEXT PRIMARY KEY, state TEXT NOT NULL);
--- Energy per fixed UTC period, zone and role (J); every meter-minute is added
--- once, to its minute, hour and day. Role 'water' holds a volume: its `joules`
--- are cubic metres (the same counter machinery, another unit).
-CREATE TABLE IF NOT EXISTS energy (
-    resolution TEXT NOT NULL,
-    start_ms INTEGER NOT NULL,
-    zone TEXT NOT NULL,
-    role TEXT NOT NULL,
-    joules REAL NOT NULL,
-    PRIMARY KEY (resolution, start_ms, zone, role)
-) WITHOUT ROWID;
--- Coverage: `meters` counts the facility and IT meters complete in a minute of
--- a zone; `minute`/`hour`/`day` count the complete minutes of a period, per zone
--- and for the whole site (zone '*'). `water_meters` counts the water meters
--- complete in a minute (zone '*'); `water_minute`/`water_hour`/`water_day` the
--- minutes of a period in which every water meter was complete.
-CREATE TABLE IF NOT EXISTS coverage (
-    kind TEXT NOT NULL,
-    start_ms INTEGER NOT NULL,
-    zone TEXT NOT NULL,
-    complete INTEGER NOT NULL,
-    PRIMARY KEY (kind, start_ms, zone)
-) WITHOUT ROWID;
--- Thermal excursions, one row each, booked to the tenant leasing the GPU
--- when it started; closed_ms is NULL while open.
-CREATE TABLE IF NOT EXISTS excursions (
-    entity TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    opened_ms INTEGER NOT NULL,
-    entity_kind TEXT NOT NULL,
-    node TEXT,
-    zone TEXT NOT NULL,
-    tenant TEXT,
-    closed_ms INTEGER,
-    PRIMARY KEY (entity, kind, opened_ms)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS excursions_tenant ON excursions (tenant, opened_ms);
-";
+pub use migrate::SCHEMA_VERSION;
+pub use write::{prepare, MeterHour, Prepared};
 
 /// The resolution of stored energy periods.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -179,17 +138,6 @@ pub enum StoreError {
     Invalid(String),
 }
 
-/// One meter's energy over one whole UTC hour, for [`Store::book_hour`].
-#[derive(Debug, Clone, Copy)]
-pub struct MeterHour<'a> {
-    /// The meter (configured).
-    pub meter: &'a str,
-    /// Its energy over the hour, J (m³ for a water meter).
-    pub joules: f64,
-    /// Minutes of the hour it completed (0 to 60).
-    pub complete_minutes: i64,
-}
-
 /// The open database.
 pub struct Store {
     pub(crate) conn: Connection,
@@ -211,39 +159,8 @@ impl Store {
             .map_err(open_err)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(open_err)?;
-        conn.execute_batch(SCHEMA).map_err(open_err)?;
-        conn.execute_batch(crate::ledger::SCHEMA)
-            .map_err(open_err)?;
-        conn.execute_batch(crate::delivery::SCHEMA)
-            .map_err(open_err)?;
-        conn.execute_batch(crate::modules::SCHEMA)
-            .map_err(open_err)?;
-        // Energy bounds: events and meter spans (an older database gains them).
-        crate::bounds::migrate(&conn).map_err(open_err)?;
-        migrate(&conn)?;
-        let found: Option<String> = conn
-            .query_row(
-                "SELECT value FROM meta WHERE key = 'schema_version'",
-                [],
-                |r| r.get(0),
-            )
-            .optional()?;
-        match found.and_then(|v| v.parse::<i64>().ok()) {
-            Some(v) if v > SCHEMA_VERSION => return Err(StoreError::Version { found: v }),
-            Some(v) if v < SCHEMA_VERSION => {
-                conn.execute(
-                    "UPDATE meta SET value = ?1 WHERE key = 'schema_version'",
-                    params![SCHEMA_VERSION.to_string()],
-                )?;
-            }
-            Some(_) => {}
-            None => {
-                conn.execute(
-                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?1)",
-                    params![SCHEMA_VERSION.to_string()],
-                )?;
-            }
-        }
+        migrate::create(&conn).map_err(open_err)?;
+        migrate::upgrade(&conn)?;
         Ok(Store {
             conn,
             path: Some(path.to_path_buf()),
@@ -387,11 +304,7 @@ impl Store {
             path: PathBuf::from(":memory:"),
             source,
         })?;
-        conn.execute_batch(SCHEMA)?;
-        conn.execute_batch(crate::ledger::SCHEMA)?;
-        conn.execute_batch(crate::delivery::SCHEMA)?;
-        conn.execute_batch(crate::modules::SCHEMA)?;
-        conn.execute_batch(crate::bounds::SCHEMA)?;
+        migrate::create(&conn)?;
         Ok(Store { conn, path: None })
     }
 
@@ -407,7 +320,7 @@ impl Store {
         self.commit_group([&prepared], site)
     }
 
-    /// Sets when a transaction counts as committed (see [`Synchronous`]).
+    /// Sets when a transaction counts as committed (see [`crate::site::Synchronous`]).
     pub fn set_synchronous(&self, sync: crate::site::Synchronous) -> Result<(), StoreError> {
         let value = match sync {
             crate::site::Synchronous::Full => "FULL",
@@ -480,7 +393,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
         for p in group {
-            write_prepared(&tx, p, site)?;
+            write::write_prepared(&tx, p, site)?;
         }
         tx.commit()?;
         Ok(())
@@ -501,201 +414,6 @@ impl Drop for Checkpointer {
             let _ = t.join();
         }
     }
-}
-
-/// Adds the columns of later schema versions that an older database lacks.
-fn migrate(conn: &Connection) -> Result<(), StoreError> {
-    for (table, column, decl) in crate::ledger::MIGRATIONS {
-        let has: bool = conn.query_row(
-            &format!("SELECT EXISTS (SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1)"),
-            params![column],
-            |r| r.get(0),
-        )?;
-        if !has {
-            conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {decl}"))?;
-        }
-    }
-    Ok(())
-}
-
-/// One applied batch's rows, serialized from the state right after it was
-/// applied: what the store must write for it, independent of later batches.
-#[derive(Debug, Default)]
-pub struct Prepared {
-    agent: Option<(String, i64, i64)>,
-    meters: Vec<(String, String)>,
-    minutes: Vec<(Role, String, MinuteEnergy)>,
-    curves: Vec<(String, CurveEdit)>,
-    gpus: Vec<(String, String)>,
-    gpu_minutes: Vec<(String, String, MinuteEnergy)>,
-    gpu_stats: Vec<(String, String, crate::state::GpuMinuteStats)>,
-    gpu_delivery: Vec<(String, String, crate::delivery::DeliveredMinute)>,
-    excursions: Vec<ExcursionEdit>,
-    /// (node, minute, the GPUs its agent reports).
-    node_minutes: Vec<(String, MinuteEnergy, i64)>,
-    /// Meter events and spans (energy bounds).
-    bounds: crate::bounds::Prepared,
-    /// Superchip modules: (node, id, state JSON).
-    modules: Vec<(String, String, String)>,
-    /// Modules' minutes: (node, id, minute, the GPUs naming the module).
-    module_minutes: Vec<(String, String, MinuteEnergy, i64)>,
-    /// The minutes of GPUs in a module.
-    gpu_module_minutes: Vec<crate::modules::GpuModuleMinute>,
-}
-
-/// Serializes what one applied batch changed (call right after applying it).
-pub fn prepare(agent: &str, state: &State, changes: &Changes) -> Result<Prepared, StoreError> {
-    let mut p = Prepared::default();
-    if let Some(a) = state.agents.get(agent) {
-        let seq = i64::try_from(a.last_seq).map_err(|_| StoreError::Range(a.last_seq))?;
-        p.agent = Some((agent.to_owned(), seq, a.last_seen_ms));
-    }
-    for id in &changes.meters {
-        if let Some(m) = state.meters.get(id) {
-            let json = serde_json::to_string(&m.acc).map_err(|source| StoreError::Decode {
-                what: format!("meter {id}"),
-                source,
-            })?;
-            p.meters.push((id.clone(), json));
-        }
-    }
-    for (id, w) in &changes.minutes {
-        if let Some(m) = state.meters.get(id).filter(|m| m.parent.is_none()) {
-            p.minutes.push((m.role, m.zone.clone(), *w));
-        }
-        if let Some(node) = state.meters.get(id).and_then(|m| m.node.as_ref()) {
-            if w.complete {
-                let gpus = i64::try_from(state.gpus_of(node)).unwrap_or(i64::MAX);
-                p.node_minutes.push((node.clone(), *w, gpus));
-            }
-        }
-    }
-    p.curves.clone_from(&changes.curves);
-    for uuid in &changes.gpus {
-        if let Some(g) = state.gpus.get(uuid) {
-            let json = serde_json::to_string(g).map_err(|source| StoreError::Decode {
-                what: format!("gpu {uuid}"),
-                source,
-            })?;
-            p.gpus.push((uuid.clone(), json));
-        }
-    }
-    p.gpu_minutes.clone_from(&changes.gpu_minutes);
-    for (node, id) in &changes.modules {
-        if let Some(m) = state.modules.get(&(node.clone(), id.clone())) {
-            let json = serde_json::to_string(m).map_err(|source| StoreError::Decode {
-                what: format!("module {id} of node {node}"),
-                source,
-            })?;
-            p.modules.push((node.clone(), id.clone(), json));
-        }
-    }
-    for (node, id, w) in &changes.module_minutes {
-        let gpus = state
-            .modules
-            .get(&(node.clone(), id.clone()))
-            .map_or(0, |m| i64::try_from(m.gpus.len()).unwrap_or(i64::MAX));
-        p.module_minutes.push((node.clone(), id.clone(), *w, gpus));
-    }
-    for (uuid, node, w) in &changes.gpu_minutes {
-        if let Some(m) = state.gpus.get(uuid).and_then(|g| g.module.as_ref()) {
-            p.gpu_module_minutes
-                .push((uuid.clone(), node.clone(), m.clone(), *w));
-        }
-    }
-    p.excursions.clone_from(&changes.excursions);
-    p.gpu_stats.clone_from(&changes.gpu_stats);
-    p.gpu_delivery.clone_from(&changes.gpu_delivery);
-    p.bounds = crate::bounds::prepare(state, changes);
-    Ok(p)
-}
-
-fn write_prepared(
-    tx: &rusqlite::Transaction<'_>,
-    p: &Prepared,
-    site: &Site,
-) -> Result<(), StoreError> {
-    for (role, zone, w) in &p.minutes {
-        add_minute(tx, site, *role, zone, w)?;
-    }
-    crate::bounds::write(tx, &p.bounds)?;
-    crate::ledger::attribute(tx, site, &p.gpu_minutes)?;
-    crate::modules::write(
-        tx,
-        site,
-        &p.modules,
-        &p.module_minutes,
-        &p.gpu_module_minutes,
-    )?;
-    crate::ledger::attribute_stats(tx, site, &p.gpu_stats)?;
-    crate::delivery::attribute(tx, site, &p.gpu_delivery)?;
-    for (node, w, gpus) in &p.node_minutes {
-        // A change to a minute already shared marks it for an adjustment.
-        tx.prepare_cached(
-            "INSERT INTO node_open (minute_ms, node, meter_joules, gpus_expected) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (minute_ms, node) DO UPDATE SET meter_joules = meter_joules + excluded.meter_joules,
-             shared = CASE WHEN shared = 1 THEN 2 ELSE shared END",
-        )?
-        .execute(params![w.minute_ms, node, w.joules, gpus])?;
-    }
-    if let Some((agent, seq, seen)) = &p.agent {
-        tx.prepare_cached(
-            "INSERT INTO agents (id, last_seq, last_seen_ms) VALUES (?1, ?2, ?3)
-             ON CONFLICT (id) DO UPDATE SET last_seq = excluded.last_seq, last_seen_ms = excluded.last_seen_ms",
-        )?
-        .execute(params![agent, seq, seen])?;
-    }
-    for (id, json) in &p.meters {
-        tx.prepare_cached("INSERT INTO meters (id, account) VALUES (?1, ?2) ON CONFLICT (id) DO UPDATE SET account = excluded.account")?
-            .execute(params![id, json])?;
-    }
-    for (id, edit) in &p.curves {
-        match *edit {
-            CurveEdit::Add(ts, joules) => tx
-                .prepare_cached(
-                    "INSERT OR REPLACE INTO meter_curve (meter, ts_ms, joules) VALUES (?1, ?2, ?3)",
-                )?
-                .execute(params![id, ts, joules])?,
-            CurveEdit::Remove(ts) => tx
-                .prepare_cached("DELETE FROM meter_curve WHERE meter = ?1 AND ts_ms = ?2")?
-                .execute(params![id, ts])?,
-            CurveEdit::TrimBefore(ts) => tx
-                .prepare_cached("DELETE FROM meter_curve WHERE meter = ?1 AND ts_ms < ?2")?
-                .execute(params![id, ts])?,
-        };
-    }
-    for (uuid, json) in &p.gpus {
-        tx.prepare_cached("INSERT INTO gpus (uuid, state) VALUES (?1, ?2) ON CONFLICT (uuid) DO UPDATE SET state = excluded.state")?
-            .execute(params![uuid, json])?;
-    }
-    for edit in &p.excursions {
-        match edit {
-            ExcursionEdit::Open(e) => {
-                if let Some(t) = e.tenant.as_deref().filter(|t| !t.starts_with('_')) {
-                    crate::ledger::attribute_excursion(tx, t, e.opened_ms)?;
-                }
-                tx.prepare_cached(
-                    "INSERT OR IGNORE INTO excursions (entity, kind, opened_ms, entity_kind, node, zone, tenant)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                )?
-                .execute(params![
-                    e.entity,
-                    e.kind.as_str(),
-                    e.opened_ms,
-                    e.entity_kind,
-                    e.node,
-                    e.zone,
-                    e.tenant
-                ])?
-            }
-            ExcursionEdit::Close(entity, kind, opened, closed) => tx
-                .prepare_cached(
-                    "UPDATE excursions SET closed_ms = ?4 WHERE entity = ?1 AND kind = ?2 AND opened_ms = ?3",
-                )?
-                .execute(params![entity, kind.as_str(), opened, closed])?,
-        };
-    }
-    Ok(())
 }
 
 impl Store {
@@ -744,7 +462,8 @@ impl Store {
         Ok(out)
     }
 
-    /// Energy per (zone, role) over the periods of `resolution` that start in `[from_ms, to_ms)`.
+    /// Energy per (zone, role) over the periods of `resolution` that start in
+    /// `[from_ms, to_ms)`; for the `water` role, the volume (m³).
     pub fn energy(
         &self,
         resolution: Resolution,
@@ -752,8 +471,13 @@ impl Store {
         to_ms: i64,
     ) -> Result<Vec<(String, String, f64)>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT zone, role, SUM(joules) FROM energy
-             WHERE resolution = ?1 AND start_ms >= ?2 AND start_ms < ?3 GROUP BY zone, role",
+            "SELECT zone, role, SUM(amount) FROM (
+               SELECT zone, role, joules AS amount FROM energy
+               WHERE resolution = ?1 AND start_ms >= ?2 AND start_ms < ?3
+               UNION ALL
+               SELECT zone, 'water', volume_m3 FROM water
+               WHERE resolution = ?1 AND start_ms >= ?2 AND start_ms < ?3
+             ) GROUP BY zone, role",
         )?;
         let rows = stmt
             .query_map(params![resolution.key(), from_ms, to_ms], |r| {
@@ -822,113 +546,6 @@ impl Store {
         Ok(v.and_then(|v| v.parse().ok()).unwrap_or(0.0))
     }
 
-    /// Books one whole UTC hour of meters' energy at hour resolution, in one
-    /// transaction: each meter-hour added to its hour and day rows (as
-    /// [`Store::commit`] adds each meter-minute to its minute, hour and day),
-    /// each listed meter's span widened over the hour, `events` written as the
-    /// minute cutter writes them, and the hour's complete minutes counted for
-    /// each zone and the site: the fewest the meters' own counts allow (60 −
-    /// the minutes any required meter missed, summed; exact when every
-    /// required meter completed all 60). A required meter not listed completed
-    /// none. For history kept at hour resolution (an import, a simulated
-    /// year); minute rows are not written.
-    pub fn book_hour(
-        &mut self,
-        site: &Site,
-        hour_ms: i64,
-        meters: &[MeterHour<'_>],
-        events: &[(&str, crate::bounds::MeterEvent)],
-    ) -> Result<(), StoreError> {
-        if hour_ms.rem_euclid(Resolution::Hour.ms()) != 0 {
-            return Err(StoreError::Invalid(format!(
-                "hour_ms: {hour_ms} is not the start of a UTC hour"
-            )));
-        }
-        for (i, m) in meters.iter().enumerate() {
-            if !site.meters.contains_key(m.meter) {
-                return Err(StoreError::Invalid(format!(
-                    "meters[{i}].meter: no meter {:?} in the site",
-                    m.meter
-                )));
-            }
-            if meters[..i].iter().any(|o| o.meter == m.meter) {
-                return Err(StoreError::Invalid(format!(
-                    "meters[{i}].meter: {:?} listed twice",
-                    m.meter
-                )));
-            }
-            if !(m.joules.is_finite() && m.joules >= 0.0) {
-                return Err(StoreError::Invalid(format!(
-                    "meters[{i}].joules: must be a finite number ≥ 0"
-                )));
-            }
-            if !(0..=60).contains(&m.complete_minutes) {
-                return Err(StoreError::Invalid(format!(
-                    "meters[{i}].complete_minutes: must be 0 to 60"
-                )));
-            }
-        }
-        for (i, (meter, _)) in events.iter().enumerate() {
-            if !site.meters.contains_key(*meter) {
-                return Err(StoreError::Invalid(format!(
-                    "events[{i}].meter: no meter {meter:?} in the site"
-                )));
-            }
-        }
-        let hour_end = hour_ms + Resolution::Hour.ms();
-        let tx = self.conn.transaction()?;
-        let mut missed: std::collections::BTreeMap<&str, i64> = std::collections::BTreeMap::new();
-        let (mut site_missed, mut water_missed) = (0, 0);
-        for (id, m) in site.meters.iter().filter(|(_, m)| m.counted()) {
-            let done = meters
-                .iter()
-                .find(|h| h.meter == id)
-                .map_or(0, |h| h.complete_minutes);
-            match m.role {
-                Role::Facility | Role::It => {
-                    *missed.entry(m.zone.as_str()).or_default() += 60 - done;
-                    site_missed += 60 - done;
-                }
-                Role::Water => water_missed += 60 - done,
-                _ => {}
-            }
-        }
-        for h in meters {
-            let m = &site.meters[h.meter];
-            if m.counted() {
-                for r in [Resolution::Hour, Resolution::Day] {
-                    add_energy(&tx, r, r.floor(hour_ms), &m.zone, m.role, h.joules)?;
-                }
-            }
-            crate::bounds::write_one(&tx, h.meter, None, Some((hour_ms, hour_end)))?;
-        }
-        for (meter, e) in events {
-            crate::bounds::write_one(&tx, meter, Some(e), None)?;
-        }
-        let covered = |kind: &str, start: i64, zone: &str, minutes: i64| {
-            tx.prepare_cached(
-                "INSERT INTO coverage (kind, start_ms, zone, complete) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (kind, start_ms, zone) DO UPDATE SET complete = complete + excluded.complete",
-            )?
-            .execute(params![kind, start, zone, minutes])
-            .map(|_| ())
-        };
-        for r in [Resolution::Hour, Resolution::Day] {
-            let start = r.floor(hour_ms);
-            for (zone, missed) in &missed {
-                covered(r.key(), start, zone, (60 - missed).max(0))?;
-            }
-            if !missed.is_empty() {
-                covered(r.key(), start, "*", (60 - site_missed).max(0))?;
-            }
-            if site.water_meters > 0 {
-                covered(r.water_key(), start, "*", (60 - water_missed).max(0))?;
-            }
-        }
-        tx.commit()?;
-        Ok(())
-    }
-
     /// Drops minute rows older than [`MINUTE_RETENTION_MS`] and hour rows older
     /// than [`HOUR_RETENTION_MS`] before `now_ms`.
     pub fn prune(&mut self, now_ms: i64) -> Result<(), StoreError> {
@@ -936,6 +553,10 @@ impl Store {
         let (minutes, hours) = (now_ms - MINUTE_RETENTION_MS, now_ms - HOUR_RETENTION_MS);
         tx.execute(
             "DELETE FROM energy WHERE resolution = 'minute' AND start_ms < ?1",
+            params![minutes],
+        )?;
+        tx.execute(
+            "DELETE FROM water WHERE resolution = 'minute' AND start_ms < ?1",
             params![minutes],
         )?;
         tx.execute(
@@ -947,110 +568,16 @@ impl Store {
             params![hours],
         )?;
         tx.execute(
+            "DELETE FROM water WHERE resolution = 'hour' AND start_ms < ?1",
+            params![hours],
+        )?;
+        tx.execute(
             "DELETE FROM coverage WHERE kind IN ('hour', 'water_hour') AND start_ms < ?1",
             params![hours],
         )?;
         tx.commit()?;
         Ok(())
     }
-}
-
-fn bump(
-    tx: &rusqlite::Transaction<'_>,
-    kind: &str,
-    start_ms: i64,
-    zone: &str,
-) -> Result<i64, StoreError> {
-    tx.prepare_cached(
-        "INSERT INTO coverage (kind, start_ms, zone, complete) VALUES (?1, ?2, ?3, 1)
-         ON CONFLICT (kind, start_ms, zone) DO UPDATE SET complete = complete + 1",
-    )?
-    .execute(params![kind, start_ms, zone])?;
-    let n = tx
-        .prepare_cached(
-            "SELECT complete FROM coverage WHERE kind = ?1 AND start_ms = ?2 AND zone = ?3",
-        )?
-        .query_row(params![kind, start_ms, zone], |r| r.get(0))?;
-    Ok(n)
-}
-
-/// Adds energy to one stored period of a zone and role.
-fn add_energy(
-    tx: &rusqlite::Transaction<'_>,
-    r: Resolution,
-    start_ms: i64,
-    zone: &str,
-    role: Role,
-    joules: f64,
-) -> Result<(), StoreError> {
-    tx.prepare_cached(
-        "INSERT INTO energy (resolution, start_ms, zone, role, joules) VALUES (?1, ?2, ?3, ?4, ?5)
-         ON CONFLICT (resolution, start_ms, zone, role) DO UPDATE SET joules = joules + excluded.joules",
-    )?
-    .execute(params![r.key(), start_ms, zone, role.as_str(), joules])?;
-    Ok(())
-}
-
-/// Adds one meter-minute to its minute, hour and day, and when it completes
-/// the zone's or the site's set of facility and IT meters for that minute,
-/// counts a complete minute; when it completes the site's set of water
-/// meters, a complete water minute.
-fn add_minute(
-    tx: &rusqlite::Transaction<'_>,
-    site: &Site,
-    role: Role,
-    zone: &str,
-    w: &MinuteEnergy,
-) -> Result<(), StoreError> {
-    let periods = [Resolution::Minute, Resolution::Hour, Resolution::Day];
-    for r in periods {
-        add_energy(tx, r, r.floor(w.minute_ms), zone, role, w.joules)?;
-    }
-    if w.complete && role == Role::Water {
-        if bump(tx, "water_meters", w.minute_ms, "*")? == site.water_meters as i64 {
-            for r in periods {
-                bump(tx, r.water_key(), r.floor(w.minute_ms), "*")?;
-            }
-        }
-        return Ok(());
-    }
-    if !(w.complete && matches!(role, Role::Facility | Role::It)) {
-        return Ok(());
-    }
-    let in_zone = bump(tx, "meters", w.minute_ms, zone)?;
-    if in_zone != site.required_per_zone.get(zone).copied().unwrap_or(0) as i64 {
-        return Ok(());
-    }
-    for r in periods {
-        bump(tx, r.key(), r.floor(w.minute_ms), zone)?;
-    }
-    let site_wide: i64 = tx
-        .prepare_cached(
-            "SELECT SUM(complete) FROM coverage WHERE kind = 'meters' AND start_ms = ?1",
-        )?
-        .query_row(params![w.minute_ms], |r| r.get(0))?;
-    if site_wide == site.required_per_zone.values().sum::<usize>() as i64 {
-        for r in periods {
-            bump(tx, r.key(), r.floor(w.minute_ms), "*")?;
-        }
-        // A complete minute whose PUE is impossible or implausible is counted.
-        let (facility, it): (Option<f64>, Option<f64>) = tx
-            .prepare_cached(
-                "SELECT SUM(CASE WHEN role = 'facility' THEN joules END), SUM(CASE WHEN role = 'it' THEN joules END)
-                 FROM energy WHERE resolution = 'minute' AND start_ms = ?1",
-            )?
-            .query_row(params![w.minute_ms], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        let floor = site.pue_it_floor_watts * 60.0;
-        if let Err(crate::pue::NoPue::Invalid(_)) = crate::pue::pue(
-            facility.unwrap_or(0.0),
-            it.unwrap_or(0.0),
-            floor,
-            site.pue_max_ratio,
-        ) {
-            bump(tx, "invalid_pue", 0, "*")?;
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -1076,7 +603,7 @@ mod tests {
             )
             .unwrap();
             // A version-1 row, hashed as version 1 did.
-            let mut row = crate::ledger::Row {
+            let mut row = crate::store::ledger::Row {
                 id: 1,
                 minute_ms: MINUTE_MS,
                 tenant: "lab-a".into(),
@@ -1086,7 +613,7 @@ mod tests {
                 pue_basis: "none".into(),
                 gpu_ms: MINUTE_MS,
                 late: false,
-                prev_hash: crate::ledger::GENESIS.into(),
+                prev_hash: crate::store::ledger::GENESIS.into(),
                 hash: String::new(),
                 util_mean: None,
                 peak_watts: None,
@@ -1214,7 +741,7 @@ mod tests {
                 .unwrap(),
             45
         );
-        let spans = crate::bounds::meter_spans(&store).unwrap();
+        let spans = bounds::meter_spans(&store).unwrap();
         assert_eq!(spans["m"], (h, h + HOUR_MS));
     }
 
@@ -1326,8 +853,8 @@ mod tests {
                 assert_eq!(loaded.meters[id].curve.at(t), m.curve.at(t), "{id} at {t}");
             }
         }
-        assert_eq!(loaded.meters["m"].acc.energy_joules, 39.0 * 90.0);
-        assert_eq!(loaded.meters["p"].acc.energy_joules, 100.0 * 39.0 * 0.7);
+        assert_eq!(loaded.meters["m"].acc.counted, 39.0 * 90.0);
+        assert_eq!(loaded.meters["p"].acc.counted, 100.0 * 39.0 * 0.7);
         // The GPUs each agent owns are counted again on load: the cap holds
         // across a restart (agent "a" owns GPU-1; a second one makes two).
         let mut another = batch(41, 2_000_000, 9_000.0);
