@@ -25,7 +25,6 @@
 //! - `server`: [`Sim`], [`serve`], wall-clock ticks, fake NVML state files, `/sim/*`.
 
 use std::path::PathBuf;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 pub mod agentbench;
 pub mod demo;
@@ -60,9 +59,5 @@ pub struct SimConfig {
     pub state_dir: PathBuf,
 }
 
-/// Wall-clock time, Unix milliseconds.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
+/// Wall-clock time, Unix milliseconds (the one clock every binary reads).
+pub use dcwatt_wire::time::now_ms;

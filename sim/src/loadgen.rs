@@ -26,6 +26,7 @@ use sha2::{Digest, Sha256};
 use dcwatt_wire::binary::Encoding;
 
 use crate::launch::Proc;
+use crate::now_ms;
 
 /// Options of the load run.
 #[derive(Debug, Clone, clap::Args)]
@@ -215,10 +216,6 @@ fn template(agent: usize, gpus: usize, ticks: u64) -> String {
         one["first_seq"] = json!(999_999);
     }
     serde_json::to_string(&one).unwrap_or_default()
-}
-
-fn now_ms() -> i64 {
-    crate::now_ms()
 }
 
 /// (user + system CPU seconds, peak RSS bytes) of a process.
