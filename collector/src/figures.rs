@@ -8,7 +8,7 @@
 //! minutes ([`crate::windows`]). Only a complete window is exported as the plain
 //! `dcwatt_pue_ratio`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 
@@ -410,38 +410,59 @@ fn utilization(state: &State, site: &Site, now_ms: i64) -> UtilizationFigures {
         idle_sm_active_below: site.idle_sm_active_below,
         ..UtilizationFigures::default()
     };
-    // Live sums per (zone, kind), and the counters.
-    let mut live: BTreeMap<(&str, Kind), (f64, usize)> = BTreeMap::new();
+    // Per zone (one hash lookup per GPU or module, no allocation): the
+    // counters, and the live sums per kind (indexed by `Kind as usize`).
+    // Each sum adds in the same order as before, so the figures are
+    // bit-identical.
+    #[derive(Default)]
+    struct Acc {
+        idle: f64,
+        xid: f64,
+        module_energy: f64,
+        module_power: Option<f64>,
+        live: [(f64, usize); Kind::ALL.len()],
+    }
+    let mut acc: HashMap<&str, Acc> = HashMap::new();
     for g in state.gpus.values() {
-        let zone = zone_of(site, &g.agent);
-        let z = out.zones.entry(zone.to_owned()).or_default();
-        z.idle_energy_joules += g.util.idle_joules;
-        z.xid_errors += g.util.xid_errors;
+        let a = acc.entry(zone_of(site, &g.agent)).or_default();
+        a.idle += g.util.idle_joules;
+        a.xid += g.util.xid_errors;
         out.site.idle_energy_joules += g.util.idle_joules;
         out.site.xid_errors += g.util.xid_errors;
         for (kind, (t, v)) in &g.util.last {
             if fresh(*t) {
-                let e = live.entry((zone, *kind)).or_default();
+                let e = &mut a.live[*kind as usize];
                 e.0 += v;
                 e.1 += 1;
             }
         }
     }
     for m in state.modules.values() {
-        let zone = zone_of(site, &m.agent);
-        let z = out.zones.entry(zone.to_owned()).or_default();
-        z.module_energy_joules += m.energy_joules;
+        let a = acc.entry(zone_of(site, &m.agent)).or_default();
+        a.module_energy += m.energy_joules;
         out.site.module_energy_joules += m.energy_joules;
         if let Some((_, w)) = m.power.filter(|(t, _)| fresh(*t)) {
-            *z.module_power_watts.get_or_insert(0.0) += w;
+            *a.module_power.get_or_insert(0.0) += w;
             *out.site.module_power_watts.get_or_insert(0.0) += w;
         }
     }
+    for (zone, a) in &acc {
+        let z = out.zones.entry((*zone).to_owned()).or_default();
+        z.idle_energy_joules += a.idle;
+        z.xid_errors += a.xid;
+        z.module_energy_joules += a.module_energy;
+        z.module_power_watts = a.module_power;
+    }
+    let live = |zone: &str, kind: Kind| {
+        acc.get(zone)
+            .map(|a| a.live[kind as usize])
+            .filter(|(_, n)| *n > 0)
+    };
     let zones: Vec<String> = out.zones.keys().cloned().collect();
     for kind in Kind::ALL {
         let mut site_live = (0.0, 0usize);
         for zone in &zones {
-            let l = live.get(&(zone.as_str(), kind)).copied();
+            let l = live(zone, kind);
             if let Some((sum, n)) = l {
                 site_live.0 += sum;
                 site_live.1 += n;

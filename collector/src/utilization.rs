@@ -384,6 +384,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn kinds_index_their_own_place_in_all() {
+        for (i, k) in Kind::ALL.iter().enumerate() {
+            assert_eq!(*k as usize, i, "{k:?}");
+        }
+    }
+
+    #[test]
     fn means_weigh_gpu_time() {
         let mut a = Aggregates::default();
         let t0 = 1_800_000_000_000;
