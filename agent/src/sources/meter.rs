@@ -474,23 +474,6 @@ impl ResetTracker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use dcwatt_wire::time::parse_rfc3339_ms;
-
-    #[test]
-    fn rfc3339() {
-        assert_eq!(parse_rfc3339_ms("1970-01-01T00:00:00Z"), Some(0));
-        assert_eq!(
-            parse_rfc3339_ms("2024-05-01T12:00:00.250Z"),
-            Some(1_714_564_800_250)
-        );
-        assert_eq!(
-            parse_rfc3339_ms("2024-05-01T14:00:00+02:00"),
-            Some(1_714_564_800_000)
-        );
-        assert_eq!(parse_rfc3339_ms("2024-05-01"), None);
-        assert_eq!(parse_rfc3339_ms("2024-13-01T00:00:00Z"), None);
-        assert_eq!(parse_rfc3339_ms("2024-05-01T00:00:00"), None);
-    }
 
     #[test]
     fn units_convert_to_si() {

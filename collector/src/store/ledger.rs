@@ -34,7 +34,7 @@ use dcwatt_wire::time::MINUTE_MS;
 use crate::energy::MinuteEnergy;
 use crate::pue;
 use crate::site::Site;
-use crate::store::{Store, StoreError};
+use crate::store::{add_unbooked_node_joules, Store, StoreError};
 
 /// The ledger's tables.
 pub const SCHEMA: &str = "
@@ -289,13 +289,7 @@ fn share_nodes(tx: &rusqlite::Transaction<'_>, cutoff: i64, now_ms: i64) -> Resu
         params![expired],
         |r| r.get(0),
     )?;
-    if unbooked > 0.0 {
-        tx.execute(
-            "INSERT INTO meta (key, value) VALUES ('unbooked_node_joules', ?1)
-             ON CONFLICT (key) DO UPDATE SET value = CAST(CAST(value AS REAL) + CAST(excluded.value AS REAL) AS TEXT)",
-            params![unbooked.to_string()],
-        )?;
-    }
+    add_unbooked_node_joules(tx, unbooked)?;
     tx.execute(
         "DELETE FROM node_open WHERE seen_ms <= ?1",
         params![expired],

@@ -580,6 +580,23 @@ impl Store {
     }
 }
 
+/// Adds node or module energy that was never shared among GPUs (positive
+/// only) to the `unbooked_node_joules` total read by
+/// [`Store::unbooked_node_joules`], in the caller's transaction.
+pub(crate) fn add_unbooked_node_joules(
+    tx: &rusqlite::Transaction<'_>,
+    joules: f64,
+) -> Result<(), StoreError> {
+    if joules > 0.0 {
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES ('unbooked_node_joules', ?1)
+             ON CONFLICT (key) DO UPDATE SET value = CAST(CAST(value AS REAL) + CAST(excluded.value AS REAL) AS TEXT)",
+            rusqlite::params![joules.to_string()],
+        )?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -32,7 +32,7 @@ use rusqlite::params;
 use dcwatt_wire::time::{HOUR_MS, MINUTE_MS};
 
 use crate::energy::MinuteEnergy;
-use crate::store::StoreError;
+use crate::store::{add_unbooked_node_joules, StoreError};
 
 /// How long after the close that first saw a metered node-minute it is
 /// kept, so that late GPU minutes adjust its share (ms).
@@ -214,13 +214,7 @@ pub fn share(tx: &rusqlite::Transaction<'_>, cutoff: i64, now_ms: i64) -> Result
         params![expired],
         |r| r.get(0),
     )?;
-    if unbooked > 0.0 {
-        tx.execute(
-            "INSERT INTO meta (key, value) VALUES ('unbooked_node_joules', ?1)
-             ON CONFLICT (key) DO UPDATE SET value = CAST(CAST(value AS REAL) + CAST(excluded.value AS REAL) AS TEXT)",
-            params![unbooked.to_string()],
-        )?;
-    }
+    add_unbooked_node_joules(tx, unbooked)?;
     tx.execute(
         "DELETE FROM module_open WHERE seen_ms <= ?1",
         params![expired],
